@@ -1,0 +1,12 @@
+"""
+echotwist: an RFC 862 echo server, as a Twisted application plugin.
+
+Run it with C{twistd -n echo --port 5000}; build on it with L{Echo} (the
+protocol), L{EchoFactory} (its factory and books) and L{EchoService} (the
+listeners, and the drain on shutdown).
+"""
+
+from echotwist.service import EchoService, Listener, parseListener
+from echotwist.stream import Echo, EchoFactory
+
+__all__ = ["Echo", "EchoFactory", "EchoService", "Listener", "parseListener"]

@@ -1,0 +1,110 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The tap configuration of C{twistd echo}: options, and the service they make.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from echotwist.service import (
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    EchoService,
+    Listener,
+    parseListener,
+)
+
+DEFAULT_PORT = "tcp:5000"
+
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def _oneLine(method: _F) -> _F:
+    # usage.Options prints an opt_ method's docstring as its --help text;
+    # fold the source indentation away so it wraps cleanly.
+    method.__doc__ = " ".join((method.__doc__ or "").split())
+    return method
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "An RFC 862 echo server: everything a client sends comes back to it,"
+        " byte for byte, until it closes.  With no option it listens on"
+        " tcp:5000, on every interface."
+    )
+
+    optParameters = [
+        [
+            "shutdown-timeout",
+            None,
+            DEFAULT_SHUTDOWN_TIMEOUT,
+            "On SIGTERM or SIGINT, stop accepting, let open connections finish"
+            " echoing, and abort those still open after this many seconds"
+            " (e.g. --shutdown-timeout 30).",
+            _seconds,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["port"] = None
+        self["listen"] = []
+
+    @_oneLine
+    def opt_port(self, port: str) -> None:
+        """
+        Listen on PORT: a port number, meaning tcp:PORT, or any server
+        endpoint description (e.g. --port 7 or --port
+        tcp:5000:interface=127.0.0.1). [default: tcp:5000, used only when no
+        --listen is given]
+        """
+        self["port"] = port
+
+    opt_p = opt_port
+
+    @_oneLine
+    def opt_listen(self, description: str) -> None:
+        """
+        Also listen on this server endpoint description; repeat for more
+        listeners (e.g. --listen tcp6:5000:interface=\\:\\:1 --listen
+        unix:/run/echo.sock). [default: none]
+        """
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        wanted: list[tuple[str, str]] = [("--listen", d) for d in self["listen"]]
+        if self["port"] is not None or not wanted:
+            wanted.append(("--port", self["port"] or DEFAULT_PORT))
+        listeners: list[Listener] = []
+        for option, description in wanted:
+            try:
+                listener = parseListener(description)
+            except ValueError as e:
+                raise usage.UsageError(f"{option}: {e}") from None
+            if any(listener.description == seen.description for seen in listeners):
+                raise usage.UsageError(
+                    f"{option}: {listener.description} is given twice"
+                )
+            listeners.append(listener)
+        self["listeners"] = listeners
+
+
+def makeService(options: Options) -> IService:
+    return EchoService(
+        options["listeners"], shutdownTimeout=options["shutdown-timeout"]
+    )
