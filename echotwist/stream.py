@@ -56,6 +56,10 @@ class Echo(Protocol):
     bytesEchoed = 0
     openedAt = 0.0
     peer = ""
+    #: While draining, a connection is quiet, and closes, once this many
+    #: seconds pass with nothing received and nothing backed up.  Long
+    #: enough for the next segment of a burst already on its way to land.
+    quietPeriod = 0.05
 
     # Why the server closed the connection, once it decided to; None while
     # the connection is open or when the client was the one to close.
@@ -132,8 +136,8 @@ class Echo(Protocol):
     def drain(self) -> None:
         """
         The server is shutting down: keep echoing, and close the connection
-        as soon as it is quiet, that is when one full pass of the reactor
-        brought nothing new to read and reading is not paused for a backlog.
+        as soon as it is quiet: when L{quietPeriod} passed with nothing new
+        to read and reading is not paused for a backlog.
         """
         if self._closeReason is not None or self._draining:
             return
@@ -143,7 +147,9 @@ class Echo(Protocol):
 
     def _scheduleQuietCheck(self) -> None:
         if self._quietCheck is None and not self._paused:
-            self._quietCheck = self.factory.reactor.callLater(0, self._closeIfQuiet)
+            self._quietCheck = self.factory.reactor.callLater(
+                self.quietPeriod, self._closeIfQuiet
+            )
 
     def _cancelQuietCheck(self) -> None:
         if self._quietCheck is not None:

@@ -1,0 +1,3 @@
+"""
+echotwist's tests: run them with C{trial tests} or C{pytest}.
+"""

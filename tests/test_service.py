@@ -1,0 +1,161 @@
+"""
+EchoService: listeners, start-up errors, and the drain on stop.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from echotwist import Echo, EchoService, Listener
+
+
+@implementer(IListeningPort)
+class _Port:
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> Deferred[None]:
+        self.journal.append("stopped listening")
+        return succeed(None)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 5000)
+
+
+@implementer(IStreamServerEndpoint)
+class _Endpoint:
+    def __init__(self, journal: list[str], error: Exception | None = None) -> None:
+        self.journal = journal
+        self.error = error
+
+    def listen(self, factory: Factory) -> Deferred[IListeningPort]:
+        if self.error is not None:
+            return fail(self.error)
+        self.journal.append("listening")
+        return succeed(_Port(self.journal))
+
+
+def cannotListen(code: int, text: str) -> CannotListenError:
+    return CannotListenError("127.0.0.1", 5000, OSError(code, text))
+
+
+class StartTests(SynchronousTestCase):
+    def test_listensOnEveryDescription(self) -> None:
+        reactor = MemoryReactorClock()
+        service = EchoService(["5000", "tcp:5001:interface=127.0.0.1"], reactor=reactor)
+        with capturedLogs() as events:
+            service.privilegedStartService()
+            service.startService()
+        self.assertEqual(
+            [(port, interface) for port, _, _, interface in reactor.tcpServers],
+            [(5000, ""), (5001, "127.0.0.1")],
+        )
+        self.assertTrue(all(f is service.factory for _, f, _, _ in reactor.tcpServers))
+        started = [
+            e["description"] for e in events if e.get("event") == "listener.started"
+        ]
+        self.assertEqual(started, ["tcp:5000", "tcp:5001:interface=127.0.0.1"])
+
+    def test_twistStartsWithoutPrivilegedStart(self) -> None:
+        """
+        twist calls startService only; the listeners start all the same.
+        """
+        reactor = MemoryReactorClock()
+        EchoService(["tcp:5000"], reactor=reactor).startService()
+        self.assertEqual(len(reactor.tcpServers), 1)
+
+    def refusal(self, error: Exception) -> str:
+        service = EchoService([Listener("tcp:5000", _Endpoint([], error))])
+        exit = self.assertRaises(SystemExit, service.privilegedStartService)
+        message = str(exit.code)
+        self.assertNotIn("\n", message)
+        return message
+
+    def test_portInUse(self) -> None:
+        self.assertEqual(
+            self.refusal(cannotListen(errno.EADDRINUSE, "Address already in use")),
+            "echotwist: cannot listen on tcp:5000: Address already in use"
+            " (another process is listening there)",
+        )
+
+    def test_privilegedPort(self) -> None:
+        self.assertEqual(
+            self.refusal(cannotListen(errno.EACCES, "Permission denied")),
+            "echotwist: cannot listen on tcp:5000: Permission denied"
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+        )
+
+    def test_otherError(self) -> None:
+        self.assertEqual(
+            self.refusal(OverflowError("bind(): port must be 0-65535.")),
+            "echotwist: cannot listen on tcp:5000: bind(): port must be 0-65535.",
+        )
+
+    def test_twistSeesTheSameRefusal(self) -> None:
+        service = EchoService(
+            [
+                Listener(
+                    "tcp:5000", _Endpoint([], cannotListen(errno.EADDRINUSE, "in use"))
+                )
+            ]
+        )
+        self.assertRaises(SystemExit, service.startService)
+
+
+class StopTests(SynchronousTestCase):
+    def test_stopsListeningThenDrains(self) -> None:
+        reactor = MemoryReactorClock()
+        journal: list[str] = []
+        service = EchoService(
+            [Listener("tcp:5000", _Endpoint(journal))],
+            reactor=reactor,
+            shutdownTimeout=7,
+        )
+        service.startService()
+        protocol = service.factory.buildProtocol(None)
+        assert isinstance(protocol, Echo)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+
+        stopped = service.stopService()
+        self.assertEqual(journal, ["listening", "stopped listening"])
+        self.assertFalse(transport.disconnecting)
+        self.assertNoResult(stopped)
+
+        reactor.advance(Echo.quietPeriod)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_deadlineIsTheShutdownTimeout(self) -> None:
+        reactor = MemoryReactorClock()
+        service = EchoService(
+            [Listener("tcp:5000", _Endpoint([]))], reactor=reactor, shutdownTimeout=7
+        )
+        service.startService()
+        protocol = service.factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.pauseProducing()  # its reader is not reading
+        stopped = service.stopService()
+        reactor.advance(6.9)
+        self.assertFalse(transport.disconnected)
+        reactor.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)

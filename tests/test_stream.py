@@ -1,0 +1,264 @@
+"""
+Unit tests of the stream echo: no reactor, no sockets, time from a Clock.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from echotwist import Echo, EchoFactory
+
+
+class _TCPTransport(StringTransport):
+    """
+    A StringTransport that remembers the TCP_NODELAY it was given.
+    """
+
+    noDelay: bool | None = None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = enabled
+
+
+class _UNIXTransport(StringTransport):
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        raise OSError(95, "Operation not supported")
+
+
+class _StalledPeer(FileDescriptor):
+    """
+    Twisted's real write buffering and producer logic, over a peer that
+    accepts bytes only when told to; reading is "on" while this
+    descriptor is registered as a reader with the (memory) reactor.
+    """
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        super().__init__(reactor)
+        self.connected = True
+        self.accepting = 0  # bytes the peer will take on the next doWrite
+        self.sent = b""
+
+    def writeSomeData(self, data: bytes) -> int:
+        taken = bytes(data[: self.accepting])
+        self.accepting -= len(taken)
+        self.sent += taken
+        return len(taken)
+
+    def getPeer(self) -> str:
+        return "stalled-peer"
+
+    @property
+    def reading(self) -> bool:
+        return self in self.reactor.getReaders()
+
+
+def connect(factory: EchoFactory, transport: StringTransport | None = None) -> Echo:
+    protocol = factory.buildProtocol(None)
+    assert isinstance(protocol, Echo)
+    protocol.makeConnection(transport or _TCPTransport())
+    return protocol
+
+
+class EchoTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.factory = EchoFactory(self.clock)
+
+    def test_echoesEveryByteInOrder(self) -> None:
+        protocol = connect(self.factory)
+        chunks = [b"hello", b"\x00\xff" * 300, b"", bytes(range(256)), b"\r\n"]
+        for chunk in chunks:
+            protocol.dataReceived(chunk)
+        self.assertEqual(protocol.transport.value(), b"".join(chunks))
+        self.assertEqual(protocol.bytesEchoed, len(b"".join(chunks)))
+
+    def test_noDelay(self) -> None:
+        transport = _TCPTransport()
+        connect(self.factory, transport)
+        self.assertIs(transport.noDelay, True)
+
+    def test_noDelayRefused(self) -> None:
+        """
+        A transport without TCP (a UNIX socket) refuses TCP_NODELAY; the
+        connection echoes all the same.
+        """
+        protocol = connect(self.factory, _UNIXTransport())
+        protocol.dataReceived(b"x")
+        self.assertEqual(protocol.transport.value(), b"x")
+
+    def test_registersAsStreamingProducer(self) -> None:
+        protocol = connect(self.factory)
+        self.assertIs(protocol.transport.producer, protocol)
+        self.assertTrue(protocol.transport.streaming)
+        protocol.pauseProducing()
+        self.assertEqual(protocol.transport.producerState, "paused")
+        protocol.resumeProducing()
+        self.assertEqual(protocol.transport.producerState, "producing")
+
+    def test_backpressureWithRealBuffering(self) -> None:
+        """
+        With Twisted's own write buffer: once more than the buffer size is
+        waiting for a peer that does not read, reading stops, so the server
+        holds at most about two buffers; reading resumes once it drains.
+        """
+        transport = _StalledPeer(self.clock)
+        protocol = self.factory.buildProtocol(None)
+        protocol.makeConnection(transport)
+        transport.startReading()
+        chunk = b"z" * 65536
+        sent = 0
+        while transport.reading and sent < 100 * len(chunk):
+            protocol.dataReceived(chunk)
+            sent += len(chunk)
+        self.assertFalse(transport.reading)
+        self.assertLessEqual(sent, 2 * len(chunk))
+        self.assertLessEqual(
+            len(transport.dataBuffer) + transport._tempDataLen, 2 * 65536
+        )
+
+        transport.accepting = sent
+        transport.doWrite()
+        self.assertTrue(transport.reading)
+        self.assertEqual(transport.sent, chunk * (sent // len(chunk)))
+
+    def test_halfCloseFlushesThenCloses(self) -> None:
+        """
+        When the client stops sending, everything received is still echoed,
+        then the server closes (not aborts) its side, and the producer is
+        gone so the transport can finish closing.
+        """
+        protocol = connect(self.factory)
+        protocol.dataReceived(b"last words")
+        protocol.readConnectionLost()
+        transport = protocol.transport
+        self.assertEqual(transport.value(), b"last words")
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)  # StringTransport: aborted
+        self.assertIsNone(transport.producer)
+
+    def test_booksAndLogs(self) -> None:
+        with capturedLogs() as events:
+            protocol = connect(self.factory)
+            self.assertEqual(self.factory.connections, {protocol})
+            self.clock.advance(2.5)
+            protocol.dataReceived(b"abc")
+            protocol.readConnectionLost()
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.factory.connections, set())
+        opened, closed = (
+            e for e in events if e.get("event", "").startswith("connection.")
+        )
+        self.assertEqual(opened["event"], "connection.opened")
+        self.assertEqual(closed["event"], "connection.closed")
+        self.assertEqual(closed["bytes"], 3)
+        self.assertEqual(closed["duration"], 2.5)
+        self.assertEqual(closed["reason"], "client finished sending")
+        self.assertEqual(closed["peer"], opened["peer"])
+
+    def test_closeReasonFromTheClient(self) -> None:
+        with capturedLogs() as events:
+            connect(self.factory).connectionLost(Failure(ConnectionDone()))
+            connect(self.factory).connectionLost(
+                Failure(ConnectionLost("Connection reset by peer"))
+            )
+        reasons = [e["reason"] for e in events if e.get("event") == "connection.closed"]
+        self.assertEqual(reasons[0], "client closed the connection")
+        self.assertIn("reset by peer", reasons[1])
+
+
+class DrainTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.factory = EchoFactory(self.clock)
+
+    def lose(self, protocol: Echo) -> None:
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    def test_nothingOpen(self) -> None:
+        self.successResultOf(self.factory.drain(10))
+
+    def test_quietConnectionsCloseAfterTheQuietPeriod(self) -> None:
+        first, second = connect(self.factory), connect(self.factory)
+        drained = self.factory.drain(10)
+        self.clock.advance(Echo.quietPeriod * 0.9)
+        self.assertFalse(first.transport.disconnecting)
+        self.clock.advance(Echo.quietPeriod * 0.1)
+        self.assertTrue(first.transport.disconnecting)
+        self.assertTrue(second.transport.disconnecting)
+        self.lose(first)
+        self.assertNoResult(drained)
+        self.lose(second)
+        self.successResultOf(drained)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_busyConnectionKeepsEchoing(self) -> None:
+        """
+        Bytes that arrive during the drain are echoed; the connection closes
+        only after a quiet period that brought nothing.
+        """
+        protocol = connect(self.factory)
+        drained = self.factory.drain(10)
+        for n in range(3):
+            protocol.dataReceived(b"more %d" % n)
+            self.clock.advance(Echo.quietPeriod)
+            self.assertFalse(protocol.transport.disconnecting)
+        self.clock.advance(Echo.quietPeriod)
+        self.assertTrue(protocol.transport.disconnecting)
+        self.assertEqual(protocol.transport.value(), b"more 0more 1more 2")
+        self.lose(protocol)
+        self.successResultOf(drained)
+
+    def test_backedUpConnectionWaitsForItsReader(self) -> None:
+        protocol = connect(self.factory)
+        protocol.pauseProducing()
+        drained = self.factory.drain(10)
+        self.clock.advance(5)
+        self.assertFalse(protocol.transport.disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls()[0].getTime(), 10)
+        protocol.resumeProducing()
+        self.clock.advance(Echo.quietPeriod)
+        self.assertTrue(protocol.transport.disconnecting)
+        self.lose(protocol)
+        self.successResultOf(drained)
+
+    def test_deadlineAborts(self) -> None:
+        protocol = connect(self.factory)
+        protocol.pauseProducing()
+        with capturedLogs() as events:
+            drained = self.factory.drain(3)
+            self.clock.advance(2.9)
+            self.assertFalse(protocol.transport.disconnecting)
+            self.clock.advance(0.1)
+            self.assertTrue(protocol.transport.disconnecting)
+            self.assertTrue(protocol.transport.disconnected)
+            self.assertNoResult(drained)
+            protocol.connectionLost(Failure(ConnectionLost()))
+        self.successResultOf(drained)
+        closed = [e for e in events if e.get("event") == "connection.closed"]
+        self.assertEqual(closed[0]["reason"], "shutdown deadline passed")
+
+    def test_connectionDuringDrainIsDrainedToo(self) -> None:
+        first = connect(self.factory)
+        drained = self.factory.drain(10)
+        late = connect(self.factory)
+        self.clock.advance(Echo.quietPeriod)
+        self.assertTrue(late.transport.disconnecting)
+        self.lose(first)
+        self.lose(late)
+        self.successResultOf(drained)
+
+    def test_halfClosedConnectionIsLeftToFinish(self) -> None:
+        protocol = connect(self.factory)
+        protocol.readConnectionLost()
+        drained = self.factory.drain(10)
+        self.clock.advance(Echo.quietPeriod)
+        with capturedLogs() as events:
+            self.lose(protocol)
+        self.successResultOf(drained)
+        closed = [e for e in events if e.get("event") == "connection.closed"]
+        self.assertEqual(closed[0]["reason"], "client finished sending")

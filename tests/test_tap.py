@@ -1,0 +1,136 @@
+"""
+The tap configuration: what "twistd echo" accepts, refuses, and makes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from echotwist import EchoService
+from echotwist.tap import Options, makeService
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def descriptions(*argv: str) -> list[str]:
+    return [listener.description for listener in parse(*argv)["listeners"]]
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaultIsTheOriginalPort(self) -> None:
+        self.assertEqual(descriptions(), ["tcp:5000"])
+
+    def test_portNumber(self) -> None:
+        self.assertEqual(descriptions("--port", "7"), ["tcp:7"])
+        self.assertEqual(descriptions("-p", "5001"), ["tcp:5001"])
+        self.assertEqual(descriptions("--port", "0"), ["tcp:0"])
+
+    def test_portEndpoint(self) -> None:
+        self.assertEqual(
+            descriptions("--port", "tcp:5002:interface=127.0.0.1"),
+            ["tcp:5002:interface=127.0.0.1"],
+        )
+
+    def test_listenRepeatsAndReplacesTheDefaultPort(self) -> None:
+        self.assertEqual(
+            descriptions("--listen", "tcp:5003", "--listen", "unix:/tmp/e.sock"),
+            ["tcp:5003", "unix:/tmp/e.sock"],
+        )
+
+    def test_listenAndPort(self) -> None:
+        self.assertEqual(
+            descriptions("--listen", "tcp:5003", "--port", "5004"),
+            ["tcp:5003", "tcp:5004"],
+        )
+
+    def test_shutdownTimeout(self) -> None:
+        self.assertEqual(parse()["shutdown-timeout"], 10.0)
+        self.assertEqual(parse("--shutdown-timeout", "2.5")["shutdown-timeout"], 2.5)
+
+    def test_everyOptionHelpSaysDefaultAndExample(self) -> None:
+        text = str(Options())
+        # Each option's entry starts on a line of its own: "  -p, --port=".
+        entries = re.split(r"\n {2,6}(?=-)", text)
+        for option in ("--port=", "--listen=", "--shutdown-timeout="):
+            (entry,) = (e for e in entries if option in e.split()[:2])
+            self.assertIn("[default:", entry, option)
+            self.assertIn("e.g.", entry, option)
+
+
+class BadValueTests(SynchronousTestCase):
+    """
+    Every bad value is one line that names the option and the value.
+    """
+
+    def refused(self, *argv: str) -> str:
+        message = str(self.assertRaises(UsageError, parse, *argv))
+        self.assertNotIn("\n", message)
+        return message
+
+    def test_portNotANumber(self) -> None:
+        message = self.refused("--port", "abc")
+        self.assertIn("--port: 'abc' is neither a port number", message)
+        self.assertIn("Unknown endpoint type", message)
+
+    def test_portOutOfRange(self) -> None:
+        self.assertEqual(
+            self.refused("--port", "70000"),
+            "--port: '70000' is not a port number (0-65535)",
+        )
+
+    def test_negativePort(self) -> None:
+        self.assertIn("'-1' is neither a port number", self.refused("--port", "-1"))
+
+    def test_unknownEndpointType(self) -> None:
+        message = self.refused("--listen", "foo:1")
+        self.assertIn("--listen: 'foo:1'", message)
+        self.assertIn("Unknown endpoint type: 'foo'", message)
+
+    def test_badEndpointArgument(self) -> None:
+        self.assertIn("--listen: 'tcp:abc'", self.refused("--listen", "tcp:abc"))
+        self.assertIn("'bogus'", self.refused("--listen", "tcp:5000:bogus=1"))
+
+    def test_unreadableKey(self) -> None:
+        message = self.refused("--listen", "ssl:5000:privateKey=/nonexistent/key.pem")
+        self.assertIn("No such file or directory", message)
+
+    def test_givenTwice(self) -> None:
+        self.assertEqual(
+            self.refused("--port", "5000", "--listen", "tcp:5000"),
+            "--port: tcp:5000 is given twice",
+        )
+
+    def test_shutdownTimeoutNotANumber(self) -> None:
+        self.assertIn(
+            "'soon' is not a number of seconds",
+            self.refused("--shutdown-timeout", "soon"),
+        )
+        self.assertIn("0 or more", self.refused("--shutdown-timeout", "-1"))
+        self.assertIn("0 or more", self.refused("--shutdown-timeout", "nan"))
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_oneListenerEach(self) -> None:
+        service = makeService(
+            parse(
+                "--listen",
+                "tcp:0",
+                "--listen",
+                "unix:/tmp/x.sock",
+                "--shutdown-timeout",
+                "3",
+            )
+        )
+        assert isinstance(service, EchoService)
+        self.assertEqual(
+            [child.description for child in service], ["tcp:0", "unix:/tmp/x.sock"]
+        )  # type: ignore[attr-defined]
+        self.assertEqual(service.shutdownTimeout, 3.0)
+        self.assertTrue(all(child.factory is service.factory for child in service))  # type: ignore[attr-defined]
