@@ -1,0 +1,157 @@
+"""
+Run the real twistd (or twist) as a subprocess and read its log, with every
+wait bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+#: Upper bound for any single wait on the server; generous for a loaded CI.
+WAIT = 20.0
+
+_BIN = os.path.dirname(sys.executable)
+
+
+def command(name: str) -> str:
+    """
+    The twistd/twist installed next to the running Python: the tests drive
+    the same installation they import.
+    """
+    path = os.path.join(_BIN, name)
+    if not os.path.exists(path):
+        raise RuntimeError(
+            f"{path} is missing: install echotwist into this environment"
+        )
+    return path
+
+
+def _defaultSignals() -> None:
+    # A child started from a non-interactive shell inherits SIGINT ignored,
+    # and Twisted then installs no handler for it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class Server:
+    """
+    One twistd process.  Its output (log and stderr) is read by a thread into
+    C{self.lines}.
+    """
+
+    def __init__(
+        self,
+        echoArgs: Sequence[str] = ("--port", "tcp:0:interface=127.0.0.1"),
+        *,
+        cwd: str,
+        runner: Sequence[str] | None = None,
+        preexec: object = None,
+    ) -> None:
+        if runner is None:
+            argv = [command("twistd"), "-n", "--pidfile=", "echo", *echoArgs]
+        else:
+            argv = [*runner, *echoArgs]
+        self.argv = argv
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+
+        def setup() -> None:
+            _defaultSignals()
+            if callable(preexec):
+                preexec()
+
+        self.process = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=setup,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            with self._changed:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def waitFor(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+        """
+        Wait until a line of output matches C{pattern}; fail at C{timeout}
+        or when the process ends first.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader.is_alive():
+                    raise AssertionError(
+                        f"no line matching {pattern!r} within {timeout}s;"
+                        f" output so far:\n{self.output_locked()}"
+                    )
+                self._changed.wait(left)
+
+    def output_locked(self) -> str:
+        return "\n".join(self.lines)
+
+    def listening(self, timeout: float = WAIT) -> list[int]:
+        """
+        The TCP ports of every listener, once all have logged that they
+        are listening.
+        """
+        self.waitFor(r"Listening on ", timeout)
+        return [
+            int(m.group(1))
+            for m in re.finditer(r"Listening on \S+:(\d+) \(", self.output)
+        ]
+
+    @property
+    def port(self) -> int:
+        return self.listening()[0]
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = WAIT) -> int:
+        returncode = self.process.wait(timeout)
+        self._reader.join(timeout)
+        return returncode
+
+    def rss(self) -> int:
+        """
+        Resident memory of the server process, in bytes.
+        """
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(WAIT)
+        self._reader.join(WAIT)

@@ -1,0 +1,243 @@
+"""
+The real twistd, as a user runs it: a subprocess on a random loopback port,
+real socket clients, every wait bounded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import shutil
+import signal
+import socket
+import tempfile
+import time
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests._clients import echoOnce, exchange, readUntilClosed
+from tests._twistd import WAIT, Server, command
+
+LOOPBACK = "127.0.0.1"
+MiB = 1024 * 1024
+_PR_CAPBSET_DROP = 24
+_CAP_NET_BIND_SERVICE = 10
+
+
+def timeWaitPorts() -> set[int]:
+    """
+    Local ports of loopback TCP sockets in TIME_WAIT.
+    """
+    ports = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for row in table:
+            fields = row.split()
+            local, state = fields[1], fields[3]
+            if state == "06":
+                ports.add(int(local.split(":")[1], 16))
+    return ports
+
+
+class _ServerTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="echotwist-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+
+    def start(self, *echoArgs: str, **kwargs: object) -> Server:
+        if not echoArgs and "runner" not in kwargs:
+            echoArgs = ("--port", f"tcp:0:interface={LOOPBACK}")
+        server = Server(echoArgs, cwd=self.directory, **kwargs)  # type: ignore[arg-type]
+        self.addCleanup(server.kill)
+        return server
+
+    def failedStart(self, *echoArgs: str, **kwargs: object) -> str:
+        """
+        Run a server that must refuse to start; its output.
+        """
+        server = self.start(*echoArgs, **kwargs)
+        self.assertEqual(server.wait(), 1, server.output)
+        self.assertNotIn("Traceback", server.output)
+        return server.output
+
+
+class EchoTests(_ServerTestCase):
+    def test_hundredConcurrentClients(self) -> None:
+        server = self.start()
+        payloads = [os.urandom(64 * 1024) for _ in range(100)]
+        results = exchange((LOOPBACK, server.port), payloads)
+        for payload, (received, _) in zip(payloads, results, strict=True):
+            self.assertEqual(received, payload)
+
+    def test_halfCloseGetsEverythingThenEOF(self) -> None:
+        server = self.start()
+        payload = os.urandom(4 * MiB)
+        ((received, eof),) = exchange(
+            (LOOPBACK, server.port), [payload], halfClose=True
+        )
+        self.assertEqual(len(received), len(payload))
+        self.assertEqual(received, payload)
+        self.assertTrue(eof)
+        server.waitFor(r"4194304 bytes echoed: client finished sending")
+
+    def test_neverReadingClientCannotGrowTheServer(self) -> None:
+        """
+        A client pushes up to 64 MiB and reads nothing: the server stops
+        reading from it, so the client stalls well short of 64 MiB and
+        the server's memory grows by less than 16 MiB.  Others are served
+        meanwhile.
+        """
+        server = self.start()
+        address = (LOOPBACK, server.port)
+        self.assertEqual(echoOnce(address, b"warm up"), b"warm up")
+        before = server.rss()
+
+        hog = socket.create_connection(address, timeout=WAIT)
+        self.addCleanup(hog.close)
+        hog.setblocking(False)
+        chunk = os.urandom(MiB)
+        sent = 0
+        while sent < 64 * MiB:
+            # Stalled: the socket stayed unwritable for two seconds.
+            if not select.select([], [hog], [], 2.0)[1]:
+                break
+            try:
+                sent += hog.send(chunk)
+            except BlockingIOError:
+                pass
+
+        grown = server.rss() - before
+        self.assertLess(sent, 64 * MiB, "nothing held the client back")
+        self.assertLess(grown, 16 * MiB, f"server grew {grown} bytes")
+        payload = os.urandom(100_000)
+        self.assertEqual(echoOnce(address, payload), payload)
+
+
+class LifecycleTests(_ServerTestCase):
+    def drainsOn(self, signum: int) -> None:
+        """
+        On C{signum}: open clients get their echo and a clean close (FIN),
+        the process exits by the signal, and a new server binds the same
+        port at once although the old connections are in TIME_WAIT.
+        """
+        server = self.start()
+        port = server.port
+        address = (LOOPBACK, port)
+        clients = [socket.create_connection(address, timeout=WAIT) for _ in range(5)]
+        for client in clients:
+            self.addCleanup(client.close)
+            client.sendall(b"before the signal")
+        server.waitFor(r"connected", WAIT)
+
+        server.signal(signum)
+        for client in clients:
+            self.assertEqual(readUntilClosed(client), (b"before the signal", "eof"))
+            client.close()
+        self.assertEqual(server.wait(), -signum)
+        self.assertIn("Drain finished", server.output)
+        # The server closed first, so its ends of those connections linger
+        # in TIME_WAIT on the port (once our FINs reach them).
+        deadline = time.monotonic() + WAIT
+        while port not in timeWaitPorts():
+            self.assertLess(time.monotonic(), deadline, "no TIME_WAIT on the port")
+            time.sleep(0.01)
+
+        again = self.start("--port", f"tcp:{port}:interface={LOOPBACK}")
+        self.assertEqual(again.port, port)
+        self.assertEqual(echoOnce(address, b"again"), b"again")
+
+    def test_sigterm(self) -> None:
+        self.drainsOn(signal.SIGTERM)
+
+    def test_sigint(self) -> None:
+        self.drainsOn(signal.SIGINT)
+
+    def test_sigsegvIsReportedAndThePortIsFreeAtOnce(self) -> None:
+        server = self.start()
+        port = server.port
+        self.assertEqual(echoOnce((LOOPBACK, port), b"x"), b"x")
+        server.signal(signal.SIGSEGV)
+        self.assertEqual(server.wait(), -signal.SIGSEGV)
+        self.assertIn("Fatal Python error: Segmentation fault", server.output)
+        self.assertRegex(server.output, r'File ".*", line \d+')
+
+        again = self.start("--port", f"tcp:{port}:interface={LOOPBACK}")
+        self.assertEqual(again.port, port)
+        self.assertEqual(echoOnce((LOOPBACK, port), b"y"), b"y")
+
+
+class RefusalTests(_ServerTestCase):
+    def test_badPort(self) -> None:
+        output = self.failedStart("--port", "abc")
+        self.assertIn("--port: 'abc' is neither a port number", output.splitlines()[-1])
+
+    def test_unknownEndpoint(self) -> None:
+        output = self.failedStart("--listen", "foo:1")
+        self.assertIn("Unknown endpoint type: 'foo'", output.splitlines()[-1])
+
+    def test_portInUse(self) -> None:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        output = self.failedStart("--port", f"tcp:{port}:interface={LOOPBACK}")
+        self.assertIn(
+            f"echotwist: cannot listen on tcp:{port}:interface={LOOPBACK}:"
+            " Address already in use",
+            output,
+        )
+
+    def test_privilegedPortWithoutPermission(self) -> None:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            if int(f.read()) <= 7:
+                raise SkipTest("this host lets anyone bind port 7")
+        preexec = None
+        if os.geteuid() == 0:
+            # Root without CAP_NET_BIND_SERVICE: dropped from the bounding set
+            # before exec, the capability is gone from the new program.
+            libc = ctypes.CDLL(None, use_errno=True)
+
+            def preexec() -> None:
+                if libc.prctl(_PR_CAPBSET_DROP, _CAP_NET_BIND_SERVICE, 0, 0, 0):
+                    raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+        output = self.failedStart(
+            "--port", f"tcp:7:interface={LOOPBACK}", preexec=preexec
+        )
+        self.assertIn(
+            f"echotwist: cannot listen on tcp:7:interface={LOOPBACK}: Permission"
+            " denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+            output,
+        )
+
+
+class OtherRunnersTests(_ServerTestCase):
+    def test_tacFile(self) -> None:
+        example = os.path.join(os.path.dirname(__file__), "..", "examples", "echo.tac")
+        with open(example) as f:
+            source = f.read()
+        self.assertIn('"tcp:5000"', source)
+        tac = os.path.join(self.directory, "echo.tac")
+        with open(tac, "w") as f:
+            f.write(source.replace('"tcp:5000"', f'"tcp:0:interface={LOOPBACK}"'))
+        server = self.start(runner=[command("twistd"), "-n", "--pidfile=", "-y", tac])
+        port = server.port
+        server.waitFor(r"Listening on unix:")
+        self.assertEqual(echoOnce((LOOPBACK, port), b"tac tcp"), b"tac tcp")
+        sock = os.path.join(self.directory, "echo.sock")
+        self.assertEqual(echoOnce(sock, b"tac unix"), b"tac unix")
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def test_twist(self) -> None:
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[command("twist"), "--log-format", "text"],
+        )
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"twist"), b"twist")
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
