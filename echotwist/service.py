@@ -7,26 +7,39 @@ from __future__ import annotations
 
 import errno
 import faulthandler
+import re
 import sys
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.application.service import MultiService, Service
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
 from echotwist._address import formatAddress
+from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
 from echotwist.stream import EchoFactory
 
-__all__ = ["DEFAULT_SHUTDOWN_TIMEOUT", "EchoService", "Listener", "parseListener"]
+__all__ = [
+    "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DEFAULT_UDP_RATE",
+    "DatagramListener",
+    "EchoService",
+    "Listener",
+    "parseDatagramListener",
+    "parseListener",
+]
 
 log = Logger()
+_T = TypeVar("_T")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+DEFAULT_UDP_RATE = 100.0
 
 
 class Listener(NamedTuple):
@@ -63,6 +76,60 @@ def parseListener(description: str, reactor: object = None) -> Listener:
     return Listener(text, endpoint)
 
 
+class DatagramListener(NamedTuple):
+    """
+    A UDP listener: its description, port and interface ("" for all IPv4).
+    """
+
+    description: str
+    port: int
+    interface: str
+
+
+def parseDatagramListener(description: str) -> DatagramListener:
+    """
+    Parse C{PORT} or C{udp:PORT[:interface=ADDRESS]}, with colons in the
+    address escaped as in endpoint descriptions (C{udp:7:interface=\\:\\:1}).
+    Twisted has no endpoint descriptions for UDP, so this is the same syntax
+    for the one endpoint type it lacks.
+
+    @raise ValueError: with a one-line message a user can act on.
+    """
+    fields = [f.replace("\\:", ":") for f in re.split(r"(?<!\\):", description.strip())]
+    if fields[0] == "udp":
+        fields.pop(0)
+    interface = ""
+    args = []
+    for field in fields:
+        key, equals, value = field.partition("=")
+        if not equals:
+            args.append(field)
+        elif key in ("interface", "port") and value:
+            if key == "port":
+                args.append(value)
+            else:
+                interface = value
+        else:
+            raise ValueError(
+                f"{description!r}: unknown UDP option {key!r} (use udp:PORT or"
+                f" udp:PORT:interface=ADDRESS)"
+            )
+    if len(args) != 1 or not args[0].isdigit() or int(args[0]) > 65535:
+        raise ValueError(
+            f"{description!r} is not a UDP port (use PORT, udp:PORT or"
+            f" udp:PORT:interface=ADDRESS, e.g. udp:7:interface=\\:\\:1)"
+        )
+    if interface and not (isIPAddress(interface) or isIPv6Address(interface)):
+        raise ValueError(
+            f"{description!r}: interface {interface!r} is not an IP address"
+        )
+    port = int(args[0])
+    text = f"udp:{port}" + (
+        ":interface=" + interface.replace(":", "\\:") if interface else ""
+    )
+    return DatagramListener(text, port, interface)
+
+
 def _whyNotListening(error: Exception) -> str:
     socketError = getattr(error, "socketError", None)
     if isinstance(error, CannotListenError) and isinstance(socketError, OSError):
@@ -73,6 +140,36 @@ def _whyNotListening(error: Exception) -> str:
             return f"{why} (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
         return why
     return str(error) or type(error).__name__
+
+
+def _listenOrExit(description: str, listen: Callable[[], _T]) -> _T:
+    """
+    Call C{listen}; if it fails, end start-up with one line saying why.
+    twistd and twist print the message of a SystemExit and exit with 1.
+    """
+    try:
+        return listen()
+    except Exception as e:
+        raise SystemExit(
+            f"echotwist: cannot listen on {description}: {_whyNotListening(e)}"
+        ) from None
+
+
+def _logStarted(description: str, port: IListeningPort) -> None:
+    log.info(
+        "Listening on {address} ({description})",
+        event="listener.started",
+        address=formatAddress(port.getHost()),
+        description=description,
+    )
+
+
+def _logStopped(description: str) -> None:
+    log.info(
+        "Stopped listening on {description}",
+        event="listener.stopped",
+        description=description,
+    )
 
 
 class _ListenerService(StreamServerEndpointService):
@@ -90,37 +187,59 @@ class _ListenerService(StreamServerEndpointService):
         self.description = listener.description
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except Exception as e:
-            # twistd and twist print the message of a SystemExit and exit 1.
-            raise SystemExit(
-                f"echotwist: cannot listen on {self.description}: {_whyNotListening(e)}"
-            ) from None
+        _listenOrExit(self.description, super().privilegedStartService)
         assert self._waitingForPort is not None
         self._waitingForPort.addCallback(self._started)
 
     def _started(self, port: IListeningPort) -> IListeningPort:
-        log.info(
-            "Listening on {address} ({description})",
-            event="listener.started",
-            address=formatAddress(port.getHost()),
-            description=self.description,
-        )
+        _logStarted(self.description, port)
         return port
 
     def stopService(self) -> Deferred[None]:
         d: Deferred[None] = super().stopService()
+        return d.addCallback(lambda result: _logStopped(self.description))
 
-        def stopped(result: None) -> None:
-            log.info(
-                "Stopped listening on {description}",
-                event="listener.stopped",
-                description=self.description,
-            )
-            return result
 
-        return d.addCallback(stopped)
+class _DatagramListenerService(Service):
+    """
+    One UDP listener.
+    """
+
+    def __init__(
+        self, listener: DatagramListener, policy: DatagramPolicy, reactor: Any
+    ) -> None:
+        self.listener = listener
+        self.protocol = DatagramEcho(policy)
+        self._reactor = reactor
+        self._port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        listener = self.listener
+        self._port = _listenOrExit(
+            listener.description,
+            lambda: self._reactor.listenUDP(
+                listener.port,
+                self.protocol,
+                interface=listener.interface,
+                maxPacketSize=MAX_DATAGRAM,
+            ),
+        )
+        _logStarted(listener.description, self._port)
+
+    def startService(self) -> None:
+        super().startService()
+        if self._port is None:
+            self.privilegedStartService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self._port = self._port, None
+        if port is None:
+            return succeed(None)
+        stopped = port.stopListening()
+        d = stopped if isinstance(stopped, Deferred) else succeed(None)
+        return d.addCallback(lambda result: _logStopped(self.listener.description))
 
 
 class EchoService(MultiService):
@@ -139,23 +258,39 @@ class EchoService(MultiService):
         self,
         listen: Iterable[Listener | str] = ("tcp:5000",),
         *,
+        udp: Iterable[DatagramListener | str] = (),
+        udpRate: float = DEFAULT_UDP_RATE,
         shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-        reactor: object = None,
+        reactor: Any = None,
     ) -> None:
         """
         @param listen: port numbers or server endpoint descriptions (see
             L{parseListener}), or L{Listener}s already parsed.
+        @param udp: UDP ports or C{udp:PORT:interface=ADDRESS} descriptions
+            (see L{parseDatagramListener}), or L{DatagramListener}s.
+        @param udpRate: UDP datagrams a second answered per source address
+            (a token bucket; see L{echotwist.datagram.burstFor}); 0 for no
+            limit.
         @param shutdownTimeout: seconds a drain may take before the
             connections still open are aborted.
         @param reactor: the reactor to listen with; the global one if None.
         """
         super().__init__()
-        self.factory = EchoFactory(reactor)  # type: ignore[arg-type]
+        if reactor is None:
+            from twisted.internet import reactor
+        self.factory = EchoFactory(reactor)
+        self.datagramPolicy = DatagramPolicy(udpRate, reactor)
         self.shutdownTimeout = shutdownTimeout
         for item in listen:
             if isinstance(item, str):
                 item = parseListener(item, reactor)
             _ListenerService(item, self.factory).setServiceParent(self)
+        for datagramItem in udp:
+            if isinstance(datagramItem, str):
+                datagramItem = parseDatagramListener(datagramItem)
+            _DatagramListenerService(
+                datagramItem, self.datagramPolicy, reactor
+            ).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         # No Python code can clean up after a real segfault; the most it can

@@ -13,8 +13,11 @@ from twisted.python import usage
 
 from echotwist.service import (
     DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_UDP_RATE,
+    DatagramListener,
     EchoService,
     Listener,
+    parseDatagramListener,
     parseListener,
 )
 
@@ -23,14 +26,21 @@ DEFAULT_PORT = "tcp:5000"
 _F = TypeVar("_F", bound=Callable[..., object])
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise ValueError(f"{text!r} is not a number of seconds (0 or more)")
-    return value
+def _number(what: str) -> Callable[[str], float]:
+    def coerce(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number of {what}") from None
+        if not 0 <= value < float("inf"):
+            raise ValueError(f"{text!r} is not a number of {what} (0 or more)")
+        return value
+
+    return coerce
+
+
+_seconds = _number("seconds")
+_perSecond = _number("datagrams a second")
 
 
 def _oneLine(method: _F) -> _F:
@@ -44,8 +54,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "An RFC 862 echo server: everything a client sends comes back to it,"
-        " byte for byte, until it closes.  With no option it listens on"
-        " tcp:5000, on every interface."
+        " byte for byte, until it closes; each UDP datagram is answered with"
+        " the same bytes.  With no option it listens on tcp:5000, on every"
+        " interface."
     )
 
     optParameters = [
@@ -58,12 +69,22 @@ class Options(usage.Options):
             " (e.g. --shutdown-timeout 30).",
             _seconds,
         ],
+        [
+            "udp-rate",
+            None,
+            DEFAULT_UDP_RATE,
+            "UDP datagrams a second answered per source address, in bursts of"
+            " up to a tenth of that (at least 1); 0 for no limit"
+            " (e.g. --udp-rate 1000).",
+            _perSecond,
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["port"] = None
         self["listen"] = []
+        self["udp"] = []
 
     @_oneLine
     def opt_port(self, port: str) -> None:
@@ -71,7 +92,7 @@ class Options(usage.Options):
         Listen on PORT: a port number, meaning tcp:PORT, or any server
         endpoint description (e.g. --port 7 or --port
         tcp:5000:interface=127.0.0.1). [default: tcp:5000, used only when no
-        --listen is given]
+        --listen or --udp is given]
         """
         self["port"] = port
 
@@ -86,9 +107,18 @@ class Options(usage.Options):
         """
         self["listen"].append(description)
 
+    @_oneLine
+    def opt_udp(self, description: str) -> None:
+        """
+        Answer UDP datagrams on PORT or udp:PORT:interface=ADDRESS (colons in
+        an IPv6 address escaped); repeat for more (e.g. --udp 7 --udp
+        udp:7:interface=\\:\\:1). [default: none]
+        """
+        self["udp"].append(description)
+
     def postOptions(self) -> None:
         wanted: list[tuple[str, str]] = [("--listen", d) for d in self["listen"]]
-        if self["port"] is not None or not wanted:
+        if self["port"] is not None or not (wanted or self["udp"]):
             wanted.append(("--port", self["port"] or DEFAULT_PORT))
         listeners: list[Listener] = []
         for option, description in wanted:
@@ -103,8 +133,22 @@ class Options(usage.Options):
             listeners.append(listener)
         self["listeners"] = listeners
 
+        datagramListeners: list[DatagramListener] = []
+        for description in self["udp"]:
+            try:
+                datagram = parseDatagramListener(description)
+            except ValueError as e:
+                raise usage.UsageError(f"--udp: {e}") from None
+            if datagram in datagramListeners:
+                raise usage.UsageError(f"--udp: {datagram.description} is given twice")
+            datagramListeners.append(datagram)
+        self["datagramListeners"] = datagramListeners
+
 
 def makeService(options: Options) -> IService:
     return EchoService(
-        options["listeners"], shutdownTimeout=options["shutdown-timeout"]
+        options["listeners"],
+        udp=options["datagramListeners"],
+        udpRate=options["udp-rate"],
+        shutdownTimeout=options["shutdown-timeout"],
     )

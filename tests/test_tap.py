@@ -50,6 +50,19 @@ class OptionsTests(SynchronousTestCase):
             ["tcp:5003", "tcp:5004"],
         )
 
+    def test_udpAloneReplacesTheDefaultPort(self) -> None:
+        options = parse("--udp", "7", "--udp", "udp:7:interface=\\:\\:1")
+        self.assertEqual(options["listeners"], [])
+        self.assertEqual(
+            [(d.port, d.interface) for d in options["datagramListeners"]],
+            [(7, ""), (7, "::1")],
+        )
+        self.assertEqual(descriptions("--udp", "7", "--port", "7"), ["tcp:7"])
+
+    def test_udpRate(self) -> None:
+        self.assertEqual(parse()["udp-rate"], 100.0)
+        self.assertEqual(parse("--udp-rate", "0")["udp-rate"], 0.0)
+
     def test_shutdownTimeout(self) -> None:
         self.assertEqual(parse()["shutdown-timeout"], 10.0)
         self.assertEqual(parse("--shutdown-timeout", "2.5")["shutdown-timeout"], 2.5)
@@ -58,7 +71,13 @@ class OptionsTests(SynchronousTestCase):
         text = str(Options())
         # Each option's entry starts on a line of its own: "  -p, --port=".
         entries = re.split(r"\n {2,6}(?=-)", text)
-        for option in ("--port=", "--listen=", "--shutdown-timeout="):
+        for option in (
+            "--port=",
+            "--listen=",
+            "--shutdown-timeout=",
+            "--udp=",
+            "--udp-rate=",
+        ):
             (entry,) = (e for e in entries if option in e.split()[:2])
             self.assertIn("[default:", entry, option)
             self.assertIn("e.g.", entry, option)
@@ -105,6 +124,20 @@ class BadValueTests(SynchronousTestCase):
         self.assertEqual(
             self.refused("--port", "5000", "--listen", "tcp:5000"),
             "--port: tcp:5000 is given twice",
+        )
+
+    def test_badUDP(self) -> None:
+        self.assertIn("'abc' is not a UDP port", self.refused("--udp", "abc"))
+        self.assertIn("'70000' is not a UDP port", self.refused("--udp", "70000"))
+        self.assertIn("unknown UDP option 'foo'", self.refused("--udp", "udp:7:foo=1"))
+        self.assertIn(
+            "is not an IP address", self.refused("--udp", "udp:7:interface=nowhere")
+        )
+        self.assertEqual(
+            self.refused("--udp", "7", "--udp", "udp:7"), "--udp: udp:7 is given twice"
+        )
+        self.assertIn(
+            "not a number of datagrams a second", self.refused("--udp-rate", "fast")
         )
 
     def test_shutdownTimeoutNotANumber(self) -> None:

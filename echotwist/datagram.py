@@ -1,0 +1,151 @@
+# -*- test-case-name: tests.test_datagram -*-
+"""
+The datagram echo (RFC 862 over UDP): each datagram is answered by one
+holding the same bytes, unless answering would feed a loop or a flood.
+
+Refused, as BSD inetd refuses them:
+  - datagrams from privileged source ports (below 1024, as OpenBSD's inetd
+    does; it covers echo 7, discard 9, daytime 13, chargen 19 and time 37):
+    a spoofed datagram "from" another host's chargen or echo port would
+    otherwise start a packet storm between the two services, and services on
+    privileged ports are exactly the reflectors an attacker would aim us at;
+  - datagrams from broadcast, multicast or unspecified addresses, which no
+    real client has;
+  - datagrams past a source's rate (a token bucket per source address).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet.error import MessageLengthError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from echotwist.limits import SourceRateLimiter, ThrottledLog
+
+__all__ = ["DatagramEcho", "DatagramPolicy", "MAX_DATAGRAM", "burstFor"]
+
+log = Logger()
+
+#: Read buffer for each datagram: larger than any UDP payload (65507 bytes
+#: over IPv4, 65527 over IPv6), so nothing is ever truncated.  Twisted's
+#: default of 8192 would cut larger datagrams silently.
+MAX_DATAGRAM = 65536
+
+#: Source ports below this are refused (see the module docstring).
+FIRST_UNPRIVILEGED_PORT = 1024
+
+
+def burstFor(rate: float) -> float:
+    """
+    The bucket size for a rate: a tenth of a second's worth, at least one
+    datagram, so a flood gets about C{rate} answers a second and a client
+    that sends a few probes at once is not refused.
+    """
+    return max(1.0, rate / 10)
+
+
+def _unanswerableSource(host: str) -> str | None:
+    """
+    Why a datagram from C{host} must not be answered, or None.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return "bad source address"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if address.is_multicast:
+        return "multicast source"
+    if address.is_unspecified:
+        return "unspecified source"
+    if address == ipaddress.IPv4Address("255.255.255.255"):
+        return "broadcast source"
+    return None
+
+
+class DatagramPolicy:
+    """
+    What every UDP port of a server shares: the per-source rate limit, the
+    throttled refusal log, and the counts.
+
+    @ivar counts: how many datagrams were answered, and refused by reason.
+    """
+
+    def __init__(
+        self, rate: float, clock: IReactorTime, maxSources: int = 16384
+    ) -> None:
+        """
+        @param rate: datagrams a second each source address may get
+            answered; 0 for no limit.
+        @param maxSources: how many source addresses the rate limiter
+            remembers at most.
+        """
+        self.limiter = (
+            SourceRateLimiter(rate, burstFor(rate), clock, maxSources) if rate else None
+        )
+        self.refusals = ThrottledLog(log, clock)
+        self.counts: dict[str, int] = {}
+
+    def count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    def refusal(self, host: str, port: int) -> str | None:
+        """
+        Why a datagram from C{(host, port)} must not be answered, or None
+        (and then it used up one of the source's tokens).
+        """
+        if port < FIRST_UNPRIVILEGED_PORT:
+            return "privileged source port"
+        why = _unanswerableSource(host)
+        if why is None and self.limiter is not None and not self.limiter.allow(host):
+            why = "over the rate limit"
+        return why
+
+
+class DatagramEcho(DatagramProtocol):
+    """
+    Answer each datagram on one UDP port with the same bytes.
+    """
+
+    noisy = False
+
+    def __init__(self, policy: DatagramPolicy) -> None:
+        self.policy = policy
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        host, port = addr[0], addr[1]
+        policy = self.policy
+        why = policy.refusal(host, port)
+        if why is not None:
+            policy.count(why)
+            policy.refusals.warn(
+                why,
+                "Refused UDP datagram from {peer}: {reason}",
+                event="datagram.refused",
+                peer=_formatSource(host, port),
+                reason=why,
+            )
+            return
+        try:
+            self.transport.write(datagram, addr)  # type: ignore[union-attr]
+        except (OSError, MessageLengthError) as e:
+            # EAGAIN (send buffer full), EMSGSIZE, ENOBUFS, an unreachable
+            # network...: that one answer is lost, the listener carries on.
+            policy.count("send failed")
+            policy.refusals.warn(
+                "send failed",
+                "Could not answer UDP datagram from {peer}: {error}",
+                event="datagram.send_failed",
+                peer=_formatSource(host, port),
+                error=str(e),
+            )
+            return
+        policy.count("answered")
+
+
+def _formatSource(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
