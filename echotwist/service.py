@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from echotwist._address import formatAddress
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
+from echotwist.proxy import ProxyEndpoint
 from echotwist.stream import EchoFactory
 
 __all__ = [
@@ -42,6 +43,9 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_UDP_RATE = 100.0
 
 
+_PROXY_PREFIX = "haproxy:"
+
+
 class Listener(NamedTuple):
     """
     A stream listener: its endpoint description and the parsed endpoint.
@@ -51,7 +55,7 @@ class Listener(NamedTuple):
     endpoint: IStreamServerEndpoint
 
 
-def parseListener(description: str, reactor: object = None) -> Listener:
+def parseListener(description: str, reactor: Any = None) -> Listener:
     """
     Parse a port number (meaning C{tcp:PORT}) or a Twisted server endpoint
     description such as C{tcp:5000:interface=127.0.0.1}.
@@ -66,7 +70,23 @@ def parseListener(description: str, reactor: object = None) -> Listener:
     if reactor is None:
         from twisted.internet import reactor
     try:
-        endpoint = serverFromString(reactor, text)
+        # haproxy: is Twisted's prefix; echotwist's own wrapper takes its
+        # place (see echotwist.proxy for why).
+        if text.startswith(_PROXY_PREFIX):
+            endpoint: IStreamServerEndpoint = ProxyEndpoint(
+                serverFromString(reactor, text[len(_PROXY_PREFIX) :]), reactor
+            )
+        else:
+            endpoint = serverFromString(reactor, text)
+    except (IndexError, KeyError) as e:
+        if not text.startswith("systemd:"):
+            raise ValueError(f"{description!r}: {e}") from None
+        # Twisted adopts only what LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES
+        # (systemd 227 and later) all describe, for this very process.
+        raise ValueError(
+            f"{description!r}: systemd passed no such socket to this process"
+            " (LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES must describe it)"
+        ) from None
     except Exception as e:
         raise ValueError(
             f"{description!r} is neither a port number nor a usable server"
