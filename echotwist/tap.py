@@ -102,7 +102,7 @@ class Options(usage.Options):
     def opt_listen(self, description: str) -> None:
         """
         Also listen on this server endpoint description; repeat for more
-        listeners (e.g. --listen tcp6:5000:interface=\\:\\:1 --listen
+        listeners (e.g. --listen 'tcp6:5000:interface=\\:\\:1' --listen
         unix:/run/echo.sock). [default: none]
         """
         self["listen"].append(description)
@@ -112,7 +112,7 @@ class Options(usage.Options):
         """
         Answer UDP datagrams on PORT or udp:PORT:interface=ADDRESS (colons in
         an IPv6 address escaped); repeat for more (e.g. --udp 7 --udp
-        udp:7:interface=\\:\\:1). [default: none]
+        'udp:7:interface=\\:\\:1'). [default: none]
         """
         self["udp"].append(description)
 

@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 
+from twisted.trial.unittest import SynchronousTestCase
+
 #: Upper bound for any single wait on the server; generous for a loaded CI.
 WAIT = 20.0
+
+LOOPBACK = "127.0.0.1"
 
 _BIN = os.path.dirname(sys.executable)
 
@@ -155,3 +161,29 @@ class Server:
             self.process.kill()
             self.process.wait(WAIT)
         self._reader.join(WAIT)
+
+
+class ServerTestCase(SynchronousTestCase):
+    """
+    Tests that run servers in a scratch directory, and always stop them.
+    """
+
+    def setUp(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="echotwist-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+
+    def start(self, *echoArgs: str, **kwargs: object) -> Server:
+        if not echoArgs and "runner" not in kwargs:
+            echoArgs = ("--port", f"tcp:0:interface={LOOPBACK}")
+        server = Server(echoArgs, cwd=self.directory, **kwargs)  # type: ignore[arg-type]
+        self.addCleanup(server.kill)
+        return server
+
+    def failedStart(self, *echoArgs: str, **kwargs: object) -> str:
+        """
+        Run a server that must refuse to start; its output.
+        """
+        server = self.start(*echoArgs, **kwargs)
+        self.assertEqual(server.wait(), 1, server.output)
+        self.assertNotIn("Traceback", server.output)
+        return server.output

@@ -8,18 +8,15 @@ from __future__ import annotations
 import ctypes
 import os
 import select
-import shutil
 import signal
 import socket
-import tempfile
 import time
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
 
 from tests._clients import echoOnce, exchange, readUntilClosed
-from tests._twistd import WAIT, Server, command
+from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
 
-LOOPBACK = "127.0.0.1"
 MiB = 1024 * 1024
 _PR_CAPBSET_DROP = 24
 _CAP_NET_BIND_SERVICE = 10
@@ -40,29 +37,7 @@ def timeWaitPorts() -> set[int]:
     return ports
 
 
-class _ServerTestCase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="echotwist-")
-        self.addCleanup(shutil.rmtree, self.directory, True)
-
-    def start(self, *echoArgs: str, **kwargs: object) -> Server:
-        if not echoArgs and "runner" not in kwargs:
-            echoArgs = ("--port", f"tcp:0:interface={LOOPBACK}")
-        server = Server(echoArgs, cwd=self.directory, **kwargs)  # type: ignore[arg-type]
-        self.addCleanup(server.kill)
-        return server
-
-    def failedStart(self, *echoArgs: str, **kwargs: object) -> str:
-        """
-        Run a server that must refuse to start; its output.
-        """
-        server = self.start(*echoArgs, **kwargs)
-        self.assertEqual(server.wait(), 1, server.output)
-        self.assertNotIn("Traceback", server.output)
-        return server.output
-
-
-class EchoTests(_ServerTestCase):
+class EchoTests(ServerTestCase):
     def test_hundredConcurrentClients(self) -> None:
         server = self.start()
         payloads = [os.urandom(64 * 1024) for _ in range(100)]
@@ -114,7 +89,7 @@ class EchoTests(_ServerTestCase):
         self.assertEqual(echoOnce(address, payload), payload)
 
 
-class LifecycleTests(_ServerTestCase):
+class LifecycleTests(ServerTestCase):
     def drainsOn(self, signum: int) -> None:
         """
         On C{signum}: open clients get their echo and a clean close (FIN),
@@ -167,7 +142,7 @@ class LifecycleTests(_ServerTestCase):
         self.assertEqual(echoOnce((LOOPBACK, port), b"y"), b"y")
 
 
-class RefusalTests(_ServerTestCase):
+class RefusalTests(ServerTestCase):
     def test_badPort(self) -> None:
         output = self.failedStart("--port", "abc")
         self.assertIn("--port: 'abc' is neither a port number", output.splitlines()[-1])
@@ -213,7 +188,7 @@ class RefusalTests(_ServerTestCase):
         )
 
 
-class OtherRunnersTests(_ServerTestCase):
+class OtherRunnersTests(ServerTestCase):
     def test_tacFile(self) -> None:
         example = os.path.join(os.path.dirname(__file__), "..", "examples", "echo.tac")
         with open(example) as f:

@@ -70,6 +70,21 @@ class StartTests(SynchronousTestCase):
         ]
         self.assertEqual(started, ["tcp:5000", "tcp:5001:interface=127.0.0.1"])
 
+    def test_udpReadsWholeDatagrams(self) -> None:
+        """
+        Each UDP port gets its own protocol (Twisted binds a protocol to one
+        port) and reads up to 65536 bytes, not Twisted's default 8192.
+        """
+        reactor = MemoryReactorClock()
+        service = EchoService([], udp=["7", "udp:7:interface=\\:\\:1"], reactor=reactor)
+        service.privilegedStartService()
+        (first, second) = reactor.udpServers
+        self.assertEqual((first[0], first[2], first[3]), (7, "", 65536))
+        self.assertEqual((second[0], second[2], second[3]), (7, "::1", 65536))
+        self.assertIsNot(first[1], second[1])
+        self.assertIs(first[1].policy, second[1].policy)
+        self.successResultOf(service.stopService())
+
     def test_twistStartsWithoutPrivilegedStart(self) -> None:
         """
         twist calls startService only; the listeners start all the same.

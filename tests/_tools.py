@@ -1,0 +1,70 @@
+"""
+External tools some tests need.  On a developer's machine without them
+those tests skip, naming the Debian package; CI sets
+ECHOTWIST_REQUIRE_TOOLS=1, and then a missing tool fails the test instead.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+
+from twisted.trial.unittest import SkipTest
+
+REQUIRE = "ECHOTWIST_REQUIRE_TOOLS"
+
+
+def requireTool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name} is not installed (Debian package {package})"
+    if os.environ.get(REQUIRE):
+        raise AssertionError(f"{message}, and {REQUIRE} is set")
+    raise SkipTest(message)
+
+
+def requireRoot(why: str) -> None:
+    if os.geteuid() != 0:
+        if os.environ.get(REQUIRE):
+            raise AssertionError(f"not root, and {REQUIRE} is set: {why}")
+        raise SkipTest(f"needs root: {why}")
+
+
+def selfSignedCertificate(directory: str) -> tuple[str, str]:
+    """
+    Write a fresh key and self-signed certificate for localhost; their
+    paths.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    keyPath = os.path.join(directory, "key.pem")
+    certPath = os.path.join(directory, "cert.pem")
+    with open(keyPath, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(certPath, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    return keyPath, certPath
