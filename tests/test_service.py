@@ -49,6 +49,26 @@ class _Endpoint:
         return succeed(_Port(self.journal))
 
 
+class _UDPReactor(MemoryReactorClock):
+    """
+    MemoryReactorClock has no listenUDP; this one records the calls.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpServers: list[tuple[int, object, str, int]] = []
+
+    def listenUDP(
+        self,
+        port: int,
+        protocol: object,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+    ) -> _Port:
+        self.udpServers.append((port, protocol, interface, maxPacketSize))
+        return _Port([])
+
+
 def cannotListen(code: int, text: str) -> CannotListenError:
     return CannotListenError("127.0.0.1", 5000, OSError(code, text))
 
@@ -75,7 +95,7 @@ class StartTests(SynchronousTestCase):
         Each UDP port gets its own protocol (Twisted binds a protocol to one
         port) and reads up to 65536 bytes, not Twisted's default 8192.
         """
-        reactor = MemoryReactorClock()
+        reactor = _UDPReactor()
         service = EchoService([], udp=["7", "udp:7:interface=\\:\\:1"], reactor=reactor)
         service.privilegedStartService()
         (first, second) = reactor.udpServers
