@@ -106,7 +106,8 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         self._started = True
         self._cancelDeadline()
         self.wrappedProtocol.makeConnection(self)  # type: ignore[arg-type]
-        if remaining and self.connected:
+        # The echo may have refused the connection (a limit) and closed it.
+        if remaining and not self.disconnecting:
             self.wrappedProtocol.dataReceived(remaining)
 
     def _refuse(self, reason: str) -> None:

@@ -27,6 +27,9 @@ from echotwist.proxy import ProxyEndpoint
 from echotwist.stream import EchoFactory
 
 __all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_PER_SOURCE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "DEFAULT_UDP_RATE",
     "DatagramListener",
@@ -41,6 +44,9 @@ _T = TypeVar("_T")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DEFAULT_UDP_RATE = 100.0
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_MAX_PER_SOURCE = 100
+DEFAULT_IDLE_TIMEOUT = 300.0
 
 
 _PROXY_PREFIX = "haproxy:"
@@ -280,6 +286,9 @@ class EchoService(MultiService):
         *,
         udp: Iterable[DatagramListener | str] = (),
         udpRate: float = DEFAULT_UDP_RATE,
+        maxConnections: int = DEFAULT_MAX_CONNECTIONS,
+        maxPerSource: int = DEFAULT_MAX_PER_SOURCE,
+        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
         shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         reactor: Any = None,
     ) -> None:
@@ -291,6 +300,13 @@ class EchoService(MultiService):
         @param udpRate: UDP datagrams a second answered per source address
             (a token bucket; see L{echotwist.datagram.burstFor}); 0 for no
             limit.
+        @param maxConnections: open stream connections allowed across all
+            listeners; 0 for no limit.
+        @param maxPerSource: open stream connections allowed per client
+            host (behind the PROXY protocol, the client's own); 0 for no
+            limit.
+        @param idleTimeout: seconds a connection may go without activity
+            before it is closed; 0 for never.
         @param shutdownTimeout: seconds a drain may take before the
             connections still open are aborted.
         @param reactor: the reactor to listen with; the global one if None.
@@ -298,7 +314,12 @@ class EchoService(MultiService):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
-        self.factory = EchoFactory(reactor)
+        self.factory = EchoFactory(
+            reactor,
+            maxConnections=maxConnections,
+            maxPerSource=maxPerSource,
+            idleTimeout=idleTimeout,
+        )
         self.datagramPolicy = DatagramPolicy(udpRate, reactor)
         self.shutdownTimeout = shutdownTimeout
         for item in listen:

@@ -12,6 +12,12 @@ closes.  Three things make that hold under real traffic:
     received is still echoed, and only then is the connection closed;
   - a drain for shutdown: a connection closes once it is quiet (nothing
     unread, nothing unsent), so bytes sent before a SIGTERM come back.
+
+The factory keeps the books: the open connections, how many each source
+address has, the limits on both, and an idle sweep.  The sweep is one
+periodic call for all connections rather than a timer each: it costs no
+memory per connection and nothing in the data path, where a per-connection
+timer would be reset on every read.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from echotwist._address import formatAddress
+from echotwist.limits import ThrottledLog
 
 __all__ = ["Echo", "EchoFactory"]
 
@@ -56,6 +64,8 @@ class Echo(Protocol):
     bytesEchoed = 0
     openedAt = 0.0
     peer = ""
+    #: The client's host, for the per-source limit (None for UNIX sockets).
+    source: str | None = None
     #: While draining, a connection is quiet, and closes, once this many
     #: seconds pass with nothing received and nothing backed up.  Long
     #: enough for the next segment of a burst already on its way to land.
@@ -71,20 +81,32 @@ class Echo(Protocol):
     _draining = False
     _readSinceQuietCheck = False
     _quietCheck: IDelayedCall | None = None
+    # Refused by a limit: never counted in the books.
+    _refused = False
+    # Times the transport drained a backlog: progress even while nothing
+    # can be read (the idle sweep counts it as activity).
+    _resumes = 0
+    # The idle sweep's marks: activity seen at its last change, and when.
+    _idleMark = 0
+    _idleSince = 0.0
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
         # Echo is request/response traffic: never hold a small reply back
         # waiting for more.  Transports without TCP (UNIX sockets) refuse.
+        address = transport.getPeer()
+        self.peer = formatAddress(address)
+        self.source = getattr(address, "host", None)
+        if not self.factory.connectionOpened(self):
+            self._refused = True
+            transport.loseConnection()
+            return
         try:
             transport.setTcpNoDelay(True)
         except (AttributeError, NotImplementedError, OSError):
             pass
         transport.registerProducer(self, True)
-        self.peer = formatAddress(transport.getPeer())
-        self.openedAt = self.factory.reactor.seconds()
-        self.factory.connectionOpened(self)
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesEchoed += len(data)
@@ -101,6 +123,8 @@ class Echo(Protocol):
         self.closeWhenFlushed("client stopped receiving")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._refused:
+            return
         self._cancelQuietCheck()
         if self._closeReason is not None:
             why = self._closeReason
@@ -176,6 +200,7 @@ class Echo(Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._resumes += 1
         self.transport.resumeProducing()
         if self._draining:
             self._scheduleQuietCheck()
@@ -189,25 +214,79 @@ class EchoFactory(Factory):
     """
     Builds L{Echo} protocols and keeps the books on them.
 
-    @ivar reactor: the clock for durations, quiet checks and drain deadlines.
+    @ivar reactor: the clock for durations, quiet checks, idle sweeps and
+        drain deadlines.
     @ivar connections: the open connections.
+    @ivar perSource: how many connections each source host has open.
+    @ivar maxConnections: open connections allowed in all; 0 for no limit.
+    @ivar maxPerSource: open connections allowed per source host; 0 for no
+        limit.
+    @ivar idleTimeout: seconds without activity after which a connection is
+        closed, and a closing connection that cannot flush is aborted; 0
+        for never.
     """
 
     protocol = Echo  # type: ignore[assignment]
     noisy = False  # "Starting factory ..." lines say nothing an operator needs
 
-    def __init__(self, reactor: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTime | None = None,
+        *,
+        maxConnections: int = 0,
+        maxPerSource: int = 0,
+        idleTimeout: float = 0,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
             reactor = globalReactor
         assert reactor is not None
         self.reactor = reactor
+        self.maxConnections = maxConnections
+        self.maxPerSource = maxPerSource
+        self.idleTimeout = idleTimeout
         self.connections: set[Echo] = set()
+        self.perSource: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self._refusals = ThrottledLog(log, reactor)
         self._drained: Deferred[None] | None = None
+        self._sweeper: LoopingCall | None = None
 
-    def connectionOpened(self, protocol: Echo) -> None:
+    def _refusal(self, protocol: Echo) -> str | None:
+        if self.maxConnections and len(self.connections) >= self.maxConnections:
+            return "too many connections"
+        source = protocol.source
+        if (
+            self.maxPerSource
+            and source is not None
+            and self.perSource.get(source, 0) >= self.maxPerSource
+        ):
+            return "too many connections from this source"
+        return None
+
+    def connectionOpened(self, protocol: Echo) -> bool:
+        """
+        Admit C{protocol} into the books, or refuse it (and log why).
+
+        @return: whether it was admitted.
+        """
+        why = self._refusal(protocol)
+        if why is not None:
+            self.refused[why] = self.refused.get(why, 0) + 1
+            self._refusals.warn(
+                why,
+                "Refused connection from {peer}: {reason}",
+                event="connection.refused",
+                peer=protocol.peer,
+                reason=why,
+            )
+            return False
+        protocol.openedAt = protocol._idleSince = self.reactor.seconds()
         self.connections.add(protocol)
+        source = protocol.source
+        if source is not None:
+            self.perSource[source] = self.perSource.get(source, 0) + 1
         log.info(
             "{peer} connected",
             event="connection.opened",
@@ -216,9 +295,20 @@ class EchoFactory(Factory):
         )
         if self._drained is not None:
             protocol.drain()
+        if self.idleTimeout and self._sweeper is None:
+            self._startSweeping()
+        return True
 
     def connectionClosed(self, protocol: Echo, reason: str) -> None:
         self.connections.discard(protocol)
+        source = protocol.source
+        if source is not None:
+            left = self.perSource.pop(source) - 1
+            if left:
+                self.perSource[source] = left
+        if not self.connections and self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
         log.info(
             "{peer} disconnected after {duration:.3f}s, {bytes} bytes echoed: {reason}",
             event="connection.closed",
@@ -231,6 +321,37 @@ class EchoFactory(Factory):
         if self._drained is not None and not self.connections:
             drained, self._drained = self._drained, None
             drained.callback(None)
+
+    @property
+    def sweepInterval(self) -> float:
+        """
+        Seconds between idle sweeps: a tenth of the idle timeout, between
+        50 ms and 10 s, so a connection is closed between C{idleTimeout}
+        and C{idleTimeout} plus this after its last activity.
+        """
+        return min(10.0, max(0.05, self.idleTimeout / 10))
+
+    def _startSweeping(self) -> None:
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = self.reactor
+        self._sweeper.start(self.sweepInterval, now=False)
+
+    def _sweep(self) -> None:
+        now = self.reactor.seconds()
+        limit = self.idleTimeout
+        for protocol in list(self.connections):
+            activity = protocol.bytesEchoed + protocol._resumes
+            if activity != protocol._idleMark:
+                protocol._idleMark = activity
+                protocol._idleSince = now
+            elif now - protocol._idleSince >= limit:
+                protocol._idleSince = now
+                if protocol._closeReason is None:
+                    protocol.closeWhenFlushed("idle timeout")
+                else:
+                    # It was closing, and could not send what it had left
+                    # within another idle timeout: its reader is gone.
+                    protocol.abort(f"{protocol._closeReason}; could not flush")
 
     def drain(self, timeout: float) -> Deferred[None]:
         """

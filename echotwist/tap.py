@@ -12,6 +12,9 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from echotwist.service import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_SOURCE,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_UDP_RATE,
     DatagramListener,
@@ -43,6 +46,12 @@ _seconds = _number("seconds")
 _perSecond = _number("datagrams a second")
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{text!r} is not a whole number (0 or more)")
+    return int(text)
+
+
 def _oneLine(method: _F) -> _F:
     # usage.Options prints an opt_ method's docstring as its --help text;
     # fold the source indentation away so it wraps cleanly.
@@ -60,6 +69,33 @@ class Options(usage.Options):
     )
 
     optParameters = [
+        [
+            "max-connections",
+            None,
+            DEFAULT_MAX_CONNECTIONS,
+            "Open stream connections allowed across all listeners; one more is"
+            " closed at once, unanswered; 0 for no limit"
+            " (e.g. --max-connections 10000).",
+            _count,
+        ],
+        [
+            "max-per-source",
+            None,
+            DEFAULT_MAX_PER_SOURCE,
+            "Open stream connections allowed per client address (behind"
+            " haproxy:, the client's own); 0 for no limit"
+            " (e.g. --max-per-source 10).",
+            _count,
+        ],
+        [
+            "idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Close a connection that has sent nothing for this many seconds;"
+            " abort one that cannot take its last echo within as long again;"
+            " 0 for never (e.g. --idle-timeout 60).",
+            _seconds,
+        ],
         [
             "shutdown-timeout",
             None,
@@ -150,5 +186,8 @@ def makeService(options: Options) -> IService:
         options["listeners"],
         udp=options["datagramListeners"],
         udpRate=options["udp-rate"],
+        maxConnections=options["max-connections"],
+        maxPerSource=options["max-per-source"],
+        idleTimeout=options["idle-timeout"],
         shutdownTimeout=options["shutdown-timeout"],
     )

@@ -5,6 +5,7 @@ Unit tests of the stream echo: no reactor, no sockets, time from a Clock.
 from __future__ import annotations
 
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
@@ -262,3 +263,134 @@ class DrainTests(SynchronousTestCase):
         self.successResultOf(drained)
         closed = [e for e in events if e.get("event") == "connection.closed"]
         self.assertEqual(closed[0]["reason"], "client finished sending")
+
+
+def connectFrom(factory: EchoFactory, host: str, port: int = 40000) -> Echo:
+    return connect(factory, _TCPTransport(peerAddress=IPv4Address("TCP", host, port)))
+
+
+class LimitTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+
+    def test_maxConnections(self) -> None:
+        factory = EchoFactory(self.clock, maxConnections=2)
+        first, second = (
+            connectFrom(factory, "192.0.2.1"),
+            connectFrom(factory, "192.0.2.2"),
+        )
+        with capturedLogs() as events:
+            third = connectFrom(factory, "192.0.2.3")
+            third.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(third.transport.disconnecting)
+        self.assertIsNone(third.transport.producer)
+        self.assertEqual(factory.connections, {first, second})
+        self.assertEqual(factory.refused, {"too many connections": 1})
+        self.assertEqual(
+            [(e["event"], e["peer"]) for e in events],
+            [("connection.refused", "192.0.2.3:40000")],
+        )
+        first.dataReceived(b"untouched")
+        self.assertEqual(first.transport.value(), b"untouched")
+        self.assertFalse(first.transport.disconnecting)
+
+        first.connectionLost(Failure(ConnectionDone()))
+        fourth = connectFrom(factory, "192.0.2.4")
+        self.assertIn(fourth, factory.connections)
+
+    def test_maxPerSource(self) -> None:
+        factory = EchoFactory(self.clock, maxPerSource=2)
+        kept = [connectFrom(factory, "192.0.2.1", port) for port in (1, 2)]
+        refused = connectFrom(factory, "192.0.2.1", 3)
+        other = connectFrom(factory, "192.0.2.9")
+        self.assertTrue(refused.transport.disconnecting)
+        self.assertEqual(factory.connections, {*kept, other})
+        self.assertEqual(factory.perSource, {"192.0.2.1": 2, "192.0.2.9": 1})
+        self.assertEqual(factory.refused, {"too many connections from this source": 1})
+
+    def test_unixPeersHaveNoSource(self) -> None:
+        factory = EchoFactory(self.clock, maxPerSource=1)
+        peers = [
+            connect(factory, _UNIXTransport(peerAddress=UNIXAddress(None)))
+            for _ in range(3)
+        ]
+        self.assertEqual(factory.connections, set(peers))
+        self.assertEqual(factory.perSource, {})
+
+    def test_booksReturnToZero(self) -> None:
+        factory = EchoFactory(self.clock, maxConnections=3, maxPerSource=2)
+        peers = [connectFrom(factory, f"192.0.2.{n % 2}", n) for n in range(5)]
+        for peer in peers:
+            peer.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(factory.connections, set())
+        self.assertEqual(factory.perSource, {})
+
+
+class IdleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.factory = EchoFactory(self.clock, idleTimeout=1)
+
+    def test_idleConnectionIsClosed(self) -> None:
+        protocol = connect(self.factory)
+        self.clock.advance(0.95)
+        self.assertFalse(protocol.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(protocol.transport.disconnecting)
+        self.assertFalse(protocol.transport.disconnected)  # closed, not aborted
+        with capturedLogs() as events:
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(events[0]["reason"], "idle timeout")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_busyConnectionStays(self) -> None:
+        protocol = connect(self.factory)
+        for _ in range(100):
+            protocol.dataReceived(b"ping")
+            self.clock.advance(0.5)
+        self.assertFalse(protocol.transport.disconnecting)
+
+    def test_drainingBacklogIsActivity(self) -> None:
+        """
+        Reading is paused while a slow reader takes its echo; each drained
+        backlog counts as activity.
+        """
+        protocol = connect(self.factory)
+        for _ in range(20):
+            protocol.pauseProducing()
+            self.clock.advance(0.5)
+            protocol.resumeProducing()
+        self.assertFalse(protocol.transport.disconnecting)
+
+    def test_closeThatCannotFlushIsAborted(self) -> None:
+        protocol = connect(self.factory)
+        protocol.pauseProducing()  # the peer stopped reading
+        self.clock.advance(1.1)
+        self.assertTrue(protocol.transport.disconnecting)
+        self.assertFalse(protocol.transport.disconnected)
+        self.clock.advance(1.0)
+        self.assertTrue(protocol.transport.disconnected)  # aborted
+        with capturedLogs() as events:
+            protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(events[0]["reason"], "idle timeout; could not flush")
+
+    def test_halfClosedNonReaderIsAborted(self) -> None:
+        protocol = connect(self.factory)
+        protocol.dataReceived(b"x" * 1000)
+        protocol.readConnectionLost()
+        self.assertTrue(protocol.transport.disconnecting)
+        for _ in range(10):
+            self.clock.advance(0.25)
+        self.assertTrue(protocol.transport.disconnected)
+
+    def test_neverWithZero(self) -> None:
+        factory = EchoFactory(self.clock, idleTimeout=0)
+        protocol = connect(factory)
+        self.clock.advance(1e6)
+        self.assertFalse(protocol.transport.disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_sweepInterval(self) -> None:
+        self.assertEqual(EchoFactory(self.clock, idleTimeout=300).sweepInterval, 10)
+        self.assertEqual(EchoFactory(self.clock, idleTimeout=1).sweepInterval, 0.1)
+        self.assertEqual(EchoFactory(self.clock, idleTimeout=0.1).sweepInterval, 0.05)
