@@ -307,7 +307,8 @@ class EchoFactory(Factory):
             if left:
                 self.perSource[source] = left
         if not self.connections and self._sweeper is not None:
-            self._sweeper.stop()
+            if self._sweeper.running:
+                self._sweeper.stop()
             self._sweeper = None
         log.info(
             "{peer} disconnected after {duration:.3f}s, {bytes} bytes echoed: {reason}",
@@ -346,12 +347,18 @@ class EchoFactory(Factory):
                 protocol._idleSince = now
             elif now - protocol._idleSince >= limit:
                 protocol._idleSince = now
-                if protocol._closeReason is None:
-                    protocol.closeWhenFlushed("idle timeout")
-                else:
-                    # It was closing, and could not send what it had left
-                    # within another idle timeout: its reader is gone.
-                    protocol.abort(f"{protocol._closeReason}; could not flush")
+                # One connection's failure must not end the sweeps (a
+                # LoopingCall stops at the first exception).
+                try:
+                    if protocol._closeReason is None:
+                        protocol.closeWhenFlushed("idle timeout")
+                    else:
+                        # It was closing, and could not send what it had
+                        # left within another idle timeout: its reader is
+                        # gone.
+                        protocol.abort(f"{protocol._closeReason}; could not flush")
+                except Exception:
+                    log.failure("Idle sweep could not close {peer}", peer=protocol.peer)
 
     def drain(self, timeout: float) -> Deferred[None]:
         """
