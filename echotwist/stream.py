@@ -22,6 +22,7 @@ timer would be reset on every read.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -63,8 +64,8 @@ class Echo(Protocol):
     transport: Any
     bytesEchoed = 0
     openedAt = 0.0
-    peer = ""
-    #: The client's host, for the per-source limit (None for UNIX sockets).
+    #: The client's host, for the per-source limit (None for UNIX sockets);
+    #: interned, so a source's connections share one string.
     source: str | None = None
     #: While draining, a connection is quiet, and closes, once this many
     #: seconds pass with nothing received and nothing backed up.  Long
@@ -86,7 +87,8 @@ class Echo(Protocol):
     # Times the transport drained a backlog: progress even while nothing
     # can be read (the idle sweep counts it as activity).
     _resumes = 0
-    # The idle sweep's marks: activity seen at its last change, and when.
+    # The idle sweep's marks: activity seen at its last change, and when
+    # (until the first change, openedAt stands for it).
     _idleMark = 0
     _idleSince = 0.0
 
@@ -95,9 +97,9 @@ class Echo(Protocol):
         assert transport is not None
         # Echo is request/response traffic: never hold a small reply back
         # waiting for more.  Transports without TCP (UNIX sockets) refuse.
-        address = transport.getPeer()
-        self.peer = formatAddress(address)
-        self.source = getattr(address, "host", None)
+        host = getattr(transport.getPeer(), "host", None)
+        if host is not None:
+            self.source = sys.intern(host)
         if not self.factory.connectionOpened(self):
             self._refused = True
             transport.loseConnection()
@@ -107,6 +109,14 @@ class Echo(Protocol):
         except (AttributeError, NotImplementedError, OSError):
             pass
         transport.registerProducer(self, True)
+
+    @property
+    def peer(self) -> str:
+        """
+        The client's address, for logs.  Not kept: an idle connection costs
+        less memory without one more string.
+        """
+        return formatAddress(self.transport.getPeer())
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesEchoed += len(data)
@@ -282,7 +292,7 @@ class EchoFactory(Factory):
                 reason=why,
             )
             return False
-        protocol.openedAt = protocol._idleSince = self.reactor.seconds()
+        protocol.openedAt = self.reactor.seconds()
         self.connections.add(protocol)
         source = protocol.source
         if source is not None:
@@ -345,7 +355,7 @@ class EchoFactory(Factory):
             if activity != protocol._idleMark:
                 protocol._idleMark = activity
                 protocol._idleSince = now
-            elif now - protocol._idleSince >= limit:
+            elif now - max(protocol._idleSince, protocol.openedAt) >= limit:
                 protocol._idleSince = now
                 # One connection's failure must not end the sweeps (a
                 # LoopingCall stops at the first exception).

@@ -1,0 +1,333 @@
+"""
+Safe on a public address, against the real twistd: limits, the idle
+timeout, the drain on SIGTERM, descriptor exhaustion, and churn that must
+leak nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import struct
+import threading
+import time
+
+from tests._clients import echoOnce, readUntilClosed
+from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase
+
+MiB = 1024 * 1024
+SOAK_SECONDS = float(os.environ.get("ECHOTWIST_SOAK_SECONDS", "30"))
+
+
+def descriptors(server: Server) -> int:
+    return len(os.listdir(f"/proc/{server.process.pid}/fd"))
+
+
+def cpuSeconds(server: Server) -> float:
+    with open(f"/proc/{server.process.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reset(sock: socket.socket) -> None:
+    """
+    Close with an RST instead of a FIN.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def served(sock: socket.socket, payload: bytes = b"ping") -> bool:
+    """
+    Whether the server echoes on C{sock}; False once it has closed it.
+    """
+    try:
+        sock.sendall(payload)
+        sock.settimeout(WAIT)
+        return sock.recv(len(payload)) == payload
+    except OSError:
+        return False
+
+
+class LimitTests(ServerTestCase):
+    def test_maxConnections(self) -> None:
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--max-connections",
+            "50",
+            "--max-per-source",
+            "0",
+        )
+        address = (LOOPBACK, server.port)
+        clients = [socket.create_connection(address, timeout=WAIT) for _ in range(50)]
+        for client in clients:
+            self.addCleanup(client.close)
+            self.assertTrue(served(client))
+
+        extra = socket.create_connection(address, timeout=WAIT)
+        self.addCleanup(extra.close)
+        self.assertEqual(readUntilClosed(extra), (b"", "eof"))
+        server.waitFor(
+            r"Refused connection from 127\.0\.0\.1:\d+: too many connections"
+        )
+
+        self.assertTrue(all(served(client, b"still here") for client in clients))
+        clients.pop().close()
+        server.waitFor(r"disconnected after .*: client finished sending")
+        self.assertEqual(echoOnce(address, b"room again"), b"room again")
+
+    def test_maxPerSource(self) -> None:
+        server = self.start(
+            "--port", f"tcp:0:interface={LOOPBACK}", "--max-per-source", "3"
+        )
+        address = (LOOPBACK, server.port)
+        mine = [socket.create_connection(address, timeout=WAIT) for _ in range(3)]
+        for client in mine:
+            self.addCleanup(client.close)
+            self.assertTrue(served(client))
+        extra = socket.create_connection(address, timeout=WAIT)
+        self.addCleanup(extra.close)
+        self.assertEqual(readUntilClosed(extra), (b"", "eof"))
+        # Another source (all of 127/8 is this host's) is not held back.
+        other = socket.socket()
+        self.addCleanup(other.close)
+        other.bind(("127.0.0.2", 0))
+        other.settimeout(WAIT)
+        other.connect(address)
+        self.assertTrue(served(other))
+        server.waitFor(
+            r"Refused connection from 127\.0\.0\.1:\d+: too many connections from this source"
+        )
+
+    def test_idleTimeout(self) -> None:
+        server = self.start(
+            "--port", f"tcp:0:interface={LOOPBACK}", "--idle-timeout", "1"
+        )
+        address = (LOOPBACK, server.port)
+        idle = socket.create_connection(address, timeout=WAIT)
+        busy = socket.create_connection(address, timeout=WAIT)
+        self.addCleanup(idle.close)
+        self.addCleanup(busy.close)
+        opened = time.monotonic()
+
+        closedAfter: list[float] = []
+
+        def watchIdle() -> None:
+            readUntilClosed(idle)
+            closedAfter.append(time.monotonic() - opened)
+
+        watcher = threading.Thread(target=watchIdle)
+        watcher.start()
+        # The busy client talks every 0.2 s for three seconds.
+        for n in range(15):
+            self.assertTrue(served(busy, b"tick %d" % n))
+            watcher.join(0.2)
+        watcher.join(WAIT)
+        self.assertEqual(len(closedAfter), 1)
+        self.assertGreaterEqual(closedAfter[0], 0.9)
+        self.assertTrue(served(busy, b"still busy"))
+        server.waitFor(r"disconnected after .*: idle timeout")
+
+
+class DrainTests(ServerTestCase):
+    def test_bytesSentBeforeSIGTERMComeBack(self) -> None:
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--idle-timeout",
+            "1",
+            "--shutdown-timeout",
+            "5",
+        )
+        client = socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
+        self.addCleanup(client.close)
+        payload = os.urandom(2 * MiB)
+        received: list[tuple[bytes, str]] = []
+        reader = threading.Thread(
+            target=lambda: received.append(readUntilClosed(client))
+        )
+        reader.start()
+        client.sendall(payload)
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        reader.join(WAIT)
+        self.assertEqual(received, [(payload, "eof")])
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+        self.assertLess(time.monotonic() - signalled, 5 + 2)
+
+    def test_nonReaderIsAbortedAtTheDeadline(self) -> None:
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--shutdown-timeout",
+            "1",
+            "--idle-timeout",
+            "0",
+        )
+        hog = socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
+        self.addCleanup(hog.close)
+        hog.setblocking(False)
+        chunk = b"x" * MiB
+        try:
+            while True:
+                hog.send(chunk)
+        except BlockingIOError:
+            pass  # the server stopped reading: its buffers are full
+        server.waitFor(r"connected")
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+        self.assertIn(
+            "Shutdown deadline passed: aborting 1 connection(s)", server.output
+        )
+
+
+class ExhaustionTests(ServerTestCase):
+    def test_descriptorExhaustion(self) -> None:
+        """
+        With RLIMIT_NOFILE at 64, a flood of 100 connections: the server
+        serves those it has descriptors for, sheds the rest without
+        spinning, and accepts again once descriptors are free.
+        """
+
+        def lowLimit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--max-connections",
+            "0",
+            "--max-per-source",
+            "0",
+            preexec=lowLimit,
+        )
+        address = (LOOPBACK, server.port)
+        flood = [socket.create_connection(address, timeout=WAIT) for _ in range(100)]
+        for client in flood:
+            self.addCleanup(client.close)
+        kept = [client for client in flood if served(client)]
+        self.assertGreater(len(kept), 20)
+        self.assertLess(len(kept), 64)
+
+        before = cpuSeconds(server)
+        waited = threading.Event()
+        waited.wait(1.0)  # a window to measure CPU over, not a synchronisation
+        self.assertLess(cpuSeconds(server) - before, 0.5, "the server spins")
+
+        self.assertTrue(all(served(client, b"kept") for client in kept))
+        for client in flood:
+            client.close()
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                self.assertEqual(echoOnce(address, b"again"), b"again")
+                break
+            except (OSError, AssertionError):
+                self.assertLess(time.monotonic(), deadline, "never accepted again")
+
+
+class ChurnTests(ServerTestCase):
+    def churn(
+        self, address: tuple[str, int], rounds: int, settle: Server | None = None
+    ) -> None:
+        """
+        Every way a client can come and go, five connections a round.  With
+        C{settle}, wait after each round until that server has closed them
+        all (a per-source limit would refuse the next round's otherwise).
+        """
+        payload = os.urandom(256 * 1024)
+        for _ in range(rounds):
+            # A clean exchange.
+            self.assertEqual(echoOnce(address, b"clean"), b"clean")
+            # Connect and close at once.
+            socket.create_connection(address, timeout=WAIT).close()
+            # A reset in the middle of a transfer.
+            sock = socket.create_connection(address, timeout=WAIT)
+            sock.sendall(payload[:100_000])
+            reset(sock)
+            # A reset after a half-close, with echo still on its way.
+            sock = socket.create_connection(address, timeout=WAIT)
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            reset(sock)
+            # A client that vanishes without reading its echo.
+            sock = socket.create_connection(address, timeout=WAIT)
+            sock.sendall(payload[:1000])
+            sock.close()
+            with self.lock:
+                self.made += 5
+            if settle is not None:
+                self.settle(settle)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.made = 0
+        self.lock = threading.Lock()
+
+    def settle(self, server: Server) -> None:
+        """
+        Wait until the server has logged every connection made so far
+        closed.
+        """
+        deadline = time.monotonic() + WAIT
+        while server.output.count(" disconnected after ") < self.made:
+            self.assertLess(time.monotonic(), deadline, "connections never closed")
+            server.waitFor(r"disconnected after", WAIT)
+            time.sleep(0.01)
+
+    def test_nothingLeaks(self) -> None:
+        server = self.start(
+            "--port", f"tcp:0:interface={LOOPBACK}", "--max-per-source", "5"
+        )
+        address = (LOOPBACK, server.port)
+        self.churn(address, 2, settle=server)
+        baseline = descriptors(server)
+        self.churn(address, 40, settle=server)
+        self.assertEqual(descriptors(server), baseline)
+        # The per-source books are back to zero: five at once are admitted.
+        five = [socket.create_connection(address, timeout=WAIT) for _ in range(5)]
+        self.assertTrue(all(served(client) for client in five))
+        for client in five:
+            client.close()
+        self.made += 5
+        self.settle(server)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+        # Nothing was open to drain: the factory's books were at zero.
+        self.assertNotIn("Draining", server.output)
+
+    def test_soak(self) -> None:
+        """
+        Churn from four threads for ECHOTWIST_SOAK_SECONDS (default 30):
+        descriptors come back to where they started and memory stays flat.
+        """
+        server = self.start(
+            "--port", f"tcp:0:interface={LOOPBACK}", "--max-per-source", "0"
+        )
+        address = (LOOPBACK, server.port)
+        self.churn(address, 5)
+        self.settle(server)
+        baseline, rssBefore = descriptors(server), server.rss()
+        finished: list[threading.Thread] = []
+        stop = time.monotonic() + SOAK_SECONDS
+
+        def work() -> None:
+            while time.monotonic() < stop:
+                self.churn(address, 1)
+            finished.append(threading.current_thread())
+
+        workers = [threading.Thread(target=work) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(SOAK_SECONDS + WAIT)
+        self.assertEqual(len(finished), 4)
+        self.settle(server)
+        self.assertEqual(descriptors(server), baseline)
+        grown = server.rss() - rssBefore
+        self.assertLess(
+            grown, 8 * MiB, f"RSS grew {grown} bytes over {self.made} connections"
+        )
