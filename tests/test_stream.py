@@ -4,7 +4,6 @@ Unit tests of the stream echo: no reactor, no sockets, time from a Clock.
 
 from __future__ import annotations
 
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -13,6 +12,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo, EchoFactory
+from tests._memory import MemoryPeer
 
 
 class _TCPTransport(StringTransport):
@@ -29,33 +29,6 @@ class _TCPTransport(StringTransport):
 class _UNIXTransport(StringTransport):
     def setTcpNoDelay(self, enabled: bool) -> None:
         raise OSError(95, "Operation not supported")
-
-
-class _StalledPeer(FileDescriptor):
-    """
-    Twisted's real write buffering and producer logic, over a peer that
-    accepts bytes only when told to; reading is "on" while this
-    descriptor is registered as a reader with the (memory) reactor.
-    """
-
-    def __init__(self, reactor: MemoryReactorClock) -> None:
-        super().__init__(reactor)
-        self.connected = True
-        self.accepting = 0  # bytes the peer will take on the next doWrite
-        self.sent = b""
-
-    def writeSomeData(self, data: bytes) -> int:
-        taken = bytes(data[: self.accepting])
-        self.accepting -= len(taken)
-        self.sent += taken
-        return len(taken)
-
-    def getPeer(self) -> str:
-        return "stalled-peer"
-
-    @property
-    def reading(self) -> bool:
-        return self in self.reactor.getReaders()
 
 
 def connect(factory: EchoFactory, transport: StringTransport | None = None) -> Echo:
@@ -107,7 +80,7 @@ class EchoTests(SynchronousTestCase):
         waiting for a peer that does not read, reading stops, so the server
         holds at most about two buffers; reading resumes once it drains.
         """
-        transport = _StalledPeer(self.clock)
+        transport = MemoryPeer(self.clock)
         protocol = self.factory.buildProtocol(None)
         protocol.makeConnection(transport)
         transport.startReading()
@@ -118,14 +91,12 @@ class EchoTests(SynchronousTestCase):
             sent += len(chunk)
         self.assertFalse(transport.reading)
         self.assertLessEqual(sent, 2 * len(chunk))
-        self.assertLessEqual(
-            len(transport.dataBuffer) + transport._tempDataLen, 2 * 65536
-        )
+        self.assertLessEqual(transport.held, 2 * 65536)
 
         transport.accepting = sent
         transport.doWrite()
         self.assertTrue(transport.reading)
-        self.assertEqual(transport.sent, chunk * (sent // len(chunk)))
+        self.assertEqual(transport.delivered, chunk * (sent // len(chunk)))
 
     def test_halfCloseFlushesThenCloses(self) -> None:
         """

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo, EchoFactory
+from tests._memory import MemoryPeer
 
 READ_SIZE = 65536  # what tcp.Connection reads at most per doRead
 BUFFER = FileDescriptor.bufferSize
@@ -42,41 +43,12 @@ SEND_SIZES = st.one_of(
 )
 
 
-class _Peer(FileDescriptor):
-    def __init__(self, reactor: MemoryReactorClock) -> None:
-        super().__init__(reactor)
-        self.connected = True
-        self.accepting = 0
-        self.delivered = bytearray()
-        self.aborted = False
-
-    def writeSomeData(self, data: bytes) -> int:
-        taken = bytes(data[: self.accepting])
-        self.accepting -= len(taken)
-        self.delivered += taken
-        return len(taken)
-
-    def getPeer(self) -> str:
-        return "model-peer"
-
-    def abortConnection(self) -> None:
-        # As tcp.Connection does: stop at once; the loss arrives later.
-        self.aborted = True
-        self.disconnecting = True
-        self.stopReading()
-        self.stopWriting()
-
-    @property
-    def held(self) -> int:
-        return len(self.dataBuffer) - self.offset + self._tempDataLen
-
-
 class EchoModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = MemoryReactorClock()
         self.factory = EchoFactory(self.clock, idleTimeout=30)
-        self.transport = _Peer(self.clock)
+        self.transport = MemoryPeer(self.clock)
         self.protocol = self.factory.buildProtocol(None)
         assert isinstance(self.protocol, Echo)
         self.protocol.makeConnection(self.transport)
@@ -90,11 +62,11 @@ class EchoModel(RuleBasedStateMachine):
 
     @property
     def reading(self) -> bool:
-        return self.transport in self.clock.getReaders()
+        return self.transport.reading
 
     @property
     def writing(self) -> bool:
-        return self.transport in self.clock.getWriters()
+        return self.transport.writing
 
     def _lose(self, reason: Failure) -> None:
         self.lost = True

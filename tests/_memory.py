@@ -1,0 +1,54 @@
+"""
+An in-memory peer under Twisted's real write buffering and producer logic.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.testing import MemoryReactorClock
+
+
+class MemoryPeer(FileDescriptor):
+    """
+    A FileDescriptor whose peer accepts bytes only when told to
+    (C{accepting}); what it took is in C{delivered}.  Reading is "on" while
+    the descriptor is registered as a reader with the memory reactor.
+    """
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        super().__init__(reactor)
+        self.connected = True
+        self.accepting = 0
+        self.delivered = bytearray()
+        self.aborted = False
+
+    def writeSomeData(self, data: bytes) -> int:
+        taken = bytes(data[: self.accepting])
+        self.accepting -= len(taken)
+        self.delivered += taken
+        return len(taken)
+
+    def getPeer(self) -> str:
+        return "memory-peer"
+
+    def abortConnection(self) -> None:
+        # As tcp.Connection does: stop at once; the loss arrives later.
+        self.aborted = True
+        self.disconnecting = True
+        self.stopReading()
+        self.stopWriting()
+
+    @property
+    def reading(self) -> bool:
+        return self in self.reactor.getReaders()
+
+    @property
+    def writing(self) -> bool:
+        return self in self.reactor.getWriters()
+
+    @property
+    def held(self) -> int:
+        """
+        Bytes written to the transport and not yet taken by the peer.
+        """
+        return len(self.dataBuffer) - self.offset + self._tempDataLen
