@@ -26,7 +26,13 @@ from twisted.logger import Logger
 
 from echotwist.limits import SourceRateLimiter, ThrottledLog
 
-__all__ = ["DatagramEcho", "DatagramPolicy", "MAX_DATAGRAM", "burstFor"]
+__all__ = [
+    "DATAGRAM_REFUSALS",
+    "DatagramEcho",
+    "DatagramPolicy",
+    "MAX_DATAGRAM",
+    "burstFor",
+]
 
 log = Logger()
 
@@ -37,6 +43,16 @@ MAX_DATAGRAM = 65536
 
 #: Source ports below this are refused (see the module docstring).
 FIRST_UNPRIVILEGED_PORT = 1024
+
+#: Why a datagram can go unanswered, as logged and counted.
+DATAGRAM_REFUSALS = (
+    "privileged source port",
+    "broadcast source",
+    "multicast source",
+    "unspecified source",
+    "bad source address",
+    "over the rate limit",
+)
 
 
 def burstFor(rate: float) -> float:
@@ -73,6 +89,7 @@ class DatagramPolicy:
     throttled refusal log, and the counts.
 
     @ivar counts: how many datagrams were answered, and refused by reason.
+    @ivar bytes: bytes received in datagrams, and sent in answers.
     """
 
     def __init__(
@@ -89,6 +106,7 @@ class DatagramPolicy:
         )
         self.refusals = ThrottledLog(log, clock)
         self.counts: dict[str, int] = {}
+        self.bytes = {"received": 0, "sent": 0}
 
     def count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -119,6 +137,7 @@ class DatagramEcho(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         host, port = addr[0], addr[1]
         policy = self.policy
+        policy.bytes["received"] += len(datagram)
         why = policy.refusal(host, port)
         if why is not None:
             policy.count(why)
@@ -144,6 +163,7 @@ class DatagramEcho(DatagramProtocol):
                 error=str(e),
             )
             return
+        policy.bytes["sent"] += len(datagram)
         policy.count("answered")
 
 

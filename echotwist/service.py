@@ -18,13 +18,20 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from echotwist._address import formatAddress
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
+from echotwist.metrics import EchoCollector, metricsSite, registryFor
 from echotwist.proxy import ProxyEndpoint
-from echotwist.stream import EchoFactory
+from echotwist.stream import Echo, EchoFactory
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -181,10 +188,13 @@ def _listenOrExit(description: str, listen: Callable[[], _T]) -> _T:
         ) from None
 
 
-def _logStarted(description: str, port: IListeningPort) -> None:
+def _logStarted(description: str, port: IListeningPort, kind: str = "echo") -> None:
     log.info(
-        "Listening on {address} ({description})",
+        "Serving metrics on {address} ({description})"
+        if kind == "metrics"
+        else "Listening on {address} ({description})",
         event="listener.started",
+        kind=kind,
         address=formatAddress(port.getHost()),
         description=description,
     )
@@ -198,6 +208,28 @@ def _logStopped(description: str) -> None:
     )
 
 
+class _ListenerFactory(Factory):
+    """
+    What one listener's port sees as its factory: the server's shared
+    L{EchoFactory}, with each connection told which listener took it.
+    """
+
+    noisy = False
+
+    def __init__(self, shared: EchoFactory, description: str) -> None:
+        self.shared = shared
+        self.description = description
+
+    def buildProtocol(self, addr: IAddress | None) -> Echo:  # type: ignore[override]
+        protocol = self.shared.buildProtocol(addr)
+        assert isinstance(protocol, Echo)
+        protocol.listener = self.description
+        return protocol
+
+    def logPrefix(self) -> str:
+        return "echotwist"
+
+
 class _ListenerService(StreamServerEndpointService):
     """
     One listener.  A listener that cannot listen stops the start of the
@@ -208,9 +240,12 @@ class _ListenerService(StreamServerEndpointService):
     # strports.service does, rather than log them and run without the port.
     _raiseSynchronously = True
 
-    def __init__(self, listener: Listener, factory: EchoFactory) -> None:
+    def __init__(
+        self, listener: Listener, factory: IProtocolFactory, kind: str = "echo"
+    ) -> None:
         super().__init__(listener.endpoint, factory)
         self.description = listener.description
+        self.kind = kind
 
     def privilegedStartService(self) -> None:
         _listenOrExit(self.description, super().privilegedStartService)
@@ -218,7 +253,7 @@ class _ListenerService(StreamServerEndpointService):
         self._waitingForPort.addCallback(self._started)
 
     def _started(self, port: IListeningPort) -> IListeningPort:
-        _logStarted(self.description, port)
+        _logStarted(self.description, port, self.kind)
         return port
 
     def stopService(self) -> Deferred[None]:
@@ -251,7 +286,7 @@ class _DatagramListenerService(Service):
                 maxPacketSize=MAX_DATAGRAM,
             ),
         )
-        _logStarted(listener.description, self._port)
+        _logStarted(listener.description, self._port, "udp")
 
     def startService(self) -> None:
         super().startService()
@@ -290,6 +325,8 @@ class EchoService(MultiService):
         maxPerSource: int = DEFAULT_MAX_PER_SOURCE,
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
         shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        logConnections: bool = True,
+        metrics: Listener | str | None = None,
         reactor: Any = None,
     ) -> None:
         """
@@ -309,6 +346,9 @@ class EchoService(MultiService):
             before it is closed; 0 for never.
         @param shutdownTimeout: seconds a drain may take before the
             connections still open are aborted.
+        @param logConnections: log each connection opened and closed.
+        @param metrics: where to serve Prometheus metrics at C{/metrics}, as
+            a server endpoint description; None for nowhere.
         @param reactor: the reactor to listen with; the global one if None.
         """
         super().__init__()
@@ -319,18 +359,28 @@ class EchoService(MultiService):
             maxConnections=maxConnections,
             maxPerSource=maxPerSource,
             idleTimeout=idleTimeout,
+            logConnections=logConnections,
         )
         self.datagramPolicy = DatagramPolicy(udpRate, reactor)
         self.shutdownTimeout = shutdownTimeout
         for item in listen:
             if isinstance(item, str):
                 item = parseListener(item, reactor)
-            _ListenerService(item, self.factory).setServiceParent(self)
+            _ListenerService(
+                item, _ListenerFactory(self.factory, item.description)
+            ).setServiceParent(self)
         for datagramItem in udp:
             if isinstance(datagramItem, str):
                 datagramItem = parseDatagramListener(datagramItem)
             _DatagramListenerService(
                 datagramItem, self.datagramPolicy, reactor
+            ).setServiceParent(self)
+        self.collector = EchoCollector(self.factory, self.datagramPolicy)
+        if metrics is not None:
+            if isinstance(metrics, str):
+                metrics = parseListener(metrics, reactor)
+            _ListenerService(
+                metrics, metricsSite(registryFor(self.collector)), "metrics"
             ).setServiceParent(self)
 
     def privilegedStartService(self) -> None:

@@ -42,9 +42,14 @@ from zope.interface import implementer
 from echotwist._address import formatAddress
 from echotwist.limits import ThrottledLog
 
-__all__ = ["Echo", "EchoFactory"]
+__all__ = ["CONNECTION_REFUSALS", "Echo", "EchoFactory"]
 
 log = Logger()
+
+#: Why a connection can be refused, as logged and counted.
+TOO_MANY = "too many connections"
+TOO_MANY_FROM_SOURCE = "too many connections from this source"
+CONNECTION_REFUSALS = (TOO_MANY, TOO_MANY_FROM_SOURCE)
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
@@ -64,6 +69,8 @@ class Echo(Protocol):
     transport: Any
     bytesEchoed = 0
     openedAt = 0.0
+    #: The listener's endpoint description, for logs.
+    listener = ""
     #: The client's host, for the per-source limit (None for UNIX sockets);
     #: interned, so a source's connections share one string.
     source: str | None = None
@@ -234,6 +241,12 @@ class EchoFactory(Factory):
     @ivar idleTimeout: seconds without activity after which a connection is
         closed, and a closing connection that cannot flush is aborted; 0
         for never.
+    @ivar logConnections: whether to log each connection opened and closed
+        (refusals are logged regardless, throttled).
+    @ivar accepted: connections admitted so far.
+    @ivar closed: connections closed so far.
+    @ivar bytesOfClosed: bytes echoed by the connections closed so far.
+    @ivar refused: connections refused so far, by reason.
     """
 
     protocol = Echo  # type: ignore[assignment]
@@ -246,6 +259,7 @@ class EchoFactory(Factory):
         maxConnections: int = 0,
         maxPerSource: int = 0,
         idleTimeout: float = 0,
+        logConnections: bool = True,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -256,6 +270,10 @@ class EchoFactory(Factory):
         self.maxConnections = maxConnections
         self.maxPerSource = maxPerSource
         self.idleTimeout = idleTimeout
+        self.logConnections = logConnections
+        self.accepted = 0
+        self.closed = 0
+        self.bytesOfClosed = 0
         self.connections: set[Echo] = set()
         self.perSource: dict[str, int] = {}
         self.refused: dict[str, int] = {}
@@ -265,14 +283,14 @@ class EchoFactory(Factory):
 
     def _refusal(self, protocol: Echo) -> str | None:
         if self.maxConnections and len(self.connections) >= self.maxConnections:
-            return "too many connections"
+            return TOO_MANY
         source = protocol.source
         if (
             self.maxPerSource
             and source is not None
             and self.perSource.get(source, 0) >= self.maxPerSource
         ):
-            return "too many connections from this source"
+            return TOO_MANY_FROM_SOURCE
         return None
 
     def connectionOpened(self, protocol: Echo) -> bool:
@@ -293,16 +311,19 @@ class EchoFactory(Factory):
             )
             return False
         protocol.openedAt = self.reactor.seconds()
+        self.accepted += 1
         self.connections.add(protocol)
         source = protocol.source
         if source is not None:
             self.perSource[source] = self.perSource.get(source, 0) + 1
-        log.info(
-            "{peer} connected",
-            event="connection.opened",
-            peer=protocol.peer,
-            open=len(self.connections),
-        )
+        if self.logConnections:
+            log.info(
+                "{peer} connected",
+                event="connection.opened",
+                peer=protocol.peer,
+                listener=protocol.listener,
+                open=len(self.connections),
+            )
         if self._drained is not None:
             protocol.drain()
         if self.idleTimeout and self._sweeper is None:
@@ -311,6 +332,8 @@ class EchoFactory(Factory):
 
     def connectionClosed(self, protocol: Echo, reason: str) -> None:
         self.connections.discard(protocol)
+        self.closed += 1
+        self.bytesOfClosed += protocol.bytesEchoed
         source = protocol.source
         if source is not None:
             left = self.perSource.pop(source) - 1
@@ -320,15 +343,19 @@ class EchoFactory(Factory):
             if self._sweeper.running:
                 self._sweeper.stop()
             self._sweeper = None
-        log.info(
-            "{peer} disconnected after {duration:.3f}s, {bytes} bytes echoed: {reason}",
-            event="connection.closed",
-            peer=protocol.peer,
-            duration=self.reactor.seconds() - protocol.openedAt,
-            bytes=protocol.bytesEchoed,
-            reason=reason,
-            open=len(self.connections),
-        )
+        if self.logConnections:
+            log.info(
+                "{peer} disconnected after {duration:.3f}s, {bytesIn} bytes"
+                " echoed: {reason}",
+                event="connection.closed",
+                peer=protocol.peer,
+                listener=protocol.listener,
+                duration=self.reactor.seconds() - protocol.openedAt,
+                bytesIn=protocol.bytesEchoed,
+                bytesOut=protocol.bytesEchoed,
+                reason=reason,
+                open=len(self.connections),
+            )
         if self._drained is not None and not self.connections:
             drained, self._drained = self._drained, None
             drained.callback(None)

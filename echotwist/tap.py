@@ -59,6 +59,12 @@ def _oneLine(method: _F) -> _F:
     return method
 
 
+def _fixedPort(listener: Listener) -> bool:
+    # Port 0 means a fresh free port each time: "tcp:0" may well repeat.
+    fields = listener.description.split(":")
+    return "0" not in fields and "port=0" not in fields
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -68,7 +74,26 @@ class Options(usage.Options):
         " interface."
     )
 
+    optFlags = [
+        [
+            "no-connection-logs",
+            None,
+            "Do not log each connection opened and closed, so that a flood of"
+            " short connections cannot make logging the bottleneck; refusals"
+            " and everything else are still logged (e.g. --no-connection-logs)."
+            " [default: log them]",
+        ],
+    ]
+
     optParameters = [
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this server endpoint"
+            " description (e.g. --metrics tcp:9100:interface=127.0.0.1)."
+            " [default: none]",
+        ],
         [
             "max-connections",
             None,
@@ -162,7 +187,9 @@ class Options(usage.Options):
                 listener = parseListener(description)
             except ValueError as e:
                 raise usage.UsageError(f"{option}: {e}") from None
-            if any(listener.description == seen.description for seen in listeners):
+            if _fixedPort(listener) and any(
+                listener.description == seen.description for seen in listeners
+            ):
                 raise usage.UsageError(
                     f"{option}: {listener.description} is given twice"
                 )
@@ -180,6 +207,19 @@ class Options(usage.Options):
             datagramListeners.append(datagram)
         self["datagramListeners"] = datagramListeners
 
+        if self["metrics"] is not None:
+            try:
+                metrics = parseListener(self["metrics"])
+            except ValueError as e:
+                raise usage.UsageError(f"--metrics: {e}") from None
+            if _fixedPort(metrics) and any(
+                metrics.description == seen.description for seen in listeners
+            ):
+                raise usage.UsageError(
+                    f"--metrics: {metrics.description} is also an echo listener"
+                )
+            self["metrics"] = metrics
+
 
 def makeService(options: Options) -> IService:
     return EchoService(
@@ -190,4 +230,6 @@ def makeService(options: Options) -> IService:
         maxPerSource=options["max-per-source"],
         idleTimeout=options["idle-timeout"],
         shutdownTimeout=options["shutdown-timeout"],
+        logConnections=not options["no-connection-logs"],
+        metrics=options["metrics"],
     )

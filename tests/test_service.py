@@ -84,7 +84,9 @@ class StartTests(SynchronousTestCase):
             [(port, interface) for port, _, _, interface in reactor.tcpServers],
             [(5000, ""), (5001, "127.0.0.1")],
         )
-        self.assertTrue(all(f is service.factory for _, f, _, _ in reactor.tcpServers))
+        self.assertTrue(
+            all(f.shared is service.factory for _, f, _, _ in reactor.tcpServers)
+        )
         started = [
             e["description"] for e in events if e.get("event") == "listener.started"
         ]

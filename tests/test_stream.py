@@ -127,7 +127,7 @@ class EchoTests(SynchronousTestCase):
         )
         self.assertEqual(opened["event"], "connection.opened")
         self.assertEqual(closed["event"], "connection.closed")
-        self.assertEqual(closed["bytes"], 3)
+        self.assertEqual((closed["bytesIn"], closed["bytesOut"]), (3, 3))
         self.assertEqual(closed["duration"], 2.5)
         self.assertEqual(closed["reason"], "client finished sending")
         self.assertEqual(closed["peer"], opened["peer"])

@@ -166,4 +166,6 @@ class MakeServiceTests(SynchronousTestCase):
             [child.description for child in service], ["tcp:0", "unix:/tmp/x.sock"]
         )  # type: ignore[attr-defined]
         self.assertEqual(service.shutdownTimeout, 3.0)
-        self.assertTrue(all(child.factory is service.factory for child in service))  # type: ignore[attr-defined]
+        self.assertTrue(
+            all(child.factory.shared is service.factory for child in service)
+        )  # type: ignore[attr-defined]
