@@ -29,7 +29,6 @@ from twisted.logger import Logger
 
 from echotwist._address import formatAddress
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
-from echotwist.metrics import EchoCollector, metricsSite, registryFor
 from echotwist.proxy import ProxyEndpoint
 from echotwist.stream import Echo, EchoFactory
 
@@ -375,12 +374,16 @@ class EchoService(MultiService):
             _DatagramListenerService(
                 datagramItem, self.datagramPolicy, reactor
             ).setServiceParent(self)
-        self.collector = EchoCollector(self.factory, self.datagramPolicy)
         if metrics is not None:
+            # Imported here: prometheus_client and twisted.web take longer to
+            # import than the rest of the server, which needs neither.
+            from echotwist.metrics import EchoCollector, metricsSite, registryFor
+
             if isinstance(metrics, str):
                 metrics = parseListener(metrics, reactor)
+            collector = EchoCollector(self.factory, self.datagramPolicy)
             _ListenerService(
-                metrics, metricsSite(registryFor(self.collector)), "metrics"
+                metrics, metricsSite(registryFor(collector)), "metrics"
             ).setServiceParent(self)
 
     def privilegedStartService(self) -> None:

@@ -13,6 +13,17 @@ closes.  Three things make that hold under real traffic:
   - a drain for shutdown: a connection closes once it is quiet (nothing
     unread, nothing unsent), so bytes sent before a SIGTERM come back.
 
+On plain TCP (and TCP under echotwist's PROXY wrapper) the echo is sent
+straight from dataReceived when nothing is queued before it: Twisted's
+transport.write() only buffers and asks the reactor for writability, which
+costs an epoll_ctl pair and a pass of the loop per message (Twisted issue
+5303).  Whatever the socket does not take at once, or any error, goes
+through transport.write() as usual, behind nothing, so order, partial
+writes and the handling of a lost connection stay Twisted's.  Such a
+connection reads up to 128 KiB at a time (Twisted reads 64 KiB), and stops
+reading as soon as the kernel refuses part of an echo, until the rest is
+sent: it never holds more than one read's worth, whatever the client does.
+
 The factory keeps the books: the open connections, how many each source
 address has, the limits on both, and an idle sweep.  The sweep is one
 periodic call for all connections rather than a timer each: it costs no
@@ -23,8 +34,10 @@ timer would be reset on every read.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from errno import ENOBUFS, EWOULDBLOCK
+from typing import Any, cast
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -41,10 +54,20 @@ from zope.interface import implementer
 
 from echotwist._address import formatAddress
 from echotwist.limits import ThrottledLog
+from echotwist.proxy import ProxyHeaderWrapper
 
 __all__ = ["CONNECTION_REFUSALS", "Echo", "EchoFactory"]
 
 log = Logger()
+
+# Transports whose internals the direct send relies on (an empty
+# dataBuffer and _tempDataLen mean nothing is queued; socket is the socket;
+# producerPaused makes the transport resume its producer once drained;
+# bufferSize is how much one doRead asks recv() for).
+_DIRECT_TRANSPORTS: tuple[type, ...] = (tcp.Server,)
+
+#: What a connection that sends directly reads at a time.
+DIRECT_READ_SIZE = 128 * 1024
 
 #: Why a connection can be refused, as logged and counted.
 TOO_MANY = "too many connections"
@@ -87,10 +110,14 @@ class Echo(Protocol):
     _paused = False
     # Shutting down: close as soon as the connection is quiet.
     _draining = False
-    _readSinceQuietCheck = False
+    # bytesEchoed when the quiet check was scheduled.
+    _quietMark = 0
     _quietCheck: IDelayedCall | None = None
     # Refused by a limit: never counted in the books.
     _refused = False
+    # The TCP transport to send to directly when its buffer is empty, or
+    # None where that is not known to be safe (TLS, other wrappers).
+    _direct: tcp.Server | None = None
     # Times the transport drained a backlog: progress even while nothing
     # can be read (the idle sweep counts it as activity).
     _resumes = 0
@@ -116,6 +143,15 @@ class Echo(Protocol):
         except (AttributeError, NotImplementedError, OSError):
             pass
         transport.registerProducer(self, True)
+        if type(transport) in _DIRECT_TRANSPORTS:
+            self._direct = transport
+        elif isinstance(transport, ProxyHeaderWrapper) and (
+            type(transport.transport) in _DIRECT_TRANSPORTS
+        ):
+            # The wrapper's write() is the TCP transport's write().
+            self._direct = cast(tcp.Server, transport.transport)
+        if self._direct is not None:
+            self._direct.bufferSize = DIRECT_READ_SIZE
 
     @property
     def peer(self) -> str:
@@ -127,7 +163,29 @@ class Echo(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesEchoed += len(data)
-        self._readSinceQuietCheck = True
+        direct = self._direct
+        if direct is not None and not direct.dataBuffer and not direct._tempDataLen:
+            # The socket's own send(): Python retries EINTR itself (PEP 475),
+            # so Twisted's untilConcludes wrapper is not needed here.
+            try:
+                sent = direct.socket.send(data)
+            except OSError as e:
+                if e.errno not in (EWOULDBLOCK, ENOBUFS):
+                    # Lost: write() queues it, and the reactor's next
+                    # attempt finds and reports the loss, as usual.
+                    self.transport.write(data)
+                    return
+                sent = 0
+            if sent == len(data):
+                return
+            # The kernel's send buffer is full: queue the rest and stop
+            # reading until the transport has sent it (it then resumes us,
+            # its paused producer).
+            self.transport.write(data[sent:] if sent else data)
+            if not self._paused:
+                direct.producerPaused = True
+                self.pauseProducing()
+            return
         self.transport.write(data)
 
     def readConnectionLost(self) -> None:
@@ -183,11 +241,11 @@ class Echo(Protocol):
         if self._closeReason is not None or self._draining:
             return
         self._draining = True
-        self._readSinceQuietCheck = False
         self._scheduleQuietCheck()
 
     def _scheduleQuietCheck(self) -> None:
         if self._quietCheck is None and not self._paused:
+            self._quietMark = self.bytesEchoed
             self._quietCheck = self.factory.reactor.callLater(
                 self.quietPeriod, self._closeIfQuiet
             )
@@ -202,8 +260,7 @@ class Echo(Protocol):
         if self._paused:
             # resumeProducing looks again once the backlog is sent.
             return
-        if self._readSinceQuietCheck:
-            self._readSinceQuietCheck = False
+        if self.bytesEchoed != self._quietMark:
             self._scheduleQuietCheck()
             return
         self.closeWhenFlushed("server shutting down")

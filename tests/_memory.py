@@ -4,8 +4,25 @@ An in-memory peer under Twisted's real write buffering and producer logic.
 
 from __future__ import annotations
 
+import errno
+
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.testing import MemoryReactorClock
+
+
+class _Socket:
+    """
+    The peer's side of send(): takes what the peer accepts, and raises
+    EWOULDBLOCK when that is nothing, as a non-blocking socket does.
+    """
+
+    def __init__(self, peer: MemoryPeer) -> None:
+        self.peer = peer
+
+    def send(self, data: bytes) -> int:
+        if not self.peer.accepting:
+            raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+        return self.peer.writeSomeData(data)
 
 
 class MemoryPeer(FileDescriptor):
@@ -21,6 +38,7 @@ class MemoryPeer(FileDescriptor):
         self.accepting = 0
         self.delivered = bytearray()
         self.aborted = False
+        self.socket = _Socket(self)
 
     def writeSomeData(self, data: bytes) -> int:
         taken = bytes(data[: self.accepting])

@@ -23,13 +23,14 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist import Echo, EchoFactory
+from echotwist import Echo, EchoFactory, stream
 from tests._memory import MemoryPeer
 
 READ_SIZE = 65536  # what tcp.Connection reads at most per doRead
@@ -44,14 +45,22 @@ SEND_SIZES = st.one_of(
 
 
 class EchoModel(RuleBasedStateMachine):
+    #: Let Echo send to the model's transport directly, as it does to TCP.
+    direct = False
+
     def __init__(self) -> None:
         super().__init__()
+        if self.direct:
+            stream._DIRECT_TRANSPORTS = (tcp.Server, MemoryPeer)
         self.clock = MemoryReactorClock()
         self.factory = EchoFactory(self.clock, idleTimeout=30)
         self.transport = MemoryPeer(self.clock)
         self.protocol = self.factory.buildProtocol(None)
         assert isinstance(self.protocol, Echo)
-        self.protocol.makeConnection(self.transport)
+        try:
+            self.protocol.makeConnection(self.transport)
+        finally:
+            stream._DIRECT_TRANSPORTS = (tcp.Server,)
         self.transport.startReading()
         self.sent = bytearray()  # everything the client sent
         self.unread = bytearray()  # sent, not yet read by the server
@@ -89,8 +98,9 @@ class EchoModel(RuleBasedStateMachine):
         if not self.reading:
             return
         if self.unread:
-            chunk = bytes(self.unread[:READ_SIZE])
-            del self.unread[:READ_SIZE]
+            size = self.transport.bufferSize
+            chunk = bytes(self.unread[:size])
+            del self.unread[:size]
             self.protocol.dataReceived(chunk)
         elif self.clientFinished and not self.eofSeen:
             self.eofSeen = True
@@ -130,8 +140,10 @@ class EchoModel(RuleBasedStateMachine):
         assert self.sent[: len(delivered)] == delivered
 
     @invariant()
-    def serverHoldsAtMostTwoReads(self) -> None:
-        assert self.transport.held <= BUFFER + READ_SIZE, self.transport.held
+    def serverHoldsAtMost128KiB(self) -> None:
+        # Twisted's own path: pause past 64 KiB, plus one 64 KiB read.  The
+        # direct path: pause at any backlog, which is one 128 KiB read.
+        assert self.transport.held <= 128 * 1024, self.transport.held
 
     @invariant()
     def readingStopsOnlyForABacklogOrAClose(self) -> None:
@@ -167,6 +179,16 @@ EchoModel.TestCase.settings = settings(
 )
 
 
+class DirectEchoModel(EchoModel):
+    direct = True
+
+
+DirectEchoModel.TestCase.settings = EchoModel.TestCase.settings
+
+
 class EchoModelTests(SynchronousTestCase):
     def test_model(self) -> None:
         EchoModel.TestCase("runTest").runTest()
+
+    def test_directSendModel(self) -> None:
+        DirectEchoModel.TestCase("runTest").runTest()

@@ -1,0 +1,521 @@
+"""
+echotwist's benchmark: echotwist against its peers, in one run, on loopback.
+
+    python benchmarks/bench.py                 # the full table, ~8 minutes
+    python benchmarks/bench.py --quick         # 1 KiB and 100 KiB at 10 connections
+    python benchmarks/bench.py --client c      # the independent C load generator
+
+Peers: a plain Twisted echo (twisted.protocols.wire.Echo, default reactor),
+the stdlib asyncio Protocol echo, and uvloop's when it is installed.  Each
+server runs as its own process; closed-loop clients (send a message, wait
+for all of it back, check every byte, repeat) run for --seconds per cell.
+The figure that matters on a shared two-core machine is messages per server
+CPU-second (utime + stime from /proc), which does not depend on how fast the
+client is.  Also measured: memory per idle connection (5000 connections,
+idle timeout on) and time from start to first echo.  Every load loop is
+bounded in time and talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.path.dirname(sys.executable)
+LOOPBACK = "127.0.0.1"
+TICK = os.sysconf("SC_CLK_TCK")
+# Server and client each get a core of their own (when there are two), so
+# neither is measured while waiting for the other's time slice.
+CPUS = sorted(os.sched_getaffinity(0))
+SERVER_CPU, CLIENT_CPU = CPUS[0], CPUS[-1]
+
+
+def pin(cpu: int) -> None:
+    os.sched_setaffinity(0, {cpu})
+
+
+# --- servers -----------------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    name: str
+    argv: list[str]
+    portPattern: str
+
+
+def echotwist(name: str, reactor: list[str]) -> Peer:
+    return Peer(
+        name,
+        [
+            os.path.join(BIN, "twistd"),
+            "-n",
+            "--pidfile=",
+            *reactor,
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--max-connections",
+            "0",
+            "--max-per-source",
+            "0",
+            "--no-connection-logs",
+        ],
+        r"Listening on \S+:(\d+)",
+    )
+
+
+def peers() -> list[Peer]:
+    twistd = os.path.join(BIN, "twistd")
+    found = [
+        echotwist("echotwist", []),
+        echotwist("echotwist-r", ["--reactor", "echotwist"]),
+        Peer(
+            "twisted",
+            [twistd, "-n", "--pidfile=", "-y", os.path.join(HERE, "plain.tac")],
+            r"starting on (\d+)",
+        ),
+        Peer(
+            "asyncio",
+            [sys.executable, os.path.join(HERE, "peers.py"), "asyncio"],
+            r"PORT (\d+)",
+        ),
+    ]
+    try:
+        import uvloop  # noqa: F401
+
+        found.append(
+            Peer(
+                "uvloop",
+                [sys.executable, os.path.join(HERE, "peers.py"), "uvloop"],
+                r"PORT (\d+)",
+            )
+        )
+    except ImportError:
+        pass
+    return found
+
+
+class Running:
+    def __init__(self, peer: Peer, directory: str) -> None:
+        self.peer = peer
+        self.log = open(os.path.join(directory, f"{peer.name}.log"), "w+b")
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            peer.argv,
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.port = self._waitForPort()
+
+    def _waitForPort(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.log.seek(0)
+            match = re.search(self.peer.portPattern.encode(), self.log.read())
+            if match:
+                return int(match.group(1))
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.01)
+        self.stop()
+        self.log.seek(0)
+        raise SystemExit(f"{self.peer.name} did not start:\n{self.log.read().decode()}")
+
+    def cpu(self) -> float:
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    def rss(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# --- clients -----------------------------------------------------------------
+
+
+def pythonClient(port: int, conns: int, size: int, seconds: float) -> str:
+    """
+    The closed-loop client in Python: one selector, every connection
+    sending a message and waiting for all of it back.  Same output as
+    loadgen.c.
+    """
+    message = bytes((i * 31 + 7) & 0xFF for i in range(size))
+    selector = selectors.DefaultSelector()
+    state = []
+    for n in range(conns):
+        sock = socket.create_connection((LOOPBACK, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        entry = [sock, 0, bytearray(), 0.0]  # socket, sent, received, started
+        state.append(entry)
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, n)
+    messages = errors = 0
+    samples: list[float] = []
+    end = time.monotonic() + seconds
+    for entry in state:
+        entry[3] = time.monotonic()
+    while time.monotonic() < end:
+        for key, events in selector.select(0.1):
+            entry = state[key.data]
+            sock = entry[0]
+            if events & selectors.EVENT_WRITE and entry[1] < size:
+                try:
+                    entry[1] += sock.send(message[entry[1] :])
+                except BlockingIOError:
+                    pass
+                if entry[1] == size:
+                    selector.modify(sock, selectors.EVENT_READ, key.data)
+            if events & selectors.EVENT_READ:
+                try:
+                    chunk = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    raise SystemExit("connection closed by the server")
+                received = entry[2]
+                received += chunk
+                if len(received) >= size:
+                    now = time.monotonic()
+                    if bytes(received) != message:
+                        errors += 1
+                    messages += 1
+                    samples.append(now - entry[3])
+                    entry[2] = bytearray()
+                    entry[3] = now
+                    try:
+                        entry[1] = sock.send(message)
+                    except BlockingIOError:
+                        entry[1] = 0
+                    if entry[1] < size:
+                        selector.modify(
+                            sock, selectors.EVENT_READ | selectors.EVENT_WRITE, key.data
+                        )
+    samples.sort()
+    p50 = samples[len(samples) // 2] if samples else 0
+    p99 = samples[int(len(samples) * 0.99)] if samples else 0
+    return (
+        f"messages={messages} bytes={messages * size} p50_us={p50 * 1e6:.1f}"
+        f" p99_us={p99 * 1e6:.1f} errors={errors} seconds={seconds:.3f}"
+    )
+
+
+def buildLoadgen(directory: str) -> str:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SystemExit("--client c needs a C compiler (cc or gcc)")
+    binary = os.path.join(directory, "loadgen")
+    subprocess.run(
+        [compiler, "-O2", "-o", binary, os.path.join(HERE, "loadgen.c")], check=True
+    )
+    return binary
+
+
+@dataclass
+class Cell:
+    server: str
+    size: int
+    conns: int
+    messages: int
+    seconds: float
+    serverCPU: float
+    p50: float
+    p99: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def perCPU(self) -> float:
+        return self.messages / self.serverCPU if self.serverCPU else float("nan")
+
+
+def measure(
+    server: Running, size: int, conns: int, seconds: float, loadgen: str | None
+) -> Cell:
+    if loadgen is not None:
+        argv = [loadgen, str(server.port), str(conns), str(size), str(seconds)]
+    else:
+        argv = [
+            sys.executable,
+            __file__,
+            "_client",
+            str(server.port),
+            str(conns),
+            str(size),
+            str(seconds),
+        ]
+    before = server.cpu()
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        preexec_fn=lambda: pin(CLIENT_CPU),
+    )
+    after = server.cpu()
+    if result.returncode:
+        raise SystemExit(f"client failed against {server.peer.name}: {result.stderr}")
+    fields = dict(item.split("=") for item in result.stdout.split())
+    if int(fields["errors"]):
+        raise SystemExit(f"{server.peer.name} echoed wrong bytes")
+    return Cell(
+        server.peer.name,
+        size,
+        conns,
+        int(fields["messages"]),
+        float(fields["seconds"]),
+        after - before,
+        float(fields["p50_us"]),
+        float(fields["p99_us"]),
+    )
+
+
+def idleMemory(server: Running, count: int) -> float:
+    """
+    Bytes of server RSS per idle connection, at C{count} connections.
+    """
+    socks = [socket.create_connection((LOOPBACK, server.port))]
+    socks[0].sendall(b"warm")
+    socks[0].recv(10)
+    time.sleep(0.3)
+    before = server.rss()
+    for n in range(count):
+        socks.append(socket.create_connection((LOOPBACK, server.port)))
+        if n % 500 == 499:
+            socks[-1].sendall(b"x")  # its echo means every earlier one is accepted
+            socks[-1].recv(1)
+    time.sleep(0.5)
+    per = (server.rss() - before) / count
+    for sock in socks:
+        sock.close()
+    return per
+
+
+def firstEcho(peer: Peer, directory: str) -> float:
+    started = time.monotonic()
+    server = Running(peer, directory)
+    try:
+        with socket.create_connection((LOOPBACK, server.port)) as sock:
+            sock.sendall(b"first")
+            sock.recv(10)
+        return time.monotonic() - started
+    finally:
+        server.stop()
+
+
+# --- the run -----------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--client", choices=["python", "c"], default="python")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per cell")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 KiB and 100 KiB at 10 connections only"
+    )
+    parser.add_argument(
+        "--idle", type=int, default=5000, help="connections for idle memory; 0 to skip"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per cell; the median counts"
+    )
+    parser.add_argument("--only", help="comma-separated servers to run")
+    parser.add_argument(
+        "--plot", help="write a PNG of the ratios here (needs matplotlib)"
+    )
+    args = parser.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    directory = tempfile.mkdtemp(prefix="echotwist-bench-")
+    loadgen = buildLoadgen(directory) if args.client == "c" else None
+    servers = peers()
+    if args.only:
+        servers = [p for p in servers if p.name in args.only.split(",")]
+    cellSpecs = (
+        [(1024, 10), (102400, 10)]
+        if args.quick
+        else [(s, c) for s in (64, 1024, 102400) for c in (10, 100, 1000)]
+    )
+
+    # Every server runs throughout, idle but for its turn; the servers take
+    # turns cell by cell, round after round, so that drift in the machine's
+    # speed falls on all of them alike; the median of the rounds counts.
+    running = [Running(peer, directory) for peer in servers]
+    runs: dict[tuple[str, int, int], list[Cell]] = {}
+    try:
+        for round in range(args.repeat):
+            for size, conns in cellSpecs:
+                for server in running:
+                    cell = measure(server, size, conns, args.seconds, loadgen)
+                    runs.setdefault((server.peer.name, size, conns), []).append(cell)
+                    print(
+                        f"  round {round + 1}: {server.peer.name:12} {size:>6} B x {conns:>4}:"
+                        f" {cell.rate:8.0f} msg/s {cell.perCPU:8.0f} msg/CPU-s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for server in running:
+            server.stop()
+    cells = [
+        sorted(found, key=lambda c: c.perCPU)[len(found) // 2]
+        for found in runs.values()
+    ]
+
+    memory: dict[str, float] = {}
+    startup: dict[str, float] = {}
+    for peer in servers:
+        if args.idle:
+            server = Running(peer, directory)
+            try:
+                memory[peer.name] = idleMemory(server, args.idle)
+            finally:
+                server.stop()
+        startup[peer.name] = min(firstEcho(peer, directory) for _ in range(3))
+
+    report(cells, memory, startup, args)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def report(
+    cells: list[Cell],
+    memory: dict[str, float],
+    startup: dict[str, float],
+    args: argparse.Namespace,
+) -> None:
+    by = {(c.server, c.size, c.conns): c for c in cells}
+    print(
+        f"\nclient: {args.client}; {args.seconds:g} s per cell; loopback; {os.cpu_count()} cores\n"
+    )
+    print(
+        f"{'server':12} {'size':>7} {'conns':>5} {'msg/s':>9} {'MB/s':>8}"
+        f" {'p50 us':>8} {'p99 us':>9} {'msg/CPU-s':>10} {'-r is x':>8}"
+    )
+    for c in cells:
+        ours = by.get(("echotwist-r", c.size, c.conns)) or by.get(
+            ("echotwist", c.size, c.conns)
+        )
+        ratio = ours.perCPU / c.perCPU if ours else float("nan")
+        print(
+            f"{c.server:12} {c.size:>7} {c.conns:>5} {c.rate:9.0f}"
+            f" {c.rate * c.size / 1e6:8.1f} {c.p50:8.0f} {c.p99:9.0f}"
+            f" {c.perCPU:10.0f} {ratio:8.2f}"
+        )
+    if memory:
+        print(
+            f"\nmemory per idle connection ({args.idle} connections,"
+            " idle timeout on for echotwist):"
+        )
+        for name, per in memory.items():
+            print(f"  {name:10} {per:7.0f} bytes")
+    print("\nstart to first echo (best of 3):")
+    for name, seconds in startup.items():
+        print(f"  {name:10} {seconds * 1000:7.0f} ms")
+
+    print("\ntargets:")
+
+    def perCPU(server: str, size: int, conns: int) -> float:
+        cell = by.get((server, size, conns))
+        return cell.perCPU if cell else float("nan")
+
+    # (what, value, bound): a positive bound is a floor, a negative one a
+    # ceiling.
+    checks: list[tuple[str, float, float]] = []
+    for ours in ("echotwist", "echotwist-r"):
+        for size in (1024, 102400):
+            for peer, floor in (("asyncio", 1.0), ("twisted", 1.6)):
+                checks.append(
+                    (
+                        f"{ours} vs {peer}, msg/CPU-s, {size} B x 10 >= {floor}",
+                        perCPU(ours, size, 10) / perCPU(peer, size, 10),
+                        floor,
+                    )
+                )
+        for size in (64, 1024, 102400):
+            if (ours, size, 1000) in by:
+                checks.append(
+                    (
+                        f"{ours} cost per message, 1000 vs 10 conns, {size} B <= 1.15",
+                        perCPU(ours, size, 10) / perCPU(ours, size, 1000),
+                        -1.15,
+                    )
+                )
+        if ours in memory:
+            checks.append(
+                (f"{ours} bytes per idle connection <= 1536", memory[ours], -1536)
+            )
+        if ours in startup and "twisted" in startup:
+            checks.append(
+                (
+                    f"{ours} start to first echo vs a plain Twisted .tac <= 1.1",
+                    startup[ours] / startup["twisted"],
+                    -1.1,
+                )
+            )
+    for text, value, bound in checks:
+        ok = value >= bound if bound > 0 else value <= -bound
+        print(f"  {'MET ' if ok else 'MISS'} {text}: {value:.2f}")
+    print("  (echotwist-r is echotwist under twistd --reactor echotwist)")
+
+    if args.plot:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print(
+                "(no plot: matplotlib is not installed; pip install 'echotwist[bench]')"
+            )
+            return
+        labels, values = [], []
+        for c in cells:
+            ours = by.get(("echotwist-r", c.size, c.conns))
+            if ours is not None and c.server != "echotwist-r":
+                labels.append(f"vs {c.server}\n{c.size}B x{c.conns}")
+                values.append(ours.perCPU / c.perCPU)
+        fig, ax = plt.subplots(figsize=(max(6, len(values) * 0.6), 4))
+        ax.bar(range(len(values)), values)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(values)), labels, rotation=90, fontsize=7)
+        ax.set_ylabel("echotwist (--reactor echotwist) msg per server CPU-s, ratio")
+        fig.tight_layout()
+        fig.savefig(args.plot)
+        print(f"(plot written to {args.plot})")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_client":
+        port, conns, size = (int(a) for a in sys.argv[2:5])
+        print(pythonClient(port, conns, size, float(sys.argv[5])))
+    else:
+        main()
