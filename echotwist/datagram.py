@@ -101,6 +101,7 @@ class DatagramPolicy:
         @param maxSources: how many source addresses the rate limiter
             remembers at most.
         """
+        self.rate = rate
         self.limiter = (
             SourceRateLimiter(rate, burstFor(rate), clock, maxSources) if rate else None
         )

@@ -10,45 +10,80 @@ O(open connections) and the data path pays nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from echotwist.datagram import DATAGRAM_REFUSALS, DatagramPolicy
 from echotwist.stream import CONNECTION_REFUSALS, EchoFactory
 
-__all__ = ["EchoCollector", "metricsSite", "registryFor"]
+__all__ = ["EchoCollector", "addStats", "metricsSite", "registryFor", "stats"]
+
+
+Stats = dict[str, Any]
+
+
+def stats(factory: EchoFactory, policy: DatagramPolicy) -> Stats:
+    """
+    One process's counts, as plain data: what a worker reports to its
+    supervisor, and what L{EchoCollector} turns into metrics.
+    """
+    return {
+        "accepted": factory.accepted,
+        "closed": factory.closed,
+        "open": len(factory.connections),
+        "refused": dict(factory.refused),
+        "streamBytes": factory.bytesOfClosed
+        + sum(protocol.bytesEchoed for protocol in factory.connections),
+        "datagrams": dict(policy.counts),
+        "udpReceived": policy.bytes["received"],
+        "udpSent": policy.bytes["sent"],
+    }
+
+
+def addStats(total: Stats, more: Stats) -> Stats:
+    """
+    The sum of two processes' counts.
+    """
+    summed: Stats = {}
+    for key in total.keys() | more.keys():
+        mine, theirs = total.get(key), more.get(key)
+        if isinstance(mine, dict) or isinstance(theirs, dict):
+            summed[key] = addStats(mine or {}, theirs or {})
+        else:
+            summed[key] = (mine or 0) + (theirs or 0)
+    return summed
 
 
 class EchoCollector:
     """
-    A Prometheus collector over one server's books.
+    A Prometheus collector over a server's counts: C{snapshot()} returns
+    them (one process's, or the sum of its workers').
     """
 
     def __init__(
-        self,
-        factory: EchoFactory,
-        policy: DatagramPolicy,
-        workers: Callable[[], int] = lambda: 1,
+        self, snapshot: Callable[[], Stats], workers: Callable[[], int]
     ) -> None:
-        self.factory = factory
-        self.policy = policy
+        self.snapshot = snapshot
         self.workers = workers
 
     def collect(self) -> Iterator[Metric]:
-        factory, counts = self.factory, self.policy.counts
+        now = self.snapshot()
+        refusedCounts, counts = now["refused"], now["datagrams"]
         yield CounterMetricFamily(
             "echotwist_connections_accepted",
             "Stream connections admitted.",
-            value=factory.accepted,
+            value=now["accepted"],
         )
         yield CounterMetricFamily(
             "echotwist_connections_closed",
             "Stream connections closed, for any reason.",
-            value=factory.closed,
+            value=now["closed"],
         )
         refused = CounterMetricFamily(
             "echotwist_connections_refused",
@@ -56,25 +91,22 @@ class EchoCollector:
             labels=["reason"],
         )
         for reason in CONNECTION_REFUSALS:
-            refused.add_metric([reason], factory.refused.get(reason, 0))
+            refused.add_metric([reason], refusedCounts.get(reason, 0))
         yield refused
         yield GaugeMetricFamily(
             "echotwist_connections_open",
             "Stream connections open now.",
-            value=len(factory.connections),
+            value=now["open"],
         )
-        streamBytes = factory.bytesOfClosed + sum(
-            protocol.bytesEchoed for protocol in factory.connections
-        )
-        for direction, help in (
-            ("received", "Bytes received from clients."),
-            ("sent", "Bytes echoed back to clients."),
+        for direction, udp, help in (
+            ("received", now["udpReceived"], "Bytes received from clients."),
+            ("sent", now["udpSent"], "Bytes echoed back to clients."),
         ):
             family = CounterMetricFamily(
                 f"echotwist_{direction}_bytes", help, labels=["transport"]
             )
-            family.add_metric(["stream"], streamBytes)
-            family.add_metric(["udp"], self.policy.bytes[direction])
+            family.add_metric(["stream"], now["streamBytes"])
+            family.add_metric(["udp"], udp)
             yield family
         yield CounterMetricFamily(
             "echotwist_datagrams_answered",
@@ -114,25 +146,39 @@ def registryFor(collector: EchoCollector) -> CollectorRegistry:
 class _MetricsPage(Resource):
     isLeaf = True
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, refresh: Callable[[], Deferred[None]] | None
+    ) -> None:
         super().__init__()
         self.registry = registry
+        self.refresh = refresh
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return generate_latest(self.registry)
+        if self.refresh is None:
+            return generate_latest(self.registry)
+
+        def render(_: object) -> None:
+            request.write(generate_latest(self.registry))
+            request.finish()
+
+        self.refresh().addCallback(render)
+        return NOT_DONE_YET
 
 
-def metricsSite(registry: CollectorRegistry) -> Site:
+def metricsSite(
+    registry: CollectorRegistry, refresh: Callable[[], Deferred[None]] | None = None
+) -> Site:
     """
-    A web site serving C{registry} at C{/metrics}.
+    A web site serving C{registry} at C{/metrics}; with C{refresh}, each
+    scrape waits for it first (a supervisor asking its workers).
 
     prometheus_client's own C{MetricsResource} collects on the reactor's
     thread pool; the books are the reactor thread's, so this page collects
-    there, synchronously (a scrape is cheap).
+    there (a scrape is cheap).
     """
     root = Resource()
-    root.putChild(b"metrics", _MetricsPage(registry))
+    root.putChild(b"metrics", _MetricsPage(registry, refresh))
     site = Site(root)
     site.noisy = False
     site.displayTracebacks = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import faulthandler
 import re
+import socket
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, TypeVar
@@ -110,12 +111,14 @@ def parseListener(description: str, reactor: Any = None) -> Listener:
 
 class DatagramListener(NamedTuple):
     """
-    A UDP listener: its description, port and interface ("" for all IPv4).
+    A UDP listener: its description, port and interface ("" for all IPv4),
+    or an inherited socket to adopt instead (a worker's).
     """
 
     description: str
     port: int
     interface: str
+    fileno: int | None = None
 
 
 def parseDatagramListener(description: str) -> DatagramListener:
@@ -245,6 +248,7 @@ class _ListenerService(StreamServerEndpointService):
         super().__init__(listener.endpoint, factory)
         self.description = listener.description
         self.kind = kind
+        self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
         _listenOrExit(self.description, super().privilegedStartService)
@@ -253,6 +257,7 @@ class _ListenerService(StreamServerEndpointService):
 
     def _started(self, port: IListeningPort) -> IListeningPort:
         _logStarted(self.description, port, self.kind)
+        self.port = port
         return port
 
     def stopService(self) -> Deferred[None]:
@@ -276,16 +281,30 @@ class _DatagramListenerService(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         listener = self.listener
-        self._port = _listenOrExit(
-            listener.description,
-            lambda: self._reactor.listenUDP(
-                listener.port,
-                self.protocol,
-                interface=listener.interface,
-                maxPacketSize=MAX_DATAGRAM,
-            ),
-        )
+        self._port = _listenOrExit(listener.description, self._listen)
         _logStarted(listener.description, self._port, "udp")
+
+    def _listen(self) -> IListeningPort:
+        listener = self.listener
+        if listener.fileno is not None:
+            family = socket.socket(fileno=listener.fileno)
+            try:
+                port: IListeningPort = self._reactor.adoptDatagramPort(
+                    listener.fileno, family.family, self.protocol, MAX_DATAGRAM
+                )
+            finally:
+                family.close()  # adoptDatagramPort took a duplicate
+            return port
+        return self._reactor.listenUDP(  # type: ignore[no-any-return]
+            listener.port,
+            self.protocol,
+            interface=listener.interface,
+            maxPacketSize=MAX_DATAGRAM,
+        )
+
+    @property
+    def port(self) -> IListeningPort | None:
+        return self._port
 
     def startService(self) -> None:
         super().startService()
@@ -353,6 +372,7 @@ class EchoService(MultiService):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
+        self.reactor = reactor
         self.factory = EchoFactory(
             reactor,
             maxConnections=maxConnections,
@@ -381,10 +401,21 @@ class EchoService(MultiService):
 
             if isinstance(metrics, str):
                 metrics = parseListener(metrics, reactor)
-            collector = EchoCollector(self.factory, self.datagramPolicy)
+            snapshot, workers, refresh = self._metricsSource()
             _ListenerService(
-                metrics, metricsSite(registryFor(collector)), "metrics"
+                metrics,
+                metricsSite(registryFor(EchoCollector(snapshot, workers)), refresh),
+                "metrics",
             ).setServiceParent(self)
+
+    def _metricsSource(self) -> tuple[Any, Any, Any]:
+        """
+        What metrics read: a snapshot of the counts, the number of workers,
+        and what to do before each scrape (nothing, in one process).
+        """
+        from echotwist.metrics import stats
+
+        return (lambda: stats(self.factory, self.datagramPolicy), lambda: 1, None)
 
     def privilegedStartService(self) -> None:
         # No Python code can clean up after a real segfault; the most it can

@@ -87,6 +87,15 @@ class Options(usage.Options):
 
     optParameters = [
         [
+            "workers",
+            None,
+            1,
+            "Serve with this many worker processes under a supervisor that"
+            " restarts them; 1 for one process and no supervisor"
+            " (e.g. --workers 2). Limits apply per worker.",
+            _count,
+        ],
+        [
             "metrics",
             None,
             None,
@@ -206,6 +215,10 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--udp: {datagram.description} is given twice")
             datagramListeners.append(datagram)
         self["datagramListeners"] = datagramListeners
+        if self["workers"] < 1:
+            raise usage.UsageError(
+                "--workers: 0 is not a number of workers (1 or more)"
+            )
 
         if self["metrics"] is not None:
             try:
@@ -221,7 +234,37 @@ class Options(usage.Options):
             self["metrics"] = metrics
 
 
+def _reactorName() -> str | None:
+    """
+    The short name of the installed reactor, for the workers to install.
+    """
+    from twisted.application.reactors import getReactorTypes
+    from twisted.internet import reactor
+
+    module = type(reactor).__module__
+    for installer in getReactorTypes():
+        if getattr(installer, "moduleName", None) == module:
+            return str(installer.shortName)
+    return None
+
+
 def makeService(options: Options) -> IService:
+    if options["workers"] > 1:
+        from echotwist.supervisor import SupervisorService
+
+        return SupervisorService(
+            options["listeners"],
+            udp=options["datagramListeners"],
+            udpRate=options["udp-rate"],
+            maxConnections=options["max-connections"],
+            maxPerSource=options["max-per-source"],
+            idleTimeout=options["idle-timeout"],
+            shutdownTimeout=options["shutdown-timeout"],
+            logConnections=not options["no-connection-logs"],
+            metrics=options["metrics"],
+            workers=options["workers"],
+            reactorName=_reactorName(),
+        )
     return EchoService(
         options["listeners"],
         udp=options["datagramListeners"],

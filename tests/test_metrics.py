@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist.datagram import DatagramEcho, DatagramPolicy
-from echotwist.metrics import EchoCollector, registryFor
+from echotwist.metrics import EchoCollector, addStats, registryFor, stats
 from echotwist.stream import EchoFactory
 from tests._clients import echoOnce
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
@@ -59,9 +59,8 @@ class CollectorTests(SynchronousTestCase):
         echo.datagramReceived(b"d" * 50, ("192.0.2.1", 40000))
         echo.datagramReceived(b"d" * 50, ("192.0.2.1", 7))
 
-        found = samples(
-            generate_latest(registryFor(EchoCollector(factory, policy))).decode()
-        )
+        collector = EchoCollector(lambda: stats(factory, policy), lambda: 1)
+        found = samples(generate_latest(registryFor(collector)).decode())
         expected = {
             ("echotwist_connections_accepted_total", ()): 2,
             ("echotwist_connections_closed_total", ()): 1,
@@ -84,6 +83,17 @@ class CollectorTests(SynchronousTestCase):
         for key, value in expected.items():
             self.assertEqual(found[key], value, key)
         self.assertIn(("process_resident_memory_bytes", ()), found)
+
+
+class AddStatsTests(SynchronousTestCase):
+    def test_sumsNestedCounts(self) -> None:
+        self.assertEqual(
+            addStats(
+                {"accepted": 2, "refused": {"a": 1}},
+                {"accepted": 3, "refused": {"a": 1, "b": 4}, "open": 1},
+            ),
+            {"accepted": 5, "refused": {"a": 2, "b": 4}, "open": 1},
+        )
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -1,0 +1,193 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+One worker process of a supervised echotwist (C{--workers N}).
+
+The supervisor starts it as C{python -m echotwist.worker CONFIG}, where
+CONFIG is JSON naming the listening sockets it inherited (by descriptor)
+and the server's options.  The worker serves those sockets as the
+single-process server would, logs into the supervisor's output with its
+number, answers C{stats} on its control pipe (stdin in, a descriptor out)
+with its counts as JSON, and drains and exits on SIGTERM or SIGINT, or
+when its supervisor goes away (the control pipe closes).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import (
+    ILogObserver,
+    LogEvent,
+    Logger,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from echotwist.service import DatagramListener, EchoService, Listener, parseListener
+
+log = Logger()
+
+
+def _family(fileno: int) -> int:
+    probe = socket.socket(fileno=fileno)
+    try:
+        return int(probe.family)
+    finally:
+        probe.detach()
+
+
+class _AdoptingReactor:
+    """
+    A stand-in reactor for parsing one inherited listener's description:
+    every way an endpoint can ask to listen (TCP, TLS, UNIX, an adopted
+    socket) adopts the inherited descriptor instead, with whatever wrapping
+    the endpoint itself puts around the factory (TLS, PROXY).  Everything
+    else goes to the real reactor.
+    """
+
+    def __init__(self, reactor: Any, fileno: int) -> None:
+        self._reactor = reactor
+        self._fileno = fileno
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def _adopt(self, factory: Any) -> Any:
+        port = self._reactor.adoptStreamPort(
+            self._fileno, _family(self._fileno), factory
+        )
+        os.close(self._fileno)  # adoptStreamPort took a duplicate
+        return port
+
+    def listenTCP(
+        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+    ) -> Any:
+        return self._adopt(factory)
+
+    def listenSSL(
+        self,
+        port: int,
+        factory: Any,
+        contextFactory: Any,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> Any:
+        return self._adopt(TLSMemoryBIOFactory(contextFactory, False, factory))
+
+    def listenUNIX(self, address: str, factory: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._adopt(factory)
+
+    def adoptStreamPort(
+        self, fileDescriptor: int, addressFamily: int, factory: Any
+    ) -> Any:
+        return self._adopt(factory)
+
+
+def workerDescription(description: str) -> str:
+    """
+    The description a worker parses for an inherited listener: a systemd
+    socket is already open, and its wrapping (if any) is all that matters.
+    """
+    head, _, rest = description.partition("systemd:")
+    return head + "tcp:0" if rest else description
+
+
+def _tagged(observer: ILogObserver, worker: int) -> ILogObserver:
+    @implementer(ILogObserver)
+    def tag(event: LogEvent) -> None:
+        event = dict(event)
+        system = event.get("log_system") or event.get("log_namespace", "-")
+        event["log_system"] = f"{system} worker {worker}"
+        event["worker"] = worker
+        observer(event)
+
+    return tag  # type: ignore[no-any-return]
+
+
+class _Control(LineOnlyReceiver):
+    delimiter = b"\n"
+
+    def __init__(self, service: EchoService, reactor: Any) -> None:
+        self.service = service
+        self.reactor = reactor
+
+    def lineReceived(self, line: bytes) -> None:
+        if line == b"stats":
+            from echotwist.metrics import stats
+
+            report = stats(self.service.factory, self.service.datagramPolicy)
+            self.sendLine(json.dumps(report).encode())
+
+    def connectionLost(self, reason: object = None) -> None:
+        # The supervisor is gone: nobody will tell us to stop, so stop.
+        if self.reactor.running:
+            log.warn("Supervisor gone: draining", event="worker.orphaned")
+            self.reactor.stop()
+
+
+def main(argv: list[str]) -> None:
+    config = json.loads(argv[1])
+    # Signals from a terminal reach the supervisor alone, which relays them.
+    os.setpgrp()
+    if config["reactor"]:
+        from twisted.application.reactors import installReactor
+
+        installReactor(config["reactor"])
+    from twisted.internet import reactor
+    from twisted.internet.stdio import StandardIO
+
+    globalLogBeginner.beginLoggingTo(
+        [_tagged(textFileLogObserver(sys.stdout), config["worker"])],
+        redirectStandardIO=False,
+    )
+    faulthandler.enable()
+    listeners = [
+        Listener(
+            item["description"],
+            parseListener(
+                workerDescription(item["description"]),
+                _AdoptingReactor(reactor, item["fileno"]),
+            ).endpoint,
+        )
+        for item in config["listeners"]
+    ]
+    datagrams = [
+        DatagramListener(item["description"], 0, "", item["fileno"])
+        for item in config["udp"]
+    ]
+    service = EchoService(
+        listeners,
+        udp=datagrams,
+        udpRate=config["udpRate"],
+        maxConnections=config["maxConnections"],
+        maxPerSource=config["maxPerSource"],
+        idleTimeout=config["idleTimeout"],
+        shutdownTimeout=config["shutdownTimeout"],
+        logConnections=config["logConnections"],
+        reactor=reactor,
+    )
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    control: Protocol = _Control(service, reactor)
+    StandardIO(control, stdin=0, stdout=config["controlFileno"], reactor=reactor)  # type: ignore[call-arg]
+    log.info("Worker {worker} serving", event="worker.serving", worker=config["worker"])
+    reactor.run()
+    exitSignal = getattr(reactor, "_exitSignal", None)
+    if exitSignal:
+        # Die by the signal that stopped us, as twistd does.
+        signal.signal(exitSignal, signal.SIG_DFL)
+        os.kill(os.getpid(), exitSignal)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,105 @@
+"""
+The optional reactor (twistd --reactor echotwist): it polls like Twisted's
+epoll reactor, survives an exception from an event, and runs the server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from echotwist.reactor import EchotwistEPollReactor
+from tests._clients import exchange
+from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
+
+
+class _Readable(FileDescriptor):
+    def __init__(
+        self, reactor: EchotwistEPollReactor, sock: socket.socket, fail: bool
+    ) -> None:
+        super().__init__(reactor)
+        self.sock = sock
+        self.fail = fail
+        self.reads = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self) -> None:
+        self.reads += 1
+        self.sock.recv(100)
+        if self.fail:
+            raise RuntimeError("a bug in a protocol")
+
+    def connectionLost(self, reason: object) -> None:
+        super().connectionLost(reason)  # type: ignore[arg-type]
+        if self.fail:
+            raise RuntimeError("and a bug in its connectionLost")
+
+
+class PollTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = EchotwistEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+
+    def readable(self, fail: bool) -> _Readable:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        theirs.sendall(b"x")
+        selectable = _Readable(self.reactor, ours, fail)
+        self.reactor.addReader(selectable)
+        self.addCleanup(lambda: self.reactor._selectables.pop(ours.fileno(), None))
+        return selectable
+
+    def test_readsAndSurvivesAnError(self) -> None:
+        """
+        Twisted's _doReadOrWrite logs an error from doRead and disconnects
+        the selectable; an error from that disconnection reaches doPoll,
+        which logs it too and goes on to the next event.
+        """
+        failing, fine = self.readable(True), self.readable(False)
+        with capturedLogs() as events:
+            self.reactor.doPoll(1)
+        self.assertEqual((failing.reads, fine.reads), (1, 1))
+        ours = [e for e in events if e.get("log_namespace") == "echotwist.reactor"]
+        self.assertEqual(len(ours), 1)
+        self.assertEqual(
+            len(self.flushLoggedErrors(RuntimeError)), 2, "both errors logged"
+        )
+
+
+class RunTests(ServerTestCase):
+    def test_listedByTwistd(self) -> None:
+        output = subprocess.run(
+            [command("twistd"), "--help-reactors"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            cwd=self.directory,
+        ).stdout
+        self.assertRegex(output, r"echotwist\s+epoll without a logging context")
+
+    def test_servesUnderTwistd(self) -> None:
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[command("twistd"), "-n", "--pidfile=", "--reactor", "echotwist"],
+        )
+        server.waitFor(r"reactor class: echotwist\.reactor\.EchotwistEPollReactor")
+        payloads = [os.urandom(200_000) for _ in range(20)]
+        for payload, (received, eof) in zip(
+            payloads,
+            exchange((LOOPBACK, server.port), payloads, halfClose=True),
+            strict=True,
+        ):
+            self.assertEqual((received, eof), (payload, True))
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)

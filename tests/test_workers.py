@@ -1,0 +1,302 @@
+"""
+Supervised prefork workers: the supervision policy on a Clock, and the
+real twistd with 2 and 3 workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import psutil
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from echotwist.supervisor import STABLE_AFTER, SupervisorService
+from tests._clients import echoOnce, exchange, readUntilClosed
+from tests._tools import selfSignedCertificate
+from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase
+from tests.test_metrics import scrape
+from tests.test_transports import ask, freePort
+
+
+class _Process:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[int] = []
+
+    def signalProcess(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        pass
+
+
+class SupervisionTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.spawned: list[tuple[object, list[str], dict[int, object]]] = []
+        self.nextPid = 1000
+        self.supervisor = SupervisorService(
+            [],
+            workers=2,
+            reactor=self.clock,
+            spawn=self.spawn,
+            backoff=lambda attempt: min(60.0, 2.0**attempt),
+            shutdownTimeout=3,
+        )
+
+    def spawn(self, protocol, executable, args, env, childFDs):  # type: ignore[no-untyped-def]
+        self.nextPid += 1
+        self.spawned.append((protocol, args, childFDs))
+        protocol.makeConnection(_Process(self.nextPid))
+
+    def worker(self, number: int):  # type: ignore[no-untyped-def]
+        return self.supervisor.workers[number]
+
+    def test_startsTheWorkers(self) -> None:
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        self.assertEqual(sorted(self.supervisor.workers), [1, 2])
+        args = self.spawned[0][1]
+        self.assertEqual(args[1:3], ["-m", "echotwist.worker"])
+
+    def test_healthyWorkerIsReplacedAtOnce(self) -> None:
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        self.clock.advance(STABLE_AFTER + 1)
+        with capturedLogs() as events:
+            self.worker(1).processEnded(Failure(ProcessTerminated(signal=9)))
+        self.assertEqual([e["event"] for e in events], ["worker.exited"])
+        self.assertEqual(events[0]["signal"], 9)
+        self.clock.advance(0)
+        self.assertEqual(len(self.spawned), 3)
+        self.assertEqual(sorted(self.supervisor.workers), [1, 2])
+
+    def test_crashLoopBacksOff(self) -> None:
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        delays = []
+        for _ in range(8):
+            spawnedBefore = len(self.spawned)
+            self.worker(1).processEnded(Failure(ProcessTerminated(exitCode=1)))
+            waited = 0.0
+            while len(self.spawned) == spawnedBefore:
+                self.clock.advance(0.5)
+                waited += 0.5
+                self.assertLess(waited, 120, "never restarted")
+            delays.append(waited)
+        self.assertEqual(delays, [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0])
+        # A worker that then stays up resets the count.
+        self.clock.advance(STABLE_AFTER + 1)
+        self.worker(1).processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.clock.advance(0)
+        self.assertIn(1, self.supervisor.workers)
+
+    def test_ttinAndTtou(self) -> None:
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        self.supervisor.addWorker()
+        self.assertEqual(sorted(self.supervisor.workers), [1, 2, 3])
+        third = self.worker(3)
+        self.supervisor.removeWorker()
+        self.assertEqual(third.transport.signals, [signal.SIGTERM])
+        third.processEnded(Failure(ProcessDone(0)))
+        self.clock.advance(100)
+        self.assertEqual(sorted(self.supervisor.workers), [1, 2])
+        self.supervisor.removeWorker()
+        self.supervisor.removeWorker()  # never below one
+        self.assertEqual(self.supervisor.wanted, 1)
+
+    def test_stopTermsThenKills(self) -> None:
+        self.supervisor.startService()
+        first, second = self.worker(1), self.worker(2)
+        stopped = self.supervisor.stopService()
+        self.assertEqual(first.transport.signals, [signal.SIGTERM])
+        first.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.assertNoResult(stopped)
+        self.clock.advance(3 + 5)
+        self.assertEqual(second.transport.signals, [signal.SIGTERM, signal.SIGKILL])
+        second.processEnded(Failure(ProcessTerminated(signal=9)))
+        self.successResultOf(stopped)
+        self.clock.advance(100)
+        self.assertEqual(len(self.spawned), 2, "nothing restarted while stopping")
+
+
+def workerProcesses(server: Server, count: int) -> list[psutil.Process]:
+    """
+    The supervisor's worker processes, once there are C{count} of them
+    serving.
+    """
+    deadline = time.monotonic() + WAIT
+    while True:
+        children = [
+            child
+            for child in psutil.Process(server.process.pid).children()
+            if "echotwist.worker" in " ".join(child.cmdline())
+        ]
+        serving = server.output.count("event=worker.serving") + server.output.count(
+            "serving"
+        )
+        if len(children) == count and serving:
+            return children
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{len(children)} workers, not {count}:\n{server.output}"
+            )
+        time.sleep(0.05)
+
+
+def waitServing(server: Server, total: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while server.output.count(" serving") < total:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"fewer than {total} workers serving:\n{server.output}"
+            )
+        server.waitFor(r" serving")
+        time.sleep(0.02)
+
+
+class WorkerTests(ServerTestCase):
+    def startWorkers(self, count: int, *more: str) -> Server:
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--workers",
+            str(count),
+            "--max-per-source",
+            "0",
+            *more,
+        )
+        waitServing(server, count)
+        return server
+
+    def test_twoWorkersServe200Clients(self) -> None:
+        server = self.startWorkers(2)
+        workers = workerProcesses(server, 2)
+        payloads = [os.urandom(4096) for _ in range(200)]
+        for payload, (received, _) in zip(
+            payloads, exchange((LOOPBACK, server.port), payloads), strict=True
+        ):
+            self.assertEqual(received, payload)
+        # Workers took every connection; the supervisor none.
+        deadline = time.monotonic() + WAIT
+        while True:
+            opened = [
+                line
+                for line in server.output.splitlines()
+                if line.endswith(" connected")
+            ]
+            if len(opened) >= 200:
+                break
+            self.assertLess(
+                time.monotonic(), deadline, f"{len(opened)} connections logged"
+            )
+            server.waitFor(r" connected$")
+        self.assertTrue(all(" worker " in line for line in opened))
+        self.assertEqual(
+            {w.pid for w in workers}, {w.pid for w in workerProcesses(server, 2)}
+        )
+
+    def test_killedWorkerIsReplaced(self) -> None:
+        server = self.startWorkers(3)
+        workers = workerProcesses(server, 3)
+        victim = workers[0]
+        victim.kill()
+        server.waitFor(rf"\(pid {victim.pid}\) exited after .*: signal 9")
+        waitServing(server, 4)
+        replaced = workerProcesses(server, 3)
+        self.assertNotIn(victim.pid, [w.pid for w in replaced])
+        self.assertFalse(psutil.pid_exists(victim.pid), "a zombie is left")
+        for _ in range(20):
+            self.assertEqual(echoOnce((LOOPBACK, server.port), b"still"), b"still")
+
+    def test_sigtermDrainsWorkersAndExits(self) -> None:
+        server = self.startWorkers(2, "--shutdown-timeout", "5")
+        workers = workerProcesses(server, 2)
+        clients = [
+            socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
+            for _ in range(10)
+        ]
+        for client in clients:
+            self.addCleanup(client.close)
+            client.sendall(b"before the signal")
+        for client in clients:
+            self.assertEqual(client.recv(100), b"before the signal")
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        for client in clients:
+            self.assertEqual(readUntilClosed(client), (b"", "eof"))
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+        self.assertLess(time.monotonic() - started, 15)
+        for worker in workers:
+            self.assertFalse(psutil.pid_exists(worker.pid), "an orphan is left")
+
+    def test_ttinAndTtou(self) -> None:
+        server = self.startWorkers(2)
+        workerProcesses(server, 2)
+        server.signal(signal.SIGTTIN)
+        waitServing(server, 3)
+        workerProcesses(server, 3)
+        server.signal(signal.SIGTTOU)
+        server.waitFor(r"SIGTTOU: now 2 workers")
+        server.waitFor(r"Worker 3 \(pid \d+\) exited")
+        workerProcesses(server, 2)
+
+    def test_everyListenerKind(self) -> None:
+        key, certificate = selfSignedCertificate(self.directory)
+        unixPath = os.path.join(self.directory, "echo.sock")
+        udp = freePort(socket.SOCK_DGRAM)
+        server = self.start(
+            "--workers",
+            "2",
+            "--listen",
+            f"ssl:0:interface={LOOPBACK}:privateKey={key}:certKey={certificate}",
+            "--listen",
+            f"unix:{unixPath}",
+            "--listen",
+            f"haproxy:tcp:0:interface={LOOPBACK}",
+            "--udp",
+            f"udp:{udp}:interface={LOOPBACK}",
+        )
+        waitServing(server, 2)
+        ports = server.listening()
+        import ssl
+
+        context = ssl.create_default_context(cafile=certificate)
+        context.check_hostname = False
+        with context.wrap_socket(
+            socket.create_connection((LOOPBACK, ports[0]), timeout=WAIT)
+        ) as tls:
+            tls.sendall(b"tls")
+            self.assertEqual(tls.recv(10), b"tls")
+        self.assertEqual(echoOnce(unixPath, b"unix"), b"unix")
+        with socket.create_connection((LOOPBACK, ports[1]), timeout=WAIT) as proxied:
+            proxied.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 7\r\nproxy")
+            self.assertEqual(proxied.recv(10), b"proxy")
+        server.waitFor(r"203\.0\.113\.7:40000 connected")
+        self.assertEqual(ask(b"udp", udp), b"udp")
+
+    def test_metricsSumTheWorkers(self) -> None:
+        server = self.startWorkers(2, "--metrics", f"tcp:0:interface={LOOPBACK}")
+        metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
+        for _ in range(20):
+            payload = os.urandom(1000)
+            self.assertEqual(echoOnce((LOOPBACK, server.port), payload), payload)
+        deadline = time.monotonic() + WAIT
+        while True:
+            found = scrape(metricsPort)
+            if found[("echotwist_connections_closed_total", ())] == 20:
+                break
+            self.assertLess(time.monotonic(), deadline, found)
+        self.assertEqual(found[("echotwist_connections_accepted_total", ())], 20)
+        self.assertEqual(
+            found[("echotwist_received_bytes_total", (("transport", "stream"),))], 20000
+        )
+        self.assertEqual(found[("echotwist_workers", ())], 2)
