@@ -249,30 +249,23 @@ def _reactorName() -> str | None:
 
 
 def makeService(options: Options) -> IService:
+    common = {
+        "udp": options["datagramListeners"],
+        "udpRate": options["udp-rate"],
+        "maxConnections": options["max-connections"],
+        "maxPerSource": options["max-per-source"],
+        "idleTimeout": options["idle-timeout"],
+        "shutdownTimeout": options["shutdown-timeout"],
+        "logConnections": not options["no-connection-logs"],
+        "metrics": options["metrics"],
+    }
     if options["workers"] > 1:
         from echotwist.supervisor import SupervisorService
 
         return SupervisorService(
             options["listeners"],
-            udp=options["datagramListeners"],
-            udpRate=options["udp-rate"],
-            maxConnections=options["max-connections"],
-            maxPerSource=options["max-per-source"],
-            idleTimeout=options["idle-timeout"],
-            shutdownTimeout=options["shutdown-timeout"],
-            logConnections=not options["no-connection-logs"],
-            metrics=options["metrics"],
             workers=options["workers"],
             reactorName=_reactorName(),
+            **common,
         )
-    return EchoService(
-        options["listeners"],
-        udp=options["datagramListeners"],
-        udpRate=options["udp-rate"],
-        maxConnections=options["max-connections"],
-        maxPerSource=options["max-per-source"],
-        idleTimeout=options["idle-timeout"],
-        shutdownTimeout=options["shutdown-timeout"],
-        logConnections=not options["no-connection-logs"],
-        metrics=options["metrics"],
-    )
+    return EchoService(options["listeners"], **common)

@@ -58,6 +58,7 @@ class Server:
         cwd: str,
         runner: Sequence[str] | None = None,
         preexec: object = None,
+        passFDs: Sequence[int] = (),
     ) -> None:
         if runner is None:
             argv = [command("twistd"), "-n", "--pidfile=", "echo", *echoArgs]
@@ -79,6 +80,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=setup,
+            pass_fds=passFDs,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -77,6 +77,11 @@ class OptionsTests(SynchronousTestCase):
             "--shutdown-timeout=",
             "--udp=",
             "--udp-rate=",
+            "--max-connections=",
+            "--max-per-source=",
+            "--idle-timeout=",
+            "--metrics=",
+            "--workers=",
         ):
             (entry,) = (e for e in entries if option in e.split()[:2])
             self.assertIn("[default:", entry, option)
@@ -140,6 +145,10 @@ class BadValueTests(SynchronousTestCase):
             "not a number of datagrams a second", self.refused("--udp-rate", "fast")
         )
 
+    def test_badWorkers(self) -> None:
+        self.assertIn("0 is not a number of workers", self.refused("--workers", "0"))
+        self.assertIn("'two' is not a whole number", self.refused("--workers", "two"))
+
     def test_shutdownTimeoutNotANumber(self) -> None:
         self.assertIn(
             "'soon' is not a number of seconds",
@@ -150,6 +159,15 @@ class BadValueTests(SynchronousTestCase):
 
 
 class MakeServiceTests(SynchronousTestCase):
+    def test_workers(self) -> None:
+        from echotwist.supervisor import SupervisorService
+
+        self.assertNotIsInstance(makeService(parse()), SupervisorService)
+        service = makeService(parse("--workers", "3", "--max-connections", "7"))
+        assert isinstance(service, SupervisorService)
+        self.assertEqual(service.wanted, 3)
+        self.assertEqual(service.factory.maxConnections, 7)
+
     def test_oneListenerEach(self) -> None:
         service = makeService(
             parse(

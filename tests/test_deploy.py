@@ -1,0 +1,245 @@
+"""
+What deploy/ ships, exercised: the systemd units (verified, and run from
+their own ExecStart lines with a socket passed as systemd passes it), a
+restart behind a held socket that refuses nobody, and the HAProxy
+configuration in front of two echotwist instances.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+from tests._clients import echoOnce
+from tests._tools import requireTool
+from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
+from tests.test_transports import freePort, sendThenRead
+
+DEPLOY = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy"
+)
+UNITS = os.path.join(DEPLOY, "systemd")
+
+
+def execStart(unit: str) -> list[str]:
+    """
+    A unit's ExecStart command line, with the installed twistd in place of
+    /opt/echotwist's.
+    """
+    with open(os.path.join(UNITS, unit)) as f:
+        text = f.read().replace("\\\n", " ")
+    (line,) = re.findall(r"^ExecStart=(.*)$", text, re.MULTILINE)
+    argv = shlex.split(line)
+    assert argv[0] == "/opt/echotwist/bin/twistd", argv[0]
+    return [command("twistd"), *argv[1:]]
+
+
+def passSocket(listener: socket.socket) -> object:
+    """
+    A preexec function that hands C{listener} to the child as systemd does:
+    descriptor 3, named "echo", for this very process.
+    """
+    fileno = listener.fileno()
+
+    def preexec() -> None:
+        os.dup2(fileno, 3)
+        os.putenv("LISTEN_FDS", "1")
+        os.putenv("LISTEN_FDNAMES", "echo")
+        os.putenv("LISTEN_PID", str(os.getpid()))
+
+    return preexec
+
+
+class SystemdTests(ServerTestCase):
+    def test_unitsVerify(self) -> None:
+        analyze = requireTool("systemd-analyze", "systemd")
+        for name in os.listdir(UNITS):
+            with open(os.path.join(UNITS, name)) as f:
+                text = f.read().replace("/opt/echotwist/bin/twistd", command("twistd"))
+            with open(os.path.join(self.directory, name), "w") as f:
+                f.write(text)
+        result = subprocess.run(
+            [
+                analyze,
+                "verify",
+                *sorted(os.path.join(self.directory, n) for n in os.listdir(UNITS)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        problems = [
+            line
+            for line in (result.stdout + result.stderr).splitlines()
+            # Outside a booted systemd (CI, containers) these say nothing
+            # about the units themselves.
+            if line.strip()
+            and not re.search(
+                r"Failed to .*(connect|bus|manager)|not running|Unit is bound|"
+                r"hierarchy|cgroup|System has not been booted",
+                line,
+            )
+        ]
+        self.assertEqual(problems, [], result.stdout + result.stderr)
+
+    def listener(self) -> tuple[socket.socket, int]:
+        """
+        A dual-stack listening socket like systemd's ListenStream=PORT,
+        bound to [::1] here.
+        """
+        listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("::1", 0))
+        listener.listen(4096)
+        return listener, listener.getsockname()[1]
+
+    def startUnit(self, listener: socket.socket) -> Server:
+        server = Server(
+            (),
+            cwd=self.directory,
+            runner=execStart("echotwist.service"),
+            preexec=passSocket(listener),
+            passFDs=(3,),
+        )
+        self.addCleanup(server.kill)
+        server.waitFor(r"Listening on \[::1\]:\d+ \(systemd:domain=INET6:name=echo\)")
+        return server
+
+    def test_serviceServesThePassedSocket(self) -> None:
+        listener, port = self.listener()
+        server = self.startUnit(listener)
+        payload = os.urandom(100_000)
+        self.assertEqual(echoOnce(("::1", port), payload), payload)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def test_restartRefusesNobody(self) -> None:
+        """
+        Clients connect in a loop while the service restarts behind the
+        socket that systemd (here, the test) holds: every one is served,
+        by the old process or, after waiting in the backlog, the new one.
+        """
+        listener, port = self.listener()
+        first = self.startUnit(listener)
+        outcomes: list[str] = []
+        stop = threading.Event()
+
+        def clients() -> None:
+            n = 0
+            while not stop.is_set():
+                payload = b"client %d" % n
+                n += 1
+                try:
+                    received = echoOnce(("::1", port), payload)
+                except ConnectionRefusedError:
+                    outcomes.append("refused")
+                    continue
+                except OSError as e:
+                    outcomes.append(f"error: {e}")
+                    continue
+                outcomes.append("ok" if received == payload else "wrong")
+
+        worker = threading.Thread(target=clients)
+        worker.start()
+        try:
+            while outcomes.count("ok") < 50:
+                first.waitFor(r"connected", WAIT)
+            first.signal(signal.SIGTERM)
+            self.assertEqual(first.wait(), -signal.SIGTERM)
+            during = len(outcomes)
+            second = self.startUnit(listener)
+            second.waitFor(r"connected")
+            deadline = time.monotonic() + WAIT
+            while len(outcomes) < during + 50:
+                self.assertLess(
+                    time.monotonic(), deadline, "no progress after the restart"
+                )
+                second.waitFor(r"connected", WAIT)
+        finally:
+            stop.set()
+            worker.join(WAIT)
+        self.assertEqual(set(outcomes), {"ok"}, [o for o in outcomes if o != "ok"][:5])
+
+
+class HAProxyFleetTests(ServerTestCase):
+    def test_shippedConfiguration(self) -> None:
+        haproxy = requireTool("haproxy", "haproxy")
+        instances = [
+            self.start(
+                "--listen",
+                f"haproxy:tcp:0:interface={LOOPBACK}",
+                "--max-per-source",
+                "0",
+            )
+            for _ in range(2)
+        ]
+        ports = [instance.port for instance in instances]
+        frontend = freePort()
+        with open(os.path.join(DEPLOY, "haproxy", "haproxy.cfg")) as f:
+            config = f.read()
+        config, binds = re.subn(
+            r"(?m)^(\s*bind )\S+", rf"\g<1>{LOOPBACK}:{frontend}", config
+        )
+        for n, port in enumerate(ports, 1):
+            config, found = re.subn(
+                rf"(?m)^(\s*server echo{n} )\S+", rf"\g<1>{LOOPBACK}:{port}", config
+            )
+            self.assertEqual(found, 1)
+        self.assertEqual(binds, 1)
+        path = os.path.join(self.directory, "haproxy.cfg")
+        with open(path, "w") as f:
+            f.write(config)
+        proxy = subprocess.Popen(
+            [haproxy, "-db", "-f", path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.addCleanup(proxy.wait, WAIT)
+        self.addCleanup(proxy.terminate)
+        # Both instances pass HAProxy's echo health check.
+        for instance in instances:
+            instance.waitFor(r"disconnected after .*, 8 bytes echoed")
+
+        def throughProxy(payload: bytes) -> tuple[bytes, int]:
+            client = socket.socket()
+            client.settimeout(WAIT)
+            client.bind(("127.0.0.2", 0))
+            client.connect((LOOPBACK, frontend))
+            with client:
+                return sendThenRead(client, payload), client.getsockname()[1]
+
+        for _ in range(4):
+            payload = os.urandom(256 * 1024)
+            received, clientPort = throughProxy(payload)
+            self.assertEqual(received, payload)
+            found = [
+                instance
+                for instance in instances
+                if f"127.0.0.2:{clientPort} connected" in instance.output
+            ]
+            deadline = time.monotonic() + WAIT
+            while not found:
+                self.assertLess(
+                    time.monotonic(), deadline, "no instance logged the client"
+                )
+                time.sleep(0.02)
+                found = [
+                    i
+                    for i in instances
+                    if f"127.0.0.2:{clientPort} connected" in i.output
+                ]
+
+        # One instance dies; the service still answers through the other.
+        instances[0].process.kill()
+        instances[0].wait()
+        for n in range(20):
+            payload = b"after the loss %d" % n
+            self.assertEqual(throughProxy(payload)[0], payload)
