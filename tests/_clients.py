@@ -42,7 +42,10 @@ def exchange(
     selector = selectors.DefaultSelector()
     exchanges = []
     for payload in payloads:
-        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+        if isinstance(address, str):
+            family = socket.AF_UNIX
+        else:
+            family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         sock.connect(address)
