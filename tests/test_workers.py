@@ -238,6 +238,22 @@ class WorkerTests(ServerTestCase):
         for worker in workers:
             self.assertFalse(psutil.pid_exists(worker.pid), "an orphan is left")
 
+    def test_workersOutliveNoKilledSupervisor(self) -> None:
+        """
+        kill -9 of the supervisor: its workers see their control pipe close,
+        drain, and exit; none is left behind.
+        """
+        server = self.startWorkers(2)
+        workers = workerProcesses(server, 2)
+        server.process.kill()
+        server.wait()
+        for worker in workers:
+            try:
+                worker.wait(WAIT)
+            except psutil.NoSuchProcess:
+                pass
+            self.assertFalse(worker.is_running(), f"worker {worker.pid} orphaned")
+
     def test_ttinAndTtou(self) -> None:
         server = self.startWorkers(2)
         workerProcesses(server, 2)
