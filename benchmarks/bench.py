@@ -108,7 +108,7 @@ def peers() -> list[Peer]:
 
 
 class Running:
-    def __init__(self, peer: Peer, directory: str) -> None:
+    def __init__(self, peer: Peer, directory: str, pinned: bool = True) -> None:
         self.peer = peer
         self.log = open(os.path.join(directory, f"{peer.name}.log"), "w+b")
         self.started = time.monotonic()
@@ -118,6 +118,7 @@ class Running:
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: pin(SERVER_CPU)) if pinned else None,
         )
         self.port = self._waitForPort()
 
@@ -349,6 +350,12 @@ def main() -> None:
     )
     parser.add_argument("--only", help="comma-separated servers to run")
     parser.add_argument(
+        "--no-workers",
+        dest="workers",
+        action="store_false",
+        help="skip the --workers 2 against --workers 1 comparison",
+    )
+    parser.add_argument(
         "--plot", help="write a PNG of the ratios here (needs matplotlib)"
     )
     args = parser.parse_args()
@@ -402,8 +409,66 @@ def main() -> None:
                 server.stop()
         startup[peer.name] = min(firstEcho(peer, directory) for _ in range(3))
 
+    spread = workersComparison(args, directory, loadgen) if args.workers else None
     report(cells, memory, startup, args)
+    if spread is not None:
+        reportWorkers(*spread)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def workersComparison(
+    args: argparse.Namespace, directory: str, loadgen: str | None
+) -> tuple[dict[int, float], dict[int, int]]:
+    """
+    echotwist with --workers 1 and --workers 2, unpinned (workers would
+    inherit a pinned supervisor's single core), 1 KiB messages on 100
+    connections: messages/s, and how connections spread over the workers.
+    """
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    spread: dict[int, int] = {}
+    for count in (1, 2):
+        peer = echotwist(f"echotwist-w{count}", [])
+        peer.argv = [a for a in peer.argv if a != "--no-connection-logs"]
+        peer.argv += ["--workers", str(count)]
+        server = Running(peer, directory, pinned=False)
+        try:
+            if count > 1:
+                waitForWorkers(server, count)
+            for _ in range(args.repeat):
+                rates[count].append(
+                    measure(server, 1024, 100, args.seconds, loadgen).rate
+                )
+            server.log.seek(0)
+            for line in server.log.read().decode("utf-8", "replace").splitlines():
+                match = re.search(r" worker (\d+)\] .* connected$", line)
+                if match:
+                    worker = int(match.group(1))
+                    spread[worker] = spread.get(worker, 0) + 1
+        finally:
+            server.stop()
+    return {n: sorted(r)[len(r) // 2] for n, r in rates.items()}, spread
+
+
+def waitForWorkers(server: Running, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        server.log.seek(0)
+        if server.log.read().count(b" serving") >= count:
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{server.peer.name}: workers did not start")
+
+
+def reportWorkers(rates: dict[int, float], spread: dict[int, int]) -> None:
+    print("\nworkers (1 KiB x 100 connections, not pinned, median msg/s):")
+    for count, rate in rates.items():
+        print(f"  --workers {count}: {rate:9.0f} msg/s")
+    print(f"  2 workers / 1: {rates[2] / rates[1]:.2f}")
+    total = sum(spread.values())
+    shares = ", ".join(
+        f"worker {n}: {c} ({100 * c / total:.0f}%)" for n, c in sorted(spread.items())
+    )
+    print(f"  connections per worker over the run: {shares}")
 
 
 def report(
@@ -414,7 +479,8 @@ def report(
 ) -> None:
     by = {(c.server, c.size, c.conns): c for c in cells}
     print(
-        f"\nclient: {args.client}; {args.seconds:g} s per cell; loopback; {os.cpu_count()} cores\n"
+        f"\nclient: {args.client}; {args.seconds:g} s per cell, median of {args.repeat};"
+        f" loopback; servers on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}\n"
     )
     print(
         f"{'server':12} {'size':>7} {'conns':>5} {'msg/s':>9} {'MB/s':>8}"
