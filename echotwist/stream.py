@@ -105,8 +105,9 @@ class Echo(Protocol):
     # Why the server closed the connection, once it decided to; None while
     # the connection is open or when the client was the one to close.
     _closeReason: str | None = None
-    # True while the transport holds more unsent echo than it wants and has
-    # asked us, its producer, to stop: reading from the client is paused.
+    # True while reading from the client is paused for a backlog of echo:
+    # the transport asked us, its producer, to stop (Twisted's path), or a
+    # direct send left something unsent.
     _paused = False
     # Shutting down: close as soon as the connection is quiet.
     _draining = False
@@ -129,8 +130,6 @@ class Echo(Protocol):
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        # Echo is request/response traffic: never hold a small reply back
-        # waiting for more.  Transports without TCP (UNIX sockets) refuse.
         host = getattr(transport.getPeer(), "host", None)
         if host is not None:
             self.source = sys.intern(host)
@@ -138,6 +137,8 @@ class Echo(Protocol):
             self._refused = True
             transport.loseConnection()
             return
+        # Echo is request/response traffic: never hold a small reply back
+        # waiting for more.  Transports without TCP (UNIX sockets) refuse.
         try:
             transport.setTcpNoDelay(True)
         except (AttributeError, NotImplementedError, OSError):
