@@ -59,10 +59,22 @@ def _oneLine(method: _F) -> _F:
     return method
 
 
-def _fixedPort(listener: Listener) -> bool:
-    # Port 0 means a fresh free port each time: "tcp:0" may well repeat.
+def _parse(option: str, description: str) -> Listener:
+    try:
+        return parseListener(description)
+    except ValueError as e:
+        raise usage.UsageError(f"{option}: {e}") from None
+
+
+def _repeats(listener: Listener, seen: list[Listener]) -> bool:
+    """
+    Whether C{listener} is one of C{seen} again.  Port 0 means a fresh free
+    port each time: "tcp:0" may well repeat.
+    """
     fields = listener.description.split(":")
-    return "0" not in fields and "port=0" not in fields
+    if "0" in fields or "port=0" in fields:
+        return False
+    return any(listener.description == other.description for other in seen)
 
 
 class Options(usage.Options):
@@ -192,13 +204,8 @@ class Options(usage.Options):
             wanted.append(("--port", self["port"] or DEFAULT_PORT))
         listeners: list[Listener] = []
         for option, description in wanted:
-            try:
-                listener = parseListener(description)
-            except ValueError as e:
-                raise usage.UsageError(f"{option}: {e}") from None
-            if _fixedPort(listener) and any(
-                listener.description == seen.description for seen in listeners
-            ):
+            listener = _parse(option, description)
+            if _repeats(listener, listeners):
                 raise usage.UsageError(
                     f"{option}: {listener.description} is given twice"
                 )
@@ -221,13 +228,8 @@ class Options(usage.Options):
             )
 
         if self["metrics"] is not None:
-            try:
-                metrics = parseListener(self["metrics"])
-            except ValueError as e:
-                raise usage.UsageError(f"--metrics: {e}") from None
-            if _fixedPort(metrics) and any(
-                metrics.description == seen.description for seen in listeners
-            ):
+            metrics = _parse("--metrics", self["metrics"])
+            if _repeats(metrics, listeners):
                 raise usage.UsageError(
                     f"--metrics: {metrics.description} is also an echo listener"
                 )

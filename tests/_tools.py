@@ -9,8 +9,13 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import socket
+import subprocess
+import time
 
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests._twistd import WAIT
 
 REQUIRE = "ECHOTWIST_REQUIRE_TOOLS"
 
@@ -30,6 +35,31 @@ def requireRoot(why: str) -> None:
         if os.environ.get(REQUIRE):
             raise AssertionError(f"not root, and {REQUIRE} is set: {why}")
         raise SkipTest(f"needs root: {why}")
+
+
+def startHAProxy(test: SynchronousTestCase, config: str, frontend: int) -> None:
+    """
+    Run HAProxy (in the foreground) with C{config} for the rest of C{test},
+    once it accepts connections on the C{frontend} port.
+    """
+    haproxy = requireTool("haproxy", "haproxy")
+    proxy = subprocess.Popen(
+        [haproxy, "-db", "-f", config],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    test.addCleanup(proxy.wait, WAIT)
+    test.addCleanup(proxy.terminate)
+    deadline = time.monotonic() + WAIT
+    while True:
+        test.assertIsNone(proxy.poll(), "haproxy exited")
+        try:
+            socket.create_connection(("127.0.0.1", frontend), timeout=1).close()
+            return
+        except OSError:
+            test.assertLess(time.monotonic(), deadline, "haproxy never listened")
+            time.sleep(0.05)
 
 
 def selfSignedCertificate(directory: str) -> tuple[str, str]:

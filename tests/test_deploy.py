@@ -17,7 +17,7 @@ import threading
 import time
 
 from tests._clients import echoOnce
-from tests._tools import requireTool
+from tests._tools import requireTool, startHAProxy
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.test_transports import freePort, sendThenRead
 
@@ -177,7 +177,7 @@ class SystemdTests(ServerTestCase):
 
 class HAProxyFleetTests(ServerTestCase):
     def test_shippedConfiguration(self) -> None:
-        haproxy = requireTool("haproxy", "haproxy")
+        requireTool("haproxy", "haproxy")
         instances = [
             self.start(
                 "--listen",
@@ -203,14 +203,7 @@ class HAProxyFleetTests(ServerTestCase):
         path = os.path.join(self.directory, "haproxy.cfg")
         with open(path, "w") as f:
             f.write(config)
-        proxy = subprocess.Popen(
-            [haproxy, "-db", "-f", path],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.addCleanup(proxy.wait, WAIT)
-        self.addCleanup(proxy.terminate)
+        startHAProxy(self, path, frontend)
         # Both instances pass HAProxy's echo health check.
         for instance in instances:
             instance.waitFor(r"disconnected after .*, 8 bytes echoed")

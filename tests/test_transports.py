@@ -16,7 +16,7 @@ import threading
 import time
 
 from tests._clients import echoOnce, exchange
-from tests._tools import requireRoot, requireTool, selfSignedCertificate
+from tests._tools import requireRoot, requireTool, selfSignedCertificate, startHAProxy
 from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
 
 KiB = 1024
@@ -311,7 +311,6 @@ class ProxyTests(ServerTestCase):
         )
 
     def test_realHAProxy(self) -> None:
-        haproxy = requireTool("haproxy", "haproxy")
         for version, option in (("v1", "send-proxy"), ("v2", "send-proxy-v2")):
             frontend = freePort()
             config = os.path.join(self.directory, f"haproxy-{version}.cfg")
@@ -328,15 +327,7 @@ class ProxyTests(ServerTestCase):
                     "backend echotwist\n"
                     f"    server one {LOOPBACK}:{self.port} {option}\n"
                 )
-            proxy = subprocess.Popen(
-                [haproxy, "-db", "-f", config],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            self.addCleanup(proxy.wait, WAIT)
-            self.addCleanup(proxy.terminate)
-            self._waitForListener(frontend, proxy)
+            startHAProxy(self, config, frontend)
 
             # The client comes from 127.0.0.2, so the address the header
             # carries differs from HAProxy's own 127.0.0.1.
@@ -350,14 +341,3 @@ class ProxyTests(ServerTestCase):
                 received = sendThenRead(client, payload)
             self.assertEqual(received, payload, version)
             self.server.waitFor(rf"127\.0\.0\.2:{clientPort} disconnected after")
-
-    def _waitForListener(self, port: int, process: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + WAIT
-        while True:
-            self.assertIsNone(process.poll(), "haproxy exited")
-            try:
-                socket.create_connection((LOOPBACK, port), timeout=1).close()
-                return
-            except OSError:
-                self.assertLess(time.monotonic(), deadline, "haproxy never listened")
-                time.sleep(0.05)
