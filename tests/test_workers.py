@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from echotwist.supervisor import STABLE_AFTER, SupervisorService
 from tests._clients import echoOnce, exchange, readUntilClosed
 from tests._tools import selfSignedCertificate
-from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase
+from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.test_metrics import scrape
 from tests.test_transports import ask, freePort
 
@@ -264,6 +264,26 @@ class WorkerTests(ServerTestCase):
         server.waitFor(r"SIGTTOU: now 2 workers")
         server.waitFor(r"Worker 3 \(pid \d+\) exited")
         workerProcesses(server, 2)
+
+    def test_underTwist(self) -> None:
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--workers",
+            "2",
+            runner=[command("twist"), "--log-format", "text"],
+        )
+        waitServing(server, 2)
+        workers = workerProcesses(server, 2)
+        payloads = [os.urandom(1000) for _ in range(20)]
+        for payload, (received, _) in zip(
+            payloads, exchange((LOOPBACK, server.port), payloads), strict=True
+        ):
+            self.assertEqual(received, payload)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+        self.assertFalse(any(psutil.pid_exists(w.pid) for w in workers))
 
     def test_everyListenerKind(self) -> None:
         key, certificate = selfSignedCertificate(self.directory)
