@@ -34,6 +34,7 @@ from echotwist.proxy import ProxyEndpoint
 from echotwist.stream import Echo, EchoFactory
 
 __all__ = [
+    "CannotListen",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PER_SOURCE",
@@ -177,15 +178,39 @@ def _whyNotListening(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
+class CannotListen(Exception):
+    """
+    A listener could not listen, so the server must not start.  The
+    message is the one line a user sees.
+
+    Not a SystemExit: a daemonizing twistd reports only an Exception to the
+    process waiting in the foreground (which otherwise waits forever).
+    When it reaches the top of twistd -n or twist, L{_oneLineHook} prints
+    the message alone, without a traceback; the exit status is 1.
+    """
+
+
+def _oneLineHook(previous: Callable[..., object]) -> Callable[..., object]:
+    def hook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+        if isinstance(value, CannotListen):
+            print(value, file=sys.stderr)
+        else:
+            previous(kind, value, tb)
+
+    hook.echotwist = True  # type: ignore[attr-defined]
+    return hook
+
+
 def _listenOrExit(description: str, listen: Callable[[], _T]) -> _T:
     """
     Call C{listen}; if it fails, end start-up with one line saying why.
-    twistd and twist print the message of a SystemExit and exit with 1.
     """
     try:
         return listen()
     except Exception as e:
-        raise SystemExit(
+        if not getattr(sys.excepthook, "echotwist", False):
+            sys.excepthook = _oneLineHook(sys.excepthook)
+        raise CannotListen(
             f"echotwist: cannot listen on {description}: {_whyNotListening(e)}"
         ) from None
 

@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import time
 
 from twisted.trial.unittest import SkipTest
@@ -163,6 +164,35 @@ class RefusalTests(ServerTestCase):
             " Address already in use",
             output,
         )
+
+    def test_portInUseWhenDaemonizing(self) -> None:
+        """
+        Without -n, twistd forks a daemon and waits for word from it: the
+        refusal reaches the waiting process, which says why and exits 1.
+        """
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                command("twistd"),
+                f"--pidfile={self.directory}/twistd.pid",
+                f"--logfile={self.directory}/twistd.log",
+                "echo",
+                "--port",
+                f"tcp:{port}:interface={LOOPBACK}",
+            ],
+            cwd=self.directory,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("CannotListen: echotwist: cannot listen on", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertFalse(os.path.exists(f"{self.directory}/twistd.pid"))
 
     def test_privilegedPortWithoutPermission(self) -> None:
         with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:

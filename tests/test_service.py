@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from echotwist import Echo, EchoService, Listener
+from echotwist.service import CannotListen
 
 
 @implementer(IListeningPort)
@@ -117,8 +118,7 @@ class StartTests(SynchronousTestCase):
 
     def refusal(self, error: Exception) -> str:
         service = EchoService([Listener("tcp:5000", _Endpoint([], error))])
-        exit = self.assertRaises(SystemExit, service.privilegedStartService)
-        message = str(exit.code)
+        message = str(self.assertRaises(CannotListen, service.privilegedStartService))
         self.assertNotIn("\n", message)
         return message
 
@@ -150,7 +150,7 @@ class StartTests(SynchronousTestCase):
                 )
             ]
         )
-        self.assertRaises(SystemExit, service.startService)
+        self.assertRaises(CannotListen, service.startService)
 
 
 class StopTests(SynchronousTestCase):
