@@ -23,9 +23,6 @@ writes and the handling of a lost connection stay Twisted's.  Such a
 connection reads up to 128 KiB at a time (Twisted reads 64 KiB), and stops
 reading as soon as the kernel refuses part of an echo, until the rest is
 sent: it never holds more than one read's worth, whatever the client does.
-On plain TCP the read itself goes into one buffer the process reuses
-(recv_into), sparing an allocation of 128 KiB per read; the echo is sent
-from a view of it, and only what must wait is copied out.
 
 The factory keeps the books: the open connections, how many each source
 address has, the limits on both, and an idle sweep.  The sweep is one
@@ -40,7 +37,7 @@ import sys
 from errno import ENOBUFS, EWOULDBLOCK
 from typing import Any, cast
 
-from twisted.internet import main, tcp
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -71,34 +68,6 @@ _DIRECT_TRANSPORTS: tuple[type, ...] = (tcp.Server,)
 
 #: What a connection that sends directly reads at a time.
 DIRECT_READ_SIZE = 128 * 1024
-
-# The one buffer every plain TCP connection reads into.  The reactor runs one
-# doRead at a time, and Echo has sent or copied what it read before the
-# next, so one per process is enough.
-_readBuffer = bytearray(DIRECT_READ_SIZE)
-_readView = memoryview(_readBuffer)
-
-
-class _SharedBufferServer(tcp.Server):
-    """
-    Twisted's TCP server transport, reading into the shared buffer and
-    handing Echo a view of it (C{tcp.Connection.doRead} allocates a new
-    bytes object of C{bufferSize} for every read).  Only Echo's
-    connections use it, and only where Echo's protocol is the transport's.
-    """
-
-    def doRead(self) -> Any:
-        try:
-            count = self.socket.recv_into(_readBuffer)
-        except OSError as e:
-            if e.errno == EWOULDBLOCK:
-                return None
-            return main.CONNECTION_LOST
-        if not count:
-            return main.CONNECTION_DONE
-        self.protocol.dataReceived(_readView[:count])  # type: ignore[arg-type]
-        return None
-
 
 #: Why a connection can be refused, as logged and counted.
 TOO_MANY = "too many connections"
@@ -184,10 +153,6 @@ class Echo(Protocol):
             self._direct = cast(tcp.Server, transport.transport)
         if self._direct is not None:
             self._direct.bufferSize = DIRECT_READ_SIZE
-            if type(transport) is tcp.Server:
-                # Same transport, reading into the shared buffer (the PROXY
-                # wrapper keeps its bytes: it keeps partial headers).
-                transport.__class__ = _SharedBufferServer
 
     @property
     def peer(self) -> str:
@@ -197,7 +162,7 @@ class Echo(Protocol):
         """
         return formatAddress(self.transport.getPeer())
 
-    def dataReceived(self, data: bytes | memoryview) -> None:
+    def dataReceived(self, data: bytes) -> None:
         self.bytesEchoed += len(data)
         direct = self._direct
         if direct is not None and not direct.dataBuffer and not direct._tempDataLen:
@@ -209,23 +174,20 @@ class Echo(Protocol):
                 if e.errno not in (EWOULDBLOCK, ENOBUFS):
                     # Lost: write() queues it, and the reactor's next
                     # attempt finds and reports the loss, as usual.
-                    self.transport.write(bytes(data))
+                    self.transport.write(data)
                     return
                 sent = 0
             if sent == len(data):
                 return
             # The kernel's send buffer is full: queue the rest and stop
             # reading until the transport has sent it (it then resumes us,
-            # its paused producer).  A copy: data may be a view of the
-            # shared read buffer, which the next read overwrites.
-            self.transport.write(bytes(data[sent:]))
+            # its paused producer).
+            self.transport.write(data[sent:] if sent else data)
             if not self._paused:
                 direct.producerPaused = True
                 self.pauseProducing()
             return
-        # bytes() copies a view of the shared buffer, and costs nothing for
-        # bytes, which is what every other transport gives.
-        self.transport.write(bytes(data))
+        self.transport.write(data)
 
     def readConnectionLost(self) -> None:
         # The client will send nothing more: echo what is still queued, then

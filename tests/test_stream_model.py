@@ -44,9 +44,6 @@ SEND_SIZES = st.one_of(
 )
 
 
-_scratch = bytearray(stream.DIRECT_READ_SIZE)
-
-
 class EchoModel(RuleBasedStateMachine):
     #: Let Echo send to the model's transport directly, as it does to TCP.
     direct = False
@@ -104,14 +101,7 @@ class EchoModel(RuleBasedStateMachine):
             size = self.transport.bufferSize
             chunk = bytes(self.unread[:size])
             del self.unread[:size]
-            if self.direct:
-                # As on plain TCP: a view of one reused buffer, overwritten
-                # by the next read, so Echo must send or copy before then.
-                _scratch[: len(chunk)] = chunk
-                self.protocol.dataReceived(memoryview(_scratch)[: len(chunk)])
-                _scratch[: len(chunk)] = b"\xa5" * len(chunk)
-            else:
-                self.protocol.dataReceived(chunk)
+            self.protocol.dataReceived(chunk)
         elif self.clientFinished and not self.eofSeen:
             self.eofSeen = True
             self.transport.stopReading()
