@@ -10,7 +10,6 @@ O(open connections) and the data path pays nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,45 +18,11 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from echotwist.datagram import DATAGRAM_REFUSALS, DatagramPolicy
-from echotwist.stream import CONNECTION_REFUSALS, EchoFactory
+from echotwist.datagram import DATAGRAM_REFUSALS
+from echotwist.stats import Stats
+from echotwist.stream import CONNECTION_REFUSALS
 
-__all__ = ["EchoCollector", "addStats", "metricsSite", "registryFor", "stats"]
-
-
-Stats = dict[str, Any]
-
-
-def stats(factory: EchoFactory, policy: DatagramPolicy) -> Stats:
-    """
-    One process's counts, as plain data: what a worker reports to its
-    supervisor, and what L{EchoCollector} turns into metrics.
-    """
-    return {
-        "accepted": factory.accepted,
-        "closed": factory.closed,
-        "open": len(factory.connections),
-        "refused": dict(factory.refused),
-        "streamBytes": factory.bytesOfClosed
-        + sum(protocol.bytesEchoed for protocol in factory.connections),
-        "datagrams": dict(policy.counts),
-        "udpReceived": policy.bytes["received"],
-        "udpSent": policy.bytes["sent"],
-    }
-
-
-def addStats(total: Stats, more: Stats) -> Stats:
-    """
-    The sum of two processes' counts.
-    """
-    summed: Stats = {}
-    for key in total.keys() | more.keys():
-        mine, theirs = total.get(key), more.get(key)
-        if isinstance(mine, dict) or isinstance(theirs, dict):
-            summed[key] = addStats(mine or {}, theirs or {})
-        else:
-            summed[key] = (mine or 0) + (theirs or 0)
-    return summed
+__all__ = ["EchoCollector", "metricsSite", "registryFor"]
 
 
 class EchoCollector:

@@ -295,19 +295,21 @@ class _DatagramListenerService(Service):
     One UDP listener.
     """
 
+    kind = "udp"
+
     def __init__(
         self, listener: DatagramListener, policy: DatagramPolicy, reactor: Any
     ) -> None:
         self.listener = listener
+        self.description = listener.description
         self.protocol = DatagramEcho(policy)
         self._reactor = reactor
         self._port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        listener = self.listener
-        self._port = _listenOrExit(listener.description, self._listen)
-        _logStarted(listener.description, self._port, "udp")
+        self._port = _listenOrExit(self.description, self._listen)
+        _logStarted(self.description, self._port, self.kind)
 
     def _listen(self) -> IListeningPort:
         listener = self.listener
@@ -343,7 +345,7 @@ class _DatagramListenerService(Service):
             return succeed(None)
         stopped = port.stopListening()
         d = stopped if isinstance(stopped, Deferred) else succeed(None)
-        return d.addCallback(lambda result: _logStopped(self.listener.description))
+        return d.addCallback(lambda result: _logStopped(self.description))
 
 
 class EchoService(MultiService):
@@ -438,7 +440,7 @@ class EchoService(MultiService):
         What metrics read: a snapshot of the counts, the number of workers,
         and what to do before each scrape (nothing, in one process).
         """
-        from echotwist.metrics import stats
+        from echotwist.stats import stats
 
         return (lambda: stats(self.factory, self.datagramPolicy), lambda: 1, None)
 

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from echotwist.service import EchoService
+from echotwist.stats import addStats
 
 __all__ = ["SupervisorService"]
 
@@ -165,15 +166,14 @@ class SupervisorService(EchoService):
         datagrams: list[dict[str, Any]] = []
         fileno = _FIRST_LISTENER
         for child in self:
-            port = getattr(child, "port", None)
-            kind = getattr(child, "kind", "udp")
-            if port is None or kind == "metrics":
+            port = child.port
+            if port is None or child.kind == "metrics":
                 continue
             # The workers accept; the supervisor keeps the socket open only.
             port.stopReading()
             self._childFDs[fileno] = port.fileno()
-            entry = {"description": self._descriptionOf(child), "fileno": fileno}
-            (datagrams if kind == "udp" else listeners).append(entry)
+            entry = {"description": child.description, "fileno": fileno}
+            (datagrams if child.kind == "udp" else listeners).append(entry)
             fileno += 1
         factory = self.factory
         self._config = {
@@ -198,11 +198,6 @@ class SupervisorService(EchoService):
                 signum, lambda *_, h=handler: self.reactor.callFromThread(h)
             )
 
-    @staticmethod
-    def _descriptionOf(child: Any) -> str:
-        listener = getattr(child, "listener", None)
-        return str(listener.description if listener is not None else child.description)
-
     def _start(self, number: int) -> None:
         worker = _Worker(self, number)
         config = dict(self._config, worker=number)
@@ -224,7 +219,7 @@ class SupervisorService(EchoService):
     ) -> None:
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
-        self._retired = _add(self._retired, worker.lastStats)
+        self._retired = addStats(self._retired, worker.lastStats)
         lived = self.reactor.seconds() - worker.startedAt
         log.info(
             "Worker {worker} (pid {pid}) exited after {lived:.1f}s: {how}",
@@ -292,7 +287,7 @@ class SupervisorService(EchoService):
         def snapshot() -> dict[str, Any]:
             total = self._retired
             for worker in self.workers.values():
-                total = _add(total, worker.lastStats)
+                total = addStats(total, worker.lastStats)
             return total
 
         def refresh() -> Deferred[None]:
@@ -347,9 +342,3 @@ class SupervisorService(EchoService):
                     pid=worker.pid,
                 )
                 worker.signal(signal.SIGKILL)
-
-
-def _add(total: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
-    from echotwist.metrics import addStats
-
-    return addStats(total, more) if more else total

@@ -123,7 +123,7 @@ class _Control(LineOnlyReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         if line == b"stats":
-            from echotwist.metrics import stats
+            from echotwist.stats import stats
 
             report = stats(self.service.factory, self.service.datagramPolicy)
             self.sendLine(json.dumps(report).encode())

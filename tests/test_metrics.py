@@ -20,7 +20,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist.datagram import DatagramEcho, DatagramPolicy
-from echotwist.metrics import EchoCollector, addStats, registryFor, stats
+from echotwist.metrics import EchoCollector, registryFor
+from echotwist.stats import addStats, stats
 from echotwist.stream import EchoFactory
 from tests._clients import echoOnce
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
