@@ -76,7 +76,7 @@ def echotwist(name: str, reactor: list[str]) -> Peer:
     )
 
 
-def peers() -> list[Peer]:
+def peers(directory: str) -> list[Peer]:
     twistd = os.path.join(BIN, "twistd")
     found = [
         echotwist("echotwist", []),
@@ -104,6 +104,10 @@ def peers() -> list[Peer]:
         )
     except ImportError:
         pass
+    # The yardstick, not a peer to beat: a C epoll echo (benchmarks/cecho.c).
+    cecho = buildC("cecho", directory)
+    if cecho is not None:
+        found.append(Peer("c-epoll", [cecho], r"PORT (\d+)"))
     return found
 
 
@@ -227,14 +231,24 @@ def pythonClient(port: int, conns: int, size: int, seconds: float) -> str:
     )
 
 
-def buildLoadgen(directory: str) -> str:
+def buildC(name: str, directory: str) -> str | None:
+    """
+    Compile benchmarks/NAME.c into DIRECTORY; None without a C compiler.
+    """
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        raise SystemExit("--client c needs a C compiler (cc or gcc)")
-    binary = os.path.join(directory, "loadgen")
+        return None
+    binary = os.path.join(directory, name)
     subprocess.run(
-        [compiler, "-O2", "-o", binary, os.path.join(HERE, "loadgen.c")], check=True
+        [compiler, "-O2", "-o", binary, os.path.join(HERE, f"{name}.c")], check=True
     )
+    return binary
+
+
+def buildLoadgen(directory: str) -> str:
+    binary = buildC("loadgen", directory)
+    if binary is None:
+        raise SystemExit("--client c needs a C compiler (cc or gcc)")
     return binary
 
 
@@ -350,6 +364,10 @@ def main() -> None:
     )
     parser.add_argument("--only", help="comma-separated servers to run")
     parser.add_argument(
+        "--cells",
+        help="comma-separated SIZExCONNS cells to run, e.g. 1024x10,1024x1000",
+    )
+    parser.add_argument(
         "--no-workers",
         dest="workers",
         action="store_false",
@@ -364,7 +382,7 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     directory = tempfile.mkdtemp(prefix="echotwist-bench-")
     loadgen = buildLoadgen(directory) if args.client == "c" else None
-    servers = peers()
+    servers = peers(directory)
     if args.only:
         servers = [p for p in servers if p.name in args.only.split(",")]
     cellSpecs = (
@@ -372,6 +390,11 @@ def main() -> None:
         if args.quick
         else [(s, c) for s in (64, 1024, 102400) for c in (10, 100, 1000)]
     )
+    if args.cells:
+        cellSpecs = [
+            (int(size), int(conns))
+            for size, conns in (cell.split("x") for cell in args.cells.split(","))
+        ]
 
     # Every server runs throughout, idle but for its turn; the servers take
     # turns cell by cell, round after round, so that drift in the machine's
