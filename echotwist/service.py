@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.internet import tcp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
@@ -31,7 +32,7 @@ from twisted.logger import Logger
 from echotwist._address import formatAddress
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
 from echotwist.proxy import ProxyEndpoint
-from echotwist.stream import Echo, EchoFactory
+from echotwist.stream import Echo, EchoFactory, SplicingServer
 
 __all__ = [
     "CannotListen",
@@ -283,6 +284,14 @@ class _ListenerService(StreamServerEndpointService):
     def _started(self, port: IListeningPort) -> IListeningPort:
         _logStarted(self.description, port, self.kind)
         self.port = port
+        if (
+            type(port) is tcp.Port
+            and port.transport is tcp.Server
+            and isinstance(port.factory, _ListenerFactory)
+        ):
+            # Plain TCP straight to Echo (no TLS or PROXY wrapper between):
+            # its connections may echo in the kernel.
+            port.transport = SplicingServer
         return port
 
     def stopService(self) -> Deferred[None]:

@@ -24,6 +24,15 @@ connection reads up to 128 KiB at a time (Twisted reads 64 KiB), and stops
 reading as soon as the kernel refuses part of an echo, until the rest is
 sent: it never holds more than one read's worth, whatever the client does.
 
+On Linux, a plain TCP connection whose client sends in bulk (reads of 16
+KiB or more) echoes in the kernel: each read splices the bytes from the
+socket into a pipe and from the pipe straight back into the socket
+(splice(2)), so they are never copied into Python and out again; at 100
+KiB messages the copies are most of the server's work.  One pipe serves
+every connection and is empty between reads.  Small messages keep recv()
+and send(), which cost less there; TLS, PROXY and UNIX connections keep
+the path above.
+
 The factory keeps the books: the open connections, how many each source
 address has, the limits on both, and an idle sweep.  The sweep is one
 periodic call for all connections rather than a timer each: it costs no
@@ -33,13 +42,14 @@ timer would be reset on every read.
 
 from __future__ import annotations
 
+import os
 import sys
-from errno import ENOBUFS, EWOULDBLOCK
+from errno import EINVAL, ENOBUFS, ENOSYS, EWOULDBLOCK
 from typing import Any, cast
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -63,11 +73,66 @@ log = Logger()
 # Transports whose internals the direct send relies on (an empty
 # dataBuffer and _tempDataLen mean nothing is queued; socket is the socket;
 # producerPaused makes the transport resume its producer once drained;
-# bufferSize is how much one doRead asks recv() for).
+# bufferSize is how much one doRead asks recv() for); SplicingServer is
+# added below.
 _DIRECT_TRANSPORTS: tuple[type, ...] = (tcp.Server,)
 
 #: What a connection that sends directly reads at a time.
 DIRECT_READ_SIZE = 128 * 1024
+
+#: Reads at least this big make the next read a splice, where the transport
+#: allows; a smaller splice makes the next read a plain one.  Splicing
+#: saves copying the bytes into and out of Python, which pays from some
+#: kilobytes on; for small reads recv() and send() cost less.
+SPLICE_FROM = 16 * 1024
+
+try:
+    from fcntl import F_SETPIPE_SZ, fcntl
+    from os import SPLICE_F_MOVE, SPLICE_F_NONBLOCK, splice
+
+    _SPLICE_FLAGS = SPLICE_F_MOVE | SPLICE_F_NONBLOCK
+except ImportError:  # not Linux
+    splice = None  # type: ignore[assignment]
+
+
+class _SharedPipe:
+    """
+    The one pipe a process splices every connection's echo through.
+
+    It is empty between reads: each read moves what one connection sent
+    into it, and that same read moves it all out again, to the connection
+    (and whatever the socket would not take, into the transport's write
+    buffer).  Anything unexpected on the way throws the pipe away, so
+    bytes can never be carried over to the next connection.
+    """
+
+    fds: tuple[int, int] | None = None
+    #: Whether splicing works here at all (Linux; a socket type the kernel
+    #: can splice).  Once it fails it is not tried again.
+    usable = splice is not None
+
+    @classmethod
+    def get(cls) -> tuple[int, int] | None:
+        if cls.fds is None and cls.usable:
+            try:
+                readFd, writeFd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                return None
+            try:
+                # Room for one whole read; the default is 64 KiB.
+                fcntl(writeFd, F_SETPIPE_SZ, DIRECT_READ_SIZE)
+            except OSError:
+                pass
+            cls.fds = (readFd, writeFd)
+        return cls.fds
+
+    @classmethod
+    def discard(cls) -> None:
+        fds, cls.fds = cls.fds, None
+        if fds is not None:
+            for fd in fds:
+                os.close(fd)
+
 
 #: Why a connection can be refused, as logged and counted.
 TOO_MANY = "too many connections"
@@ -119,6 +184,9 @@ class Echo(Protocol):
     # The TCP transport to send to directly when its buffer is empty, or
     # None where that is not known to be safe (TLS, other wrappers).
     _direct: tcp.Server | None = None
+    # The client sends in bulk: its last read was at least SPLICE_FROM
+    # bytes, so the next is spliced (see SplicingServer).
+    _bulk = False
     # Times the transport drained a backlog: progress even while nothing
     # can be read (the idle sweep counts it as activity).
     _resumes = 0
@@ -164,6 +232,8 @@ class Echo(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesEchoed += len(data)
+        if len(data) >= SPLICE_FROM and not self._bulk:
+            self._bulk = True
         direct = self._direct
         if direct is not None and not direct.dataBuffer and not direct._tempDataLen:
             # The socket's own send(): Python retries EINTR itself (PEP 475),
@@ -188,6 +258,63 @@ class Echo(Protocol):
                 self.pauseProducing()
             return
         self.transport.write(data)
+
+    def _spliceRead(
+        self, transport: SplicingServer, pipe: tuple[int, int]
+    ) -> ConnectionLost | ConnectionDone | None:
+        """
+        Echo what the client sent without it entering user space: splice it
+        from the socket into the shared pipe and from the pipe back into
+        the socket.  What the socket does not take is read out of the pipe
+        and queued on the transport, and reading pauses, as for a direct
+        send.  Only called while nothing is queued on the transport.
+
+        @return: what L{tcp.Connection.doRead} returns: None, or why the
+            connection is over.
+        """
+        readFd, writeFd = pipe
+        fd = transport.socket.fileno()
+        try:
+            received = splice(fd, writeFd, DIRECT_READ_SIZE, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno in (EINVAL, ENOSYS):
+                # This kernel cannot splice from a socket: read the plain
+                # way from now on.
+                _SharedPipe.usable = False
+                _SharedPipe.discard()
+                return tcp.Server.doRead(transport)
+            return main.CONNECTION_LOST
+        if not received:
+            return main.CONNECTION_DONE
+        self.bytesEchoed += received
+        if received < SPLICE_FROM:
+            self._bulk = False
+        try:
+            try:
+                sent = splice(readFd, fd, received, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                # The client is gone; what was in flight to it goes too.
+                sent = -1
+            if sent == received:
+                return None
+            unsent = received - max(sent, 0)
+            rest = os.read(readFd, unsent)
+            if len(rest) != unsent:
+                raise RuntimeError(f"read {len(rest)} of {unsent} bytes from the pipe")
+        except BaseException:
+            _SharedPipe.discard()
+            raise
+        if sent < 0:
+            return main.CONNECTION_LOST
+        transport.write(rest)
+        if not self._paused:
+            transport.producerPaused = True
+            self.pauseProducing()
+        return None
 
     def readConnectionLost(self) -> None:
         # The client will send nothing more: echo what is still queued, then
@@ -283,6 +410,33 @@ class Echo(Protocol):
     def stopProducing(self) -> None:
         # Called as the connection goes away; connectionLost does the books.
         pass
+
+
+class SplicingServer(tcp.Server):
+    """
+    A TCP server transport that lets its L{Echo} echo in the kernel (see
+    L{Echo._spliceRead}) whenever nothing is queued to send; otherwise, and
+    for any other protocol, it reads as L{tcp.Server} does.  Set as a
+    C{tcp.Port}'s C{transport} when the port's factory builds L{Echo}
+    protocols directly (no TLS, no PROXY wrapper in between).
+    """
+
+    def doRead(self) -> ConnectionLost | ConnectionDone | None:  # type: ignore[override]
+        protocol = self.protocol
+        if (
+            isinstance(protocol, Echo)
+            and protocol._bulk
+            and protocol._direct is self
+            and not self.dataBuffer
+            and not self._tempDataLen
+        ):
+            pipe = _SharedPipe.get()
+            if pipe is not None:
+                return protocol._spliceRead(self, pipe)
+        return tcp.Server.doRead(self)
+
+
+_DIRECT_TRANSPORTS += (SplicingServer,)
 
 
 class EchoFactory(Factory):

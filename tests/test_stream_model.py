@@ -23,7 +23,6 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
@@ -50,8 +49,9 @@ class EchoModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        original = stream._DIRECT_TRANSPORTS
         if self.direct:
-            stream._DIRECT_TRANSPORTS = (tcp.Server, MemoryPeer)
+            stream._DIRECT_TRANSPORTS = (*original, MemoryPeer)
         self.clock = MemoryReactorClock()
         self.factory = EchoFactory(self.clock, idleTimeout=30)
         self.transport = MemoryPeer(self.clock)
@@ -60,7 +60,7 @@ class EchoModel(RuleBasedStateMachine):
         try:
             self.protocol.makeConnection(self.transport)
         finally:
-            stream._DIRECT_TRANSPORTS = (tcp.Server,)
+            stream._DIRECT_TRANSPORTS = original
         self.transport.startReading()
         self.sent = bytearray()  # everything the client sent
         self.unread = bytearray()  # sent, not yet read by the server
