@@ -575,6 +575,19 @@ def report(
         print(f"  {'MET ' if ok else 'MISS'} {text}: {value:.2f}")
     print("  (echotwist-r is echotwist under twistd --reactor echotwist)")
 
+    # What the flat-scaling target is up against: how every server's cost
+    # per message grows, the C yardstick's being the kernel's own share.
+    names = sorted({c.server for c in cells}, key=[c.server for c in cells].index)
+    sizes = [s for s in (64, 1024, 102400) if any((n, s, 1000) in by for n in names)]
+    if sizes:
+        print("\ncost per message at 1000 connections / at 10 (1.00 is flat):")
+        print(f"  {'server':12}" + "".join(f" {s:>8} B" for s in sizes))
+        for name in names:
+            row = "".join(
+                f" {perCPU(name, s, 10) / perCPU(name, s, 1000):10.2f}" for s in sizes
+            )
+            print(f"  {name:12}{row}")
+
     if args.plot:
         try:
             import matplotlib
