@@ -609,7 +609,11 @@ def report(
         ax.bar(range(len(values)), values)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xticks(range(len(values)), labels, rotation=90, fontsize=7)
-        ax.set_ylabel("echotwist (--reactor echotwist) msg per server CPU-s, ratio")
+        ax.set_ylabel("echotwist-r msg/CPU-s ÷ peer's")
+        ax.set_title(
+            "echotwist under --reactor echotwist against each peer (1.0 = equal)",
+            fontsize=9,
+        )
         fig.tight_layout()
         fig.savefig(args.plot)
         print(f"(plot written to {args.plot})")
