@@ -1,12 +1,13 @@
 """
 echotwist's benchmark: echotwist against its peers, in one run, on loopback.
 
-    python benchmarks/bench.py                 # the full table, ~8 minutes
+    python benchmarks/bench.py                 # the full table, ~15 minutes
     python benchmarks/bench.py --quick         # 1 KiB and 100 KiB at 10 connections
     python benchmarks/bench.py --client c      # the independent C load generator
 
 Peers: a plain Twisted echo (twisted.protocols.wire.Echo, default reactor),
-the stdlib asyncio Protocol echo, and uvloop's when it is installed.  Each
+the stdlib asyncio Protocol echo, and uvloop's when it is installed; and,
+as a yardstick, a C epoll echo (cecho.c) when a C compiler is there.  Each
 server runs as its own process; closed-loop clients (send a message, wait
 for all of it back, check every byte, repeat) run for --seconds per cell.
 The figure that matters on a shared two-core machine is messages per server
