@@ -284,6 +284,12 @@ class Echo(Protocol):
                 # way from now on.
                 _SharedPipe.usable = False
                 _SharedPipe.discard()
+                log.warn(
+                    "This kernel cannot splice from a socket ({error});"
+                    " echoing through user space",
+                    event="splice.unavailable",
+                    error=os.strerror(e.errno),
+                )
                 return tcp.Server.doRead(transport)
             return main.CONNECTION_LOST
         if not received:

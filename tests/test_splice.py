@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import tcp
 from twisted.internet.epollreactor import EPollReactor
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo, EchoService, stream
@@ -297,12 +298,17 @@ class SpliceTests(SynchronousTestCase):
         the read it happened on, and every one after, is a plain one.
         """
         self.addCleanup(setattr, stream._SharedPipe, "usable", True)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         client, protocol = self.loop.connect()
         self.spy.failRead = OSError(errno.EINVAL, "Invalid argument")
         payload = pattern(4 << 20)
         self.assertEqual(self.loop.echo(client, payload), payload)
         self.assertFalse(stream._SharedPipe.usable)
         self.assertEqual(self.spy.reads, 0)
+        [warning] = [e for e in events if e.get("event") == "splice.unavailable"]
+        self.assertEqual(warning["error"], os.strerror(errno.EINVAL))
 
     def test_onTheEchotwistReactor(self) -> None:
         loop = Loopback(self, EchotwistEPollReactor)
