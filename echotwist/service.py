@@ -31,7 +31,7 @@ from twisted.logger import Logger
 
 from echotwist._address import formatAddress
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
-from echotwist.proxy import ProxyEndpoint
+from echotwist.proxy import ProxyEndpoint, ProxyWrappingFactory
 from echotwist.stream import Echo, EchoFactory, SplicingServer
 
 __all__ = [
@@ -284,12 +284,15 @@ class _ListenerService(StreamServerEndpointService):
     def _started(self, port: IListeningPort) -> IListeningPort:
         _logStarted(self.description, port, self.kind)
         self.port = port
+        factory = getattr(port, "factory", None)
+        if isinstance(factory, ProxyWrappingFactory):
+            factory = factory.wrappedFactory
         if (
             type(port) is tcp.Port
             and port.transport is tcp.Server
-            and isinstance(port.factory, _ListenerFactory)
+            and isinstance(factory, _ListenerFactory)
         ):
-            # Plain TCP straight to Echo (no TLS or PROXY wrapper between):
+            # TCP to Echo, directly or under the PROXY wrapper (not TLS):
             # its connections may echo in the kernel.
             port.transport = SplicingServer
         return port

@@ -30,8 +30,9 @@ socket into a pipe and from the pipe straight back into the socket
 (splice(2)), so they are never copied into Python and out again; at 100
 KiB messages the copies are most of the server's work.  One pipe serves
 every connection and is empty between reads.  Small messages keep recv()
-and send(), which cost less there; TLS, PROXY and UNIX connections keep
-the path above.
+and send(), which cost less there.  TCP under echotwist's PROXY wrapper
+splices as well, past the header; TLS and UNIX connections keep the path
+above.
 
 The factory keeps the books: the open connections, how many each source
 address has, the limits on both, and an idle sweep.  The sweep is one
@@ -424,11 +425,14 @@ class SplicingServer(tcp.Server):
     L{Echo._spliceRead}) whenever nothing is queued to send; otherwise, and
     for any other protocol, it reads as L{tcp.Server} does.  Set as a
     C{tcp.Port}'s C{transport} when the port's factory builds L{Echo}
-    protocols directly (no TLS, no PROXY wrapper in between).
+    protocols directly or under echotwist's PROXY wrapper (not TLS).
     """
 
     def doRead(self) -> ConnectionLost | ConnectionDone | None:  # type: ignore[override]
         protocol = self.protocol
+        if isinstance(protocol, ProxyHeaderWrapper):
+            # Past the header the wrapper only passes bytes on.
+            protocol = protocol.wrappedProtocol
         if (
             isinstance(protocol, Echo)
             and protocol._bulk

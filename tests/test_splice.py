@@ -29,6 +29,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo, EchoService, stream
 from echotwist.reactor import EchotwistEPollReactor
+from echotwist.service import _ListenerFactory
+from tests._tools import selfSignedCertificate
 from tests._twistd import WAIT
 
 PAYLOAD = bytes((i * 131 + 17) & 0xFF for i in range(1 << 20))
@@ -88,12 +90,15 @@ class Loopback:
     """
 
     def __init__(
-        self, case: SynchronousTestCase, reactorType: type = EPollReactor
+        self,
+        case: SynchronousTestCase,
+        reactorType: type = EPollReactor,
+        listen: str = "tcp:0:interface=127.0.0.1",
     ) -> None:
         self.case = case
         self.reactor = reactorType()
         self.service = EchoService(
-            ["tcp:0:interface=127.0.0.1"],
+            [listen],
             maxConnections=0,
             maxPerSource=0,
             idleTimeout=0,
@@ -310,6 +315,26 @@ class SpliceTests(SynchronousTestCase):
         [warning] = [e for e in events if e.get("event") == "splice.unavailable"]
         self.assertEqual(warning["error"], os.strerror(errno.EINVAL))
 
+    def test_underTheProxyWrapper(self) -> None:
+        """
+        Past the PROXY header, a bulk client is spliced too, and the echo
+        is the client's bytes only, not the header.
+        """
+        loop = Loopback(self, listen="haproxy:tcp:0:interface=127.0.0.1")
+        self.assertIs(loop.port.transport, stream.SplicingServer)
+        known = set(loop.service.factory.connections)
+        client = socket.create_connection(("127.0.0.1", loop.port.getHost().port))
+        self.addCleanup(client.close)
+        client.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 7\r\n")
+        client.setblocking(False)
+        loop.until(lambda: len(loop.service.factory.connections) > len(known), "start")
+        [protocol] = set(loop.service.factory.connections) - known
+        self.assertEqual(protocol.source, "192.0.2.7")
+        payload = pattern(4 << 20, 9)
+        self.assertEqual(loop.echo(client, payload), payload)
+        self.assertGreater(self.spy.reads, 0)
+        self.assertEqual(protocol.bytesEchoed, len(payload))
+
     def test_onTheEchotwistReactor(self) -> None:
         loop = Loopback(self, EchotwistEPollReactor)
         client, _ = loop.connect()
@@ -358,11 +383,16 @@ class NotSplicedTests(SynchronousTestCase):
     Only plain TCP straight to Echo splices.
     """
 
-    def test_proxyAndUNIXListenersDoNot(self) -> None:
+    def test_tlsAndUNIXListenersDoNot(self) -> None:
         reactor = EPollReactor()
-        path = self.mktemp()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        key, certificate = selfSignedCertificate(directory)
         service = EchoService(
-            ["haproxy:tcp:0:interface=127.0.0.1", f"unix:{path}"],
+            [
+                f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}",
+                f"unix:{os.path.join(directory, 'echo.sock')}",
+            ],
             reactor=reactor,
             logConnections=False,
         )
@@ -374,3 +404,4 @@ class NotSplicedTests(SynchronousTestCase):
         for port in ports:
             self.assertIsNot(port.transport, stream.SplicingServer)
         self.assertIs(ports[0].transport, tcp.Server)
+        self.assertNotIsInstance(ports[0].factory, _ListenerFactory)
