@@ -8,6 +8,10 @@ checked, and the report came out, is.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -54,10 +58,66 @@ class BenchTests(SynchronousTestCase):
                 self.assertRegex(out, rf"\n{server} +{size} +10 +\d+")
             self.assertRegex(out, rf"\n  {server} +\d+ bytes")
         self.assertIn("\ntargets:\n", out)
-        self.assertIn("echotwist vs asyncio, msg/CPU-s, 1024 B x 10 >= 1.0", out)
+        self.assertRegex(
+            out,
+            r"echotwist vs asyncio, msg/CPU-s, 1024 B x 10 >= 1\.0:"
+            r" \d+\.\d\d \(rounds \d+\.\d\d-\d+\.\d\d\)",
+        )
+        self.assertRegex(out, r"msg/CPU-s +usr us +sys us +-r is x\n")
 
     def test_pythonClient(self) -> None:
         out = runBench("--idle", "0", "--only", "echotwist-r,twisted")
         self.assertRegex(out, r"\nechotwist-r +1024 +10 +\d+")
         self.assertRegex(out, r"\ntwisted +102400 +10 +\d+")
         self.assertIn("echotwist-r vs twisted, msg/CPU-s, 1024 B x 10 >= 1.6", out)
+
+
+def loadBench():  # type: ignore[no-untyped-def]
+    # Loaded as a module of its own name (its dataclasses look it up in
+    # sys.modules), not imported: benchmarks/ is not a package.
+    name = "_echotwist_bench"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class ReportTests(SynchronousTestCase):
+    def test_ratiosArePairedByRound(self) -> None:
+        """
+        A target's ratio is the median of the ratios taken round by round
+        (each pair measured back to back), shown with the rounds' range;
+        not the ratio of the two medians, which pairs up rounds minutes
+        apart.
+        """
+        bench = loadBench()
+
+        def cells(server: str, perCPU: list[int]) -> list[object]:
+            return [
+                bench.Cell(server, 1024, 10, messages, 1.0, 1.0, 0.0, 50.0, 90.0)
+                for messages in perCPU
+            ]
+
+        runs = {
+            ("echotwist-r", 1024, 10): cells("echotwist-r", [100, 200, 300]),
+            ("asyncio", 1024, 10): cells("asyncio", [100, 400, 150]),
+        }
+        medians = [found[1] for found in runs.values()]
+        args = argparse.Namespace(client="c", seconds=1.0, repeat=3, idle=0, plot=None)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            bench.report(medians, runs, {}, {}, args)
+        # Ratios 1.0, 0.5, 2.0: median 1.0.  The medians' ratio would be
+        # 200 / 150 = 1.33.
+        self.assertIn(
+            "MET  echotwist-r vs asyncio, msg/CPU-s, 1024 B x 10 >= 1.0: 1.00"
+            " (rounds 0.50-2.00)",
+            out.getvalue(),
+        )
+        self.assertRegex(out.getvalue(), r"\nasyncio +1024 +10 .* 1\.00\n")
+        # Servers this run left out are not reported as misses.
+        self.assertNotIn("twisted", out.getvalue().split("targets:")[1])
