@@ -12,17 +12,37 @@ thousands of events a second that context is pure cost.  This reactor is
 Twisted's epoll reactor with that one wrapper taken out; it keeps the
 wrapper's other duty, which is to log an exception from an event and carry
 on.  Legacy log lines written during an event lose their per-connection
-"system" prefix (they show "-"); nothing else changes.  The default reactor
-stays Twisted's own.
+"system" prefix (they show "-").  The default reactor stays Twisted's own.
+
+It also echoes small reads itself.  On a busy server most events are a
+plain TCP echo connection with a few bytes to read: for those (see
+L{echotwist.stream.plainEcho}: an L{Echo} itself, sending directly,
+nothing queued, not paused, closing or in bulk) the loop calls the
+socket's recv() and send() and counts the bytes, the whole of what the
+transport's doRead and the protocol's dataReceived would do, without
+either call.  Anything else, a short send, a send error, end of file, a
+read of L{SPLICE_FROM} or more, goes to the protocol, and the connection
+back to the ordinary path until an ordinary read finds it plain again.
 """
 
 from __future__ import annotations
 
 import errno
+from select import EPOLLIN
+from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import installReactor
 from twisted.logger import Logger
+
+from echotwist.stream import (
+    DIRECT_READ_SIZE,
+    SPLICE_FROM,
+    Echo,
+    SplicingServer,
+    plainEcho,
+)
 
 __all__ = ["EchotwistEPollReactor", "install"]
 
@@ -30,6 +50,17 @@ log = Logger()
 
 
 class EchotwistEPollReactor(EPollReactor):
+    def __init__(self) -> None:
+        super().__init__()
+        # Connections whose reads this loop echoes itself, by descriptor:
+        # the transport, its Echo, and its socket's recv and send.
+        self._plainEchoes: dict[int, tuple[Any, Echo, Any, Any]] = {}
+
+    def removeReader(self, reader: IReadDescriptor) -> None:
+        # Pausing, closing and losing a connection all come through here.
+        self._plainEchoes.pop(reader.fileno(), None)
+        super().removeReader(reader)
+
     def doPoll(self, timeout: float | None) -> None:
         if timeout is None:
             timeout = -1  # wait indefinitely
@@ -41,12 +72,49 @@ class EchotwistEPollReactor(EPollReactor):
             raise
         selectables = self._selectables
         doReadOrWrite = self._doReadOrWrite
+        plainEchoes = self._plainEchoes
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
             try:
+                if event == EPOLLIN:
+                    entry = plainEchoes.get(fd)
+                    if entry is not None and entry[0] is selectable:
+                        # What tcp.Connection.doRead and Echo.dataReceived
+                        # do, for a plain echo (see plainEcho), without a
+                        # call: most events of a busy server are these.
+                        _, echo, recv, send = entry
+                        sent: int | OSError | None = None
+                        try:
+                            data = recv(DIRECT_READ_SIZE)
+                        except BlockingIOError:
+                            continue
+                        except OSError:
+                            data = None
+                        if data and len(data) < SPLICE_FROM:
+                            try:
+                                sent = send(data)
+                            except OSError as e:
+                                sent = e
+                            if sent == len(data):
+                                echo.bytesEchoed += sent
+                                continue
+                        # Anything else is the protocol's to finish; it
+                        # may pause, close or turn to bulk, so this
+                        # connection goes back to the ordinary path.
+                        del plainEchoes[fd]
+                        why = echo._finishRead(data, sent)
+                        if why:
+                            self._disconnectSelectable(selectable, why, True)
+                        continue
                 doReadOrWrite(selectable, fd, event)
+                if type(selectable) is SplicingServer:
+                    found = plainEcho(selectable)
+                    if found is None:
+                        plainEchoes.pop(fd, None)
+                    else:
+                        plainEchoes[fd] = (selectable, *found)
             except KeyboardInterrupt:
                 raise
             except BaseException:

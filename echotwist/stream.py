@@ -248,17 +248,52 @@ class Echo(Protocol):
                     self.transport.write(data)
                     return
                 sent = 0
-            if sent == len(data):
-                return
-            # The kernel's send buffer is full: queue the rest and stop
-            # reading until the transport has sent it (it then resumes us,
-            # its paused producer).
-            self.transport.write(data[sent:] if sent else data)
-            if not self._paused:
-                direct.producerPaused = True
-                self.pauseProducing()
+            if sent != len(data):
+                self._sendRest(direct, data, sent)
             return
         self.transport.write(data)
+
+    def _sendRest(self, direct: tcp.Server, data: bytes, sent: int) -> None:
+        """
+        A direct send took only C{sent} bytes of C{data}: the kernel's send
+        buffer is full.  Queue the rest and stop reading until the transport
+        has sent it (it then resumes us, its paused producer).
+        """
+        self.transport.write(data[sent:] if sent else data)
+        if not self._paused:
+            direct.producerPaused = True
+            self.pauseProducing()
+
+    def _finishRead(
+        self, data: bytes | None, sent: int | OSError | None
+    ) -> ConnectionLost | ConnectionDone | None:
+        """
+        Finish a read that L{echotwist.reactor.EchotwistEPollReactor}'s
+        plain echo (see L{plainEcho}) began but could not end the plain way.
+
+        @param data: what recv() returned, or None if it failed.
+        @param sent: what send() of C{data} returned or raised, or None if
+            it was not tried (C{data} is empty, or a bulk read).
+        @return: what L{tcp.Connection.doRead} returns: None, or why the
+            connection is over.
+        """
+        if data is None:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        if sent is None:
+            self.dataReceived(data)
+            return None
+        self.bytesEchoed += len(data)
+        if isinstance(sent, OSError):
+            if sent.errno not in (EWOULDBLOCK, ENOBUFS):
+                # As in dataReceived: write() reports the loss.
+                self.transport.write(data)
+                return None
+            sent = 0
+        assert self._direct is not None
+        self._sendRest(self._direct, data, sent)
+        return None
 
     def _spliceRead(
         self, transport: SplicingServer, pipe: tuple[int, int]
@@ -447,6 +482,37 @@ class SplicingServer(tcp.Server):
 
 
 _DIRECT_TRANSPORTS += (SplicingServer,)
+
+
+def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
+    """
+    Whether a transport's next read can be echoed without any of the
+    protocol's code: an L{Echo} itself (no subclass, no wrapper) on a
+    L{SplicingServer}, sending directly, nothing queued, not paused, not
+    closing, not in bulk.  For L{echotwist.reactor.EchotwistEPollReactor},
+    which then reads, counts and sends in its own loop.
+
+    @return: the L{Echo} and its socket's C{recv} and C{send}; or None.
+    """
+    if (
+        type(transport) is not SplicingServer
+        or not transport.connected
+        or transport.disconnecting
+    ):
+        return None
+    protocol = transport.protocol
+    if (
+        type(protocol) is Echo
+        and protocol._direct is transport
+        and not protocol._bulk
+        and not protocol._paused
+        and protocol._closeReason is None
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+    ):
+        sock = transport.socket
+        return protocol, sock.recv, sock.send
+    return None
 
 
 class EchoFactory(Factory):

@@ -6,9 +6,11 @@ epoll reactor, survives an exception from an event, and runs the server.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
+import time
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.logger import capturedLogs
@@ -17,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from echotwist.reactor import EchotwistEPollReactor
 from tests._clients import exchange
 from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
+from tests.test_metrics import scrape
 
 
 class _Readable(FileDescriptor):
@@ -103,3 +106,47 @@ class RunTests(ServerTestCase):
             self.assertEqual((received, eof), (payload, True))
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def test_smallMessagesRoundTrip(self) -> None:
+        """
+        Request and response, small messages, ten connections taking turns:
+        the reactor's plain echo answers each exactly, and the metrics
+        count every byte while the connections are still open.
+        """
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--metrics",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[command("twistd"), "-n", "--pidfile=", "--reactor", "echotwist"],
+        )
+        metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
+        clients = []
+        for _ in range(10):
+            client = socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
+            self.addCleanup(client.close)
+            clients.append(client)
+        rng = random.Random(7)
+        total = 0
+        deadline = time.monotonic() + WAIT
+        for turn in range(100):
+            for client in clients:
+                message = rng.randbytes(rng.randint(1, 3000))
+                client.sendall(message)
+                received = b""
+                while len(received) < len(message):
+                    self.assertLess(time.monotonic(), deadline, f"turn {turn}")
+                    chunk = client.recv(65536)
+                    self.assertTrue(chunk, "closed early")
+                    received += chunk
+                self.assertEqual(received, message)
+                total += len(message)
+        counted = scrape(metricsPort)
+        self.assertEqual(
+            counted[("echotwist_received_bytes_total", (("transport", "stream"),))],
+            total,
+        )
+        for client in clients:
+            client.shutdown(socket.SHUT_WR)
+            self.assertEqual(client.recv(1), b"")

@@ -92,10 +92,12 @@ class Loopback:
     def __init__(
         self,
         case: SynchronousTestCase,
-        reactorType: type = EPollReactor,
+        reactorType: type | None = None,
         listen: str = "tcp:0:interface=127.0.0.1",
     ) -> None:
         self.case = case
+        if reactorType is None:
+            reactorType = getattr(case, "reactorType", EPollReactor)
         self.reactor = reactorType()
         self.service = EchoService(
             [listen],
@@ -202,6 +204,8 @@ class Loopback:
 
 
 class SpliceTests(SynchronousTestCase):
+    reactorType: type = EPollReactor
+
     def setUp(self) -> None:
         if not stream._SharedPipe.usable:
             self.skipTest("this kernel cannot splice from a TCP socket")
@@ -345,7 +349,11 @@ class SpliceTests(SynchronousTestCase):
     @settings(
         max_examples=30,
         deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture],
+        # Run for each reactor (a subclass below): examples are shared.
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.differing_executors,
+        ],
     )
     @given(
         st.lists(
@@ -376,6 +384,15 @@ class SpliceTests(SynchronousTestCase):
             self.loop.until(
                 lambda: protocol not in self.loop.service.factory.connections, "close"
             )
+
+
+class SpliceOnTheEchotwistReactorTests(SpliceTests):
+    """
+    The same, under C{twistd --reactor echotwist}, whose loop echoes small
+    reads itself: connections go from its plain echo to splicing and back.
+    """
+
+    reactorType = EchotwistEPollReactor
 
 
 class NotSplicedTests(SynchronousTestCase):

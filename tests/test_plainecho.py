@@ -1,0 +1,288 @@
+"""
+The plain echo of C{twistd --reactor echotwist}: its loop reads, counts and
+sends a small read itself, without calling the transport or the protocol
+(L{echotwist.stream.plainEcho} says which connections qualify).  A real
+EchoService on a private L{EchotwistEPollReactor} that the test iterates,
+real loopback sockets as clients; every loop is bounded by WAIT.
+
+What must hold: every byte comes back once and in order, whatever the
+kernel does to a send; a connection leaves the plain echo whenever its
+protocol has something to do (a short send, bulk, pause, close) and comes
+back once it is plain again; a descriptor number used again never reaches
+the connection that had it before.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from echotwist import Echo
+from echotwist.reactor import EchotwistEPollReactor
+from tests.test_splice import Loopback, pattern
+
+
+class PlainEchoTests(SynchronousTestCase):
+    reactorType = EchotwistEPollReactor
+
+    def setUp(self) -> None:
+        self.loop = Loopback(self)
+        self.plain = self.loop.reactor._plainEchoes
+        self.calls = 0
+        original = Echo.dataReceived
+
+        def counting(protocol: Echo, data: bytes) -> None:
+            self.calls += 1
+            original(protocol, data)
+
+        self.patch(Echo, "dataReceived", counting)
+
+    def fd(self, protocol: Echo) -> int:
+        return int(protocol.transport.fileno())
+
+    def closed(self, protocol: Echo) -> bool:
+        return protocol not in self.loop.service.factory.connections
+
+    def test_smallReadsSkipTheProtocol(self) -> None:
+        """
+        The first read goes through the protocol; after it the connection
+        is a plain echo, and the reactor echoes the rest itself, counting
+        every byte.
+        """
+        client, protocol = self.loop.connect()
+        total = 0
+        for n in range(50):
+            message = pattern(1 + n * 97, n)
+            self.assertEqual(self.loop.echo(client, message), message)
+            total += len(message)
+        self.assertEqual(self.calls, 1)
+        self.assertIs(self.plain[self.fd(protocol)][1], protocol)
+        self.assertEqual(protocol.bytesEchoed, total)
+
+    def test_bulkLeavesAndSmallReturns(self) -> None:
+        client, protocol = self.loop.connect()
+        small = pattern(500, 1)
+        self.assertEqual(self.loop.echo(client, small), small)
+        bulk = pattern(2 << 20, 2)
+        self.assertEqual(self.loop.echo(client, bulk), bulk)
+        self.assertTrue(protocol._bulk)
+        self.assertNotIn(self.fd(protocol), self.plain)
+        for _ in range(3):
+            self.assertEqual(self.loop.echo(client, small), small)
+        self.assertFalse(protocol._bulk)
+        self.assertIn(self.fd(protocol), self.plain)
+        self.assertEqual(protocol.bytesEchoed, len(bulk) + 4 * len(small))
+
+    def test_shortSendsPauseAndComeBack(self) -> None:
+        """
+        A client that reads only when it cannot send, through small
+        buffers: the reactor's sends are cut short, the protocol queues the
+        rest and pauses reading (the connection leaves the plain echo), the
+        transport drains and resumes it, and the next small read makes it
+        plain again.  Every byte in order.
+        """
+        client, protocol = self.loop.connect(buffers=4096)
+        payload = pattern(3 << 20, 3)
+        self.assertEqual(
+            self.loop.echo(client, payload, chunks=[700], lazy=True), payload
+        )
+        self.assertGreater(protocol._resumes, 0)
+        self.assertEqual(protocol.bytesEchoed, len(payload))
+        self.assertEqual(self.loop.echo(client, b"x"), b"x")
+        self.assertIn(self.fd(protocol), self.plain)
+
+    def injectSend(self, protocol: Echo, send: Any) -> None:
+        transport, echo, recv, _ = self.plain[self.fd(protocol)]
+        self.plain[self.fd(protocol)] = (transport, echo, recv, send)
+
+    def test_sendWouldBlock(self) -> None:
+        """
+        send() raising EAGAIN: the read is queued whole, reading pauses,
+        and it all arrives once the transport sends it.
+        """
+        client, protocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+        failed = []
+
+        def wouldBlock(data: bytes) -> int:
+            failed.append(data)
+            raise BlockingIOError(errno.EAGAIN, "try again")
+
+        self.injectSend(protocol, wouldBlock)
+        message = pattern(3000, 4)
+        self.assertEqual(self.loop.echo(client, message), message)
+        self.assertEqual(failed, [message])
+        self.assertEqual(protocol._resumes, 1)
+        self.assertEqual(protocol.bytesEchoed, 4 + len(message))
+
+    def test_sendTakesPart(self) -> None:
+        client, protocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+        sock = protocol.transport.socket
+
+        def partly(data: bytes) -> int:
+            return int(sock.send(data[:7]))
+
+        self.injectSend(protocol, partly)
+        message = pattern(5000, 5)
+        self.assertEqual(self.loop.echo(client, message), message)
+        self.assertEqual(protocol.bytesEchoed, 4 + len(message))
+
+    def test_sendFails(self) -> None:
+        """
+        send() failing for good (the client is gone): the connection is
+        lost, reported by the transport as for any lost write.
+        """
+        client, protocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+        sock = protocol.transport.socket
+
+        def broken(data: bytes) -> int:
+            # Gone for real, so that the transport's own attempt fails too.
+            sock.shutdown(socket.SHUT_WR)
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+        self.injectSend(protocol, broken)
+        client.sendall(b"more")
+        self.loop.until(lambda: self.closed(protocol), "the loss")
+        self.assertEqual(self.loop.service.factory.closed, 1)
+
+    def test_recvFails(self) -> None:
+        """
+        recv() failing (a reset): the connection is lost, as Twisted's own
+        doRead would have it.
+        """
+        client, protocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+        transport, echo, _, send = self.plain[self.fd(protocol)]
+
+        def reset(size: int) -> bytes:
+            raise ConnectionResetError(errno.ECONNRESET, "reset")
+
+        self.plain[self.fd(protocol)] = (transport, echo, reset, send)
+        client.sendall(b"more")
+        self.loop.until(lambda: self.closed(protocol), "the loss")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_halfClose(self) -> None:
+        """
+        After small reads echoed by the reactor, the client's FIN: the echo
+        is complete, then the server closes too.
+        """
+        client, protocol = self.loop.connect()
+        fd = self.fd(protocol)
+        payload = pattern(60000, 6)
+        self.assertEqual(
+            self.loop.echo(client, payload, chunks=[100, 3000], halfClose=True),
+            payload,
+        )
+        self.loop.until(lambda: self.closed(protocol), "close")
+        self.assertNotIn(fd, self.plain)
+
+    def test_resetByTheClient(self) -> None:
+        client, protocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        self.loop.until(lambda: self.closed(protocol), "the reset")
+        self.assertEqual(self.plain, {})
+
+    def test_descriptorUsedAgain(self) -> None:
+        """
+        A connection closes and the next one gets its descriptor number:
+        the next one's bytes are echoed to it alone, by its own entry.
+        """
+        first, firstProtocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(first, b"first"), b"first")
+        fd = self.fd(firstProtocol)
+        first.close()
+        self.loop.until(lambda: self.closed(firstProtocol), "close")
+        second, secondProtocol = self.loop.connect()
+        self.assertEqual(self.fd(secondProtocol), fd, "the kernel reused it")
+        for n in range(5):
+            message = pattern(200, n)
+            self.assertEqual(self.loop.echo(second, message), message)
+        self.assertIs(self.plain[fd][1], secondProtocol)
+        self.assertEqual(firstProtocol.bytesEchoed, 5)
+
+    def test_subclassesAreNotBypassed(self) -> None:
+        """
+        Only Echo itself is echoed by the reactor: a subclass sees every
+        read.
+        """
+        seen = []
+
+        class Recording(Echo):
+            def dataReceived(self, data: bytes) -> None:
+                seen.append(data)
+                super().dataReceived(data)
+
+        self.loop.service.factory.protocol = Recording
+        client, protocol = self.loop.connect()
+        for n in range(10):
+            self.assertEqual(self.loop.echo(client, b"%d" % n), b"%d" % n)
+        self.assertEqual(b"".join(seen), b"0123456789")
+        self.assertEqual(self.plain, {})
+
+    def test_proxyWrappedConnectionsAreNotBypassed(self) -> None:
+        loop = Loopback(self, listen="haproxy:tcp:0:interface=127.0.0.1")
+        known = set(loop.service.factory.connections)
+        client = socket.create_connection(("127.0.0.1", loop.port.getHost().port))
+        self.addCleanup(client.close)
+        client.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 7\r\n")
+        client.setblocking(False)
+        loop.until(lambda: len(loop.service.factory.connections) > len(known), "start")
+        for n in range(5):
+            message = pattern(300, n)
+            self.assertEqual(loop.echo(client, message), message)
+        self.assertEqual(loop.reactor._plainEchoes, {})
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        st.lists(
+            st.sampled_from([1, 7, 100, 1500, 16383, 16384, 40000]),
+            min_size=1,
+            max_size=10,
+        ),
+        st.integers(1, 5),
+        st.booleans(),
+        st.booleans(),
+    )
+    def test_anyChunking(
+        self, chunks: list[int], repeats: int, lazy: bool, halfClose: bool
+    ) -> None:
+        """
+        Any sequence of send sizes, small and bulk, read eagerly or lazily
+        through small buffers, with or without a half-close: exact.
+        """
+        size = sum(chunks) * repeats
+        client, protocol = self.loop.connect(buffers=8192)
+        fd = self.fd(protocol)
+        payload = pattern(size, size)
+        try:
+            self.assertEqual(
+                self.loop.echo(
+                    client,
+                    payload,
+                    chunks=chunks,
+                    lazy=lazy,
+                    halfClose=halfClose,
+                    within=5,
+                ),
+                payload,
+            )
+            self.assertEqual(protocol.bytesEchoed, size)
+        finally:
+            client.close()
+            self.loop.until(lambda: self.closed(protocol), "close")
+        self.assertNotIn(fd, self.plain)
