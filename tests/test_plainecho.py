@@ -232,16 +232,12 @@ class PlainEchoTests(SynchronousTestCase):
 
     def test_proxyWrappedConnectionsAreNotBypassed(self) -> None:
         loop = Loopback(self, listen="haproxy:tcp:0:interface=127.0.0.1")
-        known = set(loop.service.factory.connections)
-        client = socket.create_connection(("127.0.0.1", loop.port.getHost().port))
-        self.addCleanup(client.close)
-        client.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 7\r\n")
-        client.setblocking(False)
-        loop.until(lambda: len(loop.service.factory.connections) > len(known), "start")
+        client, protocol = loop.connectProxied()
         for n in range(5):
             message = pattern(300, n)
             self.assertEqual(loop.echo(client, message), message)
         self.assertEqual(loop.reactor._plainEchoes, {})
+        self.assertEqual(protocol.bytesEchoed, 1500)
 
     @settings(
         max_examples=40,

@@ -154,6 +154,20 @@ class Loopback:
             server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffers)
         return client, protocol
 
+    def connectProxied(self) -> tuple[socket.socket, Echo]:
+        """
+        Connect a client to a C{haproxy:} listener, as a proxy would for
+        192.0.2.7, and wait for the header to be read.
+        """
+        known = set(self.service.factory.connections)
+        client = socket.create_connection(("127.0.0.1", self.port.getHost().port))
+        self.case.addCleanup(client.close)
+        client.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 7\r\n")
+        client.setblocking(False)
+        self.until(lambda: len(self.service.factory.connections) > len(known), "start")
+        [protocol] = set(self.service.factory.connections) - known
+        return client, protocol
+
     def echo(
         self,
         client: socket.socket,
@@ -326,13 +340,7 @@ class SpliceTests(SynchronousTestCase):
         """
         loop = Loopback(self, listen="haproxy:tcp:0:interface=127.0.0.1")
         self.assertIs(loop.port.transport, stream.SplicingServer)
-        known = set(loop.service.factory.connections)
-        client = socket.create_connection(("127.0.0.1", loop.port.getHost().port))
-        self.addCleanup(client.close)
-        client.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 7\r\n")
-        client.setblocking(False)
-        loop.until(lambda: len(loop.service.factory.connections) > len(known), "start")
-        [protocol] = set(loop.service.factory.connections) - known
+        client, protocol = loop.connectProxied()
         self.assertEqual(protocol.source, "192.0.2.7")
         payload = pattern(4 << 20, 9)
         self.assertEqual(loop.echo(client, payload), payload)
