@@ -120,31 +120,45 @@ def peers(directory: str) -> list[Peer]:
 class Running:
     def __init__(self, peer: Peer, directory: str, pinned: bool = True) -> None:
         self.peer = peer
-        self.log = open(os.path.join(directory, f"{peer.name}.log"), "w+b")
+        path = os.path.join(directory, f"{peer.name}.log")
+        # The server writes through a description of its own, appending:
+        # reading through a shared one would move where the server writes
+        # next, and a read between two writes (print() makes one per word
+        # under PYTHONUNBUFFERED) would have the next land over the first.
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            peer.argv,
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: pin(SERVER_CPU)) if pinned else None,
-        )
+        try:
+            self.process = subprocess.Popen(
+                peer.argv,
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=(lambda: pin(SERVER_CPU)) if pinned else None,
+            )
+        finally:
+            os.close(out)
+        self.log = open(path, "rb")
         self.port = self._waitForPort()
+
+    def output(self) -> bytes:
+        """
+        All the server has written so far.
+        """
+        self.log.seek(0)
+        return self.log.read()
 
     def _waitForPort(self, timeout: float = 30) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.log.seek(0)
-            match = re.search(self.peer.portPattern.encode(), self.log.read())
+            match = re.search(self.peer.portPattern.encode(), self.output())
             if match:
                 return int(match.group(1))
             if self.process.poll() is not None:
                 break
             time.sleep(0.01)
         self.stop()
-        self.log.seek(0)
-        raise SystemExit(f"{self.peer.name} did not start:\n{self.log.read().decode()}")
+        raise SystemExit(f"{self.peer.name} did not start:\n{self.output().decode()}")
 
     def cpu(self) -> tuple[float, float]:
         """
@@ -484,8 +498,7 @@ def workersComparison(
                 rates[count].append(
                     measure(server, 1024, 100, args.seconds, loadgen).rate
                 )
-            server.log.seek(0)
-            for line in server.log.read().decode("utf-8", "replace").splitlines():
+            for line in server.output().decode("utf-8", "replace").splitlines():
                 match = re.search(r" worker (\d+)\] .* connected$", line)
                 if match:
                     worker = int(match.group(1))
@@ -498,8 +511,7 @@ def workersComparison(
 def waitForWorkers(server: Running, count: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        server.log.seek(0)
-        if server.log.read().count(b" serving") >= count:
+        if server.output().count(b" serving") >= count:
             return
         time.sleep(0.05)
     raise SystemExit(f"{server.peer.name}: workers did not start")

@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import socket
 import subprocess
 import sys
 
@@ -121,3 +122,36 @@ class ReportTests(SynchronousTestCase):
         self.assertRegex(out.getvalue(), r"\nasyncio +1024 +10 .* 1\.00\n")
         # Servers this run left out are not reported as misses.
         self.assertNotIn("twisted", out.getvalue().split("targets:")[1])
+
+
+# Listens, says its port the way peers.py does (under PYTHONUNBUFFERED, one
+# write per word), then says so once it has accepted a connection.
+TALKER = """
+import socket, sys
+listener = socket.create_server(("127.0.0.1", 0))
+print("PORT", listener.getsockname()[1], flush=True)
+listener.accept()
+print("accepted", flush=True)
+"""
+
+
+class RunningTests(SynchronousTestCase):
+    def test_readingTheLogLeavesTheServersWritesAlone(self) -> None:
+        """
+        Reading a server's log from the start (as everything that waits on
+        a server does) does not move where the server writes next: the
+        server's stdout is not the description the benchmark reads through.
+        Sharing one, a read between two of the server's writes had the
+        next write land over "PORT" (a CI run failed "asyncio did not
+        start" with " 42193" in the log).
+        """
+        bench = loadBench()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        peer = bench.Peer("talker", [sys.executable, "-c", TALKER], r"PORT (\d+)")
+        server = bench.Running(peer, directory, pinned=False)
+        self.addCleanup(server.stop)
+        server.log.seek(0)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10):
+            self.assertEqual(server.process.wait(10), 0)
+        self.assertEqual(server.output(), f"PORT {server.port}\naccepted\n".encode())
