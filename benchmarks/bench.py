@@ -349,14 +349,14 @@ def idleMemory(server: Running, count: int) -> float:
     socks = [socket.create_connection((LOOPBACK, server.port))]
     socks[0].sendall(b"warm")
     socks[0].recv(10)
-    time.sleep(0.3)
     before = server.rss()
     for n in range(count):
         socks.append(socket.create_connection((LOOPBACK, server.port)))
-        if n % 500 == 499:
-            socks[-1].sendall(b"x")  # its echo means every earlier one is accepted
+        if n % 500 == 499 or n == count - 1:
+            # Its echo means the server has accepted and set up every
+            # connection before it (they are accepted in order).
+            socks[-1].sendall(b"x")
             socks[-1].recv(1)
-    time.sleep(0.5)
     per = (server.rss() - before) / count
     for sock in socks:
         sock.close()
