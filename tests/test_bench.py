@@ -127,7 +127,7 @@ class ReportTests(SynchronousTestCase):
 # Listens, says its port the way peers.py does (under PYTHONUNBUFFERED, one
 # write per word), then says so once it has accepted a connection.
 TALKER = """
-import socket, sys
+import socket
 listener = socket.create_server(("127.0.0.1", 0))
 print("PORT", listener.getsockname()[1], flush=True)
 listener.accept()
@@ -150,6 +150,7 @@ class RunningTests(SynchronousTestCase):
         os.makedirs(directory)
         peer = bench.Peer("talker", [sys.executable, "-c", TALKER], r"PORT (\d+)")
         server = bench.Running(peer, directory, pinned=False)
+        self.addCleanup(server.log.close)
         self.addCleanup(server.stop)
         server.log.seek(0)
         with socket.create_connection(("127.0.0.1", server.port), timeout=10):
