@@ -265,10 +265,25 @@ class SpliceTests(SynchronousTestCase):
         buffer, reading pauses, and it all comes back in order.
         """
         client, protocol = self.loop.connect()
+        transport = protocol.transport
+        queued: list[int] = []
+        iterate = self.loop.iterate
+
+        def iterateAndLook() -> None:
+            iterate()
+            queued.append(
+                len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+            )
+
+        self.loop.iterate = iterateAndLook  # type: ignore[method-assign]
         payload = pattern(16 << 20)
         self.assertEqual(self.loop.echo(client, payload, lazy=True), payload)
         self.assertGreater(self.spy.partial, 0)
         self.assertGreater(protocol._resumes, 0)
+        # Reading paused while anything was queued: never more than one
+        # read's worth waited in the transport.
+        self.assertGreater(max(queued), 0)
+        self.assertLessEqual(max(queued), stream.DIRECT_READ_SIZE)
 
     def test_halfClose(self) -> None:
         client, protocol = self.loop.connect()
