@@ -240,25 +240,28 @@ class Echo(Protocol):
             # The socket's own send(): Python retries EINTR itself (PEP 475),
             # so Twisted's untilConcludes wrapper is not needed here.
             try:
-                sent = direct.socket.send(data)
+                sent: int | OSError = direct.socket.send(data)
             except OSError as e:
-                if e.errno not in (EWOULDBLOCK, ENOBUFS):
-                    # Lost: write() queues it, and the reactor's next
-                    # attempt finds and reports the loss, as usual.
-                    self.transport.write(data)
-                    return
-                sent = 0
+                sent = e
             if sent != len(data):
                 self._sendRest(direct, data, sent)
             return
         self.transport.write(data)
 
-    def _sendRest(self, direct: tcp.Server, data: bytes, sent: int) -> None:
+    def _sendRest(self, direct: tcp.Server, data: bytes, sent: int | OSError) -> None:
         """
-        A direct send took only C{sent} bytes of C{data}: the kernel's send
-        buffer is full.  Queue the rest and stop reading until the transport
-        has sent it (it then resumes us, its paused producer).
+        A direct send took only C{sent} bytes of C{data}, or raised C{sent}.
+        If the kernel's send buffer is full, queue the rest and stop reading
+        until the transport has sent it (it then resumes us, its paused
+        producer).
         """
+        if isinstance(sent, OSError):
+            if sent.errno not in (EWOULDBLOCK, ENOBUFS):
+                # Lost: write() queues it, and the reactor's next attempt
+                # finds and reports the loss, as usual.
+                self.transport.write(data)
+                return
+            sent = 0
         self.transport.write(data[sent:] if sent else data)
         if not self._paused:
             direct.producerPaused = True
@@ -285,12 +288,6 @@ class Echo(Protocol):
             self.dataReceived(data)
             return None
         self.bytesEchoed += len(data)
-        if isinstance(sent, OSError):
-            if sent.errno not in (EWOULDBLOCK, ENOBUFS):
-                # As in dataReceived: write() reports the loss.
-                self.transport.write(data)
-                return None
-            sent = 0
         assert self._direct is not None
         self._sendRest(self._direct, data, sent)
         return None
@@ -352,10 +349,7 @@ class Echo(Protocol):
             raise
         if sent < 0:
             return main.CONNECTION_LOST
-        transport.write(rest)
-        if not self._paused:
-            transport.producerPaused = True
-            self.pauseProducing()
+        self._sendRest(transport, rest, 0)
         return None
 
     def readConnectionLost(self) -> None:
