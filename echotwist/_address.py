@@ -1,24 +1,97 @@
+# -*- test-case-name: tests.test_limits -*-
 """
-How addresses read in logs: C{127.0.0.1:5000}, C{[::1]:5000}, C{unix:/run/echo.sock}.
+How addresses read in logs (C{127.0.0.1:5000}, C{[::1]:5000},
+C{unix:/run/echo.sock}), and which group of addresses a limit counts a
+client in.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
+
+#: The IPv6 prefix length one source is, unless configured: a /64 is what
+#: a single host or subscriber is usually given (RFC 6177), and a host that
+#: owns one can use any of its 2**64 addresses.
+DEFAULT_IPV6_PREFIX = 64
+
+# Anything but printable ASCII: control bytes, DEL, and every non-ASCII
+# character (a terminal can be told things by more than C0 controls).
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+
+def _escapeOne(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape(text: str) -> str:
+    """
+    C{text} with every character that is not printable ASCII written as a
+    Python escape (C{\\x1b}, C{\\x00}, C{\\u2028}), and backslashes doubled,
+    so that anything a peer chose reads as one plain line in a text log.
+    """
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text
+    return _UNSAFE.sub(_escapeOne, text.replace("\\", "\\\\"))
 
 
 def formatAddress(address: IAddress | None) -> str:
     """
-    A short, familiar text for C{address}, for log lines.
+    A short, familiar text for C{address}, for log lines.  Whatever in it a
+    peer could choose (a UNIX client binds its socket to any name it likes)
+    is escaped.
     """
     if isinstance(address, IPv4Address):
-        return f"{address.host}:{address.port}"
-    if isinstance(address, IPv6Address):
-        return f"[{address.host}]:{address.port}"
-    if isinstance(address, UNIXAddress):
+        text = f"{address.host}:{address.port}"
+    elif isinstance(address, IPv6Address):
+        text = f"[{address.host}]:{address.port}"
+    elif isinstance(address, UNIXAddress):
         name = address.name
         if isinstance(name, bytes):
             name = name.decode("utf-8", "backslashreplace")
-        return f"unix:{name}" if name else "unix:(unnamed)"
-    return str(address)
+        text = f"unix:{name}" if name else "unix:(unnamed)"
+    else:
+        text = str(address)
+    return escape(text)
+
+
+def sourceGroup(host: str, ipv6Prefix: int = DEFAULT_IPV6_PREFIX) -> str:
+    """
+    The source a per-source limit counts C{host} as: an IPv4 address is
+    itself; an IPv4 address mapped in IPv6 (C{::ffff:192.0.2.1}) is that
+    IPv4 address; any other IPv6 address is its network of C{ipv6Prefix}
+    bits (C{2001:db8:1:2::/64}), or itself at 128.  Text that is not an IP
+    address is returned as it is (escaped).
+    """
+    if ":" not in host:
+        # IPv4, the common case: no parsing.
+        return host
+    try:
+        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return escape(host)
+    return groupOf(address, ipv6Prefix)
+
+
+def groupOf(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
+) -> str:
+    """
+    L{sourceGroup} of an address already parsed.
+    """
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    mapped = address.ipv4_mapped
+    if mapped is not None:
+        return str(mapped)
+    if ipv6Prefix >= 128:
+        return str(address)
+    mask = ((1 << ipv6Prefix) - 1) << (128 - ipv6Prefix)
+    return f"{ipaddress.IPv6Address(int(address) & mask)}/{ipv6Prefix}"

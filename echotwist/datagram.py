@@ -11,7 +11,9 @@ Refused, as BSD inetd refuses them:
     privileged ports are exactly the reflectors an attacker would aim us at;
   - datagrams from broadcast, multicast or unspecified addresses, which no
     real client has;
-  - datagrams past a source's rate (a token bucket per source address).
+  - datagrams past a source's rate (a token bucket per source: an IPv4
+    address, or an IPv6 network of --ipv6-prefix bits, since one host can
+    own a whole /64 and send from any address in it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from echotwist._address import DEFAULT_IPV6_PREFIX, escape, groupOf
 from echotwist.limits import SourceRateLimiter, ThrottledLog
 
 __all__ = [
@@ -64,21 +67,21 @@ def burstFor(rate: float) -> float:
     return max(1.0, rate / 10)
 
 
-def _unanswerableSource(host: str) -> str | None:
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def _unanswerableSource(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> str | None:
     """
-    Why a datagram from C{host} must not be answered, or None.
+    Why a datagram from C{address} (IPv4 mapped in IPv6 already unmapped)
+    must not be answered, or None.
     """
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return "bad source address"
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
     if address.is_multicast:
         return "multicast source"
     if address.is_unspecified:
         return "unspecified source"
-    if address == ipaddress.IPv4Address("255.255.255.255"):
+    if address == _BROADCAST:
         return "broadcast source"
     return None
 
@@ -93,15 +96,21 @@ class DatagramPolicy:
     """
 
     def __init__(
-        self, rate: float, clock: IReactorTime, maxSources: int = 16384
+        self,
+        rate: float,
+        clock: IReactorTime,
+        maxSources: int = 16384,
+        ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
     ) -> None:
         """
-        @param rate: datagrams a second each source address may get
-            answered; 0 for no limit.
-        @param maxSources: how many source addresses the rate limiter
-            remembers at most.
+        @param rate: datagrams a second each source may get answered; 0 for
+            no limit.  A source is an IPv4 address, or an IPv6 network of
+            C{ipv6Prefix} bits (see L{echotwist._address.sourceGroup}).
+        @param maxSources: how many sources the rate limiter remembers at
+            most.
         """
         self.rate = rate
+        self.ipv6Prefix = ipv6Prefix
         self.limiter = (
             SourceRateLimiter(rate, burstFor(rate), clock, maxSources) if rate else None
         )
@@ -112,17 +121,33 @@ class DatagramPolicy:
     def count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
 
-    def refusal(self, host: str, port: int) -> str | None:
+    def refusal(self, host: str, port: int) -> tuple[str | None, str]:
         """
-        Why a datagram from C{(host, port)} must not be answered, or None
-        (and then it used up one of the source's tokens).
+        Whether a datagram from C{(host, port)} may be answered (then it
+        used up one of its source's tokens).
+
+        @return: why not, or None; and the source it was counted as, for
+            logs (the address and port, or for the rate limit the source:
+            an IPv4 address or an IPv6 network).
         """
         if port < FIRST_UNPRIVILEGED_PORT:
-            return "privileged source port"
-        why = _unanswerableSource(host)
-        if why is None and self.limiter is not None and not self.limiter.allow(host):
-            why = "over the rate limit"
-        return why
+            return "privileged source port", _formatSource(host, port)
+        try:
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address = (
+                ipaddress.ip_address(host.split("%", 1)[0])
+            )
+        except ValueError:
+            return "bad source address", escape(_formatSource(host, port))
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        why = _unanswerableSource(address)
+        if why is not None:
+            return why, _formatSource(host, port)
+        if self.limiter is not None:
+            source = groupOf(address, self.ipv6Prefix)
+            if not self.limiter.allow(source):
+                return "over the rate limit", source
+        return None, ""
 
 
 class DatagramEcho(DatagramProtocol):
@@ -139,14 +164,14 @@ class DatagramEcho(DatagramProtocol):
         host, port = addr[0], addr[1]
         policy = self.policy
         policy.bytes["received"] += len(datagram)
-        why = policy.refusal(host, port)
+        why, source = policy.refusal(host, port)
         if why is not None:
             policy.count(why)
             policy.refusals.warn(
                 why,
                 "Refused UDP datagram from {peer}: {reason}",
                 event="datagram.refused",
-                peer=_formatSource(host, port),
+                peer=source,
                 reason=why,
             )
             return

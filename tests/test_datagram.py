@@ -118,3 +118,32 @@ class DatagramEchoTests(SynchronousTestCase):
         self.transport.error = None
         self.echo.datagramReceived(b"x", ("192.0.2.1", 40000))
         self.assertEqual(len(self.transport.sent), 1)
+
+    def test_rateIsPerIPv6Prefix(self) -> None:
+        """
+        Every address of one /64 draws on one bucket; the log names the
+        network, not the address that happened to be refused.
+        """
+        with capturedLogs() as events:
+            for n in range(1, 51):
+                self.echo.datagramReceived(b"x", (f"2001:db8:1:2::{n:x}", 40000, 0, 0))
+        self.assertEqual(len(self.transport.sent), burstFor(100))
+        self.assertEqual(self.policy.counts["over the rate limit"], 40)
+        (event,) = events
+        self.assertEqual(event["peer"], "2001:db8:1:2::/64")
+        self.echo.datagramReceived(b"x", ("2001:db8:1:3::1", 40000, 0, 0))
+        self.assertEqual(len(self.transport.sent), burstFor(100) + 1)
+
+    def test_prefixIsConfigurable(self) -> None:
+        policy = DatagramPolicy(rate=100, clock=self.clock, ipv6Prefix=128)
+        echo = DatagramEcho(policy)
+        echo.transport = self.transport  # type: ignore[assignment]
+        for n in range(1, 51):
+            echo.datagramReceived(b"x", (f"2001:db8:1:2::{n:x}", 40000, 0, 0))
+        self.assertEqual(len(self.transport.sent), 50)
+
+    def test_ipv4MappedIsItsIPv4Address(self) -> None:
+        for _ in range(10):
+            self.echo.datagramReceived(b"x", ("192.0.2.1", 40000))
+            self.echo.datagramReceived(b"x", ("::ffff:192.0.2.1", 40000, 0, 0))
+        self.assertEqual(len(self.transport.sent), burstFor(100))

@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from echotwist._address import escape, sourceGroup
 from echotwist.limits import SourceRateLimiter, ThrottledLog
 
 
@@ -65,3 +66,37 @@ class ThrottledLogTests(SynchronousTestCase):
         self.assertEqual([e["peer"] for e in events], ["x", "y", "z"])
         self.assertEqual([e["suppressed"] for e in events], [0, 0, 4])
         self.assertIn("{suppressed} similar lines suppressed", events[2]["log_format"])
+
+
+class SourceGroupTests(SynchronousTestCase):
+    def test_ipv4IsItself(self) -> None:
+        self.assertEqual(sourceGroup("192.0.2.1"), "192.0.2.1")
+
+    def test_ipv6IsItsNetwork(self) -> None:
+        self.assertEqual(sourceGroup("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64")
+        self.assertEqual(sourceGroup("2001:db8:1:2:3:4:5:6", 48), "2001:db8:1::/48")
+        self.assertEqual(sourceGroup("2001:db8:1:2:3:4:5:6", 1), "::/1")
+        self.assertEqual(sourceGroup("2001:db8::ffff", 127), "2001:db8::fffe/127")
+        self.assertEqual(sourceGroup("2001:db8::1", 128), "2001:db8::1")
+        self.assertEqual(sourceGroup("fe80::1%eth0"), "fe80::/64")
+
+    def test_mappedIPv4(self) -> None:
+        self.assertEqual(sourceGroup("::ffff:192.0.2.1"), "192.0.2.1")
+        self.assertEqual(sourceGroup("::ffff:192.0.2.1", 128), "192.0.2.1")
+
+    def test_notAnAddressIsEscaped(self) -> None:
+        self.assertEqual(sourceGroup("x:\x1b[2J"), "x:\\x1b[2J")
+
+
+class EscapeTests(SynchronousTestCase):
+    def test_printableAsciiUnchanged(self) -> None:
+        self.assertEqual(escape("[2001:db8::1]:80 ok"), "[2001:db8::1]:80 ok")
+
+    def test_controlsNewlinesAndNonAscii(self) -> None:
+        self.assertEqual(
+            escape("1.2.3.4\x1b[2J\x00\tFORGED\r\n\x7f\u2028é"),
+            "1.2.3.4\\x1b[2J\\x00\\x09FORGED\\x0d\\x0a\\x7f\\u2028\\xe9",
+        )
+
+    def test_backslashesCannotForgeAnEscape(self) -> None:
+        self.assertEqual(escape("\\x1b"), "\\\\x1b")
