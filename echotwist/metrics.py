@@ -58,10 +58,28 @@ class EchoCollector:
         for reason in CONNECTION_REFUSALS:
             refused.add_metric([reason], refusedCounts.get(reason, 0))
         yield refused
+        yield CounterMetricFamily(
+            "echotwist_connections_evicted",
+            "Idle stream connections closed to admit a new client to a full server.",
+            value=now.get("evicted", 0),
+        )
         yield GaugeMetricFamily(
             "echotwist_connections_open",
             "Stream connections open now.",
             value=now["open"],
+        )
+        yield GaugeMetricFamily(
+            "echotwist_connections_awaiting_header",
+            "Stream connections to haproxy: listeners whose PROXY header is"
+            " not in yet; they count against the limits as their proxy's.",
+            value=now.get("awaitingHeader", 0),
+        )
+        yield GaugeMetricFamily(
+            "echotwist_sources_open",
+            "Sources with stream connections open: IPv4 addresses and IPv6"
+            " networks of --ipv6-prefix bits, as the per-source limit counts"
+            " them.",
+            value=now.get("sources", 0),
         )
         for direction, udp, help in (
             ("received", now["udpReceived"], "Bytes received from clients."),

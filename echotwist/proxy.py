@@ -11,13 +11,28 @@ header without a word; and it refuses a header whose first read is shorter
 than the signature.  This wrapper reads the header first, then starts the
 wrapped protocol with the client's own address in place, passes half-closes
 on, logs every refusal (throttled), and gives a client a deadline for the
-header.  It reuses Twisted's v1 and v2 header parsers.
+header.  It reuses Twisted's v1 and v2 header parsers, but not their trust:
+Twisted's v1 parser takes any text between spaces for an address and any
+integer for a port, so a header's addresses are checked to be IP addresses
+of the family it declares, its ports 0-65535, before anyone sees them.
+
+A PROXY header is a claim: whoever sends it picks the client address that
+logs and limits see.  C{trusted} names the peers allowed to make it;
+anyone else is refused before a byte is read.  And since a connection holds
+a descriptor whether or not a header ever comes, the wrapped protocol may
+count it from the moment it is accepted (see L{EchoFactory.connectionAwaiting
+<echotwist.stream.EchoFactory.connectionAwaiting>}).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+import re
+import socket
+from collections.abc import Sequence
+from typing import Any, TypeAlias
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -38,13 +53,97 @@ from zope.interface import directlyProvides, implementer, providedBy
 from echotwist._address import formatAddress
 from echotwist.limits import ThrottledLog
 
-__all__ = ["ProxyEndpoint", "ProxyHeaderWrapper", "ProxyWrappingFactory"]
+__all__ = [
+    "Network",
+    "ProxyEndpoint",
+    "ProxyHeaderWrapper",
+    "ProxyWrappingFactory",
+    "parseNetwork",
+]
 
 log = Logger()
 
 _V1_SIGNATURE = b"PROXY "
 _V2_SIGNATURE = V2Parser.PREFIX
 _V2_FIXED_HEADER = 16
+
+Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
+
+# What a v1 header of a TCP connection must be, field by field; the parser
+# has checked the rest.
+_V1_TCP = re.compile(rb"PROXY (TCP4|TCP6) ([^ ]+) ([^ ]+) ([0-9]{1,5}) ([0-9]{1,5})")
+
+
+def parseNetwork(text: str) -> Network:
+    """
+    An address (C{10.0.0.1}, C{::1}) or a network (C{10.0.0.0/8},
+    C{2001:db8::/32}) as a network.
+
+    @raise ValueError: with a one-line message a user can act on.
+    """
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as e:
+        try:
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not an IP address or network (e.g. 10.0.0.0/8,"
+                f" 192.0.2.7, 2001:db8::/32)"
+            ) from None
+        raise ValueError(
+            f"{text!r} has host bits set ({e}): did you mean {loose}?"
+        ) from None
+
+
+def _isTrusted(address: IAddress, trusted: Sequence[Network]) -> bool:
+    """
+    Whether a peer at C{address} may send PROXY headers.  A UNIX socket's
+    peer has no address to judge; who may connect is up to the socket
+    file's permissions.
+    """
+    if not isinstance(address, (IPv4Address, IPv6Address)):
+        return True
+    try:
+        ip = ipaddress.ip_address(address.host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in trusted)
+
+
+def _untrustworthy(info: Any) -> str | None:
+    """
+    Why a parsed header's addresses cannot be believed, or None.
+    """
+    header = bytes(info.header)
+    if header.startswith(_V1_SIGNATURE):
+        if info.source is None:
+            return None  # PROXY UNKNOWN: the proxy's own address stays
+        match = _V1_TCP.fullmatch(header.rstrip(b"\r\n"))
+        if match is None:
+            return "malformed PROXY header"
+        family = socket.AF_INET if match.group(1) == b"TCP4" else socket.AF_INET6
+        for field in (match.group(2), match.group(3)):
+            try:
+                socket.inet_pton(family, field.decode("ascii"))
+            except (OSError, ValueError):
+                return (
+                    "PROXY header address is not an"
+                    f" {'IPv4' if family == socket.AF_INET else 'IPv6'} address"
+                )
+        if any(int(field) > 65535 for field in match.group(4, 5)):
+            return "PROXY header port is not 0-65535"
+        return None
+    # v2: the parser unpacked binary addresses and 16-bit ports, which
+    # cannot be malformed; but they may be of a kind echo has no use for.
+    for address in (info.source, info.destination):
+        if address is None:
+            continue
+        if not isinstance(address, (IPv4Address, IPv6Address)) or address.type != "TCP":
+            return "PROXY header is not for TCP over IPv4 or IPv6"
+    return None
 
 
 @implementer(IHalfCloseableProtocol)
@@ -69,6 +168,17 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         self.factory.registerProtocol(self)
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
+        trusted = self.factory.trusted
+        if trusted is not None and not _isTrusted(self.transport.getPeer(), trusted):
+            self._refuse("peer is not allowed to send PROXY headers (--proxy-from)")
+            return
+        # Counted from now on, header or not (the wrapped protocol's limits
+        # log their own refusals).
+        accepted = getattr(self.wrappedProtocol, "proxyAccepted", None)
+        if accepted is not None and not accepted(self):
+            self.transport.loseConnection()
+            return
         self._deadline = self.factory.reactor.callLater(
             self.factory.headerTimeout, self._refuse, "no PROXY header in time"
         )
@@ -77,6 +187,8 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         if self._started:
             self.wrappedProtocol.dataReceived(data)
             return
+        if getattr(self.transport, "disconnecting", True):
+            return  # refused; whatever else comes is of no interest
         if self._parser is None:
             self._pending += data
             data = self._pending
@@ -101,6 +213,10 @@ class ProxyHeaderWrapper(ProtocolWrapper):
             self._refuse("malformed PROXY header")
             return
         if info is None:
+            return
+        why = _untrustworthy(info)
+        if why is not None:
+            self._refuse(why)
             return
         self._proxyInfo = info
         self._started = True
@@ -157,6 +273,9 @@ class ProxyHeaderWrapper(ProtocolWrapper):
             super().connectionLost(reason)
         else:
             self.factory.unregisterProtocol(self)
+            abandoned = getattr(self.wrappedProtocol, "proxyAbandoned", None)
+            if abandoned is not None:
+                abandoned()
 
 
 class ProxyWrappingFactory(WrappingFactory):
@@ -164,15 +283,23 @@ class ProxyWrappingFactory(WrappingFactory):
     Wraps each connection of a factory in a L{ProxyHeaderWrapper}.
 
     @ivar headerTimeout: seconds a client has to send its PROXY header.
+    @ivar trusted: the networks whose peers may send PROXY headers; None
+        for any peer.
     """
 
     protocol = ProxyHeaderWrapper
     noisy = False
     headerTimeout = 10.0
 
-    def __init__(self, wrappedFactory: IProtocolFactory, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        wrappedFactory: IProtocolFactory,
+        reactor: IReactorTime,
+        trusted: Sequence[Network] | None = None,
+    ) -> None:
         super().__init__(wrappedFactory)
         self.reactor = reactor
+        self.trusted = trusted
         self.refusals = ThrottledLog(log, reactor)
 
     def logPrefix(self) -> str:
@@ -183,11 +310,22 @@ class ProxyWrappingFactory(WrappingFactory):
 class ProxyEndpoint:
     """
     A server endpoint whose connections begin with a PROXY header.
+
+    @ivar trusted: the networks whose peers may send PROXY headers; None
+        for any peer.  Set before C{listen}.
     """
 
-    def __init__(self, wrapped: IStreamServerEndpoint, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        wrapped: IStreamServerEndpoint,
+        reactor: IReactorTime,
+        trusted: Sequence[Network] | None = None,
+    ) -> None:
         self._wrapped = wrapped
         self._reactor = reactor
+        self.trusted = trusted
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
-        return self._wrapped.listen(ProxyWrappingFactory(factory, self._reactor))
+        return self._wrapped.listen(
+            ProxyWrappingFactory(factory, self._reactor, self.trusted)
+        )

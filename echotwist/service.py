@@ -29,14 +29,16 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from echotwist._address import formatAddress
+from echotwist._address import DEFAULT_IPV6_PREFIX, formatAddress
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
-from echotwist.proxy import ProxyEndpoint, ProxyWrappingFactory
+from echotwist.proxy import Network, ProxyEndpoint, ProxyWrappingFactory, parseNetwork
 from echotwist.stream import Echo, EchoFactory, SplicingServer
 
 __all__ = [
     "CannotListen",
+    "DEFAULT_EVICT_IDLE_AFTER",
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_IPV6_PREFIX",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PER_SOURCE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
@@ -56,6 +58,11 @@ DEFAULT_UDP_RATE = 100.0
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_MAX_PER_SOURCE = 100
 DEFAULT_IDLE_TIMEOUT = 300.0
+#: A full server admits a new client by closing a connection idle this
+#: long: long enough that a client thinking between two lines keeps its
+#: connection, short enough that idle connections cannot lock everyone
+#: out for the whole idle timeout.
+DEFAULT_EVICT_IDLE_AFTER = 10.0
 
 
 _PROXY_PREFIX = "haproxy:"
@@ -384,6 +391,10 @@ class EchoService(MultiService):
         shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         logConnections: bool = True,
         metrics: Listener | str | None = None,
+        ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
+        evictIdleAfter: float = DEFAULT_EVICT_IDLE_AFTER,
+        proxyFrom: Iterable[Network | str] | None = None,
+        warnOpenProxy: bool = True,
         reactor: Any = None,
     ) -> None:
         """
@@ -406,6 +417,16 @@ class EchoService(MultiService):
         @param logConnections: log each connection opened and closed.
         @param metrics: where to serve Prometheus metrics at C{/metrics}, as
             a server endpoint description; None for nowhere.
+        @param ipv6Prefix: how many leading bits of an IPv6 address make
+            one source, for C{maxPerSource} and C{udpRate}.
+        @param evictIdleAfter: when C{maxConnections} is reached, admit a
+            new client by closing the connection idle longest, if it has
+            been idle this many seconds; 0 for never.
+        @param proxyFrom: the addresses or networks allowed to send PROXY
+            headers to C{haproxy:} listeners; None for any peer.
+        @param warnOpenProxy: say at start, once, when a C{haproxy:}
+            listener believes any peer (workers leave it to their
+            supervisor).
         @param reactor: the reactor to listen with; the global one if None.
         """
         super().__init__()
@@ -418,12 +439,25 @@ class EchoService(MultiService):
             maxPerSource=maxPerSource,
             idleTimeout=idleTimeout,
             logConnections=logConnections,
+            ipv6Prefix=ipv6Prefix,
+            evictIdleAfter=evictIdleAfter,
         )
-        self.datagramPolicy = DatagramPolicy(udpRate, reactor)
+        self.datagramPolicy = DatagramPolicy(udpRate, reactor, ipv6Prefix=ipv6Prefix)
         self.shutdownTimeout = shutdownTimeout
+        self.proxyFrom: list[Network] | None = (
+            None
+            if proxyFrom is None
+            else [
+                parseNetwork(item) if isinstance(item, str) else item
+                for item in proxyFrom
+            ]
+        )
+        self._openProxies: list[str] = []
+        self._warnOpenProxy = warnOpenProxy
         for item in listen:
             if isinstance(item, str):
                 item = parseListener(item, reactor)
+            self._trust(item)
             _ListenerService(
                 item, _ListenerFactory(self.factory, item.description)
             ).setServiceParent(self)
@@ -440,12 +474,22 @@ class EchoService(MultiService):
 
             if isinstance(metrics, str):
                 metrics = parseListener(metrics, reactor)
+            self._trust(metrics)
             snapshot, workers, refresh = self._metricsSource()
             _ListenerService(
                 metrics,
                 metricsSite(registryFor(EchoCollector(snapshot, workers)), refresh),
                 "metrics",
             ).setServiceParent(self)
+
+    def _trust(self, listener: Listener) -> None:
+        """
+        Tell a C{haproxy:} listener whose PROXY headers to believe.
+        """
+        if isinstance(listener.endpoint, ProxyEndpoint):
+            listener.endpoint.trusted = self.proxyFrom
+            if self.proxyFrom is None:
+                self._openProxies.append(listener.description)
 
     def _metricsSource(self) -> tuple[Any, Any, Any]:
         """
@@ -463,6 +507,17 @@ class EchoService(MultiService):
         if sys.__stderr__ is not None and not faulthandler.is_enabled():
             faulthandler.enable(sys.__stderr__, all_threads=True)
         super().privilegedStartService()
+
+    def startService(self) -> None:
+        if self._openProxies and self._warnOpenProxy:
+            self._warnOpenProxy = False
+            log.warn(
+                "Any peer of {listeners} can claim any client address in a"
+                " PROXY header; --proxy-from names the proxies to believe",
+                event="proxy.untrusted",
+                listeners=", ".join(self._openProxies),
+            )
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
         stopped: Deferred[object] = super().stopService()

@@ -26,6 +26,9 @@ def stats(factory: EchoFactory, policy: DatagramPolicy) -> Stats:
         "accepted": factory.accepted,
         "closed": factory.closed,
         "open": len(factory.connections),
+        "awaitingHeader": len(factory.awaiting),
+        "sources": len(factory.perSource),
+        "evicted": factory.evicted,
         "refused": dict(factory.refused),
         "streamBytes": factory.bytesOfClosed
         + sum(protocol.bytesEchoed for protocol in factory.connections),

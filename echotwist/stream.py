@@ -35,16 +35,29 @@ splices as well, past the header; TLS and UNIX connections keep the path
 above.
 
 The factory keeps the books: the open connections, how many each source
-address has, the limits on both, and an idle sweep.  The sweep is one
-periodic call for all connections rather than a timer each: it costs no
+has (an IPv4 address, or an IPv6 network of C{ipv6Prefix} bits: one host
+can own a whole /64), the limits on both, and an idle sweep.  The sweep is
+one periodic call for all connections rather than a timer each: it costs no
 memory per connection and nothing in the data path, where a per-connection
 timer would be reset on every read.
+
+The sweep also keeps, for a full server, the connections in the order they
+went idle: when C{maxConnections} is reached, a new client is admitted by
+evicting the connection idle longest, if it has been idle C{evictIdleAfter}
+seconds at least.  Finding it costs the head of that list, not a pass over
+every connection, so a flood of connects at a full server stays cheap.
+
+Under echotwist's PROXY wrapper a connection is in the books from the moment
+it is accepted, as the proxy's: a peer that never sends a header still
+counts against both limits (and, being idle, can be evicted).  Once the
+header is in, the client's own source takes its place.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections import deque
 from errno import EINVAL, ENOBUFS, ENOSYS, EWOULDBLOCK
 from typing import Any, cast
 
@@ -63,11 +76,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from echotwist._address import formatAddress
+from echotwist._address import DEFAULT_IPV6_PREFIX, formatAddress, sourceGroup
 from echotwist.limits import ThrottledLog
 from echotwist.proxy import ProxyHeaderWrapper
 
-__all__ = ["CONNECTION_REFUSALS", "Echo", "EchoFactory"]
+__all__ = ["CONNECTION_REFUSALS", "EVICTED", "Echo", "EchoFactory"]
 
 log = Logger()
 
@@ -139,6 +152,8 @@ class _SharedPipe:
 TOO_MANY = "too many connections"
 TOO_MANY_FROM_SOURCE = "too many connections from this source"
 CONNECTION_REFUSALS = (TOO_MANY, TOO_MANY_FROM_SOURCE)
+#: Why a connection was closed to make room for a new client.
+EVICTED = "evicted: idle while the server was full"
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
@@ -160,8 +175,9 @@ class Echo(Protocol):
     openedAt = 0.0
     #: The listener's endpoint description, for logs.
     listener = ""
-    #: The client's host, for the per-source limit (None for UNIX sockets);
-    #: interned, so a source's connections share one string.
+    #: The client's source, for the per-source limit: its IPv4 address or
+    #: its IPv6 network (None for UNIX sockets); interned, so a source's
+    #: connections share one string.
     source: str | None = None
     #: While draining, a connection is quiet, and closes, once this many
     #: seconds pass with nothing received and nothing backed up.  Long
@@ -182,6 +198,10 @@ class Echo(Protocol):
     _quietCheck: IDelayedCall | None = None
     # Refused by a limit: never counted in the books.
     _refused = False
+    # Behind the PROXY wrapper, before the header: the wrapper, which holds
+    # the connection (this protocol has no transport yet).  The books count
+    # the connection as the proxy's meanwhile.
+    _awaiting: Any = None
     # The TCP transport to send to directly when its buffer is empty, or
     # None where that is not known to be safe (TLS, other wrappers).
     _direct: tcp.Server | None = None
@@ -196,13 +216,43 @@ class Echo(Protocol):
     _idleMark = 0
     _idleSince = 0.0
 
+    def proxyAccepted(self, wrapper: Any) -> bool:
+        """
+        The PROXY wrapper accepted a connection that will start this
+        protocol once its header is in: count it now, as the proxy's.
+
+        @param wrapper: the wrapper, which holds the connection until then.
+        @return: whether the limits admit it (a refusal is logged).
+        """
+        self.source = self.factory.sourceOf(
+            getattr(wrapper.transport.getPeer(), "host", None)
+        )
+        self._awaiting = wrapper
+        if not self.factory.connectionAwaiting(self):
+            self._awaiting = None
+            self._refused = True
+            return False
+        return True
+
+    def proxyAbandoned(self) -> None:
+        """
+        The connection ended before its PROXY header was in.
+        """
+        if self._awaiting is not None:
+            self._awaiting = None
+            self.factory.awaitingEnded(self)
+
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
-        host = getattr(transport.getPeer(), "host", None)
-        if host is not None:
-            self.source = sys.intern(host)
-        if not self.factory.connectionOpened(self):
+        source = self.factory.sourceOf(getattr(transport.getPeer(), "host", None))
+        if self._awaiting is not None:
+            self._awaiting = None
+            admitted = self.factory.headerReceived(self, source)
+        else:
+            self.source = source
+            admitted = self.factory.connectionOpened(self)
+        if not admitted:
             self._refused = True
             transport.loseConnection()
             return
@@ -229,7 +279,8 @@ class Echo(Protocol):
         The client's address, for logs.  Not kept: an idle connection costs
         less memory without one more string.
         """
-        return formatAddress(self.transport.getPeer())
+        transport = self.transport if self._awaiting is None else self._awaiting
+        return formatAddress(transport.getPeer())
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesEchoed += len(data)
@@ -516,17 +567,27 @@ class EchoFactory(Factory):
     @ivar reactor: the clock for durations, quiet checks, idle sweeps and
         drain deadlines.
     @ivar connections: the open connections.
-    @ivar perSource: how many connections each source host has open.
+    @ivar awaiting: connections behind the PROXY wrapper still waiting for
+        their header; they count against both limits too.
+    @ivar perSource: how many connections each source has open (awaiting
+        ones as their proxy's).
     @ivar maxConnections: open connections allowed in all; 0 for no limit.
-    @ivar maxPerSource: open connections allowed per source host; 0 for no
+    @ivar maxPerSource: open connections allowed per source; 0 for no
         limit.
+    @ivar ipv6Prefix: how many leading bits of an IPv6 address make one
+        source (see L{echotwist._address.sourceGroup}).
     @ivar idleTimeout: seconds without activity after which a connection is
         closed, and a closing connection that cannot flush is aborted; 0
         for never.
+    @ivar evictIdleAfter: when C{maxConnections} is reached, a new client
+        is admitted by closing the connection idle longest, if it has been
+        idle at least this many seconds; 0 for never.
     @ivar logConnections: whether to log each connection opened and closed
-        (refusals are logged regardless, throttled).
-    @ivar accepted: connections admitted so far.
-    @ivar closed: connections closed so far.
+        (refusals and evictions are logged regardless, throttled).
+    @ivar accepted: connections admitted so far (behind the PROXY wrapper,
+        once their header is in).
+    @ivar closed: admitted connections closed so far, evicted ones too.
+    @ivar evicted: connections closed so far to admit a new client.
     @ivar bytesOfClosed: bytes echoed by the connections closed so far.
     @ivar refused: connections refused so far, by reason.
     """
@@ -542,6 +603,8 @@ class EchoFactory(Factory):
         maxPerSource: int = 0,
         idleTimeout: float = 0,
         logConnections: bool = True,
+        ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
+        evictIdleAfter: float = 0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -551,21 +614,47 @@ class EchoFactory(Factory):
         self.reactor = reactor
         self.maxConnections = maxConnections
         self.maxPerSource = maxPerSource
+        self.ipv6Prefix = ipv6Prefix
         self.idleTimeout = idleTimeout
+        self.evictIdleAfter = evictIdleAfter
         self.logConnections = logConnections
         self.accepted = 0
         self.closed = 0
+        self.evicted = 0
         self.bytesOfClosed = 0
         self.connections: set[Echo] = set()
+        self.awaiting: set[Echo] = set()
         self.perSource: dict[str, int] = {}
         self.refused: dict[str, int] = {}
         self._refusals = ThrottledLog(log, reactor)
         self._drained: Deferred[None] | None = None
         self._sweeper: LoopingCall | None = None
+        # Eviction candidates, idle longest first, as of the last sweep.
+        self._idleOrder: deque[Echo] = deque()
+
+    @property
+    def open(self) -> int:
+        """
+        Connections counted against C{maxConnections}: admitted, or waiting
+        for their PROXY header.
+        """
+        return len(self.connections) + len(self.awaiting)
+
+    @property
+    def _evicting(self) -> bool:
+        return bool(self.maxConnections and self.evictIdleAfter)
+
+    def sourceOf(self, host: str | None) -> str | None:
+        """
+        The source C{host} counts as, for the per-source limit and logs.
+        """
+        if host is None:
+            return None
+        return sys.intern(sourceGroup(host, self.ipv6Prefix))
 
     def _refusal(self, protocol: Echo) -> str | None:
-        if self.maxConnections and len(self.connections) >= self.maxConnections:
-            return TOO_MANY
+        # The per-source limit first: a client it refuses must not cost an
+        # idle connection its place.
         source = protocol.source
         if (
             self.maxPerSource
@@ -573,7 +662,47 @@ class EchoFactory(Factory):
             and self.perSource.get(source, 0) >= self.maxPerSource
         ):
             return TOO_MANY_FROM_SOURCE
+        if (
+            self.maxConnections
+            and self.open >= self.maxConnections
+            and not self._evictOne()
+        ):
+            return TOO_MANY
         return None
+
+    def _refuse(self, protocol: Echo, why: str) -> None:
+        self.refused[why] = self.refused.get(why, 0) + 1
+        if why == TOO_MANY_FROM_SOURCE:
+            # The source, not one address of it: with IPv6 the address is
+            # whichever of 2**64 the client picked this time.
+            self._refusals.warn(
+                why,
+                "Refused connection from {source}: {reason}",
+                event="connection.refused",
+                source=protocol.source,
+                reason=why,
+            )
+        else:
+            self._refusals.warn(
+                why,
+                "Refused connection from {peer}: {reason}",
+                event="connection.refused",
+                peer=protocol.peer,
+                source=protocol.source,
+                reason=why,
+            )
+
+    def _count(self, protocol: Echo) -> None:
+        source = protocol.source
+        if source is not None:
+            self.perSource[source] = self.perSource.get(source, 0) + 1
+
+    def _uncount(self, protocol: Echo) -> None:
+        source = protocol.source
+        if source is not None:
+            left = self.perSource.pop(source) - 1
+            if left:
+                self.perSource[source] = left
 
     def connectionOpened(self, protocol: Echo) -> bool:
         """
@@ -583,21 +712,68 @@ class EchoFactory(Factory):
         """
         why = self._refusal(protocol)
         if why is not None:
-            self.refused[why] = self.refused.get(why, 0) + 1
-            self._refusals.warn(
-                why,
-                "Refused connection from {peer}: {reason}",
-                event="connection.refused",
-                peer=protocol.peer,
-                reason=why,
-            )
+            self._refuse(protocol, why)
             return False
         protocol.openedAt = self.reactor.seconds()
+        self._count(protocol)
+        self._admit(protocol)
+        return True
+
+    def connectionAwaiting(self, protocol: Echo) -> bool:
+        """
+        Count a connection whose PROXY header is still to come, as its
+        proxy's, or refuse it (and log why).
+
+        @return: whether it was admitted.
+        """
+        why = self._refusal(protocol)
+        if why is not None:
+            self._refuse(protocol, why)
+            return False
+        protocol.openedAt = self.reactor.seconds()
+        self._count(protocol)
+        self.awaiting.add(protocol)
+        self._startSweeping()
+        return True
+
+    def headerReceived(self, protocol: Echo, source: str | None) -> bool:
+        """
+        An awaiting connection's PROXY header named its client, whose
+        C{source} now counts it in place of the proxy's.  Its place among
+        C{maxConnections} it keeps; the client's per-source limit may
+        refuse it (and log why), and then it leaves the books.
+
+        @return: whether it was admitted.
+        """
+        self.awaiting.discard(protocol)
+        self._uncount(protocol)
+        protocol.source = source
+        if (
+            self.maxPerSource
+            and source is not None
+            and self.perSource.get(source, 0) >= self.maxPerSource
+        ):
+            self._refuse(protocol, TOO_MANY_FROM_SOURCE)
+            self._stopSweepingIfEmpty()
+            return False
+        self._count(protocol)
+        self._admit(protocol)
+        return True
+
+    def awaitingEnded(self, protocol: Echo) -> None:
+        """
+        An awaiting connection ended before its PROXY header was in (the
+        wrapper logged why, if it was the one to close it).
+        """
+        if protocol in self.awaiting:
+            self.awaiting.discard(protocol)
+            self._uncount(protocol)
+            self._stopSweepingIfEmpty()
+            self._checkDrained()
+
+    def _admit(self, protocol: Echo) -> None:
         self.accepted += 1
         self.connections.add(protocol)
-        source = protocol.source
-        if source is not None:
-            self.perSource[source] = self.perSource.get(source, 0) + 1
         if self.logConnections:
             log.info(
                 "{peer} connected",
@@ -608,23 +784,17 @@ class EchoFactory(Factory):
             )
         if self._drained is not None:
             protocol.drain()
-        if self.idleTimeout and self._sweeper is None:
-            self._startSweeping()
-        return True
+        self._startSweeping()
 
     def connectionClosed(self, protocol: Echo, reason: str) -> None:
+        if protocol not in self.connections:
+            # Evicted: the books let it go already.
+            return
         self.connections.discard(protocol)
         self.closed += 1
         self.bytesOfClosed += protocol.bytesEchoed
-        source = protocol.source
-        if source is not None:
-            left = self.perSource.pop(source) - 1
-            if left:
-                self.perSource[source] = left
-        if not self.connections and self._sweeper is not None:
-            if self._sweeper.running:
-                self._sweeper.stop()
-            self._sweeper = None
+        self._uncount(protocol)
+        self._stopSweepingIfEmpty()
         if self.logConnections:
             log.info(
                 "{peer} disconnected after {duration:.3f}s, {bytesIn} bytes"
@@ -638,33 +808,138 @@ class EchoFactory(Factory):
                 reason=reason,
                 open=len(self.connections),
             )
+        self._checkDrained()
+
+    def _checkDrained(self) -> None:
         if self._drained is not None and not self.connections:
             drained, self._drained = self._drained, None
             drained.callback(None)
 
+    # --- eviction ----------------------------------------------------------
+
+    def _idleSince(self, protocol: Echo) -> float | None:
+        """
+        Since when C{protocol} has been idle, no later than the truth; None
+        if it was active since the last sweep, or is closing already.
+        """
+        if protocol._awaiting is not None:
+            # Nothing is echoed before the header: idle since accepted.
+            return protocol.openedAt if protocol in self.awaiting else None
+        if (
+            protocol not in self.connections
+            or protocol._closeReason is not None
+            or protocol.bytesEchoed + protocol._resumes != protocol._idleMark
+        ):
+            return None
+        return max(protocol._idleSince, protocol.openedAt)
+
+    def _evictOne(self) -> bool:
+        """
+        Close the connection idle longest, if it has been idle
+        C{evictIdleAfter} seconds at least, and let it go from the books.
+
+        The sweep lists the candidates idle longest first.  A candidate
+        found active or gone is dropped (the next sweep lists it again if it
+        goes idle), so each costs one look per sweep however many clients
+        knock.
+
+        @return: whether one was evicted.
+        """
+        if not self._evicting:
+            return False
+        now = self.reactor.seconds()
+        order = self._idleOrder
+        while order:
+            protocol = order[0]
+            since = self._idleSince(protocol)
+            if since is None:
+                order.popleft()
+                continue
+            if now - since < self.evictIdleAfter:
+                # Idle longest, and still not long enough: none is.
+                return False
+            order.popleft()
+            self._evict(protocol, now - since)
+            return True
+        return False
+
+    def _evict(self, protocol: Echo, idle: float) -> None:
+        self.evicted += 1
+        self._refusals.warn(
+            EVICTED,
+            "Closed {peer}, idle {idle:.1f}s or more, to admit a new client:"
+            " the server is full",
+            event="connection.evicted",
+            peer=protocol.peer,
+            source=protocol.source,
+            idle=idle,
+            reason=EVICTED,
+        )
+        wrapper = protocol._awaiting
+        if wrapper is not None:
+            protocol._awaiting = None
+            self.awaiting.discard(protocol)
+            self._uncount(protocol)
+            wrapper.transport.abortConnection()
+            return
+        # Let it go from the books now, so that the newcomer has its place
+        # at once (its transport reports the loss on a later iteration).
+        self.connectionClosed(protocol, EVICTED)
+        try:
+            if protocol._paused:
+                # Its client does not read: the echo it holds cannot be
+                # delivered, and a close would wait for it forever.
+                protocol.abort(EVICTED)
+            else:
+                protocol.closeWhenFlushed(EVICTED)
+        except Exception:
+            log.failure("Could not evict {peer}", peer=protocol.peer)
+
+    # --- the idle sweep ----------------------------------------------------
+
     @property
     def sweepInterval(self) -> float:
         """
-        Seconds between idle sweeps: a tenth of the idle timeout, between
-        50 ms and 10 s, so a connection is closed between C{idleTimeout}
-        and C{idleTimeout} plus this after its last activity.
+        Seconds between idle sweeps: a tenth of the idle timeout, and a
+        quarter of C{evictIdleAfter} while eviction is on; between 50 ms
+        and 10 s.  So a connection is closed between C{idleTimeout} and
+        C{idleTimeout} plus this after its last activity, and can be
+        evicted between C{evictIdleAfter} and C{evictIdleAfter} plus this.
         """
-        return min(10.0, max(0.05, self.idleTimeout / 10))
+        wanted = [10.0]
+        if self.idleTimeout:
+            wanted.append(self.idleTimeout / 10)
+        if self._evicting:
+            wanted.append(self.evictIdleAfter / 4)
+        return max(0.05, min(wanted))
 
     def _startSweeping(self) -> None:
+        if self._sweeper is not None or not (self.idleTimeout or self._evicting):
+            return
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = self.reactor
         self._sweeper.start(self.sweepInterval, now=False)
 
+    def _stopSweepingIfEmpty(self) -> None:
+        if not self.open and self._sweeper is not None:
+            if self._sweeper.running:
+                self._sweeper.stop()
+            self._sweeper = None
+            self._idleOrder.clear()
+
     def _sweep(self) -> None:
         now = self.reactor.seconds()
         limit = self.idleTimeout
+        evicting = self._evicting
+        idle: list[tuple[float, Echo]] = []
         for protocol in list(self.connections):
             activity = protocol.bytesEchoed + protocol._resumes
             if activity != protocol._idleMark:
                 protocol._idleMark = activity
                 protocol._idleSince = now
-            elif now - max(protocol._idleSince, protocol.openedAt) >= limit:
+                continue
+            since = max(protocol._idleSince, protocol.openedAt)
+            if limit and now - since >= limit:
                 protocol._idleSince = now
                 # One connection's failure must not end the sweeps (a
                 # LoopingCall stops at the first exception).
@@ -678,14 +953,28 @@ class EchoFactory(Factory):
                         protocol.abort(f"{protocol._closeReason}; could not flush")
                 except Exception:
                     log.failure("Idle sweep could not close {peer}", peer=protocol.peer)
+            elif evicting and protocol._closeReason is None:
+                idle.append((since, protocol))
+        if evicting:
+            idle.extend((protocol.openedAt, protocol) for protocol in self.awaiting)
+            idle.sort(key=lambda item: item[0])
+            self._idleOrder = deque(protocol for _, protocol in idle)
 
     def drain(self, timeout: float) -> Deferred[None]:
         """
         Close every connection once it is quiet (see L{Echo.drain}); abort
-        whatever is still open C{timeout} seconds from now.
+        whatever is still open C{timeout} seconds from now.  Connections
+        still waiting for a PROXY header are closed at once: they have
+        nothing to echo yet.
 
         @return: fires once no connection is left open.
         """
+        for protocol in list(self.awaiting):
+            wrapper = protocol._awaiting
+            self.awaitingEnded(protocol)
+            protocol._awaiting = None
+            if wrapper is not None:
+                wrapper.transport.abortConnection()
         done: Deferred[None] = Deferred()
         if not self.connections:
             done.callback(None)

@@ -184,6 +184,11 @@ class SupervisorService(EchoService):
             "maxConnections": factory.maxConnections,
             "maxPerSource": factory.maxPerSource,
             "idleTimeout": factory.idleTimeout,
+            "ipv6Prefix": factory.ipv6Prefix,
+            "evictIdleAfter": factory.evictIdleAfter,
+            "proxyFrom": None
+            if self.proxyFrom is None
+            else [str(network) for network in self.proxyFrom],
             "shutdownTimeout": self.shutdownTimeout,
             "logConnections": factory.logConnections,
             "controlFileno": _CONTROL_OUT,

@@ -11,8 +11,11 @@ from typing import TypeVar
 from twisted.application.service import IService
 from twisted.python import usage
 
+from echotwist.proxy import parseNetwork
 from echotwist.service import (
+    DEFAULT_EVICT_IDLE_AFTER,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_IPV6_PREFIX,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PER_SOURCE,
     DEFAULT_SHUTDOWN_TIMEOUT,
@@ -49,6 +52,12 @@ _perSecond = _number("datagrams a second")
 def _count(text: str) -> int:
     if not text.isdigit():
         raise ValueError(f"{text!r} is not a whole number (0 or more)")
+    return int(text)
+
+
+def _prefixLength(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 128:
+        raise ValueError(f"{text!r} is not an IPv6 prefix length (1-128)")
     return int(text)
 
 
@@ -129,9 +138,28 @@ class Options(usage.Options):
             None,
             DEFAULT_MAX_PER_SOURCE,
             "Open stream connections allowed per client address (behind"
-            " haproxy:, the client's own); 0 for no limit"
+            " haproxy:, the client's own), an IPv6 client's whole"
+            " --ipv6-prefix network counting as one address; 0 for no limit"
             " (e.g. --max-per-source 10).",
             _count,
+        ],
+        [
+            "ipv6-prefix",
+            None,
+            DEFAULT_IPV6_PREFIX,
+            "How many leading bits of an IPv6 address make one source for"
+            " --max-per-source and --udp-rate, 1-128 (e.g. --ipv6-prefix 56);"
+            " an IPv4 address mapped in IPv6 counts as that IPv4 address.",
+            _prefixLength,
+        ],
+        [
+            "evict-idle-after",
+            None,
+            DEFAULT_EVICT_IDLE_AFTER,
+            "When --max-connections is reached, admit a new client by closing"
+            " the connection idle longest, if it has sent nothing for this"
+            " many seconds; 0 for never (e.g. --evict-idle-after 30).",
+            _seconds,
         ],
         [
             "idle-timeout",
@@ -155,9 +183,9 @@ class Options(usage.Options):
             "udp-rate",
             None,
             DEFAULT_UDP_RATE,
-            "UDP datagrams a second answered per source address, in bursts of"
-            " up to a tenth of that (at least 1); 0 for no limit"
-            " (e.g. --udp-rate 1000).",
+            "UDP datagrams a second answered per source (an IPv4 address, or"
+            " an IPv6 --ipv6-prefix network), in bursts of up to a tenth of"
+            " that (at least 1); 0 for no limit (e.g. --udp-rate 1000).",
             _perSecond,
         ],
     ]
@@ -167,6 +195,7 @@ class Options(usage.Options):
         self["port"] = None
         self["listen"] = []
         self["udp"] = []
+        self["proxy-from"] = None
 
     @_oneLine
     def opt_port(self, port: str) -> None:
@@ -197,6 +226,22 @@ class Options(usage.Options):
         'udp:7:interface=\\:\\:1'). [default: none]
         """
         self["udp"].append(description)
+
+    @_oneLine
+    def opt_proxy_from(self, network: str) -> None:
+        """
+        Believe PROXY headers on haproxy: listeners only from this address
+        or network; repeat for more (e.g. --proxy-from 10.0.0.0/8
+        --proxy-from 2001:db8::7). Other peers are refused. [default: any
+        peer, which can then claim any client address]
+        """
+        try:
+            parsed = parseNetwork(network)
+        except ValueError as e:
+            raise usage.UsageError(f"--proxy-from: {e}") from None
+        if self["proxy-from"] is None:
+            self["proxy-from"] = []
+        self["proxy-from"].append(parsed)
 
     def postOptions(self) -> None:
         wanted: list[tuple[str, str]] = [("--listen", d) for d in self["listen"]]
@@ -257,6 +302,9 @@ def makeService(options: Options) -> IService:
         "maxConnections": options["max-connections"],
         "maxPerSource": options["max-per-source"],
         "idleTimeout": options["idle-timeout"],
+        "ipv6Prefix": options["ipv6-prefix"],
+        "evictIdleAfter": options["evict-idle-after"],
+        "proxyFrom": options["proxy-from"],
         "shutdownTimeout": options["shutdown-timeout"],
         "logConnections": not options["no-connection-logs"],
         "metrics": options["metrics"],

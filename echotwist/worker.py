@@ -172,6 +172,11 @@ def main(argv: list[str]) -> None:
         maxConnections=config["maxConnections"],
         maxPerSource=config["maxPerSource"],
         idleTimeout=config["idleTimeout"],
+        ipv6Prefix=config["ipv6Prefix"],
+        evictIdleAfter=config["evictIdleAfter"],
+        proxyFrom=config["proxyFrom"],
+        # The supervisor said it, once.
+        warnOpenProxy=False,
         shutdownTimeout=config["shutdownTimeout"],
         logConnections=config["logConnections"],
         reactor=reactor,

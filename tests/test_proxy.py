@@ -8,15 +8,16 @@ from __future__ import annotations
 import socket
 import struct
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo, EchoFactory
-from echotwist.proxy import ProxyWrappingFactory
+from echotwist.proxy import ProxyHeaderWrapper, ProxyWrappingFactory, parseNetwork
 
 V1 = b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 7\r\n"
 
@@ -144,3 +145,300 @@ class ProxyTests(SynchronousTestCase):
         self.wrapper.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.factory.protocols, {})
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class HeaderTrustTests(SynchronousTestCase):
+    """
+    A header's addresses must be IP addresses of the family it declares,
+    its ports 0-65535.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.echoes = EchoFactory(self.clock, maxConnections=10)
+        self.factory = ProxyWrappingFactory(self.echoes, self.clock)
+
+    def connect(self, peer: IAddress | None = None) -> tuple[ProxyHeaderWrapper, _TCP]:
+        wrapper = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        assert isinstance(wrapper, ProxyHeaderWrapper)
+        transport = _TCP(peerAddress=peer or IPv4Address("TCP", "127.0.0.1", 55555))
+        wrapper.makeConnection(transport)
+        return wrapper, transport
+
+    def refused(self, header: bytes) -> str:
+        # A fresh factory: refusals of one reason are logged once in 10 s.
+        self.factory = ProxyWrappingFactory(self.echoes, self.clock)
+        wrapper, transport = self.connect()
+        with capturedLogs() as events:
+            wrapper.dataReceived(header + b"echo me")
+        self.assertTrue(transport.disconnecting, header)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.echoes.connections, set())
+        (event,) = events
+        self.assertEqual(event["event"], "proxy.refused")
+        text = formatEvent(event)
+        self.assertTrue(text.isprintable() and text.isascii(), text)
+        wrapper.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.echoes.perSource, {})
+        self.assertEqual(self.echoes.awaiting, set())
+        return str(event["reason"])
+
+    def test_forgedSourceWithControlBytes(self) -> None:
+        reason = self.refused(b"PROXY TCP4 1.2.3.4\x1b[2J\x00\tFORGED 5.6.7.8 1 2\r\n")
+        self.assertEqual(reason, "PROXY header address is not an IPv4 address")
+
+    def test_wrongFamily(self) -> None:
+        self.assertEqual(
+            self.refused(b"PROXY TCP4 2001:db8::1 192.0.2.1 1 2\r\n"),
+            "PROXY header address is not an IPv4 address",
+        )
+        self.assertEqual(
+            self.refused(b"PROXY TCP6 192.0.2.9 2001:db8::1 1 2\r\n"),
+            "PROXY header address is not an IPv6 address",
+        )
+
+    def test_notAnAddress(self) -> None:
+        for source in (b"localhost", b"1.2.3", b"01.2.3.4", b"1.2.3.4%x"):
+            self.assertEqual(
+                self.refused(b"PROXY TCP4 " + source + b" 192.0.2.1 1 2\r\n"),
+                "PROXY header address is not an IPv4 address",
+                source,
+            )
+        # Not even text: Twisted's parser refuses it already.
+        self.assertEqual(
+            self.refused(b"PROXY TCP4 \xff\x1b 192.0.2.1 1 2\r\n"),
+            "malformed PROXY header",
+        )
+        self.assertEqual(
+            self.refused(b"PROXY TCP6 fe80::1%eth0 2001:db8::1 1 2\r\n"),
+            "PROXY header address is not an IPv6 address",
+        )
+
+    def test_ports(self) -> None:
+        self.assertEqual(
+            self.refused(b"PROXY TCP4 192.0.2.9 192.0.2.1 65536 7\r\n"),
+            "PROXY header port is not 0-65535",
+        )
+        for ports in (b"-1 7", b"+1 7", b"1 0x7", b"1 7 extra", b"1_0 7", b"1  7"):
+            self.assertEqual(
+                self.refused(b"PROXY TCP4 192.0.2.9 192.0.2.1 " + ports + b"\r\n"),
+                "malformed PROXY header",
+                ports,
+            )
+
+    def test_edgesAreAccepted(self) -> None:
+        for header, peer in (
+            (b"PROXY TCP4 192.0.2.9 192.0.2.1 0 65535\r\n", "192.0.2.9:0"),
+            (b"PROXY TCP6 2001:db8::9 2001:db8::1 65535 7\r\n", "[2001:db8::9]:65535"),
+            (b"PROXY UNKNOWN whatever\r\n", "127.0.0.1:55555"),
+        ):
+            wrapper, transport = self.connect()
+            wrapper.dataReceived(header + b"hi")
+            self.assertEqual(transport.value(), b"hi", header)
+            echo = wrapper.wrappedProtocol
+            assert isinstance(echo, Echo)
+            self.assertEqual(echo.peer, peer)
+
+    def test_v2UnixAddressesRefused(self) -> None:
+        body = b"/tmp/\x1b[2J".ljust(108, b"\x00") + b"/x".ljust(108, b"\x00")
+        header = (
+            b"\r\n\r\n\x00\r\nQUIT\n"
+            + bytes([0x21, 0x31])
+            + struct.pack("!H", len(body))
+            + body
+        )
+        self.assertEqual(
+            self.refused(header), "PROXY header is not for TCP over IPv4 or IPv6"
+        )
+
+    def test_v2Udp(self) -> None:
+        header = bytearray(v2("198.51.100.9", 41000))
+        header[13] = 0x12  # AF_INET, DGRAM
+        self.assertEqual(
+            self.refused(bytes(header)), "PROXY header is not for TCP over IPv4 or IPv6"
+        )
+
+
+class TrustedPeerTests(SynchronousTestCase):
+    """
+    With C{trusted}, only those peers may send PROXY headers.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.echoes = EchoFactory(self.clock)
+        self.factory = ProxyWrappingFactory(
+            self.echoes,
+            self.clock,
+            [parseNetwork("10.0.0.0/8"), parseNetwork("2001:db8::7")],
+        )
+
+    def connect(self, peer: IAddress) -> tuple[ProxyHeaderWrapper, _TCP]:
+        wrapper = self.factory.buildProtocol(peer)
+        assert isinstance(wrapper, ProxyHeaderWrapper)
+        transport = _TCP(peerAddress=peer)
+        wrapper.makeConnection(transport)
+        return wrapper, transport
+
+    def test_trustedPeers(self) -> None:
+        for peer in (
+            IPv4Address("TCP", "10.1.2.3", 5),
+            IPv6Address("TCP", "2001:db8::7", 5),
+            IPv6Address("TCP", "::ffff:10.9.9.9", 5),
+            UNIXAddress(None),
+        ):
+            wrapper, transport = self.connect(peer)
+            wrapper.dataReceived(V1 + b"ok")
+            self.assertEqual(transport.value(), b"ok", peer)
+
+    def test_untrustedPeerRefusedBeforeAnyByte(self) -> None:
+        for peer in (
+            IPv4Address("TCP", "192.0.2.1", 5),
+            IPv6Address("TCP", "2001:db8::8", 5),
+            IPv6Address("TCP", "::ffff:192.0.2.1", 5),
+        ):
+            self.clock.advance(self.factory.refusals.interval)
+            with capturedLogs() as events:
+                wrapper, transport = self.connect(peer)
+            self.assertTrue(transport.disconnecting, peer)
+            (event,) = events
+            self.assertEqual(event["event"], "proxy.refused")
+            self.assertIn("not allowed", event["reason"])
+            wrapper.dataReceived(V1 + b"no")
+            self.assertEqual(transport.value(), b"")
+            self.assertEqual(self.echoes.awaiting, set())
+            wrapper.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_parseNetwork(self) -> None:
+        self.assertEqual(str(parseNetwork("192.0.2.7")), "192.0.2.7/32")
+        self.assertEqual(str(parseNetwork("2001:db8::/32")), "2001:db8::/32")
+        e = self.assertRaises(ValueError, parseNetwork, "10.1.2.3/8")
+        self.assertIn("did you mean 10.0.0.0/8?", str(e))
+        e = self.assertRaises(ValueError, parseNetwork, "proxy.example")
+        self.assertIn("is not an IP address or network", str(e))
+
+
+class CountedFromAcceptTests(SynchronousTestCase):
+    """
+    A connection counts against both limits from the moment it is accepted,
+    as its proxy's until the header names the client; then as the
+    client's.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.echoes = EchoFactory(
+            self.clock, maxConnections=4, maxPerSource=2, evictIdleAfter=5
+        )
+        self.factory = ProxyWrappingFactory(self.echoes, self.clock)
+
+    def connect(self, proxy: str = "10.0.0.1") -> tuple[ProxyHeaderWrapper, _TCP]:
+        wrapper = self.factory.buildProtocol(IPv4Address("TCP", proxy, 1))
+        assert isinstance(wrapper, ProxyHeaderWrapper)
+        transport = _TCP(peerAddress=IPv4Address("TCP", proxy, 55555))
+        wrapper.makeConnection(transport)
+        return wrapper, transport
+
+    def header(self, client: str) -> bytes:
+        return f"PROXY TCP4 {client} 192.0.2.1 40000 7\r\n".encode()
+
+    def test_headerlessConnectionsHitTheLimits(self) -> None:
+        with capturedLogs() as events:
+            held = [self.connect(f"10.0.0.{n}") for n in range(1, 7)]
+        self.assertEqual(
+            [transport.disconnecting for _, transport in held], [False] * 4 + [True] * 2
+        )
+        self.assertEqual(len(self.echoes.awaiting), 4)
+        self.assertEqual(self.echoes.refused, {"too many connections": 2})
+        self.assertEqual(
+            [e["event"] for e in events], ["connection.refused"]
+        )  # throttled
+        # The refused ones leave nothing behind when they go.
+        for wrapper, _ in held[4:]:
+            wrapper.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(self.echoes.awaiting), 4)
+
+    def test_perSourceOfTheProxyBeforeTheHeader(self) -> None:
+        self.connect()
+        self.connect()
+        _, third = self.connect()
+        self.assertTrue(third.disconnecting)
+        self.assertEqual(self.echoes.perSource, {"10.0.0.1": 2})
+
+    def test_headerMovesTheCountToTheClient(self) -> None:
+        first, _ = self.connect()
+        second, _ = self.connect()
+        first.dataReceived(self.header("203.0.113.7"))
+        self.assertEqual(self.echoes.perSource, {"10.0.0.1": 1, "203.0.113.7": 1})
+        self.assertEqual(self.echoes.accepted, 1)
+        second.dataReceived(self.header("203.0.113.7"))
+        self.assertEqual(self.echoes.perSource, {"203.0.113.7": 2})
+        # The proxy has room again; the client has none.
+        third, _ = self.connect()
+        with capturedLogs() as events:
+            third.dataReceived(self.header("203.0.113.7"))
+        self.assertTrue(third.transport.disconnecting)  # type: ignore[union-attr]
+        self.assertEqual(events[0]["source"], "203.0.113.7")
+        self.assertEqual(self.echoes.perSource, {"203.0.113.7": 2})
+        self.assertEqual(len(self.echoes.connections), 2)
+        self.assertEqual(self.echoes.awaiting, set())
+        third.connectionLost(Failure(ConnectionDone()))
+        for wrapper in (first, second):
+            wrapper.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.echoes.perSource, {})
+        self.assertEqual(self.echoes.connections, set())
+        self.assertEqual((self.echoes.accepted, self.echoes.closed), (2, 2))
+
+    def test_everyEndBeforeTheHeaderReturnsTheCount(self) -> None:
+        lost, _ = self.connect()
+        timedOut, _ = self.connect()
+        bad, _ = self.connect("10.0.0.2")
+        lost.connectionLost(Failure(ConnectionDone()))
+        bad.dataReceived(b"GET / HTTP/1.0\r\n")
+        bad.connectionLost(Failure(ConnectionDone()))
+        self.clock.advance(self.factory.headerTimeout)
+        timedOut.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.echoes.awaiting, set())
+        self.assertEqual(self.echoes.perSource, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_headerlessConnectionIsEvictable(self) -> None:
+        held = [self.connect(f"10.0.0.{n}") for n in range(1, 5)]
+        for _ in range(60):
+            self.clock.advance(0.1)
+        with capturedLogs() as events:
+            newcomer, transport = self.connect("10.0.0.9")
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.echoes.evicted, 1)
+        self.assertEqual([e["event"] for e in events], ["connection.evicted"])
+        victims = [w for w, t in held if t.disconnected]
+        self.assertEqual(len(victims), 1)
+        victims[0].connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(self.echoes.awaiting), 4)
+        self.assertEqual(sum(self.echoes.perSource.values()), 4)
+
+    def test_drainClosesHeaderlessConnections(self) -> None:
+        wrapper, transport = self.connect()
+        done = self.echoes.drain(5)
+        self.successResultOf(done)
+        self.assertTrue(transport.disconnected)
+        wrapper.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.echoes.perSource, {})
+
+
+class UnixPeerNameTests(SynchronousTestCase):
+    def test_peerChosenNameIsEscaped(self) -> None:
+        """
+        A UNIX client binds its socket to any name it likes; logs escape it.
+        """
+        clock = MemoryReactorClock()
+        factory = ProxyWrappingFactory(EchoFactory(clock), clock)
+        wrapper = factory.buildProtocol(None)
+        assert wrapper is not None
+        transport = _TCP(peerAddress=UNIXAddress(b"/tmp/\x1b[2J\n\x00fake"))
+        wrapper.makeConnection(transport)
+        with capturedLogs() as events:
+            wrapper.dataReceived(b"nonsense\r\n")
+        text = formatEvent(events[0])
+        self.assertIn("unix:/tmp/\\x1b[2J\\x0a\\x00fake", text)

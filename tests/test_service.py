@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from echotwist import Echo, EchoService, Listener
+from echotwist.proxy import parseNetwork
 from echotwist.service import CannotListen
 
 
@@ -92,6 +93,36 @@ class StartTests(SynchronousTestCase):
             e["description"] for e in events if e.get("event") == "listener.started"
         ]
         self.assertEqual(started, ["tcp:5000", "tcp:5001:interface=127.0.0.1"])
+
+    def test_untrustedProxyIsSaidOnce(self) -> None:
+        reactor = MemoryReactorClock()
+        service = EchoService(
+            ["haproxy:tcp:0", "haproxy:unix:/tmp/echo.sock", "tcp:0"], reactor=reactor
+        )
+        with capturedLogs() as events:
+            service.privilegedStartService()
+            service.startService()
+            service.stopService()
+            service.startService()
+        warnings = [e for e in events if e.get("event") == "proxy.untrusted"]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(
+            warnings[0]["listeners"], "haproxy:tcp:0, haproxy:unix:/tmp/echo.sock"
+        )
+
+    def test_trustedProxiesOrWorkersSayNothing(self) -> None:
+        for kwargs in ({"proxyFrom": ["10.0.0.0/8"]}, {"warnOpenProxy": False}):
+            reactor = MemoryReactorClock()
+            service = EchoService(["haproxy:tcp:0"], reactor=reactor, **kwargs)
+            with capturedLogs() as events:
+                service.privilegedStartService()
+                service.startService()
+            self.assertNotIn("proxy.untrusted", [e.get("event") for e in events])
+            (_, factory, _, _) = reactor.tcpServers[0]
+            self.assertEqual(
+                factory.trusted,
+                None if "warnOpenProxy" in kwargs else [parseNetwork("10.0.0.0/8")],
+            )
 
     def test_udpReadsWholeDatagrams(self) -> None:
         """

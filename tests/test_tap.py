@@ -82,10 +82,39 @@ class OptionsTests(SynchronousTestCase):
             "--idle-timeout=",
             "--metrics=",
             "--workers=",
+            "--ipv6-prefix=",
+            "--evict-idle-after=",
+            "--proxy-from=",
         ):
             (entry,) = (e for e in entries if option in e.split()[:2])
             self.assertIn("[default:", entry, option)
             self.assertIn("e.g.", entry, option)
+
+    def test_sourceOptions(self) -> None:
+        options = parse()
+        self.assertEqual(
+            (
+                options["ipv6-prefix"],
+                options["evict-idle-after"],
+                options["proxy-from"],
+            ),
+            (64, 10.0, None),
+        )
+        options = parse(
+            "--ipv6-prefix",
+            "56",
+            "--evict-idle-after",
+            "0",
+            "--proxy-from",
+            "10.0.0.0/8",
+            "--proxy-from",
+            "2001:db8::7",
+        )
+        self.assertEqual(options["ipv6-prefix"], 56)
+        self.assertEqual(options["evict-idle-after"], 0)
+        self.assertEqual(
+            [str(n) for n in options["proxy-from"]], ["10.0.0.0/8", "2001:db8::7/128"]
+        )
 
 
 class BadValueTests(SynchronousTestCase):
@@ -157,6 +186,22 @@ class BadValueTests(SynchronousTestCase):
         self.assertIn("0 or more", self.refused("--shutdown-timeout", "-1"))
         self.assertIn("0 or more", self.refused("--shutdown-timeout", "nan"))
 
+    def test_badSourceOptions(self) -> None:
+        for bad in ("0", "129", "64.5", "x"):
+            self.assertIn(
+                "is not an IPv6 prefix length (1-128)",
+                self.refused("--ipv6-prefix", bad),
+            )
+        self.assertIn("0 or more", self.refused("--evict-idle-after", "-1"))
+        self.assertIn(
+            "--proxy-from: '10.1.2.3/8' has host bits set",
+            self.refused("--proxy-from", "10.1.2.3/8"),
+        )
+        self.assertIn(
+            "--proxy-from: 'proxy' is not an IP address or network",
+            self.refused("--proxy-from", "proxy"),
+        )
+
 
 class MakeServiceTests(SynchronousTestCase):
     def test_workers(self) -> None:
@@ -167,6 +212,36 @@ class MakeServiceTests(SynchronousTestCase):
         assert isinstance(service, SupervisorService)
         self.assertEqual(service.wanted, 3)
         self.assertEqual(service.factory.maxConnections, 7)
+
+    def test_sourceOptionsReachTheBooksAndTheWorkers(self) -> None:
+        from echotwist.proxy import ProxyEndpoint
+        from echotwist.supervisor import SupervisorService
+
+        argv = (
+            "--listen",
+            "haproxy:tcp:0:interface=127.0.0.1",
+            "--ipv6-prefix",
+            "48",
+            "--evict-idle-after",
+            "3",
+            "--proxy-from",
+            "10.0.0.0/8",
+        )
+        service = makeService(parse(*argv))
+        assert isinstance(service, EchoService)
+        self.assertEqual(service.factory.ipv6Prefix, 48)
+        self.assertEqual(service.datagramPolicy.ipv6Prefix, 48)
+        self.assertEqual(service.factory.evictIdleAfter, 3)
+        (child,) = service
+        endpoint = child.endpoint  # type: ignore[attr-defined]
+        assert isinstance(endpoint, ProxyEndpoint)
+        self.assertEqual([str(n) for n in endpoint.trusted or []], ["10.0.0.0/8"])
+
+        supervisor = makeService(parse("--workers", "2", *argv))
+        assert isinstance(supervisor, SupervisorService)
+        self.assertEqual(supervisor.factory.ipv6Prefix, 48)
+        self.assertEqual(supervisor.factory.evictIdleAfter, 3)
+        self.assertEqual([str(n) for n in supervisor.proxyFrom or []], ["10.0.0.0/8"])
 
     def test_oneListenerEach(self) -> None:
         service = makeService(

@@ -5,6 +5,7 @@ real twistd with 2 and 3 workers.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -65,6 +66,24 @@ class SupervisionTests(SynchronousTestCase):
         self.assertEqual(sorted(self.supervisor.workers), [1, 2])
         args = self.spawned[0][1]
         self.assertEqual(args[1:3], ["-m", "echotwist.worker"])
+
+    def test_workersGetTheSourceOptions(self) -> None:
+        supervisor = SupervisorService(
+            [],
+            workers=1,
+            reactor=self.clock,
+            spawn=self.spawn,
+            ipv6Prefix=56,
+            evictIdleAfter=4,
+            proxyFrom=["10.0.0.0/8", "2001:db8::7"],
+        )
+        supervisor.startService()
+        self.addCleanup(supervisor.stopService)
+        config = json.loads(self.spawned[0][1][-1])
+        self.assertEqual(
+            (config["ipv6Prefix"], config["evictIdleAfter"], config["proxyFrom"]),
+            (56, 4, ["10.0.0.0/8", "2001:db8::7/128"]),
+        )
 
     def test_healthyWorkerIsReplacedAtOnce(self) -> None:
         self.supervisor.startService()
