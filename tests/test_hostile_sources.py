@@ -212,6 +212,10 @@ class HeaderlessTests(ServerTestCase):
             "20",
             "--max-per-source",
             "0",
+            # Refusals only: a slow machine must not turn some into
+            # evictions of header-less connections past 10 s.
+            "--evict-idle-after",
+            "0",
             "--no-connection-logs",
         )
         port = server.port
