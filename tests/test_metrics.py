@@ -85,6 +85,40 @@ class CollectorTests(SynchronousTestCase):
             self.assertEqual(found[key], value, key)
         self.assertIn(("process_resident_memory_bytes", ()), found)
 
+    def test_evictionsHeaderlessAndSources(self) -> None:
+        from twisted.internet.address import IPv6Address
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from echotwist.proxy import ProxyWrappingFactory
+
+        clock = MemoryReactorClock()
+        factory = EchoFactory(clock, maxConnections=3, evictIdleAfter=1)
+        policy = DatagramPolicy(rate=0, clock=clock)
+        for n in (1, 2):
+            protocol = factory.buildProtocol(None)
+            assert protocol is not None
+            protocol.makeConnection(
+                StringTransport(peerAddress=IPv6Address("TCP", f"2001:db8::{n}", 1))
+            )
+        proxied = ProxyWrappingFactory(factory, clock).buildProtocol(None)
+        assert proxied is not None
+        proxied.makeConnection(StringTransport())  # no header yet
+        collector = EchoCollector(lambda: stats(factory, policy), lambda: 1)
+        found = samples(generate_latest(registryFor(collector)).decode())
+        self.assertEqual(found[("echotwist_connections_awaiting_header", ())], 1)
+        self.assertEqual(found[("echotwist_sources_open", ())], 2)  # /64, proxy
+        self.assertEqual(found[("echotwist_connections_evicted_total", ())], 0)
+        for _ in range(20):
+            clock.advance(0.25)
+        connect(factory)  # full: evicts the one idle longest
+        found = samples(generate_latest(registryFor(collector)).decode())
+        self.assertEqual(found[("echotwist_connections_evicted_total", ())], 1)
+        self.assertEqual(
+            found[("echotwist_connections_open", ())]
+            + found[("echotwist_connections_awaiting_header", ())],
+            3,
+        )
+
 
 class AddStatsTests(SynchronousTestCase):
     def test_sumsNestedCounts(self) -> None:
