@@ -76,7 +76,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from echotwist._address import DEFAULT_IPV6_PREFIX, formatAddress, sourceGroup
+from echotwist._address import (
+    DEFAULT_IPV6_PREFIX,
+    escape,
+    formatAddress,
+    sourceGroup,
+)
 from echotwist.limits import ThrottledLog
 from echotwist.proxy import ProxyHeaderWrapper
 
@@ -421,7 +426,9 @@ class Echo(Protocol):
         elif reason.check(ConnectionDone):
             why = "client closed the connection"
         else:
-            why = reason.getErrorMessage()
+            # The transport's words (TLS errors quote the library's): one
+            # plain line whatever they hold.
+            why = escape(reason.getErrorMessage())
         self.factory.connectionClosed(self, why)
 
     def closeWhenFlushed(self, reason: str) -> None:
