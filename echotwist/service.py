@@ -32,10 +32,11 @@ from twisted.logger import Logger
 from echotwist._address import DEFAULT_IPV6_PREFIX, formatAddress
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
 from echotwist.proxy import Network, ProxyEndpoint, ProxyWrappingFactory, parseNetwork
-from echotwist.stream import Echo, EchoFactory, SplicingServer
+from echotwist.stream import DEFAULT_DRAIN_QUIET, Echo, EchoFactory, SplicingServer
 
 __all__ = [
     "CannotListen",
+    "DEFAULT_DRAIN_QUIET",
     "DEFAULT_EVICT_IDLE_AFTER",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_IPV6_PREFIX",
@@ -372,9 +373,9 @@ class EchoService(MultiService):
     An echo server: one L{EchoFactory} behind any number of stream listeners.
 
     Stopping it (SIGTERM or SIGINT under twistd) stops accepting at once,
-    lets every open connection finish what it was sent, and closes each as
-    soon as it is quiet; whatever is still open after C{shutdownTimeout}
-    seconds is aborted.
+    lets every open connection finish what it was sent, and closes each
+    once it has been quiet for C{drainQuiet} seconds; whatever is still
+    open after C{shutdownTimeout} seconds is aborted.
 
     @ivar factory: the L{EchoFactory} every listener shares.
     """
@@ -389,6 +390,7 @@ class EchoService(MultiService):
         maxPerSource: int = DEFAULT_MAX_PER_SOURCE,
         idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
         shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        drainQuiet: float = DEFAULT_DRAIN_QUIET,
         logConnections: bool = True,
         metrics: Listener | str | None = None,
         ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
@@ -414,6 +416,9 @@ class EchoService(MultiService):
             before it is closed; 0 for never.
         @param shutdownTimeout: seconds a drain may take before the
             connections still open are aborted.
+        @param drainQuiet: during that drain, seconds a connection must go
+            without activity before it is closed; 0 to wait for the client
+            until the shutdown timeout.
         @param logConnections: log each connection opened and closed.
         @param metrics: where to serve Prometheus metrics at C{/metrics}, as
             a server endpoint description; None for nowhere.
@@ -441,6 +446,7 @@ class EchoService(MultiService):
             logConnections=logConnections,
             ipv6Prefix=ipv6Prefix,
             evictIdleAfter=evictIdleAfter,
+            drainQuiet=drainQuiet,
         )
         self.datagramPolicy = DatagramPolicy(udpRate, reactor, ipv6Prefix=ipv6Prefix)
         self.shutdownTimeout = shutdownTimeout

@@ -85,7 +85,13 @@ from echotwist._address import (
 from echotwist.limits import ThrottledLog
 from echotwist.proxy import ProxyHeaderWrapper
 
-__all__ = ["CONNECTION_REFUSALS", "EVICTED", "Echo", "EchoFactory"]
+__all__ = [
+    "CONNECTION_REFUSALS",
+    "DEFAULT_DRAIN_QUIET",
+    "EVICTED",
+    "Echo",
+    "EchoFactory",
+]
 
 log = Logger()
 
@@ -153,6 +159,15 @@ class _SharedPipe:
                 os.close(fd)
 
 
+#: Seconds a connection must be quiet during a drain before it is closed.
+#: A client that pauses between writes (a paced upload, a human at a
+#: terminal) keeps its stream up to this long a pause; each connection holds
+#: the shutdown that long at least once it stops.
+DEFAULT_DRAIN_QUIET = 2.0
+
+#: Quiet checks per quiet period (see L{Echo._scheduleQuietCheck}).
+QUIET_CHECKS = 4
+
 #: Why a connection can be refused, as logged and counted.
 TOO_MANY = "too many connections"
 TOO_MANY_FROM_SOURCE = "too many connections from this source"
@@ -184,11 +199,6 @@ class Echo(Protocol):
     #: its IPv6 network (None for UNIX sockets); interned, so a source's
     #: connections share one string.
     source: str | None = None
-    #: While draining, a connection is quiet, and closes, once this many
-    #: seconds pass with nothing received and nothing backed up.  Long
-    #: enough for the next segment of a burst already on its way to land.
-    quietPeriod = 0.05
-
     # Why the server closed the connection, once it decided to; None while
     # the connection is open or when the client was the one to close.
     _closeReason: str | None = None
@@ -196,10 +206,13 @@ class Echo(Protocol):
     # the transport asked us, its producer, to stop (Twisted's path), or a
     # direct send left something unsent.
     _paused = False
-    # Shutting down: close as soon as the connection is quiet.
+    # Shutting down: close once the connection has been quiet for the
+    # factory's drainQuiet.
     _draining = False
-    # bytesEchoed when the quiet check was scheduled.
+    # Activity (bytes echoed plus backlogs drained) at the last quiet check,
+    # and how many checks in a row have seen none since.
     _quietMark = 0
+    _quietTicks = 0
     _quietCheck: IDelayedCall | None = None
     # Refused by a limit: never counted in the books.
     _refused = False
@@ -457,19 +470,31 @@ class Echo(Protocol):
     def drain(self) -> None:
         """
         The server is shutting down: keep echoing, and close the connection
-        as soon as it is quiet: when L{quietPeriod} passed with nothing new
-        to read and reading is not paused for a backlog.
+        once it has been quiet for the factory's C{drainQuiet} seconds:
+        nothing received, nothing drained to the reader, reading not paused
+        for a backlog.  With C{drainQuiet} 0 it is left to the client (or
+        the drain's deadline).
         """
         if self._closeReason is not None or self._draining:
             return
         self._draining = True
+        self._quietMark = self._activity()
+        self._quietTicks = 0
         self._scheduleQuietCheck()
 
+    def _activity(self) -> int:
+        return self.bytesEchoed + self._resumes
+
     def _scheduleQuietCheck(self) -> None:
-        if self._quietCheck is None and not self._paused:
-            self._quietMark = self.bytesEchoed
+        quiet = self.factory.drainQuiet
+        if self._quietCheck is None and not self._paused and quiet > 0:
+            # Looked at QUIET_CHECKS times a period rather than once: a
+            # connection closes between one period and a period and a
+            # quarter after its last byte, where checking once a period
+            # could take up to two.  No clock read or timer reset in the
+            # data path: the check compares counters.
             self._quietCheck = self.factory.reactor.callLater(
-                self.quietPeriod, self._closeIfQuiet
+                quiet / QUIET_CHECKS, self._closeIfQuiet
             )
 
     def _cancelQuietCheck(self) -> None:
@@ -482,10 +507,16 @@ class Echo(Protocol):
         if self._paused:
             # resumeProducing looks again once the backlog is sent.
             return
-        if self.bytesEchoed != self._quietMark:
-            self._scheduleQuietCheck()
-            return
-        self.closeWhenFlushed("server shutting down")
+        activity = self._activity()
+        if activity != self._quietMark:
+            self._quietMark = activity
+            self._quietTicks = 0
+        else:
+            self._quietTicks += 1
+            if self._quietTicks >= QUIET_CHECKS:
+                self.closeWhenFlushed("server shutting down")
+                return
+        self._scheduleQuietCheck()
 
     # IPushProducer: the transport calls these as its send buffer fills up
     # and drains; we pass them on to the transport's reading side.
@@ -499,6 +530,10 @@ class Echo(Protocol):
         self._resumes += 1
         self.transport.resumeProducing()
         if self._draining:
+            # The reader took its backlog: that is activity, and the quiet
+            # period starts over.
+            self._quietMark = self._activity()
+            self._quietTicks = 0
             self._scheduleQuietCheck()
 
     def stopProducing(self) -> None:
@@ -595,6 +630,9 @@ class EchoFactory(Factory):
         once their header is in).
     @ivar closed: admitted connections closed so far, evicted ones too.
     @ivar evicted: connections closed so far to admit a new client.
+    @ivar drainQuiet: during a drain, seconds a connection must go without
+        activity before it is closed; 0 to leave it open until the client
+        closes or the drain's deadline passes.
     @ivar bytesOfClosed: bytes echoed by the connections closed so far.
     @ivar refused: connections refused so far, by reason.
     """
@@ -612,6 +650,7 @@ class EchoFactory(Factory):
         logConnections: bool = True,
         ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
         evictIdleAfter: float = 0,
+        drainQuiet: float = DEFAULT_DRAIN_QUIET,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -625,6 +664,7 @@ class EchoFactory(Factory):
         self.idleTimeout = idleTimeout
         self.evictIdleAfter = evictIdleAfter
         self.logConnections = logConnections
+        self.drainQuiet = drainQuiet
         self.accepted = 0
         self.closed = 0
         self.evicted = 0

@@ -190,6 +190,7 @@ class SupervisorService(EchoService):
             if self.proxyFrom is None
             else [str(network) for network in self.proxyFrom],
             "shutdownTimeout": self.shutdownTimeout,
+            "drainQuiet": factory.drainQuiet,
             "logConnections": factory.logConnections,
             "controlFileno": _CONTROL_OUT,
         }

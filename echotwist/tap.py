@@ -13,6 +13,7 @@ from twisted.python import usage
 
 from echotwist.proxy import parseNetwork
 from echotwist.service import (
+    DEFAULT_DRAIN_QUIET,
     DEFAULT_EVICT_IDLE_AFTER,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_IPV6_PREFIX,
@@ -180,6 +181,17 @@ class Options(usage.Options):
             _seconds,
         ],
         [
+            "drain-quiet",
+            None,
+            DEFAULT_DRAIN_QUIET,
+            "On SIGTERM or SIGINT, close an open connection once it has been"
+            " quiet (nothing received, no echo waiting) for this many seconds:"
+            " longer keeps clients that pause between writes, shorter ends the"
+            " shutdown sooner; 0 waits for each client until"
+            " --shutdown-timeout (e.g. --drain-quiet 5).",
+            _seconds,
+        ],
+        [
             "udp-rate",
             None,
             DEFAULT_UDP_RATE,
@@ -306,6 +318,7 @@ def makeService(options: Options) -> IService:
         "evictIdleAfter": options["evict-idle-after"],
         "proxyFrom": options["proxy-from"],
         "shutdownTimeout": options["shutdown-timeout"],
+        "drainQuiet": options["drain-quiet"],
         "logConnections": not options["no-connection-logs"],
         "metrics": options["metrics"],
     }

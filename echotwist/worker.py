@@ -178,6 +178,7 @@ def main(argv: list[str]) -> None:
         # The supervisor said it, once.
         warnOpenProxy=False,
         shutdownTimeout=config["shutdownTimeout"],
+        drainQuiet=config["drainQuiet"],
         logConnections=config["logConnections"],
         reactor=reactor,
     )

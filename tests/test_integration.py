@@ -15,9 +15,11 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
+from echotwist.stream import DEFAULT_DRAIN_QUIET
 from tests._clients import echoOnce, exchange, readUntilClosed
-from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
+from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 
+KiB = 1024
 MiB = 1024 * 1024
 _PR_CAPBSET_DROP = 24
 _CAP_NET_BIND_SERVICE = 10
@@ -128,6 +130,96 @@ class LifecycleTests(ServerTestCase):
 
     def test_sigint(self) -> None:
         self.drainsOn(signal.SIGINT)
+
+    def pacedUpload(
+        self, server: Server, *, chunks: int = 32, signalAfter: int = 8
+    ) -> tuple[bytes, bytes, bool]:
+        """
+        A client sends C{chunks} 64 KiB writes 200 ms apart, reading its
+        echo as it goes, and SIGTERM reaches the server after
+        C{signalAfter} of them.  Once everything is sent the client keeps
+        reading (without closing) until the server closes.
+
+        @return: what was sent, what came back, and whether the server
+            closed with a FIN (rather than a reset).
+        """
+        payload = os.urandom(chunks * 64 * KiB)
+        received = bytearray()
+        client = socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
+        self.addCleanup(client.close)
+        client.setblocking(False)
+        server.waitFor(r" connected$")
+        sent = 0
+        nextWrite = time.monotonic()
+        deadline = nextWrite + chunks * 0.2 + WAIT
+        eof = reset = False
+        while not (eof or reset):
+            now = time.monotonic()
+            self.assertLess(now, deadline, f"{len(received)} bytes back so far")
+            wantWrite = sent < len(payload) and now >= nextWrite
+            timeout = max(0.0, nextWrite - now) if sent < len(payload) else 1.0
+            readable, writable, _ = select.select(
+                [client], [client] if wantWrite else [], [], timeout
+            )
+            if readable:
+                try:
+                    chunk = client.recv(256 * KiB)
+                except ConnectionResetError:
+                    reset = True
+                    continue
+                if chunk:
+                    received += chunk
+                else:
+                    eof = True
+            if writable:
+                end = (sent // (64 * KiB) + 1) * 64 * KiB
+                try:
+                    sent += client.send(payload[sent:end])
+                except (BrokenPipeError, ConnectionResetError):
+                    reset = True
+                    continue
+                if sent == end:
+                    nextWrite = time.monotonic() + 0.2
+                    if sent == signalAfter * 64 * KiB:
+                        server.signal(signal.SIGTERM)
+        return payload, bytes(received), eof
+
+    def test_sigtermWaitsForAPausingClient(self) -> None:
+        """
+        A client that pauses 200 ms between 64 KiB writes keeps its stream
+        through a SIGTERM: it gets all 2 MiB back, then a clean close once
+        it has been quiet for the default drain quiet period.
+        """
+        server = self.start()
+        payload, received, eof = self.pacedUpload(server)
+        self.assertEqual(len(received), len(payload))
+        self.assertTrue(received == payload, "the echo differs from what was sent")
+        self.assertTrue(eof, "the server reset the connection")
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+        self.assertIn("Drain finished", server.output)
+
+    def test_drainQuietZeroWaitsForTheClient(self) -> None:
+        """
+        With --drain-quiet 0 a silent client keeps its connection until it
+        closes it itself, within --shutdown-timeout.
+        """
+        server = self.start(
+            "--port", f"tcp:0:interface={LOOPBACK}", "--drain-quiet", "0"
+        )
+        client = socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
+        self.addCleanup(client.close)
+        client.sendall(b"first")
+        self.assertEqual(client.recv(100), b"first")
+        server.signal(signal.SIGTERM)
+        server.waitFor(r"Draining 1 connection")
+        # Silent for three times the default quiet period: still served.
+        client.settimeout(3 * DEFAULT_DRAIN_QUIET)
+        with self.assertRaises(socket.timeout):
+            client.recv(100)
+        client.sendall(b"still here")
+        client.shutdown(socket.SHUT_WR)
+        self.assertEqual(readUntilClosed(client), (b"still here", "eof"))
+        self.assertEqual(server.wait(), -signal.SIGTERM)
 
     def test_sigsegvIsReportedAndThePortIsFreeAtOnce(self) -> None:
         server = self.start()

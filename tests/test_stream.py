@@ -147,9 +147,25 @@ class DrainTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.factory = EchoFactory(self.clock)
+        self.quiet = self.factory.drainQuiet
 
     def lose(self, protocol: Echo) -> None:
         protocol.connectionLost(Failure(ConnectionDone()))
+
+    def wait(self, seconds: float, step: float = 0.01) -> None:
+        """
+        Let C{seconds} pass in small steps, as a running reactor would: a
+        call scheduled during a step is due from that step on.
+        """
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
+    def test_defaultQuietPeriod(self) -> None:
+        """
+        Long enough for a client that pauses between writes: at least a
+        second.
+        """
+        self.assertGreaterEqual(EchoFactory(self.clock).drainQuiet, 1.0)
 
     def test_nothingOpen(self) -> None:
         self.successResultOf(self.factory.drain(10))
@@ -157,9 +173,9 @@ class DrainTests(SynchronousTestCase):
     def test_quietConnectionsCloseAfterTheQuietPeriod(self) -> None:
         first, second = connect(self.factory), connect(self.factory)
         drained = self.factory.drain(10)
-        self.clock.advance(Echo.quietPeriod * 0.9)
+        self.wait(self.quiet * 0.99)
         self.assertFalse(first.transport.disconnecting)
-        self.clock.advance(Echo.quietPeriod * 0.1)
+        self.wait(self.quiet * 0.05)
         self.assertTrue(first.transport.disconnecting)
         self.assertTrue(second.transport.disconnecting)
         self.lose(first)
@@ -167,6 +183,40 @@ class DrainTests(SynchronousTestCase):
         self.lose(second)
         self.successResultOf(drained)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_pausingClientIsKept(self) -> None:
+        """
+        A client that sends every 200 ms (64 KiB writes paced by a slow
+        link, say) is never cut during the drain, however long it goes on
+        within the deadline; once it stops, it is closed after between one
+        quiet period and a quarter more.
+        """
+        protocol = connect(self.factory)
+        drained = self.factory.drain(30)
+        for n in range(100):
+            protocol.dataReceived(b"%d," % n)
+            self.wait(0.2)
+            self.assertFalse(protocol.transport.disconnecting, n)
+        self.wait(self.quiet - 0.2 - 0.01)
+        self.assertFalse(protocol.transport.disconnecting)
+        self.wait(self.quiet / 4 + 0.05)
+        self.assertTrue(protocol.transport.disconnecting)
+        self.assertEqual(
+            protocol.transport.value(), b"".join(b"%d," % n for n in range(100))
+        )
+        self.lose(protocol)
+        self.successResultOf(drained)
+
+    def test_pauseLongerThanTheQuietPeriodIsCut(self) -> None:
+        """
+        The other side of the trade-off: a pause past the quiet period ends
+        the stream.
+        """
+        protocol = connect(self.factory)
+        self.factory.drain(30)
+        protocol.dataReceived(b"x")
+        self.wait(self.quiet * 1.3)
+        self.assertTrue(protocol.transport.disconnecting)
 
     def test_busyConnectionKeepsEchoing(self) -> None:
         """
@@ -177,12 +227,50 @@ class DrainTests(SynchronousTestCase):
         drained = self.factory.drain(10)
         for n in range(3):
             protocol.dataReceived(b"more %d" % n)
-            self.clock.advance(Echo.quietPeriod)
+            self.wait(self.quiet * 0.9)
             self.assertFalse(protocol.transport.disconnecting)
-        self.clock.advance(Echo.quietPeriod)
+        self.wait(self.quiet * 1.3)
         self.assertTrue(protocol.transport.disconnecting)
         self.assertEqual(protocol.transport.value(), b"more 0more 1more 2")
         self.lose(protocol)
+        self.successResultOf(drained)
+
+    def test_otherQuietPeriod(self) -> None:
+        factory = EchoFactory(self.clock, drainQuiet=0.05)
+        protocol = connect(factory)
+        factory.drain(10)
+        self.wait(0.049, 0.001)
+        self.assertFalse(protocol.transport.disconnecting)
+        # Each check runs at the first step after it is due: four checks
+        # may come up to four steps late.
+        self.wait(0.006, 0.001)
+        self.assertTrue(protocol.transport.disconnecting)
+
+    def test_zeroWaitsForTheClient(self) -> None:
+        """
+        With a quiet period of 0 a connection is left open, however quiet,
+        until the client closes it; no quiet check is scheduled at all.
+        """
+        factory = EchoFactory(self.clock, drainQuiet=0)
+        protocol = connect(factory)
+        drained = factory.drain(10)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the deadline
+        self.wait(9.9, 0.1)
+        self.assertFalse(protocol.transport.disconnecting)
+        protocol.dataReceived(b"late")
+        protocol.readConnectionLost()
+        self.assertTrue(protocol.transport.disconnecting)
+        self.lose(protocol)
+        self.successResultOf(drained)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_zeroStillHasTheDeadline(self) -> None:
+        factory = EchoFactory(self.clock, drainQuiet=0)
+        protocol = connect(factory)
+        drained = factory.drain(10)
+        self.clock.advance(10)
+        self.assertTrue(protocol.transport.disconnected)
+        protocol.connectionLost(Failure(ConnectionLost()))
         self.successResultOf(drained)
 
     def test_backedUpConnectionWaitsForItsReader(self) -> None:
@@ -193,7 +281,10 @@ class DrainTests(SynchronousTestCase):
         self.assertFalse(protocol.transport.disconnecting)
         self.assertEqual(self.clock.getDelayedCalls()[0].getTime(), 10)
         protocol.resumeProducing()
-        self.clock.advance(Echo.quietPeriod)
+        # The backlog drained just now: the quiet period starts over.
+        self.wait(self.quiet * 0.99)
+        self.assertFalse(protocol.transport.disconnecting)
+        self.wait(self.quiet * 0.05)
         self.assertTrue(protocol.transport.disconnecting)
         self.lose(protocol)
         self.successResultOf(drained)
@@ -218,7 +309,7 @@ class DrainTests(SynchronousTestCase):
         first = connect(self.factory)
         drained = self.factory.drain(10)
         late = connect(self.factory)
-        self.clock.advance(Echo.quietPeriod)
+        self.wait(self.quiet * 1.05)
         self.assertTrue(late.transport.disconnecting)
         self.lose(first)
         self.lose(late)
@@ -228,7 +319,7 @@ class DrainTests(SynchronousTestCase):
         protocol = connect(self.factory)
         protocol.readConnectionLost()
         drained = self.factory.drain(10)
-        self.clock.advance(Echo.quietPeriod)
+        self.wait(self.quiet * 1.5)
         with capturedLogs() as events:
             self.lose(protocol)
         self.successResultOf(drained)

@@ -67,6 +67,13 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(parse()["shutdown-timeout"], 10.0)
         self.assertEqual(parse("--shutdown-timeout", "2.5")["shutdown-timeout"], 2.5)
 
+    def test_drainQuiet(self) -> None:
+        self.assertEqual(parse()["drain-quiet"], 2.0)
+        self.assertEqual(parse("--drain-quiet", "0")["drain-quiet"], 0.0)
+        service = makeService(parse("--drain-quiet", "7.5"))
+        assert isinstance(service, EchoService)
+        self.assertEqual(service.factory.drainQuiet, 7.5)
+
     def test_everyOptionHelpSaysDefaultAndExample(self) -> None:
         text = str(Options())
         # Each option's entry starts on a line of its own: "  -p, --port=".
@@ -80,6 +87,7 @@ class OptionsTests(SynchronousTestCase):
             "--max-connections=",
             "--max-per-source=",
             "--idle-timeout=",
+            "--drain-quiet=",
             "--metrics=",
             "--workers=",
             "--ipv6-prefix=",
@@ -185,6 +193,7 @@ class BadValueTests(SynchronousTestCase):
         )
         self.assertIn("0 or more", self.refused("--shutdown-timeout", "-1"))
         self.assertIn("0 or more", self.refused("--shutdown-timeout", "nan"))
+        self.assertIn("0 or more", self.refused("--drain-quiet", "-1"))
 
     def test_badSourceOptions(self) -> None:
         for bad in ("0", "129", "64.5", "x"):

@@ -85,6 +85,20 @@ class SupervisionTests(SynchronousTestCase):
             (56, 4, ["10.0.0.0/8", "2001:db8::7/128"]),
         )
 
+    def test_workersGetTheDrainOptions(self) -> None:
+        supervisor = SupervisorService(
+            [],
+            workers=1,
+            reactor=self.clock,
+            spawn=self.spawn,
+            shutdownTimeout=30,
+            drainQuiet=0,
+        )
+        supervisor.startService()
+        self.addCleanup(supervisor.stopService)
+        config = json.loads(self.spawned[0][1][-1])
+        self.assertEqual((config["shutdownTimeout"], config["drainQuiet"]), (30, 0))
+
     def test_healthyWorkerIsReplacedAtOnce(self) -> None:
         self.supervisor.startService()
         self.addCleanup(self.supervisor.stopService)
