@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import errno
 import faulthandler
+import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
@@ -18,7 +19,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import tcp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
@@ -97,18 +98,17 @@ def parseListener(description: str, reactor: Any = None) -> Listener:
         # place (see echotwist.proxy for why).
         if text.startswith(_PROXY_PREFIX):
             endpoint: IStreamServerEndpoint = ProxyEndpoint(
-                serverFromString(reactor, text[len(_PROXY_PREFIX) :]), reactor
+                _serverFromString(reactor, text[len(_PROXY_PREFIX) :]), reactor
             )
         else:
-            endpoint = serverFromString(reactor, text)
+            endpoint = _serverFromString(reactor, text)
     except (IndexError, KeyError) as e:
-        if not text.startswith("systemd:"):
+        if "systemd:" not in text:
             raise ValueError(f"{description!r}: {e}") from None
-        # Twisted adopts only what LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES
-        # (systemd 227 and later) all describe, for this very process.
         raise ValueError(
-            f"{description!r}: systemd passed no such socket to this process"
-            " (LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES must describe it)"
+            f"{description!r}: no such socket was passed to this process"
+            " (LISTEN_FDS and LISTEN_PID must describe it, and for name=,"
+            " LISTEN_FDNAMES too)"
         ) from None
     except Exception as e:
         raise ValueError(
@@ -117,6 +117,95 @@ def parseListener(description: str, reactor: Any = None) -> Listener:
             f" tcp:5000:interface=127.0.0.1, unix:/run/echo.sock"
         ) from None
     return Listener(text, endpoint)
+
+
+_SYSTEMD_PREFIX = "systemd:"
+#: The first descriptor a socket activator passes (SD_LISTEN_FDS_START).
+_LISTEN_FDS_START = 3
+
+
+def _serverFromString(reactor: Any, text: str) -> IStreamServerEndpoint:
+    """
+    Twisted's C{serverFromString}, except that C{systemd:...:index=N} also
+    adopts a socket passed without names.
+
+    Twisted's systemd parser looks descriptors up in
+    L{twisted.python.systemd.ListenFDs.fromEnvironment}, which returns none
+    at all unless C{LISTEN_FDNAMES} names every one of C{LISTEN_FDS}.
+    sd_listen_fds(3) makes the names optional, and socket activators other
+    than systemd itself (C{systemd-socket-activate} without C{--fdname},
+    and others that implement only C{LISTEN_FDS}/C{LISTEN_PID}) leave them
+    out; an index is all it takes to find such a socket.  Where the names
+    are there, or C{name=} is asked for, Twisted's parser does the work.
+    """
+    if text.startswith(_SYSTEMD_PREFIX):
+        index = _unnamedSystemdSocket(
+            text[len(_SYSTEMD_PREFIX) :], _activationEnvironment()
+        )
+        if index is not None:
+            fileno, family = index
+            return AdoptedStreamServerEndpoint(reactor, fileno, family)
+    endpoint: IStreamServerEndpoint = serverFromString(reactor, text)
+    return endpoint
+
+
+_ACTIVATION_VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+
+
+def _activationEnvironment(
+    initial: str = "/proc/self/environ",
+) -> dict[str, str]:
+    """
+    The socket activation variables this process was started with.
+
+    Importing L{twisted.internet.endpoints} runs
+    C{ListenFDs.fromEnvironment()}, which deletes C{LISTEN_PID} and
+    C{LISTEN_FDS} from C{os.environ} whenever they name this process, even
+    when it then adopts nothing for want of names.  The environment the
+    process was started with (C{/proc/self/environ} on Linux) still has
+    them.
+    """
+    found = {k: os.environ[k] for k in _ACTIVATION_VARIABLES if k in os.environ}
+    if "LISTEN_FDS" in found:
+        return found
+    try:
+        with open(initial, "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:
+        return found
+    for entry in entries:
+        key, _, value = entry.decode("utf-8", "replace").partition("=")
+        if key in _ACTIVATION_VARIABLES:
+            found.setdefault(key, value)
+    return found
+
+
+def _unnamedSystemdSocket(
+    arguments: str, environ: Mapping[str, str]
+) -> tuple[int, int] | None:
+    """
+    The descriptor and address family that C{systemd:} C{arguments} (such
+    as C{domain=INET:index=0}) mean when C{environ} passes sockets to this
+    process without names; None where Twisted's own parser applies.
+
+    @raise IndexError: the index is not one of the sockets passed.
+    @raise ValueError: an argument is not understood.
+    """
+    if "LISTEN_FDNAMES" in environ:
+        return None
+    fields = dict(field.partition("=")[::2] for field in arguments.split(":"))
+    if "index" not in fields or "name" in fields or set(fields) - {"domain", "index"}:
+        return None
+    if environ.get("LISTEN_PID") != str(os.getpid()):
+        raise IndexError("LISTEN_PID is not this process")
+    count = environ.get("LISTEN_FDS", "")
+    index = fields["index"]
+    if not (count.isdigit() and index.isdigit()) or int(index) >= int(count):
+        raise IndexError(f"index {index} of LISTEN_FDS={count!r}")
+    family = getattr(socket, "AF_" + fields.get("domain", ""), None)
+    if not isinstance(family, int):
+        raise ValueError(f"unknown domain {fields.get('domain')!r}")
+    return _LISTEN_FDS_START + int(index), family
 
 
 class DatagramListener(NamedTuple):

@@ -5,9 +5,12 @@ EchoService: listeners, start-up errors, and the drain on stop.
 from __future__ import annotations
 
 import errno
+import os
+from socket import AF_INET, AF_INET6
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
@@ -17,9 +20,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
+import echotwist.service as serviceModule
 from echotwist import Echo, EchoService, Listener
-from echotwist.proxy import parseNetwork
-from echotwist.service import CannotListen
+from echotwist.proxy import ProxyEndpoint, parseNetwork
+from echotwist.service import CannotListen, _unnamedSystemdSocket, parseListener
 
 
 @implementer(IListeningPort)
@@ -229,3 +233,96 @@ class StopTests(SynchronousTestCase):
         self.assertTrue(transport.disconnected)
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(stopped)
+
+
+class UnnamedSystemdSocketTests(SynchronousTestCase):
+    """
+    C{systemd:...:index=N} when the sockets come without LISTEN_FDNAMES, as
+    C{systemd-socket-activate} without C{--fdname} passes them.
+    """
+
+    def environ(self, **variables: str) -> None:
+        self.patch(serviceModule, "_activationEnvironment", lambda: variables)
+
+    def test_environmentTwistedDeleted(self) -> None:
+        """
+        Importing twisted.internet.endpoints deletes LISTEN_PID and
+        LISTEN_FDS from os.environ; the initial environment still has them.
+        """
+        initial = self.mktemp()
+        with open(initial, "wb") as f:
+            f.write(b"HOME=/\0LISTEN_FDS=2\0LISTEN_PID=42\0")
+        self.patch(os, "environ", {"HOME": "/"})
+        self.assertEqual(
+            serviceModule._activationEnvironment(initial),
+            {"LISTEN_FDS": "2", "LISTEN_PID": "42"},
+        )
+        # What os.environ has now wins over how the process started.
+        self.patch(os, "environ", {"LISTEN_FDS": "1", "LISTEN_PID": "7"})
+        self.assertEqual(
+            serviceModule._activationEnvironment(initial),
+            {"LISTEN_FDS": "1", "LISTEN_PID": "7"},
+        )
+        self.patch(os, "environ", {})
+        self.assertEqual(serviceModule._activationEnvironment(initial + ".missing"), {})
+
+    def adopted(self, description: str) -> tuple[int, int]:
+        reactor = MemoryReactorClock()
+        endpoint = parseListener(description, reactor).endpoint
+        # Not listened on: adopting closes the descriptor it was given, and
+        # 3 and 4 here are the test runner's own.
+        assert isinstance(endpoint, AdoptedStreamServerEndpoint)
+        self.assertIs(endpoint.reactor, reactor)
+        return endpoint.fileno, endpoint.addressFamily
+
+    def test_indexWithoutNames(self) -> None:
+        self.environ(LISTEN_FDS="2", LISTEN_PID=str(os.getpid()))
+        self.assertEqual(self.adopted("systemd:domain=INET:index=0"), (3, AF_INET))
+        self.assertEqual(self.adopted("systemd:domain=INET6:index=1"), (4, AF_INET6))
+
+    def test_behindTheProxyWrapper(self) -> None:
+        self.environ(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+        listener = parseListener("haproxy:systemd:domain=INET:index=0")
+        self.assertIsInstance(listener.endpoint, ProxyEndpoint)
+
+    def test_namesLeaveItToTwisted(self) -> None:
+        environ = {
+            "LISTEN_FDS": "1",
+            "LISTEN_PID": str(os.getpid()),
+            "LISTEN_FDNAMES": "echo",
+        }
+        self.assertIsNone(_unnamedSystemdSocket("domain=INET:index=0", environ))
+        del environ["LISTEN_FDNAMES"]
+        self.assertIsNone(_unnamedSystemdSocket("domain=INET:name=echo", environ))
+        self.assertEqual(
+            _unnamedSystemdSocket("domain=INET:index=0", environ), (3, AF_INET)
+        )
+
+    def test_notForThisProcess(self) -> None:
+        """
+        LISTEN_PID names another process (a parent that was passed the
+        sockets): they are not ours to take.
+        """
+        self.environ(LISTEN_FDS="1", LISTEN_PID=str(os.getpid() + 1))
+        with self.assertRaises(ValueError) as caught:
+            parseListener("systemd:domain=INET:index=0", MemoryReactorClock())
+        self.assertIn("no such socket was passed", str(caught.exception))
+        self.assertNotIn("\n", str(caught.exception))
+
+    def test_indexPastTheSocketsPassed(self) -> None:
+        self.environ(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+        with self.assertRaises(ValueError) as caught:
+            parseListener("systemd:domain=INET:index=1", MemoryReactorClock())
+        self.assertIn("no such socket was passed", str(caught.exception))
+
+    def test_nothingPassed(self) -> None:
+        self.environ()
+        with self.assertRaises(ValueError) as caught:
+            parseListener("systemd:domain=INET:index=0", MemoryReactorClock())
+        self.assertIn("LISTEN_FDS and LISTEN_PID", str(caught.exception))
+
+    def test_unknownDomain(self) -> None:
+        self.environ(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+        with self.assertRaises(ValueError) as caught:
+            parseListener("systemd:domain=INETX:index=0", MemoryReactorClock())
+        self.assertIn("INETX", str(caught.exception))

@@ -243,6 +243,35 @@ class SystemdTests(ServerTestCase):
         self.assertEqual(echoOnce((LOOPBACK, port), payload), payload)
         server.waitFor(rf"Listening on 127\.0\.0\.1:{port} \(systemd:")
 
+    def test_socketActivationWithoutNames(self) -> None:
+        """
+        systemd-socket-activate without --fdname passes LISTEN_FDS and
+        LISTEN_PID but no LISTEN_FDNAMES, as sd_listen_fds(3) allows:
+        index=0 still adopts the socket.
+        """
+        activate = requireTool("systemd-socket-activate", "systemd")
+        port = freePort()
+        server = self.start(
+            "echo",
+            "--listen",
+            "systemd:domain=INET:index=0",
+            runner=[
+                activate,
+                "--listen",
+                f"{LOOPBACK}:{port}",
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+            ],
+        )
+        server.waitFor(r"Listening on ")
+        payload = os.urandom(256 * KiB)
+        self.assertEqual(echoOnce((LOOPBACK, port), payload), payload)
+        server.waitFor(
+            rf"Listening on 127\.0\.0\.1:{port} \(systemd:domain=INET:index=0\)"
+        )
+        self.assertNotIn("Traceback", server.output)
+
 
 def sendThenRead(client: socket.socket, payload: bytes) -> bytes:
     """
