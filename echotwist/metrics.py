@@ -10,19 +10,41 @@ O(open connections) and the data path pays nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from io import BytesIO
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocolFactory,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from echotwist._address import formatAddress
 from echotwist.datagram import DATAGRAM_REFUSALS
+from echotwist.limits import ThrottledLog
 from echotwist.stats import Stats
 from echotwist.stream import CONNECTION_REFUSALS
 
-__all__ = ["EchoCollector", "metricsSite", "registryFor"]
+__all__ = [
+    "MAX_METRICS_CONNECTIONS",
+    "METRICS_CONNECTION_LIFETIME",
+    "EchoCollector",
+    "MetricsGuard",
+    "metricsSite",
+    "registryFor",
+]
 
 
 class EchoCollector:
@@ -126,6 +148,78 @@ def registryFor(collector: EchoCollector) -> CollectorRegistry:
     return registry
 
 
+#: Metrics connections open at once.  One more is closed as soon as it is
+#: accepted: a scrape storm costs an accept and a close each, and the echo
+#: in the same reactor keeps its turn.  A Prometheus server holds one
+#: connection per target; 16 leave room for a few of them, a curl or two,
+#: and a health checker.
+MAX_METRICS_CONNECTIONS = 16
+
+#: Seconds a metrics connection may stay open, whatever it is doing.  A
+#: scrape takes milliseconds; a client that dribbles its request, never
+#: reads the answer or just holds the connection loses its place after
+#: this.  Scrapers that keep connections alive open a new one.
+METRICS_CONNECTION_LIFETIME = 5.0
+
+log = Logger()
+
+
+class _MetricsRequest(Request):
+    """
+    A request to the metrics site: GET or HEAD, without a body.
+
+    twisted.web reads a request's whole body before the resource sees the
+    request, into memory or, past 100 KB (and for any chunked body), into a
+    temporary file.  Metrics take no input, so a request that announces a
+    body, or uses any other method, is answered at once (405 or 413) and
+    its connection closed; nothing it sends is kept.
+    """
+
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        method = getattr(self.channel, "_command", b"")
+        if method not in (b"GET", b"HEAD"):
+            self._refuse(b"405 Method Not Allowed", b"Allow: GET, HEAD\r\n")
+        elif length != 0:
+            # None: a chunked body, of any length.
+            self._refuse(b"413 Content Too Large", b"")
+        else:
+            super().gotLength(length)
+
+    def _refuse(self, status: bytes, headers: bytes) -> None:
+        self._refused = True
+        self.content = BytesIO()
+        channel = self.channel
+        assert channel.transport is not None
+        channel.transport.write(
+            b"HTTP/1.1 " + status + b"\r\n" + headers + b"Content-Length: 0\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        channel.loseConnection()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if not self._refused:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        # What a refused request sent before its connection closed can end
+        # up complete; it has had its answer.
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+
+class _MetricsSite(Site):
+    requestFactory = _MetricsRequest
+    noisy = False
+    displayTracebacks = False
+
+    def log(self, request: http.Request) -> None:
+        # No access log: a line per scrape says nothing an operator needs,
+        # and a scrape storm would make it the server's biggest cost.
+        pass
+
+
 class _MetricsPage(Resource):
     isLeaf = True
 
@@ -137,24 +231,119 @@ class _MetricsPage(Resource):
         self.refresh = refresh
 
     def render_GET(self, request: Request) -> bytes | int:
+        return self._render(request, head=False)
+
+    def render_HEAD(self, request: Request) -> bytes | int:
+        # Without its own render_HEAD, twisted.web fakes HEAD with GET and
+        # logs a line each time.
+        return self._render(request, head=True)
+
+    def _render(self, request: Request, head: bool) -> bytes | int:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         if self.refresh is None:
-            return generate_latest(self.registry)
+            return self._body(request, head)
+        # The scraper may leave while the workers are asked; finishing a
+        # request whose connection is gone raises.
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
 
         def render(_: object) -> None:
-            request.write(generate_latest(self.registry))
-            request.finish()
+            if not gone:
+                request.write(self._body(request, head))
+                request.finish()
 
         self.refresh().addCallback(render)
         return NOT_DONE_YET
 
+    def _body(self, request: Request, head: bool) -> bytes:
+        body = generate_latest(self.registry)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return b"" if head else body
+
+
+class _GuardedConnection(ProtocolWrapper):
+    """
+    A metrics connection, closed (reset) L{METRICS_CONNECTION_LIFETIME}
+    seconds after it opened.
+    """
+
+    factory: MetricsGuard
+    _expiry: IDelayedCall | None = None
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self._expiry = self.factory.reactor.callLater(
+            self.factory.lifetime, self._expire
+        )
+        super().makeConnection(transport)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        super().connectionLost(reason)
+
+
+class MetricsGuard(WrappingFactory):
+    """
+    Wraps the metrics site: at most C{maxConnections} connections at once
+    (one more is closed as it is accepted, and the refusal logged at most
+    once every 10 seconds), each closed C{lifetime} seconds after it opened.
+
+    Twisted's C{policies.ThrottlingFactory} caps connections too, but logs
+    a line for every connection it refuses; C{TimeoutFactory} times out
+    idleness only, which a client sending a byte at a time never reaches.
+    """
+
+    protocol = _GuardedConnection
+    noisy = False
+
+    def __init__(
+        self,
+        wrappedFactory: IProtocolFactory,
+        reactor: IReactorTime | None = None,
+        maxConnections: int = MAX_METRICS_CONNECTIONS,
+        lifetime: float = METRICS_CONNECTION_LIFETIME,
+    ) -> None:
+        super().__init__(wrappedFactory)
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        assert reactor is not None
+        self.reactor = reactor
+        self.maxConnections = maxConnections
+        self.lifetime = lifetime
+        self.refused = 0
+        self._refusals = ThrottledLog(log, reactor)
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
+        if len(self.protocols) >= self.maxConnections:
+            self.refused += 1
+            self._refusals.warn(
+                "metrics",
+                "Refused metrics connection from {peer}: {open} already open",
+                event="metrics.refused",
+                peer=formatAddress(addr) if addr is not None else "-",
+                open=len(self.protocols),
+            )
+            return None
+        return super().buildProtocol(addr)
+
 
 def metricsSite(
-    registry: CollectorRegistry, refresh: Callable[[], Deferred[None]] | None = None
-) -> Site:
+    registry: CollectorRegistry,
+    refresh: Callable[[], Deferred[None]] | None = None,
+    reactor: IReactorTime | None = None,
+) -> MetricsGuard:
     """
     A web site serving C{registry} at C{/metrics}; with C{refresh}, each
-    scrape waits for it first (a supervisor asking its workers).
+    scrape waits for it first (a supervisor asking its workers).  GET and
+    HEAD only, no request bodies, no access log, and guarded by
+    L{MetricsGuard}.
 
     prometheus_client's own C{MetricsResource} collects on the reactor's
     thread pool; the books are the reactor thread's, so this page collects
@@ -162,7 +351,4 @@ def metricsSite(
     """
     root = Resource()
     root.putChild(b"metrics", _MetricsPage(registry, refresh))
-    site = Site(root)
-    site.noisy = False
-    site.displayTracebacks = False
-    return site
+    return MetricsGuard(_MetricsSite(root, reactor=reactor), reactor)

@@ -573,7 +573,9 @@ class EchoService(MultiService):
             snapshot, workers, refresh = self._metricsSource()
             _ListenerService(
                 metrics,
-                metricsSite(registryFor(EchoCollector(snapshot, workers)), refresh),
+                metricsSite(
+                    registryFor(EchoCollector(snapshot, workers)), refresh, reactor
+                ),
                 "metrics",
             ).setServiceParent(self)
 

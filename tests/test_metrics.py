@@ -7,23 +7,38 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
+import struct
 import time
 import urllib.request
+from typing import Any
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.error import ConnectionDone
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import http
 
 from echotwist.datagram import DatagramEcho, DatagramPolicy
-from echotwist.metrics import EchoCollector, registryFor
-from echotwist.stats import addStats, stats
+from echotwist.metrics import (
+    MAX_METRICS_CONNECTIONS,
+    METRICS_CONNECTION_LIFETIME,
+    EchoCollector,
+    MetricsGuard,
+    metricsSite,
+    registryFor,
+)
+from echotwist.stats import Stats, addStats, stats
 from echotwist.stream import EchoFactory
-from tests._clients import echoOnce
+from tests._clients import echoOnce, readUntilClosed
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.test_stream import connect
 from tests.test_transports import ask, freePort
@@ -131,6 +146,189 @@ class AddStatsTests(SynchronousTestCase):
         )
 
 
+def _boom(*args: object, **kwargs: object) -> object:
+    raise AssertionError("a request body went to a temporary file")
+
+
+class SiteTests(SynchronousTestCase):
+    """
+    The metrics site in memory: what it answers, what it refuses, and the
+    guard around it, with time from a Clock.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.collected = 0
+
+        def snapshot() -> Stats:
+            self.collected += 1
+            return stats(EchoFactory(self.clock), DatagramPolicy(0, self.clock))
+
+        self.registry = registryFor(EchoCollector(snapshot, lambda: 1))
+        # A body must never reach a temporary file, whatever the test sends.
+        self.patch(http.tempfile, "TemporaryFile", _boom)
+
+    def guard(self, refresh: Any = None, **kwargs: Any) -> MetricsGuard:
+        guard = metricsSite(self.registry, refresh, self.clock)
+        for name, value in kwargs.items():
+            setattr(guard, name, value)
+        guard.doStart()
+        self.addCleanup(guard.doStop)
+        return guard
+
+    def connect(self, guard: MetricsGuard) -> tuple[Any, StringTransport]:
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        protocol = guard.buildProtocol(peer)
+        assert protocol is not None
+        transport = StringTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def ask(self, request: bytes, guard: MetricsGuard | None = None) -> bytes:
+        protocol, transport = self.connect(guard or self.guard())
+        protocol.dataReceived(request)
+        return bytes(transport.value())
+
+    def test_get(self) -> None:
+        with capturedLogs() as events:
+            answer = self.ask(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:100])
+        self.assertIn(b"echotwist_connections_open 0.0", answer)
+        self.assertEqual(self.collected, 1)
+        # No access log, nor any other line.
+        self.assertEqual(list(events), [])
+
+    def test_headHasNoBody(self) -> None:
+        with capturedLogs() as events:
+            answer = self.ask(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertRegex(head, rb"(?i)content-length: [1-9]")
+        self.assertEqual(body, b"")
+        self.assertEqual(list(events), [])
+
+    def test_postRefusedUnread(self) -> None:
+        """
+        A POST with a body bigger than twisted.web keeps in memory gets 405
+        as soon as its headers are in; the body is dropped, never spooled.
+        """
+        protocol, transport = self.connect(self.guard())
+        protocol.dataReceived(
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n"
+        )
+        answer = bytes(transport.value())
+        self.assertTrue(answer.startswith(b"HTTP/1.1 405 "), answer)
+        self.assertIn(b"Allow: GET, HEAD\r\n", answer)
+        self.assertTrue(transport.disconnecting)
+        # What is already on its way is dropped, and asks for nothing more.
+        protocol.dataReceived(b"x" * 300000)
+        self.assertEqual(bytes(transport.value()), answer)
+        self.assertEqual(self.collected, 0)
+
+    def test_chunkedBodyRefused(self) -> None:
+        answer = self.ask(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertEqual(self.collected, 0)
+
+    def test_getWithABodyRefused(self) -> None:
+        answer = self.ask(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertEqual(self.collected, 0)
+
+    def test_otherMethodsRefused(self) -> None:
+        for method in (b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PATCH", b"X"):
+            answer = self.ask(method + b" /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 405 "), (method, answer))
+        self.assertEqual(self.collected, 0)
+
+    def test_capClosesTheExtra(self) -> None:
+        guard = self.guard(maxConnections=3)
+        held = [self.connect(guard) for _ in range(3)]
+        peer = IPv4Address("TCP", "127.0.0.1", 40001)
+        with capturedLogs() as events:
+            for _ in range(100):
+                self.assertIsNone(guard.buildProtocol(peer))
+        self.assertEqual(guard.refused, 100)
+        # Logged once, not once per refusal.
+        self.assertEqual([e["event"] for e in events], ["metrics.refused"])
+        protocol, transport = held[0]
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(guard.buildProtocol(peer))
+
+    def test_slowClientTimedOut(self) -> None:
+        """
+        A client that sends its request a byte at a time is cut off at the
+        connection's lifetime, though it never goes quiet.
+        """
+        guard = self.guard()
+        protocol, transport = self.connect(guard)
+        request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nUser-Agent: " + b"z" * 100
+        for byte in request[:49]:
+            protocol.dataReceived(bytes([byte]))
+            self.clock.advance(METRICS_CONNECTION_LIFETIME / 50)
+        self.assertFalse(transport.disconnected)
+        protocol.dataReceived(request[49:50])
+        # (A hair over: fifty fiftieths of the lifetime in floating point may
+        # add up to a hair under.)
+        self.clock.advance(METRICS_CONNECTION_LIFETIME / 50 + 1e-6)
+        self.assertTrue(transport.disconnected)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(guard.protocols, {})
+
+    def test_closedConnectionCancelsItsTimer(self) -> None:
+        guard = self.guard()
+        protocol, transport = self.connect(guard)
+        protocol.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        lifetimes = [
+            call
+            for call in self.clock.getDelayedCalls()
+            if getattr(call.func, "__name__", "") == "_expire"
+        ]
+        self.assertEqual(len(lifetimes), 1)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(lifetimes[0].active())
+
+    def test_scraperGoneBeforeTheWorkersAnswer(self) -> None:
+        """
+        With workers, a scrape waits for their counts; a scraper that
+        leaves meanwhile must not make finishing the request fail.
+        """
+        asked: list[Deferred[None]] = []
+
+        def refresh() -> Deferred[None]:
+            asked.append(Deferred())
+            return asked[-1]
+
+        protocol, transport = self.connect(self.guard(refresh))
+        protocol.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol.connectionLost(Failure(ConnectionLost()))
+        asked[0].callback(None)
+        self.successResultOf(asked[0])
+        self.assertEqual(self.collected, 0)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_workersAnswerThenTheScrape(self) -> None:
+        asked: list[Deferred[None]] = []
+
+        def refresh() -> Deferred[None]:
+            asked.append(Deferred())
+            return asked[-1]
+
+        protocol, transport = self.connect(self.guard(refresh))
+        protocol.dataReceived(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(transport.value(), b"")
+        asked[0].callback(None)
+        head, _, body = bytes(transport.value()).partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertRegex(head, rb"(?i)content-length: [1-9]")
+        self.assertEqual(body, b"")
+
+
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     url = f"http://{LOOPBACK}:{port}/metrics"
     with urllib.request.urlopen(url, timeout=WAIT) as response:
@@ -210,6 +408,177 @@ class ScrapeTests(ServerTestCase):
             3,
         )
         self.assertEqual(found[("echotwist_connections_open", ())], 1)
+
+
+GET = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def answerOf(sock: socket.socket) -> bytes:
+    """
+    Read one HTTP response's head and body (by Content-Length) from
+    C{sock}; what came, if the connection closed first.
+    """
+    sock.settimeout(WAIT)
+    data = b""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        head, found, body = data.partition(b"\r\n\r\n")
+        if found:
+            length = re.search(rb"(?i)content-length: (\d+)", head)
+            if length and len(body) >= int(length.group(1)):
+                return data
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError(f"no whole answer within {WAIT}s: {data[:200]!r}")
+
+
+class AbuseTests(ServerTestCase):
+    """
+    The metrics listener of the real twistd against scrapers that leave
+    early, crowd in, dawdle or post.
+    """
+
+    def startMetrics(self, *extra: str, **kwargs: Any) -> tuple[Server, int]:
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--metrics",
+            f"tcp:0:interface={LOOPBACK}",
+            *extra,
+            **kwargs,
+        )
+        port = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
+        if "--workers" in extra:
+            server.waitFor(r"Worker 2 serving")
+        return server, port
+
+    def earlyClosedScrapes(self, *extra: str) -> None:
+        """
+        200 scrapers send their request and leave at once (half of them
+        with a reset); the server logs no traceback, and serves the next
+        scrape.  Then 20 whole scrapes leave no line in the log.
+        """
+        server, port = self.startMetrics(*extra)
+        for n in range(200):
+            with socket.create_connection((LOOPBACK, port), timeout=WAIT) as s:
+                if n % 2:
+                    s.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                s.sendall(GET)
+        deadline = time.monotonic() + WAIT
+        while True:
+            # The server may still be closing the 200: a refused connection
+            # is closed unanswered.
+            with socket.create_connection((LOOPBACK, port), timeout=WAIT) as s:
+                s.sendall(GET)
+                answer = answerOf(s)
+            if answer:
+                break
+            self.assertLess(time.monotonic(), deadline, "metrics never served again")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:200])
+        lines = len(server.lines)
+        for _ in range(20):
+            scrape(port)
+        self.assertEqual(server.lines[lines:], [])
+        server.signal(signal.SIGTERM)
+        server.wait()
+        self.assertNotIn("Traceback", server.output)
+        self.assertNotIn("Unhandled", server.output)
+        self.assertNotIn("GET /metrics", server.output)
+
+    def test_earlyClosedScrapes(self) -> None:
+        self.earlyClosedScrapes()
+
+    def test_earlyClosedScrapesWithWorkers(self) -> None:
+        self.earlyClosedScrapes("--workers", "2")
+
+    def test_capHolds(self) -> None:
+        """
+        Of MAX_METRICS_CONNECTIONS + 4 connections open at once, the first
+        MAX_METRICS_CONNECTIONS are served and the 4 others closed
+        unanswered; once one closes, a new one is served.
+        """
+        server, port = self.startMetrics()
+        clients = []
+        for _ in range(MAX_METRICS_CONNECTIONS + 4):
+            client = socket.create_connection((LOOPBACK, port), timeout=WAIT)
+            self.addCleanup(client.close)
+            clients.append(client)
+        answers = []
+        for client in clients:
+            try:
+                client.sendall(GET)
+            except OSError:
+                pass  # already closed by the server
+            answers.append(answerOf(client))
+        served = [a for a in answers if a.startswith(b"HTTP/1.1 200 ")]
+        self.assertEqual(len(served), MAX_METRICS_CONNECTIONS)
+        self.assertEqual(answers[MAX_METRICS_CONNECTIONS:], [b""] * 4)
+        server.waitFor(r"Refused metrics connection from 127\.0\.0\.1:\d+: 16 already")
+        clients[0].close()
+        deadline = time.monotonic() + WAIT
+        while True:
+            with socket.create_connection((LOOPBACK, port), timeout=WAIT) as s:
+                s.sendall(GET)
+                if answerOf(s).startswith(b"HTTP/1.1 200 "):
+                    break
+            self.assertLess(time.monotonic(), deadline, "no slot came free")
+
+    def test_slowClientIsCut(self) -> None:
+        server, port = self.startMetrics()
+        client = socket.create_connection((LOOPBACK, port), timeout=WAIT)
+        self.addCleanup(client.close)
+        started = time.monotonic()
+        client.sendall(b"GET /metr")
+        data, how = readUntilClosed(client, WAIT)
+        took = time.monotonic() - started
+        self.assertEqual(data, b"")
+        # Generous bounds: the lifetime, give or take a loaded machine.
+        self.assertGreater(took, METRICS_CONNECTION_LIFETIME - 1)
+        self.assertLess(took, METRICS_CONNECTION_LIFETIME + 10)
+
+    def test_postRefusedAndNothingSpooled(self) -> None:
+        """
+        A POST announcing 10 MB gets 405 once its headers are in, its
+        connection is closed, and no temporary file is opened for it.
+        """
+        spool = os.path.join(self.directory, "tmp")
+        os.mkdir(spool)
+        server, port = self.startMetrics(preexec=lambda: os.putenv("TMPDIR", spool))
+        client = socket.create_connection((LOOPBACK, port), timeout=WAIT)
+        self.addCleanup(client.close)
+        client.sendall(
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+        )
+        try:
+            client.sendall(b"x" * 500_000)
+        except OSError:
+            pass  # the server closed already
+        data, how = readUntilClosed(client, WAIT)
+        self.assertTrue(data.startswith(b"HTTP/1.1 405 "), data[:200])
+        self.assertIn(b"Allow: GET, HEAD", data)
+        fds = f"/proc/{server.process.pid}/fd"
+        opened = [os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds)]
+        self.assertEqual([p for p in opened if p.startswith(spool)], [])
+        self.assertEqual(os.listdir(spool), [])
+        # And GET still works.
+        self.assertIn(("echotwist_workers", ()), scrape(port))
+
+    def test_head(self) -> None:
+        server, port = self.startMetrics()
+        request = urllib.request.Request(
+            f"http://{LOOPBACK}:{port}/metrics", method="HEAD"
+        )
+        with urllib.request.urlopen(request, timeout=WAIT) as response:
+            self.assertEqual(response.status, 200)
+            self.assertGreater(int(response.headers["Content-Length"]), 0)
+            self.assertEqual(response.read(), b"")
 
 
 def jsonEvents(output: str) -> list[dict[str, object]]:
