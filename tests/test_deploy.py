@@ -61,7 +61,9 @@ class SystemdTests(ServerTestCase):
         analyze = requireTool("systemd-analyze", "systemd")
         for name in os.listdir(UNITS):
             with open(os.path.join(UNITS, name)) as f:
-                text = f.read().replace("/opt/echotwist/bin/twistd", command("twistd"))
+                text = f.read().replace(
+                    "/opt/echotwist/bin/", os.path.dirname(command("twistd")) + "/"
+                )
             with open(os.path.join(self.directory, name), "w") as f:
                 f.write(text)
         result = subprocess.run(

@@ -6,8 +6,12 @@ environment where twistd and twist find the plugin.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
+import pwd
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -15,9 +19,10 @@ import sys
 import tempfile
 import zipfile
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._clients import echoOnce
+from tests._tools import REQUIRE, requireRoot
 from tests._twistd import Server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,3 +154,155 @@ class FreshInstallTests(SynchronousTestCase):
         )
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM)
+
+
+CACHE_ERROR = "Unable to write to plugin cache"
+
+
+def installCommand() -> str:
+    """
+    README's install command for a service run by another user (the line
+    after ".. install-command:").
+    """
+    with open(os.path.join(ROOT, "README.rst")) as f:
+        text = f.read()
+    found = re.search(r"^\.\. install-command:.*?^    (\S[^\n]*)$", text, re.S | re.M)
+    assert found, "README.rst has no install command after '.. install-command:'"
+    return found.group(1)
+
+
+def unitCacheCommand(unit: str) -> list[str]:
+    """
+    A shipped unit's ExecStartPre=+ command line.
+    """
+    with open(os.path.join(ROOT, "deploy", "systemd", unit)) as f:
+        (line,) = re.findall(r"^ExecStartPre=\+(.*)$", f.read(), re.M)
+    return shlex.split(line)
+
+
+def _asUser(uid: int, gid: int) -> object:
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return drop
+
+
+def _runsAs(python: str, uid: int, gid: int) -> bool:
+    try:
+        subprocess.run(
+            [python, "-c", "import venv, ensurepip"],
+            preexec_fn=_asUser(uid, gid),  # type: ignore[arg-type]
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
+@functools.cache
+def serviceInstall(python: str) -> tuple[str, str, str]:
+    """
+    README's install command for a service, run as root with C{python}
+    for python3, the wheel for the package and a scratch directory for
+    /opt: the directory, the environment, and its plugin cache.
+    """
+    directory = _scratch()
+    # Readable and searchable by nobody, writable by root alone.
+    os.chmod(directory, 0o755)
+    venv = os.path.join(directory, "echotwist")
+    command = installCommand()
+    assert "python3 -m venv /opt/echotwist" in command, command
+    assert "/opt/echotwist/bin/pip install echotwist" in command, command
+    command = (
+        command.replace("python3 -m venv", f"{shlex.quote(python)} -m venv")
+        .replace("pip install echotwist", f"pip install {shlex.quote(wheel())}")
+        .replace("/opt/echotwist", venv)
+    )
+    _run(["bash", "-c", command], cwd=directory)
+    (cache,) = [
+        os.path.join(root, "dropin.cache")
+        for root, dirs, files in os.walk(venv)
+        if root.endswith(os.path.join("twisted", "plugins")) and "dropin.cache" in files
+    ]
+    return directory, venv, cache
+
+
+class AnotherUserTests(SynchronousTestCase):
+    """
+    README's install, done by root in a directory nobody else may write;
+    twistd run by nobody.
+    """
+
+    def setUp(self) -> None:
+        requireRoot("installs as root and runs the server as nobody")
+        nobody = pwd.getpwnam("nobody")
+        self.uid, self.gid = nobody.pw_uid, nobody.pw_gid
+        # The environment links to its base Python, which nobody must be
+        # able to run: this one may live under /root (pyenv).
+        candidates = [
+            os.path.realpath(getattr(sys, "_base_executable", "")),
+            "/usr/bin/python3",
+        ]
+        usable = [p for p in candidates if p and _runsAs(p, self.uid, self.gid)]
+        if not usable:
+            message = f"no Python that nobody can run (tried {candidates})"
+            if os.environ.get(REQUIRE):
+                raise AssertionError(message)
+            raise SkipTest(message)
+        self.python = usable[0]
+        self.directory, self.venv, self.cache = serviceInstall(self.python)
+        # Whatever a test does to the cache, the next finds it as installed.
+        saved = os.path.join(_scratch(), "dropin.cache")
+        shutil.copy2(self.cache, saved)
+        self.addCleanup(shutil.copy2, saved, self.cache)
+
+    def runAsNobody(self) -> Server:
+        server = Server(
+            ("echo", "--port", "tcp:0:interface=127.0.0.1"),
+            cwd=self.directory,
+            runner=[os.path.join(self.venv, "bin", "twistd"), "-n", "--pidfile="],
+            preexec=_asUser(self.uid, self.gid),
+        )
+        self.addCleanup(server.kill)
+        return server
+
+    def serves(self, server: Server) -> None:
+        self.assertEqual(
+            echoOnce(("127.0.0.1", server.port), b"as nobody"), b"as nobody"
+        )
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def test_runsWithoutTouchingThePluginCache(self) -> None:
+        written = os.stat(self.cache).st_mtime_ns
+        server = self.runAsNobody()
+        self.serves(server)
+        self.assertNotIn(CACHE_ERROR, server.output)
+        self.assertNotIn("Traceback", server.output)
+        self.assertEqual(os.stat(self.cache).st_mtime_ns, written)
+
+    def test_unitsBringAStaleCacheUpToDate(self) -> None:
+        """
+        Without the cache, nobody's start logs the error (so the test above
+        can see it); the shipped units' ExecStartPre=+ line, run as root,
+        puts it right.
+        """
+        os.remove(self.cache)
+        server = self.runAsNobody()
+        server.waitFor(CACHE_ERROR)
+        self.serves(server)
+        self.assertFalse(os.path.exists(self.cache))
+        for unit in ("echotwist.service", "echotwist-plain.service"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.cache)
+            argv = unitCacheCommand(unit)
+            self.assertEqual(argv[0], "/opt/echotwist/bin/python")
+            _run([os.path.join(self.venv, "bin", "python"), *argv[1:]])
+            self.assertTrue(os.path.exists(self.cache), unit)
+            server = self.runAsNobody()
+            self.serves(server)
+            self.assertNotIn(CACHE_ERROR, server.output)
