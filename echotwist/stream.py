@@ -1027,9 +1027,16 @@ class EchoFactory(Factory):
             done.callback(None)
             return done
         log.info(
-            "Draining {count} connection(s), at most {timeout}s",
+            (
+                "Draining {count} connection(s): each closes once quiet for"
+                " {quiet}s; what is left is aborted after {timeout}s"
+                if self.drainQuiet
+                else "Draining {count} connection(s): each closes when its"
+                " client closes; what is left is aborted after {timeout}s"
+            ),
             event="drain.started",
             count=len(self.connections),
+            quiet=self.drainQuiet,
             timeout=timeout,
         )
         started = self.reactor.seconds()

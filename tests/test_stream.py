@@ -264,6 +264,19 @@ class DrainTests(SynchronousTestCase):
         self.successResultOf(drained)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_drainSaysWhatItWaitsFor(self) -> None:
+        connect(self.factory)
+        with capturedLogs() as events:
+            self.factory.drain(10)
+        (started,) = [e for e in events if e.get("event") == "drain.started"]
+        self.assertEqual((started["quiet"], started["timeout"]), (self.quiet, 10))
+        self.assertIn("once quiet for 2.0s", formatEvent(started))
+        factory = EchoFactory(self.clock, drainQuiet=0)
+        connect(factory)
+        with capturedLogs() as events:
+            factory.drain(10)
+        self.assertIn("when its client closes", formatEvent(events[0]))
+
     def test_zeroStillHasTheDeadline(self) -> None:
         factory = EchoFactory(self.clock, drainQuiet=0)
         protocol = connect(factory)
