@@ -138,15 +138,68 @@ def _serverFromString(reactor: Any, text: str) -> IStreamServerEndpoint:
     out; an index is all it takes to find such a socket.  Where the names
     are there, or C{name=} is asked for, Twisted's parser does the work.
     """
+    endpoint: IStreamServerEndpoint
     if text.startswith(_SYSTEMD_PREFIX):
         index = _unnamedSystemdSocket(
             text[len(_SYSTEMD_PREFIX) :], _activationEnvironment()
         )
         if index is not None:
             fileno, family = index
-            return AdoptedStreamServerEndpoint(reactor, fileno, family)
-    endpoint: IStreamServerEndpoint = serverFromString(reactor, text)
+            endpoint = AdoptedStreamServerEndpoint(reactor, fileno, family)
+        else:
+            endpoint = serverFromString(reactor, text)
+        if isinstance(endpoint, AdoptedStreamServerEndpoint):
+            endpoint = _inItsOwnFamily(text, endpoint)
+        return endpoint
+    endpoint = serverFromString(reactor, text)
     return endpoint
+
+
+_FAMILIES: dict[int, str] = {
+    socket.AF_INET: "INET",
+    socket.AF_INET6: "INET6",
+    socket.AF_UNIX: "UNIX",
+}
+
+
+def _socketFamily(fileno: int) -> int | None:
+    """
+    The address family of the socket open at C{fileno}; None if it is not
+    a socket.
+    """
+    try:
+        probe = socket.socket(fileno=fileno)
+    except OSError:
+        return None
+    try:
+        return int(probe.family)
+    finally:
+        probe.detach()
+
+
+def _inItsOwnFamily(
+    description: str, endpoint: AdoptedStreamServerEndpoint
+) -> AdoptedStreamServerEndpoint:
+    """
+    C{endpoint}, adopting its socket in the family the socket really has.
+
+    Twisted adopts a passed socket in the family C{domain=} names, unchecked:
+    an IPv6 socket (C{ListenStream=5000}, C{systemd-socket-activate -l
+    5000}) adopted as C{domain=INET} serves, but every address it reports
+    (logs, the per-source limit) is garbage.  The kernel knows the family.
+    """
+    actual = _socketFamily(endpoint.fileno)
+    if actual is None or actual == endpoint.addressFamily or actual not in _FAMILIES:
+        return endpoint
+    log.warn(
+        "{description}: the socket passed is {actual}, not {declared}:"
+        " adopting it as {actual} (say domain={actual} to silence this)",
+        event="listener.family",
+        description=description,
+        actual=_FAMILIES[actual],
+        declared=_FAMILIES.get(endpoint.addressFamily, str(endpoint.addressFamily)),
+    )
+    return AdoptedStreamServerEndpoint(endpoint.reactor, endpoint.fileno, actual)
 
 
 _ACTIVATION_VARIABLES = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import errno
 import os
-from socket import AF_INET, AF_INET6
+import shutil
+import socket
+import tempfile
+from socket import AF_INET, AF_INET6, AF_UNIX, SOCK_STREAM
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, _SystemdParser
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
+from twisted.python.systemd import ListenFDs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -24,6 +28,8 @@ import echotwist.service as serviceModule
 from echotwist import Echo, EchoService, Listener
 from echotwist.proxy import ProxyEndpoint, parseNetwork
 from echotwist.service import CannotListen, _unnamedSystemdSocket, parseListener
+
+_socketFamily = serviceModule._socketFamily
 
 
 @implementer(IListeningPort)
@@ -241,15 +247,60 @@ class UnnamedSystemdSocketTests(SynchronousTestCase):
     C{systemd-socket-activate} without C{--fdname} passes them.
     """
 
+    def setUp(self) -> None:
+        # Descriptors 3 and 4 here are the test runner's: say they are not
+        # sockets, unless a test says otherwise.
+        self.family: int | None = None
+        self.patch(serviceModule, "_socketFamily", lambda fileno: self.family)
+
     def environ(self, **variables: str) -> None:
         self.patch(serviceModule, "_activationEnvironment", lambda: variables)
+
+    def test_adoptedInTheSocketsOwnFamily(self) -> None:
+        """
+        domain=INET for an IPv6 socket (systemd-socket-activate -l 5000
+        binds [::]) adopts it as IPv6, and says so.
+        """
+        self.environ(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+        self.family = AF_INET6
+        with capturedLogs() as events:
+            found = self.adopted("systemd:domain=INET:index=0")
+        self.assertEqual(found, (3, AF_INET6))
+        (warning,) = events
+        self.assertEqual(warning["event"], "listener.family")
+        self.assertEqual((warning["actual"], warning["declared"]), ("INET6", "INET"))
+        self.family = AF_INET
+        with capturedLogs() as events:
+            self.assertEqual(self.adopted("systemd:domain=INET:index=0"), (3, AF_INET))
+        self.assertEqual(list(events), [])
+
+    def test_socketFamily(self) -> None:
+        for family in (AF_INET, AF_INET6, AF_UNIX):
+            with socket.socket(family, SOCK_STREAM) as s:
+                self.assertEqual(_socketFamily(s.fileno()), family)
+        readFd, writeFd = os.pipe()
+        self.addCleanup(os.close, readFd)
+        self.addCleanup(os.close, writeFd)
+        self.assertIsNone(_socketFamily(readFd))
+
+    def test_namedSocketsToo(self) -> None:
+        """
+        Twisted's own parser (names passed) gets the same family check.
+        """
+        self.patch(_SystemdParser, "_sddaemon", ListenFDs([3], ("echo",)))
+        self.family = AF_INET6
+        with capturedLogs():
+            found = self.adopted("systemd:domain=INET:name=echo")
+        self.assertEqual(found, (3, AF_INET6))
 
     def test_environmentTwistedDeleted(self) -> None:
         """
         Importing twisted.internet.endpoints deletes LISTEN_PID and
         LISTEN_FDS from os.environ; the initial environment still has them.
         """
-        initial = self.mktemp()
+        directory = tempfile.mkdtemp(prefix="echotwist-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        initial = os.path.join(directory, "environ")
         with open(initial, "wb") as f:
             f.write(b"HOME=/\0LISTEN_FDS=2\0LISTEN_PID=42\0")
         self.patch(os, "environ", {"HOME": "/"})

@@ -272,6 +272,35 @@ class SystemdTests(ServerTestCase):
         )
         self.assertNotIn("Traceback", server.output)
 
+    def test_socketActivationInItsOwnFamily(self) -> None:
+        """
+        The issue's own command line: an IPv6 socket (as -l PORT binds
+        [::]; here [::1]) with domain=INET is adopted as IPv6, so the log
+        shows real addresses, with a warning that the domain is wrong.
+        """
+        activate = requireTool("systemd-socket-activate", "systemd")
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]
+        server = self.start(
+            "echo",
+            "--listen",
+            "systemd:domain=INET:index=0",
+            runner=[
+                activate,
+                "--listen",
+                f"[::1]:{port}",
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+            ],
+        )
+        server.waitFor(r"Listening on ")
+        self.assertEqual(echoOnce(("::1", port), b"six"), b"six")
+        server.waitFor(rf"Listening on \[::1\]:{port} \(systemd:domain=INET:index=0\)")
+        server.waitFor(r"the socket passed is INET6, not INET")
+        server.waitFor(r"\[::1\]:\d+ connected")
+
 
 def sendThenRead(client: socket.socket, payload: bytes) -> bytes:
     """
