@@ -198,6 +198,30 @@ class LifecycleTests(ServerTestCase):
         self.assertEqual(server.wait(), -signal.SIGTERM)
         self.assertIn("Drain finished", server.output)
 
+    def test_sigtermWaitsForAPausingClientWithWorkers(self) -> None:
+        """
+        The same through --workers 2: the supervisor passes SIGTERM on, and
+        the worker drains with the quiet period given to the supervisor.
+        """
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--workers",
+            "2",
+            "--drain-quiet",
+            "3",
+        )
+        server.waitFor(r"Worker 2 serving")
+        payload, received, eof = self.pacedUpload(server)
+        server.waitFor(
+            r"worker \d\] Draining 1 connection\(s\): each closes once quiet for 3\.0s"
+        )
+        self.assertEqual(len(received), len(payload))
+        self.assertTrue(received == payload, "the echo differs from what was sent")
+        self.assertTrue(eof, "the server reset the connection")
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+        self.assertIn("All workers have exited", server.output)
+
     def test_drainQuietZeroWaitsForTheClient(self) -> None:
         """
         With --drain-quiet 0 a silent client keeps its connection until it
