@@ -4,6 +4,7 @@ The echo's round trip while a storm of scrapers hits --metrics.
     python benchmarks/scrapestorm.py                     # 1000 scrapers, 10 s
     python benchmarks/scrapestorm.py --workers 2
     python benchmarks/scrapestorm.py --scrapers 200 --seconds 5
+    python benchmarks/scrapestorm.py --early 200 --workers 2   # scrapers that leave
 
 Starts the twistd installed next to this Python (echo and metrics on
 127.0.0.1, random ports), measures the echo's round trip (64 bytes, one
@@ -14,7 +15,12 @@ or the connection closes, close, again.  Prints the echo's round trip
 (median, p99, worst) alone and under the storm, how many scrapes were
 answered and how many closed unanswered (over the metrics listener's
 cap), and how many lines the server logged during the storm.  Every loop
-is bounded in time and count and talks to 127.0.0.1 only.  A shared
+is bounded in time and count and talks to 127.0.0.1 only.
+
+With --early N it runs no storm: N scrapers one after another send GET
+/metrics and close at once (every other one with a reset), then the
+server is stopped, and it prints how many tracebacks and log lines that
+left in the server's log.  A shared
 machine makes the figures noisy: run it more than once.
 """
 
@@ -27,6 +33,7 @@ import os
 import re
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -97,6 +104,27 @@ def stormMain(port: int, scrapers: int, seconds: float) -> None:
     print(json.dumps(asyncio.run(_storm(port, scrapers, seconds))))
 
 
+def early(
+    port: int, count: int, workers: int, server: subprocess.Popen[str], lines: list[str]
+) -> None:
+    before = len(lines)
+    for n in range(count):
+        with socket.create_connection((LOOPBACK, port), timeout=10) as s:
+            if n % 2:
+                s.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            s.sendall(GET)
+    time.sleep(2)  # let the server take in the last closes before it stops
+    server.terminate()
+    server.wait(30)
+    time.sleep(0.5)  # the reader thread's last lines
+    logged = lines[before:]
+    print(f"workers {workers}, {count} scrapes closed early")
+    print(f"  tracebacks in the log: {sum('Traceback' in x for x in lines)}")
+    print(f"  log lines from the first scrape to the exit: {len(logged)}")
+
+
 def summary(rtts: list[float]) -> str:
     ordered = sorted(rtts)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -111,6 +139,7 @@ def main() -> None:
     parser.add_argument("--scrapers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--baseline", type=float, default=3.0)
+    parser.add_argument("--early", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--storm", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -157,6 +186,9 @@ def main() -> None:
         text = "\n".join(lines)
         echoPort = int(re.search(r"Listening on \S+:(\d+) ", text).group(1))  # type: ignore[union-attr]
         metricsPort = int(re.search(r"Serving metrics on \S+:(\d+)", text).group(1))  # type: ignore[union-attr]
+        if args.early:
+            early(metricsPort, args.early, args.workers, server, lines)
+            return
         alone = probe(echoPort, args.baseline)
         before = len(lines)
         storm = subprocess.Popen(
