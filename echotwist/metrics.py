@@ -5,6 +5,12 @@ Prometheus metrics, read from the server's books when scraped.
 Nothing is counted for the metrics themselves: the collector reads the
 counts the factory and the datagram policy keep anyway, so a scrape costs
 O(open connections) and the data path pays nothing.
+
+The listener is built for scrapers that misbehave, since it shares the
+echo's reactor: at most L{MAX_METRICS_CONNECTIONS} connections, each closed
+L{METRICS_CONNECTION_LIFETIME} seconds after it opened, GET and HEAD only,
+no request body ever read, no access log, and nothing raised when a
+scraper leaves before its answer.
 """
 
 from __future__ import annotations
@@ -178,8 +184,11 @@ class _MetricsRequest(Request):
     _refused = False
 
     def gotLength(self, length: int | None) -> None:
-        method = getattr(self.channel, "_command", b"")
-        if method not in (b"GET", b"HEAD"):
+        # The request line's method is the channel's until the request is
+        # handed the whole request (twisted.web has no public way to it
+        # yet).  Were it ever missing, any body is still refused, by 413.
+        method = getattr(self.channel, "_command", None)
+        if method is not None and method not in (b"GET", b"HEAD"):
             self._refuse(b"405 Method Not Allowed", b"Allow: GET, HEAD\r\n")
         elif length != 0:
             # None: a chunked body, of any length.
