@@ -10,9 +10,10 @@ from collections import OrderedDict
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel
+from zope.interface import implementer
 
-__all__ = ["SourceRateLimiter", "ThrottledLog"]
+__all__ = ["SourceRateLimiter", "ThrottledLog", "ThrottledObserver"]
 
 
 class SourceRateLimiter:
@@ -74,6 +75,32 @@ class SourceRateLimiter:
                 del self._buckets[source]
 
 
+class _Throttle:
+    """
+    At most one pass per key every C{interval} seconds, counting the ones
+    turned away in between.
+    """
+
+    def __init__(self, clock: IReactorTime, interval: float) -> None:
+        self._clock = clock
+        self.interval = interval
+        # key -> (when last let through, how many turned away since)
+        self._state: dict[object, tuple[float, int]] = {}
+
+    def admit(self, key: object) -> int | None:
+        """
+        @return: None if C{key} had its pass within the interval; otherwise
+            how many were turned away since its last pass.
+        """
+        now = self._clock.seconds()
+        last = self._state.get(key)
+        if last is not None and now - last[0] < self.interval:
+            self._state[key] = (last[0], last[1] + 1)
+            return None
+        self._state[key] = (now, 0)
+        return last[1] if last is not None else 0
+
+
 class ThrottledLog:
     """
     Emit at most one event per key every C{interval} seconds; the next event
@@ -84,19 +111,57 @@ class ThrottledLog:
         self, log: Logger, clock: IReactorTime, interval: float = 10.0
     ) -> None:
         self._log = log
-        self._clock = clock
-        self.interval = interval
-        # key -> (when last emitted, how many suppressed since)
-        self._state: dict[object, tuple[float, int]] = {}
+        self._throttle = _Throttle(clock, interval)
+
+    @property
+    def interval(self) -> float:
+        return self._throttle.interval
 
     def warn(self, key: object, format: str, **fields: Any) -> None:
-        now = self._clock.seconds()
-        last = self._state.get(key)
-        if last is not None and now - last[0] < self.interval:
-            self._state[key] = (last[0], last[1] + 1)
+        suppressed = self._throttle.admit(key)
+        if suppressed is None:
             return
-        suppressed = last[1] if last is not None else 0
-        self._state[key] = (now, 0)
         if suppressed:
             format += " ({suppressed} similar lines suppressed)"
         self._log.warn(format, suppressed=suppressed, **fields)
+
+
+@implementer(ILogObserver)
+class ThrottledObserver:
+    """
+    A log observer that passes on at most one event per format every
+    C{interval} seconds, as a warning, to C{observer}; the next one says how
+    many were suppressed in between, and every one carries C{event}.
+
+    For log lines echotwist does not write itself: Twisted's listening port
+    logs up to three lines for each connection it has to drop when the
+    process is out of file descriptors ("EMFILE encountered; ...",
+    "EMFILE recovery: Closed socket from ...", "Re-reserving ..."), which
+    a flood of connects would turn into a flood of lines.
+    """
+
+    def __init__(
+        self,
+        observer: ILogObserver,
+        clock: IReactorTime,
+        event: str,
+        interval: float = 10.0,
+    ) -> None:
+        self._observer = observer
+        self._throttle = _Throttle(clock, interval)
+        self._event = event
+
+    def __call__(self, event: LogEvent) -> None:
+        suppressed = self._throttle.admit(event.get("log_format"))
+        if suppressed is None:
+            return
+        event = dict(event)
+        if suppressed:
+            event["log_format"] = (
+                f"{event.get('log_format') or ''}"
+                " ({suppressed} similar lines suppressed)"
+            )
+        event["suppressed"] = suppressed
+        event["event"] = self._event
+        event["log_level"] = LogLevel.warn
+        self._observer(event)

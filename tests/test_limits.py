@@ -1,15 +1,15 @@
 """
-The per-source token buckets and the throttled log, on a Clock.
+The per-source token buckets and the throttled logs, on a Clock.
 """
 
 from __future__ import annotations
 
 from twisted.internet.task import Clock
-from twisted.logger import Logger, capturedLogs
+from twisted.logger import LogEvent, Logger, LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist._address import escape, sourceGroup
-from echotwist.limits import SourceRateLimiter, ThrottledLog
+from echotwist.limits import SourceRateLimiter, ThrottledLog, ThrottledObserver
 
 
 class SourceRateLimiterTests(SynchronousTestCase):
@@ -100,3 +100,32 @@ class EscapeTests(SynchronousTestCase):
 
     def test_backslashesCannotForgeAnEscape(self) -> None:
         self.assertEqual(escape("\\x1b"), "\\\\x1b")
+
+
+class ThrottledObserverTests(SynchronousTestCase):
+    def test_oneEventPerFormatPerIntervalWithCount(self) -> None:
+        """
+        Twisted's accept-error lines, as its listening port logs them when
+        out of descriptors: one of each every 10 seconds, the next one
+        saying how many were suppressed, as warnings with an event name.
+        """
+        clock = Clock()
+        seen: list[LogEvent] = []
+        observer = ThrottledObserver(seen.append, clock, "listener.accept_failed")
+        log = Logger(namespace="twisted.internet.tcp.Port", observer=observer)
+        for n in range(100):
+            log.info("EMFILE encountered; releasing reserved file descriptor.")
+            log.info("EMFILE recovery: Closed socket from {address}", address=n)
+        clock.advance(10)
+        log.info("EMFILE recovery: Closed socket from {address}", address=100)
+        self.assertEqual(
+            [formatEvent(e) for e in seen],
+            [
+                "EMFILE encountered; releasing reserved file descriptor.",
+                "EMFILE recovery: Closed socket from 0",
+                "EMFILE recovery: Closed socket from 100 (99 similar lines suppressed)",
+            ],
+        )
+        self.assertEqual([e["suppressed"] for e in seen], [0, 0, 99])
+        self.assertEqual({e["event"] for e in seen}, {"listener.accept_failed"})
+        self.assertEqual({e["log_level"] for e in seen}, {LogLevel.warn})
