@@ -61,7 +61,11 @@ class Peer:
     portPattern: str
 
 
-def echotwist(name: str, reactor: list[str]) -> Peer:
+def echotwist(name: str, reactor: list[str], options: list[str]) -> Peer:
+    """
+    echotwist under twistd, with C{reactor}'s options before the plugin's
+    name and C{options} (the benchmark's own --socket-buffer) after.
+    """
     return Peer(
         name,
         [
@@ -77,16 +81,27 @@ def echotwist(name: str, reactor: list[str]) -> Peer:
             "--max-per-source",
             "0",
             "--no-connection-logs",
+            *options,
         ],
         r"Listening on \S+:(\d+)",
     )
 
 
-def peers(directory: str) -> list[Peer]:
+def echotwistOptions(args: argparse.Namespace) -> list[str]:
+    """
+    The echotwist options the benchmark passes on: --socket-buffer, when
+    given (otherwise echotwist's own default holds).
+    """
+    if args.socket_buffer is None:
+        return []
+    return ["--socket-buffer", str(args.socket_buffer)]
+
+
+def peers(directory: str, options: list[str]) -> list[Peer]:
     twistd = os.path.join(BIN, "twistd")
     found = [
-        echotwist("echotwist", []),
-        echotwist("echotwist-r", ["--reactor", "echotwist"]),
+        echotwist("echotwist", [], options),
+        echotwist("echotwist-r", ["--reactor", "echotwist"], options),
         Peer(
             "twisted",
             [twistd, "-n", "--pidfile=", "-y", os.path.join(HERE, "plain.tac")],
@@ -405,13 +420,19 @@ def main() -> None:
     parser.add_argument(
         "--plot", help="write a PNG of the ratios here (needs matplotlib)"
     )
+    parser.add_argument(
+        "--socket-buffer",
+        type=int,
+        help="run echotwist with this --socket-buffer (0: kernel autotuning);"
+        " default: echotwist's own default",
+    )
     args = parser.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     directory = tempfile.mkdtemp(prefix="echotwist-bench-")
     loadgen = buildLoadgen(directory) if args.client == "c" else None
-    servers = peers(directory)
+    servers = peers(directory, echotwistOptions(args))
     if args.only:
         servers = [p for p in servers if p.name in args.only.split(",")]
     cellSpecs = (
@@ -487,7 +508,7 @@ def workersComparison(
     rates: dict[int, list[float]] = {1: [], 2: []}
     spread: dict[int, int] = {}
     for count in (1, 2):
-        peer = echotwist(f"echotwist-w{count}", [])
+        peer = echotwist(f"echotwist-w{count}", [], echotwistOptions(args))
         peer.argv = [a for a in peer.argv if a != "--no-connection-logs"]
         peer.argv += ["--workers", str(count)]
         server = Running(peer, directory, pinned=False)

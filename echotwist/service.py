@@ -28,12 +28,15 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, formatAddress
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
+from echotwist.limits import ThrottledObserver
 from echotwist.proxy import Network, ProxyEndpoint, ProxyWrappingFactory, parseNetwork
 from echotwist.stream import DEFAULT_DRAIN_QUIET, Echo, EchoFactory, SplicingServer
+from echotwist.tls import TLSServer, echoTLSProtocol
 
 __all__ = [
     "CannotListen",
@@ -44,7 +47,9 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_PER_SOURCE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
+    "DEFAULT_SOCKET_BUFFER",
     "DEFAULT_UDP_RATE",
+    "MIN_SOCKET_BUFFER",
     "DatagramListener",
     "EchoService",
     "Listener",
@@ -65,6 +70,22 @@ DEFAULT_IDLE_TIMEOUT = 300.0
 #: connection, short enough that idle connections cannot lock everyone
 #: out for the whole idle timeout.
 DEFAULT_EVICT_IDLE_AFTER = 10.0
+#: What SO_SNDBUF and SO_RCVBUF are set to on echo connections over TCP
+#: (Linux doubles it); 0 leaves them to the kernel's autotuning.
+DEFAULT_SOCKET_BUFFER = 64 * 1024
+#: Below this the kernel would round up anyway (Linux: SOCK_MIN_SNDBUF).
+MIN_SOCKET_BUFFER = 4096
+
+#: The listen backlog for stream listeners whose description sets none,
+#: where the kernel's cap cannot be read.  Twisted's own default is 50: a
+#: burst of connects overflows it, and the kernel retries each dropped SYN
+#: only a second later.
+BURST_BACKLOG = 1024
+#: The most listen(2) takes (the kernel's field is 16 bits wide before 4.4).
+_MAX_BACKLOG = 65535
+_SOMAXCONN = "/proc/sys/net/core/somaxconn"
+# The endpoint types whose descriptions take backlog=.
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
 
 
 _PROXY_PREFIX = "haproxy:"
@@ -79,11 +100,73 @@ class Listener(NamedTuple):
     endpoint: IStreamServerEndpoint
 
 
-def parseListener(description: str, reactor: Any = None) -> Listener:
+def listenBacklog(somaxconn: str = _SOMAXCONN) -> int:
+    """
+    The listen backlog stream listeners get unless their description sets
+    one: as many as the kernel allows (net.core.somaxconn, 4096 by default
+    since Linux 5.4), as Go's listeners ask for; L{BURST_BACKLOG} where
+    that cannot be read.  A connect waiting in the queue costs the kernel
+    a socket and the client nothing; one the queue has no room for costs
+    the client a second.
+    """
+    try:
+        with open(somaxconn) as f:
+            cap = int(f.read())
+    except (OSError, ValueError):
+        return BURST_BACKLOG
+    return max(1, min(_MAX_BACKLOG, cap))
+
+
+def _fields(description: str) -> list[str]:
+    """
+    The colon-separated fields of an endpoint description, as Twisted splits
+    them (a backslash escapes the next character), escapes kept.
+    """
+    fields = [""]
+    escaped = False
+    for char in description:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("")
+            continue
+        fields[-1] += char
+    return fields
+
+
+def _withBacklog(description: str, backlog: int) -> str:
+    """
+    C{description} with C{backlog=} added, if it is of a type that takes
+    one and sets none.
+    """
+    fields = _fields(description)
+    if fields[0] not in _BACKLOG_TYPES or any(
+        field.startswith("backlog=") for field in fields[1:]
+    ):
+        return description
+    return f"{description}:backlog={backlog}"
+
+
+def _endpoint(reactor: Any, description: str, backlog: int) -> Any:
+    try:
+        return _serverFromString(reactor, _withBacklog(description, backlog))
+    except TypeError:
+        # A backlog given positionally: the description's own wins.
+        return _serverFromString(reactor, description)
+
+
+def parseListener(
+    description: str, reactor: Any = None, backlog: int | None = None
+) -> Listener:
     """
     Parse a port number (meaning C{tcp:PORT}) or a Twisted server endpoint
     description such as C{tcp:5000:interface=127.0.0.1}.
 
+    @param backlog: the listen backlog for a TCP, TLS or UNIX listener
+        whose description sets none (C{backlog=}); None for
+        L{listenBacklog}'s.  Sockets passed by systemd already listen.
     @raise ValueError: with a one-line message a user can act on.
     """
     text = description.strip()
@@ -93,15 +176,17 @@ def parseListener(description: str, reactor: Any = None) -> Listener:
         text = f"tcp:{int(text)}"
     if reactor is None:
         from twisted.internet import reactor
+    if backlog is None:
+        backlog = listenBacklog()
     try:
         # haproxy: is Twisted's prefix; echotwist's own wrapper takes its
         # place (see echotwist.proxy for why).
         if text.startswith(_PROXY_PREFIX):
             endpoint: IStreamServerEndpoint = ProxyEndpoint(
-                _serverFromString(reactor, text[len(_PROXY_PREFIX) :]), reactor
+                _endpoint(reactor, text[len(_PROXY_PREFIX) :], backlog), reactor
             )
         else:
-            endpoint = _serverFromString(reactor, text)
+            endpoint = _endpoint(reactor, text, backlog)
     except (IndexError, KeyError) as e:
         if "systemd:" not in text:
             raise ValueError(f"{description!r}: {e}") from None
@@ -408,6 +493,40 @@ class _ListenerFactory(Factory):
         return "echotwist"
 
 
+def _clampSocketBuffers(description: str, port: IListeningPort, size: int) -> None:
+    """
+    Set SO_SNDBUF and SO_RCVBUF to C{size} on a TCP listening socket.
+    Connections accepted from it inherit both, from before their handshake
+    (so the window offered fits), and with them the kernel's autotuning
+    turned off: a client that sends and never reads pins about four times
+    C{size} of kernel memory (Linux doubles the value set, for its
+    bookkeeping) instead of megabytes.  Not for UNIX sockets, whose memory
+    the kernel bounds already (net.core.wmem_default a socket).
+    """
+    sock = getattr(port, "socket", None)
+    if not isinstance(sock, socket.socket) or sock.family not in (
+        socket.AF_INET,
+        socket.AF_INET6,
+    ):
+        return
+    for option, cap in (
+        (socket.SO_SNDBUF, "net.core.wmem_max"),
+        (socket.SO_RCVBUF, "net.core.rmem_max"),
+    ):
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+        got = sock.getsockopt(socket.SOL_SOCKET, option) // 2
+        if got < size:
+            log.warn(
+                "{description}: the kernel caps socket buffers at {got} bytes"
+                " ({cap}), below --socket-buffer {size}",
+                event="listener.buffer_capped",
+                description=description,
+                got=got,
+                size=size,
+                cap=cap,
+            )
+
+
 class _ListenerService(StreamServerEndpointService):
     """
     One listener.  A listener that cannot listen stops the start of the
@@ -419,11 +538,27 @@ class _ListenerService(StreamServerEndpointService):
     _raiseSynchronously = True
 
     def __init__(
-        self, listener: Listener, factory: IProtocolFactory, kind: str = "echo"
+        self,
+        listener: Listener,
+        factory: IProtocolFactory,
+        kind: str = "echo",
+        *,
+        socketBuffer: int = 0,
+        acceptLog: ILogObserver | None = None,
     ) -> None:
+        """
+        @param socketBuffer: SO_SNDBUF and SO_RCVBUF for the connections of
+            a TCP listener, set on the listening socket, whose connections
+            inherit them; 0 for the kernel's autotuning.
+        @param acceptLog: where the port's own log lines about failing
+            accepts go (Twisted's, e.g. out of file descriptors); None for
+            the global log.
+        """
         super().__init__(listener.endpoint, factory)
         self.description = listener.description
         self.kind = kind
+        self.socketBuffer = socketBuffer
+        self.acceptLog = acceptLog
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -434,7 +569,18 @@ class _ListenerService(StreamServerEndpointService):
     def _started(self, port: IListeningPort) -> IListeningPort:
         _logStarted(self.description, port, self.kind)
         self.port = port
+        if self.acceptLog is not None and isinstance(port, tcp.Port):
+            # tcp.Port.doRead logs through self._logger (TCP, TLS and UNIX
+            # ports alike).
+            port._logger = Logger(
+                namespace=port._logger.namespace, observer=self.acceptLog
+            )
+        if self.socketBuffer:
+            _clampSocketBuffers(self.description, port, self.socketBuffer)
         factory = getattr(port, "factory", None)
+        tls: TLSMemoryBIOFactory | None = None
+        if isinstance(factory, TLSMemoryBIOFactory):
+            tls, factory = factory, factory.wrappedFactory
         if isinstance(factory, ProxyWrappingFactory):
             factory = factory.wrappedFactory
         if (
@@ -442,9 +588,14 @@ class _ListenerService(StreamServerEndpointService):
             and port.transport is tcp.Server
             and isinstance(factory, _ListenerFactory)
         ):
-            # TCP to Echo, directly or under the PROXY wrapper (not TLS):
-            # its connections may echo in the kernel.
-            port.transport = SplicingServer
+            if tls is not None:
+                # TLS to Echo: small reads, sent at once (echotwist.tls).
+                tls.protocol = echoTLSProtocol
+                port.transport = TLSServer
+            else:
+                # TCP to Echo, directly or under the PROXY wrapper: its
+                # connections may echo in the kernel.
+                port.transport = SplicingServer
         return port
 
     def stopService(self) -> Deferred[None]:
@@ -539,6 +690,7 @@ class EchoService(MultiService):
         evictIdleAfter: float = DEFAULT_EVICT_IDLE_AFTER,
         proxyFrom: Iterable[Network | str] | None = None,
         warnOpenProxy: bool = True,
+        socketBuffer: int = DEFAULT_SOCKET_BUFFER,
         reactor: Any = None,
     ) -> None:
         """
@@ -574,6 +726,9 @@ class EchoService(MultiService):
         @param warnOpenProxy: say at start, once, when a C{haproxy:}
             listener believes any peer (workers leave it to their
             supervisor).
+        @param socketBuffer: SO_SNDBUF and SO_RCVBUF of every echo connection
+            over TCP (plain, TLS, under the PROXY protocol); Linux doubles
+            it.  0 leaves them to the kernel's autotuning.
         @param reactor: the reactor to listen with; the global one if None.
         """
         super().__init__()
@@ -602,12 +757,20 @@ class EchoService(MultiService):
         )
         self._openProxies: list[str] = []
         self._warnOpenProxy = warnOpenProxy
+        self.socketBuffer = socketBuffer
+        # Shared by every listener: one line per reason every 10 seconds.
+        acceptLog = ThrottledObserver(
+            globalLogPublisher, reactor, "listener.accept_failed"
+        )
         for item in listen:
             if isinstance(item, str):
                 item = parseListener(item, reactor)
             self._trust(item)
             _ListenerService(
-                item, _ListenerFactory(self.factory, item.description)
+                item,
+                _ListenerFactory(self.factory, item.description),
+                socketBuffer=socketBuffer,
+                acceptLog=acceptLog,
             ).setServiceParent(self)
         for datagramItem in udp:
             if isinstance(datagramItem, str):

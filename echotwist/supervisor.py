@@ -192,6 +192,7 @@ class SupervisorService(EchoService):
             "shutdownTimeout": self.shutdownTimeout,
             "drainQuiet": factory.drainQuiet,
             "logConnections": factory.logConnections,
+            "socketBuffer": self.socketBuffer,
             "controlFileno": _CONTROL_OUT,
         }
         for number in range(1, self.wanted + 1):

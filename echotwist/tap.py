@@ -20,7 +20,9 @@ from echotwist.service import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PER_SOURCE,
     DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SOCKET_BUFFER,
     DEFAULT_UDP_RATE,
+    MIN_SOCKET_BUFFER,
     DatagramListener,
     EchoService,
     Listener,
@@ -60,6 +62,16 @@ def _prefixLength(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 128:
         raise ValueError(f"{text!r} is not an IPv6 prefix length (1-128)")
     return int(text)
+
+
+def _socketBuffer(text: str) -> int:
+    size = _count(text)
+    if 0 < size < MIN_SOCKET_BUFFER:
+        raise ValueError(
+            f"{text!r} is too small a socket buffer (0 for the kernel's"
+            f" autotuning, or {MIN_SOCKET_BUFFER} bytes or more)"
+        )
+    return size
 
 
 def _oneLine(method: _F) -> _F:
@@ -170,6 +182,17 @@ class Options(usage.Options):
             " abort one that cannot take its last echo within as long again;"
             " 0 for never (e.g. --idle-timeout 60).",
             _seconds,
+        ],
+        [
+            "socket-buffer",
+            None,
+            DEFAULT_SOCKET_BUFFER,
+            "SO_SNDBUF and SO_RCVBUF, in bytes, of every stream connection"
+            " over TCP (TLS and haproxy: too); Linux doubles it, so a client"
+            " that never reads pins about four times this of kernel memory;"
+            " 0 for the kernel's autotuning, which lets one such client pin"
+            " megabytes (e.g. --socket-buffer 131072).",
+            _socketBuffer,
         ],
         [
             "shutdown-timeout",
@@ -321,6 +344,7 @@ def makeService(options: Options) -> IService:
         "drainQuiet": options["drain-quiet"],
         "logConnections": not options["no-connection-logs"],
         "metrics": options["metrics"],
+        "socketBuffer": options["socket-buffer"],
     }
     if options["workers"] > 1:
         from echotwist.supervisor import SupervisorService

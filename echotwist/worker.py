@@ -180,6 +180,7 @@ def main(argv: list[str]) -> None:
         shutdownTimeout=config["shutdownTimeout"],
         drainQuiet=config["drainQuiet"],
         logConnections=config["logConnections"],
+        socketBuffer=config["socketBuffer"],
         reactor=reactor,
     )
     service.startService()

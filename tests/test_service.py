@@ -10,6 +10,7 @@ import shutil
 import socket
 import tempfile
 from socket import AF_INET, AF_INET6, AF_UNIX, SOCK_STREAM
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -18,16 +19,26 @@ from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.python.systemd import ListenFDs
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 import echotwist.service as serviceModule
 from echotwist import Echo, EchoService, Listener
 from echotwist.proxy import ProxyEndpoint, parseNetwork
-from echotwist.service import CannotListen, _unnamedSystemdSocket, parseListener
+from echotwist.service import (
+    CannotListen,
+    _clampSocketBuffers,
+    _unnamedSystemdSocket,
+    listenBacklog,
+    parseListener,
+)
+from echotwist.stream import SplicingServer
+from echotwist.tls import TLSServer
+from tests._tools import selfSignedCertificate
 
 _socketFamily = serviceModule._socketFamily
 
@@ -377,3 +388,198 @@ class UnnamedSystemdSocketTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             parseListener("systemd:domain=INETX:index=0", MemoryReactorClock())
         self.assertIn("INETX", str(caught.exception))
+
+
+class BacklogTests(SynchronousTestCase):
+    """
+    Stream listeners get a listen backlog fit for bursts unless their
+    description sets one.
+    """
+
+    def listen(
+        self, description: str, backlog: int | None = 1024
+    ) -> MemoryReactorClock:
+        reactor = MemoryReactorClock()
+        listener = parseListener(description, reactor, backlog)
+        self.successResultOf(listener.endpoint.listen(Factory()))
+        return reactor
+
+    def test_everyStreamType(self) -> None:
+        key, certificate = selfSignedCertificate(self.mktempDirectory())
+        self.assertEqual(self.listen("tcp:0").tcpServers[0][2], 1024)
+        self.assertEqual(self.listen("0").tcpServers[0][2], 1024)
+        self.assertEqual(self.listen("tcp6:0").tcpServers[0][2], 1024)
+        self.assertEqual(self.listen("unix:/tmp/e.sock").unixServers[0][2], 1024)
+        ssl = f"ssl:0:privateKey={key}:certKey={certificate}"
+        self.assertEqual(self.listen(ssl).sslServers[0][3], 1024)
+        self.assertEqual(self.listen("haproxy:tcp:0").tcpServers[0][2], 1024)
+        self.assertEqual(self.listen("haproxy:tcp6:0").tcpServers[0][2], 1024)
+        self.assertEqual(
+            self.listen("haproxy:unix:/tmp/e.sock").unixServers[0][2], 1024
+        )
+        self.assertEqual(self.listen("haproxy:" + ssl).sslServers[0][3], 1024)
+
+    def mktempDirectory(self) -> str:
+        path = self.mktemp()
+        os.makedirs(path)
+        return path
+
+    def test_descriptionsOwnBacklogWins(self) -> None:
+        self.assertEqual(self.listen("tcp:0:backlog=7").tcpServers[0][2], 7)
+        self.assertEqual(self.listen("tcp6:0:backlog=7").tcpServers[0][2], 7)
+        self.assertEqual(
+            self.listen("haproxy:unix:/tmp/e.sock:backlog=7").unixServers[0][2], 7
+        )
+        # Positionally: port, interface, backlog.
+        self.assertEqual(self.listen("tcp:0:127.0.0.1:7").tcpServers[0][2], 7)
+
+    def test_escapedColonIsNotAField(self) -> None:
+        reactor = self.listen("unix:address=/tmp/a\\:backlog\\=3")
+        self.assertEqual(reactor.unixServers[0][0], "/tmp/a:backlog=3")
+        self.assertEqual(reactor.unixServers[0][2], 1024)
+
+    def test_descriptionIsKeptAsGiven(self) -> None:
+        reactor = MemoryReactorClock()
+        self.assertEqual(parseListener("tcp:0", reactor).description, "tcp:0")
+
+    def test_defaultIsTheKernelsCap(self) -> None:
+        reactor = self.listen("tcp:0", None)
+        self.assertEqual(reactor.tcpServers[0][2], listenBacklog())
+        path = self.mktemp()
+        for cap, backlog in (("128", 128), ("4096", 4096), ("1000000", 65535)):
+            with open(path, "w") as f:
+                f.write(cap + "\n")
+            self.assertEqual(listenBacklog(path), backlog)
+        self.assertEqual(listenBacklog(path + ".missing"), 1024)
+
+
+class SocketBufferTests(SynchronousTestCase):
+    """
+    SO_SNDBUF and SO_RCVBUF are set on TCP listening sockets, and the
+    connections accepted from them inherit both.
+    """
+
+    def listening(self, family: int = socket.AF_INET) -> _SocketPort:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        if family == socket.AF_UNIX:
+            sock.bind(os.path.join(self.mktempDirectory(), "s"))
+        else:
+            sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        return _SocketPort(sock)
+
+    def mktempDirectory(self) -> str:
+        path = self.mktemp()
+        os.makedirs(path)
+        return path
+
+    def buffers(self, sock: socket.socket) -> tuple[int, int]:
+        return (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+        )
+
+    def test_tcpListenerAndItsConnections(self) -> None:
+        port = self.listening()
+        _clampSocketBuffers("tcp:0", port, 32768)
+        # Linux doubles the value, for its bookkeeping.
+        self.assertEqual(self.buffers(port.socket), (65536, 65536))
+        client = socket.create_connection(port.socket.getsockname(), timeout=5)
+        self.addCleanup(client.close)
+        accepted, _ = port.socket.accept()
+        self.addCleanup(accepted.close)
+        self.assertEqual(self.buffers(accepted), (65536, 65536))
+
+    def test_unixListenerUntouched(self) -> None:
+        port = self.listening(socket.AF_UNIX)
+        before = self.buffers(port.socket)
+        _clampSocketBuffers("unix:s", port, 8192)
+        self.assertEqual(self.buffers(port.socket), before)
+
+    def test_kernelCapIsLogged(self) -> None:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            cap = int(f.read())
+        port = self.listening()
+        with capturedLogs() as events:
+            _clampSocketBuffers("tcp:0", port, cap * 2)
+        self.assertEqual(
+            [e["cap"] for e in events if e.get("event") == "listener.buffer_capped"][
+                :1
+            ],
+            ["net.core.wmem_max"],
+        )
+
+
+class _SocketPort:
+    """
+    Just enough of a listening port: its socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+
+
+class _RefusingSocket:
+    """
+    A listening socket whose every accept fails as when the system is out
+    of buffers.
+    """
+
+    def accept(self) -> tuple[socket.socket, object]:
+        raise OSError(errno.ENOBUFS, "No buffer space available")
+
+
+class RealListenerTests(TestCase):
+    """
+    EchoService's own listeners, on the real reactor (not run).
+    """
+
+    def start(
+        self, description: str = "tcp:0:interface=127.0.0.1", **kwargs: Any
+    ) -> EchoService:
+        service = EchoService([description], **kwargs)
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def test_socketBufferSet(self) -> None:
+        (child,) = self.start(socketBuffer=16384)
+        sock = child.port.socket
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), 32768)
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 32768)
+
+    def test_acceptErrorsThrottled(self) -> None:
+        """
+        Twisted's port logs each accept that fails; echotwist's ports pass
+        at most one such line per reason every 10 seconds.
+        """
+        (child,) = self.start()
+        port = child.port
+        real, port.socket = port.socket, _RefusingSocket()
+        try:
+            with capturedLogs() as events:
+                for _ in range(50):
+                    port.doRead()
+        finally:
+            port.socket = real
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(lines, ["Could not accept new connection (ENOBUFS)"])
+        self.assertEqual(events[0]["event"], "listener.accept_failed")
+
+    def test_transports(self) -> None:
+        """
+        Plain TCP connections may echo in the kernel; TLS ones read little,
+        send at once, and skip Twisted's aggregation of small writes (an
+        echo writes once per read).
+        """
+        (tcpChild,) = self.start()
+        self.assertIs(tcpChild.port.transport, SplicingServer)
+        directory = self.mktemp()
+        os.makedirs(directory)
+        key, certificate = selfSignedCertificate(directory)
+        (tlsChild,) = self.start(
+            f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
+        )
+        self.assertIs(tlsChild.port.transport, TLSServer)
+        self.assertIs(tlsChild.port.factory.protocol, TLSMemoryBIOProtocol)

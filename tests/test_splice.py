@@ -22,7 +22,6 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -30,6 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from echotwist import Echo, EchoService, stream
 from echotwist.reactor import EchotwistEPollReactor
 from echotwist.service import _ListenerFactory
+from echotwist.tls import TLSServer
 from tests._tools import selfSignedCertificate
 from tests._twistd import WAIT
 
@@ -443,5 +443,7 @@ class NotSplicedTests(SynchronousTestCase):
         self.assertEqual(len(ports), 2)
         for port in ports:
             self.assertIsNot(port.transport, stream.SplicingServer)
-        self.assertIs(ports[0].transport, tcp.Server)
+        # TLS has a transport of its own (echotwist.tls), which never splices.
+        self.assertIs(ports[0].transport, TLSServer)
+        self.assertFalse(issubclass(TLSServer, stream.SplicingServer))
         self.assertNotIsInstance(ports[0].factory, _ListenerFactory)

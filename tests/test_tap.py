@@ -74,6 +74,11 @@ class OptionsTests(SynchronousTestCase):
         assert isinstance(service, EchoService)
         self.assertEqual(service.factory.drainQuiet, 7.5)
 
+    def test_socketBuffer(self) -> None:
+        self.assertEqual(parse()["socket-buffer"], 65536)
+        self.assertEqual(parse("--socket-buffer", "0")["socket-buffer"], 0)
+        self.assertEqual(parse("--socket-buffer", "131072")["socket-buffer"], 131072)
+
     def test_everyOptionHelpSaysDefaultAndExample(self) -> None:
         text = str(Options())
         # Each option's entry starts on a line of its own: "  -p, --port=".
@@ -93,6 +98,7 @@ class OptionsTests(SynchronousTestCase):
             "--ipv6-prefix=",
             "--evict-idle-after=",
             "--proxy-from=",
+            "--socket-buffer=",
         ):
             (entry,) = (e for e in entries if option in e.split()[:2])
             self.assertIn("[default:", entry, option)
@@ -211,6 +217,12 @@ class BadValueTests(SynchronousTestCase):
             self.refused("--proxy-from", "proxy"),
         )
 
+    def test_socketBufferTooSmall(self) -> None:
+        message = self.refused("--socket-buffer", "100")
+        self.assertIn("'100' is too small a socket buffer", message)
+        self.assertIn("4096", message)
+        self.assertIn("whole number", self.refused("--socket-buffer", "64k"))
+
 
 class MakeServiceTests(SynchronousTestCase):
     def test_workers(self) -> None:
@@ -251,6 +263,20 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(supervisor.factory.ipv6Prefix, 48)
         self.assertEqual(supervisor.factory.evictIdleAfter, 3)
         self.assertEqual([str(n) for n in supervisor.proxyFrom or []], ["10.0.0.0/8"])
+
+    def test_socketBuffer(self) -> None:
+        from echotwist.supervisor import SupervisorService
+
+        service = makeService(parse("--socket-buffer", "32768"))
+        assert isinstance(service, EchoService)
+        self.assertEqual(service.socketBuffer, 32768)
+        self.assertEqual(
+            [child.socketBuffer for child in service],  # type: ignore[attr-defined]
+            [32768],
+        )
+        supervisor = makeService(parse("--workers", "2", "--socket-buffer", "0"))
+        assert isinstance(supervisor, SupervisorService)
+        self.assertEqual(supervisor.socketBuffer, 0)
 
     def test_oneListenerEach(self) -> None:
         service = makeService(

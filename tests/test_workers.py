@@ -99,6 +99,15 @@ class SupervisionTests(SynchronousTestCase):
         config = json.loads(self.spawned[0][1][-1])
         self.assertEqual((config["shutdownTimeout"], config["drainQuiet"]), (30, 0))
 
+    def test_workersGetTheSocketBuffer(self) -> None:
+        supervisor = SupervisorService(
+            [], workers=1, reactor=self.clock, spawn=self.spawn, socketBuffer=32768
+        )
+        supervisor.startService()
+        self.addCleanup(supervisor.stopService)
+        config = json.loads(self.spawned[0][1][-1])
+        self.assertEqual(config["socketBuffer"], 32768)
+
     def test_healthyWorkerIsReplacedAtOnce(self) -> None:
         self.supervisor.startService()
         self.addCleanup(self.supervisor.stopService)
