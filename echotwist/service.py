@@ -567,6 +567,12 @@ class _ListenerService(StreamServerEndpointService):
         self._waitingForPort.addCallback(self._started)
 
     def _started(self, port: IListeningPort) -> IListeningPort:
+        # First of all: the kernel completes handshakes before anything is
+        # accepted, and each connection takes the listening socket's
+        # buffers as they are then.  (Those of the few microseconds between
+        # listen() and this, at start, keep the kernel's autotuning.)
+        if self.socketBuffer:
+            _clampSocketBuffers(self.description, port, self.socketBuffer)
         _logStarted(self.description, port, self.kind)
         self.port = port
         if self.acceptLog is not None and isinstance(port, tcp.Port):
@@ -575,8 +581,6 @@ class _ListenerService(StreamServerEndpointService):
             port._logger = Logger(
                 namespace=port._logger.namespace, observer=self.acceptLog
             )
-        if self.socketBuffer:
-            _clampSocketBuffers(self.description, port, self.socketBuffer)
         factory = getattr(port, "factory", None)
         tls: TLSMemoryBIOFactory | None = None
         if isinstance(factory, TLSMemoryBIOFactory):

@@ -75,6 +75,19 @@ def listenQueue(port: int) -> int:
     return int(line.split()[2])
 
 
+def nonReadingClient(port: int) -> socket.socket:
+    """
+    A client that will never read: a receive buffer as small as the kernel
+    allows, so that the echo backs up in the server, not in the client's
+    own kernel queue (which autotuning would otherwise grow to megabytes).
+    """
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.settimeout(WAIT)
+    client.connect((LOOPBACK, port))
+    return client
+
+
 def push(clients: list[socket.socket]) -> list[int]:
     """
     Send from every client without reading, until each has sent L{PUSH}
@@ -133,7 +146,7 @@ class KernelMemoryTests(ServerTestCase):
         port = server.port
         clients = []
         for _ in range(count):
-            client = socket.create_connection((LOOPBACK, port), timeout=WAIT)
+            client = nonReadingClient(port)
             self.addCleanup(client.close)
             client.sendall(header)
             clients.append(client)
@@ -205,7 +218,7 @@ class TLSMemoryTests(ServerTestCase):
         context = ssl.create_default_context(cafile=certificate)
 
         def connect() -> ssl.SSLSocket:
-            raw = socket.create_connection((LOOPBACK, port), timeout=WAIT)
+            raw = nonReadingClient(port)
             self.addCleanup(raw.close)
             return context.wrap_socket(raw, server_hostname="localhost")
 
