@@ -65,11 +65,15 @@ def _prefixLength(text: str) -> int:
 
 
 def _socketBuffer(text: str) -> int:
-    size = _count(text)
+    # Twisted's message for a coerced option does not name it; this does.
+    try:
+        size = _count(text)
+    except ValueError as e:
+        raise ValueError(f"--socket-buffer: {e}") from None
     if 0 < size < MIN_SOCKET_BUFFER:
         raise ValueError(
-            f"{text!r} is too small a socket buffer (0 for the kernel's"
-            f" autotuning, or {MIN_SOCKET_BUFFER} bytes or more)"
+            f"--socket-buffer: {text!r} is too small a socket buffer (0 for"
+            f" the kernel's autotuning, or {MIN_SOCKET_BUFFER} bytes or more)"
         )
     return size
 

@@ -219,9 +219,12 @@ class BadValueTests(SynchronousTestCase):
 
     def test_socketBufferTooSmall(self) -> None:
         message = self.refused("--socket-buffer", "100")
-        self.assertIn("'100' is too small a socket buffer", message)
+        self.assertIn("--socket-buffer: '100' is too small a socket buffer", message)
         self.assertIn("4096", message)
-        self.assertIn("whole number", self.refused("--socket-buffer", "64k"))
+        self.assertIn(
+            "--socket-buffer: '64k' is not a whole number",
+            self.refused("--socket-buffer", "64k"),
+        )
 
 
 class MakeServiceTests(SynchronousTestCase):
