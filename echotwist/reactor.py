@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_reactor -*-
 """
 An epoll reactor without a logging context per event, for busy echo
-servers: C{twistd --reactor echotwist -n echo ...}.
+servers: what C{twistd -n echo ...} and C{twist echo ...} serve on when no
+reactor is named (see L{echotwist.tap.installDefaultReactor}), and what
+C{--reactor echotwist} names.
 
 Twisted's epoll reactor runs every read and write inside
 C{log.callWithLogger}, which asks the selectable for its log prefix and
@@ -12,7 +14,8 @@ thousands of events a second that context is pure cost.  This reactor is
 Twisted's epoll reactor with that one wrapper taken out; it keeps the
 wrapper's other duty, which is to log an exception from an event and carry
 on.  Legacy log lines written during an event lose their per-connection
-"system" prefix (they show "-").  The default reactor stays Twisted's own.
+"system" prefix (they show "-").  C{--reactor epoll} (or any other name)
+serves on that reactor instead; a C{.tac} keeps whatever it installs.
 
 It also echoes small reads itself.  On a busy server most events are a
 plain TCP echo connection with a few bytes to read: for those (see
@@ -123,8 +126,13 @@ class EchotwistEPollReactor(EPollReactor):
     doIteration = doPoll
 
 
-def install() -> None:
+def install() -> EchotwistEPollReactor:
     """
-    Install the reactor (what C{twistd --reactor echotwist} calls).
+    Install the reactor (what C{twistd --reactor echotwist} calls, and
+    C{twistd echo} when no reactor is named).
+
+    @return: the reactor installed.
     """
-    installReactor(EchotwistEPollReactor())
+    reactor = EchotwistEPollReactor()
+    installReactor(reactor)
+    return reactor

@@ -826,6 +826,14 @@ class EchoService(MultiService):
         super().privilegedStartService()
 
     def startService(self) -> None:
+        # Said once however the service is started (twistd calls
+        # privilegedStartService first, twist does not).
+        reactorType = type(self.reactor)
+        log.info(
+            "Serving on the {reactor} reactor",
+            event="reactor.serving",
+            reactor=f"{reactorType.__module__}.{reactorType.__qualname__}",
+        )
         if self._openProxies and self._warnOpenProxy:
             self._warnOpenProxy = False
             log.warn(

@@ -5,8 +5,10 @@ The tap configuration of C{twistd echo}: options, and the service they make.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+import select
+import sys
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, TypeVar
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -90,6 +92,46 @@ def _parse(option: str, description: str) -> Listener:
         return parseListener(description)
     except ValueError as e:
         raise usage.UsageError(f"{option}: {e}") from None
+
+
+def installDefaultReactor(
+    parent: MutableMapping[str, Any] | None = None,
+    modules: Mapping[str, object] = sys.modules,
+    install: Callable[[], object] | None = None,
+) -> bool:
+    """
+    Install echotwist's reactor (L{echotwist.reactor}) as the one to serve
+    on, unless a reactor is installed already: the user named one
+    (C{twistd --reactor NAME} and C{twist --reactor NAME} install it while
+    parsing their own options, before this runs), or a C{.tac} or program
+    chose one.  Only where epoll exists; elsewhere Twisted's default stays.
+
+    Under C{twist}, the reactor is handed to C{twist}'s own options
+    (C{parent}), which otherwise install their default one after this and
+    fail because one is installed.
+
+    Must run before anything imports C{twisted.internet.reactor}, which
+    installs the default: so before the listeners are parsed.
+
+    @param parent: the options this is a sub-command of (C{twistd}'s or
+        C{twist}'s), or None.
+    @param modules: where to look for an installed reactor (for tests).
+    @param install: installs echotwist's reactor and returns it (for tests).
+    @return: whether it installed echotwist's reactor.
+    """
+    if "twisted.internet.reactor" in modules or not hasattr(select, "epoll"):
+        return False
+    if install is None:
+        from echotwist.reactor import install as installEchotwist
+
+        install = installEchotwist
+    reactor = install()
+    if parent is not None and "reactorName" in parent and "reactor" not in parent:
+        # twist's TwistOptions: it installs self["reactorName"] unless
+        # self["reactor"] is there.
+        parent["reactor"] = reactor
+        parent["reactorName"] = "echotwist"
+    return True
 
 
 def _repeats(listener: Listener, seen: list[Listener]) -> bool:
@@ -283,6 +325,8 @@ class Options(usage.Options):
         self["proxy-from"].append(parsed)
 
     def postOptions(self) -> None:
+        # Before the listeners: parsing them imports the global reactor.
+        installDefaultReactor(self.parent)
         wanted: list[tuple[str, str]] = [("--listen", d) for d in self["listen"]]
         if self["port"] is not None or not (wanted or self["udp"]):
             wanted.append(("--port", self["port"] or DEFAULT_PORT))

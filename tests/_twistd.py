@@ -59,9 +59,17 @@ class Server:
         runner: Sequence[str] | None = None,
         preexec: object = None,
         passFDs: Sequence[int] = (),
+        reactorArgs: Sequence[str] = (),
     ) -> None:
         if runner is None:
-            argv = [command("twistd"), "-n", "--pidfile=", "echo", *echoArgs]
+            argv = [
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                *reactorArgs,
+                "echo",
+                *echoArgs,
+            ]
         else:
             argv = [*runner, *echoArgs]
         self.argv = argv
@@ -168,7 +176,12 @@ class Server:
 class ServerTestCase(SynchronousTestCase):
     """
     Tests that run servers in a scratch directory, and always stop them.
+
+    @cvar reactorArgs: twistd's options before C{echo} when the test names
+        no runner: none, as users type it (echotwist's reactor serves).
     """
+
+    reactorArgs: tuple[str, ...] = ()
 
     def setUp(self) -> None:
         self.directory = tempfile.mkdtemp(prefix="echotwist-")
@@ -177,6 +190,7 @@ class ServerTestCase(SynchronousTestCase):
     def start(self, *echoArgs: str, **kwargs: object) -> Server:
         if not echoArgs and "runner" not in kwargs:
             echoArgs = ("--port", f"tcp:0:interface={LOOPBACK}")
+        kwargs.setdefault("reactorArgs", self.reactorArgs)
         server = Server(echoArgs, cwd=self.directory, **kwargs)  # type: ignore[arg-type]
         self.addCleanup(server.kill)
         return server
@@ -189,3 +203,29 @@ class ServerTestCase(SynchronousTestCase):
         self.assertEqual(server.wait(), 1, server.output)
         self.assertNotIn("Traceback", server.output)
         return server.output
+
+
+#: The start log line naming each reactor (see EchoService.startService).
+SERVING_ON_ECHOTWIST = (
+    r"Serving on the echotwist\.reactor\.EchotwistEPollReactor reactor"
+)
+SERVING_ON_EPOLL = (
+    r"Serving on the twisted\.internet\.epollreactor\.EPollReactor reactor"
+)
+
+
+class TwistedReactorMixin:
+    """
+    Mixed into a L{ServerTestCase}: its servers run on Twisted's epoll
+    reactor, named as a user names it (C{twistd --reactor epoll}), and each
+    test checks that this reactor is the one serving.  So the tests that
+    run as typed (on echotwist's reactor) also cover Twisted's own path.
+    """
+
+    reactorArgs = ("--reactor", "epoll")
+
+    def start(self, *echoArgs: str, **kwargs: object) -> Server:
+        server: Server = super().start(*echoArgs, **kwargs)  # type: ignore[misc]
+        if "runner" not in kwargs:
+            server.waitFor(SERVING_ON_EPOLL)
+        return server

@@ -17,7 +17,14 @@ from twisted.trial.unittest import SkipTest
 
 from echotwist.stream import DEFAULT_DRAIN_QUIET
 from tests._clients import echoOnce, exchange, readUntilClosed
-from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
+from tests._twistd import (
+    LOOPBACK,
+    WAIT,
+    Server,
+    ServerTestCase,
+    TwistedReactorMixin,
+    command,
+)
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -90,6 +97,13 @@ class EchoTests(ServerTestCase):
         self.assertLess(grown, 16 * MiB, f"server grew {grown} bytes")
         payload = os.urandom(100_000)
         self.assertEqual(echoOnce(address, payload), payload)
+
+
+class TwistedReactorEchoTests(TwistedReactorMixin, EchoTests):
+    """
+    The same, on Twisted's epoll reactor (C{twistd --reactor epoll}), where
+    every read goes through the transport and the protocol.
+    """
 
 
 class LifecycleTests(ServerTestCase):

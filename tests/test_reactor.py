@@ -1,6 +1,7 @@
 """
-The optional reactor (twistd --reactor echotwist): it polls like Twisted's
-epoll reactor, survives an exception from an event, and runs the server.
+echotwist's reactor: it polls like Twisted's epoll reactor, survives an
+exception from an event, and serves the command as typed (C{twistd -n echo},
+C{twist echo}, their workers), unless the user names another reactor.
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist.reactor import EchotwistEPollReactor
-from tests._clients import exchange
-from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
+from tests._clients import echoOnce, exchange
+from tests._twistd import (
+    LOOPBACK,
+    SERVING_ON_ECHOTWIST,
+    SERVING_ON_EPOLL,
+    WAIT,
+    Server,
+    ServerTestCase,
+    command,
+)
 from tests.test_metrics import scrape
 
 
@@ -89,14 +98,14 @@ class RunTests(ServerTestCase):
         ).stdout
         self.assertRegex(output, r"echotwist\s+epoll without a logging context")
 
-    def test_servesUnderTwistd(self) -> None:
-        server = self.start(
-            "echo",
-            "--port",
-            f"tcp:0:interface={LOOPBACK}",
-            runner=[command("twistd"), "-n", "--pidfile=", "--reactor", "echotwist"],
-        )
+    def test_servesAsTyped(self) -> None:
+        """
+        C{twistd -n echo} with no reactor named serves on echotwist's
+        reactor, and says so; large transfers and half-close work on it.
+        """
+        server = self.start()
         server.waitFor(r"reactor class: echotwist\.reactor\.EchotwistEPollReactor")
+        server.waitFor(SERVING_ON_ECHOTWIST)
         payloads = [os.urandom(200_000) for _ in range(20)]
         for payload, (received, eof) in zip(
             payloads,
@@ -114,13 +123,12 @@ class RunTests(ServerTestCase):
         count every byte while the connections are still open.
         """
         server = self.start(
-            "echo",
             "--port",
             f"tcp:0:interface={LOOPBACK}",
             "--metrics",
             f"tcp:0:interface={LOOPBACK}",
-            runner=[command("twistd"), "-n", "--pidfile=", "--reactor", "echotwist"],
         )
+        server.waitFor(SERVING_ON_ECHOTWIST)
         metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
         clients = []
         for _ in range(10):
@@ -150,3 +158,80 @@ class RunTests(ServerTestCase):
         for client in clients:
             client.shutdown(socket.SHUT_WR)
             self.assertEqual(client.recv(1), b"")
+
+    def assertServesOn(self, server: Server, serving: str, workers: int = 0) -> None:
+        """
+        C{server} says it serves on the reactor C{serving} matches (and so
+        does each of its C{workers}), and echoes.
+        """
+        server.waitFor(serving)
+        for number in range(1, workers + 1):
+            server.waitFor(rf"worker {number}\] {serving}")
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"which"), b"which")
+        self.assertNotIn("Traceback", server.output)
+
+    def test_namedReactorWinsUnderTwistd(self) -> None:
+        server = self.start(reactorArgs=("--reactor", "epoll"))
+        self.assertServesOn(server, SERVING_ON_EPOLL)
+        self.assertNotIn("EchotwistEPollReactor", server.output)
+
+    def test_namedEchotwistUnderTwistd(self) -> None:
+        server = self.start(reactorArgs=("--reactor", "echotwist"))
+        self.assertServesOn(server, SERVING_ON_ECHOTWIST)
+
+    def test_twistAsTyped(self) -> None:
+        """
+        Under C{twist} the tap installs echotwist's reactor and hands it to
+        twist's options, which then run it instead of installing their own
+        (ReactorAlreadyInstalledError, otherwise).
+        """
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[command("twist"), "--log-format", "text"],
+        )
+        self.assertServesOn(server, SERVING_ON_ECHOTWIST)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def test_namedReactorWinsUnderTwist(self) -> None:
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[command("twist"), "--log-format", "text", "--reactor", "epoll"],
+        )
+        self.assertServesOn(server, SERVING_ON_EPOLL)
+
+    def test_workersAsTyped(self) -> None:
+        server = self.start("--port", f"tcp:0:interface={LOOPBACK}", "--workers", "2")
+        self.assertServesOn(server, SERVING_ON_ECHOTWIST, workers=2)
+
+    def test_workersOnTheNamedReactor(self) -> None:
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--workers",
+            "2",
+            reactorArgs=("--reactor", "epoll"),
+        )
+        self.assertServesOn(server, SERVING_ON_EPOLL, workers=2)
+        self.assertNotIn("EchotwistEPollReactor", server.output)
+
+    def test_tacKeepsItsReactor(self) -> None:
+        """
+        A C{.tac} that uses echotwist serves on whatever reactor twistd
+        installs for it (Twisted's default here): only the tap chooses.
+        """
+        tac = os.path.join(self.directory, "echo.tac")
+        with open(tac, "w") as f:
+            f.write(
+                "from twisted.application import service\n"
+                "from echotwist import EchoService\n"
+                "application = service.Application('echo')\n"
+                f"EchoService(['tcp:0:interface={LOOPBACK}'])"
+                ".setServiceParent(application)\n"
+            )
+        server = self.start(runner=[command("twistd"), "-n", "--pidfile=", "-y", tac])
+        self.assertServesOn(server, SERVING_ON_EPOLL)

@@ -15,7 +15,13 @@ import threading
 import time
 
 from tests._clients import echoOnce, readUntilClosed
-from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase
+from tests._twistd import (
+    LOOPBACK,
+    WAIT,
+    Server,
+    ServerTestCase,
+    TwistedReactorMixin,
+)
 
 MiB = 1024 * 1024
 SOAK_SECONDS = float(os.environ.get("ECHOTWIST_SOAK_SECONDS", "30"))
@@ -183,6 +189,12 @@ class DrainTests(ServerTestCase):
         self.assertIn(
             "Shutdown deadline passed: aborting 1 connection(s)", server.output
         )
+
+
+class TwistedReactorDrainTests(TwistedReactorMixin, DrainTests):
+    """
+    The same, on Twisted's epoll reactor (C{twistd --reactor epoll}).
+    """
 
 
 class ExhaustionTests(ServerTestCase):

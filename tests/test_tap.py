@@ -10,7 +10,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import EchoService
-from echotwist.tap import Options, makeService
+from echotwist.tap import Options, installDefaultReactor, makeService
 
 
 def parse(*argv: str) -> Options:
@@ -300,3 +300,83 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertTrue(
             all(child.factory.shared is service.factory for child in service)
         )  # type: ignore[attr-defined]
+
+
+class DefaultReactorTests(SynchronousTestCase):
+    """
+    What the tap installs when the user names no reactor.  (The real
+    thing, under twistd, twist and workers, is in tests.test_reactor.)
+    """
+
+    def setUp(self) -> None:
+        self.installed: list[object] = []
+
+    def install(self) -> object:
+        reactor = object()
+        self.installed.append(reactor)
+        return reactor
+
+    def test_installsWhenNoneIsInstalled(self) -> None:
+        self.assertTrue(installDefaultReactor(None, {}, self.install))
+        self.assertEqual(len(self.installed), 1)
+
+    def test_namedReactorWins(self) -> None:
+        """
+        twistd --reactor NAME and twist --reactor NAME have installed theirs
+        before the tap's options are parsed: it is left alone.
+        """
+        modules = {"twisted.internet.reactor": object()}
+        parent = {
+            "reactorName": "epoll",
+            "reactor": modules["twisted.internet.reactor"],
+        }
+        self.assertFalse(installDefaultReactor(parent, modules, self.install))
+        self.assertEqual(self.installed, [])
+        self.assertEqual(parent["reactorName"], "epoll")
+
+    def test_handedToTwist(self) -> None:
+        """
+        twist's options (which have a reactorName and, until they install
+        one, no reactor) get the reactor installed, so they run it rather
+        than install their default over it.
+        """
+        parent: dict[str, object] = {"reactorName": "default"}
+        self.assertTrue(installDefaultReactor(parent, {}, self.install))
+        self.assertEqual(
+            parent, {"reactorName": "echotwist", "reactor": self.installed[0]}
+        )
+
+    def test_twistdOptionsUntouched(self) -> None:
+        parent: dict[str, object] = {"nodaemon": True}
+        self.assertTrue(installDefaultReactor(parent, {}, self.install))
+        self.assertEqual(parent, {"nodaemon": True})
+
+    def test_onlyWithEpoll(self) -> None:
+        import select
+
+        self.patch(select, "epoll", None)
+        del select.epoll  # type: ignore[attr-defined]
+        self.assertFalse(installDefaultReactor(None, {}, self.install))
+        self.assertEqual(self.installed, [])
+
+    def test_beforeTheListenersAreParsed(self) -> None:
+        """
+        Options.postOptions chooses the reactor before it parses a listener
+        (parsing imports the global reactor), and passes its parent.
+        """
+        import echotwist.tap as tap
+
+        calls: list[str] = []
+        self.patch(
+            tap,
+            "installDefaultReactor",
+            lambda parent: calls.append(f"reactor {parent!r}"),
+        )
+        realParse = tap.parseListener
+        self.patch(
+            tap,
+            "parseListener",
+            lambda description: calls.append("listener") or realParse(description),
+        )
+        parse("--port", "7")
+        self.assertEqual(calls, ["reactor None", "listener"])
