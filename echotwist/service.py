@@ -53,6 +53,7 @@ __all__ = [
     "DatagramListener",
     "EchoService",
     "Listener",
+    "MissingExtra",
     "parseDatagramListener",
     "parseListener",
 ]
@@ -89,6 +90,14 @@ _BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
 
 
 _PROXY_PREFIX = "haproxy:"
+
+
+class MissingExtra(ValueError):
+    """
+    A listener needs an optional part of echotwist that is not installed
+    (TLS: C{pip install 'echotwist[tls]'}).  The message is the one line a
+    user sees.
+    """
 
 
 class Listener(NamedTuple):
@@ -187,6 +196,17 @@ def parseListener(
             )
         else:
             endpoint = _endpoint(reactor, text, backlog)
+    except ImportError as e:
+        inner = text[len(_PROXY_PREFIX) :] if text.startswith(_PROXY_PREFIX) else text
+        if inner.split(":", 1)[0] == "ssl":
+            # Twisted's ssl: parser imports pyOpenSSL, an extra.
+            raise MissingExtra(
+                f"echotwist: {description!r} needs TLS support, which is not"
+                " installed: pip install 'echotwist[tls]'"
+            ) from None
+        raise ValueError(
+            f"{description!r} needs a module that is missing ({e})"
+        ) from None
     except (IndexError, KeyError) as e:
         if "systemd:" not in text:
             raise ValueError(f"{description!r}: {e}") from None

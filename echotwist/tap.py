@@ -28,6 +28,7 @@ from echotwist.service import (
     DatagramListener,
     EchoService,
     Listener,
+    MissingExtra,
     parseDatagramListener,
     parseListener,
 )
@@ -90,6 +91,11 @@ def _oneLine(method: _F) -> _F:
 def _parse(option: str, description: str) -> Listener:
     try:
         return parseListener(description)
+    except MissingExtra as e:
+        # Not a usage error: the command is right, the install is short of
+        # a part.  SystemExit prints the one line and exits 1, under twistd
+        # and twist alike.
+        raise SystemExit(str(e)) from None
     except ValueError as e:
         raise usage.UsageError(f"{option}: {e}") from None
 

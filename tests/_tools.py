@@ -37,6 +37,41 @@ def requireRoot(why: str) -> None:
         raise SkipTest(f"needs root: {why}")
 
 
+def requireTLS() -> None:
+    """
+    TLS support (echotwist's C{tls} extra, Twisted's C{twisted[tls]}) is
+    installed: the C{test} extra pulls it in, so CI always has it.
+    """
+    try:
+        import OpenSSL  # noqa: F401
+        import service_identity  # noqa: F401
+    except ImportError as e:
+        message = f"TLS support is not installed ({e}): pip install 'echotwist[tls]'"
+        if os.environ.get(REQUIRE):
+            raise AssertionError(f"{message}, and {REQUIRE} is set") from None
+        raise SkipTest(message) from None
+
+
+def withoutTLS(directory: str) -> dict[str, str]:
+    """
+    Environment for a child Python that behaves as if pyOpenSSL were not
+    installed (the default install, without the C{tls} extra): a package
+    named OpenSSL ahead of the real one on the path, failing to import as a
+    missing one does.
+    """
+    shadow = os.path.join(directory, "without-tls")
+    os.makedirs(os.path.join(shadow, "OpenSSL"), exist_ok=True)
+    with open(os.path.join(shadow, "OpenSSL", "__init__.py"), "w") as f:
+        f.write(
+            "raise ModuleNotFoundError(\"No module named 'OpenSSL'\", name='OpenSSL')\n"
+        )
+    return {
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [shadow, os.environ.get("PYTHONPATH")])
+        )
+    }
+
+
 def startHAProxy(test: SynchronousTestCase, config: str, frontend: int) -> None:
     """
     Run HAProxy (in the foreground) with C{config} for the rest of C{test},
@@ -65,8 +100,9 @@ def startHAProxy(test: SynchronousTestCase, config: str, frontend: int) -> None:
 def selfSignedCertificate(directory: str) -> tuple[str, str]:
     """
     Write a fresh key and self-signed certificate for localhost; their
-    paths.
+    paths.  Skips the test where TLS support is not installed.
     """
+    requireTLS()
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

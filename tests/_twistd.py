@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -60,6 +60,7 @@ class Server:
         preexec: object = None,
         passFDs: Sequence[int] = (),
         reactorArgs: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         if runner is None:
             argv = [
@@ -89,6 +90,7 @@ class Server:
             stderr=subprocess.STDOUT,
             preexec_fn=setup,
             pass_fds=passFDs,
+            env=None if env is None else {**os.environ, **env},
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -23,7 +23,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._clients import echoOnce
 from tests._tools import REQUIRE, requireRoot
-from tests._twistd import Server
+from tests._twistd import WAIT, Server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL_TIMEOUT = 600
@@ -154,6 +154,44 @@ class FreshInstallTests(SynchronousTestCase):
         )
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def test_tlsIsAnExtra(self) -> None:
+        """
+        The default install leaves TLS out (it costs every server ~13 MiB):
+        pyOpenSSL is not installed, the server still echoes (above), and a
+        TLS listener asks for the extra in one line.
+        """
+        python = os.path.join(self.bin, "python")
+        missing = subprocess.run(
+            [python, "-c", "import OpenSSL"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            cwd=self.directory,
+        )
+        self.assertNotEqual(missing.returncode, 0, "pyOpenSSL was installed")
+        refused = subprocess.run(
+            [
+                os.path.join(self.bin, "twistd"),
+                "-n",
+                "--pidfile=",
+                "echo",
+                "--listen",
+                "ssl:0:privateKey=key.pem",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            cwd=self.directory,
+        )
+        self.assertEqual(refused.returncode, 1)
+        self.assertEqual(
+            (refused.stdout + refused.stderr).splitlines(),
+            [
+                "echotwist: 'ssl:0:privateKey=key.pem' needs TLS support, which"
+                " is not installed: pip install 'echotwist[tls]'"
+            ],
+        )
 
 
 CACHE_ERROR = "Unable to write to plugin cache"

@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import EchoService
 from echotwist.tap import Options, installDefaultReactor, makeService
+from tests._tools import requireTLS
 
 
 def parse(*argv: str) -> Options:
@@ -165,6 +166,7 @@ class BadValueTests(SynchronousTestCase):
         self.assertIn("'bogus'", self.refused("--listen", "tcp:5000:bogus=1"))
 
     def test_unreadableKey(self) -> None:
+        requireTLS()
         message = self.refused("--listen", "ssl:5000:privateKey=/nonexistent/key.pem")
         self.assertIn("No such file or directory", message)
 

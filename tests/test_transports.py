@@ -16,7 +16,13 @@ import threading
 import time
 
 from tests._clients import echoOnce, exchange
-from tests._tools import requireRoot, requireTool, selfSignedCertificate, startHAProxy
+from tests._tools import (
+    requireRoot,
+    requireTool,
+    selfSignedCertificate,
+    startHAProxy,
+    withoutTLS,
+)
 from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
 
 KiB = 1024
@@ -186,6 +192,48 @@ class TLSTests(ServerTestCase):
             "--listen", f"ssl:0:privateKey={garbage}:certKey={self.certificate}"
         )
         self.assertIn("--listen: 'ssl:0:privateKey=", output.splitlines()[-1])
+
+
+class WithoutTLSTests(ServerTestCase):
+    """
+    The default install has no TLS (it is the C{tls} extra): the server
+    runs without it, and a TLS listener asks for the extra in one line.
+    """
+
+    def test_servesWithoutTLS(self) -> None:
+        server = self.start(env=withoutTLS(self.directory))
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"no tls"), b"no tls")
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+        self.assertNotIn("Traceback", server.output)
+
+    def assertAsksForTheExtra(self, runner: list[str] | None, *args: str) -> None:
+        kwargs: dict[str, object] = {"env": withoutTLS(self.directory)}
+        if runner is not None:
+            kwargs["runner"] = [*runner, "echo"]
+        output = self.failedStart(*args, **kwargs)
+        self.assertEqual(
+            output.splitlines(),
+            [
+                f"echotwist: {args[1]!r} needs TLS support, which is not"
+                " installed: pip install 'echotwist[tls]'"
+            ],
+        )
+
+    def test_sslListenerUnderTwistd(self) -> None:
+        self.assertAsksForTheExtra(
+            None, "--listen", "ssl:0:privateKey=key.pem:certKey=cert.pem"
+        )
+
+    def test_sslPortBehindTheProxyProtocol(self) -> None:
+        self.assertAsksForTheExtra(
+            None, "--port", "haproxy:ssl:0:privateKey=key.pem:certKey=cert.pem"
+        )
+
+    def test_sslMetricsUnderTwist(self) -> None:
+        self.assertAsksForTheExtra(
+            [command("twist")], "--metrics", "ssl:0:privateKey=key.pem"
+        )
 
 
 class UNIXTests(ServerTestCase):
