@@ -2,9 +2,12 @@
 echotwist's benchmark: echotwist against its peers, in one run, on loopback.
 
     python benchmarks/bench.py                 # the full table, ~15 minutes
-    python benchmarks/bench.py --quick         # 1 KiB and 100 KiB at 10 connections
+    python benchmarks/bench.py --quick         # 1 KiB and 100 KiB x 10, 64 B x 1
     python benchmarks/bench.py --client c      # the independent C load generator
+    python benchmarks/bench.py --client c --as-typed   # twistd -n echo --port P
 
+echotwist runs as a user types it (twistd -n echo: echotwist's reactor), and
+as echotwist-epoll under twistd --reactor epoll, Twisted's default reactor.
 Peers: a plain Twisted echo (twisted.protocols.wire.Echo, default reactor),
 the stdlib asyncio Protocol echo, and uvloop's when it is installed; and,
 as a yardstick, a C epoll echo (cecho.c) when a C compiler is there.  Each
@@ -15,9 +18,14 @@ CPU-second (utime + stime from /proc), which does not depend on how fast the
 client is; the table also splits it into user and kernel time per message.
 Each server gets one untimed pass first; then the servers take turns, round
 after round, and a ratio between two servers is the median of the rounds'
-ratios, printed with their range.  Also measured: memory per idle connection (5000 connections,
-idle timeout on) and time from start to first echo.  Every load loop is
-bounded in time and talks to 127.0.0.1 only.
+ratios, printed with their range.  The 64 B x 1 cell is the latency cell: one
+connection's round trip, p50, against the C echo's.  Also measured: memory
+per idle connection (5000 connections, idle timeout on), time from start to
+first echo, and the resident memory of each server idle after that echo.
+With --as-typed, echotwist is exactly "twistd -n echo --port P" (all
+interfaces, default limits, connection logs on), so only the cells its
+default limits admit are run.  Every load loop is bounded in time and talks
+to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -45,6 +53,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 # neither is measured while waiting for the other's time slice.
 CPUS = sorted(os.sched_getaffinity(0))
 SERVER_CPU, CLIENT_CPU = CPUS[0], CPUS[-1]
+#: The latency cell: one connection, 64 B messages; its figure is the p50
+#: round trip.
+LATENCY = (64, 1)
 
 
 def pin(cpu: int) -> None:
@@ -61,11 +72,29 @@ class Peer:
     portPattern: str
 
 
-def echotwist(name: str, reactor: list[str], options: list[str]) -> Peer:
+def echotwist(
+    name: str, reactor: list[str], options: list[str], asTyped: bool = False
+) -> Peer:
     """
     echotwist under twistd, with C{reactor}'s options before the plugin's
-    name and C{options} (the benchmark's own --socket-buffer) after.
+    name and C{options} (the benchmark's own --socket-buffer) after; as
+    typed, exactly C{twistd -n echo --port P} and those options.
     """
+    if asTyped:
+        # The command exactly as the README types it, on a free port.
+        return Peer(
+            name,
+            [
+                os.path.join(BIN, "twistd"),
+                "-n",
+                *reactor,
+                "echo",
+                "--port",
+                str(freePort()),
+                *options,
+            ],
+            r"Listening on \S+:(\d+)",
+        )
     return Peer(
         name,
         [
@@ -97,11 +126,21 @@ def echotwistOptions(args: argparse.Namespace) -> list[str]:
     return ["--socket-buffer", str(args.socket_buffer)]
 
 
-def peers(directory: str, options: list[str]) -> list[Peer]:
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+#: The command as typed, and the same on Twisted's default reactor.
+OURS, OURS_EPOLL = "echotwist", "echotwist-epoll"
+
+
+def peers(directory: str, options: list[str], asTyped: bool = False) -> list[Peer]:
     twistd = os.path.join(BIN, "twistd")
     found = [
-        echotwist("echotwist", [], options),
-        echotwist("echotwist-r", ["--reactor", "echotwist"], options),
+        echotwist(OURS, [], options, asTyped),
+        echotwist(OURS_EPOLL, ["--reactor", "epoll"], options, asTyped),
         Peer(
             "twisted",
             [twistd, "-n", "--pidfile=", "-y", os.path.join(HERE, "plain.tac")],
@@ -136,6 +175,9 @@ class Running:
     def __init__(self, peer: Peer, directory: str, pinned: bool = True) -> None:
         self.peer = peer
         path = os.path.join(directory, f"{peer.name}.log")
+        # A directory each: twistd without --pidfile= writes twistd.pid there.
+        cwd = os.path.join(directory, peer.name)
+        os.makedirs(cwd, exist_ok=True)
         # The server writes through a description of its own, appending:
         # reading through a shared one would move where the server writes
         # next, and a read between two writes (print() makes one per word
@@ -145,7 +187,7 @@ class Running:
         try:
             self.process = subprocess.Popen(
                 peer.argv,
-                cwd=directory,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -378,16 +420,31 @@ def idleMemory(server: Running, count: int) -> float:
     return per
 
 
-def firstEcho(peer: Peer, directory: str) -> float:
+def firstEcho(peer: Peer, directory: str) -> tuple[float, int]:
+    """
+    Seconds from starting the server to its first echo; and its resident
+    memory, idle, once that echo is back.
+    """
     started = time.monotonic()
     server = Running(peer, directory)
     try:
         with socket.create_connection((LOOPBACK, server.port)) as sock:
             sock.sendall(b"first")
             sock.recv(10)
-        return time.monotonic() - started
+            took = time.monotonic() - started
+            return took, server.rss()
     finally:
         server.stop()
+
+
+def tlsInstalled() -> bool:
+    """
+    Whether pyOpenSSL is installed here (echotwist's tls extra): with it,
+    Twisted's TCP module loads OpenSSL into every server.
+    """
+    import importlib.util
+
+    return importlib.util.find_spec("OpenSSL") is not None
 
 
 # --- the run -----------------------------------------------------------------
@@ -398,7 +455,16 @@ def main() -> None:
     parser.add_argument("--client", choices=["python", "c"], default="python")
     parser.add_argument("--seconds", type=float, default=3.0, help="per cell")
     parser.add_argument(
-        "--quick", action="store_true", help="1 KiB and 100 KiB at 10 connections only"
+        "--quick",
+        action="store_true",
+        help="1 KiB and 100 KiB at 10 connections, and the 64 B x 1 latency cell",
+    )
+    parser.add_argument(
+        "--as-typed",
+        dest="asTyped",
+        action="store_true",
+        help="run echotwist exactly as 'twistd -n echo --port P' (default limits,"
+        " connection logs, all interfaces); only cells of at most 100 connections",
     )
     parser.add_argument(
         "--idle", type=int, default=5000, help="connections for idle memory; 0 to skip"
@@ -418,7 +484,9 @@ def main() -> None:
         help="skip the --workers 2 against --workers 1 comparison",
     )
     parser.add_argument(
-        "--plot", help="write a PNG of the ratios here (needs matplotlib)"
+        "--plot",
+        help="write a PNG here: msg per server CPU-second per server, grouped by"
+        " cell, and the latency cell (needs matplotlib)",
     )
     parser.add_argument(
         "--socket-buffer",
@@ -432,19 +500,22 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     directory = tempfile.mkdtemp(prefix="echotwist-bench-")
     loadgen = buildLoadgen(directory) if args.client == "c" else None
-    servers = peers(directory, echotwistOptions(args))
+    servers = peers(directory, echotwistOptions(args), args.asTyped)
     if args.only:
         servers = [p for p in servers if p.name in args.only.split(",")]
     cellSpecs = (
-        [(1024, 10), (102400, 10)]
+        [(1024, 10), (102400, 10), LATENCY]
         if args.quick
-        else [(s, c) for s in (64, 1024, 102400) for c in (10, 100, 1000)]
+        else [(s, c) for s in (64, 1024, 102400) for c in (10, 100, 1000)] + [LATENCY]
     )
     if args.cells:
         cellSpecs = [
             (int(size), int(conns))
             for size, conns in (cell.split("x") for cell in args.cells.split(","))
         ]
+    if args.asTyped:
+        # As typed, --max-per-source is 100 and every client is 127.0.0.1.
+        cellSpecs = [(size, conns) for size, conns in cellSpecs if conns <= 100]
 
     # Every server runs throughout, idle but for its turn; the servers take
     # turns cell by cell, round after round (each round starting one server
@@ -481,17 +552,28 @@ def main() -> None:
 
     memory: dict[str, float] = {}
     startup: dict[str, float] = {}
+    resident: dict[str, int] = {}
     for peer in servers:
-        if args.idle:
+        if args.idle and not args.asTyped:
             server = Running(peer, directory)
             try:
                 memory[peer.name] = idleMemory(server, args.idle)
             finally:
                 server.stop()
-        startup[peer.name] = min(firstEcho(peer, directory) for _ in range(3))
+        # Taking turns, so that a burst of load elsewhere on the machine
+        # does not fall on one server's three starts.
+    for _ in range(3):
+        for peer in servers:
+            took, rss = firstEcho(peer, directory)
+            startup[peer.name] = min(took, startup.get(peer.name, took))
+            resident.setdefault(peer.name, rss)
 
-    spread = workersComparison(args, directory, loadgen) if args.workers else None
-    report(cells, runs, memory, startup, args)
+    spread = (
+        workersComparison(args, directory, loadgen)
+        if args.workers and not args.asTyped
+        else None
+    )
+    report(cells, runs, memory, startup, args, resident)
     if spread is not None:
         reportWorkers(*spread)
     shutil.rmtree(directory, ignore_errors=True)
@@ -508,7 +590,7 @@ def workersComparison(
     rates: dict[int, list[float]] = {1: [], 2: []}
     spread: dict[int, int] = {}
     for count in (1, 2):
-        peer = echotwist(f"echotwist-w{count}", [], echotwistOptions(args))
+        peer = echotwist(f"{OURS}-w{count}", [], echotwistOptions(args))
         peer.argv = [a for a in peer.argv if a != "--no-connection-logs"]
         peer.argv += ["--workers", str(count)]
         server = Running(peer, directory, pinned=False)
@@ -556,44 +638,77 @@ def report(
     memory: dict[str, float],
     startup: dict[str, float],
     args: argparse.Namespace,
+    resident: dict[str, int] | None = None,
 ) -> None:
     by = {(c.server, c.size, c.conns): c for c in cells}
+    resident = resident or {}
     nan = float("nan")
 
-    def ratio(
-        a: tuple[str, int, int], b: tuple[str, int, int]
-    ) -> tuple[float, float, float]:
+    def paired(
+        a: tuple[str, int, int], b: tuple[str, int, int], figure: str = "perCPU"
+    ) -> list[float]:
         """
-        a's msg/CPU-s over b's, taken round by round (the two were measured
-        minutes apart at most, under the same drift): median, lowest, highest.
+        a's figure over b's, round by round (the two were measured minutes
+        apart at most, under the same drift).
         """
         if a not in runs or b not in runs:
+            return []
+        return [
+            getattr(x, figure) / getattr(y, figure)
+            for x, y in zip(runs[a], runs[b], strict=True)
+        ]
+
+    def summary(ratios: list[float]) -> tuple[float, float, float]:
+        if not ratios:
             return nan, nan, nan
-        ratios = [x.perCPU / y.perCPU for x, y in zip(runs[a], runs[b], strict=True)]
         return statistics.median(ratios), min(ratios), max(ratios)
 
+    def ratio(
+        a: tuple[str, int, int], b: tuple[str, int, int], figure: str = "perCPU"
+    ) -> tuple[float, float, float]:
+        """
+        a's msg/CPU-s (or other figure) over b's: the median of the rounds'
+        ratios, the lowest, the highest.
+        """
+        return summary(paired(a, b, figure))
+
+    def growth(name: str, size: int) -> list[float]:
+        """
+        How much a message costs at 1000 connections over at 10, by round.
+        """
+        return paired((name, size, 10), (name, size, 1000))
+
+    typed = " as typed (twistd -n echo --port P)" if args.asTyped else ""
     print(
         f"\nclient: {args.client}; {args.seconds:g} s per cell, median of {args.repeat};"
-        f" loopback; servers on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}\n"
+        f" loopback; servers on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU};"
+        f" {OURS}{typed} on echotwist's reactor, {OURS_EPOLL} on"
+        " twistd --reactor epoll\n"
     )
     print(
-        f"{'server':12} {'size':>7} {'conns':>5} {'msg/s':>9} {'MB/s':>8}"
+        f"{'server':15} {'size':>7} {'conns':>5} {'msg/s':>9} {'MB/s':>8}"
         f" {'p50 us':>8} {'p99 us':>9} {'msg/CPU-s':>10} {'usr us':>7}"
-        f" {'sys us':>7} {'-r is x':>8}"
+        f" {'sys us':>7} {'ours is x':>9}"
     )
     for c in cells:
-        ours = "echotwist-r" if ("echotwist-r", c.size, c.conns) in by else "echotwist"
+        if (c.size, c.conns) == LATENCY:
+            # The latency cell: ours is x compares round trips (lower is
+            # better), not throughput.
+            mine = ratio((OURS, c.size, c.conns), (c.server, c.size, c.conns), "p50")
+        else:
+            mine = ratio((OURS, c.size, c.conns), (c.server, c.size, c.conns))
         print(
-            f"{c.server:12} {c.size:>7} {c.conns:>5} {c.rate:9.0f}"
+            f"{c.server:15} {c.size:>7} {c.conns:>5} {c.rate:9.0f}"
             f" {c.rate * c.size / 1e6:8.1f} {c.p50:8.0f} {c.p99:9.0f}"
             f" {c.perCPU:10.0f} {c.serverUser / c.messages * 1e6:7.2f}"
             f" {c.serverSystem / c.messages * 1e6:7.2f}"
-            f" {ratio((ours, c.size, c.conns), (c.server, c.size, c.conns))[0]:8.2f}"
+            f" {mine[0]:9.2f}"
         )
     print(
         "(usr us, sys us: the server's user and kernel CPU per message, in"
-        " microseconds; -r is x: echotwist-r's msg/CPU-s over the row's, the"
-        " median of the rounds' ratios)"
+        f" microseconds; ours is x: {OURS}'s msg/CPU-s over the row's, the"
+        f" median of the rounds' ratios; in the {LATENCY[0]} B x {LATENCY[1]}"
+        f" latency cell, {OURS}'s p50 round trip over the row's)"
     )
     if memory:
         print(
@@ -601,58 +716,91 @@ def report(
             " idle timeout on for echotwist):"
         )
         for name, per in memory.items():
-            print(f"  {name:10} {per:7.0f} bytes")
-    print("\nstart to first echo (best of 3):")
+            print(f"  {name:15} {per:7.0f} bytes")
+    print("\nstart to first echo (best of 3), and resident memory idle after it:")
     for name, seconds in startup.items():
-        print(f"  {name:10} {seconds * 1000:7.0f} ms")
-
-    print("\ntargets:")
+        rss = resident.get(name)
+        shown = f" {rss / 2**20:7.1f} MiB" if rss else ""
+        print(f"  {name:15} {seconds * 1000:7.0f} ms{shown}")
+    tls = tlsInstalled()
+    print(
+        f"  (TLS extra {'installed' if tls else 'not installed'} here:"
+        f" {'OpenSSL is' if tls else 'nothing of OpenSSL is'} loaded in every"
+        " Twisted server; the default install leaves it out)"
+    )
 
     # (what, value, bound, spread): a positive bound is a floor, a negative
     # one a ceiling; the spread is the rounds' lowest and highest ratio.
     checks: list[tuple[str, float, float, str]] = []
-    for ours in ("echotwist", "echotwist-r"):
-        for size in (1024, 102400):
-            for peer, floor in (("asyncio", 1.0), ("twisted", 1.6)):
-                value, low, high = ratio((ours, size, 10), (peer, size, 10))
-                checks.append(
-                    (
-                        f"{ours} vs {peer}, msg/CPU-s, {size} B x 10 >= {floor}",
-                        value,
-                        floor,
-                        f" (rounds {low:.2f}-{high:.2f})",
-                    )
-                )
-        for size in (64, 1024, 102400):
-            if (ours, size, 1000) in by:
-                value, low, high = ratio((ours, size, 10), (ours, size, 1000))
-                checks.append(
-                    (
-                        f"{ours} cost per message, 1000 vs 10 conns, {size} B <= 1.15",
-                        value,
-                        -1.15,
-                        f" (rounds {low:.2f}-{high:.2f})",
-                    )
-                )
-        if ours in memory:
-            checks.append(
-                (f"{ours} bytes per idle connection <= 1536", memory[ours], -1536, "")
+
+    def check(text: str, found: tuple[float, float, float], bound: float) -> None:
+        value, low, high = found
+        checks.append((text, value, bound, f" (rounds {low:.2f}-{high:.2f})"))
+
+    for size in (1024, 102400):
+        check(
+            f"{OURS} vs asyncio, msg/CPU-s, {size} B x 10 >= 1.0",
+            ratio((OURS, size, 10), ("asyncio", size, 10)),
+            1.0,
+        )
+    check(
+        f"{OURS} vs uvloop, msg/CPU-s, 1024 B x 10 >= 1.0 (moonshot)",
+        ratio((OURS, 1024, 10), ("uvloop", 1024, 10)),
+        1.0,
+    )
+    check(
+        f"{OURS} vs c-epoll, msg/CPU-s, 1024 B x 10 >= 0.85 (moonshot)",
+        ratio((OURS, 1024, 10), ("c-epoll", 1024, 10)),
+        0.85,
+    )
+    check(
+        f"{OURS} vs c-epoll, p50 round trip, {LATENCY[0]} B x {LATENCY[1]} <= 1.15",
+        ratio((OURS, *LATENCY), ("c-epoll", *LATENCY), "p50"),
+        -1.15,
+    )
+    for size in (64, 1024, 102400):
+        ours, theirs = growth(OURS, size), growth("c-epoll", size)
+        if ours and theirs:
+            check(
+                f"{OURS} cost growth 10 -> 1000 conns vs c-epoll's, {size} B <= 1.15",
+                summary([a / b for a, b in zip(ours, theirs, strict=True)]),
+                -1.15,
             )
-        if ours in startup and "twisted" in startup:
-            checks.append(
-                (
-                    f"{ours} start to first echo vs a plain Twisted .tac <= 1.1",
-                    startup[ours] / startup["twisted"],
-                    -1.1,
-                    "",
-                )
+    check(
+        f"{OURS} vs twisted, msg/CPU-s, 1024 B x 10 >= 1.6",
+        ratio((OURS, 1024, 10), ("twisted", 1024, 10)),
+        1.6,
+    )
+    if OURS in memory:
+        checks.append(
+            (f"{OURS} bytes per idle connection <= 1536", memory[OURS], -1536, "")
+        )
+    if OURS in startup and "twisted" in startup:
+        checks.append(
+            (
+                f"{OURS} start to first echo vs a plain Twisted .tac <= 1.0",
+                startup[OURS] / startup["twisted"],
+                -1.0,
+                "",
             )
+        )
+    if OURS in resident:
+        checks.append(
+            (
+                f"{OURS} resident memory idle, MiB <= 36"
+                f" ({'with' if tls else 'without'} the TLS extra)",
+                resident[OURS] / 2**20,
+                -36,
+                "",
+            )
+        )
+    print("\ntargets:")
     for text, value, bound, spread in checks:
         if math.isnan(value):
-            continue  # a server this run left out
+            continue  # a server or cell this run left out
         ok = value >= bound if bound > 0 else value <= -bound
         print(f"  {'MET ' if ok else 'MISS'} {text}: {value:.2f}{spread}")
-    print("  (echotwist-r is echotwist under twistd --reactor echotwist)")
+    print(f"  ({OURS} is the command as typed: twistd -n echo)")
 
     # What the flat-scaling target is up against: how every server's cost
     # per message grows, the C yardstick's being the kernel's own share.
@@ -660,45 +808,73 @@ def report(
     sizes = [s for s in (64, 1024, 102400) if any((n, s, 1000) in by for n in names)]
     if sizes:
         print("\ncost per message at 1000 connections / at 10 (1.00 is flat):")
-        print(f"  {'server':12}" + "".join(f" {s:>8} B" for s in sizes))
+        print(f"  {'server':15}" + "".join(f" {s:>8} B" for s in sizes))
         for name in names:
-            row = "".join(
-                f" {ratio((name, s, 10), (name, s, 1000))[0]:10.2f}" for s in sizes
-            )
-            print(f"  {name:12}{row}")
+            row = "".join(f" {summary(growth(name, s))[0]:10.2f}" for s in sizes)
+            print(f"  {name:15}{row}")
 
     if args.plot:
-        try:
-            import matplotlib
+        plot(cells, args.plot)
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print(
-                "(no plot: matplotlib is not installed; pip install 'echotwist[bench]')"
-            )
-            return
-        labels, values = [], []
-        for c in cells:
-            if ("echotwist-r", c.size, c.conns) in by and c.server != "echotwist-r":
-                labels.append(f"vs {c.server}\n{c.size}B x{c.conns}")
-                values.append(
-                    ratio(
-                        ("echotwist-r", c.size, c.conns), (c.server, c.size, c.conns)
-                    )[0]
-                )
-        fig, ax = plt.subplots(figsize=(max(6, len(values) * 0.6), 4))
-        ax.bar(range(len(values)), values)
-        ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_xticks(range(len(values)), labels, rotation=90, fontsize=7)
-        ax.set_ylabel("echotwist-r msg/CPU-s ÷ peer's")
-        ax.set_title(
-            "echotwist under --reactor echotwist against each peer (1.0 = equal)",
-            fontsize=9,
-        )
-        fig.tight_layout()
-        fig.savefig(args.plot)
-        print(f"(plot written to {args.plot})")
+
+def plot(cells: list[Cell], path: str) -> None:
+    """
+    Messages per server CPU-second for each server, grouped by cell, and
+    beside it the latency cell's p50 round trip for each server.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no plot: matplotlib is not installed; pip install 'echotwist[bench]')")
+        return
+    names = sorted({c.server for c in cells}, key=[c.server for c in cells].index)
+    by = {(c.server, c.size, c.conns): c for c in cells}
+    throughput = [
+        spec for spec in sorted({(c.size, c.conns) for c in cells}) if spec != LATENCY
+    ]
+    colours = plt.get_cmap("tab10")
+    fig, (left, right) = plt.subplots(
+        1,
+        2,
+        figsize=(max(7, 1.2 * len(throughput) + 4), 4.5),
+        gridspec_kw={"width_ratios": [max(1, len(throughput)), 1]},
+    )
+    width = 0.8 / max(1, len(names))
+    for n, name in enumerate(names):
+        xs = [i + n * width for i, spec in enumerate(throughput) if (name, *spec) in by]
+        ys = [by[(name, *spec)].perCPU for spec in throughput if (name, *spec) in by]
+        left.bar(xs, ys, width, label=name, color=colours(n))
+    left.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(throughput))],
+        [f"{size} B x {conns}" for size, conns in throughput],
+        fontsize=8,
+    )
+    left.set_ylabel("messages per server CPU-second")
+    left.set_title("throughput per CPU: higher is better", fontsize=9)
+    left.legend(fontsize=7, ncol=2)
+    latency = [
+        (n, by[(name, *LATENCY)].p50)
+        for n, name in enumerate(names)
+        if (name, *LATENCY) in by
+    ]
+    right.bar(
+        range(len(latency)),
+        [p50 for _, p50 in latency],
+        color=[colours(n) for n, _ in latency],
+    )
+    right.set_xticks(
+        range(len(latency)), [names[n] for n, _ in latency], rotation=60, fontsize=7
+    )
+    right.set_ylabel("p50 round trip, µs")
+    right.set_title(
+        f"latency, {LATENCY[0]} B x {LATENCY[1]}: lower is better", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"(plot written to {path})")
 
 
 if __name__ == "__main__":

@@ -57,20 +57,50 @@ class BenchTests(SynchronousTestCase):
         for server in ("echotwist", "asyncio", "c-epoll"):
             for size in (1024, 102400):
                 self.assertRegex(out, rf"\n{server} +{size} +10 +\d+")
+            # The latency cell, with its p50 round trip.
+            self.assertRegex(out, rf"\n{server} +64 +1 +\d+ +[\d.]+ +\d+ ")
             self.assertRegex(out, rf"\n  {server} +\d+ bytes")
+            self.assertRegex(out, rf"\n  {server} +\d+ ms +[\d.]+ MiB")
         self.assertIn("\ntargets:\n", out)
         self.assertRegex(
             out,
-            r"echotwist vs asyncio, msg/CPU-s, 1024 B x 10 >= 1\.0:"
+            r"(MET |MISS) echotwist vs asyncio, msg/CPU-s, 1024 B x 10 >= 1\.0:"
             r" \d+\.\d\d \(rounds \d+\.\d\d-\d+\.\d\d\)",
         )
-        self.assertRegex(out, r"msg/CPU-s +usr us +sys us +-r is x\n")
+        self.assertRegex(
+            out,
+            r"(MET |MISS) echotwist vs c-epoll, p50 round trip, 64 B x 1 <= 1\.15:"
+            r" \d+\.\d\d \(rounds",
+        )
+        self.assertRegex(
+            out, r"(MET |MISS) echotwist resident memory idle, MiB <= 36 \(with"
+        )
+        self.assertRegex(out, r"msg/CPU-s +usr us +sys us +ours is x\n")
 
     def test_pythonClient(self) -> None:
-        out = runBench("--idle", "0", "--only", "echotwist-r,twisted")
-        self.assertRegex(out, r"\nechotwist-r +1024 +10 +\d+")
+        out = runBench("--idle", "0", "--only", "echotwist,echotwist-epoll,twisted")
+        self.assertIn("echotwist-epoll on twistd --reactor epoll", out)
+        self.assertRegex(out, r"\nechotwist-epoll +1024 +10 +\d+")
         self.assertRegex(out, r"\ntwisted +102400 +10 +\d+")
-        self.assertIn("echotwist-r vs twisted, msg/CPU-s, 1024 B x 10 >= 1.6", out)
+        self.assertIn("echotwist vs twisted, msg/CPU-s, 1024 B x 10 >= 1.6", out)
+
+    def test_asTyped(self) -> None:
+        """
+        --as-typed runs echotwist exactly as "twistd -n echo --port P", and
+        only the cells its default limits admit (100 per source).
+        """
+        out = runBench(
+            "--as-typed",
+            "--idle",
+            "0",
+            "--only",
+            "echotwist",
+            "--cells",
+            "1024x10,64x1000",
+        )
+        self.assertIn("echotwist as typed (twistd -n echo --port P)", out)
+        self.assertRegex(out, r"\nechotwist +1024 +10 +\d+")
+        self.assertNotRegex(out, r"\nechotwist +64 +1000 ")
 
 
 def loadBench():  # type: ignore[no-untyped-def]
@@ -87,6 +117,29 @@ def loadBench():  # type: ignore[no-untyped-def]
     return module
 
 
+def cellsOf(
+    bench, server: str, size: int, conns: int, perCPU: list[int], p50: float = 50.0
+) -> list[object]:  # type: ignore[no-untyped-def]
+    return [
+        bench.Cell(server, size, conns, messages, 1.0, 1.0, 0.0, p50, 90.0)
+        for messages in perCPU
+    ]
+
+
+def reportOf(
+    runs: dict[tuple[str, int, int], list[object]], plot: str | None = None
+) -> str:
+    bench = loadBench()
+    medians = [found[len(found) // 2] for found in runs.values()]
+    args = argparse.Namespace(
+        client="c", seconds=1.0, repeat=3, idle=0, plot=plot, asTyped=False
+    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.report(medians, runs, {}, {}, args)
+    return out.getvalue()
+
+
 class ReportTests(SynchronousTestCase):
     def test_ratiosArePairedByRound(self) -> None:
         """
@@ -96,32 +149,83 @@ class ReportTests(SynchronousTestCase):
         apart.
         """
         bench = loadBench()
-
-        def cells(server: str, perCPU: list[int]) -> list[object]:
-            return [
-                bench.Cell(server, 1024, 10, messages, 1.0, 1.0, 0.0, 50.0, 90.0)
-                for messages in perCPU
-            ]
-
         runs = {
-            ("echotwist-r", 1024, 10): cells("echotwist-r", [100, 200, 300]),
-            ("asyncio", 1024, 10): cells("asyncio", [100, 400, 150]),
+            ("echotwist", 1024, 10): cellsOf(
+                bench, "echotwist", 1024, 10, [100, 200, 300]
+            ),
+            ("asyncio", 1024, 10): cellsOf(bench, "asyncio", 1024, 10, [100, 400, 150]),
         }
-        medians = [found[1] for found in runs.values()]
-        args = argparse.Namespace(client="c", seconds=1.0, repeat=3, idle=0, plot=None)
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            bench.report(medians, runs, {}, {}, args)
+        out = reportOf(runs)
         # Ratios 1.0, 0.5, 2.0: median 1.0.  The medians' ratio would be
         # 200 / 150 = 1.33.
         self.assertIn(
-            "MET  echotwist-r vs asyncio, msg/CPU-s, 1024 B x 10 >= 1.0: 1.00"
+            "MET  echotwist vs asyncio, msg/CPU-s, 1024 B x 10 >= 1.0: 1.00"
             " (rounds 0.50-2.00)",
-            out.getvalue(),
+            out,
         )
-        self.assertRegex(out.getvalue(), r"\nasyncio +1024 +10 .* 1\.00\n")
+        self.assertRegex(out, r"\nasyncio +1024 +10 .* 1\.00\n")
         # Servers this run left out are not reported as misses.
-        self.assertNotIn("twisted", out.getvalue().split("targets:")[1])
+        self.assertNotIn("twisted", out.split("targets:")[1])
+
+    def test_latencyCell(self) -> None:
+        """
+        The 64 B x 1 cell compares p50 round trips with the C echo's, lower
+        being better: 1.10x is met, 1.20x is missed.
+        """
+        bench = loadBench()
+        for ours, verdict in ((55.0, "MET "), (60.0, "MISS")):
+            runs = {
+                ("echotwist", 64, 1): cellsOf(
+                    bench, "echotwist", 64, 1, [1, 1, 1], ours
+                ),
+                ("c-epoll", 64, 1): cellsOf(bench, "c-epoll", 64, 1, [9, 9, 9], 50.0),
+            }
+            out = reportOf(runs)
+            self.assertIn(
+                f"{verdict} echotwist vs c-epoll, p50 round trip, 64 B x 1 <= 1.15:"
+                f" {ours / 50:.2f} (rounds",
+                out,
+            )
+            # The table's ratio column is the round trips' too.
+            self.assertRegex(out, rf"\nc-epoll +64 +1 .* {ours / 50:.2f}\n")
+
+    def test_growthAgainstTheCEcho(self) -> None:
+        """
+        Cost growth from 10 to 1000 connections is judged against the C
+        echo's own growth: ours 1.30x where C's is 1.20x is 1.08, met.
+        """
+        bench = loadBench()
+        runs = {
+            ("echotwist", 1024, 10): cellsOf(bench, "echotwist", 1024, 10, [130] * 3),
+            ("echotwist", 1024, 1000): cellsOf(
+                bench, "echotwist", 1024, 1000, [100] * 3
+            ),
+            ("c-epoll", 1024, 10): cellsOf(bench, "c-epoll", 1024, 10, [120] * 3),
+            ("c-epoll", 1024, 1000): cellsOf(bench, "c-epoll", 1024, 1000, [100] * 3),
+        }
+        out = reportOf(runs)
+        self.assertIn(
+            "MET  echotwist cost growth 10 -> 1000 conns vs c-epoll's, 1024 B <= 1.15:"
+            " 1.08 (rounds 1.08-1.08)",
+            out,
+        )
+
+    def test_plot(self) -> None:
+        """
+        The plot is written: msg per CPU-second per server by cell, and the
+        latency cell.
+        """
+        bench = loadBench()
+        runs = {
+            (name, size, conns): cellsOf(bench, name, size, conns, [100, 120, 110])
+            for name in ("echotwist", "c-epoll")
+            for size, conns in ((1024, 10), (64, 1))
+        }
+        path = os.path.abspath(self.mktemp()) + ".png"
+        out = reportOf(runs, plot=path)
+        self.assertIn(f"(plot written to {path})", out)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
 
 # Listens, says its port the way peers.py does (under PYTHONUNBUFFERED, one
