@@ -222,7 +222,8 @@ class RunTests(ServerTestCase):
     def test_tacKeepsItsReactor(self) -> None:
         """
         A C{.tac} that uses echotwist serves on whatever reactor twistd
-        installs for it (Twisted's default here): only the tap chooses.
+        installs for it (Twisted's default, or the one named): only the tap
+        chooses.
         """
         tac = os.path.join(self.directory, "echo.tac")
         with open(tac, "w") as f:
@@ -235,3 +236,16 @@ class RunTests(ServerTestCase):
             )
         server = self.start(runner=[command("twistd"), "-n", "--pidfile=", "-y", tac])
         self.assertServesOn(server, SERVING_ON_EPOLL)
+        # Naming it gets echotwist's, as README says.
+        named = self.start(
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                "--reactor",
+                "echotwist",
+                "-y",
+                tac,
+            ]
+        )
+        self.assertServesOn(named, SERVING_ON_ECHOTWIST)
