@@ -157,7 +157,8 @@ class Options(usage.Options):
         "An RFC 862 echo server: everything a client sends comes back to it,"
         " byte for byte, until it closes; each UDP datagram is answered with"
         " the same bytes.  With no option it listens on tcp:5000, on every"
-        " interface."
+        " interface.  Where epoll exists it serves on echotwist's own reactor"
+        " unless --reactor (an option of twistd or twist) names another."
     )
 
     optFlags = [
