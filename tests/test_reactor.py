@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from select import EPOLLIN
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.logger import capturedLogs
@@ -85,6 +86,165 @@ class PollTests(SynchronousTestCase):
         self.assertEqual(
             len(self.flushLoggedErrors(RuntimeError)), 2, "both errors logged"
         )
+
+
+class _ScriptedPoller:
+    """
+    Stands in for the reactor's epoll object: each poll() returns the next
+    list of (fd, event) from a script, and records its timeout.
+    """
+
+    def __init__(
+        self, reactor: EchotwistEPollReactor, script: list[list[tuple[int, int]]]
+    ) -> None:
+        self.reactor = reactor
+        self.script = script
+        self.timeouts: list[float] = []
+        self.onPoll: list[object] = []
+
+    def poll(self, timeout: float, maxevents: int) -> list[tuple[int, int]]:
+        self.timeouts.append(timeout)
+        if self.onPoll:
+            action = self.onPoll.pop(0)
+            if callable(action):
+                action()
+        return self.script.pop(0) if self.script else []
+
+
+class _PlainEcho:
+    """
+    What the reactor's plain-echo entry needs of an Echo and its socket:
+    a count, and recv()/send() that hand over C{message} each time.
+    """
+
+    bytesEchoed = 0
+
+    def __init__(self, message: bytes = b"ping") -> None:
+        self.message = message
+        self.sent: list[bytes] = []
+
+    def recv(self, size: int) -> bytes:
+        return self.message
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+
+class PlainPollTests(SynchronousTestCase):
+    """
+    A poll whose events are all plain echoes polls again at once, without
+    a pass of the main loop; anything else, a due timed call, a stop or a
+    call from a thread returns to the main loop.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = EchotwistEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.realPoller = self.reactor._poller
+        self.echo = _PlainEcho()
+        self.transport = object()
+        # fd 1000: a plain echo; fd 1001: anything else (counts its reads).
+        self.reactor._selectables[1000] = self.transport
+        self.reactor._plainEchoes[1000] = (
+            self.transport,
+            self.echo,
+            self.echo.recv,
+            self.echo.send,
+        )
+        self.otherReads: list[int] = []
+        self.reactor._selectables[1001] = _Counting(self.otherReads)
+        self.addCleanup(self.reactor._selectables.clear)
+
+    def script(self, *polls: list[tuple[int, int]]) -> _ScriptedPoller:
+        poller = _ScriptedPoller(self.reactor, list(polls))
+        self.reactor._poller = poller  # type: ignore[assignment]
+        self.addCleanup(setattr, self.reactor, "_poller", self.realPoller)
+        return poller
+
+    def test_plainEchoesPollAgain(self) -> None:
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, plain, plain, [(1001, EPOLLIN)], plain)
+        self.reactor.doPoll(None)
+        # Three plain polls and the one with another event, in one call;
+        # the fifth waits for the next.
+        self.assertEqual(len(poller.timeouts), 4)
+        self.assertEqual(poller.timeouts, [-1, -1, -1, -1])
+        self.assertEqual(self.echo.sent, [b"ping"] * 3)
+        self.assertEqual(self.echo.bytesEchoed, 12)
+        self.assertEqual(self.otherReads, [1])
+
+    def test_returnsWhenNothingHappened(self) -> None:
+        """
+        A poll that timed out (no events) returns: a timed call is due.
+        """
+        poller = self.script([])
+        self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5])
+
+    def test_timeoutShrinksToTheDeadline(self) -> None:
+        """
+        With a timed call due in C{timeout} seconds, each further poll waits
+        only what is left, and once it has passed the main loop gets the
+        call on time.
+        """
+        now = [100.0]
+        self.patch(self.reactor, "seconds", lambda: now[0])
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, plain, plain)
+
+        def later(seconds: float) -> object:
+            return lambda: now.__setitem__(0, now[0] + seconds)
+
+        poller.onPoll = [later(0.25), later(0.5), later(0.5)]
+        self.reactor.doPoll(1.0)
+        self.assertEqual(poller.timeouts, [1.0, 0.75, 0.25])
+        self.assertEqual(len(self.echo.sent), 3)
+
+    def test_nonBlockingPollOnce(self) -> None:
+        """
+        A poll with timeout 0 (something is due now) is not repeated.
+        """
+        poller = self.script([(1000, EPOLLIN)], [(1000, EPOLLIN)])
+        self.reactor.doPoll(0)
+        self.assertEqual(poller.timeouts, [0])
+
+    def test_stopReturns(self) -> None:
+        """
+        A signal handler that stops the reactor between polls ends the
+        repeat.
+        """
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, plain, plain)
+        poller.onPoll = [None, self.reactor.stop]
+        # As if running (stop() refuses otherwise); it never runs here.
+        self.reactor._stopped = False
+        self.reactor.doPoll(None)
+        self.assertTrue(self.reactor._justStopped)
+        self.assertEqual(len(poller.timeouts), 2)
+
+    def test_callFromThreadReturns(self) -> None:
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, plain, plain)
+        poller.onPoll = [lambda: self.reactor.threadCallQueue.append((print, (), {}))]
+        self.addCleanup(self.reactor.threadCallQueue.clear)
+        self.reactor.doPoll(None)
+        self.assertEqual(len(poller.timeouts), 1)
+
+
+class _Counting:
+    """
+    A selectable that is not a plain echo: it counts its reads.
+    """
+
+    def __init__(self, reads: list[int]) -> None:
+        self.reads = reads
+
+    def doRead(self) -> None:
+        self.reads.append(1)
+
+    def fileno(self) -> int:
+        return 1001
 
 
 class RunTests(ServerTestCase):
