@@ -29,14 +29,12 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, formatAddress
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
 from echotwist.limits import ThrottledObserver
 from echotwist.proxy import Network, ProxyEndpoint, ProxyWrappingFactory, parseNetwork
 from echotwist.stream import DEFAULT_DRAIN_QUIET, Echo, EchoFactory, SplicingServer
-from echotwist.tls import TLSServer, echoTLSProtocol
 
 __all__ = [
     "CannotListen",
@@ -602,8 +600,11 @@ class _ListenerService(StreamServerEndpointService):
                 namespace=port._logger.namespace, observer=self.acceptLog
             )
         factory = getattr(port, "factory", None)
-        tls: TLSMemoryBIOFactory | None = None
-        if isinstance(factory, TLSMemoryBIOFactory):
+        tls: Any = None
+        # TLS is an extra: its module is loaded only where pyOpenSSL is
+        # installed, and it is, whenever an ssl: listener made this factory.
+        tlsModule = sys.modules.get("twisted.protocols.tls")
+        if tlsModule is not None and isinstance(factory, tlsModule.TLSMemoryBIOFactory):
             tls, factory = factory, factory.wrappedFactory
         if isinstance(factory, ProxyWrappingFactory):
             factory = factory.wrappedFactory
@@ -614,6 +615,8 @@ class _ListenerService(StreamServerEndpointService):
         ):
             if tls is not None:
                 # TLS to Echo: small reads, sent at once (echotwist.tls).
+                from echotwist.tls import TLSServer, echoTLSProtocol
+
                 tls.protocol = echoTLSProtocol
                 port.transport = TLSServer
             else:

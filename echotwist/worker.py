@@ -30,7 +30,6 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.protocols.basic import LineOnlyReceiver
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from echotwist.service import DatagramListener, EchoService, Listener, parseListener
@@ -82,6 +81,10 @@ class _AdoptingReactor:
         backlog: int = 50,
         interface: str = "",
     ) -> Any:
+        # Imported here: TLS is an extra (pyOpenSSL), and only an ssl:
+        # listener gets this far.
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
         return self._adopt(TLSMemoryBIOFactory(contextFactory, False, factory))
 
     def listenUNIX(self, address: str, factory: Any, *args: Any, **kwargs: Any) -> Any:

@@ -20,7 +20,6 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.python.systemd import ListenFDs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -37,7 +36,6 @@ from echotwist.service import (
     parseListener,
 )
 from echotwist.stream import SplicingServer
-from echotwist.tls import TLSServer
 from tests._tools import selfSignedCertificate
 
 _socketFamily = serviceModule._socketFamily
@@ -581,5 +579,11 @@ class RealListenerTests(TestCase):
         (tlsChild,) = self.start(
             f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
         )
+        # Imported here: TLS is an extra (selfSignedCertificate skipped
+        # this test without it).
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+        from echotwist.tls import TLSServer
+
         self.assertIs(tlsChild.port.transport, TLSServer)
         self.assertIs(tlsChild.port.factory.protocol, TLSMemoryBIOProtocol)
