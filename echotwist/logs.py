@@ -1,5 +1,6 @@
+# -*- test-case-name: tests.test_signals -*-
 """
-Log observers for C{twistd --logger}.
+Log observers for C{twistd --logger}, and the log file SIGHUP reopens.
 
 C{twistd --logger echotwist.logs.jsonObserver -n echo} writes every event
 as one JSON object a line (Twisted's own JSON log format, each record
@@ -9,11 +10,15 @@ fields intact.  C{twist --log-format json echo} does the same without this.
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
+from typing import IO, Any, Protocol
 
 from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.python.logfile import BaseLogFile, LogFile
 
-__all__ = ["jsonObserver"]
+__all__ = ["LogFiles", "jsonObserver"]
 
 
 def jsonObserver() -> ILogObserver:
@@ -21,3 +26,120 @@ def jsonObserver() -> ILogObserver:
     stream = sys.__stdout__
     assert stream is not None
     return jsonFileLogObserver(stream)
+
+
+class _Reopenable(Protocol):
+    path: str
+
+    def reopen(self) -> None: ...
+
+
+class _TwistdLog:
+    """
+    twistd's C{--logfile}: a L{LogFile}, which has the very method an
+    external rotator needs.
+    """
+
+    def __init__(self, logFile: BaseLogFile) -> None:
+        self._logFile = logFile
+        self.path = logFile.path
+        if isinstance(logFile, LogFile):
+            # twistd rotates at 1 MB into FILE.1, FILE.2 ... and deletes none
+            # of them, so its rotation bounds nothing; with logrotate next to
+            # it the two would fight over the numbered names.  One file at the
+            # path, rotated by logrotate (SIGHUP) or on demand (SIGUSR1).
+            logFile.rotateLength = 0
+
+    def reopen(self) -> None:
+        # LogFile.reopen closes the old file before it opens the new one: a
+        # path that cannot be opened would leave no log at all.  Try first.
+        os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666))
+        self._logFile.reopen()
+
+
+class _OpenedLog:
+    """
+    twist's C{--log-file}: a plain file object, which twist's observer
+    keeps.  The path is opened anew onto the same descriptor, so whatever
+    holds the object writes to the new file.
+    """
+
+    def __init__(self, file: IO[Any]) -> None:
+        self._file = file
+        self.path = os.path.abspath(file.name)
+
+    def reopen(self) -> None:
+        self._file.flush()
+        fresh = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.dup2(fresh, self._file.fileno())
+        finally:
+            os.close(fresh)
+
+
+class LogFiles:
+    """
+    The log files this process writes, as the runner opened them, so that
+    SIGHUP can reopen them at their paths after logrotate moved them.
+
+    @param runnerFile: the file twist's C{--log-file} opened (its options'
+        C{logFile}); standard output or error, or None, mean none.  twistd's
+        C{--logfile} (also for a C{.tac}) is found without it.
+    """
+
+    def __init__(self, runnerFile: object = None) -> None:
+        self._runnerFile = runnerFile
+        self._files: list[_Reopenable] | None = None
+
+    def _find(self) -> list[_Reopenable]:
+        found: list[_Reopenable] = []
+        runnerFile = self._runnerFile
+        if (
+            runnerFile is not None
+            and runnerFile
+            not in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+            and isinstance(getattr(runnerFile, "name", None), str)
+            and hasattr(runnerFile, "fileno")
+        ):
+            found.append(_OpenedLog(runnerFile))  # type: ignore[arg-type]
+        # twistd keeps its LogFile in a closure of its log observer and its
+        # SIGUSR1 handler, with no public way to reach it: look it up among
+        # live objects, once.
+        found.extend(
+            _TwistdLog(thing)
+            for thing in gc.get_objects()
+            if isinstance(thing, BaseLogFile)
+        )
+        return found
+
+    def start(self) -> None:
+        """
+        Find the log files, now that the runner has opened them.
+        """
+        if self._files is None:
+            self._files = self._find()
+
+    @property
+    def paths(self) -> list[str]:
+        self.start()
+        assert self._files is not None
+        return [f.path for f in self._files]
+
+    def reopen(self) -> list[tuple[str, OSError | None]]:
+        """
+        Reopen every log file at its path.  One that cannot be opened (its
+        directory gone, no permission) stays open where it was.
+
+        @return: each path, and why it could not be reopened (or None).
+        """
+        self.start()
+        assert self._files is not None
+        results: list[tuple[str, OSError | None]] = []
+        for logFile in self._files:
+            try:
+                logFile.reopen()
+            except OSError as e:
+                results.append((logFile.path, e))
+            else:
+                results.append((logFile.path, None))
+        return results

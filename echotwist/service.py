@@ -9,6 +9,7 @@ import errno
 import faulthandler
 import os
 import re
+import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +34,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from echotwist._address import DEFAULT_IPV6_PREFIX, formatAddress
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
 from echotwist.limits import ThrottledObserver
+from echotwist.logs import LogFiles
 from echotwist.proxy import Network, ProxyEndpoint, ProxyWrappingFactory, parseNetwork
 from echotwist.stream import DEFAULT_DRAIN_QUIET, Echo, EchoFactory, SplicingServer
 
@@ -51,6 +53,7 @@ __all__ = [
     "DatagramListener",
     "EchoService",
     "Listener",
+    "LogFiles",
     "MissingExtra",
     "parseDatagramListener",
     "parseListener",
@@ -718,6 +721,7 @@ class EchoService(MultiService):
         proxyFrom: Iterable[Network | str] | None = None,
         warnOpenProxy: bool = True,
         socketBuffer: int = DEFAULT_SOCKET_BUFFER,
+        logFiles: LogFiles | None = None,
         reactor: Any = None,
     ) -> None:
         """
@@ -756,12 +760,16 @@ class EchoService(MultiService):
         @param socketBuffer: SO_SNDBUF and SO_RCVBUF of every echo connection
             over TCP (plain, TLS, under the PROXY protocol); Linux doubles
             it.  0 leaves them to the kernel's autotuning.
+        @param logFiles: the log files SIGHUP reopens; by default twistd's
+            C{--logfile}, if any.
         @param reactor: the reactor to listen with; the global one if None.
         """
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
+        self.logFiles = logFiles if logFiles is not None else LogFiles()
+        self._oldHandlers: dict[int, Any] = {}
         self.factory = EchoFactory(
             reactor,
             maxConnections=maxConnections,
@@ -846,6 +854,8 @@ class EchoService(MultiService):
         # a log file object by now, hence the original.
         if sys.__stderr__ is not None and not faulthandler.is_enabled():
             faulthandler.enable(sys.__stderr__, all_threads=True)
+        # As early as twistd lets us: a SIGHUP from here on never kills.
+        self._handleSignal(signal.SIGHUP, self.reload)
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -865,8 +875,76 @@ class EchoService(MultiService):
                 event="proxy.untrusted",
                 listeners=", ".join(self._openProxies),
             )
+        self._handleSignal(signal.SIGHUP, self.reload)
+        self.logFiles.start()
         super().startService()
+
+    def _handleSignal(self, signum: int, handler: Callable[[], object]) -> None:
+        """
+        Call C{handler} in the reactor thread when C{signum} arrives, until
+        the service has stopped.
+
+        A Python signal handler runs between any two bytecodes of the main
+        thread, in the middle of whatever the reactor was doing (writing a
+        log line, say); callFromThread only queues the call and wakes the
+        reactor, as twistd's own SIGUSR1 handler does.
+        """
+        if signum in self._oldHandlers:
+            return
+        reactor = self.reactor
+        self._oldHandlers[signum] = signal.signal(
+            signum, lambda *_: reactor.callFromThread(handler)
+        )
+
+    def _restoreSignals(self) -> None:
+        for signum, handler in self._oldHandlers.items():
+            signal.signal(signum, handler)
+        self._oldHandlers.clear()
+
+    def reload(self) -> None:
+        """
+        SIGHUP: reopen the log files at their paths (logrotate moved them).
+        """
+        if not self.logFiles.paths:
+            log.info(
+                "SIGHUP: no log file to reopen (logging to standard output,"
+                " syslog or an observer of its own)",
+                event="log.reopened",
+                path=None,
+            )
+            return
+        for path in self.logFiles.paths:
+            # Into the old file: the last line there says where the log went.
+            log.info(
+                "SIGHUP: reopening the log file {path}",
+                event="log.reopening",
+                path=path,
+            )
+        for path, error in self.logFiles.reopen():
+            if error is None:
+                log.info(
+                    "SIGHUP: reopened the log file {path}",
+                    event="log.reopened",
+                    path=path,
+                )
+            else:
+                log.error(
+                    "SIGHUP: cannot reopen the log file {path} ({error});"
+                    " still writing to the file it was",
+                    event="log.reopen_failed",
+                    path=path,
+                    error=error.strerror or str(error),
+                )
 
     def stopService(self) -> Deferred[None]:
         stopped: Deferred[object] = super().stopService()
-        return stopped.addCallback(lambda _: self.factory.drain(self.shutdownTimeout))
+        drained = stopped.addCallback(
+            lambda _: self.factory.drain(self.shutdownTimeout)
+        )
+
+        def restore(result: _T) -> _T:
+            # Only now: a SIGHUP during the drain must not kill it either.
+            self._restoreSignals()
+            return result
+
+        return drained.addBoth(restore)

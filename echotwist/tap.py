@@ -28,6 +28,7 @@ from echotwist.service import (
     DatagramListener,
     EchoService,
     Listener,
+    LogFiles,
     MissingExtra,
     parseDatagramListener,
     parseListener,
@@ -386,6 +387,7 @@ def _reactorName() -> str | None:
 
 
 def makeService(options: Options) -> IService:
+    runner = options.parent
     common = {
         "udp": options["datagramListeners"],
         "udpRate": options["udp-rate"],
@@ -400,6 +402,9 @@ def makeService(options: Options) -> IService:
         "logConnections": not options["no-connection-logs"],
         "metrics": options["metrics"],
         "socketBuffer": options["socket-buffer"],
+        # twist opens its --log-file itself and keeps it in its options;
+        # twistd's --logfile is found without.
+        "logFiles": LogFiles(runner.get("logFile") if runner is not None else None),
     }
     if options["workers"] > 1:
         from echotwist.supervisor import SupervisorService
