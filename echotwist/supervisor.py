@@ -14,11 +14,20 @@ socket is lost when a worker dies.
 
 Every worker that exits is reaped (Twisted's SIGCHLD handling), logged
 with its status and replaced; one that keeps dying soon after it starts is
-restarted after a growing delay (Twisted's C{backoffPolicy}), so a crash
-loop cannot fork-bomb the host.  SIGTTIN adds a worker and SIGTTOU removes
-one, as gunicorn's arbiter does.  On SIGTERM or SIGINT the supervisor stops
-listening, passes SIGTERM to every worker, waits for them to drain (up to
-the shutdown timeout and a margin) and kills what is left.
+restarted after a growing delay (Twisted's C{backoffPolicy}, at most
+L{MAX_BACKOFF} seconds), so a crash loop cannot fork-bomb the host.  SIGTTIN
+adds a worker and SIGTTOU removes one, as gunicorn's arbiter does.  SIGHUP
+reopens the log files and replaces every worker with a fresh process, one
+at a time: the new one serving before the old one drains.  On SIGTERM or
+SIGINT the supervisor stops listening, passes SIGTERM to every worker,
+waits for them to drain (up to the shutdown timeout and a margin) and kills
+what is left.
+
+Workers log into a pipe, as Twisted's JSON log events; the supervisor
+emits each as one of its own, so they go wherever its log goes (twistd's
+C{--logfile}, daemonized or not; standard output; JSON or text), tagged
+with the worker's number.  A worker's standard error (a traceback before
+its logging began, a faulthandler report) is logged line by line.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet import error
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import Logger, eventFromJSON
 from twisted.python.failure import Failure
 
 from echotwist.service import EchoService
@@ -52,9 +61,20 @@ STABLE_AFTER = 10.0
 KILL_MARGIN = 5.0
 #: How long a scrape waits for a worker's counts.
 STATS_TIMEOUT = 2.0
+#: The longest wait before restarting a worker that keeps dying.  Short
+#: enough that after a storm of kills the server serves again within
+#: seconds; long enough that a crash loop costs the host next to nothing.
+MAX_BACKOFF = 4.0
+#: How long a fresh worker gets to start serving, in a rolling restart,
+#: before it is given up and the old one kept.
+START_TIMEOUT = 30.0
+#: A log line from a worker longer than this is cut there.
+MAX_LOG_LINE = 1 << 20
 
-#: The child descriptors: control in (stdin), log out (stdout, stderr, the
-#: supervisor's own), control out, and the listeners from here on.
+#: The child descriptors: control in (stdin), log out (stdout: JSON events),
+#: standard error, control out, and the listeners from here on.
+_LOG_OUT = 1
+_STDERR = 2
 _CONTROL_OUT = 3
 _FIRST_LISTENER = 10
 
@@ -66,7 +86,11 @@ class _Worker(ProcessProtocol):
         self.startedAt = 0.0
         self.ended: Deferred[None] = Deferred()
         self.pid: int | None = None
-        self._buffer = b""
+        #: Fires once the worker says it is serving.
+        self.serving: Deferred[None] = Deferred()
+        #: Being replaced (SIGHUP): not to be restarted when it exits.
+        self.retiring = False
+        self._buffers: dict[int, bytes] = {}
         self._waiting: list[Deferred[dict[str, Any]]] = []
         self.lastStats: dict[str, Any] = {}
 
@@ -82,17 +106,60 @@ class _Worker(ProcessProtocol):
         )
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD != _CONTROL_OUT:
-            return
-        self._buffer += data
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
+        buffered = self._buffers.get(childFD, b"") + data
+        *lines, rest = buffered.split(b"\n")
+        if len(rest) > MAX_LOG_LINE:
+            lines.append(rest)
+            rest = b""
+        self._buffers[childFD] = rest
+        for line in lines:
+            self._lineReceived(childFD, line)
+
+    def _lineReceived(self, childFD: int, line: bytes) -> None:
+        if childFD == _CONTROL_OUT:
             try:
                 self.lastStats = json.loads(line)
             except ValueError:
-                continue
+                return
             if self._waiting:
                 self._waiting.pop(0).callback(self.lastStats)
+        elif childFD == _LOG_OUT:
+            self._logEvent(line)
+        elif childFD == _STDERR and line.strip():
+            self._logText(line)
+
+    def _logEvent(self, line: bytes) -> None:
+        # Twisted's JSON log format: a record separator, the event, a newline.
+        text = line.lstrip(b"\x1e").decode("utf-8", "replace")
+        try:
+            event = eventFromJSON(text)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict) or "log_time" not in event:
+            self._logText(line)
+            return
+        text = event.pop("log_text", None)
+        if isinstance(text, str):
+            # The worker's own sentence, as it formatted it, for text logs.
+            event["log_format"] = text.replace("{", "{{").replace("}", "}}")
+            event.pop("log_flattened", None)
+        system = event.get("log_system") or event.get("log_namespace", "-")
+        if "worker" not in event:
+            event["log_system"] = f"{system} worker {self.number}"
+            event["worker"] = self.number
+        log.observer(event)
+        if event.get("event") == "worker.serving" and not self.serving.called:
+            self.serving.callback(None)
+
+    def _logText(self, line: bytes) -> None:
+        log.warn(
+            "Worker {worker} (pid {pid}) wrote: {line}",
+            event="worker.output",
+            worker=self.number,
+            pid=self.pid,
+            # repr's escapes: a worker's raw output may hold anything.
+            line=repr(line.decode("utf-8", "replace"))[1:-1],
+        )
 
     def askStats(self) -> Deferred[dict[str, Any]]:
         d: Deferred[dict[str, Any]] = Deferred()
@@ -108,6 +175,10 @@ class _Worker(ProcessProtocol):
             pass
 
     def processEnded(self, reason: Failure) -> None:
+        for childFD, rest in self._buffers.items():
+            if rest:
+                self._lineReceived(childFD, rest)
+        self._buffers = {}
         for waiting in self._waiting:
             waiting.callback(self.lastStats)
         self._waiting = []
@@ -150,13 +221,17 @@ class SupervisorService(EchoService):
         self._stopping = False
         self._quickDeaths = 0
         self._delay = backoff or backoffPolicy(
-            initialDelay=1.0, maxDelay=60.0, factor=2.0
+            initialDelay=1.0, maxDelay=MAX_BACKOFF, factor=2.0
         )
         self._pendingRestarts: list[Any] = []
         self._retired: dict[str, Any] = {}
         self._childFDs: dict[int, int] = {}
         self._config: dict[str, Any] = {}
-        self._oldHandlers: dict[int, Any] = {}
+        #: Workers being replaced by a rolling restart, until they exit.
+        self._retiring: list[_Worker] = []
+        #: A rolling restart under way (None when there is none).
+        self._rolling: Deferred[None] | None = None
+        self._rollAgain = False
 
     # --- the listeners, handed over --------------------------------------
 
@@ -197,18 +272,18 @@ class SupervisorService(EchoService):
         }
         for number in range(1, self.wanted + 1):
             self._start(number)
-        for signum, handler in (
-            (signal.SIGTTIN, self.addWorker),
-            (signal.SIGTTOU, self.removeWorker),
-        ):
-            self._oldHandlers[signum] = signal.signal(
-                signum, lambda *_, h=handler: self.reactor.callFromThread(h)
-            )
+        self._handleSignal(signal.SIGTTIN, self.addWorker)
+        self._handleSignal(signal.SIGTTOU, self.removeWorker)
 
-    def _start(self, number: int) -> None:
+    def _start(self, number: int) -> _Worker:
         worker = _Worker(self, number)
         config = dict(self._config, worker=number)
-        childFDs: dict[int, Any] = {0: "w", 1: 1, 2: 2, _CONTROL_OUT: "r"}
+        childFDs: dict[int, Any] = {
+            0: "w",
+            _LOG_OUT: "r",
+            _STDERR: "r",
+            _CONTROL_OUT: "r",
+        }
         childFDs.update(self._childFDs)
         self.workers[number] = worker
         self._spawn(
@@ -218,6 +293,7 @@ class SupervisorService(EchoService):
             env=os.environ.copy(),
             childFDs=childFDs,
         )
+        return worker
 
     # --- supervision -----------------------------------------------------
 
@@ -226,6 +302,8 @@ class SupervisorService(EchoService):
     ) -> None:
         if self.workers.get(worker.number) is worker:
             del self.workers[worker.number]
+        if worker in self._retiring:
+            self._retiring.remove(worker)
         self._retired = addStats(self._retired, worker.lastStats)
         lived = self.reactor.seconds() - worker.startedAt
         log.info(
@@ -238,7 +316,7 @@ class SupervisorService(EchoService):
             lived=lived,
             how=f"signal {signum}" if signum else f"status {status}",
         )
-        if self._stopping or worker.number > self.wanted:
+        if self._stopping or worker.retiring or worker.number > self.wanted:
             return
         if lived >= STABLE_AFTER:
             self._quickDeaths = 0
@@ -288,19 +366,135 @@ class SupervisorService(EchoService):
         if worker is not None:
             worker.signal(signal.SIGTERM)
 
+    # --- SIGHUP: a rolling restart -----------------------------------------
+
+    def reload(self) -> None:
+        """
+        SIGHUP: reopen the log files, then replace every worker with a
+        fresh process (new code, say), one at a time: the new one serving
+        before the old one is told to drain.  Every worker shares the
+        listening sockets, so no connection is refused on the way.  A
+        replacement that does not start serving is given up, and the old
+        worker kept.
+        """
+        super().reload()
+        if self._stopping:
+            return
+        if self._rolling is not None:
+            # The round under way may have started some workers with the
+            # old code already: go round once more after it.
+            self._rollAgain = True
+            log.info(
+                "SIGHUP: a rolling restart is under way; another follows it",
+                event="workers.reload_queued",
+            )
+            return
+        log.info(
+            "SIGHUP: replacing {count} worker(s), one at a time",
+            event="workers.reloading",
+            count=len(self.workers),
+        )
+        self._rolling = self._roll(sorted(self.workers))
+
+    def _roll(self, numbers: list[int]) -> Deferred[None]:
+        done: Deferred[None] = Deferred()
+
+        def step(_: object = None) -> None:
+            while numbers:
+                number = numbers.pop(0)
+                old = self.workers.get(number)
+                if old is not None and not self._stopping:
+                    self._replace(old).addCallback(step)
+                    return
+            finish()
+
+        def finish() -> None:
+            self._rolling = None
+            if self._stopping:
+                done.callback(None)
+                return
+            log.info(
+                "SIGHUP: {count} worker(s) replaced",
+                event="workers.reloaded",
+                count=len(self.workers),
+            )
+            done.callback(None)
+            if self._rollAgain:
+                self._rollAgain = False
+                self.reload()
+
+        step()
+        return done
+
+    def _replace(self, old: _Worker) -> Deferred[None]:
+        """
+        Start a worker in C{old}'s place; once it serves, drain C{old}.
+
+        @return: fires once C{old} has exited, or the replacement failed.
+        """
+        old.retiring = True
+        self._retiring.append(old)
+        new = self._start(old.number)
+        result: Deferred[None] = Deferred()
+        giveUp = self.reactor.callLater(START_TIMEOUT, new.signal, signal.SIGKILL)
+
+        def serving(_: object) -> None:
+            if result.called:
+                return
+            if giveUp.active():
+                giveUp.cancel()
+            old.signal(signal.SIGTERM)
+            killer = self.reactor.callLater(
+                self.shutdownTimeout + KILL_MARGIN, self._killAll, [old]
+            )
+
+            def oldEnded(_: object) -> None:
+                if killer.active():
+                    killer.cancel()
+                result.callback(None)
+
+            old.ended.addCallback(oldEnded)
+
+        def failed(_: object) -> None:
+            if result.called or new.serving.called:
+                return
+            if giveUp.active():
+                giveUp.cancel()
+            # The new code does not start: keep serving with the old.
+            old.retiring = False
+            if old in self._retiring:
+                self._retiring.remove(old)
+            if not old.ended.called and not self._stopping:
+                self.workers[old.number] = old
+            log.error(
+                "SIGHUP: worker {worker}'s replacement exited before serving;"
+                " keeping the old worker (pid {pid})",
+                event="workers.reload_failed",
+                worker=old.number,
+                pid=old.pid,
+            )
+            result.callback(None)
+
+        new.serving.addCallback(serving)
+        new.ended.addCallback(failed)
+        return result
+
     # --- metrics ---------------------------------------------------------
+
+    def _everyWorker(self) -> list[_Worker]:
+        return list(self.workers.values()) + list(self._retiring)
 
     def _metricsSource(self) -> tuple[Any, Any, Any]:
         def snapshot() -> dict[str, Any]:
             total = self._retired
-            for worker in self.workers.values():
+            for worker in self._everyWorker():
                 total = addStats(total, worker.lastStats)
             return total
 
         def refresh() -> Deferred[None]:
             asked = [
                 worker.askStats().addTimeout(STATS_TIMEOUT, self.reactor)
-                for worker in list(self.workers.values())
+                for worker in self._everyWorker()
             ]
             return DeferredList(asked, consumeErrors=True).addCallback(lambda _: None)
 
@@ -310,13 +504,11 @@ class SupervisorService(EchoService):
 
     def stopService(self) -> Deferred[None]:
         self._stopping = True
-        for signum, handler in self._oldHandlers.items():
-            signal.signal(signum, handler)
         for call in self._pendingRestarts:
             if call.active():
                 call.cancel()
         listening = super().stopService()
-        workers = list(self.workers.values())
+        workers = self._everyWorker()
         for worker in workers:
             worker.signal(signal.SIGTERM)
         if not workers:

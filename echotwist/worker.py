@@ -5,8 +5,9 @@ One worker process of a supervised echotwist (C{--workers N}).
 The supervisor starts it as C{python -m echotwist.worker CONFIG}, where
 CONFIG is JSON naming the listening sockets it inherited (by descriptor)
 and the server's options.  The worker serves those sockets as the
-single-process server would, logs into the supervisor's output with its
-number, answers C{stats} on its control pipe (stdin in, a descriptor out)
+single-process server would, logs to its standard output (a pipe the
+supervisor reads) as Twisted's JSON log events tagged with its number,
+answers C{stats} on its control pipe (stdin in, a descriptor out)
 with its counts as JSON, and drains and exits on SIGTERM or SIGINT, or
 when its supervisor goes away (the control pipe closes).
 """
@@ -26,8 +27,9 @@ from twisted.logger import (
     ILogObserver,
     LogEvent,
     Logger,
+    formatEvent,
     globalLogBeginner,
-    textFileLogObserver,
+    jsonFileLogObserver,
 )
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
@@ -112,6 +114,10 @@ def _tagged(observer: ILogObserver, worker: int) -> ILogObserver:
         system = event.get("log_system") or event.get("log_namespace", "-")
         event["log_system"] = f"{system} worker {worker}"
         event["worker"] = worker
+        # The sentence as this process formats it: Twisted's JSON keeps only
+        # str() of each field it formats ("{duration:.3f}" would come out
+        # with every digit), and an object field not at all.
+        event["log_text"] = formatEvent(event)
         observer(event)
 
     return tag  # type: ignore[no-any-return]
@@ -149,8 +155,10 @@ def main(argv: list[str]) -> None:
     from twisted.internet import reactor
     from twisted.internet.stdio import StandardIO
 
+    # JSON, so the supervisor can emit each event as it was, to wherever
+    # its own log goes.
     globalLogBeginner.beginLoggingTo(
-        [_tagged(textFileLogObserver(sys.stdout), config["worker"])],
+        [_tagged(jsonFileLogObserver(sys.stdout), config["worker"])],
         redirectStandardIO=False,
     )
     faulthandler.enable()

@@ -379,3 +379,117 @@ class WorkerTests(ServerTestCase):
             found[("echotwist_received_bytes_total", (("transport", "stream"),))], 20000
         )
         self.assertEqual(found[("echotwist_workers", ())], 2)
+
+
+def _logLine(worker: int, format: str, **fields: object) -> bytes:
+    """
+    One line of a worker's log pipe, as echotwist.worker writes it.
+    """
+    from twisted.logger import LogLevel, eventAsJSON, formatEvent
+
+    event = {
+        "log_time": 1e9,
+        "log_level": LogLevel.info,
+        "log_namespace": "echotwist.stream",
+        "log_format": format,
+        "log_system": f"echotwist.stream worker {worker}",
+        "worker": worker,
+        **fields,
+    }
+    event["log_text"] = formatEvent(event)
+    return b"\x1e" + eventAsJSON(event).encode() + b"\n"
+
+
+class RollingRestartTests(SynchronousTestCase):
+    """
+    SIGHUP's rolling restart, on a Clock with pretend processes.
+    """
+
+    setUp = SupervisionTests.setUp
+    spawn = SupervisionTests.spawn
+    worker = SupervisionTests.worker
+
+    def serve(self, worker) -> None:  # type: ignore[no-untyped-def]
+        worker.childDataReceived(
+            1,
+            _logLine(worker.number, "Worker {worker} serving", event="worker.serving"),
+        )
+
+    def test_oneAtATimeNewServingBeforeOldDrains(self) -> None:
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        first, second = self.worker(1), self.worker(2)
+        self.supervisor.reload()
+        newFirst = self.worker(1)
+        self.assertIsNot(newFirst, first)
+        self.assertEqual(len(self.spawned), 3, "one replacement at a time")
+        self.assertEqual(first.transport.signals, [], "old serves until new does")
+        self.serve(newFirst)
+        self.assertEqual(first.transport.signals, [signal.SIGTERM])
+        self.assertEqual(len(self.spawned), 3, "the next waits for the old to exit")
+        with capturedLogs() as events:
+            first.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.assertNotIn("worker.backoff", [e.get("event") for e in events])
+        self.assertEqual(len(self.spawned), 4)
+        newSecond = self.worker(2)
+        self.assertEqual(second.transport.signals, [])
+        self.serve(newSecond)
+        self.assertEqual(second.transport.signals, [signal.SIGTERM])
+        with capturedLogs() as events:
+            second.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.assertIn("workers.reloaded", [e.get("event") for e in events])
+        self.clock.advance(100)
+        self.assertEqual(len(self.spawned), 4, "nothing else started")
+        self.assertEqual([self.worker(1), self.worker(2)], [newFirst, newSecond])
+
+    def test_replacementThatDiesKeepsTheOld(self) -> None:
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        first = self.worker(1)
+        self.supervisor.reload()
+        broken = self.worker(1)
+        with capturedLogs() as events:
+            broken.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertIn("workers.reload_failed", [e.get("event") for e in events])
+        self.assertIs(self.worker(1), first)
+        self.assertEqual(first.transport.signals, [])
+        self.clock.advance(100)
+        self.assertIs(self.worker(1), first, "no restart in its place")
+
+    def test_replacementThatNeverServesIsKilled(self) -> None:
+        from echotwist.supervisor import START_TIMEOUT
+
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        first = self.worker(1)
+        self.supervisor.reload()
+        stuck = self.worker(1)
+        self.clock.advance(START_TIMEOUT)
+        self.assertEqual(stuck.transport.signals, [signal.SIGKILL])
+        stuck.processEnded(Failure(ProcessTerminated(signal=9)))
+        self.assertIs(self.worker(1), first)
+
+    def test_workerLogLinesBecomeEvents(self) -> None:
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        line = _logLine(
+            2,
+            "{peer} disconnected after {duration:.3f}s",
+            peer="[::1]:7",
+            duration=0.1234,
+        )
+        with capturedLogs() as events:
+            # Split anywhere: the pipe gives no line boundaries.
+            self.worker(2).childDataReceived(1, line[:10])
+            self.worker(2).childDataReceived(1, line[10:] + b"not json\x1b[2J\n")
+            self.worker(2).childDataReceived(2, b"Traceback (most recent")
+            self.worker(2).processEnded(Failure(ProcessTerminated(exitCode=1)))
+        from twisted.logger import formatEvent
+
+        texts = [formatEvent(e) for e in events]
+        self.assertEqual(texts[0], "[::1]:7 disconnected after 0.123s")
+        self.assertEqual(events[0]["worker"], 2)
+        self.assertEqual(events[0]["log_system"], "echotwist.stream worker 2")
+        self.assertIn("wrote: not json\\x1b[2J", texts[1])
+        self.assertIn("wrote: Traceback (most recent", texts[2])
+        self.assertEqual(events[3]["event"], "worker.exited")
