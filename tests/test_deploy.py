@@ -1,8 +1,9 @@
 """
 What deploy/ ships, exercised: the systemd units (verified, and run from
-their own ExecStart lines with a socket passed as systemd passes it), a
-restart behind a held socket that refuses nobody, and the HAProxy
-configuration in front of two echotwist instances.
+their own ExecStart and ExecReload lines with a socket passed as systemd
+passes it), a restart behind a held socket that refuses nobody, the HAProxy
+configuration in front of two echotwist instances, and the logrotate
+snippet run by the real logrotate against a daemonized twistd.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from tests._clients import echoOnce
 from tests._tools import requireTool, startHAProxy
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
+from tests.test_signals import logPort, readText, startDaemon, waitInFile
 from tests.test_transports import freePort, sendThenRead
 
 DEPLOY = os.path.join(
@@ -27,15 +29,22 @@ DEPLOY = os.path.join(
 UNITS = os.path.join(DEPLOY, "systemd")
 
 
+def execLine(unit: str, key: str) -> list[str]:
+    """
+    A unit's C{key}= command line (ExecStart, ExecReload), split.
+    """
+    with open(os.path.join(UNITS, unit)) as f:
+        text = f.read().replace("\\\n", " ")
+    (line,) = re.findall(rf"^{key}=(.*)$", text, re.MULTILINE)
+    return shlex.split(line)
+
+
 def execStart(unit: str) -> list[str]:
     """
     A unit's ExecStart command line, with the installed twistd in place of
     /opt/echotwist's.
     """
-    with open(os.path.join(UNITS, unit)) as f:
-        text = f.read().replace("\\\n", " ")
-    (line,) = re.findall(r"^ExecStart=(.*)$", text, re.MULTILINE)
-    argv = shlex.split(line)
+    argv = execLine(unit, "ExecStart")
     assert argv[0] == "/opt/echotwist/bin/twistd", argv[0]
     return [command("twistd"), *argv[1:]]
 
@@ -119,6 +128,28 @@ class SystemdTests(ServerTestCase):
         server = self.startUnit(listener)
         payload = os.urandom(100_000)
         self.assertEqual(echoOnce(("::1", port), payload), payload)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def test_reloadIsSighupThatKeepsServing(self) -> None:
+        """
+        systemctl reload runs ExecReload: the server logs that it has no
+        file to reopen (the journal has its output) and keeps serving.
+        """
+        for unit in ("echotwist.service", "echotwist-plain.service"):
+            self.assertEqual(
+                execLine(unit, "ExecReload"), ["/bin/kill", "-HUP", "$MAINPID"]
+            )
+        listener, port = self.listener()
+        server = self.startUnit(listener)
+        kill, *args = execLine("echotwist.service", "ExecReload")
+        subprocess.run(
+            [kill, *(str(server.process.pid) if a == "$MAINPID" else a for a in args)],
+            check=True,
+            timeout=WAIT,
+        )
+        server.waitFor(r"SIGHUP: no log file to reopen")
+        self.assertEqual(echoOnce(("::1", port), b"reloaded"), b"reloaded")
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM)
 
@@ -245,3 +276,68 @@ class HAProxyFleetTests(ServerTestCase):
         for n in range(20):
             payload = b"after the loss %d" % n
             self.assertEqual(throughProxy(payload)[0], payload)
+
+
+class LogrotateTests(ServerTestCase):
+    def test_shippedSnippetRotatesADaemonizedTwistd(self) -> None:
+        """
+        deploy/logrotate/echotwist, paths rewritten into the test's
+        directory, run by logrotate -f against twistd daemonized with
+        --workers 2: the moved file holds what came before and the server's
+        "reopening" line; the file at the path every line after, workers'
+        connections included; no client is refused.
+        """
+        logrotate = requireTool("logrotate", "logrotate")
+        logPath, pidPath, outPath, daemon = startDaemon(
+            self, "--port", f"tcp:0:interface={LOOPBACK}", "--workers", "2"
+        )
+        port = logPort(waitInFile(self, logPath, r" Worker \d serving$", 2))
+        self.assertEqual(echoOnce((LOOPBACK, port), b"before"), b"before")
+        waitInFile(self, logPath, r"worker \d\] \S+ disconnected after .* 6 bytes")
+
+        with open(os.path.join(DEPLOY, "logrotate", "echotwist")) as f:
+            snippet = f.read()
+        self.assertIn("/var/log/echotwist/echo.log {", snippet)
+        self.assertIn('kill -HUP "$(cat /run/echotwist.pid)"', snippet)
+        config = os.path.join(self.directory, "logrotate.conf")
+        with open(config, "w") as f:
+            f.write(
+                snippet.replace("/var/log/echotwist/echo.log", logPath).replace(
+                    "/run/echotwist.pid", pidPath
+                )
+            )
+        result = subprocess.run(
+            [
+                logrotate,
+                "-v",
+                "-f",
+                "-s",
+                os.path.join(self.directory, "state"),
+                config,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        (rotated,) = [
+            os.path.join(self.directory, name)
+            for name in os.listdir(self.directory)
+            if name.startswith("echo.log-")
+        ]
+        waitInFile(self, logPath, r"SIGHUP: reopened the log file")
+        # The rolling restart the same SIGHUP began ends in the new file.
+        waitInFile(self, logPath, r"SIGHUP: 2 worker\(s\) replaced")
+        self.assertEqual(echoOnce((LOOPBACK, port), b"after!!"), b"after!!")
+        new = waitInFile(
+            self, logPath, r"worker \d\] \S+ disconnected after .* 7 bytes"
+        )
+        old = readText(rotated)
+        self.assertIn(" 6 bytes echoed", old)
+        self.assertIn("SIGHUP: reopening the log file", old)
+        self.assertNotIn(" 6 bytes echoed", new)
+        self.assertNotIn(" 7 bytes echoed", old)
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(WAIT)
+        self.assertIn("Server Shut Down", readText(logPath))
+        self.assertEqual(readText(outPath), "")

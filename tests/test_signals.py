@@ -321,53 +321,59 @@ class RollingRestartTests(ServerTestCase):
         self.assertEqual(server.wait(), -signal.SIGTERM)
 
 
-class WorkerLogTests(ServerTestCase):
-    def daemon(self, *echoArgs: str) -> tuple[str, str, psutil.Process]:
-        """
-        Start twistd daemonized (no -n) with a log file and a pidfile; its
-        log path, the file its original standard output and error went to,
-        and the daemon.
-        """
-        logPath = os.path.join(self.directory, "echo.log")
-        pidPath = os.path.join(self.directory, "echo.pid")
-        outPath = os.path.join(self.directory, "original-output")
-        with open(outPath, "wb") as out:
-            subprocess.run(
-                [
-                    command("twistd"),
-                    f"--pidfile={pidPath}",
-                    f"--logfile={logPath}",
-                    "echo",
-                    *echoArgs,
-                ],
-                cwd=self.directory,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                timeout=WAIT,
-                check=True,
-            )
-        waitUntil(self, lambda: readText(pidPath).strip(), lambda: "no pidfile")
-        daemon = psutil.Process(int(readText(pidPath)))
+def startDaemon(
+    test: ServerTestCase, *echoArgs: str
+) -> tuple[str, str, str, psutil.Process]:
+    """
+    Start twistd daemonized (no -n), as a user would under logrotate, with
+    a log file and a pidfile in the test's directory; always killed (with
+    its workers) at the end of the test.
 
-        def cleanup() -> None:
+    @return: the log file's path, the pidfile's path, the file its original
+        standard output and error went to, and the daemon.
+    """
+    logPath = os.path.join(test.directory, "echo.log")
+    pidPath = os.path.join(test.directory, "echo.pid")
+    outPath = os.path.join(test.directory, "original-output")
+    with open(outPath, "wb") as out:
+        subprocess.run(
+            [
+                command("twistd"),
+                f"--pidfile={pidPath}",
+                f"--logfile={logPath}",
+                "echo",
+                *echoArgs,
+            ],
+            cwd=test.directory,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            timeout=WAIT,
+            check=True,
+        )
+    waitUntil(test, lambda: readText(pidPath).strip(), lambda: "no pidfile")
+    daemon = psutil.Process(int(readText(pidPath)))
+
+    def cleanup() -> None:
+        try:
+            family = [daemon, *daemon.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for process in family:
             try:
-                family = [daemon, *daemon.children(recursive=True)]
+                process.kill()
             except psutil.NoSuchProcess:
-                return
-            for process in family:
-                try:
-                    process.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(family, WAIT)
+                pass
+        psutil.wait_procs(family, WAIT)
 
-        self.addCleanup(cleanup)
-        return logPath, outPath, daemon
+    test.addCleanup(cleanup)
+    return logPath, pidPath, outPath, daemon
 
+
+class WorkerLogTests(ServerTestCase):
     def test_daemonizedWorkersLogEveryConnectionToTheFile(self) -> None:
-        logPath, outPath, daemon = self.daemon(
-            "--port", f"tcp:0:interface={LOOPBACK}", "--workers", "2"
+        logPath, _, outPath, daemon = startDaemon(
+            self, "--port", f"tcp:0:interface={LOOPBACK}", "--workers", "2"
         )
         port = logPort(waitInFile(self, logPath, r" Worker \d serving$", 2))
         count = 30
