@@ -876,8 +876,19 @@ class EchoService(MultiService):
                 listeners=", ".join(self._openProxies),
             )
         self._handleSignal(signal.SIGHUP, self.reload)
+        if signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:
+            # twistd rotates its --logfile on SIGUSR1; without one (-n to
+            # standard output, twist) the default would end the server.
+            self._handleSignal(signal.SIGUSR1, self._noRotation)
         self.logFiles.start()
         super().startService()
+
+    def _noRotation(self) -> None:
+        log.info(
+            "SIGUSR1: no twistd log file to rotate (SIGHUP reopens a log"
+            " file after logrotate moved it)",
+            event="log.not_rotated",
+        )
 
     def _handleSignal(self, signum: int, handler: Callable[[], object]) -> None:
         """

@@ -206,6 +206,27 @@ class SighupTests(ServerTestCase):
             ]
         )
 
+    def test_sigusr1KeepsTwistdsMeaning(self) -> None:
+        """
+        SIGUSR1 to twistd with a log file: twistd's own rotation, FILE to
+        FILE.1, still happens.
+        """
+        path = os.path.join(self.directory, "echo.log")
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[command("twistd"), "-n", "--pidfile=", f"--logfile={path}", "echo"],
+        )
+        port = logPort(waitInFile(self, path, r"Listening on "))
+        server.signal(signal.SIGUSR1)
+        waitUntil(self, lambda: os.path.exists(path + ".1"), lambda: "no echo.log.1")
+        self.assertIn("Listening on ", readText(path + ".1"))
+        self.assertEqual(echoOnce((LOOPBACK, port), b"rotated"), b"rotated")
+        waitInFile(self, path, r"7 bytes echoed")
+        self.assertNotIn("SIGUSR1: no twistd log file", readText(path))
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+
     def test_standardOutputSurvivesSighup(self) -> None:
         """
         twistd -n logging to standard output: nothing to reopen, and it
@@ -216,6 +237,9 @@ class SighupTests(ServerTestCase):
         server.signal(signal.SIGHUP)
         server.waitFor(r"SIGHUP: no log file to reopen")
         self.assertEqual(echoOnce((LOOPBACK, port), b"still"), b"still")
+        # twistd installs no SIGUSR1 handler without a log file: not fatal.
+        server.signal(signal.SIGUSR1)
+        server.waitFor(r"SIGUSR1: no twistd log file to rotate")
         server.signal(signal.SIGHUP)
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM)
