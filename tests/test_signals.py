@@ -466,6 +466,22 @@ class WorkerLogTests(ServerTestCase):
         ]
 
 
+class WorkerCrashTests(ServerTestCase):
+    def test_segfaultReportReachesTheLog(self) -> None:
+        """
+        A worker's faulthandler report (its standard error) is in the
+        supervisor's log, escaped, and the worker is replaced.
+        """
+        server = self.start("--port", f"tcp:0:interface={LOOPBACK}", "--workers", "2")
+        waitServing(server, 2)
+        victim = workerProcesses(server, 2)[0]
+        victim.send_signal(signal.SIGSEGV)
+        server.waitFor(rf"\(pid {victim.pid}\) exited after .*: signal 11")
+        server.waitFor(rf"\(pid {victim.pid}\) wrote: Fatal Python error: Segmentation")
+        waitServing(server, 3)
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"alive"), b"alive")
+
+
 class KillStormTests(ServerTestCase):
     def test_serverServesAgainAfterAStormOfKills(self) -> None:
         """

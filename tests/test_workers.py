@@ -442,6 +442,18 @@ class RollingRestartTests(SynchronousTestCase):
         self.assertEqual(len(self.spawned), 4, "nothing else started")
         self.assertEqual([self.worker(1), self.worker(2)], [newFirst, newSecond])
 
+    def test_sighupDuringARollQueuesAnotherRound(self) -> None:
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        self.supervisor.reload()
+        self.supervisor.reload()
+        for _ in range(4):
+            old = [w for w in self.supervisor._retiring][0]
+            self.serve(self.worker(old.number))
+            old.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.assertEqual(len(self.spawned), 6, "two rounds of two")
+        self.assertIsNone(self.supervisor._rolling)
+
     def test_replacementThatDiesKeepsTheOld(self) -> None:
         self.supervisor.startService()
         self.addCleanup(self.supervisor.stopService)
