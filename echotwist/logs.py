@@ -83,12 +83,14 @@ class LogFiles:
     SIGHUP can reopen them at their paths after logrotate moved them.
 
     @param runnerFile: the file twist's C{--log-file} opened (its options'
-        C{logFile}); standard output or error, or None, mean none.  twistd's
-        C{--logfile} (also for a C{.tac}) is found without it.
+        C{logFile}); standard output or error, or None, mean none.
+    @param twistd: whether to look for twistd's C{--logfile} (also for a
+        C{.tac}), which is found without being given.
     """
 
-    def __init__(self, runnerFile: object = None) -> None:
+    def __init__(self, runnerFile: object = None, *, twistd: bool = True) -> None:
         self._runnerFile = runnerFile
+        self._twistd = twistd
         self._files: list[_Reopenable] | None = None
 
     def _find(self) -> list[_Reopenable]:
@@ -105,11 +107,12 @@ class LogFiles:
         # twistd keeps its LogFile in a closure of its log observer and its
         # SIGUSR1 handler, with no public way to reach it: look it up among
         # live objects, once.
-        found.extend(
-            _TwistdLog(thing)
-            for thing in gc.get_objects()
-            if isinstance(thing, BaseLogFile)
-        )
+        if self._twistd:
+            found.extend(
+                _TwistdLog(thing)
+                for thing in gc.get_objects()
+                if isinstance(thing, BaseLogFile)
+            )
         return found
 
     def start(self) -> None:

@@ -403,7 +403,8 @@ class SupervisorService(EchoService):
             while numbers:
                 number = numbers.pop(0)
                 old = self.workers.get(number)
-                if old is not None and not self._stopping:
+                # SIGTTOU may have taken workers away since the round began.
+                if old is not None and number <= self.wanted and not self._stopping:
                     self._replace(old).addCallback(step)
                     return
             finish()
@@ -464,8 +465,15 @@ class SupervisorService(EchoService):
             old.retiring = False
             if old in self._retiring:
                 self._retiring.remove(old)
-            if not old.ended.called and not self._stopping:
-                self.workers[old.number] = old
+            if old.ended.called or self._stopping:
+                result.callback(None)
+                return
+            if old.number > self.wanted:
+                # SIGTTOU took this worker's place away meanwhile.
+                old.signal(signal.SIGTERM)
+                result.callback(None)
+                return
+            self.workers[old.number] = old
             log.error(
                 "SIGHUP: worker {worker}'s replacement exited before serving;"
                 " keeping the old worker (pid {pid})",

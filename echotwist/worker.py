@@ -34,6 +34,7 @@ from twisted.logger import (
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
+from echotwist.logs import LogFiles
 from echotwist.service import DatagramListener, EchoService, Listener, parseListener
 
 log = Logger()
@@ -192,6 +193,8 @@ def main(argv: list[str]) -> None:
         drainQuiet=config["drainQuiet"],
         logConnections=config["logConnections"],
         socketBuffer=config["socketBuffer"],
+        # Its log is a pipe to the supervisor, which reopens the log file.
+        logFiles=LogFiles(twistd=False),
         reactor=reactor,
     )
     service.startService()

@@ -117,7 +117,7 @@ class LogFilesTests(SynchronousTestCase):
     def test_twistFileReopensAtItsPath(self) -> None:
         opened = open(self.path, "a")
         self.addCleanup(opened.close)
-        files = LogFiles(opened)
+        files = LogFiles(opened, twistd=False)
         opened.write("before\n")
         os.rename(self.path, self.path + ".1")
         self.assertIn((os.path.abspath(self.path), None), files.reopen())

@@ -18,6 +18,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from echotwist.logs import LogFiles
 from echotwist.supervisor import STABLE_AFTER, SupervisorService
 from tests._clients import echoOnce, exchange, readUntilClosed
 from tests._tools import selfSignedCertificate
@@ -50,6 +51,7 @@ class SupervisionTests(SynchronousTestCase):
             spawn=self.spawn,
             backoff=lambda attempt: min(60.0, 2.0**attempt),
             shutdownTimeout=3,
+            logFiles=LogFiles(twistd=False),
         )
 
     def spawn(self, protocol, executable, args, env, childFDs):  # type: ignore[no-untyped-def]
@@ -467,6 +469,30 @@ class RollingRestartTests(SynchronousTestCase):
         self.assertEqual(first.transport.signals, [])
         self.clock.advance(100)
         self.assertIs(self.worker(1), first, "no restart in its place")
+
+    def test_ttouDuringARoll(self) -> None:
+        """
+        SIGTTOU takes away the worker being replaced: neither the old one
+        nor a replacement is left running in its place.
+        """
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        first, second = self.worker(1), self.worker(2)
+        self.serve(first)
+        self.serve(second)
+        self.supervisor.reload()
+        self.serve(self.worker(1))
+        first.processEnded(Failure(ProcessTerminated(signal=15)))
+        newSecond = self.worker(2)
+        self.supervisor.removeWorker()
+        self.assertEqual(newSecond.transport.signals, [signal.SIGTERM])
+        newSecond.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.assertEqual(second.transport.signals, [signal.SIGTERM])
+        second.processEnded(Failure(ProcessTerminated(signal=15)))
+        self.clock.advance(100)
+        self.assertEqual(sorted(self.supervisor.workers), [1])
+        self.assertEqual(len(self.spawned), 4)
+        self.assertIsNone(self.supervisor._rolling)
 
     def test_replacementThatNeverServesIsKilled(self) -> None:
         from echotwist.supervisor import START_TIMEOUT
