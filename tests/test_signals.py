@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -93,8 +95,9 @@ class LogFilesTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.directory = self.mktemp()
-        os.makedirs(self.directory)
+        self.directory = tempfile.mkdtemp(prefix="echotwist-")
+        self.addCleanup(shutil.rmtree, self.directory, True)
+        self.addCleanup(shutil.rmtree, self.directory + ".moved", True)
         self.path = os.path.join(self.directory, "echo.log")
 
     def test_twistdLogFileReopensAtItsPath(self) -> None:
