@@ -880,7 +880,10 @@ class EchoService(MultiService):
             # twistd rotates its --logfile on SIGUSR1; without one (-n to
             # standard output, twist) the default would end the server.
             self._handleSignal(signal.SIGUSR1, self._noRotation)
-        self.logFiles.start()
+        # twistd starts services before the reactor runs and installs its
+        # SIGTERM handler: a search of the heap here would widen the moment
+        # in which a SIGTERM still kills outright.  Once it runs, then.
+        self.reactor.callLater(0, self.logFiles.start)
         super().startService()
 
     def _noRotation(self) -> None:
