@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -28,6 +29,18 @@ def requireTool(name: str, package: str) -> str:
     if os.environ.get(REQUIRE):
         raise AssertionError(f"{message}, and {REQUIRE} is set")
     raise SkipTest(message)
+
+
+def scratchDirectory(test: SynchronousTestCase) -> str:
+    """
+    A fresh directory under the system's temporary directory, removed after
+    C{test}.  Not C{test.mktemp()}: that path is relative to the working
+    directory, which is trial's _trial_temp but the checkout itself under
+    pytest.
+    """
+    directory = tempfile.mkdtemp(prefix="echotwist-")
+    test.addCleanup(shutil.rmtree, directory, True)
+    return directory
 
 
 def requireRoot(why: str) -> None:

@@ -19,7 +19,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests._tools import requireTool
+from tests._tools import requireTool, scratchDirectory
 
 BENCH = os.path.join(
     os.path.dirname(os.path.dirname(__file__)), "benchmarks", "bench.py"
@@ -250,8 +250,7 @@ class RunningTests(SynchronousTestCase):
         start" with " 42193" in the log).
         """
         bench = loadBench()
-        directory = self.mktemp()
-        os.makedirs(directory)
+        directory = scratchDirectory(self)
         peer = bench.Peer("talker", [sys.executable, "-c", TALKER], r"PORT (\d+)")
         server = bench.Running(peer, directory, pinned=False)
         self.addCleanup(server.log.close)

@@ -29,7 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from echotwist import Echo, EchoService, stream
 from echotwist.reactor import EchotwistEPollReactor
 from echotwist.service import _ListenerFactory
-from tests._tools import selfSignedCertificate
+from tests._tools import scratchDirectory, selfSignedCertificate
 from tests._twistd import WAIT
 
 PAYLOAD = bytes((i * 131 + 17) & 0xFF for i in range(1 << 20))
@@ -424,8 +424,7 @@ class NotSplicedTests(SynchronousTestCase):
 
     def test_tlsAndUNIXListenersDoNot(self) -> None:
         reactor = EPollReactor()
-        directory = self.mktemp()
-        os.makedirs(directory)
+        directory = scratchDirectory(self)
         key, certificate = selfSignedCertificate(directory)
         service = EchoService(
             [
