@@ -60,7 +60,7 @@ class Server:
         preexec: object = None,
         passFDs: Sequence[int] = (),
         reactorArgs: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
     ) -> None:
         if runner is None:
             argv = [
@@ -90,7 +90,14 @@ class Server:
             stderr=subprocess.STDOUT,
             preexec_fn=setup,
             pass_fds=passFDs,
-            env=None if env is None else {**os.environ, **env},
+            # env adds to this process's environment; None removes a name.
+            env=None
+            if env is None
+            else {
+                name: value
+                for name, value in {**os.environ, **env}.items()
+                if value is not None
+            },
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

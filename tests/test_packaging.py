@@ -29,14 +29,47 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL_TIMEOUT = 600
 
 
-def _run(argv: list[str], **kwargs: object) -> str:
+#: What points a Python or a pip at packages outside the new environment.
+#: The rest of the caller's environment stays: pip's index settings too.
+_LEAKS = frozenset(
+    {
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "PYTHONUSERBASE",
+        "VIRTUAL_ENV",
+        "PIP_TARGET",
+        "PIP_PREFIX",
+        "PIP_ROOT",
+        "PIP_USER",
+    }
+)
+
+
+def isolated() -> dict[str, str]:
+    """
+    The environment for the fresh installation: the caller's, less what
+    would let it see another copy of echotwist.  With PYTHONPATH=. (as
+    README offers for a bare trial) and an echotwist.egg-info left in the
+    checkout by "pip install .", pip in the new environment would find
+    echotwist "already installed" and install nothing.
+    """
+    env = {name: value for name, value in os.environ.items() if name not in _LEAKS}
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def _run(argv: list[str], cwd: str | None = None) -> str:
     result = subprocess.run(
         argv,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT,
-        **kwargs,  # type: ignore[call-overload]
+        # Never the checkout: the working directory is on sys.path for
+        # "python -m" and "-c".
+        cwd=cwd or _scratch(),
+        env=isolated(),
     )
     if result.returncode:
         raise AssertionError(f"{argv} failed:\n{result.stdout}\n{result.stderr}")
@@ -147,6 +180,7 @@ class FreshInstallTests(SynchronousTestCase):
             ("echo", "--port", "tcp:0:interface=127.0.0.1"),
             cwd=self.directory,
             runner=[os.path.join(self.bin, "twistd"), "-n", "--pidfile="],
+            env={name: None for name in _LEAKS},
         )
         self.addCleanup(server.kill)
         self.assertEqual(
