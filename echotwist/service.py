@@ -101,6 +101,25 @@ class MissingExtra(ValueError):
     """
 
 
+#: An interface= whose value goes on past an unescaped colon: an IPv6
+#: address written as is, which the description splits into pieces.
+_UNESCAPED_IPV6 = re.compile(r"(?<!\\)interface=[0-9A-Fa-f.]*(?<!\\):")
+
+
+def _ipv6Hint(description: str) -> str | None:
+    """
+    If C{description} has an IPv6 address with unescaped colons, a message
+    saying how to escape them.
+    """
+    if not _UNESCAPED_IPV6.search(description):
+        return None
+    return (
+        f"{description!r}: escape each colon of an IPv6 address with a"
+        " backslash, as endpoint descriptions require, e.g."
+        " interface=\\:\\:1 (in single quotes in a shell)"
+    )
+
+
 class Listener(NamedTuple):
     """
     A stream listener: its endpoint description and the parsed endpoint.
@@ -217,6 +236,9 @@ def parseListener(
             " LISTEN_FDNAMES too)"
         ) from None
     except Exception as e:
+        hint = _ipv6Hint(text)
+        if hint is not None:
+            raise ValueError(hint) from None
         raise ValueError(
             f"{description!r} is neither a port number nor a usable server"
             f" endpoint description ({e}); examples: 5000,"
@@ -388,6 +410,9 @@ def parseDatagramListener(description: str) -> DatagramListener:
 
     @raise ValueError: with a one-line message a user can act on.
     """
+    hint = _ipv6Hint(description)
+    if hint is not None:
+        raise ValueError(hint)
     fields = [f.replace("\\:", ":") for f in re.split(r"(?<!\\):", description.strip())]
     if fields[0] == "udp":
         fields.pop(0)

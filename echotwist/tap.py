@@ -69,17 +69,51 @@ def _prefixLength(text: str) -> int:
 
 
 def _socketBuffer(text: str) -> int:
-    # Twisted's message for a coerced option does not name it; this does.
-    try:
-        size = _count(text)
-    except ValueError as e:
-        raise ValueError(f"--socket-buffer: {e}") from None
+    size = _count(text)
     if 0 < size < MIN_SOCKET_BUFFER:
         raise ValueError(
-            f"--socket-buffer: {text!r} is too small a socket buffer (0 for"
+            f"{text!r} is too small a socket buffer (0 for"
             f" the kernel's autotuning, or {MIN_SOCKET_BUFFER} bytes or more)"
         )
     return size
+
+
+def _typed(value: float) -> str:
+    """
+    A default as a user would type it: 300, not 300.0.
+    """
+    return f"{value:g}"
+
+
+#: How each numeric option's text becomes its value.  postOptions does it,
+#: not usage.Options: given a coerce function, Options says "Parameter type
+#: enforcement failed: ..." without naming the option, and prints its
+#: default as the coerced value (300.0).
+_COERCE: dict[str, Callable[[str], float]] = {
+    "workers": _count,
+    "max-connections": _count,
+    "max-per-source": _count,
+    "ipv6-prefix": _prefixLength,
+    "evict-idle-after": _seconds,
+    "idle-timeout": _seconds,
+    "socket-buffer": _socketBuffer,
+    "shutdown-timeout": _seconds,
+    "drain-quiet": _seconds,
+    "udp-rate": _perSecond,
+}
+
+
+def _twistdLeavesStatus0(parent: object) -> bool:
+    """
+    Whether C{parent} is a twistd that would print a usage error and exit
+    with status 0: twistd's C{app.run} exits with status 1 only from
+    Twisted 26 on.  (twist exits with EX_USAGE on any version.)
+    """
+    import twisted
+    from twisted.application.app import ServerOptions
+
+    major = twisted.version.major  # type: ignore[attr-defined]
+    return isinstance(parent, ServerOptions) and isinstance(major, int) and major < 26
 
 
 def _oneLine(method: _F) -> _F:
@@ -177,11 +211,10 @@ class Options(usage.Options):
         [
             "workers",
             None,
-            1,
+            "1",
             "Serve with this many worker processes under a supervisor that"
             " restarts them; 1 for one process and no supervisor"
             " (e.g. --workers 2). Limits apply per worker.",
-            _count,
         ],
         [
             "metrics",
@@ -194,88 +227,79 @@ class Options(usage.Options):
         [
             "max-connections",
             None,
-            DEFAULT_MAX_CONNECTIONS,
+            _typed(DEFAULT_MAX_CONNECTIONS),
             "Open stream connections allowed across all listeners; one more is"
             " closed at once, unanswered; 0 for no limit"
             " (e.g. --max-connections 10000).",
-            _count,
         ],
         [
             "max-per-source",
             None,
-            DEFAULT_MAX_PER_SOURCE,
+            _typed(DEFAULT_MAX_PER_SOURCE),
             "Open stream connections allowed per client address (behind"
             " haproxy:, the client's own), an IPv6 client's whole"
             " --ipv6-prefix network counting as one address; 0 for no limit"
             " (e.g. --max-per-source 10).",
-            _count,
         ],
         [
             "ipv6-prefix",
             None,
-            DEFAULT_IPV6_PREFIX,
+            _typed(DEFAULT_IPV6_PREFIX),
             "How many leading bits of an IPv6 address make one source for"
             " --max-per-source and --udp-rate, 1-128 (e.g. --ipv6-prefix 56);"
             " an IPv4 address mapped in IPv6 counts as that IPv4 address.",
-            _prefixLength,
         ],
         [
             "evict-idle-after",
             None,
-            DEFAULT_EVICT_IDLE_AFTER,
+            _typed(DEFAULT_EVICT_IDLE_AFTER),
             "When --max-connections is reached, admit a new client by closing"
             " the connection idle longest, if it has sent nothing for this"
             " many seconds; 0 for never (e.g. --evict-idle-after 30).",
-            _seconds,
         ],
         [
             "idle-timeout",
             None,
-            DEFAULT_IDLE_TIMEOUT,
+            _typed(DEFAULT_IDLE_TIMEOUT),
             "Close a connection that has sent nothing for this many seconds;"
             " abort one that cannot take its last echo within as long again;"
             " 0 for never (e.g. --idle-timeout 60).",
-            _seconds,
         ],
         [
             "socket-buffer",
             None,
-            DEFAULT_SOCKET_BUFFER,
+            _typed(DEFAULT_SOCKET_BUFFER),
             "SO_SNDBUF and SO_RCVBUF, in bytes, of every stream connection"
             " over TCP (TLS and haproxy: too); Linux doubles it, so a client"
             " that never reads pins about four times this of kernel memory;"
             " 0 for the kernel's autotuning, which lets one such client pin"
             " megabytes (e.g. --socket-buffer 131072).",
-            _socketBuffer,
         ],
         [
             "shutdown-timeout",
             None,
-            DEFAULT_SHUTDOWN_TIMEOUT,
+            _typed(DEFAULT_SHUTDOWN_TIMEOUT),
             "On SIGTERM or SIGINT, stop accepting, let open connections finish"
             " echoing, and abort those still open after this many seconds"
             " (e.g. --shutdown-timeout 30).",
-            _seconds,
         ],
         [
             "drain-quiet",
             None,
-            DEFAULT_DRAIN_QUIET,
+            _typed(DEFAULT_DRAIN_QUIET),
             "On SIGTERM or SIGINT, close an open connection once it has been"
             " quiet (nothing received, no echo waiting) for this many seconds:"
             " longer keeps clients that pause between writes, shorter ends the"
             " shutdown sooner; 0 waits for each client until"
             " --shutdown-timeout (e.g. --drain-quiet 5).",
-            _seconds,
         ],
         [
             "udp-rate",
             None,
-            DEFAULT_UDP_RATE,
+            _typed(DEFAULT_UDP_RATE),
             "UDP datagrams a second answered per source (an IPv4 address, or"
             " an IPv6 --ipv6-prefix network), in bursts of up to a tenth of"
             " that (at least 1); 0 for no limit (e.g. --udp-rate 1000).",
-            _perSecond,
         ],
     ]
 
@@ -332,7 +356,26 @@ class Options(usage.Options):
             self["proxy-from"] = []
         self["proxy-from"].append(parsed)
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if not _twistdLeavesStatus0(self.parent):
+                raise
+            # As twistd 26's app.run does, to keep README's promise of exit
+            # status 1 on the Twisteds setup.cfg allows.
+            print(self.parent)
+            print(f"{' '.join(sys.argv[0:2])}: {e}")
+            sys.exit(1)
+
     def postOptions(self) -> None:
+        for name, coerce in _COERCE.items():
+            if isinstance(self[name], str):
+                try:
+                    self[name] = coerce(self[name])
+                except ValueError as e:
+                    raise usage.UsageError(f"--{name}: {e}") from None
+
         # Before the listeners: parsing them imports the global reactor.
         installDefaultReactor(self.parent)
         wanted: list[tuple[str, str]] = [("--listen", d) for d in self["listen"]]

@@ -4,13 +4,17 @@ The tap configuration: what "twistd echo" accepts, refuses, and makes.
 
 from __future__ import annotations
 
+import io
 import re
+import sys
 
+import twisted
 from twisted.python.usage import UsageError
+from twisted.python.versions import Version
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import EchoService
-from echotwist.tap import Options, installDefaultReactor, makeService
+from echotwist.tap import _COERCE, Options, installDefaultReactor, makeService
 from tests._tools import requireTLS
 
 
@@ -131,6 +135,20 @@ class OptionsTests(SynchronousTestCase):
             [str(n) for n in options["proxy-from"]], ["10.0.0.0/8", "2001:db8::7/128"]
         )
 
+    def test_defaultsAsAUserTypesThem(self) -> None:
+        text = " ".join(str(Options()).split())
+        for default in ("300", "10", "100", "1000", "1"):
+            self.assertIn(f"[default: {default}]", text)
+        self.assertNotRegex(text, r"\[default: [\d.]*\.0\]")
+
+    def test_numbersGivenAsDefaults(self) -> None:
+        options = parse()
+        self.assertEqual(options["idle-timeout"], 300.0)
+        self.assertEqual(options["workers"], 1)
+        self.assertEqual(options["max-connections"], 1000)
+        self.assertEqual(options["max-per-source"], 100)
+        self.assertEqual(parse("--idle-timeout", "0.5")["idle-timeout"], 0.5)
+
 
 class BadValueTests(SynchronousTestCase):
     """
@@ -227,6 +245,87 @@ class BadValueTests(SynchronousTestCase):
             "--socket-buffer: '64k' is not a whole number",
             self.refused("--socket-buffer", "64k"),
         )
+
+    def test_everyNumberNamesItsOption(self) -> None:
+        self.assertEqual(sorted(_COERCE), sorted(p[0] for p in _numeric()))
+        for name in _COERCE:
+            for bad in ("-1", "many", ""):
+                message = self.refused(f"--{name}", bad)
+                self.assertTrue(message.startswith(f"--{name}: "), message)
+                self.assertNotIn("enforcement", message)
+
+    def test_unescapedIPv6(self) -> None:
+        for option, description in (
+            ("--listen", "tcp6:5000:interface=::1"),
+            ("--port", "tcp6:5000:interface=fe80::1"),
+            ("--metrics", "tcp6:9100:interface=::1"),
+            ("--udp", "udp:7:interface=::1"),
+        ):
+            message = self.refused(option, description)
+            self.assertTrue(message.startswith(f"{option}: "), message)
+            self.assertIn("escape each colon of an IPv6 address", message)
+            self.assertIn("interface=\\:\\:1", message)
+        # Escaped, it is fine.
+        self.assertEqual(
+            descriptions("--listen", "tcp6:0:interface=\\:\\:1"),
+            ["tcp6:0:interface=\\:\\:1"],
+        )
+
+
+def _numeric() -> list[list[object]]:
+    """
+    The optParameters whose default is a number, as typed.
+    """
+    return [
+        p
+        for p in Options.optParameters
+        if isinstance(p[2], str) and p[2].replace(".", "").isdigit()
+    ]
+
+
+class OldTwistdTests(SynchronousTestCase):
+    """
+    twistd before Twisted 26 prints a usage error and exits with status 0;
+    under it the tap ends the process itself, with status 1.
+    """
+
+    def underTwistd(self, major: int, *argv: str) -> tuple[object, str]:
+        from twisted.scripts._twistd_unix import ServerOptions
+
+        self.patch(twisted, "version", Version("Twisted", major, 5, 0))
+        self.patch(sys, "argv", ["twistd", "-n", "echo", *argv])
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        config = ServerOptions()
+        try:
+            config.parseOptions(["-n", "echo", *argv])
+        except SystemExit as e:
+            return e.code, out.getvalue()
+        except UsageError as e:
+            return e, out.getvalue()
+        return None, out.getvalue()
+
+    def test_exitsWithStatus1(self) -> None:
+        code, out = self.underTwistd(25, "--port", "70000")
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            out.splitlines()[-1],
+            "twistd -n: --port: '70000' is not a port number (0-65535)",
+        )
+        self.assertIn("Usage: twistd [options]", out)
+
+    def test_aBadNumberToo(self) -> None:
+        code, out = self.underTwistd(24, "--idle-timeout", "-1")
+        self.assertEqual(code, 1)
+        self.assertIn("--idle-timeout: '-1'", out.splitlines()[-1])
+
+    def test_newTwistdIsLeftToDoIt(self) -> None:
+        error, out = self.underTwistd(26, "--port", "70000")
+        self.assertIsInstance(error, UsageError)
+        self.assertEqual(out, "")
+
+    def test_goodOptionsPass(self) -> None:
+        self.assertEqual(self.underTwistd(24, "--port", "0"), (None, ""))
 
 
 class MakeServiceTests(SynchronousTestCase):
