@@ -139,6 +139,28 @@ class Server:
                     )
                 self._changed.wait(left)
 
+    def waitForCount(self, pattern: str, count: int, timeout: float = WAIT) -> None:
+        """
+        Wait until C{count} lines of output match C{pattern}; fail at
+        C{timeout} or when the process ends first.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = found = 0
+        with self._changed:
+            while True:
+                found += sum(1 for line in self.lines[seen:] if regex.search(line))
+                seen = len(self.lines)
+                if found >= count:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader.is_alive():
+                    raise AssertionError(
+                        f"{found} of {count} lines matching {pattern!r} within"
+                        f" {timeout}s; output so far:\n{self.output_locked()}"
+                    )
+                self._changed.wait(left)
+
     def output_locked(self) -> str:
         return "\n".join(self.lines)
 

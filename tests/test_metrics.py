@@ -336,9 +336,11 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def settle(server: Server, closed: int) -> None:
-    server.waitFor(r"disconnected after")
-    while server.output.count(" disconnected after ") < closed:
-        server.waitFor(r"disconnected after")
+    """
+    Wait, boundedly, until the server has logged C{closed}
+    connections closed.
+    """
+    server.waitForCount(r" disconnected after ", closed)
 
 
 class ScrapeTests(ServerTestCase):
