@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -25,6 +26,7 @@ from tests._twistd import (
 
 MiB = 1024 * 1024
 SOAK_SECONDS = float(os.environ.get("ECHOTWIST_SOAK_SECONDS", "30"))
+SOAK_WARMUP_SECONDS = 5.0
 
 
 def descriptors(server: Server) -> int:
@@ -178,12 +180,16 @@ class DrainTests(ServerTestCase):
         self.addCleanup(hog.close)
         hog.setblocking(False)
         chunk = b"x" * MiB
-        try:
-            while True:
-                hog.send(chunk)
-        except BlockingIOError:
-            pass  # the server stopped reading: its buffers are full
-        server.waitFor(r"connected")
+        sent = 0
+        # Until the server stops reading (its buffers and ours are full):
+        # at most 256 MiB, the socket unwritable for a second ends it.
+        while sent < 256 * MiB and select.select([], [hog], [], 1.0)[1]:
+            try:
+                sent += hog.send(chunk)
+            except BlockingIOError:
+                pass
+        self.assertLess(sent, 256 * MiB, "the server never stopped reading")
+        server.waitFor(r" connected$")
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM)
         self.assertIn(
@@ -287,11 +293,7 @@ class ChurnTests(ServerTestCase):
         Wait until the server has logged every connection made so far
         closed.
         """
-        deadline = time.monotonic() + WAIT
-        while server.output.count(" disconnected after ") < self.made:
-            self.assertLess(time.monotonic(), deadline, "connections never closed")
-            server.waitFor(r"disconnected after", WAIT)
-            time.sleep(0.01)
+        server.waitForCount(r" disconnected after ", self.made)
 
     def test_nothingLeaks(self) -> None:
         server = self.start(
@@ -314,20 +316,12 @@ class ChurnTests(ServerTestCase):
         # Nothing was open to drain: the factory's books were at zero.
         self.assertNotIn("Draining", server.output)
 
-    def test_soak(self) -> None:
+    def soak(self, address: tuple[str, int], seconds: float) -> None:
         """
-        Churn from four threads for ECHOTWIST_SOAK_SECONDS (default 30):
-        descriptors come back to where they started and memory stays flat.
+        Churn from four threads for C{seconds}.
         """
-        server = self.start(
-            "--port", f"tcp:0:interface={LOOPBACK}", "--max-per-source", "0"
-        )
-        address = (LOOPBACK, server.port)
-        self.churn(address, 5)
-        self.settle(server)
-        baseline, rssBefore = descriptors(server), server.rss()
         finished: list[threading.Thread] = []
-        stop = time.monotonic() + SOAK_SECONDS
+        stop = time.monotonic() + seconds
 
         def work() -> None:
             while time.monotonic() < stop:
@@ -338,8 +332,38 @@ class ChurnTests(ServerTestCase):
         for worker in workers:
             worker.start()
         for worker in workers:
-            worker.join(SOAK_SECONDS + WAIT)
+            worker.join(seconds + 10 * WAIT)
         self.assertEqual(len(finished), 4)
+
+    def test_soak(self) -> None:
+        """
+        Churn from four threads for ECHOTWIST_SOAK_SECONDS (default 30):
+        descriptors come back to where they started and memory stays flat.
+
+        RSS measures leaks only if freed memory leaves it.  glibc's malloc
+        serves blocks of 128 KiB and more (a read, an echo backlog) from
+        mmap at first, then raises that threshold as they are freed and
+        serves them from the heap, which it seldom gives back: RSS then
+        climbs to a plateau set by the busiest moment, 4-11 MiB after a
+        warm-up on Python 3.13 (3 failures in 4 runs against 8 MiB, with
+        no leak).  The server runs with the threshold fixed, so such blocks
+        are unmapped when freed, and the baseline is taken after a few
+        seconds of the same churn (the first burst of connections grows
+        the interpreter's own pools once): measured after that, -4.6 to
+        +1.0 MiB in 4 runs.
+        """
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--max-per-source",
+            "0",
+            env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)},
+        )
+        address = (LOOPBACK, server.port)
+        self.soak(address, SOAK_WARMUP_SECONDS)
+        self.settle(server)
+        baseline, rssBefore = descriptors(server), server.rss()
+        self.soak(address, SOAK_SECONDS)
         self.settle(server)
         self.assertEqual(descriptors(server), baseline)
         grown = server.rss() - rssBefore
