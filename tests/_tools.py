@@ -7,6 +7,7 @@ ECHOTWIST_REQUIRE_TOOLS=1, and then a missing tool fails the test instead.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import shutil
 import socket
@@ -132,6 +133,15 @@ def selfSignedCertificate(directory: str) -> tuple[str, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     keyPath = os.path.join(directory, "key.pem")
