@@ -90,7 +90,7 @@ def wheel() -> str:
     """
     source = os.path.join(_scratch(), "src")
     os.mkdir(source)
-    for name in ("setup.cfg", "pyproject.toml", "README.rst"):
+    for name in ("setup.cfg", "pyproject.toml", "README.rst", "LICENSE"):
         shutil.copy(os.path.join(ROOT, name), source)
     for name in ("echotwist", "twisted"):
         shutil.copytree(
@@ -140,6 +140,19 @@ class WheelTests(SynchronousTestCase):
             {n.split("/")[0] for n in names if ".dist-info/" not in n},
             {"echotwist", "twisted"},
         )
+
+    def test_licenseInTheMetadata(self) -> None:
+        with zipfile.ZipFile(wheel()) as archive:
+            (license,) = (
+                n
+                for n in archive.namelist()
+                if ".dist-info/" in n and n.endswith("/LICENSE")
+            )
+            self.assertIn(b"MIT License", archive.read(license))
+            (metadata,) = (n for n in archive.namelist() if n.endswith("/METADATA"))
+            self.assertRegex(
+                archive.read(metadata).decode(), r"\nLicense(-File)?: (MIT|LICENSE)"
+            )
 
 
 class FreshInstallTests(SynchronousTestCase):
