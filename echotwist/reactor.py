@@ -69,7 +69,8 @@ class EchotwistEPollReactor(EPollReactor):
 
     def removeReader(self, reader: IReadDescriptor) -> None:
         # Pausing, closing and losing a connection all come through here.
-        self._plainEchoes.pop(reader.fileno(), None)
+        # Twisted before 26 types fileno() as returning object.
+        self._plainEchoes.pop(reader.fileno(), None)  # type: ignore[call-overload, unused-ignore]
         super().removeReader(reader)
 
     def doPoll(self, timeout: float | None) -> None:

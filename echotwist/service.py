@@ -529,8 +529,9 @@ class _ListenerFactory(Factory):
         self.shared = shared
         self.description = description
 
-    def buildProtocol(self, addr: IAddress | None) -> Echo:  # type: ignore[override]
-        protocol = self.shared.buildProtocol(addr)
+    # Twisted 26 allows addr to be None, and older ones not.
+    def buildProtocol(self, addr: IAddress | None) -> Echo:  # type: ignore[override, unused-ignore]
+        protocol = self.shared.buildProtocol(addr)  # type: ignore[arg-type, unused-ignore]
         assert isinstance(protocol, Echo)
         protocol.listener = self.description
         return protocol

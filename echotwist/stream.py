@@ -392,7 +392,7 @@ class Echo(Protocol):
                     event="splice.unavailable",
                     error=os.strerror(e.errno),
                 )
-                return tcp.Server.doRead(transport)
+                return _plainRead(transport)
             return main.CONNECTION_LOST
         if not received:
             return main.CONNECTION_DONE
@@ -541,6 +541,15 @@ class Echo(Protocol):
         pass
 
 
+def _plainRead(transport: tcp.Server) -> ConnectionLost | ConnectionDone | None:
+    """
+    Read as L{tcp.Server} does.
+    """
+    # Twisted before 26 has doRead untyped: returning it would be Any.
+    result: ConnectionLost | ConnectionDone | None = tcp.Server.doRead(transport)
+    return result
+
+
 class SplicingServer(tcp.Server):
     """
     A TCP server transport that lets its L{Echo} echo in the kernel (see
@@ -565,7 +574,7 @@ class SplicingServer(tcp.Server):
             pipe = _SharedPipe.get()
             if pipe is not None:
                 return protocol._spliceRead(self, pipe)
-        return tcp.Server.doRead(self)
+        return _plainRead(self)
 
 
 _DIRECT_TRANSPORTS += (SplicingServer,)
@@ -637,7 +646,8 @@ class EchoFactory(Factory):
     @ivar refused: connections refused so far, by reason.
     """
 
-    protocol = Echo  # type: ignore[assignment]
+    # (Twisted before 26 types Factory.protocol so that this is no error.)
+    protocol = Echo  # type: ignore[assignment, unused-ignore]
     noisy = False  # "Starting factory ..." lines say nothing an operator needs
 
     def __init__(
@@ -655,7 +665,8 @@ class EchoFactory(Factory):
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
-            reactor = globalReactor
+            # Twisted before 26 types the global reactor as a module.
+            reactor = globalReactor  # type: ignore[assignment, unused-ignore]
         assert reactor is not None
         self.reactor = reactor
         self.maxConnections = maxConnections

@@ -153,7 +153,10 @@ def main(argv: list[str]) -> None:
         from twisted.application.reactors import installReactor
 
         installReactor(config["reactor"])
-    from twisted.internet import reactor
+    from twisted.internet import reactor as globalReactor
+
+    # Any: Twisted before 26 types the global reactor as a module.
+    reactor: Any = globalReactor
     from twisted.internet.stdio import StandardIO
 
     # JSON, so the supervisor can emit each event as it was, to wherever
