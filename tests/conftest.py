@@ -15,11 +15,21 @@ pytest loads this file before pytest-twisted installs the reactor.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Hypothesis keeps its example database and caches in .hypothesis under the
+# working directory: the checkout, under pytest.  Tests write only under
+# the temporary directory.  (trial works in _trial_temp already.)
+set_hypothesis_home_dir(
+    os.path.join(tempfile.gettempdir(), f"echotwist-hypothesis-{os.getuid()}")
+)
 
 
 class Events:
