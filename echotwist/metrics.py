@@ -321,7 +321,8 @@ class MetricsGuard(WrappingFactory):
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
-            reactor = globalReactor
+            # Twisted before 26 types the global reactor as a module.
+            reactor = globalReactor  # type: ignore[assignment, unused-ignore]
         assert reactor is not None
         self.reactor = reactor
         self.maxConnections = maxConnections
@@ -329,7 +330,7 @@ class MetricsGuard(WrappingFactory):
         self.refused = 0
         self._refusals = ThrottledLog(log, reactor)
 
-    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override, unused-ignore]
         if len(self.protocols) >= self.maxConnections:
             self.refused += 1
             self._refusals.warn(
@@ -340,7 +341,9 @@ class MetricsGuard(WrappingFactory):
                 open=len(self.protocols),
             )
             return None
-        return super().buildProtocol(addr)
+        # Twisted before 26 has WrappingFactory.buildProtocol untyped.
+        protocol: Protocol | None = super().buildProtocol(addr)
+        return protocol
 
 
 def metricsSite(

@@ -646,7 +646,8 @@ class _ListenerService(StreamServerEndpointService):
                 # TLS to Echo: small reads, sent at once (echotwist.tls).
                 from echotwist.tls import TLSServer, echoTLSProtocol
 
-                tls.protocol = echoTLSProtocol
+                # (Twisted before 26 types it as BufferingTLSTransport.)
+                tls.protocol = echoTLSProtocol  # type: ignore[assignment, unused-ignore]
                 port.transport = TLSServer
             else:
                 # TCP to Echo, directly or under the PROXY wrapper: its

@@ -84,4 +84,4 @@ class TLSServer(tcp.Server):
             and not self.producerPaused
         ):
             self.producerPaused = True
-            self.producer.pauseProducing()  # type: ignore[attr-defined]
+            self.producer.pauseProducing()  # type: ignore[attr-defined, unused-ignore]
