@@ -36,7 +36,7 @@ from echotwist.service import (
     parseListener,
 )
 from echotwist.stream import SplicingServer
-from tests._tools import selfSignedCertificate
+from tests._tools import scratchDirectory, selfSignedCertificate
 
 _socketFamily = serviceModule._socketFamily
 
@@ -418,9 +418,7 @@ class BacklogTests(SynchronousTestCase):
         self.assertEqual(self.listen("haproxy:" + ssl).sslServers[0][3], 1024)
 
     def mktempDirectory(self) -> str:
-        path = self.mktemp()
-        os.makedirs(path)
-        return path
+        return scratchDirectory(self)
 
     def test_descriptionsOwnBacklogWins(self) -> None:
         self.assertEqual(self.listen("tcp:0:backlog=7").tcpServers[0][2], 7)
@@ -443,7 +441,7 @@ class BacklogTests(SynchronousTestCase):
     def test_defaultIsTheKernelsCap(self) -> None:
         reactor = self.listen("tcp:0", None)
         self.assertEqual(reactor.tcpServers[0][2], listenBacklog())
-        path = self.mktemp()
+        path = os.path.join(scratchDirectory(self), "somaxconn")
         for cap, backlog in (("128", 128), ("4096", 4096), ("1000000", 65535)):
             with open(path, "w") as f:
                 f.write(cap + "\n")
@@ -468,9 +466,7 @@ class SocketBufferTests(SynchronousTestCase):
         return _SocketPort(sock)
 
     def mktempDirectory(self) -> str:
-        path = self.mktemp()
-        os.makedirs(path)
-        return path
+        return scratchDirectory(self)
 
     def buffers(self, sock: socket.socket) -> tuple[int, int]:
         return (
@@ -573,8 +569,7 @@ class RealListenerTests(TestCase):
         """
         (tcpChild,) = self.start()
         self.assertIs(tcpChild.port.transport, SplicingServer)
-        directory = self.mktemp()
-        os.makedirs(directory)
+        directory = scratchDirectory(self)
         key, certificate = selfSignedCertificate(directory)
         (tlsChild,) = self.start(
             f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
