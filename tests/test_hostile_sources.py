@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import selectors
 import socket
 import subprocess
@@ -388,7 +389,9 @@ class FullServerTests(ServerTestCase):
         waited = self.waitServed(port, 5.0)
         self.assertLess(waited, 5.0)
         server.waitFor(r"Closed 127\.0\.0\.1:\d+, idle \d+\.\ds or more, to admit")
-        evicted = [sock for sock in held if _closedBy(sock)]
+        # The line is logged before the FIN reaches the client: wait for it.
+        closing, _, _ = select.select(held, [], [], WAIT)
+        evicted = [sock for sock in closing if _closedBy(sock)]
         self.assertGreaterEqual(len(evicted), 1)
         samples = scrape(metrics)
         self.assertGreaterEqual(samples[("echotwist_connections_evicted_total", ())], 1)
