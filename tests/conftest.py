@@ -32,6 +32,20 @@ set_hypothesis_home_dir(
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """
+    Run the pytest-native tests after every trial TestCase.  The first of
+    them starts pytest-twisted's reactor (in a greenlet, for the rest of
+    the session); a trial TestCase that is not synchronous runs the reactor
+    itself, and after that would fail with ReactorAlreadyRunning.
+    """
+    items.sort(key=lambda item: _usesTheReactor(item))
+
+
+def _usesTheReactor(item: pytest.Item) -> bool:
+    return item.path.name.startswith("test_pytest_")
+
+
 class Events:
     """
     The log events echotwist emitted during a test, by their C{event} name.

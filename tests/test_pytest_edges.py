@@ -171,7 +171,8 @@ async def test_proxyLimitsCountTheClientsAddress(serve, events):
     await again.closed()
     assert again.received == b""
     (refused,) = await events.wait("connection.refused")
-    assert refused["peer"] == "192.0.2.1:1001"
+    assert refused["source"] == "192.0.2.1"
+    assert refused["reason"] == "too many connections from this source"
     for client in (first, second):
         client.transport.loseConnection()
 
