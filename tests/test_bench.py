@@ -221,7 +221,7 @@ class ReportTests(SynchronousTestCase):
             for name in ("echotwist", "c-epoll")
             for size, conns in ((1024, 10), (64, 1))
         }
-        path = os.path.abspath(self.mktemp()) + ".png"
+        path = os.path.join(scratchDirectory(self), "plot.png")
         out = reportOf(runs, plot=path)
         self.assertIn(f"(plot written to {path})", out)
         with open(path, "rb") as f:
