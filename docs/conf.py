@@ -1,0 +1,45 @@
+"""
+Sphinx configuration for echotwist's documentation.
+
+The API reference is built by pydoctor (Twisted's own API documentation
+tool, which reads the epytext docstrings this project writes) through its
+Sphinx extension; the options reference is generated from the tap's
+C{Options} class by C{_ext/optionsref.py}, so it cannot drift from
+C{twistd echo --help}.
+"""
+
+import pathlib
+import sys
+
+_here = pathlib.Path(__file__).resolve().parent
+_root = _here.parent
+sys.path.insert(0, str(_here / "_ext"))
+sys.path.insert(0, str(_root))
+
+project = "echotwist"
+author = "the echotwist developers"
+copyright = "the echotwist developers"
+release = "0.1.0"
+
+extensions = [
+    "sphinx.ext.intersphinx",
+    "pydoctor.sphinx_ext.build_apidocs",
+    "optionsref",
+]
+
+master_doc = "index"
+exclude_patterns = ["_build"]
+html_theme = "alabaster"
+html_static_path: list[str] = []
+
+pydoctor_args = [
+    "--quiet",
+    "--project-name=echotwist",
+    "--docformat=epytext",
+    f"--project-base-dir={_root}",
+    "--html-output={outdir}/api",
+    str(_root / "echotwist"),
+]
+pydoctor_url_path = "api/"
+intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
+smartquotes = False
