@@ -84,7 +84,7 @@ def echotwist(
     typed, exactly C{twistd -n echo --port P} and those options.
     """
     if asTyped:
-        # The command exactly as the README types it, on a free port.
+        # The command exactly as README.rst types it, on a free port.
         return Peer(
             name,
             [

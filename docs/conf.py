@@ -23,11 +23,14 @@ release = "0.1.0"
 
 extensions = [
     "sphinx.ext.intersphinx",
+    "sphinx.ext.autosectionlabel",
     "pydoctor.sphinx_ext.build_apidocs",
     "optionsref",
 ]
 
 master_doc = "index"
+# Sections are linked as :ref:`page:Title`, so titles may repeat across pages.
+autosectionlabel_prefix_document = True
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
 html_static_path: list[str] = []

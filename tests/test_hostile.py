@@ -32,7 +32,7 @@ MiB = 1024 * KiB
 #: What a connection whose client never reads may pin of kernel memory
 #: (its receive queue and send queue), by default (issue 13).
 KERNEL_BOUND = 512 * KiB
-#: What it may pin of the server's own memory (README, Backpressure).
+#: What it may pin of the server's own memory (docs/security.rst, Backpressure).
 USER_BOUND = 128 * KiB
 #: How much each such client tries to push.
 PUSH = 8 * MiB

@@ -246,13 +246,15 @@ CACHE_ERROR = "Unable to write to plugin cache"
 
 def installCommand() -> str:
     """
-    README's install command for a service run by another user (the line
-    after ".. install-command:").
+    The docs' install command for a service run by another user (the line
+    after ".. install-command:" in docs/deployment.rst).
     """
-    with open(os.path.join(ROOT, "README.rst")) as f:
+    with open(os.path.join(ROOT, "docs", "deployment.rst")) as f:
         text = f.read()
     found = re.search(r"^\.\. install-command:.*?^    (\S[^\n]*)$", text, re.S | re.M)
-    assert found, "README.rst has no install command after '.. install-command:'"
+    assert found, (
+        "docs/deployment.rst has no install command after '.. install-command:'"
+    )
     return found.group(1)
 
 
@@ -291,7 +293,7 @@ def _runsAs(python: str, uid: int, gid: int) -> bool:
 @functools.cache
 def serviceInstall(python: str) -> tuple[str, str, str]:
     """
-    README's install command for a service, run as root with C{python}
+    The docs' install command for a service, run as root with C{python}
     for python3, the wheel for the package and a scratch directory for
     /opt: the directory, the environment, and its plugin cache.
     """
@@ -318,7 +320,7 @@ def serviceInstall(python: str) -> tuple[str, str, str]:
 
 class AnotherUserTests(SynchronousTestCase):
     """
-    README's install, done by root in a directory nobody else may write;
+    The docs' install, done by root in a directory nobody else may write;
     twistd run by nobody.
     """
 

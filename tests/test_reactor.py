@@ -396,7 +396,7 @@ class RunTests(ServerTestCase):
             )
         server = self.start(runner=[command("twistd"), "-n", "--pidfile=", "-y", tac])
         self.assertServesOn(server, SERVING_ON_EPOLL)
-        # Naming it gets echotwist's, as README says.
+        # Naming it gets echotwist's, as docs/performance.rst says.
         named = self.start(
             runner=[
                 command("twistd"),

@@ -528,9 +528,9 @@ class KillStormTests(ServerTestCase):
 
 
 class LogVolumeTests(ServerTestCase):
-    def test_connectionLinesAreAsSmallAsReadmeSays(self) -> None:
+    def test_connectionLinesAreAsSmallAsDocsSay(self) -> None:
         """
-        README's log volume (209 bytes a connection in twistd's text log,
+        The log volume docs/deployment.rst states (209 bytes a connection in twistd's text log,
         1.8 GB a day at 100 connections a second) holds: 100 connections
         add no more than 230 bytes each, opened and closed lines together.
         """
@@ -558,4 +558,4 @@ class LogVolumeTests(ServerTestCase):
         self.assertEqual(len(connectionLines), 2 * count, text)
         perConnection = sum(map(len, connectionLines)) / count
         self.assertLessEqual(perConnection, 230)
-        self.assertGreater(perConnection, 150, "README would overstate it")
+        self.assertGreater(perConnection, 150, "docs/deployment.rst would overstate it")

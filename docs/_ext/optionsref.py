@@ -3,21 +3,68 @@ A Sphinx directive, C{.. echotwist-options::}, that renders the options of
 C{twistd echo} from the tap's own C{Options} class: the same names, help
 texts and defaults that C{twistd echo --help} prints, so the reference
 cannot drift from the program.
+
+Each option becomes a Sphinx C{option} description, so other pages link to
+it as C{:option:`--port`} and a link to an option that no longer exists
+fails the build (it runs with warnings as errors).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, NamedTuple
 
 from docutils import nodes
 from docutils.parsers.rst import Directive
+from docutils.statemachine import StringList
+from sphinx import addnodes
 from sphinx.application import Sphinx
 
 
-def optionRows() -> list[tuple[str, str]]:
+class OptionRow(NamedTuple):
     """
-    Each option of C{twistd echo} as (how it is typed, its help text with
-    its default), in the order C{--help} prints them.
+    One option as C{--help} shows it.
+
+    @ivar names: How it is typed, short form first (C{["-p", "--port"]}).
+    @ivar metavar: What its value stands for (C{PORT}), or C{""} for a flag.
+    @ivar doc: Its help text, with the default C{--help} appends.
+    """
+
+    names: list[str]
+    metavar: str
+    doc: str
+
+
+def metavar(doc: str, default: object) -> str:
+    """
+    What an option's value stands for, read from its help text, so that no
+    second list of options has to be kept beside the tap's.
+
+    A numeric default makes it a number: C{SECONDS}, C{BYTES} or C{BITS}
+    when the help text counts in those, C{N} otherwise. Otherwise a
+    placeholder the help text itself uses after a colon (C{tcp:PORT}), then
+    an endpoint description (C{ENDPOINT}) or an address (C{ADDRESS}).
+    """
+    words = doc.lower()
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        for unit in ("seconds", "bytes", "bits"):
+            if re.search(rf"\b{unit}\b", words):
+                return unit.upper()
+        return "N"
+    placeholder = re.search(r":([A-Z]{3,})\b", doc)
+    if placeholder:
+        return placeholder.group(1)
+    if "endpoint description" in words:
+        return "ENDPOINT"
+    if "address" in words:
+        return "ADDRESS"
+    return "VALUE"
+
+
+def optionRows() -> list[OptionRow]:
+    """
+    Each option of C{twistd echo}, in the order C{--help} prints them, with
+    the help text C{--help} prints for it.
     """
     from echotwist.tap import Options
 
@@ -27,36 +74,58 @@ def optionRows() -> list[tuple[str, str]]:
         if key != name and len(key) == 1:
             short[name] = key
     rows = []
-    for spec in sorted(options.longOpt, key=lambda o: short.get(o.rstrip("="), o)):
+    for spec in sorted(options.longOpt, key=lambda s: s.rstrip("=")):
         name = spec.rstrip("=")
-        if name in ("help", "version"):
-            continue
-        typed = f"--{name}"
-        if spec.endswith("="):
-            typed += " " + name.upper().replace("-", "_")
-        if name in short:
-            typed = f"-{short[name]}, {typed}"
         doc = " ".join((options.docs.get(name) or "").split())
         default = options.defaults.get(name)
         if spec.endswith("=") and default is not None:
+            # usage.Options appends the default to --help the same way.
             doc = f"{doc} [default: {default}]"
-        rows.append((typed, doc))
+        names = [f"--{name}"]
+        if name in short:
+            names.insert(0, f"-{short[name]}")
+        wanted = metavar(doc, default) if spec.endswith("=") else ""
+        rows.append(OptionRow(names, wanted, doc))
     return rows
 
 
+def longDescription() -> str:
+    """
+    The paragraph C{twistd echo --help} ends with.
+    """
+    from echotwist.tap import Options
+
+    return " ".join(Options.longdesc.split())
+
+
 class OptionsReference(Directive):
+    """
+    C{.. echotwist-options::}: the description of C{twistd echo} and every
+    option it takes.
+    """
+
     has_content = False
 
     def run(self) -> list[Any]:
-        definitions = nodes.definition_list()
-        for typed, doc in optionRows():
-            item = nodes.definition_list_item()
-            item += nodes.term("", "", nodes.literal(typed, typed))
-            body = nodes.definition()
-            body += nodes.paragraph(doc, doc)
-            item += body
-            definitions += item
-        return [definitions]
+        result: list[Any] = [nodes.paragraph(text=longDescription())]
+        for row in optionRows():
+            signature = ", ".join(
+                f"{name} {row.metavar}" if row.metavar else name for name in row.names
+            )
+            parsed = nodes.container()
+            self.state.nested_parse(
+                StringList(
+                    [f".. option:: {signature}"], source="echotwist.tap.Options"
+                ),
+                self.content_offset,
+                parsed,
+            )
+            for content in parsed.findall(addnodes.desc_content):
+                # A plain paragraph, not parsed as reST: help texts hold
+                # backslashes (tcp6:5000:interface=\:\:1) that must stay.
+                content += nodes.paragraph(text=row.doc)
+            result.extend(parsed.children)
+        return result
 
 
 def setup(app: Sphinx) -> dict[str, Any]:

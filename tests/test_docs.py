@@ -1,0 +1,219 @@
+"""
+The documentation: the Sphinx site builds with warnings as errors, its
+options reference lists exactly the options C{twistd echo --help} lists,
+every signal the server handles has its entry, and README.rst stays a valid
+front page whose links lead somewhere.
+
+Building the site needs the C{docs} extra (Sphinx, pydoctor), which the
+C{test} extra pulls in too; without it the build tests skip, and with
+ECHOTWIST_REQUIRE_TOOLS set (CI) they fail instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests._tools import REQUIRE
+from tests._twistd import command
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
+
+#: Sphinx and pydoctor together take seconds; a loaded CI machine, more.
+BUILD_TIMEOUT = 300.0
+
+
+def requireDocsTools() -> None:
+    """
+    Sphinx and pydoctor are installed (the C{docs} extra).
+    """
+    try:
+        import pydoctor  # noqa: F401
+        import sphinx  # noqa: F401
+    except ImportError as e:
+        message = f"the docs tools are not installed ({e}): pip install '.[docs]'"
+        if os.environ.get(REQUIRE):
+            raise AssertionError(f"{message}, and {REQUIRE} is set") from None
+        raise SkipTest(message) from None
+
+
+@functools.cache
+def builtSite() -> str:
+    """
+    Build the site once per test run, as CI and README build it
+    (C{sphinx-build -W -b html docs OUT}), into a temporary directory; the
+    directory it landed in.
+
+    @raise AssertionError: if the build fails or warns, with its output.
+    """
+    out = tempfile.mkdtemp(prefix="echotwist-docs-")
+    atexit.register(shutil.rmtree, out, True)
+    html = os.path.join(out, "html")
+    # No bytecode for docs/conf.py and docs/_ext: tests write nothing into
+    # the checkout.
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            "-d",
+            os.path.join(out, "doctrees"),
+            DOCS,
+            html,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        env=env,
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"sphinx-build -W failed ({result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
+    return html
+
+
+def helpOptions() -> list[str]:
+    """
+    Every option C{twistd echo --help} lists, short forms included, as
+    typed (C{-p}, C{--port}), sorted.
+    """
+    result = subprocess.run(
+        [command("twistd"), "echo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tempfile.gettempdir(),
+    )
+    assert result.returncode == 0, result.stderr
+    names = []
+    # An option's own line is indented by two to six spaces; its help text
+    # wraps at a deeper indent, and may start with an option name too.
+    for line in result.stdout.splitlines():
+        found = re.match(r"^ {2,6}(?:(-\w), )?(--[\w-]+)", line)
+        if found:
+            names.extend(name for name in found.groups() if name)
+    return sorted(names)
+
+
+def referenceOptions(html: str) -> list[str]:
+    """
+    Every option the built options reference describes, as typed, sorted.
+    """
+    with open(os.path.join(html, "options.html"), encoding="utf-8") as f:
+        page = f.read()
+    return sorted(
+        re.findall(r'<span class="sig-name descname"><span class="pre">(-[^<]+)<', page)
+    )
+
+
+class SiteTests(SynchronousTestCase):
+    """
+    The site as C{sphinx-build -W} builds it.
+    """
+
+    def setUp(self) -> None:
+        requireDocsTools()
+
+    def test_builds(self) -> None:
+        """
+        The site builds without a warning, with the options reference and
+        pydoctor's API reference in it.
+        """
+        html = builtSite()
+        for page in ("index.html", "options.html", "operations.html", "api/index.html"):
+            self.assertTrue(os.path.exists(os.path.join(html, page)), page)
+        self.assertTrue(
+            glob.glob(os.path.join(html, "api", "echotwist.tap*.html")),
+            "pydoctor documented no echotwist.tap",
+        )
+
+    def test_optionsAreTheHelpOptions(self) -> None:
+        """
+        The options reference lists exactly the options of
+        C{twistd echo --help}: none missing, none extra, none twice.
+        """
+        fromHelp = helpOptions()
+        self.assertIn("--port", fromHelp)
+        self.assertIn("-p", fromHelp)
+        self.assertEqual(referenceOptions(builtSite()), fromHelp)
+
+
+class SignalTests(SynchronousTestCase):
+    """
+    Every signal the server acts on has its entry in the operations page's
+    list of signals.
+    """
+
+    def test_everyHandledSignalIsDocumented(self) -> None:
+        handled = set()
+        for path in glob.glob(os.path.join(ROOT, "echotwist", "*.py")):
+            with open(path, encoding="utf-8") as f:
+                handled.update(re.findall(r"\bsignal\.(SIG[A-Z0-9]+)\b", f.read()))
+        # Twisted's runners handle these two for us, and faulthandler this one.
+        handled.update({"SIGTERM", "SIGINT", "SIGSEGV"})
+        with open(os.path.join(DOCS, "operations.rst"), encoding="utf-8") as f:
+            page = f.read()
+        section = page[page.index("Signals, one by one") :]
+        section = section[: section.index("\nLogs\n")]
+        entries = set()
+        for term in re.findall(r"^ *``SIG.*$", section, re.M):
+            entries.update(re.findall(r"``(SIG[A-Z0-9]+)``", term))
+        self.assertEqual(handled - entries, set())
+
+
+class ReadmeTests(SynchronousTestCase):
+    """
+    README.rst, which is also the package's long description on PyPI.
+    """
+
+    def setUp(self) -> None:
+        with open(os.path.join(ROOT, "README.rst"), encoding="utf-8") as f:
+            self.text = f.read()
+
+    def test_short(self) -> None:
+        """
+        A front page: at most 250 lines; the rest lives in docs/.
+        """
+        self.assertLessEqual(len(self.text.splitlines()), 250)
+
+    def test_validReST(self) -> None:
+        """
+        It renders as PyPI renders it (readme_renderer), with no error.
+        """
+        try:
+            from readme_renderer.rst import render
+        except ImportError:
+            if os.environ.get(REQUIRE):
+                raise
+            raise SkipTest(
+                "readme_renderer is not installed (the docs extra)"
+            ) from None
+        self.assertIsNotNone(render(self.text))
+
+    def test_linksLeadSomewhere(self) -> None:
+        """
+        Every relative link in README (into docs/) names a file that
+        exists, so the links work on GitHub.
+        """
+        targets = re.findall(r"<([^>:]+)>`_", self.text)
+        self.assertTrue(targets)
+        for target in targets:
+            self.assertTrue(os.path.exists(os.path.join(ROOT, target)), target)
