@@ -47,6 +47,9 @@ pydoctor_args = [
 pydoctor_url_path = "api/"
 intersphinx_mapping: dict[str, tuple[str, str | None]] = {}
 smartquotes = False
+# A cross-reference that resolves to nothing (an API name that moved, say)
+# is a warning, and so fails the -W build.
+nitpicky = True
 
 
 class _OfflineTwistedLinks(logging.Filter):
