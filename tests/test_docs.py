@@ -208,6 +208,34 @@ class ReadmeTests(SynchronousTestCase):
             ) from None
         self.assertIsNotNone(render(self.text))
 
+    def test_optionsTableAgreesWithHelp(self) -> None:
+        """
+        README's short table of the main options names each option with the
+        metavar the options reference gives it, and the default C{--help}
+        prints for it.
+        """
+        requireDocsTools()
+        sys.path.insert(0, os.path.join(DOCS, "_ext"))
+        try:
+            from optionsref import optionRows
+        finally:
+            sys.path.remove(os.path.join(DOCS, "_ext"))
+        reference = {row.names[-1]: row for row in optionRows()}
+        table = self.text[self.text.index("Main options") :]
+        rows = re.findall(r"^(``-.*?``)\s{2,}(\S+)\s{2,}\S", table, re.M)
+        self.assertGreaterEqual(len(rows), 5)
+        for typed, default in rows:
+            name, metavar = re.findall(r"``(--[\w-]+) (\S+)``", typed)[0]
+            row = reference[name]
+            self.assertEqual(metavar, row.metavar, name)
+            helpDefault = re.search(r"\[default: ([^,\]]+)", row.doc)
+            assert helpDefault, name
+            expected, shown = helpDefault.group(1), default.strip("`")
+            try:
+                self.assertEqual(float(shown), float(expected), name)
+            except ValueError:
+                self.assertEqual(shown, expected, name)
+
     def test_linksLeadSomewhere(self) -> None:
         """
         Every relative link in README (into docs/) names a file that
