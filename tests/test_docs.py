@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -124,6 +125,18 @@ def referenceOptions(html: str) -> list[str]:
     )
 
 
+def _optionRows() -> list[Any]:
+    """
+    The rows the options reference renders (docs/_ext/optionsref.py).
+    """
+    sys.path.insert(0, os.path.join(DOCS, "_ext"))
+    try:
+        from optionsref import optionRows
+    finally:
+        sys.path.remove(os.path.join(DOCS, "_ext"))
+    return optionRows()  # type: ignore[no-any-return]
+
+
 class SiteTests(SynchronousTestCase):
     """
     The site as C{sphinx-build -W} builds it.
@@ -154,6 +167,14 @@ class SiteTests(SynchronousTestCase):
         self.assertIn("--port", fromHelp)
         self.assertIn("-p", fromHelp)
         self.assertEqual(referenceOptions(builtSite()), fromHelp)
+
+    def test_everyValueIsNamed(self) -> None:
+        """
+        The reference names what each option's value stands for (N,
+        SECONDS, PORT, ...); none falls through to a bare VALUE.
+        """
+        for row in _optionRows():
+            self.assertNotEqual(row.metavar, "VALUE", row.names)
 
 
 class SignalTests(SynchronousTestCase):
@@ -215,12 +236,7 @@ class ReadmeTests(SynchronousTestCase):
         prints for it.
         """
         requireDocsTools()
-        sys.path.insert(0, os.path.join(DOCS, "_ext"))
-        try:
-            from optionsref import optionRows
-        finally:
-            sys.path.remove(os.path.join(DOCS, "_ext"))
-        reference = {row.names[-1]: row for row in optionRows()}
+        reference = {row.names[-1]: row for row in _optionRows()}
         table = self.text[self.text.index("Main options") :]
         rows = re.findall(r"^(``-.*?``)\s{2,}(\S+)\s{2,}\S", table, re.M)
         self.assertGreaterEqual(len(rows), 5)

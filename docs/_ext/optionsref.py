@@ -35,18 +35,33 @@ class OptionRow(NamedTuple):
     doc: str
 
 
+def _numeric(default: object) -> bool:
+    """
+    Whether an option's default is a number, given as one or, as the tap
+    gives its defaults so that usage.Options coerces them like any value
+    typed, as a string that reads as one.
+    """
+    if default is None or isinstance(default, bool):
+        return False
+    try:
+        float(default)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def metavar(doc: str, default: object) -> str:
     """
     What an option's value stands for, read from its help text, so that no
     second list of options has to be kept beside the tap's.
 
-    A numeric default makes it a number: C{SECONDS}, C{BYTES} or C{BITS}
+    A numeric default (C{10} or C{"10"}) makes it a number: C{SECONDS}, C{BYTES} or C{BITS}
     when the help text counts in those, C{N} otherwise. Otherwise a
     placeholder the help text itself uses after a colon (C{tcp:PORT}), then
     an endpoint description (C{ENDPOINT}) or an address (C{ADDRESS}).
     """
     words = doc.lower()
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
+    if _numeric(default):
         for unit in ("seconds", "bytes", "bits"):
             if re.search(rf"\b{unit}\b", words):
                 return unit.upper()
