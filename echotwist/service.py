@@ -5,8 +5,8 @@ The service that composes the listeners and drains connections on shutdown.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
-import faulthandler
 import os
 import re
 import signal
@@ -36,6 +36,7 @@ from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
 from echotwist.limits import ThrottledObserver
 from echotwist.logs import LogFiles
 from echotwist.proxy import Network, ProxyEndpoint, ProxyWrappingFactory, parseNetwork
+from echotwist.settings import MIN_SOCKET_BUFFER, Settings
 from echotwist.stream import DEFAULT_DRAIN_QUIET, Echo, EchoFactory, SplicingServer
 
 __all__ = [
@@ -62,21 +63,14 @@ __all__ = [
 log = Logger()
 _T = TypeVar("_T")
 
-DEFAULT_SHUTDOWN_TIMEOUT = 10.0
-DEFAULT_UDP_RATE = 100.0
-DEFAULT_MAX_CONNECTIONS = 1000
-DEFAULT_MAX_PER_SOURCE = 100
-DEFAULT_IDLE_TIMEOUT = 300.0
-#: A full server admits a new client by closing a connection idle this
-#: long: long enough that a client thinking between two lines keeps its
-#: connection, short enough that idle connections cannot lock everyone
-#: out for the whole idle timeout.
-DEFAULT_EVICT_IDLE_AFTER = 10.0
-#: What SO_SNDBUF and SO_RCVBUF are set to on echo connections over TCP
-#: (Linux doubles it); 0 leaves them to the kernel's autotuning.
-DEFAULT_SOCKET_BUFFER = 64 * 1024
-#: Below this the kernel would round up anyway (Linux: SOCK_MIN_SNDBUF).
-MIN_SOCKET_BUFFER = 4096
+# twistd echo's defaults, for those who build an EchoService by hand.
+DEFAULT_SHUTDOWN_TIMEOUT: float = Settings.shutdownTimeout
+DEFAULT_UDP_RATE: float = Settings.udpRate
+DEFAULT_MAX_CONNECTIONS: int = Settings.maxConnections
+DEFAULT_MAX_PER_SOURCE: int = Settings.maxPerSource
+DEFAULT_IDLE_TIMEOUT: float = Settings.idleTimeout
+DEFAULT_EVICT_IDLE_AFTER: float = Settings.evictIdleAfter
+DEFAULT_SOCKET_BUFFER: int = Settings.socketBuffer
 
 #: The listen backlog for stream listeners whose description sets none,
 #: where the kernel's cap cannot be read.  Twisted's own default is 50: a
@@ -467,20 +461,9 @@ class CannotListen(Exception):
 
     Not a SystemExit: a daemonizing twistd reports only an Exception to the
     process waiting in the foreground (which otherwise waits forever).
-    When it reaches the top of twistd -n or twist, L{_oneLineHook} prints
-    the message alone, without a traceback; the exit status is 1.
+    When it reaches the top of twistd -n or twist, the tap's excepthook
+    (L{echotwist.tap}) prints the message alone, without a traceback; the exit status is 1.
     """
-
-
-def _oneLineHook(previous: Callable[..., object]) -> Callable[..., object]:
-    def hook(kind: type[BaseException], value: BaseException, tb: object) -> None:
-        if isinstance(value, CannotListen):
-            print(value, file=sys.stderr)
-        else:
-            previous(kind, value, tb)
-
-    hook.echotwist = True  # type: ignore[attr-defined]
-    return hook
 
 
 def _listenOrExit(description: str, listen: Callable[[], _T]) -> _T:
@@ -490,8 +473,6 @@ def _listenOrExit(description: str, listen: Callable[[], _T]) -> _T:
     try:
         return listen()
     except Exception as e:
-        if not getattr(sys.excepthook, "echotwist", False):
-            sys.excepthook = _oneLineHook(sys.excepthook)
         raise CannotListen(
             f"echotwist: cannot listen on {description}: {_whyNotListening(e)}"
         ) from None
@@ -735,63 +716,37 @@ class EchoService(MultiService):
         listen: Iterable[Listener | str] = ("tcp:5000",),
         *,
         udp: Iterable[DatagramListener | str] = (),
-        udpRate: float = DEFAULT_UDP_RATE,
-        maxConnections: int = DEFAULT_MAX_CONNECTIONS,
-        maxPerSource: int = DEFAULT_MAX_PER_SOURCE,
-        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
-        shutdownTimeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-        drainQuiet: float = DEFAULT_DRAIN_QUIET,
-        logConnections: bool = True,
+        settings: Settings | None = None,
         metrics: Listener | str | None = None,
-        ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
-        evictIdleAfter: float = DEFAULT_EVICT_IDLE_AFTER,
-        proxyFrom: Iterable[Network | str] | None = None,
         warnOpenProxy: bool = True,
-        socketBuffer: int = DEFAULT_SOCKET_BUFFER,
         logFiles: LogFiles | None = None,
         reactor: Any = None,
+        **overrides: Any,
     ) -> None:
         """
         @param listen: port numbers or server endpoint descriptions (see
             L{parseListener}), or L{Listener}s already parsed.
         @param udp: UDP ports or C{udp:PORT:interface=ADDRESS} descriptions
             (see L{parseDatagramListener}), or L{DatagramListener}s.
-        @param udpRate: UDP datagrams a second answered per source address
-            (a token bucket; see L{echotwist.datagram.burstFor}); 0 for no
-            limit.
-        @param maxConnections: open stream connections allowed across all
-            listeners; 0 for no limit.
-        @param maxPerSource: open stream connections allowed per client
-            host (behind the PROXY protocol, the client's own); 0 for no
-            limit.
-        @param idleTimeout: seconds a connection may go without activity
-            before it is closed; 0 for never.
-        @param shutdownTimeout: seconds a drain may take before the
-            connections still open are aborted.
-        @param drainQuiet: during that drain, seconds a connection must go
-            without activity before it is closed; 0 to wait for the client
-            until the shutdown timeout.
-        @param logConnections: log each connection opened and closed.
+        @param settings: limits, timeouts and the rest (see
+            L{echotwist.settings.Settings}); C{twistd echo}'s defaults if
+            None.
         @param metrics: where to serve Prometheus metrics at C{/metrics}, as
             a server endpoint description; None for nowhere.
-        @param ipv6Prefix: how many leading bits of an IPv6 address make
-            one source, for C{maxPerSource} and C{udpRate}.
-        @param evictIdleAfter: when C{maxConnections} is reached, admit a
-            new client by closing the connection idle longest, if it has
-            been idle this many seconds; 0 for never.
-        @param proxyFrom: the addresses or networks allowed to send PROXY
-            headers to C{haproxy:} listeners; None for any peer.
-        @param warnOpenProxy: say at start, once, when a C{haproxy:}
-            listener believes any peer (workers leave it to their
-            supervisor).
-        @param socketBuffer: SO_SNDBUF and SO_RCVBUF of every echo connection
-            over TCP (plain, TLS, under the PROXY protocol); Linux doubles
-            it.  0 leaves them to the kernel's autotuning.
         @param logFiles: the log files SIGHUP reopens; by default twistd's
             C{--logfile}, if any.
         @param reactor: the reactor to listen with; the global one if None.
+        @param overrides: fields of L{Settings} to change from C{settings},
+            e.g. C{shutdownTimeout=30} or C{maxPerSource=0}.
         """
         super().__init__()
+        settings = dataclasses.replace(settings or Settings(), **overrides)
+        if settings.proxyFrom is not None:
+            # Networks or their text, as given: kept as text, for workers.
+            settings = dataclasses.replace(
+                settings, proxyFrom=tuple(str(item) for item in settings.proxyFrom)
+            )
+        self.settings = settings
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -799,27 +754,26 @@ class EchoService(MultiService):
         self._oldHandlers: dict[int, Any] = {}
         self.factory = EchoFactory(
             reactor,
-            maxConnections=maxConnections,
-            maxPerSource=maxPerSource,
-            idleTimeout=idleTimeout,
-            logConnections=logConnections,
-            ipv6Prefix=ipv6Prefix,
-            evictIdleAfter=evictIdleAfter,
-            drainQuiet=drainQuiet,
+            maxConnections=settings.maxConnections,
+            maxPerSource=settings.maxPerSource,
+            idleTimeout=settings.idleTimeout,
+            logConnections=settings.logConnections,
+            ipv6Prefix=settings.ipv6Prefix,
+            evictIdleAfter=settings.evictIdleAfter,
+            drainQuiet=settings.drainQuiet,
         )
-        self.datagramPolicy = DatagramPolicy(udpRate, reactor, ipv6Prefix=ipv6Prefix)
-        self.shutdownTimeout = shutdownTimeout
+        self.datagramPolicy = DatagramPolicy(
+            settings.udpRate, reactor, ipv6Prefix=settings.ipv6Prefix
+        )
+        self.shutdownTimeout = settings.shutdownTimeout
         self.proxyFrom: list[Network] | None = (
             None
-            if proxyFrom is None
-            else [
-                parseNetwork(item) if isinstance(item, str) else item
-                for item in proxyFrom
-            ]
+            if settings.proxyFrom is None
+            else [parseNetwork(item) for item in settings.proxyFrom]
         )
         self._openProxies: list[str] = []
         self._warnOpenProxy = warnOpenProxy
-        self.socketBuffer = socketBuffer
+        self.socketBuffer = settings.socketBuffer
         # Shared by every listener: one line per reason every 10 seconds.
         acceptLog = ThrottledObserver(
             globalLogPublisher, reactor, "listener.accept_failed"
@@ -831,7 +785,7 @@ class EchoService(MultiService):
             _ListenerService(
                 item,
                 _ListenerFactory(self.factory, item.description),
-                socketBuffer=socketBuffer,
+                socketBuffer=settings.socketBuffer,
                 acceptLog=acceptLog,
             ).setServiceParent(self)
         for datagramItem in udp:
@@ -876,11 +830,6 @@ class EchoService(MultiService):
         return (lambda: stats(self.factory, self.datagramPolicy), lambda: 1, None)
 
     def privilegedStartService(self) -> None:
-        # No Python code can clean up after a real segfault; the most it can
-        # do is say where it happened.  twistd has replaced sys.stderr with
-        # a log file object by now, hence the original.
-        if sys.__stderr__ is not None and not faulthandler.is_enabled():
-            faulthandler.enable(sys.__stderr__, all_threads=True)
         # As early as twistd lets us: a SIGHUP from here on never kills.
         self._handleSignal(signal.SIGHUP, self.reload)
         super().privilegedStartService()

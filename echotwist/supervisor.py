@@ -200,21 +200,21 @@ class SupervisorService(EchoService):
     def __init__(
         self,
         *args: Any,
-        workers: int,
         reactorName: str | None = None,
         spawn: Callable[..., Any] | None = None,
         backoff: Callable[[int], float] | None = None,
         **kwargs: Any,
     ) -> None:
         """
-        @param workers: how many worker processes to keep running.
+        @param args: as for L{EchoService}, whose C{settings.workers} (or a
+            C{workers} keyword) is how many worker processes to keep running.
         @param reactorName: the C{twistd --reactor} name workers install.
         @param spawn: C{IReactorProcess.spawnProcess} (for tests).
         @param backoff: seconds to wait before restarting a worker that has
             died soon after starting, by how many times in a row it has.
         """
         super().__init__(*args, **kwargs)
-        self.wanted = workers
+        self.wanted = self.settings.workers
         self.reactorName = reactorName
         self.workers: dict[int, _Worker] = {}
         self._spawn = spawn or self.reactor.spawnProcess
@@ -250,24 +250,11 @@ class SupervisorService(EchoService):
             entry = {"description": child.description, "fileno": fileno}
             (datagrams if child.kind == "udp" else listeners).append(entry)
             fileno += 1
-        factory = self.factory
         self._config = {
             "reactor": self.reactorName,
             "listeners": listeners,
             "udp": datagrams,
-            "udpRate": self.datagramPolicy.rate,
-            "maxConnections": factory.maxConnections,
-            "maxPerSource": factory.maxPerSource,
-            "idleTimeout": factory.idleTimeout,
-            "ipv6Prefix": factory.ipv6Prefix,
-            "evictIdleAfter": factory.evictIdleAfter,
-            "proxyFrom": None
-            if self.proxyFrom is None
-            else [str(network) for network in self.proxyFrom],
-            "shutdownTimeout": self.shutdownTimeout,
-            "drainQuiet": factory.drainQuiet,
-            "logConnections": factory.logConnections,
-            "socketBuffer": self.socketBuffer,
+            "settings": self.settings.toJSON(),
             "controlFileno": _CONTROL_OUT,
         }
         for number in range(1, self.wanted + 1):

@@ -5,6 +5,7 @@ The tap configuration of C{twistd echo}: options, and the service they make.
 
 from __future__ import annotations
 
+import faulthandler
 import select
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
@@ -15,16 +16,7 @@ from twisted.python import usage
 
 from echotwist.proxy import parseNetwork
 from echotwist.service import (
-    DEFAULT_DRAIN_QUIET,
-    DEFAULT_EVICT_IDLE_AFTER,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_IPV6_PREFIX,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_PER_SOURCE,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_SOCKET_BUFFER,
-    DEFAULT_UDP_RATE,
-    MIN_SOCKET_BUFFER,
+    CannotListen,
     DatagramListener,
     EchoService,
     Listener,
@@ -33,74 +25,18 @@ from echotwist.service import (
     parseDatagramListener,
     parseListener,
 )
+from echotwist.settings import Settings, optionFields
 
 DEFAULT_PORT = "tcp:5000"
 
 _F = TypeVar("_F", bound=Callable[..., object])
 
 
-def _number(what: str) -> Callable[[str], float]:
-    def coerce(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a number of {what}") from None
-        if not 0 <= value < float("inf"):
-            raise ValueError(f"{text!r} is not a number of {what} (0 or more)")
-        return value
-
-    return coerce
-
-
-_seconds = _number("seconds")
-_perSecond = _number("datagrams a second")
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"{text!r} is not a whole number (0 or more)")
-    return int(text)
-
-
-def _prefixLength(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 128:
-        raise ValueError(f"{text!r} is not an IPv6 prefix length (1-128)")
-    return int(text)
-
-
-def _socketBuffer(text: str) -> int:
-    size = _count(text)
-    if 0 < size < MIN_SOCKET_BUFFER:
-        raise ValueError(
-            f"{text!r} is too small a socket buffer (0 for"
-            f" the kernel's autotuning, or {MIN_SOCKET_BUFFER} bytes or more)"
-        )
-    return size
-
-
-def _typed(value: float) -> str:
+def _typed(value: Any) -> str:
     """
     A default as a user would type it: 300, not 300.0.
     """
     return f"{value:g}"
-
-
-#: How each numeric option's text becomes its value.  postOptions does it,
-#: not usage.Options: given a coerce function, Options says "Parameter type
-#: enforcement failed: ..." without naming the option, and prints its
-#: default as the coerced value (300.0).
-_COERCE: dict[str, Callable[[str], float]] = {
-    "workers": _count,
-    "max-connections": _count,
-    "max-per-source": _count,
-    "ipv6-prefix": _prefixLength,
-    "evict-idle-after": _seconds,
-    "idle-timeout": _seconds,
-    "socket-buffer": _socketBuffer,
-    "shutdown-timeout": _seconds,
-    "drain-quiet": _seconds,
-    "udp-rate": _perSecond,
-}
 
 
 def _twistdLeavesStatus0(parent: object) -> bool:
@@ -196,26 +132,21 @@ class Options(usage.Options):
         " unless --reactor (an option of twistd or twist) names another."
     )
 
+    # Each knob is a field of Settings, which carries its option's name,
+    # help text and parser.  The defaults are given as a user types them
+    # (300, not 300.0) and parsed in postOptions, not by usage.Options: given
+    # a coerce function, it says "Parameter type enforcement failed" without
+    # naming the option.
     optFlags = [
-        [
-            "no-connection-logs",
-            None,
-            "Do not log each connection opened and closed, so that a flood of"
-            " short connections cannot make logging the bottleneck; refusals"
-            " and everything else are still logged (e.g. --no-connection-logs)."
-            " [default: log them]",
-        ],
+        [f.metadata["option"], None, f.metadata["help"]]
+        for f in optionFields()
+        if f.metadata.get("negated")
     ]
-
     optParameters = [
-        [
-            "workers",
-            None,
-            "1",
-            "Serve with this many worker processes under a supervisor that"
-            " restarts them; 1 for one process and no supervisor"
-            " (e.g. --workers 2). Limits apply per worker.",
-        ],
+        [f.metadata["option"], None, _typed(f.default), f.metadata["help"]]
+        for f in optionFields()
+        if "parse" in f.metadata
+    ] + [
         [
             "metrics",
             None,
@@ -223,83 +154,6 @@ class Options(usage.Options):
             "Serve Prometheus metrics at /metrics on this server endpoint"
             " description (e.g. --metrics tcp:9100:interface=127.0.0.1)."
             " [default: none]",
-        ],
-        [
-            "max-connections",
-            None,
-            _typed(DEFAULT_MAX_CONNECTIONS),
-            "Open stream connections allowed across all listeners; one more is"
-            " closed at once, unanswered; 0 for no limit"
-            " (e.g. --max-connections 10000).",
-        ],
-        [
-            "max-per-source",
-            None,
-            _typed(DEFAULT_MAX_PER_SOURCE),
-            "Open stream connections allowed per client address (behind"
-            " haproxy:, the client's own), an IPv6 client's whole"
-            " --ipv6-prefix network counting as one address; 0 for no limit"
-            " (e.g. --max-per-source 10).",
-        ],
-        [
-            "ipv6-prefix",
-            None,
-            _typed(DEFAULT_IPV6_PREFIX),
-            "How many leading bits of an IPv6 address make one source for"
-            " --max-per-source and --udp-rate, 1-128 (e.g. --ipv6-prefix 56);"
-            " an IPv4 address mapped in IPv6 counts as that IPv4 address.",
-        ],
-        [
-            "evict-idle-after",
-            None,
-            _typed(DEFAULT_EVICT_IDLE_AFTER),
-            "When --max-connections is reached, admit a new client by closing"
-            " the connection idle longest, if it has sent nothing for this"
-            " many seconds; 0 for never (e.g. --evict-idle-after 30).",
-        ],
-        [
-            "idle-timeout",
-            None,
-            _typed(DEFAULT_IDLE_TIMEOUT),
-            "Close a connection that has sent nothing for this many seconds;"
-            " abort one that cannot take its last echo within as long again;"
-            " 0 for never (e.g. --idle-timeout 60).",
-        ],
-        [
-            "socket-buffer",
-            None,
-            _typed(DEFAULT_SOCKET_BUFFER),
-            "SO_SNDBUF and SO_RCVBUF, in bytes, of every stream connection"
-            " over TCP (TLS and haproxy: too); Linux doubles it, so a client"
-            " that never reads pins about four times this of kernel memory;"
-            " 0 for the kernel's autotuning, which lets one such client pin"
-            " megabytes (e.g. --socket-buffer 131072).",
-        ],
-        [
-            "shutdown-timeout",
-            None,
-            _typed(DEFAULT_SHUTDOWN_TIMEOUT),
-            "On SIGTERM or SIGINT, stop accepting, let open connections finish"
-            " echoing, and abort those still open after this many seconds"
-            " (e.g. --shutdown-timeout 30).",
-        ],
-        [
-            "drain-quiet",
-            None,
-            _typed(DEFAULT_DRAIN_QUIET),
-            "On SIGTERM or SIGINT, close an open connection once it has been"
-            " quiet (nothing received, no echo waiting) for this many seconds:"
-            " longer keeps clients that pause between writes, shorter ends the"
-            " shutdown sooner; 0 waits for each client until"
-            " --shutdown-timeout (e.g. --drain-quiet 5).",
-        ],
-        [
-            "udp-rate",
-            None,
-            _typed(DEFAULT_UDP_RATE),
-            "UDP datagrams a second answered per source (an IPv4 address, or"
-            " an IPv6 --ipv6-prefix network), in bursts of up to a tenth of"
-            " that (at least 1); 0 for no limit (e.g. --udp-rate 1000).",
         ],
     ]
 
@@ -369,10 +223,11 @@ class Options(usage.Options):
             sys.exit(1)
 
     def postOptions(self) -> None:
-        for name, coerce in _COERCE.items():
-            if isinstance(self[name], str):
+        for f in optionFields():
+            name = f.metadata["option"]
+            if "parse" in f.metadata and isinstance(self[name], str):
                 try:
-                    self[name] = coerce(self[name])
+                    self[name] = f.metadata["parse"](self[name])
                 except ValueError as e:
                     raise usage.UsageError(f"--{name}: {e}") from None
 
@@ -401,11 +256,6 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--udp: {datagram.description} is given twice")
             datagramListeners.append(datagram)
         self["datagramListeners"] = datagramListeners
-        if self["workers"] < 1:
-            raise usage.UsageError(
-                "--workers: 0 is not a number of workers (1 or more)"
-            )
-
         if self["metrics"] is not None:
             metrics = _parse("--metrics", self["metrics"])
             if _repeats(metrics, listeners):
@@ -429,33 +279,67 @@ def _reactorName() -> str | None:
     return None
 
 
+def _oneLineHook(previous: Callable[..., object]) -> Callable[..., object]:
+    def hook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+        if isinstance(value, CannotListen):
+            print(value, file=sys.stderr)
+        else:
+            previous(kind, value, tb)
+
+    hook.echotwist = True  # type: ignore[attr-defined]
+    return hook
+
+
+def _prepareProcess() -> None:
+    """
+    What the process running C{twistd echo} gets, which a library must not
+    do to its host: a listener that cannot listen ends start-up with one
+    line, not a traceback, and a real segfault leaves a Python stack.
+    """
+    if not getattr(sys.excepthook, "echotwist", False):
+        sys.excepthook = _oneLineHook(sys.excepthook)
+    # No Python code can clean up after a real segfault; the most it can do
+    # is say where it happened.  twistd replaces sys.stderr with a log file
+    # object, hence the original.
+    if sys.__stderr__ is not None and not faulthandler.is_enabled():
+        faulthandler.enable(sys.__stderr__, all_threads=True)
+
+
+def settingsFrom(options: Options) -> Settings:
+    """
+    The L{Settings} that parsed C{options} describe.
+    """
+    values: dict[str, Any] = {}
+    for f in optionFields():
+        value = options[f.metadata["option"]]
+        if f.metadata.get("negated"):
+            value = not value
+        elif f.metadata.get("repeated") and value is not None:
+            value = tuple(str(item) for item in value)
+        values[f.name] = value
+    return Settings(**values)
+
+
 def makeService(options: Options) -> IService:
+    """
+    The service C{twistd echo} runs: an L{EchoService}, or with C{--workers}
+    above 1 a supervisor of worker processes that each run one.
+    """
+    _prepareProcess()
+    settings = settingsFrom(options)
     runner = options.parent
-    common = {
+    common: dict[str, Any] = {
         "udp": options["datagramListeners"],
-        "udpRate": options["udp-rate"],
-        "maxConnections": options["max-connections"],
-        "maxPerSource": options["max-per-source"],
-        "idleTimeout": options["idle-timeout"],
-        "ipv6Prefix": options["ipv6-prefix"],
-        "evictIdleAfter": options["evict-idle-after"],
-        "proxyFrom": options["proxy-from"],
-        "shutdownTimeout": options["shutdown-timeout"],
-        "drainQuiet": options["drain-quiet"],
-        "logConnections": not options["no-connection-logs"],
+        "settings": settings,
         "metrics": options["metrics"],
-        "socketBuffer": options["socket-buffer"],
         # twist opens its --log-file itself and keeps it in its options;
         # twistd's --logfile is found without.
         "logFiles": LogFiles(runner.get("logFile") if runner is not None else None),
     }
-    if options["workers"] > 1:
+    if settings.workers > 1:
         from echotwist.supervisor import SupervisorService
 
         return SupervisorService(
-            options["listeners"],
-            workers=options["workers"],
-            reactorName=_reactorName(),
-            **common,
+            options["listeners"], reactorName=_reactorName(), **common
         )
     return EchoService(options["listeners"], **common)

@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from echotwist.logs import LogFiles
 from echotwist.service import DatagramListener, EchoService, Listener, parseListener
+from echotwist.settings import Settings
 
 log = Logger()
 
@@ -183,19 +184,9 @@ def main(argv: list[str]) -> None:
     service = EchoService(
         listeners,
         udp=datagrams,
-        udpRate=config["udpRate"],
-        maxConnections=config["maxConnections"],
-        maxPerSource=config["maxPerSource"],
-        idleTimeout=config["idleTimeout"],
-        ipv6Prefix=config["ipv6Prefix"],
-        evictIdleAfter=config["evictIdleAfter"],
-        proxyFrom=config["proxyFrom"],
+        settings=Settings.fromJSON(config["settings"]),
         # The supervisor said it, once.
         warnOpenProxy=False,
-        shutdownTimeout=config["shutdownTimeout"],
-        drainQuiet=config["drainQuiet"],
-        logConnections=config["logConnections"],
-        socketBuffer=config["socketBuffer"],
         # Its log is a pipe to the supervisor, which reopens the log file.
         logFiles=LogFiles(twistd=False),
         reactor=reactor,

@@ -403,7 +403,7 @@ class BacklogTests(SynchronousTestCase):
         return reactor
 
     def test_everyStreamType(self) -> None:
-        key, certificate = selfSignedCertificate(self.mktempDirectory())
+        key, certificate = selfSignedCertificate(scratchDirectory(self))
         self.assertEqual(self.listen("tcp:0").tcpServers[0][2], 1024)
         self.assertEqual(self.listen("0").tcpServers[0][2], 1024)
         self.assertEqual(self.listen("tcp6:0").tcpServers[0][2], 1024)
@@ -416,9 +416,6 @@ class BacklogTests(SynchronousTestCase):
             self.listen("haproxy:unix:/tmp/e.sock").unixServers[0][2], 1024
         )
         self.assertEqual(self.listen("haproxy:" + ssl).sslServers[0][3], 1024)
-
-    def mktempDirectory(self) -> str:
-        return scratchDirectory(self)
 
     def test_descriptionsOwnBacklogWins(self) -> None:
         self.assertEqual(self.listen("tcp:0:backlog=7").tcpServers[0][2], 7)
@@ -459,14 +456,11 @@ class SocketBufferTests(SynchronousTestCase):
         sock = socket.socket(family, socket.SOCK_STREAM)
         self.addCleanup(sock.close)
         if family == socket.AF_UNIX:
-            sock.bind(os.path.join(self.mktempDirectory(), "s"))
+            sock.bind(os.path.join(scratchDirectory(self), "s"))
         else:
             sock.bind(("127.0.0.1", 0))
         sock.listen()
         return _SocketPort(sock)
-
-    def mktempDirectory(self) -> str:
-        return scratchDirectory(self)
 
     def buffers(self, sock: socket.socket) -> tuple[int, int]:
         return (

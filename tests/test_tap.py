@@ -14,7 +14,8 @@ from twisted.python.versions import Version
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import EchoService
-from echotwist.tap import _COERCE, Options, installDefaultReactor, makeService
+from echotwist.settings import optionFields
+from echotwist.tap import Options, installDefaultReactor, makeService
 from tests._tools import requireTLS
 
 
@@ -247,8 +248,9 @@ class BadValueTests(SynchronousTestCase):
         )
 
     def test_everyNumberNamesItsOption(self) -> None:
-        self.assertEqual(sorted(_COERCE), sorted(p[0] for p in _numeric()))
-        for name in _COERCE:
+        parsed = [f.metadata["option"] for f in optionFields() if "parse" in f.metadata]
+        self.assertEqual(sorted(parsed), sorted(p[0] for p in _numeric()))
+        for name in parsed:
             for bad in ("-1", "many", ""):
                 message = self.refused(f"--{name}", bad)
                 self.assertTrue(message.startswith(f"--{name}: "), message)

@@ -5,6 +5,7 @@ real twistd with 2 and 3 workers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist.logs import LogFiles
+from echotwist.settings import Settings
 from echotwist.supervisor import STABLE_AFTER, SupervisorService
 from tests._clients import echoOnce, exchange, readUntilClosed
 from tests._tools import selfSignedCertificate
@@ -69,46 +71,41 @@ class SupervisionTests(SynchronousTestCase):
         args = self.spawned[0][1]
         self.assertEqual(args[1:3], ["-m", "echotwist.worker"])
 
-    def test_workersGetTheSourceOptions(self) -> None:
+    def test_workersGetTheSettings(self) -> None:
+        """
+        Each worker is handed the supervisor's settings whole: every knob,
+        none left at its default on the way.
+        """
         supervisor = SupervisorService(
             [],
             workers=1,
             reactor=self.clock,
             spawn=self.spawn,
-            ipv6Prefix=56,
-            evictIdleAfter=4,
-            proxyFrom=["10.0.0.0/8", "2001:db8::7"],
+            settings=Settings(
+                maxConnections=7,
+                maxPerSource=3,
+                ipv6Prefix=56,
+                evictIdleAfter=4,
+                idleTimeout=9,
+                socketBuffer=32768,
+                shutdownTimeout=30,
+                drainQuiet=0,
+                udpRate=5,
+                logConnections=False,
+                proxyFrom=("10.0.0.0/8", "2001:db8::7"),
+            ),
         )
         supervisor.startService()
         self.addCleanup(supervisor.stopService)
         config = json.loads(self.spawned[0][1][-1])
-        self.assertEqual(
-            (config["ipv6Prefix"], config["evictIdleAfter"], config["proxyFrom"]),
-            (56, 4, ["10.0.0.0/8", "2001:db8::7/128"]),
-        )
-
-    def test_workersGetTheDrainOptions(self) -> None:
-        supervisor = SupervisorService(
-            [],
-            workers=1,
-            reactor=self.clock,
-            spawn=self.spawn,
-            shutdownTimeout=30,
-            drainQuiet=0,
-        )
-        supervisor.startService()
-        self.addCleanup(supervisor.stopService)
-        config = json.loads(self.spawned[0][1][-1])
-        self.assertEqual((config["shutdownTimeout"], config["drainQuiet"]), (30, 0))
-
-    def test_workersGetTheSocketBuffer(self) -> None:
-        supervisor = SupervisorService(
-            [], workers=1, reactor=self.clock, spawn=self.spawn, socketBuffer=32768
-        )
-        supervisor.startService()
-        self.addCleanup(supervisor.stopService)
-        config = json.loads(self.spawned[0][1][-1])
-        self.assertEqual(config["socketBuffer"], 32768)
+        handed = Settings.fromJSON(config["settings"])
+        self.assertEqual(handed, supervisor.settings)
+        defaults = Settings()
+        for f in dataclasses.fields(Settings):
+            if f.name != "workers":
+                self.assertNotEqual(
+                    getattr(handed, f.name), getattr(defaults, f.name), f.name
+                )
 
     def test_healthyWorkerIsReplacedAtOnce(self) -> None:
         self.supervisor.startService()
