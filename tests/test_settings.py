@@ -100,6 +100,8 @@ class HostProcessTests(SynchronousTestCase):
     def setUp(self) -> None:
         hook = sys.excepthook
         wasEnabled = faulthandler.is_enabled()
+        # As a fresh process has them (an earlier test may have run the tap).
+        sys.excepthook = sys.__excepthook__
         faulthandler.disable()
 
         def restore() -> None:
