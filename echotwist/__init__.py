@@ -6,7 +6,8 @@ protocol), L{EchoFactory} (its factory and books) and L{EchoService} (the
 listeners, and the drain on shutdown).
 """
 
+from echotwist.connections import EchoFactory
 from echotwist.service import EchoService, Listener, parseListener
-from echotwist.stream import Echo, EchoFactory
+from echotwist.stream import Echo
 
 __all__ = ["Echo", "EchoFactory", "EchoService", "Listener", "parseListener"]

@@ -38,10 +38,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from echotwist._address import formatAddress
+from echotwist.connections import CONNECTION_REFUSALS
 from echotwist.datagram import DATAGRAM_REFUSALS
 from echotwist.limits import ThrottledLog
 from echotwist.stats import Stats
-from echotwist.stream import CONNECTION_REFUSALS
 
 __all__ = [
     "MAX_METRICS_CONNECTIONS",

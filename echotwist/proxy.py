@@ -21,7 +21,7 @@ logs and limits see.  C{trusted} names the peers allowed to make it;
 anyone else is refused before a byte is read.  And since a connection holds
 a descriptor whether or not a header ever comes, the wrapped protocol may
 count it from the moment it is accepted (see L{EchoFactory.connectionAwaiting
-<echotwist.stream.EchoFactory.connectionAwaiting>}).
+<echotwist.connections.EchoFactory.connectionAwaiting>}).
 """
 
 from __future__ import annotations

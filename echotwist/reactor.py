@@ -19,7 +19,7 @@ serves on that reactor instead; a C{.tac} keeps whatever it installs.
 
 It also echoes small reads itself.  On a busy server most events are a
 plain TCP echo connection with a few bytes to read: for those (see
-L{echotwist.stream.plainEcho}: an L{Echo} itself, sending directly,
+L{echotwist.fastpath.plainEcho}: an L{Echo} itself, sending directly,
 nothing queued, not paused, closing or in bulk) the loop calls the
 socket's recv() and send() and counts the bytes, the whole of what the
 transport's doRead and the protocol's dataReceived would do, without
@@ -47,13 +47,8 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.main import installReactor
 from twisted.logger import Logger
 
-from echotwist.stream import (
-    DIRECT_READ_SIZE,
-    SPLICE_FROM,
-    Echo,
-    SplicingServer,
-    plainEcho,
-)
+from echotwist.fastpath import SplicingServer, finishRead, plainEcho
+from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
 
 __all__ = ["EchotwistEPollReactor", "install"]
 
@@ -137,7 +132,7 @@ class EchotwistEPollReactor(EPollReactor):
                         # may pause, close or turn to bulk, so this
                         # connection goes back to the ordinary path.
                         del plainEchoes[fd]
-                        why = echo._finishRead(data, sent)
+                        why = finishRead(echo, data, sent)
                         if why:
                             self._disconnectSelectable(selectable, why, True)
                         continue

@@ -32,12 +32,14 @@ from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, formatAddress
+from echotwist.connections import DEFAULT_DRAIN_QUIET, EchoFactory
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
+from echotwist.fastpath import SplicingServer
 from echotwist.limits import ThrottledObserver
 from echotwist.logs import LogFiles
 from echotwist.proxy import Network, ProxyEndpoint, ProxyWrappingFactory, parseNetwork
 from echotwist.settings import MIN_SOCKET_BUFFER, Settings
-from echotwist.stream import DEFAULT_DRAIN_QUIET, Echo, EchoFactory, SplicingServer
+from echotwist.stream import Echo
 
 __all__ = [
     "CannotListen",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from echotwist.connections import EchoFactory
 from echotwist.datagram import DatagramPolicy
-from echotwist.stream import EchoFactory
 
 __all__ = ["Stats", "addStats", "stats"]
 

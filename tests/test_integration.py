@@ -15,7 +15,7 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
-from echotwist.stream import DEFAULT_DRAIN_QUIET
+from echotwist.connections import DEFAULT_DRAIN_QUIET
 from tests._clients import echoOnce, exchange, readUntilClosed
 from tests._twistd import (
     LOOPBACK,

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
+from echotwist.connections import EchoFactory
 from echotwist.datagram import DatagramEcho, DatagramPolicy
 from echotwist.metrics import (
     MAX_METRICS_CONNECTIONS,
@@ -37,7 +38,6 @@ from echotwist.metrics import (
     registryFor,
 )
 from echotwist.stats import Stats, addStats, stats
-from echotwist.stream import EchoFactory
 from tests._clients import echoOnce, readUntilClosed
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.test_stream import connect

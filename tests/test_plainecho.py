@@ -1,7 +1,7 @@
 """
 The plain echo of C{twistd --reactor echotwist}: its loop reads, counts and
 sends a small read itself, without calling the transport or the protocol
-(L{echotwist.stream.plainEcho} says which connections qualify).  A real
+(L{echotwist.fastpath.plainEcho} says which connections qualify).  A real
 EchoService on a private L{EchotwistEPollReactor} that the test iterates,
 real loopback sockets as clients; every loop is bounded by WAIT.
 

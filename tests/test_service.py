@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 import echotwist.service as serviceModule
 from echotwist import Echo, EchoService, Listener
+from echotwist.fastpath import SplicingServer
 from echotwist.proxy import ProxyEndpoint, parseNetwork
 from echotwist.service import (
     CannotListen,
@@ -35,7 +36,6 @@ from echotwist.service import (
     listenBacklog,
     parseListener,
 )
-from echotwist.stream import SplicingServer
 from tests._tools import scratchDirectory, selfSignedCertificate
 
 _socketFamily = serviceModule._socketFamily

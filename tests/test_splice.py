@@ -1,5 +1,5 @@
 """
-The kernel echo path (L{echotwist.stream.SplicingServer}): a real
+The kernel echo path (L{echotwist.fastpath.SplicingServer}): a real
 EchoService on a private epoll reactor that the test iterates itself, and
 real loopback sockets as clients.  Every loop is bounded by WAIT.
 
@@ -26,7 +26,7 @@ from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist import Echo, EchoService, stream
+from echotwist import Echo, EchoService, fastpath, stream
 from echotwist.reactor import EchotwistEPollReactor
 from echotwist.service import _ListenerFactory
 from tests._tools import scratchDirectory, selfSignedCertificate
@@ -45,7 +45,7 @@ def pipeHolds() -> int:
     """
     Bytes in the shared pipe right now (0 when there is no pipe).
     """
-    fds = stream._SharedPipe.fds
+    fds = fastpath._SharedPipe.fds
     if fds is None:
         return 0
     buf = bytearray(4)
@@ -68,7 +68,7 @@ class Spy:
 
     def __call__(self, src: int, dst: int, count: int, **kwargs: Any) -> int:
         fromPipe = (
-            stream._SharedPipe.fds is not None and src == stream._SharedPipe.fds[0]
+            fastpath._SharedPipe.fds is not None and src == fastpath._SharedPipe.fds[0]
         )
         failure = self.failWrite if fromPipe else self.failRead
         if failure is not None:
@@ -220,14 +220,14 @@ class SpliceTests(SynchronousTestCase):
     reactorType: type = EPollReactor
 
     def setUp(self) -> None:
-        if not stream._SharedPipe.usable:
+        if not fastpath._SharedPipe.usable:
             self.skipTest("this kernel cannot splice from a TCP socket")
         self.spy = Spy()
-        self.patch(stream, "splice", self.spy)
+        self.patch(fastpath, "splice", self.spy)
         self.loop = Loopback(self)
 
     def test_plainTCPListenersSplice(self) -> None:
-        self.assertIs(self.loop.port.transport, stream.SplicingServer)
+        self.assertIs(self.loop.port.transport, fastpath.SplicingServer)
 
     def test_smallMessagesAreNotSpliced(self) -> None:
         client, protocol = self.loop.connect()
@@ -299,20 +299,20 @@ class SpliceTests(SynchronousTestCase):
         """
         first, protocol = self.loop.connect()
         self.assertEqual(self.loop.echo(first, pattern(1 << 20)), pattern(1 << 20))
-        oldPipe = stream._SharedPipe.fds
+        oldPipe = fastpath._SharedPipe.fds
         self.spy.failWrite = RuntimeError("injected")
         first.sendall(pattern(200000, 3))
         self.loop.until(
             lambda: protocol not in self.loop.service.factory.connections, "loss"
         )
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        self.assertIsNone(stream._SharedPipe.fds)
+        self.assertIsNone(fastpath._SharedPipe.fds)
 
         self.spy.failWrite = None
         second, _ = self.loop.connect()
         payload = pattern(2 << 20, 11)
         self.assertEqual(self.loop.echo(second, payload), payload)
-        self.assertNotEqual(stream._SharedPipe.fds, oldPipe)
+        self.assertNotEqual(fastpath._SharedPipe.fds, oldPipe)
 
     def test_clientGoneWhileSplicing(self) -> None:
         """
@@ -327,14 +327,14 @@ class SpliceTests(SynchronousTestCase):
             lambda: protocol not in self.loop.service.factory.connections, "loss"
         )
         self.assertEqual(pipeHolds(), 0)
-        self.assertIsNotNone(stream._SharedPipe.fds)
+        self.assertIsNotNone(fastpath._SharedPipe.fds)
 
     def test_kernelThatCannotSplice(self) -> None:
         """
         EINVAL from splicing a socket turns splicing off for the process;
         the read it happened on, and every one after, is a plain one.
         """
-        self.addCleanup(setattr, stream._SharedPipe, "usable", True)
+        self.addCleanup(setattr, fastpath._SharedPipe, "usable", True)
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
@@ -342,7 +342,7 @@ class SpliceTests(SynchronousTestCase):
         self.spy.failRead = OSError(errno.EINVAL, "Invalid argument")
         payload = pattern(4 << 20)
         self.assertEqual(self.loop.echo(client, payload), payload)
-        self.assertFalse(stream._SharedPipe.usable)
+        self.assertFalse(fastpath._SharedPipe.usable)
         self.assertEqual(self.spy.reads, 0)
         [warning] = [e for e in events if e.get("event") == "splice.unavailable"]
         self.assertEqual(warning["error"], os.strerror(errno.EINVAL))
@@ -353,7 +353,7 @@ class SpliceTests(SynchronousTestCase):
         is the client's bytes only, not the header.
         """
         loop = Loopback(self, listen="haproxy:tcp:0:interface=127.0.0.1")
-        self.assertIs(loop.port.transport, stream.SplicingServer)
+        self.assertIs(loop.port.transport, fastpath.SplicingServer)
         client, protocol = loop.connectProxied()
         self.assertEqual(protocol.source, "192.0.2.7")
         payload = pattern(4 << 20, 9)
@@ -440,12 +440,12 @@ class NotSplicedTests(SynchronousTestCase):
         ports = [listener.port for listener in service]  # type: ignore[attr-defined]
         self.assertEqual(len(ports), 2)
         for port in ports:
-            self.assertIsNot(port.transport, stream.SplicingServer)
+            self.assertIsNot(port.transport, fastpath.SplicingServer)
         # TLS has a transport of its own (echotwist.tls), which never splices.
         # Imported here: TLS is an extra (selfSignedCertificate skipped
         # this test without it).
         from echotwist.tls import TLSServer
 
         self.assertIs(ports[0].transport, TLSServer)
-        self.assertFalse(issubclass(TLSServer, stream.SplicingServer))
+        self.assertFalse(issubclass(TLSServer, fastpath.SplicingServer))
         self.assertNotIsInstance(ports[0].factory, _ListenerFactory)

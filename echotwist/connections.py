@@ -1,0 +1,531 @@
+# -*- test-case-name: tests.test_connections -*-
+"""
+The books on stream connections: L{EchoFactory} builds the L{Echo}
+protocols and keeps count of them.
+
+The factory keeps the open connections, how many each source has (an IPv4
+address, or an IPv6 network of C{ipv6Prefix} bits: one host can own a
+whole /64), the limits on both, and an idle sweep.  The sweep is one
+periodic call for all connections rather than a timer each: it costs no
+memory per connection and nothing in the data path, where a
+per-connection timer would be reset on every read.
+
+The sweep also keeps, for a full server, the connections in the order they
+went idle: when C{maxConnections} is reached, a new client is admitted by
+evicting the connection idle longest, if it has been idle C{evictIdleAfter}
+seconds at least.  Finding it costs the head of that list, not a pass over
+every connection, so a flood of connects at a full server stays cheap.
+
+Under echotwist's PROXY wrapper a connection is in the books from the moment
+it is accepted, as the proxy's: a peer that never sends a header still
+counts against both limits (and, being idle, can be evicted).  Once the
+header is in, the client's own source takes its place.
+
+On shutdown, L{EchoFactory.drain} has every connection close once it is
+quiet (see L{Echo.drain}), and aborts what is left at a deadline.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from echotwist._address import DEFAULT_IPV6_PREFIX, sourceGroup
+from echotwist.limits import ThrottledLog
+from echotwist.stream import Echo
+
+__all__ = [
+    "CONNECTION_REFUSALS",
+    "DEFAULT_DRAIN_QUIET",
+    "EVICTED",
+    "EchoFactory",
+]
+
+log = Logger()
+
+#: Seconds a connection must be quiet during a drain before it is closed.
+#: A client that pauses between writes (a paced upload, a human at a
+#: terminal) keeps its stream up to this long a pause; each connection holds
+#: the shutdown that long at least once it stops.
+DEFAULT_DRAIN_QUIET = 2.0
+
+#: Why a connection can be refused, as logged and counted.
+TOO_MANY = "too many connections"
+TOO_MANY_FROM_SOURCE = "too many connections from this source"
+CONNECTION_REFUSALS = (TOO_MANY, TOO_MANY_FROM_SOURCE)
+#: Why a connection was closed to make room for a new client.
+EVICTED = "evicted: idle while the server was full"
+
+
+class EchoFactory(Factory):
+    """
+    Builds L{Echo} protocols and keeps the books on them.
+
+    @ivar reactor: the clock for durations, quiet checks, idle sweeps and
+        drain deadlines.
+    @ivar connections: the open connections.
+    @ivar awaiting: connections behind the PROXY wrapper still waiting for
+        their header; they count against both limits too.
+    @ivar perSource: how many connections each source has open (awaiting
+        ones as their proxy's).
+    @ivar maxConnections: open connections allowed in all; 0 for no limit.
+    @ivar maxPerSource: open connections allowed per source; 0 for no
+        limit.
+    @ivar ipv6Prefix: how many leading bits of an IPv6 address make one
+        source (see L{echotwist._address.sourceGroup}).
+    @ivar idleTimeout: seconds without activity after which a connection is
+        closed, and a closing connection that cannot flush is aborted; 0
+        for never.
+    @ivar evictIdleAfter: when C{maxConnections} is reached, a new client
+        is admitted by closing the connection idle longest, if it has been
+        idle at least this many seconds; 0 for never.
+    @ivar logConnections: whether to log each connection opened and closed
+        (refusals and evictions are logged regardless, throttled).
+    @ivar accepted: connections admitted so far (behind the PROXY wrapper,
+        once their header is in).
+    @ivar closed: admitted connections closed so far, evicted ones too.
+    @ivar evicted: connections closed so far to admit a new client.
+    @ivar drainQuiet: during a drain, seconds a connection must go without
+        activity before it is closed; 0 to leave it open until the client
+        closes or the drain's deadline passes.
+    @ivar bytesOfClosed: bytes echoed by the connections closed so far.
+    @ivar refused: connections refused so far, by reason.
+    """
+
+    # (Twisted before 26 types Factory.protocol so that this is no error.)
+    protocol = Echo  # type: ignore[assignment, unused-ignore]
+    noisy = False  # "Starting factory ..." lines say nothing an operator needs
+
+    def __init__(
+        self,
+        reactor: IReactorTime | None = None,
+        *,
+        maxConnections: int = 0,
+        maxPerSource: int = 0,
+        idleTimeout: float = 0,
+        logConnections: bool = True,
+        ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
+        evictIdleAfter: float = 0,
+        drainQuiet: float = DEFAULT_DRAIN_QUIET,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            # Twisted before 26 types the global reactor as a module.
+            reactor = globalReactor  # type: ignore[assignment, unused-ignore]
+        assert reactor is not None
+        self.reactor = reactor
+        self.maxConnections = maxConnections
+        self.maxPerSource = maxPerSource
+        self.ipv6Prefix = ipv6Prefix
+        self.idleTimeout = idleTimeout
+        self.evictIdleAfter = evictIdleAfter
+        self.logConnections = logConnections
+        self.drainQuiet = drainQuiet
+        self.accepted = 0
+        self.closed = 0
+        self.evicted = 0
+        self.bytesOfClosed = 0
+        self.connections: set[Echo] = set()
+        self.awaiting: set[Echo] = set()
+        self.perSource: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self._refusals = ThrottledLog(log, reactor)
+        self._drained: Deferred[None] | None = None
+        self._sweeper: LoopingCall | None = None
+        # Eviction candidates, idle longest first, as of the last sweep.
+        self._idleOrder: deque[Echo] = deque()
+
+    @property
+    def open(self) -> int:
+        """
+        Connections counted against C{maxConnections}: admitted, or waiting
+        for their PROXY header.
+        """
+        return len(self.connections) + len(self.awaiting)
+
+    @property
+    def _evicting(self) -> bool:
+        return bool(self.maxConnections and self.evictIdleAfter)
+
+    def sourceOf(self, host: str | None) -> str | None:
+        """
+        The source C{host} counts as, for the per-source limit and logs.
+        """
+        if host is None:
+            return None
+        return sys.intern(sourceGroup(host, self.ipv6Prefix))
+
+    def _refusal(self, protocol: Echo) -> str | None:
+        # The per-source limit first: a client it refuses must not cost an
+        # idle connection its place.
+        source = protocol.source
+        if (
+            self.maxPerSource
+            and source is not None
+            and self.perSource.get(source, 0) >= self.maxPerSource
+        ):
+            return TOO_MANY_FROM_SOURCE
+        if (
+            self.maxConnections
+            and self.open >= self.maxConnections
+            and not self._evictOne()
+        ):
+            return TOO_MANY
+        return None
+
+    def _refuse(self, protocol: Echo, why: str) -> None:
+        self.refused[why] = self.refused.get(why, 0) + 1
+        if why == TOO_MANY_FROM_SOURCE:
+            # The source, not one address of it: with IPv6 the address is
+            # whichever of 2**64 the client picked this time.
+            self._refusals.warn(
+                why,
+                "Refused connection from {source}: {reason}",
+                event="connection.refused",
+                source=protocol.source,
+                reason=why,
+            )
+        else:
+            self._refusals.warn(
+                why,
+                "Refused connection from {peer}: {reason}",
+                event="connection.refused",
+                peer=protocol.peer,
+                source=protocol.source,
+                reason=why,
+            )
+
+    def _count(self, protocol: Echo) -> None:
+        source = protocol.source
+        if source is not None:
+            self.perSource[source] = self.perSource.get(source, 0) + 1
+
+    def _uncount(self, protocol: Echo) -> None:
+        source = protocol.source
+        if source is not None:
+            left = self.perSource.pop(source) - 1
+            if left:
+                self.perSource[source] = left
+
+    def connectionOpened(self, protocol: Echo) -> bool:
+        """
+        Admit C{protocol} into the books, or refuse it (and log why).
+
+        @return: whether it was admitted.
+        """
+        why = self._refusal(protocol)
+        if why is not None:
+            self._refuse(protocol, why)
+            return False
+        protocol.openedAt = self.reactor.seconds()
+        self._count(protocol)
+        self._admit(protocol)
+        return True
+
+    def connectionAwaiting(self, protocol: Echo) -> bool:
+        """
+        Count a connection whose PROXY header is still to come, as its
+        proxy's, or refuse it (and log why).
+
+        @return: whether it was admitted.
+        """
+        why = self._refusal(protocol)
+        if why is not None:
+            self._refuse(protocol, why)
+            return False
+        protocol.openedAt = self.reactor.seconds()
+        self._count(protocol)
+        self.awaiting.add(protocol)
+        self._startSweeping()
+        return True
+
+    def headerReceived(self, protocol: Echo, source: str | None) -> bool:
+        """
+        An awaiting connection's PROXY header named its client, whose
+        C{source} now counts it in place of the proxy's.  Its place among
+        C{maxConnections} it keeps; the client's per-source limit may
+        refuse it (and log why), and then it leaves the books.
+
+        @return: whether it was admitted.
+        """
+        self.awaiting.discard(protocol)
+        self._uncount(protocol)
+        protocol.source = source
+        if (
+            self.maxPerSource
+            and source is not None
+            and self.perSource.get(source, 0) >= self.maxPerSource
+        ):
+            self._refuse(protocol, TOO_MANY_FROM_SOURCE)
+            self._stopSweepingIfEmpty()
+            return False
+        self._count(protocol)
+        self._admit(protocol)
+        return True
+
+    def awaitingEnded(self, protocol: Echo) -> None:
+        """
+        An awaiting connection ended before its PROXY header was in (the
+        wrapper logged why, if it was the one to close it).
+        """
+        if protocol in self.awaiting:
+            self.awaiting.discard(protocol)
+            self._uncount(protocol)
+            self._stopSweepingIfEmpty()
+            self._checkDrained()
+
+    def _admit(self, protocol: Echo) -> None:
+        self.accepted += 1
+        self.connections.add(protocol)
+        if self.logConnections:
+            log.info(
+                "{peer} connected",
+                event="connection.opened",
+                peer=protocol.peer,
+                listener=protocol.listener,
+                open=len(self.connections),
+            )
+        if self._drained is not None:
+            protocol.drain()
+        self._startSweeping()
+
+    def connectionClosed(self, protocol: Echo, reason: str) -> None:
+        if protocol not in self.connections:
+            # Evicted: the books let it go already.
+            return
+        self.connections.discard(protocol)
+        self.closed += 1
+        self.bytesOfClosed += protocol.bytesEchoed
+        self._uncount(protocol)
+        self._stopSweepingIfEmpty()
+        if self.logConnections:
+            log.info(
+                "{peer} disconnected after {duration:.3f}s, {bytesIn} bytes"
+                " echoed: {reason}",
+                event="connection.closed",
+                peer=protocol.peer,
+                listener=protocol.listener,
+                duration=self.reactor.seconds() - protocol.openedAt,
+                bytesIn=protocol.bytesEchoed,
+                bytesOut=protocol.bytesEchoed,
+                reason=reason,
+                open=len(self.connections),
+            )
+        self._checkDrained()
+
+    def _checkDrained(self) -> None:
+        if self._drained is not None and not self.connections:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    # --- eviction ----------------------------------------------------------
+
+    def _idleSince(self, protocol: Echo) -> float | None:
+        """
+        Since when C{protocol} has been idle, no later than the truth; None
+        if it was active since the last sweep, or is closing already.
+        """
+        if protocol._awaiting is not None:
+            # Nothing is echoed before the header: idle since accepted.
+            return protocol.openedAt if protocol in self.awaiting else None
+        if (
+            protocol not in self.connections
+            or protocol._closeReason is not None
+            or protocol.bytesEchoed + protocol._resumes != protocol._idleMark
+        ):
+            return None
+        return max(protocol._idleSince, protocol.openedAt)
+
+    def _evictOne(self) -> bool:
+        """
+        Close the connection idle longest, if it has been idle
+        C{evictIdleAfter} seconds at least, and let it go from the books.
+
+        The sweep lists the candidates idle longest first.  A candidate
+        found active or gone is dropped (the next sweep lists it again if it
+        goes idle), so each costs one look per sweep however many clients
+        knock.
+
+        @return: whether one was evicted.
+        """
+        if not self._evicting:
+            return False
+        now = self.reactor.seconds()
+        order = self._idleOrder
+        while order:
+            protocol = order[0]
+            since = self._idleSince(protocol)
+            if since is None:
+                order.popleft()
+                continue
+            if now - since < self.evictIdleAfter:
+                # Idle longest, and still not long enough: none is.
+                return False
+            order.popleft()
+            self._evict(protocol, now - since)
+            return True
+        return False
+
+    def _evict(self, protocol: Echo, idle: float) -> None:
+        self.evicted += 1
+        self._refusals.warn(
+            EVICTED,
+            "Closed {peer}, idle {idle:.1f}s or more, to admit a new client:"
+            " the server is full",
+            event="connection.evicted",
+            peer=protocol.peer,
+            source=protocol.source,
+            idle=idle,
+            reason=EVICTED,
+        )
+        wrapper = protocol._awaiting
+        if wrapper is not None:
+            protocol._awaiting = None
+            self.awaiting.discard(protocol)
+            self._uncount(protocol)
+            wrapper.transport.abortConnection()
+            return
+        # Let it go from the books now, so that the newcomer has its place
+        # at once (its transport reports the loss on a later iteration).
+        self.connectionClosed(protocol, EVICTED)
+        try:
+            if protocol._paused:
+                # Its client does not read: the echo it holds cannot be
+                # delivered, and a close would wait for it forever.
+                protocol.abort(EVICTED)
+            else:
+                protocol.closeWhenFlushed(EVICTED)
+        except Exception:
+            log.failure("Could not evict {peer}", peer=protocol.peer)
+
+    # --- the idle sweep ----------------------------------------------------
+
+    @property
+    def sweepInterval(self) -> float:
+        """
+        Seconds between idle sweeps: a tenth of the idle timeout, and a
+        quarter of C{evictIdleAfter} while eviction is on; between 50 ms
+        and 10 s.  So a connection is closed between C{idleTimeout} and
+        C{idleTimeout} plus this after its last activity, and can be
+        evicted between C{evictIdleAfter} and C{evictIdleAfter} plus this.
+        """
+        wanted = [10.0]
+        if self.idleTimeout:
+            wanted.append(self.idleTimeout / 10)
+        if self._evicting:
+            wanted.append(self.evictIdleAfter / 4)
+        return max(0.05, min(wanted))
+
+    def _startSweeping(self) -> None:
+        if self._sweeper is not None or not (self.idleTimeout or self._evicting):
+            return
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = self.reactor
+        self._sweeper.start(self.sweepInterval, now=False)
+
+    def _stopSweepingIfEmpty(self) -> None:
+        if not self.open and self._sweeper is not None:
+            if self._sweeper.running:
+                self._sweeper.stop()
+            self._sweeper = None
+            self._idleOrder.clear()
+
+    def _sweep(self) -> None:
+        now = self.reactor.seconds()
+        limit = self.idleTimeout
+        evicting = self._evicting
+        idle: list[tuple[float, Echo]] = []
+        for protocol in list(self.connections):
+            activity = protocol.bytesEchoed + protocol._resumes
+            if activity != protocol._idleMark:
+                protocol._idleMark = activity
+                protocol._idleSince = now
+                continue
+            since = max(protocol._idleSince, protocol.openedAt)
+            if limit and now - since >= limit:
+                protocol._idleSince = now
+                # One connection's failure must not end the sweeps (a
+                # LoopingCall stops at the first exception).
+                try:
+                    if protocol._closeReason is None:
+                        protocol.closeWhenFlushed("idle timeout")
+                    else:
+                        # It was closing, and could not send what it had
+                        # left within another idle timeout: its reader is
+                        # gone.
+                        protocol.abort(f"{protocol._closeReason}; could not flush")
+                except Exception:
+                    log.failure("Idle sweep could not close {peer}", peer=protocol.peer)
+            elif evicting and protocol._closeReason is None:
+                idle.append((since, protocol))
+        if evicting:
+            idle.extend((protocol.openedAt, protocol) for protocol in self.awaiting)
+            idle.sort(key=lambda item: item[0])
+            self._idleOrder = deque(protocol for _, protocol in idle)
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Close every connection once it is quiet (see L{Echo.drain}); abort
+        whatever is still open C{timeout} seconds from now.  Connections
+        still waiting for a PROXY header are closed at once: they have
+        nothing to echo yet.
+
+        @return: fires once no connection is left open.
+        """
+        for protocol in list(self.awaiting):
+            wrapper = protocol._awaiting
+            self.awaitingEnded(protocol)
+            protocol._awaiting = None
+            if wrapper is not None:
+                wrapper.transport.abortConnection()
+        done: Deferred[None] = Deferred()
+        if not self.connections:
+            done.callback(None)
+            return done
+        log.info(
+            (
+                "Draining {count} connection(s): each closes once quiet for"
+                " {quiet}s; what is left is aborted after {timeout}s"
+                if self.drainQuiet
+                else "Draining {count} connection(s): each closes when its"
+                " client closes; what is left is aborted after {timeout}s"
+            ),
+            event="drain.started",
+            count=len(self.connections),
+            quiet=self.drainQuiet,
+            timeout=timeout,
+        )
+        started = self.reactor.seconds()
+        self._drained = done
+        deadline = self.reactor.callLater(timeout, self._abortAll)
+        for protocol in list(self.connections):
+            protocol.drain()
+
+        def finished(result: None) -> None:
+            if deadline.active():
+                deadline.cancel()
+            log.info(
+                "Drain finished after {duration:.3f}s",
+                event="drain.finished",
+                duration=self.reactor.seconds() - started,
+            )
+            return result
+
+        return done.addCallback(finished)
+
+    def _abortAll(self) -> None:
+        left = list(self.connections)
+        log.warn(
+            "Shutdown deadline passed: aborting {count} connection(s)",
+            event="drain.deadline",
+            count=len(left),
+        )
+        for protocol in left:
+            protocol.abort("shutdown deadline passed")

@@ -1,0 +1,250 @@
+# -*- test-case-name: tests.test_splice,tests.test_plainecho,tests.test_reactor -*-
+"""
+The kernel fast paths of the stream echo: where an echo skips Twisted's
+write buffer, or Python altogether.
+
+On Linux, a plain TCP connection whose client sends in bulk (reads of 16
+KiB or more) echoes in the kernel: each read splices the bytes from the
+socket into a pipe and from the pipe straight back into the socket
+(splice(2)), so they are never copied into Python and out again; at 100
+KiB messages the copies are most of the server's work.  One pipe serves
+every connection and is empty between reads.  Small messages keep recv()
+and send(), which cost less there.  TCP under echotwist's PROXY wrapper
+splices as well, past the header; TLS and UNIX connections keep the
+direct send of L{echotwist.stream.Echo.dataReceived} (which stays there: a
+call more per message would cost).
+
+L{SplicingServer} is the TCP transport that splices; L{plainEcho} says
+which connections L{echotwist.reactor.EchotwistEPollReactor} may echo in
+its own loop, without the transport's or the protocol's code, and
+L{finishRead} hands the protocol a read that loop could not finish.
+"""
+
+from __future__ import annotations
+
+import os
+from errno import EINVAL, ENOSYS
+from typing import Any
+
+from twisted.internet import main, tcp
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.logger import Logger
+
+from echotwist import stream
+from echotwist.proxy import ProxyHeaderWrapper
+from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
+
+__all__ = ["SplicingServer", "finishRead", "plainEcho"]
+
+log = Logger()
+
+try:
+    from fcntl import F_SETPIPE_SZ, fcntl
+    from os import SPLICE_F_MOVE, SPLICE_F_NONBLOCK, splice
+
+    _SPLICE_FLAGS = SPLICE_F_MOVE | SPLICE_F_NONBLOCK
+except ImportError:  # not Linux
+    splice = None  # type: ignore[assignment]
+
+
+class _SharedPipe:
+    """
+    The one pipe a process splices every connection's echo through.
+
+    It is empty between reads: each read moves what one connection sent
+    into it, and that same read moves it all out again, to the connection
+    (and whatever the socket would not take, into the transport's write
+    buffer).  Anything unexpected on the way throws the pipe away, so
+    bytes can never be carried over to the next connection.
+    """
+
+    fds: tuple[int, int] | None = None
+    #: Whether splicing works here at all (Linux; a socket type the kernel
+    #: can splice).  Once it fails it is not tried again.
+    usable = splice is not None
+
+    @classmethod
+    def get(cls) -> tuple[int, int] | None:
+        if cls.fds is None and cls.usable:
+            try:
+                readFd, writeFd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                return None
+            try:
+                # Room for one whole read; the default is 64 KiB.
+                fcntl(writeFd, F_SETPIPE_SZ, DIRECT_READ_SIZE)
+            except OSError:
+                pass
+            cls.fds = (readFd, writeFd)
+        return cls.fds
+
+    @classmethod
+    def discard(cls) -> None:
+        fds, cls.fds = cls.fds, None
+        if fds is not None:
+            for fd in fds:
+                os.close(fd)
+
+
+def _spliceRead(
+    protocol: Echo, transport: SplicingServer, pipe: tuple[int, int]
+) -> ConnectionLost | ConnectionDone | None:
+    """
+    Echo what the client sent without it entering user space: splice it
+    from the socket into the shared pipe and from the pipe back into
+    the socket.  What the socket does not take is read out of the pipe
+    and queued on the transport, and reading pauses, as for a direct
+    send.  Only called while nothing is queued on the transport.
+
+    @param protocol: the connection's L{Echo}, in bulk.
+    @param transport: its transport.
+    @param pipe: the shared pipe's read and write ends.
+
+    @return: what L{tcp.Connection.doRead} returns: None, or why the
+        connection is over.
+    """
+    readFd, writeFd = pipe
+    fd = transport.socket.fileno()
+    try:
+        received = splice(fd, writeFd, DIRECT_READ_SIZE, flags=_SPLICE_FLAGS)
+    except BlockingIOError:
+        return None
+    except OSError as e:
+        if e.errno in (EINVAL, ENOSYS):
+            # This kernel cannot splice from a socket: read the plain
+            # way from now on.
+            _SharedPipe.usable = False
+            _SharedPipe.discard()
+            log.warn(
+                "This kernel cannot splice from a socket ({error});"
+                " echoing through user space",
+                event="splice.unavailable",
+                error=os.strerror(e.errno),
+            )
+            return _plainRead(transport)
+        return main.CONNECTION_LOST
+    if not received:
+        return main.CONNECTION_DONE
+    protocol.bytesEchoed += received
+    if received < SPLICE_FROM:
+        protocol._bulk = False
+    try:
+        try:
+            sent = splice(readFd, fd, received, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # The client is gone; what was in flight to it goes too.
+            sent = -1
+        if sent == received:
+            return None
+        unsent = received - max(sent, 0)
+        rest = os.read(readFd, unsent)
+        if len(rest) != unsent:
+            raise RuntimeError(f"read {len(rest)} of {unsent} bytes from the pipe")
+    except BaseException:
+        _SharedPipe.discard()
+        raise
+    if sent < 0:
+        return main.CONNECTION_LOST
+    protocol._sendRest(transport, rest, 0)
+    return None
+
+
+def _plainRead(transport: tcp.Server) -> ConnectionLost | ConnectionDone | None:
+    """
+    Read as L{tcp.Server} does.
+    """
+    # Twisted before 26 has doRead untyped: returning it would be Any.
+    result: ConnectionLost | ConnectionDone | None = tcp.Server.doRead(transport)
+    return result
+
+
+class SplicingServer(tcp.Server):
+    """
+    A TCP server transport that lets its L{Echo} echo in the kernel (see
+    L{_spliceRead}) whenever nothing is queued to send; otherwise, and
+    for any other protocol, it reads as L{tcp.Server} does.  Set as a
+    C{tcp.Port}'s C{transport} when the port's factory builds L{Echo}
+    protocols directly or under echotwist's PROXY wrapper (not TLS).
+    """
+
+    def doRead(self) -> ConnectionLost | ConnectionDone | None:  # type: ignore[override]
+        protocol = self.protocol
+        if isinstance(protocol, ProxyHeaderWrapper):
+            # Past the header the wrapper only passes bytes on.
+            protocol = protocol.wrappedProtocol
+        if (
+            isinstance(protocol, Echo)
+            and protocol._bulk
+            and protocol._direct is self
+            and not self.dataBuffer
+            and not self._tempDataLen
+        ):
+            pipe = _SharedPipe.get()
+            if pipe is not None:
+                return _spliceRead(protocol, self, pipe)
+        return _plainRead(self)
+
+
+# Echo sends directly on this transport too.  Registered from here, where
+# it is defined, so that echotwist.stream need not import this module.
+stream._DIRECT_TRANSPORTS += (SplicingServer,)
+
+
+def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
+    """
+    Whether a transport's next read can be echoed without any of the
+    protocol's code: an L{Echo} itself (no subclass, no wrapper) on a
+    L{SplicingServer}, sending directly, nothing queued, not paused, not
+    closing, not in bulk.  For L{echotwist.reactor.EchotwistEPollReactor},
+    which then reads, counts and sends in its own loop.
+
+    @return: the L{Echo} and its socket's C{recv} and C{send}; or None.
+    """
+    if (
+        type(transport) is not SplicingServer
+        or not transport.connected
+        or transport.disconnecting
+    ):
+        return None
+    protocol = transport.protocol
+    if (
+        type(protocol) is Echo
+        and protocol._direct is transport
+        and not protocol._bulk
+        and not protocol._paused
+        and protocol._closeReason is None
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+    ):
+        sock = transport.socket
+        return protocol, sock.recv, sock.send
+    return None
+
+
+def finishRead(
+    protocol: Echo, data: bytes | None, sent: int | OSError | None
+) -> ConnectionLost | ConnectionDone | None:
+    """
+    Finish a read that L{echotwist.reactor.EchotwistEPollReactor}'s
+    plain echo (see L{plainEcho}) began but could not end the plain way.
+
+    @param protocol: the connection's L{Echo}.
+    @param data: what recv() returned, or None if it failed.
+    @param sent: what send() of C{data} returned or raised, or None if
+        it was not tried (C{data} is empty, or a bulk read).
+    @return: what L{tcp.Connection.doRead} returns: None, or why the
+        connection is over.
+    """
+    if data is None:
+        return main.CONNECTION_LOST
+    if not data:
+        return main.CONNECTION_DONE
+    if sent is None:
+        protocol.dataReceived(data)
+        return None
+    protocol.bytesEchoed += len(data)
+    assert protocol._direct is not None
+    protocol._sendRest(protocol._direct, data, sent)
+    return None
