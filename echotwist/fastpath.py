@@ -36,7 +36,10 @@ from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
 
 __all__ = ["SplicingServer", "finishRead", "plainEcho"]
 
-log = Logger()
+# Stream connection events keep the namespace they had before the split of
+# echotwist.stream: operators filter on it, and text log lines stay as long
+# as README's log volume says.
+log = Logger(namespace="echotwist.stream")
 
 try:
     from fcntl import F_SETPIPE_SZ, fcntl
