@@ -300,6 +300,10 @@ class EchoFactory(Factory):
         self._startSweeping()
 
     def connectionClosed(self, protocol: Echo, reason: str) -> None:
+        """
+        C{protocol} closed, for C{reason}: let it go from the books and log
+        it (an evicted connection was let go already).
+        """
         if protocol not in self.connections:
             # Evicted: the books let it go already.
             return

@@ -119,6 +119,10 @@ class DatagramPolicy:
         self.bytes = {"received": 0, "sent": 0}
 
     def count(self, what: str) -> None:
+        """
+        Count one more datagram as C{what}: answered, send failed, or a
+        refusal's reason.
+        """
         self.counts[what] = self.counts.get(what, 0) + 1
 
     def refusal(self, host: str, port: int) -> tuple[str | None, str]:
@@ -161,6 +165,10 @@ class DatagramEcho(DatagramProtocol):
         self.policy = policy
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """
+        Answer C{datagram} with the same bytes, unless the policy refuses
+        its source (then count and log the refusal, throttled).
+        """
         host, port = addr[0], addr[1]
         policy = self.policy
         policy.bytes["received"] += len(datagram)

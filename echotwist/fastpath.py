@@ -173,6 +173,10 @@ class SplicingServer(tcp.Server):
     """
 
     def doRead(self) -> ConnectionLost | ConnectionDone | None:  # type: ignore[override]
+        """
+        Splice this read if its L{Echo} is in bulk and nothing is queued;
+        read as L{tcp.Server} does otherwise.
+        """
         protocol = self.protocol
         if isinstance(protocol, ProxyHeaderWrapper):
             # Past the header the wrapper only passes bytes on.

@@ -115,9 +115,17 @@ class ThrottledLog:
 
     @property
     def interval(self) -> float:
+        """
+        Seconds at least between two events of one key.
+        """
         return self._throttle.interval
 
     def warn(self, key: object, format: str, **fields: Any) -> None:
+        """
+        Log a warning for C{key}, unless one was logged less than
+        C{interval} seconds ago; the next one logged says how many were
+        suppressed meanwhile.
+        """
         suppressed = self._throttle.admit(key)
         if suppressed is None:
             return

@@ -22,6 +22,9 @@ __all__ = ["LogFiles", "jsonObserver"]
 
 
 def jsonObserver() -> ILogObserver:
+    """
+    A log observer writing one JSON object a line to standard output.
+    """
     # twistd calls this before it points sys.stdout at the log itself.
     stream = sys.__stdout__
     assert stream is not None
@@ -124,6 +127,10 @@ class LogFiles:
 
     @property
     def paths(self) -> list[str]:
+        """
+        The paths of the log files, found first if they were not yet (see
+        L{start}).
+        """
         self.start()
         assert self._files is not None
         return [f.path for f in self._files]

@@ -66,6 +66,10 @@ class EchoCollector:
         self.workers = workers
 
     def collect(self) -> Iterator[Metric]:
+        """
+        The metrics of the counts now (what prometheus_client calls on
+        every scrape).
+        """
         now = self.snapshot()
         refusedCounts, counts = now["refused"], now["datagrams"]
         yield CounterMetricFamily(
@@ -331,6 +335,10 @@ class MetricsGuard(WrappingFactory):
         self._refusals = ThrottledLog(log, reactor)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override, unused-ignore]
+        """
+        Build the wrapped protocol, or refuse the connection (None, and a
+        throttled log line) while C{maxConnections} are open.
+        """
         if len(self.protocols) >= self.maxConnections:
             self.refused += 1
             self._refusals.warn(

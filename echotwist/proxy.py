@@ -161,6 +161,10 @@ class ProxyHeaderWrapper(ProtocolWrapper):
     _deadline: Any = None
 
     def makeConnection(self, transport: Any) -> None:
+        """
+        Take the connection; the wrapped protocol starts once the header is
+        in.
+        """
         # ProtocolWrapper.makeConnection, except that the wrapped protocol
         # waits for the header.
         directlyProvides(self, providedBy(transport))
@@ -168,6 +172,11 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         self.factory.registerProtocol(self)
 
     def connectionMade(self) -> None:
+        """
+        Refuse a peer not trusted to send PROXY headers; otherwise let the
+        wrapped protocol count the connection, and start the header's
+        deadline.
+        """
         assert self.transport is not None
         trusted = self.factory.trusted
         if trusted is not None and not _isTrusted(self.transport.getPeer(), trusted):
@@ -184,6 +193,10 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         )
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Parse the PROXY header (refusing a bad one), then pass everything
+        after it to the wrapped protocol.
+        """
         if self._started:
             self.wrappedProtocol.dataReceived(data)
             return
@@ -244,30 +257,50 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         self._deadline = None
 
     def getPeer(self) -> IAddress:
+        """
+        The client the header named; the peer itself before the header, or
+        if the header named none.
+        """
         if self._proxyInfo is not None and self._proxyInfo.source is not None:
             return self._proxyInfo.source  # type: ignore[no-any-return]
         assert self.transport is not None
         return self.transport.getPeer()
 
     def getHost(self) -> IAddress:
+        """
+        The destination the header named; the local address before the
+        header, or if the header named none.
+        """
         if self._proxyInfo is not None and self._proxyInfo.destination is not None:
             return self._proxyInfo.destination  # type: ignore[no-any-return]
         assert self.transport is not None
         return self.transport.getHost()
 
     def readConnectionLost(self) -> None:
+        """
+        Pass a half-close on to a started half-closeable protocol; close
+        otherwise.
+        """
         if self._started and IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.readConnectionLost()
         else:
             self.loseConnection()
 
     def writeConnectionLost(self) -> None:
+        """
+        Pass a half-close on to a started half-closeable protocol; close
+        otherwise.
+        """
         if self._started and IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             self.wrappedProtocol.writeConnectionLost()
         else:
             self.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Tell the wrapped protocol: that it lost its connection if it
+        started, that it was abandoned before the header if not.
+        """
         self._cancelDeadline()
         if self._started:
             super().connectionLost(reason)
@@ -303,6 +336,9 @@ class ProxyWrappingFactory(WrappingFactory):
         self.refusals = ThrottledLog(log, reactor)
 
     def logPrefix(self) -> str:
+        """
+        The wrapped factory's prefix, marked as behind the PROXY wrapper.
+        """
         return f"{self.wrappedFactory.logPrefix()} (PROXY)"
 
 
@@ -326,6 +362,10 @@ class ProxyEndpoint:
         self.trusted = trusted
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """
+        Listen on the wrapped endpoint with C{factory} behind the PROXY
+        wrapper.
+        """
         return self._wrapped.listen(
             ProxyWrappingFactory(factory, self._reactor, self.trusted)
         )

@@ -56,6 +56,11 @@ log = Logger()
 
 
 class EchotwistEPollReactor(EPollReactor):
+    """
+    Twisted's epoll reactor without the logging context per event, echoing
+    plain small reads in its own loop (see the module docstring).
+    """
+
     def __init__(self) -> None:
         super().__init__()
         # Connections whose reads this loop echoes itself, by descriptor:
@@ -63,12 +68,19 @@ class EchotwistEPollReactor(EPollReactor):
         self._plainEchoes: dict[int, tuple[Any, Echo, Any, Any]] = {}
 
     def removeReader(self, reader: IReadDescriptor) -> None:
+        """
+        Stop reading from C{reader}, and echoing it in this loop.
+        """
         # Pausing, closing and losing a connection all come through here.
         # Twisted before 26 types fileno() as returning object.
         self._plainEchoes.pop(reader.fileno(), None)  # type: ignore[call-overload, unused-ignore]
         super().removeReader(reader)
 
     def doPoll(self, timeout: float | None) -> None:
+        """
+        Poll and handle the events; poll again at once while every event
+        was a plain echo, until C{timeout}.
+        """
         if timeout is None:
             timeout = -1  # wait indefinitely
         deadline = self.seconds() + timeout if timeout > 0 else 0.0

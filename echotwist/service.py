@@ -832,11 +832,19 @@ class EchoService(MultiService):
         return (lambda: stats(self.factory, self.datagramPolicy), lambda: 1, None)
 
     def privilegedStartService(self) -> None:
+        """
+        Take SIGHUP (a reload, from now on), and listen (as root, where
+        twistd is).
+        """
         # As early as twistd lets us: a SIGHUP from here on never kills.
         self._handleSignal(signal.SIGHUP, self.reload)
         super().privilegedStartService()
 
     def startService(self) -> None:
+        """
+        Log the reactor (and, once, the listeners that believe any PROXY
+        header), take SIGHUP and SIGUSR1, and start the listeners.
+        """
         # Said once however the service is started (twistd calls
         # privilegedStartService first, twist does not).
         reactorType = type(self.reactor)
@@ -929,6 +937,10 @@ class EchoService(MultiService):
                 )
 
     def stopService(self) -> Deferred[None]:
+        """
+        Stop listening, then drain the connections (see
+        L{EchoFactory.drain}); SIGHUP is restored only after.
+        """
         stopped: Deferred[object] = super().stopService()
         drained = stopped.addCallback(
             lambda _: self.factory.drain(self.shutdownTimeout)

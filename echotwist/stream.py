@@ -161,6 +161,10 @@ class Echo(Protocol):
             self.factory.awaitingEnded(self)
 
     def connectionMade(self) -> None:
+        """
+        Enter the books (or be refused), become the transport's producer,
+        and send directly where the transport allows.
+        """
         transport = self.transport
         assert transport is not None
         source = self.factory.sourceOf(getattr(transport.getPeer(), "host", None))
@@ -201,6 +205,10 @@ class Echo(Protocol):
         return formatAddress(transport.getPeer())
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Echo C{data}: straight to the socket when nothing is queued on a
+        direct transport, through C{transport.write()} otherwise.
+        """
         self.bytesEchoed += len(data)
         if len(data) >= SPLICE_FROM and not self._bulk:
             self._bulk = True
@@ -237,15 +245,23 @@ class Echo(Protocol):
             self.pauseProducing()
 
     def readConnectionLost(self) -> None:
-        # The client will send nothing more: echo what is still queued, then
-        # close our side too.
+        """
+        The client will send nothing more: echo what is still queued, then
+        close our side too.
+        """
         self.closeWhenFlushed("client finished sending")
 
     def writeConnectionLost(self) -> None:
-        # Nothing we write can arrive any more; there is no point reading.
+        """
+        Nothing we write can arrive any more, so there is no point reading:
+        close.
+        """
         self.closeWhenFlushed("client stopped receiving")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Leave the books, saying why the connection closed.
+        """
         if self._refused:
             return
         self._cancelQuietCheck()
@@ -337,10 +353,17 @@ class Echo(Protocol):
     # and drains; we pass them on to the transport's reading side.
 
     def pauseProducing(self) -> None:
+        """
+        Stop reading from the client: its echo is backed up.
+        """
         self._paused = True
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        """
+        Read from the client again: its echo drained.  During a drain that
+        counts as activity, and the quiet period starts over.
+        """
         self._paused = False
         self._resumes += 1
         self.transport.resumeProducing()
@@ -352,5 +375,7 @@ class Echo(Protocol):
             self._scheduleQuietCheck()
 
     def stopProducing(self) -> None:
-        # Called as the connection goes away; connectionLost does the books.
-        pass
+        """
+        Nothing: called as the connection goes away, and L{connectionLost}
+        does the books.
+        """

@@ -236,6 +236,11 @@ class SupervisorService(EchoService):
     # --- the listeners, handed over --------------------------------------
 
     def startService(self) -> None:
+        """
+        Listen, stop accepting there, and start the workers, which inherit
+        the listening sockets and accept on them; take SIGTTIN and SIGTTOU
+        to add and remove workers.
+        """
         super().startService()
         listeners: list[dict[str, Any]] = []
         datagrams: list[dict[str, Any]] = []
@@ -498,6 +503,11 @@ class SupervisorService(EchoService):
     # --- stopping --------------------------------------------------------
 
     def stopService(self) -> Deferred[None]:
+        """
+        Stop listening and send every worker SIGTERM: fires once all have
+        exited (any still running C{shutdownTimeout} plus a margin later
+        are killed).
+        """
         self._stopping = True
         for call in self._pendingRestarts:
             if call.active():

@@ -123,6 +123,11 @@ def _repeats(listener: Listener, seen: list[Listener]) -> bool:
 
 
 class Options(usage.Options):
+    """
+    The options of C{twistd echo} and C{twist echo}: their docstrings and
+    help strings are the C{--help} text.
+    """
+
     synopsis = "[options]"
     longdesc = (
         "An RFC 862 echo server: everything a client sends comes back to it,"
@@ -211,6 +216,10 @@ class Options(usage.Options):
         self["proxy-from"].append(parsed)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse as Twisted does; a usage error ends the process with status 1
+        where this twistd would end it with 0.
+        """
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -223,6 +232,11 @@ class Options(usage.Options):
             sys.exit(1)
 
     def postOptions(self) -> None:
+        """
+        Parse the values given, install the default reactor unless one was
+        named, then parse the stream, UDP and metrics listeners; a bad
+        value, or a bad or repeated listener, is a usage error.
+        """
         for f in optionFields():
             name = f.metadata["option"]
             if "parse" in f.metadata and isinstance(self[name], str):

@@ -52,6 +52,10 @@ class TLSServer(tcp.Server):
     bufferSize = TLS_READ_SIZE
 
     def write(self, data: bytes) -> None:
+        """
+        Send C{data} at once when nothing is queued before it, pausing the
+        producer if the kernel takes only part; queue it otherwise.
+        """
         if (
             self.dataBuffer
             or self._tempDataLen

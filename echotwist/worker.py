@@ -147,6 +147,9 @@ class _Control(LineOnlyReceiver):
 
 
 def main(argv: list[str]) -> None:
+    """
+    Run a worker: C{argv[1]} is the supervisor's JSON configuration.
+    """
     config = json.loads(argv[1])
     # Signals from a terminal reach the supervisor alone, which relays them.
     os.setpgrp()
