@@ -7,7 +7,8 @@ listeners, and the drain on shutdown).
 """
 
 from echotwist.connections import EchoFactory
-from echotwist.service import EchoService, Listener, parseListener
+from echotwist.listeners import Listener, parseListener
+from echotwist.service import EchoService
 from echotwist.stream import Echo
 
 __all__ = ["Echo", "EchoFactory", "EchoService", "Listener", "parseListener"]

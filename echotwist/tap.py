@@ -14,17 +14,15 @@ from typing import Any, TypeVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from echotwist.proxy import parseNetwork
-from echotwist.service import (
-    CannotListen,
+from echotwist.listeners import (
     DatagramListener,
-    EchoService,
     Listener,
-    LogFiles,
     MissingExtra,
     parseDatagramListener,
     parseListener,
 )
+from echotwist.proxy import parseNetwork
+from echotwist.service import CannotListen, EchoService, LogFiles
 from echotwist.settings import Settings, optionFields
 
 DEFAULT_PORT = "tcp:5000"

@@ -34,8 +34,9 @@ from twisted.logger import (
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
+from echotwist.listeners import DatagramListener, Listener, parseListener
 from echotwist.logs import LogFiles
-from echotwist.service import DatagramListener, EchoService, Listener, parseListener
+from echotwist.service import EchoService
 from echotwist.settings import Settings
 
 log = Logger()
