@@ -223,12 +223,8 @@ class EchoFactory(Factory):
 
         @return: whether it was admitted.
         """
-        why = self._refusal(protocol)
-        if why is not None:
-            self._refuse(protocol, why)
+        if not self._book(protocol):
             return False
-        protocol.openedAt = self.reactor.seconds()
-        self._count(protocol)
         self._admit(protocol)
         return True
 
@@ -239,14 +235,24 @@ class EchoFactory(Factory):
 
         @return: whether it was admitted.
         """
+        if not self._book(protocol):
+            return False
+        self.awaiting.add(protocol)
+        self._startSweeping()
+        return True
+
+    def _book(self, protocol: Echo) -> bool:
+        """
+        Count C{protocol} against the limits, or refuse it (and log why).
+
+        @return: whether it was counted.
+        """
         why = self._refusal(protocol)
         if why is not None:
             self._refuse(protocol, why)
             return False
         protocol.openedAt = self.reactor.seconds()
         self._count(protocol)
-        self.awaiting.add(protocol)
-        self._startSweeping()
         return True
 
     def headerReceived(self, protocol: Echo, source: str | None) -> bool:
