@@ -158,8 +158,8 @@ def _clampSocketBuffers(description: str, port: IListeningPort, size: int) -> No
     Set SO_SNDBUF and SO_RCVBUF to C{size} on a TCP listening socket.
     Connections accepted from it inherit both, from before their handshake
     (so the window offered fits), and with them the kernel's autotuning
-    turned off: a client that sends and never reads pins about four times
-    C{size} of kernel memory (Linux doubles the value set, for its
+    turned off: a client that sends and never reads pins at most about four
+    times C{size} of kernel memory (Linux doubles the value set, for its
     bookkeeping) instead of megabytes.  Not for UNIX sockets, whose memory
     the kernel bounds already (net.core.wmem_default a socket).
     """

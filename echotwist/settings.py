@@ -141,13 +141,13 @@ class Settings:
     )
     socketBuffer: int = _option(
         "socket-buffer",
-        64 * 1024,
+        96 * 1024,
         _socketBuffer,
         """SO_SNDBUF and SO_RCVBUF, in bytes, of every stream connection over
         TCP (TLS and haproxy: too); Linux doubles it, so a client that never
-        reads pins about four times this of kernel memory; 0 for the kernel's
-        autotuning, which lets one such client pin megabytes (e.g.
-        --socket-buffer 131072).""",
+        reads pins at most about four times this of kernel memory (about 350
+        KiB at the default); 0 for the kernel's autotuning, which lets one
+        such client pin megabytes (e.g. --socket-buffer 65536).""",
     )
     shutdownTimeout: float = _option(
         "shutdown-timeout",

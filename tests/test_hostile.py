@@ -32,8 +32,29 @@ MiB = 1024 * KiB
 #: What a connection whose client never reads may pin of kernel memory
 #: (its receive queue and send queue), by default (issue 13).
 KERNEL_BOUND = 512 * KiB
-#: What it may pin of the server's own memory (docs/security.rst, Backpressure).
-USER_BOUND = 128 * KiB
+
+
+def _readmeBounds() -> tuple[int, int]:
+    """
+    What README.rst promises one connection costs at the defaults: the
+    server process's part and the kernel's, in bytes.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.rst"), encoding="utf-8") as f:
+        text = " ".join(f.read().split())
+    found = re.search(
+        r"up to (\d+) KiB in the server process and about (\d+) KiB of kernel"
+        r" socket memory",
+        text,
+    )
+    assert found is not None, "README.rst no longer states the bound"
+    return int(found.group(1)) * KiB, int(found.group(2)) * KiB
+
+
+#: What it may pin of the server's own memory (README.rst;
+#: docs/security.rst, Backpressure), and what README says it pins in the
+#: kernel, which the measured figure may pass by at most a tenth.
+USER_BOUND, README_KERNEL = _readmeBounds()
 #: How much each such client tries to push.
 PUSH = 8 * MiB
 #: A client whose socket stays unwritable this long is held back.
@@ -166,6 +187,15 @@ class KernelMemoryTests(ServerTestCase):
     def test_tcp(self) -> None:
         memory = self.nonReaders("--port", f"tcp:0:interface={LOOPBACK}")
         self.assertLessEqual(max(memory), KERNEL_BOUND, memory)
+
+    def test_asReadmeSays(self) -> None:
+        """
+        At the defaults a non-reader pins about what README.rst says, within
+        a tenth, and README's figure is within the bound.
+        """
+        self.assertLessEqual(README_KERNEL, KERNEL_BOUND)
+        memory = self.nonReaders("--port", f"tcp:0:interface={LOOPBACK}", count=5)
+        self.assertLessEqual(max(memory), README_KERNEL * 1.1, memory)
 
     def test_tcpUnderProxyProtocol(self) -> None:
         memory = self.nonReaders(

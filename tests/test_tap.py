@@ -81,7 +81,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(service.factory.drainQuiet, 7.5)
 
     def test_socketBuffer(self) -> None:
-        self.assertEqual(parse()["socket-buffer"], 65536)
+        self.assertEqual(parse()["socket-buffer"], 98304)
         self.assertEqual(parse("--socket-buffer", "0")["socket-buffer"], 0)
         self.assertEqual(parse("--socket-buffer", "131072")["socket-buffer"], 131072)
 
