@@ -98,8 +98,12 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertIn(self.fd(protocol), self.plain)
 
     def injectSend(self, protocol: Echo, send: Any) -> None:
-        transport, echo, recv, _ = self.plain[self.fd(protocol)]
-        self.plain[self.fd(protocol)] = (transport, echo, recv, send)
+        """
+        Have the reactor send this connection's echoes with C{send}, called
+        as it calls C{os.write}: with the descriptor and the bytes.
+        """
+        transport, echo, read, _ = self.plain[self.fd(protocol)]
+        self.plain[self.fd(protocol)] = (transport, echo, read, send)
 
     def test_sendWouldBlock(self) -> None:
         """
@@ -110,7 +114,7 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
         failed = []
 
-        def wouldBlock(data: bytes) -> int:
+        def wouldBlock(fd: int, data: bytes) -> int:
             failed.append(data)
             raise BlockingIOError(errno.EAGAIN, "try again")
 
@@ -126,7 +130,7 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
         sock = protocol.transport.socket
 
-        def partly(data: bytes) -> int:
+        def partly(fd: int, data: bytes) -> int:
             return int(sock.send(data[:7]))
 
         self.injectSend(protocol, partly)
@@ -143,7 +147,7 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
         sock = protocol.transport.socket
 
-        def broken(data: bytes) -> int:
+        def broken(fd: int, data: bytes) -> int:
             # Gone for real, so that the transport's own attempt fails too.
             sock.shutdown(socket.SHUT_WR)
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
@@ -155,14 +159,14 @@ class PlainEchoTests(SynchronousTestCase):
 
     def test_recvFails(self) -> None:
         """
-        recv() failing (a reset): the connection is lost, as Twisted's own
-        doRead would have it.
+        The read failing (a reset): the connection is lost, as Twisted's
+        own doRead would have it.
         """
         client, protocol = self.loop.connect()
         self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
         transport, echo, _, send = self.plain[self.fd(protocol)]
 
-        def reset(size: int) -> bytes:
+        def reset(fd: int, size: int) -> bytes:
             raise ConnectionResetError(errno.ECONNRESET, "reset")
 
         self.plain[self.fd(protocol)] = (transport, echo, reset, send)

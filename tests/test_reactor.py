@@ -114,7 +114,8 @@ class _ScriptedPoller:
 class _PlainEcho:
     """
     What the reactor's plain-echo entry needs of an Echo and its socket:
-    a count, and recv()/send() that hand over C{message} each time.
+    a count, and a read and a write (called as C{os.read} and C{os.write}
+    are) that hand over C{message} each time.
     """
 
     bytesEchoed = 0
@@ -123,10 +124,10 @@ class _PlainEcho:
         self.message = message
         self.sent: list[bytes] = []
 
-    def recv(self, size: int) -> bytes:
+    def read(self, fd: int, size: int) -> bytes:
         return self.message
 
-    def send(self, data: bytes) -> int:
+    def write(self, fd: int, data: bytes) -> int:
         self.sent.append(data)
         return len(data)
 
@@ -149,8 +150,8 @@ class PlainPollTests(SynchronousTestCase):
         self.reactor._plainEchoes[1000] = (
             self.transport,
             self.echo,
-            self.echo.recv,
-            self.echo.send,
+            self.echo.read,
+            self.echo.write,
         )
         self.otherReads: list[int] = []
         self.reactor._selectables[1001] = _Counting(self.otherReads)
