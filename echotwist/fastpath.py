@@ -34,7 +34,14 @@ from echotwist import stream
 from echotwist.proxy import ProxyHeaderWrapper
 from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
 
-__all__ = ["SplicingServer", "finishRead", "plainEcho"]
+__all__ = [
+    "SplicingServer",
+    "bulkEcho",
+    "finishRead",
+    "finishSplice",
+    "plainEcho",
+    "splice",
+]
 
 # Stream connection events keep the namespace they had before the split of
 # echotwist.stream: operators filter on it, and text log lines stay as long
@@ -109,7 +116,8 @@ def _spliceRead(
     readFd, writeFd = pipe
     fd = transport.socket.fileno()
     try:
-        received = splice(fd, writeFd, DIRECT_READ_SIZE, flags=_SPLICE_FLAGS)
+        # Positional arguments: keywords would cost a parse per call.
+        received = splice(fd, writeFd, DIRECT_READ_SIZE, None, None, _SPLICE_FLAGS)
     except BlockingIOError:
         return None
     except OSError as e:
@@ -128,21 +136,58 @@ def _spliceRead(
         return main.CONNECTION_LOST
     if not received:
         return main.CONNECTION_DONE
+    return finishSplice(
+        protocol, transport, pipe, received, spliceOut(fd, pipe, received)
+    )
+
+
+def spliceOut(fd: int, pipe: tuple[int, int], received: int) -> int:
+    """
+    Splice the C{received} bytes just spliced into the shared pipe back
+    out to the socket C{fd}.
+
+    @return: how many it took; 0 if it would block, -1 if it failed (the
+        client is gone).
+    """
+    try:
+        return int(splice(pipe[0], fd, received, None, None, _SPLICE_FLAGS))
+    except BlockingIOError:
+        return 0
+    except OSError:
+        return -1
+    except BaseException:
+        _SharedPipe.discard()
+        raise
+
+
+def finishSplice(
+    protocol: Echo,
+    transport: SplicingServer,
+    pipe: tuple[int, int],
+    received: int,
+    sent: int,
+) -> ConnectionLost | ConnectionDone | None:
+    """
+    Count a spliced echo and finish it: what the socket did not take is
+    read out of the pipe and queued on the transport, and reading pauses,
+    as for a direct send.
+
+    @param protocol: the connection's L{Echo}.
+    @param transport: its transport.
+    @param pipe: the shared pipe, holding C{received - sent} bytes of it.
+    @param received: how many bytes were spliced into the pipe (1 or more).
+    @param sent: how many of them went back out (see L{spliceOut}).
+    @return: what L{tcp.Connection.doRead} returns: None, or why the
+        connection is over.
+    """
     protocol.bytesEchoed += received
     if received < SPLICE_FROM:
         protocol._bulk = False
+    if sent == received:
+        return None
     try:
-        try:
-            sent = splice(readFd, fd, received, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            # The client is gone; what was in flight to it goes too.
-            sent = -1
-        if sent == received:
-            return None
         unsent = received - max(sent, 0)
-        rest = os.read(readFd, unsent)
+        rest = os.read(pipe[0], unsent)
         if len(rest) != unsent:
             raise RuntimeError(f"read {len(rest)} of {unsent} bytes from the pipe")
     except BaseException:
@@ -230,6 +275,41 @@ def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
         # send() without flags, at less cost per call than the socket
         # object's methods (no argument tuple to parse).
         return protocol, os.read, os.write
+    return None
+
+
+def bulkEcho(transport: object) -> Echo | None:
+    """
+    Whether a transport's next read can be spliced without any of the
+    transport's or the protocol's code: what L{SplicingServer.doRead}
+    would splice (an L{Echo}, directly or under echotwist's PROXY wrapper,
+    in bulk, sending directly, nothing queued), not paused, not closing,
+    once the shared pipe exists.  For
+    L{echotwist.reactor.EchotwistEPollReactor}, which then splices in
+    and out in its own loop, and hands anything else to L{finishSplice}.
+
+    @return: the L{Echo}; or None.
+    """
+    if (
+        type(transport) is not SplicingServer
+        or not transport.connected
+        or transport.disconnecting
+        or _SharedPipe.fds is None
+    ):
+        return None
+    protocol = transport.protocol
+    if isinstance(protocol, ProxyHeaderWrapper):
+        protocol = protocol.wrappedProtocol
+    if (
+        isinstance(protocol, Echo)
+        and protocol._bulk
+        and protocol._direct is transport
+        and not protocol._paused
+        and protocol._closeReason is None
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+    ):
+        return protocol
     return None
 
 

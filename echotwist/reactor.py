@@ -31,27 +31,48 @@ either call.  Anything else, a short send, a send error, end of file, a
 read of L{SPLICE_FROM} or more, goes to the protocol, and the connection
 back to the ordinary path until an ordinary read finds it plain again.
 
-When every event of a poll was such a plain echo, it polls again at once
-instead of returning to Twisted's main loop: nothing ran that could have
-scheduled a call, stopped the reactor or queued a call from a thread (a
-thread or a signal handler wakes the reactor through its waker, which is
-not a plain echo), so the loop's pass over timed and thread calls would
-find nothing to do; it costs a microsecond or so, per message on a single
-connection.  It still returns when the next timed call is due.
+Bulk reads it splices itself the same way: for a connection the
+transport would splice (see L{echotwist.fastpath.bulkEcho}), the loop
+splices the read into the shared pipe and back out to the socket and
+counts it, without the transport's doRead and its checks; a short or
+failed splice, end of file, or a read under L{SPLICE_FROM} is finished by
+L{echotwist.fastpath.finishSplice} or the transport, and the connection
+goes back to the ordinary path.  At 100 KiB x 10 that took the server's
+user-space instructions per message from about 14,500 to 6,400
+(callgrind).
+
+When every event of a poll was such an echo, plain or spliced, it polls
+again at once instead of returning to Twisted's main loop: nothing ran
+that could have scheduled a call, stopped the reactor or queued a call
+from a thread (a thread or a signal handler wakes the reactor through its
+waker, which is not such an echo), so the loop's pass over timed and
+thread calls would find nothing to do; it costs a microsecond or so, per
+message on a single connection.  It still returns when the next timed
+call is due.
 """
 
 from __future__ import annotations
 
 import errno
+from errno import EINVAL, ENOSYS
 from select import EPOLLIN
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.interfaces import IReadDescriptor
-from twisted.internet.main import installReactor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReactor
 from twisted.logger import Logger
 
-from echotwist.fastpath import SplicingServer, finishRead, plainEcho
+from echotwist import fastpath
+from echotwist.fastpath import (
+    _SPLICE_FLAGS,
+    SplicingServer,
+    _SharedPipe,
+    bulkEcho,
+    finishRead,
+    finishSplice,
+    plainEcho,
+)
 from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
 
 __all__ = ["EchotwistEPollReactor", "install"]
@@ -71,6 +92,9 @@ class EchotwistEPollReactor(EPollReactor):
         # the transport, its Echo, and the read and write to call with the
         # descriptor (os.read and os.write; tests put others in).
         self._plainEchoes: dict[int, tuple[Any, Echo, Any, Any]] = {}
+        # Connections in bulk whose reads this loop splices itself (see
+        # echotwist.fastpath.bulkEcho): the transport and its Echo.
+        self._bulkEchoes: dict[int, tuple[Any, Echo]] = {}
 
     def removeReader(self, reader: IReadDescriptor) -> None:
         """
@@ -78,7 +102,9 @@ class EchotwistEPollReactor(EPollReactor):
         """
         # Pausing, closing and losing a connection all come through here.
         # Twisted before 26 types fileno() as returning object.
-        self._plainEchoes.pop(reader.fileno(), None)  # type: ignore[call-overload, unused-ignore]
+        fd = reader.fileno()
+        self._plainEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
+        self._bulkEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         super().removeReader(reader)
 
     def doPoll(self, timeout: float | None) -> None:
@@ -119,6 +145,7 @@ class EchotwistEPollReactor(EPollReactor):
         plainEchoes = self._plainEchoes
         readSize = DIRECT_READ_SIZE
         spliceFrom = SPLICE_FROM
+        bulkEchoes = self._bulkEchoes
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:
@@ -158,20 +185,103 @@ class EchotwistEPollReactor(EPollReactor):
                         if why:
                             self._disconnectSelectable(selectable, why, True)
                         continue
+                    bulk = bulkEchoes.get(fd)
+                    pipe = _SharedPipe.fds
+                    if bulk is not None and bulk[0] is selectable and pipe:
+                        # What SplicingServer.doRead does for a bulk echo
+                        # (see bulkEcho), without a call to it.
+                        try:
+                            if self._spliceEcho(fd, selectable, bulk[1], pipe):
+                                continue
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException as e:
+                            # As Twisted's _doReadOrWrite has it: logged,
+                            # and the connection is lost.
+                            log.failure(
+                                "Unhandled error in {selectable!r}",
+                                selectable=selectable,
+                            )
+                            self._disconnectSelectable(selectable, e, True)
+                        allPlain = False
+                        self._track(fd, selectable)
+                        continue
                 allPlain = False
                 doReadOrWrite(selectable, fd, event)
                 if type(selectable) is SplicingServer:
-                    found = plainEcho(selectable)
-                    if found is None:
-                        plainEchoes.pop(fd, None)
-                    else:
-                        plainEchoes[fd] = (selectable, *found)
+                    self._track(fd, selectable)
             except KeyboardInterrupt:
                 raise
             except BaseException:
                 allPlain = False
                 log.failure("Unhandled error in {selectable!r}", selectable=selectable)
         return allPlain
+
+    def _track(self, fd: int, transport: SplicingServer) -> None:
+        """
+        After an ordinary read or write, say whether this loop echoes the
+        connection's next read itself, plainly or by splicing, or leaves it
+        to the transport.
+        """
+        found = plainEcho(transport)
+        if found is not None:
+            self._plainEchoes[fd] = (transport, *found)
+            self._bulkEchoes.pop(fd, None)
+            return
+        self._plainEchoes.pop(fd, None)
+        echo = bulkEcho(transport)
+        if echo is None:
+            self._bulkEchoes.pop(fd, None)
+        else:
+            self._bulkEchoes[fd] = (transport, echo)
+
+    def _spliceEcho(
+        self, fd: int, selectable: Any, echo: Echo, pipe: tuple[int, int]
+    ) -> bool:
+        """
+        Splice one read of a bulk echo (see L{bulkEcho}) into the shared
+        pipe and back out to the socket, as L{SplicingServer.doRead} would.
+
+        @return: whether that was all: a whole bulk read echoed, or nothing
+            to read yet.  Otherwise the rest is done (a short send queued,
+            the end of the connection handled) and the connection is back
+            on the ordinary path.
+        """
+        try:
+            received = fastpath.splice(
+                fd, pipe[1], DIRECT_READ_SIZE, None, None, _SPLICE_FLAGS
+            )
+        except BlockingIOError:
+            return True
+        except OSError as e:
+            del self._bulkEchoes[fd]
+            if e.errno in (EINVAL, ENOSYS):
+                # The transport's own read finds out, and says so.
+                self._doReadOrWrite(selectable, fd, EPOLLIN)
+            else:
+                self._disconnectSelectable(selectable, CONNECTION_LOST, True)
+            return False
+        if not received:
+            del self._bulkEchoes[fd]
+            self._disconnectSelectable(selectable, CONNECTION_DONE, True)
+            return False
+        try:
+            sent = fastpath.splice(pipe[0], fd, received, None, None, _SPLICE_FLAGS)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = -1  # the client is gone
+        except BaseException:
+            _SharedPipe.discard()
+            raise
+        if sent == received and received >= SPLICE_FROM:
+            echo.bytesEchoed += received
+            return True
+        del self._bulkEchoes[fd]
+        why = finishSplice(echo, selectable, pipe, received, sent)
+        if why:
+            self._disconnectSelectable(selectable, why, True)
+        return False
 
     doIteration = doPoll
 

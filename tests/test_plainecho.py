@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo
+from echotwist.fastpath import SplicingServer
 from echotwist.reactor import EchotwistEPollReactor
 from tests.test_splice import Loopback, pattern
 
@@ -65,6 +66,29 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertIs(self.plain[self.fd(protocol)][1], protocol)
         self.assertEqual(protocol.bytesEchoed, total)
 
+    def test_bulkReadsSkipTheTransport(self) -> None:
+        """
+        Once a connection is in bulk and the shared pipe exists, the
+        reactor splices its reads in and out itself: the transport's doRead
+        is not called for each (an 8 MiB echo takes at least 64 reads of
+        at most 128 KiB), and every byte is counted.
+        """
+        reads = []
+        original = SplicingServer.doRead
+
+        def counting(transport: SplicingServer) -> Any:
+            reads.append(transport)
+            return original(transport)
+
+        self.patch(SplicingServer, "doRead", counting)
+        client, protocol = self.loop.connect()
+        payload = pattern(8 << 20, 5)
+        self.assertEqual(self.loop.echo(client, payload), payload)
+        self.assertTrue(protocol._bulk)
+        self.assertIs(self.loop.reactor._bulkEchoes[self.fd(protocol)][1], protocol)
+        self.assertLess(len(reads), 16, "reads that went through the transport")
+        self.assertEqual(protocol.bytesEchoed, len(payload))
+
     def test_bulkLeavesAndSmallReturns(self) -> None:
         client, protocol = self.loop.connect()
         small = pattern(500, 1)
@@ -77,6 +101,7 @@ class PlainEchoTests(SynchronousTestCase):
             self.assertEqual(self.loop.echo(client, small), small)
         self.assertFalse(protocol._bulk)
         self.assertIn(self.fd(protocol), self.plain)
+        self.assertNotIn(self.fd(protocol), self.loop.reactor._bulkEchoes)
         self.assertEqual(protocol.bytesEchoed, len(bulk) + 4 * len(small))
 
     def test_shortSendsPauseAndComeBack(self) -> None:

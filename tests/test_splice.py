@@ -66,14 +66,16 @@ class Spy:
         self.failRead: BaseException | None = None
         self.failWrite: BaseException | None = None
 
-    def __call__(self, src: int, dst: int, count: int, **kwargs: Any) -> int:
+    def __call__(
+        self, src: int, dst: int, count: int, *args: Any, **kwargs: Any
+    ) -> int:
         fromPipe = (
             fastpath._SharedPipe.fds is not None and src == fastpath._SharedPipe.fds[0]
         )
         failure = self.failWrite if fromPipe else self.failRead
         if failure is not None:
             raise failure
-        moved = os.splice(src, dst, count, **kwargs)
+        moved = os.splice(src, dst, count, *args, **kwargs)
         if fromPipe:
             self.writes += 1
             self.partial += moved < count

@@ -1,0 +1,40 @@
+#!/bin/bash
+# User-space instructions per message of the command as typed, counted by
+# valgrind's callgrind (repeatable whatever else the machine is doing, unlike
+# CPU time): the server runs under callgrind, the benchmark's C client drives
+# SIZE-byte messages on CONNS connections for 2 s and then for 8 s, and the
+# difference of the two runs' totals over the difference of their messages
+# leaves start-up and shutdown out.  Loopback only; every wait is bounded.
+#
+#   bash benchmarks/instructions.sh 1024 10 [twistd echo options...]
+#
+# Needs valgrind, a C compiler and twistd on PATH (or TWISTD=...).
+set -eu
+size=${1:?SIZE}; conns=${2:?CONNS}; shift 2
+extra=("$@")
+here=$(cd "$(dirname "$0")" && pwd)
+twistd=${TWISTD:-$(command -v twistd)}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cc -O2 -o "$work/loadgen" "$here/loadgen.c"
+
+run() {  # run SECONDS: prints "messages instructions"
+    local port pid out i
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
+        "$(head -1 "$twistd" | sed 's/^#!//')" "$twistd" -n --pidfile= echo \
+        --port "tcp:$port:interface=127.0.0.1" --max-connections 0 --max-per-source 0 \
+        --no-connection-logs ${extra[@]+"${extra[@]}"} >"$work/server.log" 2>&1 &
+    pid=$!
+    for i in $(seq 600); do
+        python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), timeout=1).close()" 2>/dev/null && break
+        sleep 0.1
+    done
+    out=$(taskset -c 1 "$work/loadgen" "$port" "$conns" "$size" "$1")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "$(echo "$out" | sed 's/.*messages=\([0-9]*\).*/\1/') $(awk '/Collected :/ {print $NF}' "$work/server.log")"
+}
+
+read -r m1 i1 < <(run 2)
+read -r m2 i2 < <(run 8)
+echo "${size} B x ${conns}: $(( (i2 - i1) / (m2 - m1) )) user-space instructions per message ($m1 and $m2 messages)"
