@@ -23,7 +23,7 @@ L{finishRead} hands the protocol a read that loop could not finish.
 from __future__ import annotations
 
 import os
-from errno import EINVAL, ENOSYS
+from errno import EINVAL, ENOBUFS, ENOSYS
 from typing import Any
 
 from twisted.internet import main, tcp
@@ -40,6 +40,7 @@ __all__ = [
     "finishRead",
     "finishSplice",
     "plainEcho",
+    "plainRead",
     "splice",
 ]
 
@@ -55,6 +56,7 @@ try:
     _SPLICE_FLAGS = SPLICE_F_MOVE | SPLICE_F_NONBLOCK
 except ImportError:  # not Linux
     splice = None  # type: ignore[assignment]
+    _SPLICE_FLAGS = 0
 
 
 class _SharedPipe:
@@ -119,7 +121,12 @@ def _spliceRead(
         # Positional arguments: keywords would cost a parse per call.
         received = splice(fd, writeFd, DIRECT_READ_SIZE, None, None, _SPLICE_FLAGS)
     except BlockingIOError:
-        return None
+        # The socket is readable (the reactor said so), yet there is
+        # nothing to splice: TCP urgent data (MSG_OOB), at whose mark
+        # splice(2) stops, for ever, while epoll goes on reporting the
+        # socket readable: a busy loop and a stalled echo.  A plain read,
+        # recv(), steps over the urgent byte (out of band, so not echoed).
+        return plainRead(transport)
     except OSError as e:
         if e.errno in (EINVAL, ENOSYS):
             # This kernel cannot splice from a socket: read the plain
@@ -132,13 +139,17 @@ def _spliceRead(
                 event="splice.unavailable",
                 error=os.strerror(e.errno),
             )
-            return _plainRead(transport)
+            return plainRead(transport)
         return main.CONNECTION_LOST
     if not received:
         return main.CONNECTION_DONE
-    return finishSplice(
-        protocol, transport, pipe, received, spliceOut(fd, pipe, received)
-    )
+    try:
+        sent = spliceOut(fd, pipe, received)
+    except BaseException:
+        # Whatever interrupted it, the pipe holds this connection's bytes.
+        _SharedPipe.discard()
+        raise
+    return finishSplice(protocol, transport, pipe, received, sent)
 
 
 def spliceOut(fd: int, pipe: tuple[int, int], received: int) -> int:
@@ -146,18 +157,15 @@ def spliceOut(fd: int, pipe: tuple[int, int], received: int) -> int:
     Splice the C{received} bytes just spliced into the shared pipe back
     out to the socket C{fd}.
 
-    @return: how many it took; 0 if it would block, -1 if it failed (the
-        client is gone).
+    @return: how many it took; 0 if it would block (or ENOBUFS, as
+        Twisted's writes take it), -1 if it failed (the client is gone).
     """
     try:
         return int(splice(pipe[0], fd, received, None, None, _SPLICE_FLAGS))
     except BlockingIOError:
         return 0
-    except OSError:
-        return -1
-    except BaseException:
-        _SharedPipe.discard()
-        raise
+    except OSError as e:
+        return 0 if e.errno == ENOBUFS else -1
 
 
 def finishSplice(
@@ -199,7 +207,7 @@ def finishSplice(
     return None
 
 
-def _plainRead(transport: tcp.Server) -> ConnectionLost | ConnectionDone | None:
+def plainRead(transport: tcp.Server) -> ConnectionLost | ConnectionDone | None:
     """
     Read as L{tcp.Server} does.
     """
@@ -236,7 +244,7 @@ class SplicingServer(tcp.Server):
             pipe = _SharedPipe.get()
             if pipe is not None:
                 return _spliceRead(protocol, self, pipe)
-        return _plainRead(self)
+        return plainRead(self)
 
 
 # Echo sends directly on this transport too.  Registered from here, where

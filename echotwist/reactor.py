@@ -54,7 +54,7 @@ call is due.
 from __future__ import annotations
 
 import errno
-from errno import EINVAL, ENOSYS
+from errno import EINVAL, ENOBUFS, ENOSYS
 from select import EPOLLIN
 from typing import Any
 
@@ -72,6 +72,7 @@ from echotwist.fastpath import (
     finishRead,
     finishSplice,
     plainEcho,
+    plainRead,
 )
 from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
 
@@ -181,7 +182,19 @@ class EchotwistEPollReactor(EPollReactor):
                         # may pause, close or turn to bulk, so this
                         # connection goes back to the ordinary path.
                         del plainEchoes[fd]
-                        why = finishRead(echo, data, sent)
+                        why: BaseException | None
+                        try:
+                            why = finishRead(echo, data, sent)
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException as e:
+                            # As Twisted's _doReadOrWrite has it: logged,
+                            # and the connection is lost.
+                            log.failure(
+                                "Unhandled error in {selectable!r}",
+                                selectable=selectable,
+                            )
+                            why = e
                         if why:
                             self._disconnectSelectable(selectable, why, True)
                         continue
@@ -197,7 +210,9 @@ class EchotwistEPollReactor(EPollReactor):
                             raise
                         except BaseException as e:
                             # As Twisted's _doReadOrWrite has it: logged,
-                            # and the connection is lost.
+                            # and the connection is lost.  The pipe may
+                            # hold its bytes: it goes too.
+                            _SharedPipe.discard()
                             log.failure(
                                 "Unhandled error in {selectable!r}",
                                 selectable=selectable,
@@ -242,17 +257,23 @@ class EchotwistEPollReactor(EPollReactor):
         Splice one read of a bulk echo (see L{bulkEcho}) into the shared
         pipe and back out to the socket, as L{SplicingServer.doRead} would.
 
-        @return: whether that was all: a whole bulk read echoed, or nothing
-            to read yet.  Otherwise the rest is done (a short send queued,
-            the end of the connection handled) and the connection is back
-            on the ordinary path.
+        @return: whether that was all: a whole bulk read echoed.  Otherwise
+            the rest is done (a short send queued, the end of the
+            connection handled, a plain read) and the connection is back on
+            the ordinary path.
         """
         try:
             received = fastpath.splice(
                 fd, pipe[1], DIRECT_READ_SIZE, None, None, _SPLICE_FLAGS
             )
         except BlockingIOError:
-            return True
+            # Readable, yet nothing to splice: TCP urgent data (see
+            # fastpath._spliceRead).  A plain read steps over it.
+            del self._bulkEchoes[fd]
+            why = plainRead(selectable)
+            if why:
+                self._disconnectSelectable(selectable, why, True)
+            return False
         except OSError as e:
             del self._bulkEchoes[fd]
             if e.errno in (EINVAL, ENOSYS):
@@ -269,11 +290,10 @@ class EchotwistEPollReactor(EPollReactor):
             sent = fastpath.splice(pipe[0], fd, received, None, None, _SPLICE_FLAGS)
         except BlockingIOError:
             sent = 0
-        except OSError:
-            sent = -1  # the client is gone
-        except BaseException:
-            _SharedPipe.discard()
-            raise
+        except OSError as e:
+            # ENOBUFS is a full buffer, as Twisted's writes take it;
+            # anything else, the client is gone.
+            sent = 0 if e.errno == ENOBUFS else -1
         if sent == received and received >= SPLICE_FROM:
             echo.bytesEchoed += received
             return True

@@ -163,6 +163,24 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertEqual(self.loop.echo(client, message), message)
         self.assertEqual(protocol.bytesEchoed, 4 + len(message))
 
+    def test_protocolErrorLosesTheConnection(self) -> None:
+        """
+        An unexpected error in the protocol while it finishes a read the
+        reactor began is logged once and loses the connection, as
+        Twisted's own read path has it.
+        """
+        client, protocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+
+        def broken(direct: Any, data: bytes, sent: Any) -> None:
+            raise RuntimeError("injected")
+
+        self.patch(protocol, "_sendRest", broken)
+        self.injectSend(protocol, lambda fd, data: 1)
+        client.sendall(b"more")
+        self.loop.until(lambda: self.closed(protocol), "the loss")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_sendFails(self) -> None:
         """
         send() failing for good (the client is gone): the connection is

@@ -331,6 +331,23 @@ class SpliceTests(SynchronousTestCase):
         self.assertEqual(pipeHolds(), 0)
         self.assertIsNotNone(fastpath._SharedPipe.fds)
 
+    def test_urgentDataDoesNotStallTheEcho(self) -> None:
+        """
+        A client in bulk sends a byte of TCP urgent data (MSG_OOB) and then
+        more: splice(2) stops at the urgent mark and would say "try again"
+        for ever while epoll keeps reporting the socket readable, a busy
+        loop and a stalled echo.  The read there is a plain recv(), which
+        steps over the urgent byte (it is out of band: not echoed, as
+        Twisted's own reads have it), and the rest comes back in order.
+        """
+        client, protocol = self.loop.connect()
+        first, second = pattern(1 << 20, 1), pattern(1 << 20, 2)
+        self.assertEqual(self.loop.echo(client, first), first)
+        self.assertTrue(protocol._bulk)
+        client.send(b"!", socket.MSG_OOB)
+        self.assertEqual(self.loop.echo(client, second), second)
+        self.assertEqual(protocol.bytesEchoed, len(first) + len(second))
+
     def test_kernelThatCannotSplice(self) -> None:
         """
         EINVAL from splicing a socket turns splicing off for the process;
