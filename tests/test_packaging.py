@@ -215,6 +215,7 @@ class FreshInstallTests(SynchronousTestCase):
             text=True,
             timeout=WAIT,
             cwd=self.directory,
+            env=isolated(),
         )
         self.assertNotEqual(missing.returncode, 0, "pyOpenSSL was installed")
         refused = subprocess.run(
@@ -230,6 +231,7 @@ class FreshInstallTests(SynchronousTestCase):
             text=True,
             timeout=WAIT,
             cwd=self.directory,
+            env=isolated(),
         )
         self.assertEqual(refused.returncode, 1)
         self.assertEqual(
@@ -353,6 +355,9 @@ class AnotherUserTests(SynchronousTestCase):
             cwd=self.directory,
             runner=[os.path.join(self.venv, "bin", "twistd"), "-n", "--pidfile="],
             preexec=_asUser(self.uid, self.gid),
+            # Not this test run's sys.path (trial -j hands it to its
+            # workers as PYTHONPATH): only the service's own venv.
+            env={name: None for name in _LEAKS},
         )
         self.addCleanup(server.kill)
         return server
