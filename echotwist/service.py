@@ -16,10 +16,9 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
@@ -28,6 +27,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from twisted.python.failure import Failure
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, formatAddress
 from echotwist.connections import DEFAULT_DRAIN_QUIET, EchoFactory
@@ -187,15 +187,20 @@ def _clampSocketBuffers(description: str, port: IListeningPort, size: int) -> No
             )
 
 
-class _ListenerService(StreamServerEndpointService):
+class _ListenerService(Service):
     """
     One listener.  A listener that cannot listen stops the start of the
     whole server with a one-line reason instead of a traceback.
-    """
 
-    # Raise listen errors out of (privileged)startService, as
-    # strports.service does, rather than log them and run without the port.
-    _raiseSynchronously = True
+    Twisted's L{StreamServerEndpointService
+    <twisted.application.internet.StreamServerEndpointService>} does this
+    (with C{_raiseSynchronously}, as C{strports.service} uses it), and this
+    is that service, kept to the part echotwist uses, for one reason: its
+    module, C{twisted.application.internet}, imports C{automat} for its
+    client services, 17 ms or more of the 250 ms from C{twistd -n echo} to
+    its first echo on the benchmark's machine, which a plain Twisted
+    C{.tac} (through C{strports}) pays and echotwist's start need not.
+    """
 
     def __init__(
         self,
@@ -214,17 +219,56 @@ class _ListenerService(StreamServerEndpointService):
             accepts go (Twisted's, e.g. out of file descriptors); None for
             the global log.
         """
-        super().__init__(listener.endpoint, factory)
+        self.endpoint = listener.endpoint
+        self.factory = factory
         self.description = listener.description
         self.kind = kind
         self.socketBuffer = socketBuffer
         self.acceptLog = acceptLog
         self.port: IListeningPort | None = None
+        # The endpoint's listen, once called: fires with the port (or None,
+        # if it failed after start-up, or was cancelled).
+        self._listening: Deferred[IListeningPort | None] | None = None
 
     def privilegedStartService(self) -> None:
-        _listenOrExit(self.description, super().privilegedStartService)
-        assert self._waitingForPort is not None
-        self._waitingForPort.addCallback(self._started)
+        """
+        Listen (before twistd drops privileges: ports under 1024).
+        """
+        super().privilegedStartService()
+        _listenOrExit(self.description, self._listen)
+
+    def startService(self) -> None:
+        """
+        Listen, unless L{privilegedStartService} did.
+        """
+        super().startService()
+        if self._listening is None:
+            _listenOrExit(self.description, self._listen)
+
+    def _listen(self) -> None:
+        """
+        Call the endpoint's listen: a failure now (all of echotwist's
+        endpoints fail at once) is raised; a later one is logged.
+        """
+        now = True
+        failedNow: list[Failure] = []
+
+        def failed(reason: Failure) -> None:
+            if now:
+                failedNow.append(reason)
+            elif not reason.check(CancelledError):
+                log.failure(
+                    "echotwist: cannot listen on {description}",
+                    reason,
+                    description=self.description,
+                )
+
+        listening = self.endpoint.listen(self.factory)
+        self._listening = listening.addCallbacks(self._started, failed)
+        now = False
+        if failedNow:
+            self._listening = None
+            failedNow[0].raiseException()
 
     def _started(self, port: IListeningPort) -> IListeningPort:
         # First of all: the kernel completes handshakes before anything is
@@ -269,8 +313,21 @@ class _ListenerService(StreamServerEndpointService):
         return port
 
     def stopService(self) -> Deferred[None]:
-        d: Deferred[None] = super().stopService()
-        return d.addCallback(lambda result: _logStopped(self.description))
+        """
+        Stop listening, or stop trying to.
+        """
+        super().stopService()
+        listening, self._listening = self._listening, None
+        if listening is None:
+            return succeed(None)
+        listening.cancel()
+
+        def stop(port: IListeningPort | None) -> Deferred[None] | None:
+            return None if port is None else port.stopListening()
+
+        return listening.addCallback(stop).addCallback(
+            lambda result: _logStopped(self.description)
+        )
 
 
 class _DatagramListenerService(Service):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -234,6 +236,99 @@ class StopTests(SynchronousTestCase):
         self.assertTrue(transport.disconnected)
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(stopped)
+
+
+@implementer(IStreamServerEndpoint)
+class _SlowEndpoint:
+    """
+    An endpoint whose listen answers later (or never), unlike all of
+    echotwist's own.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.listening: Deferred[IListeningPort] = Deferred(self._cancel)
+
+    def _cancel(self, d: Deferred[IListeningPort]) -> None:
+        self.cancelled = True
+
+    def listen(self, factory: Factory) -> Deferred[IListeningPort]:
+        return self.listening
+
+
+class PendingListenTests(SynchronousTestCase):
+    """
+    echotwist's own listener service (see its docstring: Twisted's
+    StreamServerEndpointService, without its module) with an endpoint that
+    has not answered yet.
+    """
+
+    def test_stopCancelsTheListen(self) -> None:
+        endpoint = _SlowEndpoint()
+        service = EchoService(
+            [Listener("tcp:5000", endpoint)], reactor=MemoryReactorClock()
+        )
+        service.privilegedStartService()
+        service.startService()
+        with capturedLogs() as events:
+            self.successResultOf(service.stopService())
+        self.assertTrue(endpoint.cancelled)
+        self.assertEqual([e.get("event") for e in events if e.get("log_failure")], [])
+        self.assertIn("listener.stopped", [e.get("event") for e in events])
+
+    def test_aLateFailureIsLogged(self) -> None:
+        endpoint = _SlowEndpoint()
+        service = EchoService(
+            [Listener("tcp:5000", endpoint)], reactor=MemoryReactorClock()
+        )
+        service.startService()
+        with capturedLogs() as events:
+            endpoint.listening.errback(cannotListen(errno.EADDRINUSE, "in use"))
+        (failure,) = [e for e in events if e.get("log_failure")]
+        self.assertEqual(formatEvent(failure), "echotwist: cannot listen on tcp:5000")
+        self.assertTrue(failure["log_failure"].check(CannotListenError))
+        self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
+        # Stopping then has nothing to stop.
+        self.successResultOf(service.stopService())
+
+    def test_aLatePortIsServedAndStopped(self) -> None:
+        endpoint = _SlowEndpoint()
+        service = EchoService(
+            [Listener("tcp:5000", endpoint)], reactor=MemoryReactorClock()
+        )
+        service.startService()
+        journal: list[str] = []
+        endpoint.listening.callback(_Port(journal))
+        (child,) = service
+        self.assertIsInstance(child.port, _Port)  # type: ignore[attr-defined]
+        self.successResultOf(service.stopService())
+        self.assertEqual(journal, ["stopped listening"])
+
+
+class StartWeightTests(SynchronousTestCase):
+    """
+    What starting C{twistd -n echo} imports: not the modules only some
+    listeners need, which cost every start time (docs/performance.rst).
+    """
+
+    def test_startImportsNeitherAutomatNorThePROXYParsers(self) -> None:
+        code = (
+            "import sys\n"
+            "import echotwist.reactor, echotwist.tap\n"
+            "from twisted.plugins.echotwist_plugin import echo\n"
+            "echo.options().parseOptions(['--listen', 'haproxy:tcp:0'])\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith(("
+            "'automat', 'twisted.application.internet',"
+            " 'twisted.protocols.haproxy')))))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        self.assertEqual(out.strip(), "")
 
 
 class SocketBufferTests(SynchronousTestCase):
