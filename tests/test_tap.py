@@ -405,6 +405,51 @@ class MakeServiceTests(SynchronousTestCase):
         )  # type: ignore[attr-defined]
 
 
+class LogFileSearchTests(SynchronousTestCase):
+    """
+    The service looks among live objects for twistd's log file (which
+    SIGHUP reopens) only where twistd may have opened one: a search costs
+    start-up a few milliseconds.
+    """
+
+    def searches(self, *twistdArgv: str) -> bool:
+        from twisted.scripts._twistd_unix import ServerOptions
+
+        config = ServerOptions()
+        config.parseOptions([*twistdArgv, "echo", "--port", "0"])
+        service = makeService(config.subOptions)
+        assert isinstance(service, EchoService)
+        return service.logFiles._twistd
+
+    def test_notToStandardOutput(self) -> None:
+        self.assertFalse(self.searches("-n"))
+        self.assertFalse(self.searches("-n", "--logfile=-"))
+
+    def test_notToSyslog(self) -> None:
+        self.assertFalse(self.searches("--syslog"))
+
+    def test_aLogFile(self) -> None:
+        self.assertTrue(self.searches("-n", "--logfile=echo.log"))
+        # A daemon with no --logfile writes twistd.log.
+        self.assertTrue(self.searches())
+
+    def test_twist(self) -> None:
+        from twisted.application.twist._options import TwistOptions
+
+        config = TwistOptions()
+        config.parseOptions(["echo", "--port", "0"])
+        service = makeService(config.subOptions)
+        assert isinstance(service, EchoService)
+        self.assertFalse(service.logFiles._twistd)
+
+    def test_noRunner(self) -> None:
+        options = parse()
+        options.parent = None
+        service = makeService(options)
+        assert isinstance(service, EchoService)
+        self.assertTrue(service.logFiles._twistd)
+
+
 class DefaultReactorTests(SynchronousTestCase):
     """
     What the tap installs when the user names no reactor.  (The real
