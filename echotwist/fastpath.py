@@ -31,7 +31,6 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 
 from echotwist import stream
-from echotwist.proxy import ProxyHeaderWrapper
 from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
 
 __all__ = [
@@ -231,7 +230,7 @@ class SplicingServer(tcp.Server):
         read as L{tcp.Server} does otherwise.
         """
         protocol = self.protocol
-        if isinstance(protocol, ProxyHeaderWrapper):
+        if isinstance(protocol, stream.passThroughWrappers):
             # Past the header the wrapper only passes bytes on.
             protocol = protocol.wrappedProtocol
         if (
@@ -306,7 +305,7 @@ def bulkEcho(transport: object) -> Echo | None:
     ):
         return None
     protocol = transport.protocol
-    if isinstance(protocol, ProxyHeaderWrapper):
+    if isinstance(protocol, stream.passThroughWrappers):
         protocol = protocol.wrappedProtocol
     if (
         isinstance(protocol, Echo)

@@ -28,8 +28,6 @@ from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromSt
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 
-from echotwist.proxy import ProxyEndpoint
-
 __all__ = [
     "BURST_BACKLOG",
     "DatagramListener",
@@ -177,6 +175,10 @@ def parseListener(
         # haproxy: is Twisted's prefix; echotwist's own wrapper takes its
         # place (see echotwist.proxy for why).
         if text.startswith(_PROXY_PREFIX):
+            # Imported here: most servers never need it (see
+            # echotwist.stream.passThroughWrappers).
+            from echotwist.proxy import ProxyEndpoint
+
             endpoint: IStreamServerEndpoint = ProxyEndpoint(
                 _endpoint(reactor, text[len(_PROXY_PREFIX) :], backlog), reactor
             )

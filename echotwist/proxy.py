@@ -48,6 +48,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from echotwist import stream
 from echotwist._address import formatAddress
 from echotwist.limits import ThrottledLog
 
@@ -318,6 +319,11 @@ class ProxyHeaderWrapper(ProtocolWrapper):
             abandoned = getattr(self.wrappedProtocol, "proxyAbandoned", None)
             if abandoned is not None:
                 abandoned()
+
+
+# Past its header the wrapper passes bytes on and writes to the TCP
+# transport: the direct send and the splice see through it.
+stream.passThroughWrappers = (*stream.passThroughWrappers, ProxyHeaderWrapper)
 
 
 class ProxyWrappingFactory(WrappingFactory):

@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import tcp
@@ -41,9 +41,11 @@ from echotwist.listeners import (
     parseListener,
 )
 from echotwist.logs import LogFiles
-from echotwist.proxy import Network, ProxyEndpoint, ProxyWrappingFactory, parseNetwork
 from echotwist.settings import MIN_SOCKET_BUFFER, Settings
 from echotwist.stream import Echo
+
+if TYPE_CHECKING:
+    from echotwist.proxy import Network
 
 __all__ = [
     "CannotListen",
@@ -292,7 +294,9 @@ class _ListenerService(Service):
         tlsModule = sys.modules.get("twisted.protocols.tls")
         if tlsModule is not None and isinstance(factory, tlsModule.TLSMemoryBIOFactory):
             tls, factory = factory, factory.wrappedFactory
-        if isinstance(factory, ProxyWrappingFactory):
+        # So is the PROXY wrapper's, wherever a haproxy: listener made it.
+        proxy = sys.modules.get("echotwist.proxy")
+        if proxy is not None and isinstance(factory, proxy.ProxyWrappingFactory):
             factory = factory.wrappedFactory
         if (
             type(port) is tcp.Port
@@ -455,11 +459,11 @@ class EchoService(MultiService):
             settings.udpRate, reactor, ipv6Prefix=settings.ipv6Prefix
         )
         self.shutdownTimeout = settings.shutdownTimeout
-        self.proxyFrom: list[Network] | None = (
-            None
-            if settings.proxyFrom is None
-            else [parseNetwork(item) for item in settings.proxyFrom]
-        )
+        self.proxyFrom: list[Network] | None = None
+        if settings.proxyFrom is not None:
+            from echotwist.proxy import parseNetwork
+
+            self.proxyFrom = [parseNetwork(item) for item in settings.proxyFrom]
         self._openProxies: list[str] = []
         self._warnOpenProxy = warnOpenProxy
         self.socketBuffer = settings.socketBuffer
@@ -504,7 +508,8 @@ class EchoService(MultiService):
         """
         Tell a C{haproxy:} listener whose PROXY headers to believe.
         """
-        if isinstance(listener.endpoint, ProxyEndpoint):
+        proxy = sys.modules.get("echotwist.proxy")
+        if proxy is not None and isinstance(listener.endpoint, proxy.ProxyEndpoint):
             listener.endpoint.trusted = self.proxyFrom
             if self.proxyFrom is None:
                 self._openProxies.append(listener.description)

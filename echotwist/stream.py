@@ -49,12 +49,20 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from echotwist._address import escape, formatAddress
-from echotwist.proxy import ProxyHeaderWrapper
 
 if TYPE_CHECKING:
+    from twisted.protocols.policies import ProtocolWrapper
+
     from echotwist.connections import EchoFactory
 
 __all__ = ["DIRECT_READ_SIZE", "SPLICE_FROM", "Echo"]
+
+#: Protocol wrappers that, past a header, only pass bytes on to the L{Echo}
+#: they wrap, whose write() is the TCP transport's: echotwist's PROXY
+#: wrapper, which adds itself here when L{echotwist.proxy} is imported.
+#: That module (and Twisted's PROXY parsers) loads only where a listener
+#: needs it, not at every start.
+passThroughWrappers: tuple[type[ProtocolWrapper], ...] = ()
 
 # Transports whose internals the direct send relies on (an empty
 # dataBuffer and _tempDataLen mean nothing is queued; socket is the socket;
@@ -187,7 +195,7 @@ class Echo(Protocol):
         transport.registerProducer(self, True)
         if type(transport) in _DIRECT_TRANSPORTS:
             self._direct = transport
-        elif isinstance(transport, ProxyHeaderWrapper) and (
+        elif isinstance(transport, passThroughWrappers) and (
             type(transport.transport) in _DIRECT_TRANSPORTS
         ):
             # The wrapper's write() is the TCP transport's write().

@@ -21,7 +21,6 @@ from echotwist.listeners import (
     parseDatagramListener,
     parseListener,
 )
-from echotwist.proxy import parseNetwork
 from echotwist.service import CannotListen, EchoService, LogFiles
 from echotwist.settings import Settings, optionFields
 
@@ -205,6 +204,8 @@ class Options(usage.Options):
         --proxy-from 2001:db8::7). Other peers are refused. [default: any
         peer, which can then claim any client address]
         """
+        from echotwist.proxy import parseNetwork
+
         try:
             parsed = parseNetwork(network)
         except ValueError as e:

@@ -312,14 +312,16 @@ class StartWeightTests(SynchronousTestCase):
     """
 
     def test_startImportsNeitherAutomatNorThePROXYParsers(self) -> None:
+        # (Nor twisted.protocols.policies, without the TLS extra; with it,
+        # twisted.internet.tcp imports it through twisted.protocols.tls.)
         code = (
             "import sys\n"
             "import echotwist.reactor, echotwist.tap\n"
             "from twisted.plugins.echotwist_plugin import echo\n"
-            "echo.options().parseOptions(['--listen', 'haproxy:tcp:0'])\n"
+            "echo.options().parseOptions(['--port', '0'])\n"
             "print(' '.join(sorted(m for m in sys.modules if m.startswith(("
             "'automat', 'twisted.application.internet',"
-            " 'twisted.protocols.haproxy')))))\n"
+            " 'twisted.protocols.haproxy', 'echotwist.proxy')))))\n"
         )
         out = subprocess.run(
             [sys.executable, "-c", code],
