@@ -30,7 +30,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -44,6 +44,8 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
@@ -51,10 +53,6 @@ from zope.interface import directlyProvides, implementer, providedBy
 from echotwist import stream
 from echotwist._address import formatAddress
 from echotwist.limits import ThrottledLog
-
-if TYPE_CHECKING:
-    from twisted.protocols.haproxy._v1parser import V1Parser
-    from twisted.protocols.haproxy._v2parser import V2Parser
 
 __all__ = [
     "Network",
@@ -67,10 +65,7 @@ __all__ = [
 log = Logger()
 
 _V1_SIGNATURE = b"PROXY "
-# V2Parser.PREFIX, spelled out: importing twisted.protocols.haproxy costs
-# every start a few milliseconds (its package imports all of it), so the
-# parsers are imported when a first header arrives, not before.
-_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+_V2_SIGNATURE = V2Parser.PREFIX
 _V2_FIXED_HEADER = 16
 
 Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
@@ -217,12 +212,8 @@ class ProxyHeaderWrapper(ProtocolWrapper):
                 if data[12] & 0xF0 != 0x20:
                     self._refuse("unsupported PROXY protocol version")
                     return
-                from twisted.protocols.haproxy._v2parser import V2Parser
-
                 self._parser = V2Parser()
             elif data.startswith(_V1_SIGNATURE):
-                from twisted.protocols.haproxy._v1parser import V1Parser
-
                 self._parser = V1Parser()
             elif _V2_SIGNATURE.startswith(data) or _V1_SIGNATURE.startswith(data):
                 return  # the signature is still arriving

@@ -265,14 +265,23 @@ class _ListenerService(Service):
                     description=self.description,
                 )
 
-        listening = self.endpoint.listen(self.factory)
-        self._listening = listening.addCallbacks(self._started, failed)
+        listening = self.endpoint.listen(self.factory).addCallback(self._started)
+        self._listening = listening.addErrback(failed)
         now = False
         if failedNow:
             self._listening = None
             failedNow[0].raiseException()
 
     def _started(self, port: IListeningPort) -> IListeningPort:
+        try:
+            return self._setUp(port)
+        except BaseException:
+            # Not serving, then (the failure is raised or logged): close the
+            # port rather than leave it open with nothing to stop it.
+            port.stopListening()
+            raise
+
+    def _setUp(self, port: IListeningPort) -> IListeningPort:
         # First of all: the kernel completes handshakes before anything is
         # accepted, and each connection takes the listening socket's
         # buffers as they are then.  (Those of the few microseconds between

@@ -341,12 +341,20 @@ def _twistdLogFile(runner: Any) -> bool:
     not spent when there is none to find.  As twistd decides
     (C{twisted.scripts._twistd_unix.UnixAppLogger}): not under C{twist},
     nor with C{--syslog}, nor to standard output (C{--logfile=-}, or none
-    with C{-n}).
+    with C{-n}).  With C{--logger} its observer may keep a log file of its
+    own: look.
     """
     if runner is None:
         return True  # not known: look
     if "logfile" not in runner:
         return False  # twist: its --log-file is in its options
+    if runner.get("logger"):
+        return True
+    if runner.get("debug"):
+        # twistd's logger decided before -b turned "nodaemon" on (in
+        # UnixApplicationRunner.preApplication, before makeService): what
+        # it chose is no longer to be told from the options.
+        return True
     if runner.get("syslog"):
         return False
     logfile = runner["logfile"]

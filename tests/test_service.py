@@ -305,6 +305,36 @@ class PendingListenTests(SynchronousTestCase):
         self.assertEqual(journal, ["stopped listening"])
 
 
+class _BrokenPort(_Port):
+    def getHost(self) -> IPv4Address:
+        raise RuntimeError("no address")
+
+
+@implementer(IStreamServerEndpoint)
+class _BrokenPortEndpoint:
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+
+    def listen(self, factory: Factory) -> Deferred[IListeningPort]:
+        return succeed(_BrokenPort(self.journal))
+
+
+class SetUpFailureTests(SynchronousTestCase):
+    def test_aPortThatCannotBeSetUpIsClosedAndSaid(self) -> None:
+        """
+        What goes wrong setting up a port just opened ends start-up with
+        one line, and the port is closed, not left open.
+        """
+        journal: list[str] = []
+        service = EchoService(
+            [Listener("tcp:5000", _BrokenPortEndpoint(journal))],
+            reactor=MemoryReactorClock(),
+        )
+        message = str(self.assertRaises(CannotListen, service.privilegedStartService))
+        self.assertEqual(message, "echotwist: cannot listen on tcp:5000: no address")
+        self.assertEqual(journal, ["stopped listening"])
+
+
 class StartWeightTests(SynchronousTestCase):
     """
     What starting C{twistd -n echo} imports: not the modules only some
@@ -318,7 +348,12 @@ class StartWeightTests(SynchronousTestCase):
             "import sys\n"
             "import echotwist.reactor, echotwist.tap\n"
             "from twisted.plugins.echotwist_plugin import echo\n"
-            "echo.options().parseOptions(['--port', '0'])\n"
+            "options = echo.options()\n"
+            "options.parseOptions(['--port', 'tcp:0:interface=127.0.0.1'])\n"
+            "service = echo.makeService(options)\n"
+            "service.privilegedStartService()\n"
+            "service.startService()\n"
+            "service.stopService()\n"
             "print(' '.join(sorted(m for m in sys.modules if m.startswith(("
             "'automat', 'twisted.application.internet',"
             " 'twisted.protocols.haproxy', 'echotwist.proxy')))))\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import signal
 import sys
 
 import twisted
@@ -409,29 +410,64 @@ class LogFileSearchTests(SynchronousTestCase):
     """
     The service looks among live objects for twistd's log file (which
     SIGHUP reopens) only where twistd may have opened one: a search costs
-    start-up a few milliseconds.
+    start-up a few milliseconds.  Checked against what twistd's own logger
+    then opens, run as twistd runs it.
     """
 
-    def searches(self, *twistdArgv: str) -> bool:
-        from twisted.scripts._twistd_unix import ServerOptions
+    def decide(self, *twistdArgv: str) -> tuple[bool, bool]:
+        """
+        @return: whether the service searches, and whether twistd opened a
+            log file.
+        """
+        from twisted.internet import defer
+        from twisted.python import failure, logfile
+        from twisted.scripts._twistd_unix import ServerOptions, UnixApplicationRunner
 
+        # -b would turn on Deferred debugging and post-mortem pdb for this
+        # whole test process.
+        self.patch(defer, "setDebugging", lambda on: None)
+        self.patch(failure, "startDebugMode", lambda: None)
         config = ServerOptions()
-        config.parseOptions([*twistdArgv, "echo", "--port", "0"])
+        config.parseOptions(["--pidfile=", *twistdArgv, "echo", "--port", "0"])
+        runner = UnixApplicationRunner(config)
+        runner.preApplication()
         service = makeService(config.subOptions)
         assert isinstance(service, EchoService)
-        return service.logFiles._twistd
+        opened: list[str] = []
+
+        def fromFullPath(cls: object, path: str, **kwargs: object) -> io.StringIO:
+            opened.append(path)
+            return io.StringIO()
+
+        self.patch(logfile.LogFile, "fromFullPath", classmethod(fromFullPath))
+        # twistd's logger sets a SIGUSR1 handler where there is none.
+        self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))
+        if not config["logger"]:
+            runner.logger._getLogObserver()
+        return service.logFiles._twistd, bool(opened)
 
     def test_notToStandardOutput(self) -> None:
-        self.assertFalse(self.searches("-n"))
-        self.assertFalse(self.searches("-n", "--logfile=-"))
+        self.assertEqual(self.decide("-n"), (False, False))
+        self.assertEqual(self.decide("-n", "--logfile=-"), (False, False))
 
     def test_notToSyslog(self) -> None:
-        self.assertFalse(self.searches("--syslog"))
+        self.assertEqual(self.decide("--syslog"), (False, False))
 
     def test_aLogFile(self) -> None:
-        self.assertTrue(self.searches("-n", "--logfile=echo.log"))
+        self.assertEqual(self.decide("-n", "--logfile=echo.log"), (True, True))
+        self.assertEqual(self.decide("-n", "-l", "echo.log"), (True, True))
         # A daemon with no --logfile writes twistd.log.
-        self.assertTrue(self.searches())
+        self.assertEqual(self.decide(), (True, True))
+
+    def test_debugWithoutNodaemon(self) -> None:
+        # -b turns "nodaemon" on after twistd's logger chose a file.
+        self.assertEqual(self.decide("-b"), (True, True))
+        searches, _ = self.decide("-n", "-b")
+        self.assertTrue(searches)  # cannot be told apart from -b alone
+
+    def test_aLoggerOfItsOwn(self) -> None:
+        searches, _ = self.decide("-n", "--logger", "echotwist.logs.jsonObserver")
+        self.assertTrue(searches)
 
     def test_twist(self) -> None:
         from twisted.application.twist._options import TwistOptions
