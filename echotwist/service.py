@@ -336,11 +336,12 @@ class _ListenerService(Service):
         listening.cancel()
 
         def stop(port: IListeningPort | None) -> Deferred[None] | None:
-            return None if port is None else port.stopListening()
+            if port is None:
+                return None  # it never listened: nothing to say
+            stopped = port.stopListening() or succeed(None)
+            return stopped.addCallback(lambda result: _logStopped(self.description))
 
-        return listening.addCallback(stop).addCallback(
-            lambda result: _logStopped(self.description)
-        )
+        return listening.addCallback(stop)
 
 
 class _DatagramListenerService(Service):
