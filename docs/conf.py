@@ -21,7 +21,13 @@ sys.path.insert(0, str(_root))
 project = "echotwist"
 author = "the echotwist developers"
 copyright = "the echotwist developers"
-release = "0.1.0"
+# The version is written once, in echotwist/__init__.py; read it without
+# importing the package (the docs build needs no reactor).
+release = re.search(
+    r'^__version__ = "([^"]+)"',
+    (_root / "echotwist" / "__init__.py").read_text(),
+    re.MULTILINE,
+).group(1)
 
 extensions = [
     "sphinx.ext.intersphinx",

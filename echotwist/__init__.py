@@ -11,4 +11,15 @@ from echotwist.listeners import Listener, parseListener
 from echotwist.service import EchoService
 from echotwist.stream import Echo
 
-__all__ = ["Echo", "EchoFactory", "EchoService", "Listener", "parseListener"]
+#: echotwist's version: the one place it is written (setup.cfg and the docs
+#: read it from here).
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "Echo",
+    "EchoFactory",
+    "EchoService",
+    "Listener",
+    "parseListener",
+]
