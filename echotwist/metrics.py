@@ -143,7 +143,22 @@ class EchoCollector:
             value=counts.get("send failed", 0),
         )
         yield GaugeMetricFamily(
-            "echotwist_workers", "Worker processes serving now.", value=self.workers()
+            "echotwist_workers",
+            "Worker processes serving now: with --workers, those that sent"
+            " their supervisor a heartbeat within the last few seconds.",
+            value=self.workers(),
+        )
+        yield CounterMetricFamily(
+            "echotwist_worker_spawn_failures",
+            "Attempts to start a worker process that failed (fork refused:"
+            " a process-count limit, no memory); each is tried again.",
+            value=now.get("workerSpawnFailures", 0),
+        )
+        yield CounterMetricFamily(
+            "echotwist_workers_hung",
+            "Worker processes killed (and replaced) for sending no heartbeat"
+            " for --worker-timeout seconds.",
+            value=now.get("workersHung", 0),
         )
 
 

@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from echotwist._address import DEFAULT_IPV6_PREFIX
 
-__all__ = ["MIN_SOCKET_BUFFER", "Settings", "optionFields"]
+__all__ = [
+    "MIN_SOCKET_BUFFER",
+    "WORKERS_PER_CPU",
+    "Settings",
+    "maxWorkers",
+    "optionFields",
+    "usableCPUs",
+]
 
 #: Below this the kernel would round up anyway (Linux: SOCK_MIN_SNDBUF).
 MIN_SOCKET_BUFFER = 4096
@@ -49,11 +57,56 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def usableCPUs() -> int:
+    """
+    The CPUs this process may run on (its affinity mask, as a container or
+    C{taskset} limits it), or all the machine reports where there is no
+    such mask.
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+#: Workers allowed per usable CPU.  An echo worker never blocks on anything
+#: but its sockets, so more workers than CPUs buy nothing but memory (each
+#: is a Python process, about 30 MiB) and context switches; 4 per CPU, the
+#: top of gunicorn's advice for blocking workers, leaves room for a CPU
+#: shared with other work, and refuses the typo that would fork thousands.
+WORKERS_PER_CPU = 4
+
+
+def maxWorkers() -> int:
+    """
+    The most workers C{--workers} and SIGTTIN allow on this machine.
+    """
+    return WORKERS_PER_CPU * usableCPUs()
+
+
 def _workers(text: str) -> int:
-    count = _count(text)
+    # isascii: int() takes any script's digits, which no one means here.
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{text!r} is not a whole number of workers (1 or more)")
+    count = int(text)
     if count < 1:
         raise ValueError(f"{count} is not a number of workers (1 or more)")
+    cpus = usableCPUs()
+    if count > WORKERS_PER_CPU * cpus:
+        raise ValueError(
+            f"{count} workers is more than {WORKERS_PER_CPU} per CPU"
+            f" ({WORKERS_PER_CPU * cpus} for the {cpus} this process may use)"
+        )
     return count
+
+
+def _workerTimeout(text: str) -> float:
+    seconds = _seconds(text)
+    if 0 < seconds < 1:
+        raise ValueError(
+            f"{text!r} is too short a worker timeout (0 for none, or 1 second or more)"
+        )
+    return seconds
 
 
 def _prefixLength(text: str) -> int:
@@ -91,8 +144,19 @@ class Settings:
         1,
         _workers,
         """Serve with this many worker processes under a supervisor that
-        restarts them; 1 for one process and no supervisor (e.g. --workers
-        2). Limits apply per worker.""",
+        restarts them; 1 for one process and no supervisor, at most 4 per
+        CPU (e.g. --workers 2). Limits apply per worker.""",
+    )
+    #: gunicorn's --timeout default: long enough that no echo worker, which
+    #: never blocks, misses it while alive; short enough that a hung one
+    #: is gone before most clients give up.
+    workerTimeout: float = _option(
+        "worker-timeout",
+        30.0,
+        _workerTimeout,
+        """With --workers, kill and replace a worker that has not reported
+        to the supervisor for this many seconds (hung, or stopped); 0 for
+        never (e.g. --worker-timeout 60).""",
     )
     maxConnections: int = _option(
         "max-connections",
@@ -198,7 +262,7 @@ class Settings:
 
     def toJSON(self) -> str:
         """
-        This value as JSON, for a worker's command line.
+        This value as JSON, for a worker's configuration.
         """
         return json.dumps(dataclasses.asdict(self))
 

@@ -15,8 +15,14 @@ socket is lost when a worker dies.
 Every worker that exits is reaped (Twisted's SIGCHLD handling), logged
 with its status and replaced; one that keeps dying soon after it starts is
 restarted after a growing delay (Twisted's C{backoffPolicy}, at most
-L{MAX_BACKOFF} seconds), so a crash loop cannot fork-bomb the host.  SIGTTIN
-adds a worker and SIGTTOU removes one, as gunicorn's arbiter does.  SIGHUP
+L{MAX_BACKOFF} seconds), so a crash loop cannot fork-bomb the host.  A
+worker that cannot be started at all (C{fork} fails: a process-count
+limit, no memory) is tried again after the same capped delay, for as long
+as it takes, at start-up as later: the supervisor serves with the workers
+it has meanwhile.  Each worker sends a heartbeat on its control pipe; one
+silent for C{--worker-timeout} seconds (hung, or stopped) is killed and
+replaced, as gunicorn's arbiter does with its C{--timeout}.  SIGTTIN adds a
+worker and SIGTTOU removes one, as gunicorn's arbiter does.  SIGHUP
 reopens the log files and replaces every worker with a fresh process, one
 at a time: the new one serving before the old one drains.  On SIGTERM or
 SIGINT the supervisor stops listening, passes SIGTERM to every worker,
@@ -41,13 +47,16 @@ from typing import Any
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet import error
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, eventFromJSON
 from twisted.python.failure import Failure
 
 from echotwist.service import EchoService
+from echotwist.settings import maxWorkers
 from echotwist.stats import addStats
+from echotwist.worker import heartbeatInterval
 
 __all__ = ["SupervisorService"]
 
@@ -59,14 +68,21 @@ STABLE_AFTER = 10.0
 #: How long, beyond the shutdown timeout, workers get to exit before they
 #: are killed.
 KILL_MARGIN = 5.0
-#: How long a scrape waits for a worker's counts.
-STATS_TIMEOUT = 2.0
+#: How long a scrape waits for a live worker's counts before it takes the
+#: ones its last heartbeat carried (a second old at most).  A worker that
+#: is not live is not asked at all.
+STATS_TIMEOUT = 0.5
+#: A worker is live while its last heartbeat is at most this many
+#: heartbeat intervals old: the C{echotwist_workers} gauge counts those.
+LIVE_BEATS = 3
 #: The longest wait before restarting a worker that keeps dying.  Short
 #: enough that after a storm of kills the server serves again within
 #: seconds; long enough that a crash loop costs the host next to nothing.
 MAX_BACKOFF = 4.0
 #: How long a fresh worker gets to start serving, in a rolling restart,
-#: before it is given up and the old one kept.
+#: before it is given up and the old one kept; and how long any new worker
+#: has for its first heartbeat, if that is longer than C{--worker-timeout}
+#: (starting Python and Twisted on a loaded host takes seconds).
 START_TIMEOUT = 30.0
 #: A log line from a worker longer than this is cut there.
 MAX_LOG_LINE = 1 << 20
@@ -93,6 +109,12 @@ class _Worker(ProcessProtocol):
         self._buffers: dict[int, bytes] = {}
         self._waiting: list[Deferred[dict[str, Any]]] = []
         self.lastStats: dict[str, Any] = {}
+        #: When it last said anything on its control pipe; None before it
+        #: has.
+        self.lastHeard: float | None = None
+        #: Killed (SIGKILL sent): not live, whatever it said last.
+        self.killed = False
+        self._watchdog: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -104,6 +126,30 @@ class _Worker(ProcessProtocol):
             worker=self.number,
             pid=self.pid,
         )
+        timeout = self.supervisor.settings.workerTimeout
+        if timeout:
+            self._watchdog = self.supervisor.reactor.callLater(
+                max(timeout, START_TIMEOUT), self._silent
+            )
+
+    def _heard(self) -> None:
+        self.lastHeard = self.supervisor.reactor.seconds()
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.reset(self.supervisor.settings.workerTimeout)
+
+    def _silent(self) -> None:
+        self._watchdog = None
+        self.supervisor._workerHung(self)
+
+    def live(self) -> bool:
+        """
+        Whether this worker has sent a heartbeat lately (and was not
+        killed): serving, as far as the supervisor can tell.
+        """
+        if self.killed or self.lastHeard is None:
+            return False
+        silent: float = self.supervisor.reactor.seconds() - self.lastHeard
+        return silent <= self.supervisor.liveWithin
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         buffered = self._buffers.get(childFD, b"") + data
@@ -118,9 +164,17 @@ class _Worker(ProcessProtocol):
     def _lineReceived(self, childFD: int, line: bytes) -> None:
         if childFD == _CONTROL_OUT:
             try:
-                self.lastStats = json.loads(line)
+                message = json.loads(line)
             except ValueError:
                 return
+            if not isinstance(message, dict):
+                return
+            self._heard()
+            if "heartbeat" in message:
+                if isinstance(message["heartbeat"], dict):
+                    self.lastStats = message["heartbeat"]
+                return
+            self.lastStats = message
             if self._waiting:
                 self._waiting.pop(0).callback(self.lastStats)
         elif childFD == _LOG_OUT:
@@ -174,7 +228,19 @@ class _Worker(ProcessProtocol):
         except error.ProcessExitedAlready:
             pass
 
+    def kill(self) -> None:
+        """
+        SIGKILL, once: a stopped or hung process cannot drain, and SIGTERM
+        would wait for it to.
+        """
+        if not self.killed:
+            self.killed = True
+            self.signal(signal.SIGKILL)
+
     def processEnded(self, reason: Failure) -> None:
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
         for childFD, rest in self._buffers.items():
             if rest:
                 self._lineReceived(childFD, rest)
@@ -220,6 +286,12 @@ class SupervisorService(EchoService):
         self._spawn = spawn or self.reactor.spawnProcess
         self._stopping = False
         self._quickDeaths = 0
+        #: Failed attempts to start a worker: in all, and in a row now.
+        self.spawnFailures = 0
+        self._failingSince = 0
+        #: Workers killed for missing --worker-timeout.
+        self.hungWorkers = 0
+        self.liveWithin = LIVE_BEATS * heartbeatInterval(self.settings)
         self._delay = backoff or backoffPolicy(
             initialDelay=1.0, maxDelay=MAX_BACKOFF, factor=2.0
         )
@@ -267,7 +339,13 @@ class SupervisorService(EchoService):
         self._handleSignal(signal.SIGTTIN, self.addWorker)
         self._handleSignal(signal.SIGTTOU, self.removeWorker)
 
-    def _start(self, number: int) -> _Worker:
+    def _start(self, number: int, retry: bool = True) -> _Worker | None:
+        """
+        Start worker C{number}.
+
+        @param retry: if it cannot be started, try again after the back-off.
+        @return: the worker, or None if it could not be started.
+        """
         worker = _Worker(self, number)
         config = dict(self._config, worker=number)
         childFDs: dict[int, Any] = {
@@ -278,14 +356,73 @@ class SupervisorService(EchoService):
         }
         childFDs.update(self._childFDs)
         self.workers[number] = worker
-        self._spawn(
-            worker,
-            sys.executable,
-            [sys.executable, "-m", "echotwist.worker", json.dumps(config)],
-            env=os.environ.copy(),
-            childFDs=childFDs,
-        )
+        try:
+            self._spawn(
+                worker,
+                sys.executable,
+                # The configuration goes down the control pipe, not here:
+                # a command line is anyone's to read (ps, /proc).
+                [sys.executable, "-m", "echotwist.worker"],
+                env=os.environ.copy(),
+                childFDs=childFDs,
+            )
+        except (OSError, MemoryError) as e:
+            # fork or posix_spawn failed (EAGAIN at a process-count limit,
+            # ENOMEM); Twisted has closed the pipes it opened for the child.
+            if self.workers.get(number) is worker:
+                del self.workers[number]
+            self._spawnFailed(number, e, retry)
+            return None
+        if self._failingSince:
+            log.info(
+                "Worker {worker} started after {failures} failed attempt(s)"
+                " to start workers",
+                event="worker.spawn_recovered",
+                worker=number,
+                failures=self._failingSince,
+            )
+            self._failingSince = 0
+        assert worker.transport is not None
+        worker.transport.writeToChild(0, json.dumps(config).encode() + b"\n")
         return worker
+
+    def _spawnFailed(self, number: int, reason: BaseException, retry: bool) -> None:
+        self.spawnFailures += 1
+        self._failingSince += 1
+        if self._failingSince == 1:
+            # Once per streak: a limit that holds for an hour must not
+            # write a line every few seconds.
+            log.error(
+                "Cannot start worker {worker}: {error}; trying again every"
+                " {most:.0f}s at most until it starts",
+                event="worker.spawn_failed",
+                worker=number,
+                error=str(reason),
+                most=MAX_BACKOFF,
+            )
+        if retry:
+            self._pendingRestarts.append(
+                self.reactor.callLater(
+                    self._delay(self._failingSince), self._restart, number
+                )
+            )
+
+    def _workerHung(self, worker: _Worker) -> None:
+        if worker.ended.called or worker.killed:
+            return
+        self.hungWorkers += 1
+        silentSince = (
+            worker.lastHeard if worker.lastHeard is not None else worker.startedAt
+        )
+        log.error(
+            "Worker {worker} (pid {pid}) silent for {silent:.1f}s"
+            " (--worker-timeout): killing it",
+            event="worker.hung",
+            worker=worker.number,
+            pid=worker.pid,
+            silent=self.reactor.seconds() - silentSince,
+        )
+        worker.kill()
 
     # --- supervision -----------------------------------------------------
 
@@ -338,6 +475,13 @@ class SupervisorService(EchoService):
         """
         if self._stopping:
             return
+        if self.wanted >= maxWorkers():
+            log.warn(
+                "SIGTTIN: already {count} workers, the most --workers allows",
+                event="worker.add_refused",
+                count=self.wanted,
+            )
+            return
         self.wanted += 1
         log.info(
             "SIGTTIN: now {count} workers", event="worker.added", count=self.wanted
@@ -386,7 +530,10 @@ class SupervisorService(EchoService):
             event="workers.reloading",
             count=len(self.workers),
         )
-        self._rolling = self._roll(sorted(self.workers))
+        rolling = self._roll(sorted(self.workers))
+        # A round can end at once (no replacement could be started).
+        if not rolling.called:
+            self._rolling = rolling
 
     def _roll(self, numbers: list[int]) -> Deferred[None]:
         done: Deferred[None] = Deferred()
@@ -427,9 +574,21 @@ class SupervisorService(EchoService):
         """
         old.retiring = True
         self._retiring.append(old)
-        new = self._start(old.number)
+        new = self._start(old.number, retry=False)
+        if new is None:
+            old.retiring = False
+            self._retiring.remove(old)
+            self.workers[old.number] = old
+            log.error(
+                "SIGHUP: cannot start worker {worker}'s replacement; keeping"
+                " the old worker (pid {pid})",
+                event="workers.reload_failed",
+                worker=old.number,
+                pid=old.pid,
+            )
+            return succeed(None)
         result: Deferred[None] = Deferred()
-        giveUp = self.reactor.callLater(START_TIMEOUT, new.signal, signal.SIGKILL)
+        giveUp = self.reactor.callLater(START_TIMEOUT, new.kill)
 
         def serving(_: object) -> None:
             if result.called:
@@ -489,16 +648,26 @@ class SupervisorService(EchoService):
             total = self._retired
             for worker in self._everyWorker():
                 total = addStats(total, worker.lastStats)
-            return total
+            return dict(
+                total,
+                workerSpawnFailures=self.spawnFailures,
+                workersHung=self.hungWorkers,
+            )
 
         def refresh() -> Deferred[None]:
+            # Only live workers are asked: a stopped one would hold every
+            # scrape to the timeout; its last heartbeat's counts stand in.
             asked = [
                 worker.askStats().addTimeout(STATS_TIMEOUT, self.reactor)
                 for worker in self._everyWorker()
+                if worker.live()
             ]
             return DeferredList(asked, consumeErrors=True).addCallback(lambda _: None)
 
-        return snapshot, lambda: len(self.workers), refresh
+        def live() -> int:
+            return sum(1 for worker in self.workers.values() if worker.live())
+
+        return snapshot, live, refresh
 
     # --- stopping --------------------------------------------------------
 

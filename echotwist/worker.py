@@ -2,14 +2,16 @@
 """
 One worker process of a supervised echotwist (C{--workers N}).
 
-The supervisor starts it as C{python -m echotwist.worker CONFIG}, where
-CONFIG is JSON naming the listening sockets it inherited (by descriptor)
-and the server's options.  The worker serves those sockets as the
-single-process server would, logs to its standard output (a pipe the
-supervisor reads) as Twisted's JSON log events tagged with its number,
-answers C{stats} on its control pipe (stdin in, a descriptor out)
-with its counts as JSON, and drains and exits on SIGTERM or SIGINT, or
-when its supervisor goes away (the control pipe closes).
+The supervisor starts it as C{python -m echotwist.worker} and writes its
+configuration, one line of JSON naming the listening sockets it inherited
+(by descriptor) and the server's options, to its standard input: a pipe,
+so that no option shows in C{ps} as a command line would.  The worker
+serves those sockets as the single-process server would, logs to its
+standard output (a pipe the supervisor reads) as Twisted's JSON log events
+tagged with its number, and on its control pipe (stdin in, a descriptor
+out) sends a heartbeat with its counts every L{heartbeatInterval} seconds
+and answers C{stats} with them.  It drains and exits on SIGTERM or SIGINT,
+or when its supervisor goes away (the control pipe closes).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 from typing import Any
 
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import (
     ILogObserver,
     LogEvent,
@@ -38,8 +41,28 @@ from echotwist.listeners import DatagramListener, Listener, parseListener
 from echotwist.logs import LogFiles
 from echotwist.service import EchoService
 from echotwist.settings import Settings
+from echotwist.stats import stats
 
 log = Logger()
+
+#: How often a worker reports to its supervisor, at most: the supervisor's
+#: count of live workers is a few of these stale at worst, and a report
+#: costs a line of JSON on a pipe.
+HEARTBEAT_INTERVAL = 1.0
+
+#: The most a configuration line may hold before it is given up.
+MAX_CONFIGURATION = 1 << 20
+
+
+def heartbeatInterval(settings: Settings) -> float:
+    """
+    Seconds between a worker's heartbeats: L{HEARTBEAT_INTERVAL}, or a
+    quarter of C{--worker-timeout} if that is less, so that a live worker
+    misses its deadline only if it misses 4 heartbeats in a row.
+    """
+    if settings.workerTimeout:
+        return min(HEARTBEAT_INTERVAL, settings.workerTimeout / 4)
+    return HEARTBEAT_INTERVAL
 
 
 def _family(fileno: int) -> int:
@@ -127,31 +150,73 @@ def _tagged(observer: ILogObserver, worker: int) -> ILogObserver:
 
 
 class _Control(LineOnlyReceiver):
+    """
+    The worker's end of its control pipe: a heartbeat with the counts every
+    C{interval} seconds, and the counts again whenever asked (C{stats}).
+    """
+
     delimiter = b"\n"
 
-    def __init__(self, service: EchoService, reactor: Any) -> None:
+    def __init__(self, service: EchoService, reactor: Any, interval: float) -> None:
         self.service = service
         self.reactor = reactor
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = reactor
+        self._interval = interval
+
+    def _counts(self) -> dict[str, Any]:
+        return stats(self.service.factory, self.service.datagramPolicy)
+
+    def _beat(self) -> None:
+        # Sent from the reactor's own loop: a worker whose loop is stuck (or
+        # a stopped process) stops sending, which is what the supervisor
+        # watches for.
+        self.sendLine(json.dumps({"heartbeat": self._counts()}).encode())
+
+    def connectionMade(self) -> None:
+        self._heartbeat.start(self._interval, now=True)
 
     def lineReceived(self, line: bytes) -> None:
         if line == b"stats":
-            from echotwist.stats import stats
-
-            report = stats(self.service.factory, self.service.datagramPolicy)
-            self.sendLine(json.dumps(report).encode())
+            self.sendLine(json.dumps(self._counts()).encode())
 
     def connectionLost(self, reason: object = None) -> None:
+        if self._heartbeat.running:
+            self._heartbeat.stop()
         # The supervisor is gone: nobody will tell us to stop, so stop.
-        if self.reactor.running:
+        if getattr(self.reactor, "running", False):
             log.warn("Supervisor gone: draining", event="worker.orphaned")
             self.reactor.stop()
 
 
-def main(argv: list[str]) -> None:
+def readConfiguration(fileno: int) -> tuple[dict[str, Any], bytes]:
     """
-    Run a worker: C{argv[1]} is the supervisor's JSON configuration.
+    Read the supervisor's configuration: the first line on C{fileno}.
+
+    @return: the configuration, and what followed it on the pipe (the
+        start of the control conversation), which is not to be lost.
     """
-    config = json.loads(argv[1])
+    data = b""
+    while b"\n" not in data:
+        if len(data) > MAX_CONFIGURATION:
+            raise SystemExit("echotwist.worker: configuration line too long")
+        chunk = os.read(fileno, 65536)
+        if not chunk:
+            raise SystemExit(
+                "echotwist.worker: no configuration on standard input; workers"
+                " are started by twistd echo --workers N"
+            )
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    return json.loads(line), rest
+
+
+def main() -> None:
+    """
+    Run a worker: the supervisor's JSON configuration is the first line of
+    standard input.
+    """
+    config, pending = readConfiguration(0)
     # Signals from a terminal reach the supervisor alone, which relays them.
     os.setpgrp()
     if config["reactor"]:
@@ -185,10 +250,11 @@ def main(argv: list[str]) -> None:
         DatagramListener(item["description"], 0, "", item["fileno"])
         for item in config["udp"]
     ]
+    settings = Settings.fromJSON(config["settings"])
     service = EchoService(
         listeners,
         udp=datagrams,
-        settings=Settings.fromJSON(config["settings"]),
+        settings=settings,
         # The supervisor said it, once.
         warnOpenProxy=False,
         # Its log is a pipe to the supervisor, which reopens the log file.
@@ -197,8 +263,10 @@ def main(argv: list[str]) -> None:
     )
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    control: Protocol = _Control(service, reactor)
+    control: Protocol = _Control(service, reactor, heartbeatInterval(settings))
     StandardIO(control, stdin=0, stdout=config["controlFileno"], reactor=reactor)  # type: ignore[call-arg]
+    if pending:
+        control.dataReceived(pending)
     log.info("Worker {worker} serving", event="worker.serving", worker=config["worker"])
     reactor.run()
     exitSignal = getattr(reactor, "_exitSignal", None)
@@ -209,4 +277,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main()

@@ -456,7 +456,9 @@ class AbuseTests(ServerTestCase):
         )
         port = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
         if "--workers" in extra:
-            server.waitFor(r"Worker 2 serving")
+            # Both: workers start in either order, and a late one's start
+            # lines would land among the lines a test expects none in.
+            server.waitForCount(r"Worker \d serving", 2)
         return server, port
 
     def earlyClosedScrapes(self, *extra: str) -> None:

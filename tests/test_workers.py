@@ -1,11 +1,13 @@
 """
 Supervised prefork workers: the supervision policy on a Clock, and the
-real twistd with 2 and 3 workers.
+real twistd with 2 and 3 workers: killed, stopped, and unable to fork.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import itertools
 import json
 import os
 import signal
@@ -17,7 +19,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from echotwist.logs import LogFiles
 from echotwist.settings import Settings
@@ -33,12 +35,15 @@ class _Process:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.signals: list[int] = []
+        #: What the supervisor wrote to the child's control pipe (fd 0).
+        self.written = b""
 
     def signalProcess(self, signum: int) -> None:
         self.signals.append(signum)
 
     def writeToChild(self, fd: int, data: bytes) -> None:
-        pass
+        if fd == 0:
+            self.written += data
 
 
 class SupervisionTests(SynchronousTestCase):
@@ -91,13 +96,21 @@ class SupervisionTests(SynchronousTestCase):
                 shutdownTimeout=30,
                 drainQuiet=0,
                 udpRate=5,
+                workerTimeout=12,
                 logConnections=False,
                 proxyFrom=("10.0.0.0/8", "2001:db8::7"),
             ),
         )
         supervisor.startService()
         self.addCleanup(supervisor.stopService)
-        config = json.loads(self.spawned[0][1][-1])
+        protocol, args, _ = self.spawned[0]
+        # Down the control pipe, as its first line; nothing on the command
+        # line, which ps shows to anyone.
+        self.assertEqual(args[1:], ["-m", "echotwist.worker"])
+        line, newline, _ = protocol.transport.written.partition(b"\n")
+        self.assertEqual(newline, b"\n")
+        config = json.loads(line)
+        self.assertEqual(config["worker"], 1)
         handed = Settings.fromJSON(config["settings"])
         self.assertEqual(handed, supervisor.settings)
         defaults = Settings()
@@ -153,6 +166,18 @@ class SupervisionTests(SynchronousTestCase):
         self.supervisor.removeWorker()
         self.supervisor.removeWorker()  # never below one
         self.assertEqual(self.supervisor.wanted, 1)
+
+    def test_ttinStopsAtTheBound(self) -> None:
+        from echotwist.settings import maxWorkers
+
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        with capturedLogs() as events:
+            for _ in range(maxWorkers() + 5):
+                self.supervisor.addWorker()
+        self.assertEqual(len(self.supervisor.workers), maxWorkers())
+        self.assertEqual(self.supervisor.wanted, maxWorkers())
+        self.assertIn("worker.add_refused", [e.get("event") for e in events])
 
     def test_stopTermsThenKills(self) -> None:
         self.supervisor.startService()
@@ -379,6 +404,214 @@ class WorkerTests(ServerTestCase):
         )
         self.assertEqual(found[("echotwist_workers", ())], 2)
 
+    def test_settingsNotOnTheCommandLine(self) -> None:
+        """
+        Issue 28: a worker's settings reach it down a pipe, not on its
+        command line, where ps shows them to every user; it serves with
+        them all the same (here: --idle-timeout 1 closes an idle client,
+        where the default would hold it 300 s).
+        """
+        server = self.startWorkers(2, "--idle-timeout", "1", "--udp-rate", "12345")
+        for worker in workerProcesses(server, 2):
+            with open(f"/proc/{worker.pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            self.assertEqual(cmdline.split(b"\0")[1:3], [b"-m", b"echotwist.worker"])
+            for leak in (b"{", b"settings", b"12345", b"idleTimeout"):
+                self.assertNotIn(leak, cmdline)
+        for _ in range(4):
+            with socket.create_connection((LOOPBACK, server.port), timeout=WAIT) as c:
+                c.sendall(b"idle next")
+                self.assertEqual(c.recv(100), b"idle next")
+                self.assertEqual(readUntilClosed(c), (b"", "eof"))
+
+    def test_tooManyWorkersRefused(self) -> None:
+        from echotwist.settings import maxWorkers
+
+        for value, said in (
+            ("1000000", "--workers: 1000000 workers is more than 4 per CPU"),
+            (str(maxWorkers() + 1), "is more than 4 per CPU"),
+            ("-3", "--workers: '-3' is not a whole number of workers (1 or more)"),
+        ):
+            output = self.failedStart("--workers", value)
+            self.assertIn(said, output.splitlines()[-1])
+            self.assertNotIn("Worker 1 started", output)
+
+    def test_stoppedWorkerIsReplaced(self) -> None:
+        """
+        kill -STOP of one of 2 workers: the gauge soon counts 1 live; within
+        --worker-timeout it is killed and replaced, logged and counted;
+        every scrape meanwhile answers without waiting on it; the port
+        echoes through the new worker.
+        """
+        server = self.startWorkers(
+            2, "--worker-timeout", "6", "--metrics", f"tcp:0:interface={LOOPBACK}"
+        )
+        metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
+        victim = workerProcesses(server, 2)[0]
+
+        def unstop() -> None:
+            try:
+                victim.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+        # A stopped process would outlive a failed test: nothing but
+        # SIGKILL (or SIGCONT) ends it.
+        self.addCleanup(unstop)
+        victim.suspend()
+        scrapes: list[float] = []
+        deadline = time.monotonic() + WAIT
+        while True:
+            started = time.monotonic()
+            found = scrape(metricsPort)
+            scrapes.append(time.monotonic() - started)
+            if found[("echotwist_workers", ())] == 1:
+                break
+            self.assertLess(time.monotonic(), deadline, found)
+            time.sleep(0.1)
+        self.assertEqual(found[("echotwist_workers_hung_total", ())], 0)
+        match = server.waitFor(
+            rf"Worker (\d) \(pid {victim.pid}\) silent for [\d.]+s"
+            r" \(--worker-timeout\): killing it"
+        )
+        server.waitFor(rf"\(pid {victim.pid}\) exited after .*: signal 9")
+        waitServing(server, 3)
+        replaced = workerProcesses(server, 2)
+        self.assertNotIn(victim.pid, [w.pid for w in replaced])
+        for _ in range(20):
+            self.assertEqual(echoOnce((LOOPBACK, server.port), b"again"), b"again")
+        deadline = time.monotonic() + WAIT
+        while True:
+            started = time.monotonic()
+            found = scrape(metricsPort)
+            scrapes.append(time.monotonic() - started)
+            if found[("echotwist_workers", ())] == 2:
+                break
+            self.assertLess(time.monotonic(), deadline, found)
+            time.sleep(0.1)
+        self.assertEqual(found[("echotwist_workers_hung_total", ())], 1)
+        self.assertEqual(
+            server.output.count(f"Worker {match.group(1)} started (pid"), 2
+        )
+        # Measured, reported: not asserted beyond a generous bound (the
+        # supervisor waits 0.5 s at most for a live worker, never for a
+        # silent one; before, every scrape took 2 s).
+        self.assertLess(max(scrapes), 1.5, scrapes)
+
+
+def _pidsCgroup(test: SynchronousTestCase) -> str:
+    """
+    A fresh C{pids} cgroup (v1 or v2, whichever this machine has), removed
+    by C{test}'s cleanup after every process in it is moved back out.
+
+    @raise SkipTest: naming what is missing, without root or a pids
+        controller.
+    """
+    if os.geteuid() != 0:
+        raise SkipTest("a pids cgroup needs root")
+    v1 = "/sys/fs/cgroup/pids"
+    if os.path.exists(os.path.join(v1, "pids.max")) or os.path.exists(
+        os.path.join(v1, "cgroup.procs")
+    ):
+        parent = v1
+    else:
+        parent = "/sys/fs/cgroup"
+        try:
+            with open(os.path.join(parent, "cgroup.controllers")) as f:
+                controllers = f.read().split()
+        except OSError:
+            controllers = []
+        if "pids" not in controllers:
+            raise SkipTest("no pids cgroup controller (v1 or v2) on this machine")
+        # cgroup v2: a child gets the controller only if its parent hands
+        # it down.
+        with open(os.path.join(parent, "cgroup.subtree_control"), "w") as f:
+            f.write("+pids")
+    path = os.path.join(parent, f"echotwist-test-{os.urandom(4).hex()}")
+    os.mkdir(path)
+
+    def remove() -> None:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            left = f.read().split()
+        for pid in left:
+            try:
+                with open(os.path.join(parent, "cgroup.procs"), "w") as f:
+                    f.write(pid)
+            except OSError:
+                pass  # exited meanwhile
+        os.rmdir(path)
+
+    test.addCleanup(remove)
+    return path
+
+
+def _limit(cgroup: str, value: str) -> None:
+    with open(os.path.join(cgroup, "pids.max"), "w") as f:
+        f.write(value)
+
+
+class ForkFailureTests(ServerTestCase):
+    """
+    The real twistd in a C{pids} cgroup that lets it fork fewer workers than
+    asked, at start-up and when one is replaced.
+    """
+
+    def failures(self, metricsPort: int) -> float:
+        return scrape(metricsPort)[("echotwist_worker_spawn_failures_total", ())]
+
+    def waitFailures(self, metricsPort: int, count: float) -> None:
+        deadline = time.monotonic() + WAIT
+        while self.failures(metricsPort) < count:
+            self.assertLess(time.monotonic(), deadline, "fork never retried")
+            time.sleep(0.2)
+
+    def test_workersComeBackWhenTheLimitIsLifted(self) -> None:
+        cgroup = _pidsCgroup(self)
+        # The supervisor and one worker; the second worker's fork fails.
+        _limit(cgroup, "2")
+
+        def join() -> None:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--workers",
+            "2",
+            "--metrics",
+            f"tcp:0:interface={LOOPBACK}",
+            preexec=join,
+        )
+        server.waitFor(r"Cannot start worker \d: .*Resource temporarily unavailable")
+        metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
+        # It serves with the worker it has, and keeps trying for the other.
+        waitServing(server, 1)
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"one"), b"one")
+        self.waitFailures(metricsPort, 3)
+        self.assertEqual(server.output.count("Cannot start worker"), 1)
+        self.assertNotIn("Traceback", server.output)
+        _limit(cgroup, "max")
+        server.waitFor(r"started after \d+ failed attempt\(s\)")
+        waitServing(server, 2)
+        survivor, victim = workerProcesses(server, 2)
+        scrape(metricsPort)
+        failedAtStart = self.failures(metricsPort)
+
+        # At run time: a worker dies while no fork is possible.
+        _limit(cgroup, "2")
+        victim.kill()
+        server.waitFor(rf"\(pid {victim.pid}\) exited after")
+        self.waitFailures(metricsPort, failedAtStart + 2)
+        self.assertEqual(server.output.count("Cannot start worker"), 2)
+        for _ in range(10):
+            self.assertEqual(echoOnce((LOOPBACK, server.port), b"still"), b"still")
+        _limit(cgroup, "max")
+        waitServing(server, 3)
+        self.assertNotIn(victim.pid, [w.pid for w in workerProcesses(server, 2)])
+        self.assertEqual(server.output.count("failed attempt(s)"), 2)
+        self.assertNotIn("Traceback", server.output)
+
 
 def _logLine(worker: int, format: str, **fields: object) -> bytes:
     """
@@ -528,3 +761,406 @@ class RollingRestartTests(SynchronousTestCase):
         self.assertIn("wrote: not json\\x1b[2J", texts[1])
         self.assertIn("wrote: Traceback (most recent", texts[2])
         self.assertEqual(events[3]["event"], "worker.exited")
+
+
+def _heartbeat(worker, **counts: object) -> None:  # type: ignore[no-untyped-def]
+    """
+    One heartbeat on a pretend worker's control pipe, as
+    echotwist.worker sends it.
+    """
+    worker.childDataReceived(3, json.dumps({"heartbeat": counts}).encode() + b"\n")
+
+
+class SpawnFailureTests(SynchronousTestCase):
+    """
+    A worker that cannot be started (fork fails) is tried again, after the
+    back-off, until it starts: at start-up, on replacement, on SIGTTIN and
+    on SIGHUP.
+    """
+
+    setUp = SupervisionTests.setUp
+    worker = SupervisionTests.worker
+
+    def spawn(self, protocol, executable, args, env, childFDs):  # type: ignore[no-untyped-def]
+        self.attempts += 1
+        if self.failing:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        SupervisionTests.spawn(self, protocol, executable, args, env, childFDs)
+
+    attempts = 0
+    failing = False
+
+    def failuresCounted(self) -> float:
+        snapshot, _, _ = self.supervisor._metricsSource()
+        return float(snapshot()["workerSpawnFailures"])
+
+    def test_startUpServesWithTheWorkersItHas(self) -> None:
+        """
+        At start-up a failed fork is no traceback: the supervisor serves
+        with the workers that started, logs the failure once however often
+        it retries, counts every attempt, and starts the missing worker as
+        soon as it can.
+        """
+        calls = 0
+
+        def spawnOnce(*args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            # The first worker starts; then the process limit is reached.
+            self.failing = calls > 1
+            return self.spawn(*args, **kwargs)
+
+        self.supervisor._spawn = spawnOnce
+        with capturedLogs() as events:
+            self.supervisor.startService()
+            self.addCleanup(self.supervisor.stopService)
+            self.assertEqual(sorted(self.supervisor.workers), [1])
+            for _ in range(20):
+                self.clock.advance(60)
+        self.assertGreater(self.attempts, 20)
+        self.assertEqual(sorted(self.supervisor.workers), [1])
+        failed = [e for e in events if e.get("event") == "worker.spawn_failed"]
+        self.assertEqual(len(failed), 1, "logged once per streak")
+        self.assertEqual(failed[0]["worker"], 2)
+        self.assertIn("Resource temporarily unavailable", failed[0]["error"])
+        self.assertEqual(self.failuresCounted(), self.attempts - 1)
+        failures = self.attempts - 1
+        self.failing = False
+        self.supervisor._spawn = self.spawn
+        with capturedLogs() as events:
+            self.clock.advance(60)
+        self.assertEqual(sorted(self.supervisor.workers), [1, 2])
+        self.assertEqual(
+            [
+                e["failures"]
+                for e in events
+                if e.get("event") == "worker.spawn_recovered"
+            ],
+            [failures],
+        )
+
+    def test_noWorkerAtAllAtFirst(self) -> None:
+        self.failing = True
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        self.assertEqual(self.supervisor.workers, {})
+        self.clock.advance(60)
+        self.failing = False
+        for _ in range(3):
+            self.clock.advance(60)
+        self.assertEqual(sorted(self.supervisor.workers), [1, 2])
+
+    def test_replacementIsRetriedWithTheBackOff(self) -> None:
+        """
+        A worker that exits while fork fails is not lost: it is tried again
+        after the back-off (2, 4, ... seconds here) until it starts; then
+        a new streak of failures is logged again, once.
+        """
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        self.clock.advance(STABLE_AFTER + 1)
+        self.failing = True
+        with capturedLogs() as events:
+            self.worker(1).processEnded(Failure(ProcessTerminated(signal=9)))
+            self.clock.advance(0)
+            self.assertEqual(self.attempts, 3)
+            times = []
+            for _ in range(200):
+                before = self.attempts
+                self.clock.advance(1)
+                if self.attempts > before:
+                    times.append(self.clock.seconds())
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        self.assertEqual(gaps[:4], [4.0, 8.0, 16.0, 32.0])
+        self.assertEqual(max(gaps), 60.0, "capped")
+        self.assertNotIn(1, self.supervisor.workers)
+        self.assertEqual(
+            [e.get("event") for e in events].count("worker.spawn_failed"), 1
+        )
+        self.failing = False
+        self.clock.advance(60)
+        self.assertEqual(sorted(self.supervisor.workers), [1, 2])
+        # A new streak is a new line.
+        self.clock.advance(STABLE_AFTER + 1)
+        self.failing = True
+        with capturedLogs() as events:
+            self.worker(2).processEnded(Failure(ProcessTerminated(signal=9)))
+            self.clock.advance(0)
+        self.assertEqual(
+            [e.get("event") for e in events].count("worker.spawn_failed"), 1
+        )
+
+    def test_ttinRetriesToo(self) -> None:
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        self.failing = True
+        self.supervisor.addWorker()
+        self.assertEqual(sorted(self.supervisor.workers), [1, 2])
+        self.failing = False
+        self.clock.advance(60)
+        self.assertEqual(sorted(self.supervisor.workers), [1, 2, 3])
+
+    def test_sighupKeepsTheOldWorkers(self) -> None:
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+        first, second = self.worker(1), self.worker(2)
+        self.failing = True
+        with capturedLogs() as events:
+            self.supervisor.reload()
+        self.assertEqual(
+            [e.get("event") for e in events].count("workers.reload_failed"), 2
+        )
+        self.assertEqual([self.worker(1), self.worker(2)], [first, second])
+        self.assertEqual(first.transport.signals + second.transport.signals, [])
+        self.assertIsNone(self.supervisor._rolling)
+        self.assertEqual(self.supervisor._retiring, [])
+
+    def test_stoppingCancelsTheRetries(self) -> None:
+        self.failing = True
+        self.supervisor.startService()
+        self.successResultOf(self.supervisor.stopService())
+        restarts = [
+            call
+            for call in self.clock.getDelayedCalls()
+            if call.func == self.supervisor._restart
+        ]
+        self.assertEqual(restarts, [])
+        self.clock.advance(3600)
+        self.assertEqual(self.supervisor.workers, {})
+
+
+class BoundTests(SynchronousTestCase):
+    """
+    --workers and SIGTTIN stop at 4 workers per usable CPU.
+    """
+
+    def test_workersAboveTheBoundRefused(self) -> None:
+        from twisted.python.usage import UsageError
+
+        from echotwist.settings import maxWorkers
+        from echotwist.tap import Options
+
+        def refused(value: str) -> str:
+            message = str(
+                self.assertRaises(
+                    UsageError, Options().parseOptions, ["--workers", value]
+                )
+            )
+            self.assertNotIn("\n", message)
+            self.assertTrue(message.startswith("--workers: "), message)
+            return message
+
+        self.assertIn("more than 4 per CPU", refused("1000000"))
+        self.assertIn("more than 4 per CPU", refused(str(maxWorkers() + 1)))
+        options = Options()
+        options.parseOptions(["--workers", str(maxWorkers())])
+        self.assertEqual(options["workers"], maxWorkers())
+        # Issue 28: never "0 or more" where 0 is refused.
+        for bad in ("-3", "0", "two", "\u0663"):
+            message = refused(bad)
+            self.assertIn("(1 or more)", message)
+            self.assertNotIn("0 or more", message)
+
+    def test_workerTimeoutRefused(self) -> None:
+        from twisted.python.usage import UsageError
+
+        from echotwist.tap import Options
+
+        for bad, why in (("0.5", "too short"), ("-1", "0 or more"), ("x", "number")):
+            message = str(
+                self.assertRaises(
+                    UsageError, Options().parseOptions, ["--worker-timeout", bad]
+                )
+            )
+            self.assertTrue(message.startswith("--worker-timeout: "), message)
+            self.assertIn(why, message)
+
+
+class HeartbeatTests(SynchronousTestCase):
+    """
+    Workers send heartbeats; one silent for --worker-timeout is killed and
+    replaced; the gauge counts the live; a scrape asks only the live.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.spawned: list[tuple[object, list[str], dict[int, object]]] = []
+        self.nextPid = 1000
+        self.supervisor = SupervisorService(
+            [],
+            settings=Settings(workers=2, workerTimeout=5),
+            reactor=self.clock,
+            spawn=self.spawn,
+            backoff=lambda attempt: min(60.0, 2.0**attempt),
+            logFiles=LogFiles(twistd=False),
+        )
+        self.supervisor.startService()
+        self.addCleanup(self.supervisor.stopService)
+
+    spawn = SupervisionTests.spawn
+    worker = SupervisionTests.worker
+
+    def live(self) -> int:
+        _, live, _ = self.supervisor._metricsSource()
+        return int(live())
+
+    def test_silentWorkerIsKilledAndReplaced(self) -> None:
+        first, second = self.worker(1), self.worker(2)
+        _heartbeat(first, accepted=1)
+        _heartbeat(second, accepted=2)
+        self.assertEqual(self.live(), 2)
+        with capturedLogs() as events:
+            for _ in range(4):
+                self.clock.advance(1)
+                _heartbeat(first, accepted=1)
+            self.assertEqual(second.transport.signals, [])
+            # Silent 4 s: not live any more (3 heartbeats missed), not yet
+            # killed.
+            self.assertEqual(self.live(), 1)
+            self.clock.advance(1)
+        self.assertEqual(second.transport.signals, [signal.SIGKILL])
+        self.assertEqual(first.transport.signals, [])
+        hung = [e for e in events if e.get("event") == "worker.hung"]
+        self.assertEqual(len(hung), 1)
+        self.assertEqual((hung[0]["worker"], hung[0]["silent"]), (2, 5.0))
+        self.assertEqual(self.supervisor.hungWorkers, 1)
+        snapshot, _, _ = self.supervisor._metricsSource()
+        self.assertEqual(snapshot()["workersHung"], 1)
+        # Its last counts stay in the sums.
+        self.assertEqual(snapshot()["accepted"], 3)
+        second.processEnded(Failure(ProcessTerminated(signal=9)))
+        # It lived 5 s: a quick death, replaced after the back-off (2 s).
+        for _ in range(2):
+            self.clock.advance(1)
+            _heartbeat(first)
+        self.assertIsNot(self.worker(2), second)
+        _heartbeat(self.worker(2))
+        self.assertEqual(self.live(), 2)
+
+    def test_startGetsLonger(self) -> None:
+        """
+        Before its first heartbeat a worker has START_TIMEOUT (starting
+        Python can take longer than a short --worker-timeout), then it is
+        killed if it still has said nothing.
+        """
+        from echotwist.supervisor import START_TIMEOUT
+
+        first, second = self.worker(1), self.worker(2)
+        self.clock.advance(START_TIMEOUT - 1)
+        _heartbeat(first)
+        self.clock.advance(1)
+        self.assertEqual(first.transport.signals, [])
+        self.assertEqual(second.transport.signals, [signal.SIGKILL])
+
+    def test_anyControlLineIsASignOfLife(self) -> None:
+        first = self.worker(1)
+        for _ in range(20):
+            first.childDataReceived(3, b'{"accepted": 1}\n')
+            self.clock.advance(4)
+        self.assertEqual(first.transport.signals, [])
+
+    def test_timeoutZeroNeverKills(self) -> None:
+        supervisor = SupervisorService(
+            [],
+            settings=Settings(workers=1, workerTimeout=0),
+            reactor=self.clock,
+            spawn=self.spawn,
+            logFiles=LogFiles(twistd=False),
+        )
+        supervisor.startService()
+        self.addCleanup(supervisor.stopService)
+        self.clock.advance(3600)
+        self.assertEqual(supervisor.workers[1].transport.signals, [])
+
+    def test_scrapeAsksOnlyTheLive(self) -> None:
+        """
+        A scrape asks the live workers and answers as soon as they have;
+        a silent one is not waited for (its last heartbeat's counts are
+        summed instead).
+        """
+        first, second = self.worker(1), self.worker(2)
+        _heartbeat(first, accepted=1)
+        _heartbeat(second, accepted=2)
+        for _ in range(4):
+            self.clock.advance(1)
+            _heartbeat(first, accepted=1)
+        snapshot, _, refresh = self.supervisor._metricsSource()
+        first.transport.written = second.transport.written = b""
+        scraped = refresh()
+        self.assertEqual(first.transport.written, b"stats\n")
+        self.assertEqual(second.transport.written, b"")
+        first.childDataReceived(3, b'{"accepted": 5}\n')
+        self.successResultOf(scraped)
+        self.assertEqual(snapshot()["accepted"], 7)
+
+    def test_slowLiveWorkerHoldsAScrapeBriefly(self) -> None:
+        from echotwist.supervisor import STATS_TIMEOUT
+
+        first, second = self.worker(1), self.worker(2)
+        _heartbeat(first, accepted=1)
+        _heartbeat(second, accepted=2)
+        _, _, refresh = self.supervisor._metricsSource()
+        scraped = refresh()
+        first.childDataReceived(3, b'{"accepted": 5}\n')
+        self.assertNoResult(scraped)
+        self.clock.advance(STATS_TIMEOUT)
+        self.successResultOf(scraped)
+        self.assertLessEqual(STATS_TIMEOUT, 0.5)
+
+
+class WorkerControlTests(SynchronousTestCase):
+    """
+    The worker's end: its configuration from a pipe, and its heartbeat.
+    """
+
+    def test_configurationFromThePipe(self) -> None:
+        from echotwist.worker import readConfiguration
+
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        config = {"worker": 3, "settings": Settings().toJSON()}
+        # What follows the line on the pipe is the control conversation's.
+        os.write(write, json.dumps(config).encode() + b"\nstats\n")
+        os.close(write)
+        self.assertEqual(readConfiguration(read), (config, b"stats\n"))
+
+    def test_noConfiguration(self) -> None:
+        from echotwist.worker import readConfiguration
+
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        os.write(write, b'{"worker": ')
+        os.close(write)
+        error = self.assertRaises(SystemExit, readConfiguration, read)
+        self.assertIn("no configuration on standard input", str(error))
+
+    def test_heartbeats(self) -> None:
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from echotwist.connections import EchoFactory
+        from echotwist.datagram import DatagramPolicy
+        from echotwist.worker import _Control, heartbeatInterval
+
+        clock = Clock()
+
+        class Service:
+            factory = EchoFactory(clock)
+            datagramPolicy = DatagramPolicy(rate=0, clock=clock)
+
+        self.assertEqual(heartbeatInterval(Settings(workerTimeout=2)), 0.5)
+        self.assertEqual(heartbeatInterval(Settings(workerTimeout=0)), 1.0)
+        self.assertEqual(heartbeatInterval(Settings()), 1.0)
+        control = _Control(Service(), clock, 0.5)  # type: ignore[arg-type]
+        transport = StringTransport()
+        control.makeConnection(transport)
+        clock.advance(0.5)
+        clock.advance(0.5)
+        lines = transport.value().splitlines()
+        self.assertEqual(len(lines), 3)
+        self.assertEqual(json.loads(lines[0])["heartbeat"]["accepted"], 0)
+        transport.clear()
+        control.dataReceived(b"stats\n")
+        self.assertEqual(json.loads(transport.value())["accepted"], 0)
+        control.connectionLost()
+        self.assertEqual(clock.getDelayedCalls(), [])
