@@ -53,8 +53,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         options.parseOptions(list(sys.argv[1:] if argv is None else argv))
     except usage.UsageError as e:
         text = str(e).removeprefix(_PREFIX)
-        print(f"echotwist-probe: {text}", file=sys.stderr)
-        print("echotwist-probe: see echotwist-probe --help", file=sys.stderr)
+        print(f"echotwist-probe: {text} (see --help)", file=sys.stderr)
         sys.exit(2)
     _installReactor()
     from twisted.internet import task

@@ -32,6 +32,9 @@ from echotwist.probe.run import Run, describeFailure
 _RATE_TICK = 0.01
 
 
+_REFUSED = "refused (ICMP port unreachable: nothing listens there)"
+
+
 class _Datagrams(DatagramProtocol):
     def __init__(self, run: DatagramRun) -> None:
         self.run = run
@@ -40,7 +43,14 @@ class _Datagrams(DatagramProtocol):
         self.run.received(datagram, self.run.now())
 
     def connectionRefused(self) -> None:
-        self.run.fail("refused (ICMP port unreachable: nothing listens there)")
+        self.run.fail(_REFUSED)
+
+    def stopProtocol(self) -> None:
+        # An ICMP error makes the socket report an error event, and the
+        # epoll reactor then closes the port as a lost connection, without
+        # connectionRefused: a port that stops while the run goes on was
+        # refused.
+        self.run.fail(_REFUSED)
 
 
 class DatagramRun(Run):
@@ -118,6 +128,9 @@ class DatagramRun(Run):
         sentAt = self.now()
         datagram = self.book.next(sentAt)
         self.port.write(datagram)
+        if self.finished:
+            # The write found the target refusing (ICMP), and ended the run.
+            return
         seq = self.book.sent - 1
         self.results.samples.append(Sample(seq, sentAt - self.started, len(datagram)))
         if self.count and self.book.sent >= self.count:
@@ -130,9 +143,9 @@ class DatagramRun(Run):
             return
         assert self.rate is not None
         due = math.floor(self.rate * (self.now() - self.started)) + 1
-        # After a stall, catch up by at most one tick's worth: a burst is
+        # After a stall, catch up by at most a few ticks' worth: a burst is
         # not the rate asked for.
-        burst = max(1, math.ceil(self.rate * _RATE_TICK))
+        burst = max(1, math.ceil(self.rate * _RATE_TICK * 5))
         for _ in range(min(due - self.book.sent, burst)):
             if not self.sending:
                 break
@@ -224,7 +237,11 @@ class DatagramRun(Run):
                 "rate": self.rate,
                 "lost_per_second": [
                     lostPerSecond.get(s, 0)
-                    for s in range(int(self.now() - self.started) + 1)
+                    for s in range(
+                        int(self.results.samples[-1].at) + 1
+                        if self.results.samples
+                        else 0
+                    )
                 ],
             }
         if (

@@ -79,10 +79,17 @@ class Run:
         self._timers: list[Any] = []
 
     def later(self, delay: float, f: Callable[..., Any], *args: Any) -> Any:
-        call = self.reactor.callLater(max(0.0, delay), f, *args)
+        """
+        Call C{f} after C{delay} seconds, unless the run has ended by then.
+        """
+        call = self.reactor.callLater(max(0.0, delay), self._unlessFinished, f, *args)
         self._timers = [t for t in self._timers if t.active()]
         self._timers.append(call)
         return call
+
+    def _unlessFinished(self, f: Callable[..., Any], *args: Any) -> None:
+        if not self.finished:
+            f(*args)
 
     def start(self) -> defer.Deferred[Results]:
         self.started = self.now()

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, ISystemHandle
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -43,9 +43,10 @@ class _LatencyProtocol(Protocol):
             # Probes start once the handshake is done: its round trips are
             # the connection's set-up, not the first probe's.
             return
-        handle = self.transport.getHandle()  # type: ignore[union-attr]
-        if isinstance(handle, socket.socket):
-            self.socket = handle
+        if ISystemHandle.providedBy(self.transport):
+            handle = self.transport.getHandle()
+            if isinstance(handle, socket.socket):
+                self.socket = handle
         self.run.connected(self)
 
     def handshakeCompleted(self) -> None:
