@@ -122,6 +122,9 @@ class StreamBulk(Run):
         self.connectStarted = 0.0
 
     def begin(self) -> None:
+        """
+        Open the connections; the set-up must end within the timeout.
+        """
         self.connectStarted = self.now()
         self.setUpTimer = self.later(self.timeout, self._setUpTimedOut)
         factory = Factory.forProtocol(lambda: _BulkProtocol(self))
@@ -135,6 +138,9 @@ class StreamBulk(Run):
         self.fail(describeFailure(reason))
 
     def connected(self, protocol: _BulkProtocol) -> None:
+        """
+        A connection is ready; when all are, start streaming on each.
+        """
         if self.finished:
             protocol.transport.abortConnection()  # type: ignore[union-attr]
             return
@@ -154,9 +160,15 @@ class StreamBulk(Run):
         self.later(1.0, self.progress)
 
     def inFlight(self) -> int:
+        """
+        Bytes sent and not yet back, over every connection.
+        """
         return sum(p.sent - p.received for p in self.protocols)
 
     def progress(self) -> None:
+        """
+        Print the last second's rate received back, and what is in flight.
+        """
         if self.finished or self.draining:
             return
         elapsed = self.now() - self.sendingStarted
@@ -169,11 +181,17 @@ class StreamBulk(Run):
         self.later(1.0, self.progress)
 
     def receivedBytes(self, count: int) -> None:
+        """
+        Count C{count} bytes back; end the drain when nothing is in flight.
+        """
         self.total += count
         if self.draining and self.inFlight() == 0:
             self.finish()
 
     def endSending(self) -> None:
+        """
+        The duration is over: stop sending, and wait (bounded) for the rest.
+        """
         self.draining = True
         for p in self.protocols:
             p.stopSending()
@@ -183,6 +201,9 @@ class StreamBulk(Run):
             self.later(self.timeout, self.finish)
 
     def disconnected(self, protocol: _BulkProtocol, reason: Failure) -> None:
+        """
+        A connection ended: an error unless the run closed it.
+        """
         if protocol.closing or self.finished:
             return
         self.fail(
@@ -191,6 +212,9 @@ class StreamBulk(Run):
         )
 
     def finish(self) -> None:
+        """
+        Record the throughput figures, then end the run.
+        """
         if self.finished:
             return
         # Until the last byte came back (or the drain gave up): bytes
@@ -210,6 +234,9 @@ class StreamBulk(Run):
         super().finish()
 
     def close(self) -> None:
+        """
+        Stop sending and close every connection.
+        """
         for p in self.protocols:
             p.closing = True
             if p.transport is not None:

@@ -87,6 +87,9 @@ class DatagramRun(Run):
         self.lastCounts = (0, 0)
 
     def begin(self) -> None:
+        """
+        Resolve the host when it is a name, then open the socket.
+        """
         host = self.target.host
         try:
             ipaddress.ip_address(host)
@@ -125,6 +128,9 @@ class DatagramRun(Run):
         return min(0.1, max(0.001, self.timeout / 10))
 
     def sendOne(self) -> None:
+        """
+        Send the next datagram, its send time taken right before it leaves.
+        """
         sentAt = self.now()
         datagram = self.book.next(sentAt)
         self.port.write(datagram)
@@ -139,6 +145,9 @@ class DatagramRun(Run):
             self.later(sentAt + self.interval - self.now(), self.sendOne)
 
     def tick(self) -> None:
+        """
+        Send what the rate asks for up to now, and come back a tick later.
+        """
         if not self.sending or self.finished:
             return
         assert self.rate is not None
@@ -154,6 +163,9 @@ class DatagramRun(Run):
             self.later(_RATE_TICK, self.tick)
 
     def progress(self) -> None:
+        """
+        Print the last second's counts (C{--bulk}).
+        """
         if self.finished:
             return
         second = int(self.now() - self.started)
@@ -168,14 +180,23 @@ class DatagramRun(Run):
         self.later(1.0, self.progress)
 
     def endSending(self) -> None:
+        """
+        Send no more; the run ends once every datagram's fate is known.
+        """
         self.sending = False
         self.maybeDone()
 
     def maybeDone(self) -> None:
+        """
+        End the run when nothing more will be sent and nothing is awaited.
+        """
         if not self.sending and self.book.outstanding() == 0:
             self.finish()
 
     def received(self, datagram: bytes, arrived: float) -> None:
+        """
+        Account for a datagram that came back at C{arrived}.
+        """
         if self.finished:
             return
         try:
@@ -201,6 +222,9 @@ class DatagramRun(Run):
         self.maybeDone()
 
     def sweep(self) -> None:
+        """
+        Count as lost what is past its timeout, and look again soon.
+        """
         for seq in self.book.expire(self.now()):
             sample = self.results.samples[seq]
             sample.status = "lost"
@@ -217,6 +241,10 @@ class DatagramRun(Run):
             self.sweeper = self.later(self._sweepEvery(), self.sweep)
 
     def finish(self) -> None:
+        """
+        Close the books (per-second loss, a target that never answered),
+        then end the run.
+        """
         if self.finished:
             return
         # Stopped early (Ctrl-C): a datagram still within its timeout has
@@ -256,6 +284,9 @@ class DatagramRun(Run):
         super().finish()
 
     def close(self) -> None:
+        """
+        Stop listening on the socket.
+        """
         if self.port is not None:
             self.port.stopListening()
             self.port = None

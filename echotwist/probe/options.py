@@ -210,11 +210,18 @@ class ProbeOptions(usage.Options):
         sys.exit(0)
 
     def parseArgs(self, target: str | None = None) -> None:
+        """
+        The one argument: the target.
+        """
         if target is None:
             raise usage.UsageError("no target given (e.g. tcp:127.0.0.1:5000)")
         self["targetText"] = target
 
     def postOptions(self) -> None:
+        """
+        Check the target and the options together; refuse, in a sentence
+        naming the option, what cannot work or would flood.
+        """
         try:
             target = parseTarget(self["targetText"], self["port"])
         except TargetError as e:

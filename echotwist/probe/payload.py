@@ -109,10 +109,16 @@ class DatagramBook:
 
     @property
     def sent(self) -> int:
+        """
+        Datagrams sent.
+        """
         return len(self.sentAt)
 
     @property
     def answered(self) -> int:
+        """
+        Datagrams answered within the timeout.
+        """
         return len(self.rtt)
 
     def next(self, now: float) -> bytes:
@@ -181,4 +187,7 @@ class DatagramBook:
         return lost
 
     def outstanding(self) -> int:
+        """
+        Datagrams neither answered nor lost yet.
+        """
         return self.sent - self.answered - self.lost

@@ -40,6 +40,9 @@ class Sample:
     status: str = "ok"
 
     def asDict(self) -> dict[str, Any]:
+        """
+        The sample as the JSON document has it.
+        """
         return {
             "seq": self.seq,
             "at": round(self.at, 6),
@@ -73,19 +76,34 @@ class Results:
 
     @property
     def sent(self) -> int:
+        """
+        Probes sent whose fate is known.
+        """
         return len(self.samples)
 
     @property
     def answered(self) -> int:
+        """
+        Probes answered (in time, unchanged).
+        """
         return sum(1 for s in self.samples if s.status == "ok")
 
     def rtts(self) -> list[float]:
+        """
+        Round trips of the answered probes, in seconds.
+        """
         return [s.rtt for s in self.samples if s.rtt is not None and s.status == "ok"]
 
     def connects(self) -> list[float]:
+        """
+        Connection set-up times, in seconds.
+        """
         return [s.connect for s in self.samples if s.connect is not None]
 
     def summary(self) -> dict[str, Any]:
+        """
+        The summary as the JSON document has it.
+        """
         rtt = Spread.of(self.rtts())
         connect = Spread.of(self.connects())
         return {
@@ -203,6 +221,9 @@ def summaryLines(results: Results, showHistogram: bool) -> list[str]:
 
 
 def writeJSON(results: Results, status: int, out: IO[str]) -> None:
+    """
+    Write the JSON document (schema L{SCHEMA}) to C{out}.
+    """
     json.dump(results.document(status), out, indent=1)
     out.write("\n")
 

@@ -92,11 +92,17 @@ class Run:
             f(*args)
 
     def start(self) -> defer.Deferred[Results]:
+        """
+        Start the run; L{done}.
+        """
         self.started = self.now()
         self.begin()
         return self.done
 
     def begin(self) -> None:
+        """
+        Start probing (each kind of run its own way).
+        """
         raise NotImplementedError()
 
     def stop(self) -> None:
@@ -115,6 +121,10 @@ class Run:
         self.finish()
 
     def finish(self) -> None:
+        """
+        End the run: cancel its timers, let go of its connections, fire
+        L{done}.
+        """
         if self.finished:
             return
         self.finished = True

@@ -60,6 +60,9 @@ class Spread:
         )
 
     def asDict(self) -> dict[str, float]:
+        """
+        The figures as the JSON document has them.
+        """
         return asdict(self)
 
     def line(self) -> str:

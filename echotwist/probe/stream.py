@@ -143,11 +143,17 @@ class StreamLatency(Run):
         self.setUpTimer: Any = None
 
     def begin(self) -> None:
+        """
+        Bound the run by its duration, and connect.
+        """
         if self.duration is not None:
             self.later(self.duration, self.stop)
         self.connect()
 
     def connect(self) -> None:
+        """
+        Open a connection; its set-up must end within the timeout.
+        """
         self.connectStarted = self.now()
         self.connectTime = None
         factory = Factory.forProtocol(lambda: _LatencyProtocol(self))
@@ -165,6 +171,9 @@ class StreamLatency(Run):
         self.fail(describeFailure(reason))
 
     def connected(self, protocol: _LatencyProtocol) -> None:
+        """
+        The connection is ready (TLS: handshake done): send a probe.
+        """
         if self.finished:
             protocol.transport.abortConnection()  # type: ignore[union-attr]
             return
@@ -175,6 +184,9 @@ class StreamLatency(Run):
         self.sendProbe()
 
     def sendProbe(self) -> None:
+        """
+        Send the next probe.
+        """
         assert self.protocol is not None
         self.seq += 1
         payload = self.payloads.stream(self.seq)
@@ -208,6 +220,10 @@ class StreamLatency(Run):
         )
 
     def answered(self, arrived: float) -> None:
+        """
+        The probe came back whole at C{arrived}: record it, and send the
+        next when due.
+        """
         assert self.sample is not None and self.protocol is not None
         self.sample.rtt = arrived - self.sentAt
         self.results.samples.append(self.sample)
@@ -227,6 +243,9 @@ class StreamLatency(Run):
             self.later(due, self.sendProbe)
 
     def disconnected(self, protocol: _LatencyProtocol, reason: Failure) -> None:
+        """
+        A connection ended: an error unless the run closed it.
+        """
         if protocol.closing or self.finished:
             return
         if protocol is not self.protocol:
@@ -242,6 +261,9 @@ class StreamLatency(Run):
             self.fail(f"{describeFailure(reason)} between probes")
 
     def close(self) -> None:
+        """
+        Close the connection (abort it after an error).
+        """
         if self.protocol is not None and self.protocol.transport is not None:
             self.protocol.closing = True
             if self.results.error is None:

@@ -42,6 +42,9 @@ class Target:
 
     @property
     def isDatagram(self) -> bool:
+        """
+        Whether the target is UDP.
+        """
         return self.kind == "udp"
 
 
