@@ -214,6 +214,10 @@ def summaryLines(results: Results, showHistogram: bool) -> list[str]:
             f" {bulk['sent_bytes']} bytes sent, {bulk['received_bytes']}"
             f" received, {bulk['in_flight_bytes']} in flight at the end"
         )
+    if results.bulk is not None and "lost_per_second" in results.bulk:
+        lost = results.bulk["lost_per_second"]
+        shown = " ".join(str(n) for n in lost[:60]) + (" ..." if len(lost) > 60 else "")
+        lines.append(f"lost in each second of sending: {shown}")
     if showHistogram and results.rtts():
         lines.append("rtt histogram:")
         lines.extend(histogram(results.rtts()))
