@@ -80,13 +80,7 @@ async def _probe(reactor: Any, options: ProbeOptions) -> None:
     if run is None:
         raise SystemExit(2)
     if toStdout:
-        target = options["target"]
-        what = (
-            f"streaming {'datagrams at ' + format(options['rate'], 'g') + '/s' if target.isDatagram else 'both ways'}"
-            if options["bulk"]
-            else f"{options['size']} bytes every {options['interval']:g} s"
-        )
-        print(f"PROBE {target.text}: {what}, seed {options['seed']}", flush=True)
+        print(heading(options), flush=True)
     signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(run.stop))
     # A collection in the middle of a round trip would be measured as the
     # path's: nothing a run allocates forms cycles, so none is needed.
@@ -116,6 +110,24 @@ async def _probe(reactor: Any, options: ProbeOptions) -> None:
         plot(results, options["plot"])
     sys.stdout.flush()
     raise SystemExit(status)
+
+
+def heading(options: ProbeOptions) -> str:
+    """
+    The first line of a run, as ping's: what is probed, how, and the seed.
+    """
+    target = options["target"]
+    if options["bulk"]:
+        what = (
+            f"streaming datagrams at {options['rate']:g}/s"
+            if target.isDatagram
+            else "streaming both ways"
+        )
+    elif options["interval"]:
+        what = f"{options['size']} bytes every {options['interval']:g} s"
+    else:
+        what = f"{options['size']} bytes, each as soon as the last is back"
+    return f"PROBE {target.text}: {what}, seed {options['seed']}"
 
 
 def makeRun(reactor: Any, options: ProbeOptions, say: Any) -> Any:

@@ -151,7 +151,12 @@ class DatagramRun(Run):
         if not self.sending or self.finished:
             return
         assert self.rate is not None
-        due = math.floor(self.rate * (self.now() - self.started)) + 1
+        elapsed = self.now() - self.started
+        if self.duration is not None and elapsed >= self.duration:
+            # The duration's own timer may come after this tick.
+            self.endSending()
+            return
+        due = math.floor(self.rate * elapsed) + 1
         # After a stall, catch up by at most a few ticks' worth: a burst is
         # not the rate asked for.
         burst = max(1, math.ceil(self.rate * _RATE_TICK * 5))

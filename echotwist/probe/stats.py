@@ -61,9 +61,9 @@ class Spread:
 
     def asDict(self) -> dict[str, float]:
         """
-        The figures as the JSON document has them.
+        The figures as the JSON document has them (to the nanosecond).
         """
-        return asdict(self)
+        return {k: round(v, 6) for k, v in asdict(self).items()}
 
     def line(self) -> str:
         """
