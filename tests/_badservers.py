@@ -31,7 +31,12 @@ def tcp(serve: object) -> None:
     while True:
         connection, _ = listener.accept()
         with connection:
-            serve(connection)  # type: ignore[operator]
+            try:
+                serve(connection)  # type: ignore[operator]
+            except OSError:
+                # The probe resets a connection it finds wrong: serve the
+                # next one.
+                pass
 
 
 def corrupt(connection: socket.socket) -> None:

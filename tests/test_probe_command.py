@@ -579,3 +579,20 @@ class AccuracyScriptTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertRegex(result.stdout, r"tcp: probe p50 / C p50 = \d+\.\d\d")
         self.assertRegex(result.stdout, r"udp: probe p50 / C p50 = \d+\.\d\d")
+
+
+class DocsTests(SynchronousTestCase):
+    def test_helpInTheDocsIsTheHelp(self) -> None:
+        """
+        docs/probe.rst shows echotwist-probe --help as the command prints it.
+        """
+        with open(os.path.join(os.path.dirname(HERE), "docs", "probe.rst")) as f:
+            page = f.read()
+        block = page.split("``echotwist-probe --help``::\n\n", 1)[1]
+        shown = []
+        for line in block.splitlines():
+            if line and not line.startswith("    "):
+                break
+            shown.append(line[4:])
+        result = probe("--help")
+        self.assertEqual("\n".join(shown).strip(), result.stdout.strip())

@@ -2,7 +2,7 @@
 """
 C{echotwist-probe}: a client that measures the path to any RFC 862 echo
 server (round trip, loss, throughput, every byte checked), the other end
-of echotwist.
+of echotwist::
 
     echotwist-probe tcp:127.0.0.1:5000 --count 5
     python -m echotwist.probe udp:127.0.0.1:5000 --interval 0.2 --count 50
