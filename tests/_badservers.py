@@ -60,7 +60,14 @@ def discard(connection: socket.socket) -> None:
 
 
 def halfway(connection: socket.socket) -> None:
-    connection.sendall(connection.recv(32))
+    # All 64 read first: closing with unread bytes would reset, not close.
+    data = b""
+    while len(data) < 64:
+        chunk = connection.recv(64 - len(data))
+        if not chunk:
+            return
+        data += chunk
+    connection.sendall(data[:32])
 
 
 def reset(connection: socket.socket) -> None:

@@ -18,7 +18,12 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests._tools import requireTool, scratchDirectory, selfSignedCertificate
+from tests._tools import (
+    requireTool,
+    scratchDirectory,
+    selfSignedCertificate,
+    withoutTLS,
+)
 from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -201,6 +206,12 @@ class TransportTests(ProbeTestCase):
         line = self.refused(f"tls:localhost:{port}", "-c", "1")
         self.assertIn(f"tls:localhost:{port}: the certificate did not verify", line)
 
+    def test_tcp6(self) -> None:
+        server = self.start("--port", "tcp6:0:interface=\\:\\:1")
+        port = server.port
+        self.ok(f"tcp6:[::1]:{port}", "-c", "2", "-i", "0.05")
+        self.ok(f"[::1]:{port}", "-c", "2", "-i", "0.05")
+
     def test_unix(self) -> None:
         path = os.path.join(self.directory, "echo.sock")
         server = self.start("--port", f"unix:{path}")
@@ -240,7 +251,7 @@ class TransportTests(ProbeTestCase):
         assert isinstance(summary, dict)
         # At most the rate over the second (a loaded machine may send
         # fewer: the count is what was sent, not what was asked).
-        self.assertTrue(100 <= summary["sent"] <= 201, summary)
+        self.assertTrue(50 <= summary["sent"] <= 201, summary)
         self.assertEqual(summary["lost"], 0)
         bulk = document["bulk"]
         assert isinstance(bulk, dict)
@@ -259,13 +270,15 @@ class TransportTests(ProbeTestCase):
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
     def test_durationBounds(self) -> None:
+        """
+        --duration ends an unbounded run: at most one probe per interval
+        of it were sent.
+        """
         port = self.start().port
-        started = time.monotonic()
-        document = self.document(f"tcp:127.0.0.1:{port}", "-i", "0.1", "-w", "0.5")
+        document = self.document(f"tcp:127.0.0.1:{port}", "-i", "0.1", "-w", "2")
         summary = document["summary"]
         assert isinstance(summary, dict)
-        self.assertTrue(1 <= summary["sent"] <= 6, summary)
-        self.assertLess(time.monotonic() - started, WAIT)
+        self.assertTrue(1 <= summary["sent"] <= 21, summary)
 
     def test_ctrlC(self) -> None:
         """
@@ -427,6 +440,56 @@ class BadTargetTests(ProbeTestCase):
         line = self.refused(f"tls:127.0.0.1:{port}", "--insecure", "-c", "1")
         self.assertIn(f"tls:127.0.0.1:{port}: TLS failed", line)
 
+    def test_hostDoesNotResolve(self) -> None:
+        for kind in ("tcp", "udp"):
+            line = self.refused(f"{kind}:nonexistent.invalid:7", "-c", "1")
+            self.assertEqual(
+                line,
+                f"echotwist-probe: {kind}:nonexistent.invalid:7: the host name"
+                " does not resolve",
+            )
+
+    def test_tlsWithoutTheExtra(self) -> None:
+        """
+        Without the tls extra, a tls: target is one line naming it.
+        """
+        result = subprocess.run(
+            [command("echotwist-probe"), "tls:localhost:443", "-c", "1"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            env={**os.environ, **withoutTLS(self.directory)},
+        )
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertEqual(
+            result.stderr,
+            "echotwist-probe: tls:localhost:443: TLS needs the tls extra:"
+            " pip install 'echotwist[tls]'\n",
+        )
+
+    def test_plotWithoutMatplotlib(self) -> None:
+        shadow = os.path.join(self.directory, "without-matplotlib", "matplotlib")
+        os.makedirs(shadow)
+        with open(os.path.join(shadow, "__init__.py"), "w") as f:
+            f.write(
+                "raise ModuleNotFoundError(\"No module named 'matplotlib'\","
+                " name='matplotlib')\n"
+            )
+        result = subprocess.run(
+            [command("echotwist-probe"), "tcp:127.0.0.1:7", "--plot", "x.png"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            cwd=self.directory,
+            env={**os.environ, "PYTHONPATH": os.path.dirname(shadow)},
+        )
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertEqual(
+            result.stderr,
+            "echotwist-probe: --plot needs matplotlib: pip install"
+            " 'echotwist[plot]' (see --help)\n",
+        )
+
     def test_jsonRecordsTheError(self) -> None:
         port = freePort()
         document = self.document(f"tcp:127.0.0.1:{port}", "-c", "1", status=2)
@@ -441,19 +504,17 @@ class DatagramAccountingTests(ProbeTestCase):
     def test_dropEveryThird(self) -> None:
         port = self.badServer("drop3")
         target = f"udp:127.0.0.1:{port}"
-        document = self.document(target, "-c", "9", "-i", "0.02", "-W", "0.5", status=1)
+        document = self.document(target, "-c", "9", "-i", "0.02", "-W", "2", status=1)
         samples = document["samples"]
         assert isinstance(samples, list)
         self.assertEqual([s["status"] for s in samples], ["ok", "ok", "lost"] * 3)
         summary = document["summary"]
         assert isinstance(summary, dict)
         self.assertEqual(summary["loss_percent"], 33.333)
-        result = self.ok(
-            target, "-c", "9", "-i", "0.02", "-W", "0.5", "--max-loss", "40"
-        )
+        result = self.ok(target, "-c", "9", "-i", "0.02", "-W", "2", "--max-loss", "40")
         self.assertIn("9 probes sent, 6 answered, 33.333% lost", result.stdout)
         result = self.ok(
-            target, "-c", "9", "-i", "0.02", "-W", "0.5", "--max-loss", "30", status=1
+            target, "-c", "9", "-i", "0.02", "-W", "2", "--max-loss", "30", status=1
         )
         self.assertIn("loss 33.3% is over --max-loss 30%", result.stderr)
 
