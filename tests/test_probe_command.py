@@ -206,11 +206,21 @@ class TransportTests(ProbeTestCase):
         line = self.refused(f"tls:localhost:{port}", "-c", "1")
         self.assertIn(f"tls:localhost:{port}: the certificate did not verify", line)
 
-    def test_tcp6(self) -> None:
-        server = self.start("--port", "tcp6:0:interface=\\:\\:1")
+    def test_ipv6(self) -> None:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+            udpPort = s.getsockname()[1]
+        server = self.start(
+            "--port",
+            "tcp6:0:interface=\\:\\:1",
+            "--udp",
+            f"udp:{udpPort}:interface=\\:\\:1",
+        )
         port = server.port
+        server.waitFor(r"Listening on .*\(udp:")
         self.ok(f"tcp6:[::1]:{port}", "-c", "2", "-i", "0.05")
         self.ok(f"[::1]:{port}", "-c", "2", "-i", "0.05")
+        self.ok(f"udp:[::1]:{udpPort}", "-c", "2", "-i", "0.05")
 
     def test_unix(self) -> None:
         path = os.path.join(self.directory, "echo.sock")

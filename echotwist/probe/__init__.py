@@ -81,7 +81,14 @@ async def _probe(reactor: Any, options: ProbeOptions) -> None:
         raise SystemExit(2)
     if toStdout:
         print(heading(options), flush=True)
-    signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(run.stop))
+
+    def interrupted(*_: object) -> None:
+        # The first Ctrl-C ends the run with its summary, as ping's; a
+        # second one, should the end hang, ends the process.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        reactor.callFromThread(run.stop)
+
+    signal.signal(signal.SIGINT, interrupted)
     # A collection in the middle of a round trip would be measured as the
     # path's: nothing a run allocates forms cycles, so none is needed.
     gc.collect()
