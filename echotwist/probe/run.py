@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet import defer, error
 from twisted.python.failure import Failure
 
+from echotwist._address import escape
 from echotwist.probe.report import Results
 from echotwist.probe.target import Target
 
@@ -39,7 +40,8 @@ def describeFailure(reason: Failure) -> str:
         text = value.osError if value.osError else str(value)
         return f"could not connect ({text})".replace("\n", " ")
     # A TLS failure (certificate, handshake) arrives as a pyOpenSSL error.
-    text = " ".join(str(value).split())
+    # Its text may quote what the peer sent: escaped, as in a log.
+    text = escape(" ".join(str(value).split()))
     name = type(value).__name__
     if "certificate verify failed" in text or "VerificationError" in name:
         return (
