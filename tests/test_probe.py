@@ -29,6 +29,7 @@ from echotwist.probe.payload import (
     ProbeFailure,
 )
 from echotwist.probe.report import ERROR, FAILED, OK, SCHEMA, Results, Sample
+from echotwist.probe.run import describeFailure
 from echotwist.probe.stats import Spread, histogram, percentile
 from echotwist.probe.stream import StreamLatency
 from echotwist.probe.target import Target, TargetError, parseTarget
@@ -666,3 +667,25 @@ class DatagramRunTests(SynchronousTestCase):
         self.assertEqual(len(results.bulk["lost_per_second"]), 2)
         self.assertApproximates(results.bulk["lost_per_second"][0], 50, 2)
         self.assertTrue(any(line.startswith("   1 s: ") for line in lines), lines)
+
+
+class DescribeFailureTests(SynchronousTestCase):
+    def test_knownFailures(self) -> None:
+        from twisted.internet import error
+
+        for exception, says in [
+            (error.ConnectionRefusedError(), "connection refused"),
+            (error.TimeoutError(), "no connection (timed out)"),
+            (error.DNSLookupError(), "the host name does not resolve"),
+            (error.ConnectionDone(), "the target closed the connection"),
+            (error.ConnectionLost(), "the connection was reset"),
+        ]:
+            self.assertEqual(describeFailure(Failure(exception)), says)
+
+    def test_peerTextEscaped(self) -> None:
+        """
+        Text of an unexpected failure reaches the error line escaped: what
+        a peer might put in it cannot drive the terminal.
+        """
+        line = describeFailure(Failure(ValueError("bad \x1b[2J\x00 thing")))
+        self.assertEqual(line, "ValueError: bad \\x1b[2J\\x00 thing")
