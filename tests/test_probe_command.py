@@ -19,6 +19,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests._tools import (
+    requireRoot,
     requireTool,
     scratchDirectory,
     selfSignedCertificate,
@@ -550,6 +551,7 @@ class XinetdTests(ProbeTestCase):
 
     def startXinetd(self) -> int:
         xinetd = requireTool("xinetd", "xinetd")
+        requireRoot("xinetd runs its services as a user it switches to")
         port = freePort()
         config = os.path.join(self.directory, "xinetd.conf")
         log = os.path.join(self.directory, "xinetd.log")
