@@ -202,6 +202,28 @@ class FreshInstallTests(SynchronousTestCase):
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM)
 
+    def test_installedProbeMeasures(self) -> None:
+        """
+        The wheel installs the echotwist-probe command, and it measures the
+        installed server.
+        """
+        server = Server(
+            ("echo", "--port", "tcp:0:interface=127.0.0.1"),
+            cwd=self.directory,
+            runner=[os.path.join(self.bin, "twistd"), "-n", "--pidfile="],
+            env={name: None for name in _LEAKS},
+        )
+        self.addCleanup(server.kill)
+        output = self.run_(
+            os.path.join(self.bin, "echotwist-probe"),
+            f"127.0.0.1:{server.port}",
+            "--count",
+            "2",
+            "--interval",
+            "0.05",
+        )
+        self.assertIn("2 probes sent, 2 answered, 0% lost", output)
+
     def test_tlsIsAnExtra(self) -> None:
         """
         The default install leaves TLS out (it costs every server ~13 MiB):

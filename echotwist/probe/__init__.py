@@ -1,0 +1,199 @@
+# -*- test-case-name: tests.test_probe -*-
+"""
+C{echotwist-probe}: a client that measures the path to any RFC 862 echo
+server (round trip, loss, throughput, every byte checked), the other end
+of echotwist::
+
+    echotwist-probe tcp:127.0.0.1:5000 --count 5
+    python -m echotwist.probe udp:127.0.0.1:5000 --interval 0.2 --count 50
+
+The server never imports this package: nothing here slows its start.
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from twisted.python import usage
+
+from echotwist.probe.options import ProbeOptions
+
+__all__ = ["main", "ProbeOptions"]
+
+_PREFIX = "Parameter type enforcement failed: "
+
+
+def _installReactor() -> None:
+    """
+    Run on echotwist's epoll reactor where there is one: Twisted's epoll
+    reactor without its logging context per event, a few microseconds
+    less between a datagram's arrival and the probe's timestamp.
+    """
+    try:
+        from echotwist.reactor import install
+    except ImportError:  # no epoll here: the default reactor serves
+        return
+    try:
+        install()
+    except Exception:  # a reactor is installed already (a test, an embedding)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """
+    The command: parse C{argv} (default C{sys.argv[1:]}), probe, and exit
+    with ping's status.
+    """
+    options = ProbeOptions()
+    try:
+        options.parseOptions(list(sys.argv[1:] if argv is None else argv))
+    except usage.UsageError as e:
+        text = str(e).removeprefix(_PREFIX)
+        print(f"echotwist-probe: {text} (see --help)", file=sys.stderr)
+        sys.exit(2)
+    _installReactor()
+    from twisted.internet import task
+
+    task.react(_probe, (options,))
+    raise AssertionError("task.react returned")  # pragma: no cover
+
+
+async def _probe(reactor: Any, options: ProbeOptions) -> None:
+    from echotwist.probe.report import (
+        plot,
+        summaryLines,
+        writeJSON,
+    )
+
+    toStdout = options["json"] != "-"
+    quiet = options["quiet"] or not toStdout
+
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, flush=True)
+
+    run = makeRun(reactor, options, say)
+    if run is None:
+        raise SystemExit(2)
+    if toStdout:
+        print(heading(options), flush=True)
+
+    def interrupted(*_: object) -> None:
+        # The first Ctrl-C ends the run with its summary, as ping's; a
+        # second one, should the end hang, ends the process.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        reactor.callFromThread(run.stop)
+
+    signal.signal(signal.SIGINT, interrupted)
+    # A collection in the middle of a round trip would be measured as the
+    # path's: nothing a run allocates forms cycles, so none is needed.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        results = await run.start()
+    finally:
+        gc.enable()
+    status = results.exitStatus(options["max-loss"], options["max-p99"])
+    if toStdout:
+        for line in summaryLines(results, options["histogram"]):
+            print(line)
+    if results.error is not None:
+        print(f"echotwist-probe: {results.error}", file=sys.stderr)
+    else:
+        for line in results.failures(options["max-loss"], options["max-p99"]):
+            print(f"echotwist-probe: {results.target}: {line}", file=sys.stderr)
+    if options["json"] is not None:
+        if options["json"] == "-":
+            writeJSON(results, status, sys.stdout)
+        else:
+            with open(options["json"], "w") as f:
+                writeJSON(results, status, f)
+    if options["plot"] is not None and results.rtts():
+        plot(results, options["plot"])
+    sys.stdout.flush()
+    raise SystemExit(status)
+
+
+def heading(options: ProbeOptions) -> str:
+    """
+    The first line of a run, as ping's: what is probed, how, and the seed.
+    """
+    target = options["target"]
+    if options["bulk"]:
+        what = (
+            f"streaming datagrams at {options['rate']:g}/s"
+            if target.isDatagram
+            else "streaming both ways"
+        )
+    elif options["interval"]:
+        what = f"{options['size']} bytes every {options['interval']:g} s"
+    else:
+        what = f"{options['size']} bytes, each as soon as the last is back"
+    return f"PROBE {target.text}: {what}, seed {options['seed']}"
+
+
+def makeRun(reactor: Any, options: ProbeOptions, say: Any) -> Any:
+    """
+    The run C{options} ask for; C{None} (after a line on standard error)
+    when the target cannot be used.
+    """
+    from echotwist.probe.payload import Payloads
+    from echotwist.probe.target import TargetError, streamEndpoint
+
+    target = options["target"]
+    payloads = Payloads(options["seed"], options["size"])
+    common: dict[str, Any] = {"payloads": payloads, "timeout": options["timeout"]}
+    settings = options.settings()
+    if target.isDatagram:
+        from echotwist.probe.datagram import DatagramRun
+
+        return DatagramRun(
+            reactor,
+            target,
+            settings,
+            say,
+            count=options["count"],
+            interval=options["interval"],
+            duration=options["duration"],
+            rate=options["rate"] if options["bulk"] else None,
+            **common,
+        )
+    try:
+        endpoint = streamEndpoint(
+            reactor, target, options["timeout"], options["ca"], options["insecure"]
+        )
+    except TargetError as e:
+        print(f"echotwist-probe: {e}", file=sys.stderr)
+        return None
+    if options["bulk"]:
+        from echotwist.probe.bulk import StreamBulk
+
+        return StreamBulk(
+            reactor,
+            target,
+            settings,
+            say,
+            endpoint=endpoint,
+            parallel=options["parallel"],
+            duration=options["duration"],
+            **common,
+        )
+    from echotwist.probe.stream import StreamLatency
+
+    return StreamLatency(
+        reactor,
+        target,
+        settings,
+        say,
+        endpoint=endpoint,
+        count=options["count"],
+        interval=options["interval"],
+        duration=options["duration"],
+        connectEach=options["connect-each"],
+        **common,
+    )

@@ -1,0 +1,172 @@
+# -*- test-case-name: tests.test_probe.TargetTests -*-
+"""
+What the probe talks to: a target as a user writes it (C{tcp:HOST:PORT},
+C{tcp6:}, C{tls:}, C{unix:PATH}, C{udp:HOST:PORT}, or a bare
+C{HOST[:PORT]}), checked and turned into a Twisted client endpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: RFC 862's port: a bare host means TCP to it.
+ECHO_PORT = 7
+
+STREAM_KINDS = ("tcp", "tcp6", "tls", "unix")
+KINDS = (*STREAM_KINDS, "udp")
+
+
+class TargetError(ValueError):
+    """
+    A target that cannot be parsed or used; the message is one line for
+    the user.
+    """
+
+
+@dataclass(frozen=True)
+class Target:
+    """
+    One parsed target.
+
+    @ivar kind: one of L{KINDS}.
+    @ivar host: the host name or address (the path, for C{unix}).
+    @ivar port: the port (0 for C{unix}).
+    @ivar text: the target as it is shown in every line about it.
+    """
+
+    kind: str
+    host: str
+    port: int
+    text: str
+
+    @property
+    def isDatagram(self) -> bool:
+        """
+        Whether the target is UDP.
+        """
+        return self.kind == "udp"
+
+
+def _port(text: str, target: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise TargetError(f"{target}: the port must be a number from 1 to 65535")
+    return int(text)
+
+
+def _hostAndPort(rest: str, target: str, defaultPort: int | None) -> tuple[str, int]:
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise TargetError(f"{target}: an IPv6 address is written [ADDRESS]:PORT")
+        portText = tail[1:]
+    elif rest.count(":") > 1:
+        # An IPv6 address without brackets: the port is after the last colon
+        # when one is expected, or the whole is the address.
+        if defaultPort is None:
+            host, _, portText = rest.rpartition(":")
+        else:
+            host, portText = rest, ""
+    else:
+        host, _, portText = rest.partition(":")
+    if not host:
+        raise TargetError(f"{target}: no host")
+    if not portText:
+        if defaultPort is None:
+            raise TargetError(f"{target}: no port (write HOST:PORT)")
+        return host, defaultPort
+    return host, _port(portText, target)
+
+
+def parseTarget(text: str, defaultPort: int = ECHO_PORT) -> Target:
+    """
+    Parse a target.
+
+    @param defaultPort: the port of a bare C{HOST} (C{--port}).
+    @raise TargetError: with a line naming the target and what is wrong.
+    """
+    from echotwist._address import escape
+
+    shown = escape(text)
+    if not text:
+        raise TargetError("no target given (e.g. tcp:127.0.0.1:5000)")
+    kind, colon, rest = text.partition(":")
+    if colon and kind in KINDS:
+        if kind == "unix":
+            if not rest:
+                raise TargetError(f"{shown}: no path (write unix:PATH)")
+            return Target(kind, rest, 0, shown)
+        host, port = _hostAndPort(rest, shown, None)
+        return Target(kind, host, port, shown)
+    if colon and kind.isalpha() and rest and not rest[0].isdigit() and "." not in kind:
+        # "ssl:...", "http:..." and the like: a scheme this probe does not
+        # speak, rather than a host called "ssl".
+        raise TargetError(
+            f"{shown}: unknown kind of target {escape(kind)!r}"
+            f" (use {', '.join(k + ':' for k in KINDS)} or HOST[:PORT])"
+        )
+    host, port = _hostAndPort(text, shown, defaultPort)
+    named = f"[{host}]" if ":" in host else host
+    return Target("tcp", host, port, escape(f"tcp:{named}:{port}"))
+
+
+def streamEndpoint(
+    reactor: Any,
+    target: Target,
+    timeout: float,
+    trustRoot: str | None = None,
+    insecure: bool = False,
+) -> Any:
+    """
+    A client endpoint for a stream target.
+
+    @param trustRoot: a PEM file of certificate authorities to trust for
+        C{tls} instead of the system's.
+    @param insecure: for C{tls}, do not check the server's certificate.
+    """
+    from twisted.internet import endpoints
+
+    if target.kind == "unix":
+        return endpoints.UNIXClientEndpoint(reactor, target.host, timeout=timeout)
+    if target.kind == "tcp6":
+        return endpoints.TCP6ClientEndpoint(
+            reactor, target.host, target.port, timeout=timeout
+        )
+    tcp = endpoints.HostnameEndpoint(reactor, target.host, target.port, timeout=timeout)
+    if target.kind != "tls":
+        return tcp
+    return endpoints.wrapClientTLS(tlsOptions(target, trustRoot, insecure), tcp)
+
+
+def tlsOptions(target: Target, trustRoot: str | None, insecure: bool) -> Any:
+    """
+    The client TLS options for C{target}: the host's certificate checked
+    against the system's authorities, or C{trustRoot}'s, or not at all.
+
+    @raise TargetError: TLS support is missing, or C{trustRoot} unusable.
+    """
+    try:
+        from twisted.internet import ssl
+    except ImportError:  # pragma: no cover - Twisted always has the module
+        raise TargetError(
+            f"{target.text}: TLS needs the tls extra: pip install 'echotwist[tls]'"
+        ) from None
+    try:
+        import OpenSSL  # noqa: F401
+        import service_identity  # noqa: F401
+    except ImportError:
+        raise TargetError(
+            f"{target.text}: TLS needs the tls extra: pip install 'echotwist[tls]'"
+        ) from None
+    if insecure:
+        return ssl.CertificateOptions()
+    if trustRoot is None:
+        return ssl.optionsForClientTLS(target.host)
+    try:
+        with open(trustRoot, "rb") as f:
+            authority = ssl.Certificate.loadPEM(f.read())
+    except OSError as e:
+        raise TargetError(f"--ca {trustRoot}: {e.strerror}") from None
+    except Exception:
+        raise TargetError(f"--ca {trustRoot}: not a PEM certificate") from None
+    return ssl.optionsForClientTLS(target.host, trustRoot=authority)
