@@ -316,6 +316,14 @@ def _prepareProcess() -> None:
     # object, hence the original.
     if sys.__stderr__ is not None and not faulthandler.is_enabled():
         faulthandler.enable(sys.__stderr__, all_threads=True)
+    # As PID 1 (a container without --init) the signal twistd re-sends
+    # itself after the drain cannot kill it: end with 128 + its number all
+    # the same.  Once the reactor runs, its own handlers are there to wrap.
+    from twisted.internet import reactor
+
+    from echotwist.exitstatus import ExitStatus
+
+    reactor.callWhenRunning(ExitStatus().watch)
 
 
 def settingsFrom(options: Options) -> Settings:
