@@ -145,7 +145,12 @@ class Options(usage.Options):
         if f.metadata.get("negated")
     ]
     optParameters = [
-        [f.metadata["option"], None, _typed(f.default), f.metadata["help"]]
+        [
+            f.metadata["option"],
+            None,
+            None if f.default is None else _typed(f.default),
+            f.metadata["help"],
+        ]
         for f in optionFields()
         if "parse" in f.metadata
     ] + [
@@ -156,6 +161,33 @@ class Options(usage.Options):
             "Serve Prometheus metrics at /metrics on this server endpoint"
             " description (e.g. --metrics tcp:9100:interface=127.0.0.1)."
             " [default: none]",
+        ],
+        [
+            "health",
+            None,
+            None,
+            "Serve /healthz (liveness), /readyz (readiness: 503 from the"
+            " moment a drain starts) and /info (identity, as JSON) on this"
+            " server endpoint description, for probes that need no metrics;"
+            " --metrics serves them too (e.g. --health tcp:8080)."
+            " [default: none]",
+        ],
+        [
+            "identify",
+            None,
+            None,
+            "Answer each connection on this server endpoint description with"
+            " one line (host name, instance name, version, the client's"
+            " address as seen, after any PROXY header), then close it; never"
+            " on an echo port (e.g. --identify tcp:5001). [default: none]",
+        ],
+        [
+            "identify-udp",
+            None,
+            None,
+            "Answer each UDP datagram on PORT or udp:PORT:interface=ADDRESS"
+            " with the --identify line, rate-limited as --udp is"
+            " (e.g. --identify-udp 5001). [default: none]",
         ],
     ]
 
@@ -276,6 +308,26 @@ class Options(usage.Options):
                     f"--metrics: {metrics.description} is also an echo listener"
                 )
             self["metrics"] = metrics
+        for option in ("health", "identify"):
+            if self[option] is None:
+                continue
+            side = _parse(f"--{option}", self[option])
+            if _repeats(side, listeners):
+                raise usage.UsageError(
+                    f"--{option}: {side.description} is also an echo listener"
+                )
+            self[option] = side
+        if self["identify-udp"] is not None:
+            try:
+                identifyUDP = parseDatagramListener(self["identify-udp"])
+            except ValueError as e:
+                raise usage.UsageError(f"--identify-udp: {e}") from None
+            if identifyUDP in datagramListeners:
+                raise usage.UsageError(
+                    f"--identify-udp: {identifyUDP.description} is also a --udp"
+                    " listener"
+                )
+            self["identify-udp"] = identifyUDP
 
 
 def _reactorName() -> str | None:
@@ -381,6 +433,9 @@ def makeService(options: Options) -> IService:
         "udp": options["datagramListeners"],
         "settings": settings,
         "metrics": options["metrics"],
+        "health": options["health"],
+        "identify": options["identify"],
+        "identifyUDP": options["identify-udp"],
         # twist opens its --log-file itself and keeps it in its options;
         # twistd's --logfile is found without.
         "logFiles": LogFiles(
