@@ -93,6 +93,7 @@ class SupervisionTests(SynchronousTestCase):
                 udpRate=5,
                 logConnections=False,
                 proxyFrom=("10.0.0.0/8", "2001:db8::7"),
+                instanceName="echo-1",
             ),
         )
         supervisor.startService()
