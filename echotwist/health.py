@@ -31,10 +31,18 @@ __all__ = ["Health", "Info", "Liveness", "Readiness"]
 
 
 class _Page(Resource):
+    """
+    A page whose answer is computed on each request, never cached, GET and
+    HEAD alike.
+    """
+
     isLeaf = True
     contentType = b"text/plain; charset=utf-8"
 
     def body(self, request: Request) -> bytes:
+        """
+        The answer to C{request}; it may set the response code.
+        """
         raise NotImplementedError
 
     def render_GET(self, request: Request) -> bytes:
@@ -57,6 +65,9 @@ class Liveness(_Page):
     """
 
     def body(self, request: Request) -> bytes:
+        """
+        C{ok}.
+        """
         return b"ok\n"
 
 
@@ -74,6 +85,9 @@ class Readiness(_Page):
         self.notReady = notReady
 
     def body(self, request: Request) -> bytes:
+        """
+        C{ready}, or 503 and C{not ready: } with the reasons.
+        """
         reasons = self.notReady()
         if not reasons:
             return b"ready\n"
@@ -93,6 +107,9 @@ class Info(_Page):
         self.identity = identity
 
     def body(self, request: Request) -> bytes:
+        """
+        The identity, with the address of the client that asked.
+        """
         return self.identity.asJSON(request.getClientAddress())
 
 
