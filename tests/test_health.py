@@ -16,14 +16,18 @@ import urllib.request
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist.health import Health
 from echotwist.identity import Identity
+from echotwist.listeners import Listener
 from echotwist.metrics import MetricsGuard, metricsSite
 from echotwist.service import EchoService
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase
+from tests.test_service import _Endpoint
 from tests.test_workers import waitServing
 
 #: The health listener, written unlike the echo's so that the log tells
@@ -162,6 +166,41 @@ class ReadinessTests(SynchronousTestCase):
         self.assertEqual(service.notReady(), [])
         service.stopService()
         self.assertEqual(service.notReady(), ["draining"])
+
+
+class StopOrderTests(SynchronousTestCase):
+    """
+    The health listener outlives the drain, in memory.
+    """
+
+    def test_healthStopsAfterTheDrain(self) -> None:
+        reactor = MemoryReactorClock()
+        echoJournal: list[str] = []
+        healthJournal: list[str] = []
+        service = EchoService(
+            [Listener("tcp:5000", _Endpoint(echoJournal))],
+            health=Listener("tcp:8080", _Endpoint(healthJournal)),
+            reactor=reactor,
+            shutdownTimeout=30,
+            drainQuiet=0,
+        )
+        service.startService()
+        self.assertEqual(service.notReady(), [])
+        protocol = service.factory.buildProtocol(None)
+        assert protocol is not None
+        protocol.makeConnection(StringTransport())
+
+        stopped = service.stopService()
+        self.assertEqual(echoJournal, ["listening", "stopped listening"])
+        self.assertEqual(healthJournal, ["listening"])
+        self.assertEqual(service.notReady(), ["draining"])
+        reactor.advance(29)
+        self.assertEqual(healthJournal, ["listening"])
+        self.assertNoResult(stopped)
+
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(healthJournal, ["listening", "stopped listening"])
+        self.successResultOf(stopped)
 
 
 class DrainTests(ServerTestCase):
