@@ -84,6 +84,10 @@ class ExitStatus:
         """
         As PID 1, stopped by a signal: flush what is written and end the
         process with 128 + the signal's number.  Otherwise nothing.
+
+        It runs after the exit handlers registered later than it (during
+        the run) and ends the process before those registered earlier (at
+        import): nothing of echotwist's or twistd's is among them.
         """
         if self.signum is None or self._getpid() != 1:
             return

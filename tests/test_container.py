@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import __version__
+from tests._clients import exchange
 from tests._tools import requireRoot, requireTool, scratchDirectory
 from tests._twistd import LOOPBACK, WAIT
 from tests.test_transports import ask, freePort
@@ -127,8 +128,6 @@ def echoStream(port: int, payload: bytes) -> bytes:
     """
     Send C{payload} on one connection while reading it back.
     """
-    from tests._clients import exchange
-
     ((received, _),) = exchange((LOOPBACK, port), [payload])
     return received
 
