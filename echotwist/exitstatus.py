@@ -11,10 +11,9 @@ is not killed by a signal it has no handler for: the kernel drops it
 which an orchestrator reads as "ended by itself", not "stopped".
 
 So, as PID 1 only, the signal that stopped the reactor is noted when it
-arrives, and the process ends with 128 + its number once the runner is
-done (an C{atexit} handler, after the one that twistd's re-sent signal
-could not make do).  Anywhere else nothing changes: the signal kills the
-process as Twisted means it to.
+arrives, and the process ends with 128 + its number once twistd (or
+twist) has returned, from an C{atexit} handler.  Anywhere else nothing
+changes: the re-sent signal kills the process as Twisted means it to.
 """
 
 from __future__ import annotations
