@@ -15,7 +15,7 @@ scraper leaves before its answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from io import BytesIO
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -370,20 +370,25 @@ class MetricsGuard(WrappingFactory):
 
 
 def metricsSite(
-    registry: CollectorRegistry,
+    registry: CollectorRegistry | None,
     refresh: Callable[[], Deferred[None]] | None = None,
     reactor: IReactorTime | None = None,
+    pages: Mapping[bytes, Resource] | None = None,
 ) -> MetricsGuard:
     """
-    A web site serving C{registry} at C{/metrics}; with C{refresh}, each
-    scrape waits for it first (a supervisor asking its workers).  GET and
-    HEAD only, no request bodies, no access log, and guarded by
-    L{MetricsGuard}.
+    A web site serving C{registry} at C{/metrics} (or nothing there, if
+    None), and C{pages} (the health pages, L{echotwist.health}) by name;
+    with C{refresh}, each scrape waits for it first (a supervisor asking
+    its workers).  GET and HEAD only, no request bodies, no access log, and
+    guarded by L{MetricsGuard}.
 
     prometheus_client's own C{MetricsResource} collects on the reactor's
     thread pool; the books are the reactor thread's, so this page collects
     there (a scrape is cheap).
     """
     root = Resource()
-    root.putChild(b"metrics", _MetricsPage(registry, refresh))
+    if registry is not None:
+        root.putChild(b"metrics", _MetricsPage(registry, refresh))
+    for name, page in (pages or {}).items():
+        root.putChild(name, page)
     return MetricsGuard(_MetricsSite(root, reactor=reactor), reactor)

@@ -18,21 +18,33 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import tcp
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
     IProtocolFactory,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
-from echotwist._address import DEFAULT_IPV6_PREFIX, formatAddress
+from echotwist._address import DEFAULT_IPV6_PREFIX, escape, formatAddress
 from echotwist.connections import DEFAULT_DRAIN_QUIET, EchoFactory
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
 from echotwist.fastpath import SplicingServer
+from echotwist.identity import (
+    IdentifyDatagram,
+    IdentifyFactory,
+    Identity,
+    identityFor,
+)
 from echotwist.limits import ThrottledObserver
 from echotwist.listeners import (
     DatagramListener,
@@ -112,11 +124,26 @@ def _listenOrExit(description: str, listen: Callable[[], _T]) -> _T:
         ) from None
 
 
+#: Listeners that the server itself serves, not its echo (nor, with
+#: workers, the workers): metrics and health (which outlive the drain), and
+#: the identity line.
+SIDE_KINDS = ("metrics", "health", "identify", "identify-udp")
+
+#: Listeners kept open until the drain has ended: an orchestrator reads
+#: readiness from them while connections drain.
+_LAST_TO_STOP = ("metrics", "health")
+
+_STARTED = {
+    "metrics": "Serving metrics on {address} ({description})",
+    "health": "Serving health on {address} ({description})",
+    "identify": "Serving the identity line on {address} ({description})",
+    "identify-udp": "Serving the identity line on {address} ({description})",
+}
+
+
 def _logStarted(description: str, port: IListeningPort, kind: str = "echo") -> None:
     log.info(
-        "Serving metrics on {address} ({description})"
-        if kind == "metrics"
-        else "Listening on {address} ({description})",
+        _STARTED.get(kind, "Listening on {address} ({description})"),
         event="listener.started",
         kind=kind,
         address=formatAddress(port.getHost()),
@@ -349,14 +376,22 @@ class _DatagramListenerService(Service):
     One UDP listener.
     """
 
-    kind = "udp"
-
     def __init__(
-        self, listener: DatagramListener, policy: DatagramPolicy, reactor: Any
+        self,
+        listener: DatagramListener,
+        policy: DatagramPolicy,
+        reactor: Any,
+        protocol: DatagramProtocol | None = None,
+        kind: str = "udp",
     ) -> None:
+        """
+        @param protocol: what answers; by default the datagram echo under
+            C{policy}.
+        """
         self.listener = listener
         self.description = listener.description
-        self.protocol = DatagramEcho(policy)
+        self.protocol = protocol if protocol is not None else DatagramEcho(policy)
+        self.kind = kind
         self._reactor = reactor
         self._port: IListeningPort | None = None
 
@@ -421,6 +456,10 @@ class EchoService(MultiService):
         udp: Iterable[DatagramListener | str] = (),
         settings: Settings | None = None,
         metrics: Listener | str | None = None,
+        health: Listener | str | None = None,
+        identify: Listener | str | None = None,
+        identifyUDP: DatagramListener | str | None = None,
+        identity: Identity | None = None,
         warnOpenProxy: bool = True,
         logFiles: LogFiles | None = None,
         reactor: Any = None,
@@ -435,7 +474,17 @@ class EchoService(MultiService):
             L{echotwist.settings.Settings}); C{twistd echo}'s defaults if
             None.
         @param metrics: where to serve Prometheus metrics at C{/metrics}, as
-            a server endpoint description; None for nowhere.
+            a server endpoint description; None for nowhere.  The health
+            pages (L{echotwist.health}) are served there too.
+        @param health: where to serve the health pages without the metrics,
+            as a server endpoint description; None for nowhere.
+        @param identify: where to answer each connection with the identity
+            line (L{echotwist.identity}), as a server endpoint description;
+            None for nowhere.
+        @param identifyUDP: where to answer each datagram with the identity
+            line, as for C{udp}; None for nowhere.
+        @param identity: what the identity line and C{/info} say; by
+            default L{identityFor}'s, for C{settings.instanceName}.
         @param logFiles: the log files SIGHUP reopens; by default twistd's
             C{--logfile}, if any.
         @param reactor: the reactor to listen with; the global one if None.
@@ -497,22 +546,54 @@ class EchoService(MultiService):
             _DatagramListenerService(
                 datagramItem, self.datagramPolicy, reactor
             ).setServiceParent(self)
-        if metrics is not None:
+        self.draining = False
+        self.identity = (
+            identity if identity is not None else identityFor(settings.instanceName)
+        )
+        if identify is not None:
+            if isinstance(identify, str):
+                identify = parseListener(identify, reactor)
+            self._trust(identify)
+            _ListenerService(
+                identify, IdentifyFactory(self.identity), "identify"
+            ).setServiceParent(self)
+        if identifyUDP is not None:
+            if isinstance(identifyUDP, str):
+                identifyUDP = parseDatagramListener(identifyUDP)
+            # Books of its own: the echo's metrics count echoes only.
+            identifyPolicy = DatagramPolicy(
+                settings.udpRate, reactor, ipv6Prefix=settings.ipv6Prefix
+            )
+            _DatagramListenerService(
+                identifyUDP,
+                identifyPolicy,
+                reactor,
+                IdentifyDatagram(self.identity, identifyPolicy),
+                "identify-udp",
+            ).setServiceParent(self)
+        for kind, where in (("metrics", metrics), ("health", health)):
+            if where is None:
+                continue
             # Imported here: prometheus_client and twisted.web take longer to
             # import than the rest of the server, which needs neither.
+            from echotwist.health import Health
             from echotwist.metrics import EchoCollector, metricsSite, registryFor
 
-            if isinstance(metrics, str):
-                metrics = parseListener(metrics, reactor)
-            self._trust(metrics)
-            snapshot, workers, refresh = self._metricsSource()
-            _ListenerService(
-                metrics,
-                metricsSite(
-                    registryFor(EchoCollector(snapshot, workers)), refresh, reactor
-                ),
-                "metrics",
-            ).setServiceParent(self)
+            if isinstance(where, str):
+                where = parseListener(where, reactor)
+            self._trust(where)
+            pages = Health(self.notReady, self.identity).pages()
+            if kind == "metrics":
+                snapshot, workers, refresh = self._metricsSource()
+                site = metricsSite(
+                    registryFor(EchoCollector(snapshot, workers)),
+                    refresh,
+                    reactor,
+                    pages,
+                )
+            else:
+                site = metricsSite(None, None, reactor, pages)
+            _ListenerService(where, site, kind).setServiceParent(self)
 
     def _trust(self, listener: Listener) -> None:
         """
@@ -532,6 +613,19 @@ class EchoService(MultiService):
         from echotwist.stats import stats
 
         return (lambda: stats(self.factory, self.datagramPolicy), lambda: 1, None)
+
+    def notReady(self) -> list[str]:
+        """
+        Why the server should be sent no new clients now: it is draining,
+        or a listener does not listen.  None of these: ready.
+        """
+        if self.draining:
+            return ["draining"]
+        return [
+            f"not listening on {escape(child.description)}"
+            for child in self
+            if child.kind not in _LAST_TO_STOP and child.port is None
+        ]
 
     def privilegedStartService(self) -> None:
         """
@@ -640,17 +734,32 @@ class EchoService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop listening, then drain the connections (see
-        L{EchoFactory.drain}); SIGHUP is restored only after.
+        Fail readiness, stop listening, then drain the connections (see
+        L{drain}); the metrics and health listeners stop only after, so
+        that they answer (C{/readyz}: 503) while connections drain.
+        SIGHUP is restored last.
         """
-        stopped: Deferred[object] = super().stopService()
-        drained = stopped.addCallback(
-            lambda _: self.factory.drain(self.shutdownTimeout)
+        self.draining = True
+        Service.stopService(self)
+        children = list(self)
+        children.reverse()
+        first = [child for child in children if child.kind not in _LAST_TO_STOP]
+        last = [child for child in children if child.kind in _LAST_TO_STOP]
+        stopped = DeferredList([maybeDeferred(child.stopService) for child in first])
+        drained = stopped.addCallback(lambda _: self.drain())
+        drained.addCallback(
+            lambda _: DeferredList([maybeDeferred(child.stopService) for child in last])
         )
 
-        def restore(result: _T) -> _T:
+        def restore(result: object) -> None:
             # Only now: a SIGHUP during the drain must not kill it either.
             self._restoreSignals()
-            return result
 
         return drained.addBoth(restore)
+
+    def drain(self) -> Deferred[None]:
+        """
+        Let open connections finish (see L{EchoFactory.drain}), once the
+        listeners have stopped.
+        """
+        return self.factory.drain(self.shutdownTimeout)

@@ -125,6 +125,16 @@ def _socketBuffer(text: str) -> int:
     return size
 
 
+def _instanceName(text: str) -> str:
+    if not text or len(text) > 253 or not (text.isascii() and text.isprintable()):
+        raise ValueError(
+            f"{text!r} is not an instance name (1-253 printable ASCII characters)"
+        )
+    if any(character.isspace() for character in text):
+        raise ValueError(f"{text!r} is not an instance name (no spaces)")
+    return text
+
+
 def _option(option: str, default: Any, parse: Callable[[str], Any], help: str) -> Any:
     return field(
         default=default,
@@ -241,6 +251,16 @@ class Settings:
         """UDP datagrams a second answered per source (an IPv4 address, or an
         IPv6 --ipv6-prefix network), in bursts of up to a tenth of that (at
         least 1); 0 for no limit (e.g. --udp-rate 1000).""",
+    )
+    instanceName: str | None = field(
+        default=None,
+        metadata={
+            "option": "instance-name",
+            "parse": _instanceName,
+            "help": "The name the identity line (--identify) and /info give"
+            " this server, e.g. its pod's (e.g. --instance-name echo-0)."
+            " [default: $POD_NAME, else $HOSTNAME, else the host name]",
+        },
     )
     logConnections: bool = field(
         default=True,

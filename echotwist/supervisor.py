@@ -53,7 +53,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, eventFromJSON
 from twisted.python.failure import Failure
 
-from echotwist.service import EchoService
+from echotwist.service import SIDE_KINDS, EchoService
 from echotwist.settings import maxWorkers
 from echotwist.stats import addStats
 from echotwist.worker import heartbeatInterval
@@ -319,7 +319,7 @@ class SupervisorService(EchoService):
         fileno = _FIRST_LISTENER
         for child in self:
             port = child.port
-            if port is None or child.kind == "metrics":
+            if port is None or child.kind in SIDE_KINDS:
                 continue
             # The workers accept; the supervisor keeps the socket open only.
             port.stopReading()
@@ -675,18 +675,33 @@ class SupervisorService(EchoService):
         """
         Stop listening and send every worker SIGTERM: fires once all have
         exited (any still running C{shutdownTimeout} plus a margin later
-        are killed).
+        are killed) and the metrics and health listeners have stopped.
         """
         self._stopping = True
         for call in self._pendingRestarts:
             if call.active():
                 call.cancel()
-        listening = super().stopService()
+        return super().stopService()
+
+    def notReady(self) -> list[str]:
+        """
+        As for one process, and not ready while no worker serves.
+        """
+        reasons = super().notReady()
+        if not reasons and not any(w.serving.called for w in self.workers.values()):
+            reasons.append("no worker serving")
+        return reasons
+
+    def drain(self) -> Deferred[None]:
+        """
+        Once the listeners have stopped: send every worker SIGTERM, and
+        wait for them to drain and exit.
+        """
         workers = self._everyWorker()
         for worker in workers:
             worker.signal(signal.SIGTERM)
         if not workers:
-            return listening
+            return super().drain()
         log.info(
             "Waiting for {count} worker(s) to drain",
             event="drain.started",
@@ -696,7 +711,7 @@ class SupervisorService(EchoService):
         killer = self.reactor.callLater(
             self.shutdownTimeout + KILL_MARGIN, self._killAll, workers
         )
-        ended = DeferredList([w.ended for w in workers] + [listening])
+        ended = DeferredList([w.ended for w in workers])
 
         def done(_: object) -> None:
             if killer.active():

@@ -6,6 +6,8 @@ The tap configuration of C{twistd echo}: options, and the service they make.
 from __future__ import annotations
 
 import faulthandler
+import getopt
+import os
 import select
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
@@ -54,6 +56,28 @@ def _oneLine(method: _F) -> _F:
     # fold the source indentation away so it wraps cleanly.
     method.__doc__ = " ".join((method.__doc__ or "").split())
     return method
+
+
+#: What every C{twistd echo} option's variable starts with.
+ENVIRONMENT_PREFIX = "ECHOTWIST_"
+
+#: Options that repeat: from the environment, their values are separated
+#: by whitespace (which no endpoint description or network holds).
+REPEATED_OPTIONS = ("listen", "udp", "proxy-from")
+
+#: Options that are no configuration.
+NOT_FROM_ENVIRONMENT = ("help", "version")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def environmentVariable(option: str) -> str:
+    """
+    The environment variable that gives C{option}: C{ECHOTWIST_} and its
+    name in upper case, dashes as underscores (C{ECHOTWIST_MAX_CONNECTIONS}).
+    """
+    return ENVIRONMENT_PREFIX + option.upper().replace("-", "_")
 
 
 def _parse(option: str, description: str) -> Listener:
@@ -132,6 +156,10 @@ class Options(usage.Options):
         " the same bytes.  With no option it listens on tcp:5000, on every"
         " interface.  Where epoll exists it serves on echotwist's own reactor"
         " unless --reactor (an option of twistd or twist) names another."
+        "  Every option can also be set in the environment: ECHOTWIST_ and"
+        " its name in upper case, dashes as underscores (e.g."
+        " ECHOTWIST_MAX_CONNECTIONS=10000); a repeated option's values are"
+        " separated by whitespace, a flag is 1 or 0; the command line wins."
     )
 
     # Each knob is a field of Settings, which carries its option's name,
@@ -145,7 +173,12 @@ class Options(usage.Options):
         if f.metadata.get("negated")
     ]
     optParameters = [
-        [f.metadata["option"], None, _typed(f.default), f.metadata["help"]]
+        [
+            f.metadata["option"],
+            None,
+            None if f.default is None else _typed(f.default),
+            f.metadata["help"],
+        ]
         for f in optionFields()
         if "parse" in f.metadata
     ] + [
@@ -157,10 +190,44 @@ class Options(usage.Options):
             " description (e.g. --metrics tcp:9100:interface=127.0.0.1)."
             " [default: none]",
         ],
+        [
+            "health",
+            None,
+            None,
+            "Serve /healthz (liveness), /readyz (readiness: 503 from the"
+            " moment a drain starts) and /info (identity, as JSON) on this"
+            " server endpoint description, for probes that need no metrics;"
+            " --metrics serves them too (e.g. --health tcp:8080)."
+            " [default: none]",
+        ],
+        [
+            "identify",
+            None,
+            None,
+            "Answer each connection on this server endpoint description with"
+            " one line (host name, instance name, version, the client's"
+            " address as seen, after any PROXY header), then close it; never"
+            " on an echo port (e.g. --identify tcp:5001). [default: none]",
+        ],
+        [
+            "identify-udp",
+            None,
+            None,
+            "Answer each UDP datagram on PORT or udp:PORT:interface=ADDRESS"
+            " with the --identify line, rate-limited as --udp is"
+            " (e.g. --identify-udp 5001). [default: none]",
+        ],
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        """
+        @param environ: where C{ECHOTWIST_*} variables are read; the
+            process's environment if None.
+        """
         super().__init__()
+        self.environ = os.environ if environ is None else environ
+        #: The variable each option given by the environment came from.
+        self.fromEnvironment: dict[str, str] = {}
         self["port"] = None
         self["listen"] = []
         self["udp"] = []
@@ -209,17 +276,67 @@ class Options(usage.Options):
         try:
             parsed = parseNetwork(network)
         except ValueError as e:
-            raise usage.UsageError(f"--proxy-from: {e}") from None
+            raise usage.UsageError(f"{self.label('proxy-from')}: {e}") from None
         if self["proxy-from"] is None:
             self["proxy-from"] = []
         self["proxy-from"].append(parsed)
 
+    def label(self, option: str) -> str:
+        """
+        How an error names C{option}: as the variable it came from, or as
+        typed.
+        """
+        return self.fromEnvironment.get(option, f"--{option}")
+
+    def environmentArguments(self, given: list[str]) -> list[str]:
+        """
+        The options the environment gives (see L{environmentVariable}), as
+        command-line arguments, for those options C{given} does not name:
+        the command line wins, a repeated option's values included.  A
+        repeated option's variable holds its values separated by
+        whitespace; a flag's holds 1, true, yes or on (0, false, no, off or
+        nothing for unset).
+        """
+        self.fromEnvironment = {}
+        try:
+            named, _ = getopt.getopt(given, self.shortOpt, self.longOpt)
+        except getopt.GetoptError:
+            return []  # the command line's own error is the one to see
+        onCommandLine = {self.synonyms[name.lstrip("-")] for name, _ in named}
+        arguments: list[str] = []
+        for spec in self.longOpt:
+            name = spec.rstrip("=")
+            variable = environmentVariable(name)
+            value = self.environ.get(variable)
+            if name in NOT_FROM_ENVIRONMENT or name in onCommandLine or value is None:
+                continue
+            self.fromEnvironment[name] = variable
+            if not spec.endswith("="):
+                word = value.strip().lower()
+                if word in _TRUE:
+                    arguments.append(f"--{name}")
+                elif word not in _FALSE:
+                    raise usage.UsageError(
+                        f"{variable}: {value!r} is not 1, true, yes or on (nor 0,"
+                        " false, no or off)"
+                    )
+            elif name in REPEATED_OPTIONS:
+                for item in value.split():
+                    arguments += [f"--{name}", item]
+            else:
+                arguments += [f"--{name}", value]
+        return arguments
+
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
-        Parse as Twisted does; a usage error ends the process with status 1
-        where this twistd would end it with 0.
+        Parse the command line, after the options the environment gives
+        (L{environmentArguments}), as Twisted does; a usage error ends the
+        process with status 1 where this twistd would end it with 0.
         """
+        if options is None:
+            options = sys.argv[1:]
         try:
+            options = self.environmentArguments(options) + list(options)
             super().parseOptions(options)
         except usage.UsageError as e:
             if not _twistdLeavesStatus0(self.parent):
@@ -242,13 +359,15 @@ class Options(usage.Options):
                 try:
                     self[name] = f.metadata["parse"](self[name])
                 except ValueError as e:
-                    raise usage.UsageError(f"--{name}: {e}") from None
+                    raise usage.UsageError(f"{self.label(name)}: {e}") from None
 
         # Before the listeners: parsing them imports the global reactor.
         installDefaultReactor(self.parent)
-        wanted: list[tuple[str, str]] = [("--listen", d) for d in self["listen"]]
+        wanted: list[tuple[str, str]] = [
+            (self.label("listen"), d) for d in self["listen"]
+        ]
         if self["port"] is not None or not (wanted or self["udp"]):
-            wanted.append(("--port", self["port"] or DEFAULT_PORT))
+            wanted.append((self.label("port"), self["port"] or DEFAULT_PORT))
         listeners: list[Listener] = []
         for option, description in wanted:
             listener = _parse(option, description)
@@ -264,18 +383,42 @@ class Options(usage.Options):
             try:
                 datagram = parseDatagramListener(description)
             except ValueError as e:
-                raise usage.UsageError(f"--udp: {e}") from None
+                raise usage.UsageError(f"{self.label('udp')}: {e}") from None
             if datagram in datagramListeners:
-                raise usage.UsageError(f"--udp: {datagram.description} is given twice")
+                raise usage.UsageError(
+                    f"{self.label('udp')}: {datagram.description} is given twice"
+                )
             datagramListeners.append(datagram)
         self["datagramListeners"] = datagramListeners
         if self["metrics"] is not None:
-            metrics = _parse("--metrics", self["metrics"])
+            metrics = _parse(self.label("metrics"), self["metrics"])
             if _repeats(metrics, listeners):
                 raise usage.UsageError(
-                    f"--metrics: {metrics.description} is also an echo listener"
+                    f"{self.label('metrics')}: {metrics.description} is also an"
+                    " echo listener"
                 )
             self["metrics"] = metrics
+        for option in ("health", "identify"):
+            if self[option] is None:
+                continue
+            side = _parse(self.label(option), self[option])
+            if _repeats(side, listeners):
+                raise usage.UsageError(
+                    f"{self.label(option)}: {side.description} is also an echo listener"
+                )
+            self[option] = side
+        if self["identify-udp"] is not None:
+            try:
+                identifyUDP = parseDatagramListener(self["identify-udp"])
+            except ValueError as e:
+                raise usage.UsageError(f"{self.label('identify-udp')}: {e}") from None
+            if identifyUDP in datagramListeners:
+                raise usage.UsageError(
+                    f"{self.label('identify-udp')}: {identifyUDP.description} is also"
+                    " a --udp"
+                    " listener"
+                )
+            self["identify-udp"] = identifyUDP
 
 
 def _reactorName() -> str | None:
@@ -316,6 +459,14 @@ def _prepareProcess() -> None:
     # object, hence the original.
     if sys.__stderr__ is not None and not faulthandler.is_enabled():
         faulthandler.enable(sys.__stderr__, all_threads=True)
+    # As PID 1 (a container without --init) the signal twistd re-sends
+    # itself after the drain cannot kill it: end with 128 + its number all
+    # the same.  Once the reactor runs, its own handlers are there to wrap.
+    from twisted.internet import reactor
+
+    from echotwist.exitstatus import ExitStatus
+
+    reactor.callWhenRunning(ExitStatus().watch)
 
 
 def settingsFrom(options: Options) -> Settings:
@@ -373,6 +524,9 @@ def makeService(options: Options) -> IService:
         "udp": options["datagramListeners"],
         "settings": settings,
         "metrics": options["metrics"],
+        "health": options["health"],
+        "identify": options["identify"],
+        "identifyUDP": options["identify-udp"],
         # twist opens its --log-file itself and keeps it in its options;
         # twistd's --logfile is found without.
         "logFiles": LogFiles(

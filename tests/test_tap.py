@@ -249,7 +249,11 @@ class BadValueTests(SynchronousTestCase):
         )
 
     def test_everyNumberNamesItsOption(self) -> None:
-        parsed = [f.metadata["option"] for f in optionFields() if "parse" in f.metadata]
+        parsed = [
+            f.metadata["option"]
+            for f in optionFields()
+            if "parse" in f.metadata and isinstance(f.default, (int, float))
+        ]
         self.assertEqual(sorted(parsed), sorted(p[0] for p in _numeric()))
         for name in parsed:
             for bad in ("-1", "many", ""):

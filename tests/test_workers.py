@@ -76,6 +76,24 @@ class SupervisionTests(SynchronousTestCase):
         args = self.spawned[0][1]
         self.assertEqual(args[1:3], ["-m", "echotwist.worker"])
 
+    def test_readyOnceAWorkerServes(self) -> None:
+        """
+        A supervisor is not ready until a worker says it serves, and is
+        not ready again from the start of its stop until its workers have
+        exited.
+        """
+        self.supervisor.startService()
+        self.assertEqual(self.supervisor.notReady(), ["no worker serving"])
+        self.worker(2).serving.callback(None)
+        self.assertEqual(self.supervisor.notReady(), [])
+        workers = [self.worker(1), self.worker(2)]
+        stopped = self.supervisor.stopService()
+        self.assertEqual(self.supervisor.notReady(), ["draining"])
+        self.assertEqual([w.transport.signals for w in workers], [[signal.SIGTERM]] * 2)
+        for worker in workers:
+            worker.processEnded(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+        self.successResultOf(stopped)
+
     def test_workersGetTheSettings(self) -> None:
         """
         Each worker is handed the supervisor's settings whole: every knob,
@@ -99,6 +117,7 @@ class SupervisionTests(SynchronousTestCase):
                 workerTimeout=12,
                 logConnections=False,
                 proxyFrom=("10.0.0.0/8", "2001:db8::7"),
+                instanceName="echo-1",
             ),
         )
         supervisor.startService()

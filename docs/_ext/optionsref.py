@@ -28,11 +28,15 @@ class OptionRow(NamedTuple):
     @ivar names: How it is typed, short form first (C{["-p", "--port"]}).
     @ivar metavar: What its value stands for (C{PORT}), or C{""} for a flag.
     @ivar doc: Its help text, with the default C{--help} appends.
+    @ivar variable: The environment variable that gives it too
+        (C{ECHOTWIST_PORT}), or C{""} for one that is no configuration
+        (C{--help}).
     """
 
     names: list[str]
     metavar: str
     doc: str
+    variable: str = ""
 
 
 def _numeric(default: object) -> bool:
@@ -58,7 +62,8 @@ def metavar(doc: str, default: object) -> str:
     A numeric default (C{10} or C{"10"}) makes it a number: C{SECONDS}, C{BYTES} or C{BITS}
     when the help text counts in those, C{N} otherwise. Otherwise a
     placeholder the help text itself uses after a colon (C{tcp:PORT}), then
-    an endpoint description (C{ENDPOINT}) or an address (C{ADDRESS}).
+    an endpoint description (C{ENDPOINT}), an address (C{ADDRESS}) or a
+    name (C{NAME}).
     """
     words = doc.lower()
     if _numeric(default):
@@ -73,6 +78,8 @@ def metavar(doc: str, default: object) -> str:
         return "ENDPOINT"
     if "address" in words:
         return "ADDRESS"
+    if re.search(r"\bname\b", words):
+        return "NAME"
     return "VALUE"
 
 
@@ -81,7 +88,12 @@ def optionRows() -> list[OptionRow]:
     Each option of C{twistd echo}, in the order C{--help} prints them, with
     the help text C{--help} prints for it.
     """
-    from echotwist.tap import Options
+    from echotwist.tap import (
+        NOT_FROM_ENVIRONMENT,
+        REPEATED_OPTIONS,
+        Options,
+        environmentVariable,
+    )
 
     options = Options()
     short: dict[str, str] = {}
@@ -100,7 +112,14 @@ def optionRows() -> list[OptionRow]:
         if name in short:
             names.insert(0, f"-{short[name]}")
         wanted = metavar(doc, default) if spec.endswith("=") else ""
-        rows.append(OptionRow(names, wanted, doc))
+        variable = ""
+        if name not in NOT_FROM_ENVIRONMENT:
+            variable = environmentVariable(name)
+            if name in REPEATED_OPTIONS:
+                variable += " (values separated by whitespace)"
+            elif not spec.endswith("="):
+                variable += " (1 or 0)"
+        rows.append(OptionRow(names, wanted, doc, variable))
     return rows
 
 
@@ -139,6 +158,8 @@ class OptionsReference(Directive):
                 # A plain paragraph, not parsed as reST: help texts hold
                 # backslashes (tcp6:5000:interface=\:\:1) that must stay.
                 content += nodes.paragraph(text=row.doc)
+                if row.variable:
+                    content += nodes.paragraph(text=f"Environment: {row.variable}")
             result.extend(parsed.children)
         return result
 

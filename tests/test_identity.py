@@ -1,0 +1,196 @@
+"""
+Which backend answered: the identity line on --identify (stream, behind
+PROXY too) and --identify-udp, never on the echo ports; in memory and on
+the real twistd.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from echotwist import __version__
+from echotwist.datagram import DatagramPolicy
+from echotwist.identity import (
+    IdentifyDatagram,
+    IdentifyFactory,
+    Identity,
+    identityFor,
+)
+from tests._clients import echoOnce
+from tests._twistd import LOOPBACK, WAIT, ServerTestCase
+from tests.test_transports import ask, freePort
+
+IDENTITY = Identity(hostname="host-1", instance="echo-0", version="9.9")
+
+
+class IdentityTests(SynchronousTestCase):
+    def test_instanceFromOption(self) -> None:
+        identity = identityFor("echo-3", {"POD_NAME": "p", "HOSTNAME": "h"}, "host")
+        self.assertEqual(identity, Identity("host", "echo-3", __version__))
+
+    def test_instanceFromPodName(self) -> None:
+        """
+        Without --instance-name: the pod's name, then the container's host
+        name, then the host name.
+        """
+        self.assertEqual(
+            identityFor(None, {"POD_NAME": "p", "HOSTNAME": "h"}, "host").instance,
+            "p",
+        )
+        self.assertEqual(identityFor(None, {"HOSTNAME": "h"}, "host").instance, "h")
+        self.assertEqual(identityFor(None, {}, "host").instance, "host")
+
+    def test_line(self) -> None:
+        line = IDENTITY.line(IPv4Address("TCP", "203.0.113.9", 4444))
+        self.assertEqual(
+            line,
+            b"echotwist host=host-1 instance=echo-0 version=9.9"
+            b" client=203.0.113.9:4444\r\n",
+        )
+
+    def test_escaped(self) -> None:
+        """
+        A name from the environment, a client's chosen UNIX socket name:
+        one line of printable ASCII, spaces kept out of the fields.
+        """
+        identity = identityFor("a\x1b[2J\nb c", {}, "h\x00st\u2028x")
+        line = identity.line(UNIXAddress(b"/tmp/\x1b]0;x\x07"))
+        self.assertEqual(
+            line,
+            b"echotwist host=h\\x00st_x instance=a\\x1b[2J_b_c"
+            b" version="
+            + __version__.encode()
+            + b" client=unix:/tmp/\\x1b]0;x\\x07\r\n",
+        )
+
+    def test_stream(self) -> None:
+        """
+        A connection gets the line with its own address, then is closed.
+        """
+        protocol = IdentifyFactory(IDENTITY).buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 7777))
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.value(), IDENTITY.line(transport.getPeer()))
+        self.assertTrue(transport.disconnecting)
+
+
+class _DatagramTransport:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, object]] = []
+
+    def write(self, data: bytes, addr: object) -> None:
+        self.sent.append((data, addr))
+
+
+class IdentifyDatagramTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.policy = DatagramPolicy(10, self.clock)
+        self.protocol = IdentifyDatagram(IDENTITY, self.policy)
+        self.transport = _DatagramTransport()
+        self.protocol.transport = self.transport  # type: ignore[assignment]
+
+    def test_answered(self) -> None:
+        self.protocol.datagramReceived(b"?", ("192.0.2.1", 40000))
+        self.assertEqual(
+            self.transport.sent,
+            [
+                (
+                    IDENTITY.line(IPv4Address("UDP", "192.0.2.1", 40000)),
+                    ("192.0.2.1", 40000),
+                )
+            ],
+        )
+
+    def test_noReflection(self) -> None:
+        """
+        The answer is larger than the question: from a privileged port (a
+        spoofed echo or chargen) nothing is answered, and a flood from one
+        source gets its rate only.
+        """
+        self.protocol.datagramReceived(b"?", ("192.0.2.1", 19))
+        self.assertEqual(self.transport.sent, [])
+        for _ in range(100):
+            self.protocol.datagramReceived(b"?", ("192.0.2.2", 40000))
+        self.assertEqual(len(self.transport.sent), 1)  # a burst of 10/10: 1
+        self.assertEqual(self.policy.counts["over the rate limit"], 99)
+
+
+def readLine(port: int, send: bytes = b"") -> tuple[bytes, tuple[str, int]]:
+    """
+    Connect, send C{send}, read until the server closes; what came and the
+    client's own address.
+    """
+    with socket.create_connection((LOOPBACK, port), timeout=WAIT) as sock:
+        own = sock.getsockname()
+        sock.sendall(send)
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+    return received, own
+
+
+class IdentifyServerTests(ServerTestCase):
+    def test_streamAndDatagram(self) -> None:
+        """
+        The line on --identify and --identify-udp, naming the instance and
+        the client as it connected; the echo port beside them stays
+        byte-exact.
+        """
+        udp = freePort(socket.SOCK_DGRAM)
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--identify",
+            f"tcp:0:interface={LOOPBACK}",
+            "--identify-udp",
+            f"udp:{udp}:interface={LOOPBACK}",
+            "--instance-name",
+            "echo-7",
+        )
+        echoPort = server.port
+        port = int(
+            server.waitFor(r"Serving the identity line on \S+:(\d+) \(tcp").group(1)
+        )
+        line, (host, own) = readLine(port, b"ignored")
+        self.assertEqual(
+            line,
+            f"echotwist host={socket.gethostname()} instance=echo-7"
+            f" version={__version__} client={host}:{own}\r\n".encode(),
+        )
+        self.assertIn(b"instance=echo-7", ask(b"?", udp) or b"")
+        payload = os.urandom(4096)
+        self.assertEqual(echoOnce((LOOPBACK, echoPort), payload), payload)
+
+    def test_behindProxy(self) -> None:
+        """
+        Behind haproxy:, the client named is the one the PROXY header gave.
+        """
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--identify",
+            f"haproxy:tcp:0:interface={LOOPBACK}",
+            "--proxy-from",
+            LOOPBACK,
+        )
+        port = int(server.waitFor(r"Serving the identity line on \S+:(\d+)").group(1))
+        line, _ = readLine(port, b"PROXY TCP4 203.0.113.9 127.0.0.1 4444 5001\r\n")
+        self.assertTrue(line.endswith(b" client=203.0.113.9:4444\r\n"), line)
+
+    def test_notOnAnEchoPort(self) -> None:
+        """
+        The identity line cannot share an echo listener.
+        """
+        output = self.failedStart("--port", "tcp:5000", "--identify", "tcp:5000")
+        self.assertIn("--identify: tcp:5000 is also an echo listener", output)
+
+    def test_badInstanceName(self) -> None:
+        output = self.failedStart("--instance-name", "two words")
+        self.assertIn("--instance-name: 'two words' is not an instance name", output)
