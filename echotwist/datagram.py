@@ -14,11 +14,17 @@ Refused, as BSD inetd refuses them:
   - datagrams past a source's rate (a token bucket per source: an IPv4
     address, or an IPv6 network of --ipv6-prefix bits, since one host can
     own a whole /64 and send from any address in it).
+
+And, since a port list cannot know where other echo servers listen, a
+datagram that is an echo of our own answer: the same bytes, from the very
+address and port we sent them to, back within L{LOOP_WINDOW} seconds, for
+the L{LOOP_TOLERANCE}+1st time in a row (see L{EchoLoopGuard}).
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from typing import Any
 
 from twisted.internet.error import MessageLengthError
@@ -33,6 +39,9 @@ __all__ = [
     "DATAGRAM_REFUSALS",
     "DatagramEcho",
     "DatagramPolicy",
+    "EchoLoopGuard",
+    "LOOP_TOLERANCE",
+    "LOOP_WINDOW",
     "MAX_DATAGRAM",
     "burstFor",
 ]
@@ -55,7 +64,99 @@ DATAGRAM_REFUSALS = (
     "unspecified source",
     "bad source address",
     "over the rate limit",
+    "echo loop",
 )
+
+#: How soon after our answer to a peer the same bytes from that peer count
+#: as an echo of it: above a 100 ms round trip with a margin for the
+#: other server's own delay, below the 200 ms between two datagrams of a
+#: client that repeats itself five times a second.
+LOOP_WINDOW = 0.15
+
+#: How many echoes of our answers in a row one peer still gets answered:
+#: a client that re-sends because an answer was lost, or sends a few
+#: identical probes at once, is served; the next echo ends the loop.
+LOOP_TOLERANCE = 2
+
+
+class EchoLoopGuard:
+    """
+    Recognise another echo server answering us: a datagram holding the
+    bytes we answered to the same address and port less than C{window}
+    seconds ago.  The first C{tolerance} such echoes in a row are
+    answered; the next is a loop.
+
+    What is remembered is a digest (Python's keyed, per-process hash) of
+    each answer with its peer and time, in one table kept in the order of
+    sending: entries older than C{window} are dropped as new ones come,
+    and at most C{maxEntries} are kept, the oldest going first, so a flood
+    of spoofed sources costs bounded memory.  Every answer in flight is
+    remembered, not only the last one per peer, so several datagrams
+    looping at once are each caught.
+
+    @ivar window: seconds after an answer during which its bytes coming
+        back from its peer are an echo of it.
+    @ivar tolerance: echoes in a row from one peer still answered.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        window: float = LOOP_WINDOW,
+        tolerance: int = LOOP_TOLERANCE,
+        maxEntries: int = 16384,
+    ) -> None:
+        self.window = window
+        self.tolerance = tolerance
+        self.maxEntries = maxEntries
+        self._clock = clock
+        # (host, port, digest) -> (when answered, echoes in a row before),
+        # oldest answer first.
+        self._answers: OrderedDict[tuple[str, int, int], tuple[float, int]] = (
+            OrderedDict()
+        )
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def isLoop(self, host: str, port: int, datagram: bytes) -> bool:
+        """
+        Whether answering C{datagram} from C{(host, port)} would keep an
+        echo loop going; if not, it is remembered as answered now.
+        """
+        now = self._clock.seconds()
+        answers = self._answers
+        horizon = now - self.window
+        # Forget answers past the window: each is looked at once, so this
+        # is amortised constant time.
+        while answers:
+            oldest = next(iter(answers.values()))
+            if oldest[0] >= horizon:
+                break
+            answers.popitem(last=False)
+        key = (host, port, hash(datagram))
+        entry = answers.get(key)
+        if entry is None:
+            echoes = 0
+        else:
+            echoes = entry[1] + 1
+            if echoes > self.tolerance:
+                # Unanswered, so the loop ends here; while the window
+                # lasts, more of the same from that peer are echoes still.
+                answers[key] = (entry[0], echoes)
+                return True
+            del answers[key]
+        if len(answers) >= self.maxEntries:
+            answers.popitem(last=False)
+        answers[key] = (now, echoes)
+        return False
+
+    def unsent(self, host: str, port: int, datagram: bytes) -> None:
+        """
+        Forget the answer L{isLoop} remembered: it could not be sent, so it
+        cannot come back.
+        """
+        self._answers.pop((host, port, hash(datagram)), None)
 
 
 def burstFor(rate: float) -> float:
@@ -66,6 +167,13 @@ def burstFor(rate: float) -> float:
     """
     return max(1.0, rate / 10)
 
+
+#: Log lines that say more than the reason.
+_REFUSED = {
+    "echo loop": "Refused UDP datagram from {peer}: echo loop (the bytes we"
+    f" answered it, back within {LOOP_WINDOW * 1000:.0f} ms,"
+    f" {LOOP_TOLERANCE + 1} times in a row: another echo server answering?)",
+}
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
 
@@ -114,6 +222,7 @@ class DatagramPolicy:
         self.limiter = (
             SourceRateLimiter(rate, burstFor(rate), clock, maxSources) if rate else None
         )
+        self.loops = EchoLoopGuard(clock)
         self.refusals = ThrottledLog(log, clock)
         self.counts: dict[str, int] = {}
         self.bytes = {"received": 0, "sent": 0}
@@ -125,10 +234,11 @@ class DatagramPolicy:
         """
         self.counts[what] = self.counts.get(what, 0) + 1
 
-    def refusal(self, host: str, port: int) -> tuple[str | None, str]:
+    def refusal(self, host: str, port: int, datagram: bytes) -> tuple[str | None, str]:
         """
-        Whether a datagram from C{(host, port)} may be answered (then it
-        used up one of its source's tokens).
+        Whether C{datagram} from C{(host, port)} may be answered (then it
+        used up one of its source's tokens, and the loop guard remembers
+        it as answered).
 
         @return: why not, or None; and the source it was counted as, for
             logs (the address and port, or for the rate limit the source:
@@ -151,6 +261,8 @@ class DatagramPolicy:
             source = groupOf(address, self.ipv6Prefix)
             if not self.limiter.allow(source):
                 return "over the rate limit", source
+        if self.loops.isLoop(host, port, datagram):
+            return "echo loop", escape(_formatSource(host, port))
         return None, ""
 
 
@@ -172,12 +284,12 @@ class DatagramEcho(DatagramProtocol):
         host, port = addr[0], addr[1]
         policy = self.policy
         policy.bytes["received"] += len(datagram)
-        why, source = policy.refusal(host, port)
+        why, source = policy.refusal(host, port, datagram)
         if why is not None:
             policy.count(why)
             policy.refusals.warn(
                 why,
-                "Refused UDP datagram from {peer}: {reason}",
+                _REFUSED.get(why, "Refused UDP datagram from {peer}: {reason}"),
                 event="datagram.refused",
                 peer=source,
                 reason=why,
@@ -188,6 +300,7 @@ class DatagramEcho(DatagramProtocol):
         except (OSError, MessageLengthError) as e:
             # EAGAIN (send buffer full), EMSGSIZE, ENOBUFS, an unreachable
             # network...: that one answer is lost, the listener carries on.
+            policy.loops.unsent(host, port, datagram)
             policy.count("send failed")
             policy.refusals.warn(
                 "send failed",
