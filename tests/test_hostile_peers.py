@@ -1,20 +1,23 @@
 """
-Hostile peers against the real twistd (issue 23): two echo servers made
-to echo each other by one spoofed datagram, straight and through a relay
-that makes the round trip long.  Every wait is bounded, and all traffic
-stays on loopback.
+Hostile and unusual peers against the real twistd (issue 23): two echo
+servers made to echo each other by one spoofed datagram, straight and
+through a relay that makes the round trip long; and HAProxy's bare
+C{PROXY UNKNOWN}.  Every wait is bounded, and all traffic stays on
+loopback.
 """
 
 from __future__ import annotations
 
 import heapq
+import os
 import select
 import socket
 import struct
 import threading
 import time
 
-from tests._tools import requireRoot
+from tests._clients import readUntilClosed
+from tests._tools import requireRoot, startHAProxy
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase
 from tests.test_metrics import scrape
 from tests.test_transports import freePort
@@ -183,3 +186,62 @@ class EchoLoopTests(ServerTestCase):
 
     def test_throughARelay100ms(self) -> None:
         self.throughRelay(0.1)
+
+
+class ProxyUnknownTests(ServerTestCase):
+    """
+    C{PROXY UNKNOWN\\r\\n}, nothing after UNKNOWN, as HAProxy 2.6 sends it
+    for a client of a UNIX-socket frontend: served, with the proxy's own
+    address in the log.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.server = self.start("--port", f"haproxy:tcp:0:interface={LOOPBACK}")
+        self.port = self.server.port
+
+    def test_theExactBytes(self) -> None:
+        with socket.create_connection((LOOPBACK, self.port), timeout=WAIT) as sock:
+            clientPort = sock.getsockname()[1]
+            sock.sendall(b"PROXY UNKNOWN\r\nhello")
+            self.assertEqual(sock.recv(16), b"hello")
+            sock.shutdown(socket.SHUT_WR)
+            data, _ = readUntilClosed(sock)
+        self.assertEqual(data, b"")
+        self.server.waitFor(rf"127\.0\.0\.1:{clientPort} disconnected after")
+        self.assertNotIn("malformed", self.server.output)
+
+    def test_realHAProxyUnixFrontend(self) -> None:
+        frontend = freePort()
+        path = os.path.join(self.directory, "front.sock")
+        config = os.path.join(self.directory, "haproxy.cfg")
+        with open(config, "w") as f:
+            f.write(
+                "defaults\n"
+                "    mode tcp\n"
+                "    timeout connect 5s\n"
+                "    timeout client 30s\n"
+                "    timeout server 30s\n"
+                "frontend echo\n"
+                # The TCP bind only tells the test HAProxy is up.
+                f"    bind {LOOPBACK}:{frontend}\n"
+                f"    bind unix@{path}\n"
+                "    default_backend echotwist\n"
+                "backend echotwist\n"
+                f"    server one {LOOPBACK}:{self.port} send-proxy\n"
+            )
+        startHAProxy(self, config, frontend)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(WAIT)
+            sock.connect(path)
+            payload = os.urandom(4096)
+            sock.sendall(payload)
+            received = b""
+            while len(received) < len(payload):
+                chunk = sock.recv(65536)
+                self.assertTrue(chunk, "closed before the echo came back")
+                received += chunk
+        self.assertEqual(received, payload)
+        # HAProxy's own address: what the header did not replace.
+        self.server.waitFor(r"127\.0\.0\.1:\d+ disconnected after")
+        self.assertNotIn("Refused", self.server.output)
