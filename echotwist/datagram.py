@@ -24,20 +24,25 @@ the L{LOOP_TOLERANCE}+1st time in a row (see L{EchoLoopGuard}).
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections import OrderedDict
+from errno import EAGAIN, ECONNREFUSED, EINTR, EWOULDBLOCK
 from typing import Any
 
+from twisted.internet import udp
 from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from echotwist._address import DEFAULT_IPV6_PREFIX, escape, groupOf
+from echotwist._address import DEFAULT_IPV6_PREFIX, escape, groupOf, parseHost
 from echotwist.limits import SourceRateLimiter, ThrottledLog
 
 __all__ = [
+    "DATAGRAMS_PER_READ",
     "DATAGRAM_REFUSALS",
     "DatagramEcho",
+    "DatagramPort",
     "DatagramPolicy",
     "EchoLoopGuard",
     "LOOP_TOLERANCE",
@@ -52,6 +57,17 @@ log = Logger()
 #: over IPv4, 65527 over IPv6), so nothing is ever truncated.  Twisted's
 #: default of 8192 would cut larger datagrams silently.
 MAX_DATAGRAM = 65536
+
+#: Datagrams one UDP port reads per pass of the reactor loop.  Twisted
+#: reads up to 256 KiB a pass, which is 4096 small datagrams: 30-40 ms
+#: during which no TCP connection is served.  32 keeps a pass under a
+#: millisecond, and costs a flood little: the next pass reads on.
+DATAGRAMS_PER_READ = 32
+
+# What ends a pass of reads quietly: nothing more to read, a signal, or
+# the ICMP error of an earlier answer (an unconnected port has no one to
+# tell).  As Twisted's UDP port has it.
+_READ_DONE = frozenset({EAGAIN, EWOULDBLOCK, EINTR, ECONNREFUSED})
 
 #: Source ports below this are refused (see the module docstring).
 FIRST_UNPRIVILEGED_PORT = 1024
@@ -247,9 +263,7 @@ class DatagramPolicy:
         if port < FIRST_UNPRIVILEGED_PORT:
             return "privileged source port", _formatSource(host, port)
         try:
-            address: ipaddress.IPv4Address | ipaddress.IPv6Address = (
-                ipaddress.ip_address(host.split("%", 1)[0])
-            )
+            address = parseHost(host)
         except ValueError:
             return "bad source address", escape(_formatSource(host, port))
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -312,6 +326,68 @@ class DatagramEcho(DatagramProtocol):
             return
         policy.bytes["sent"] += len(datagram)
         policy.count("answered")
+
+
+class DatagramPort(udp.Port):
+    """
+    Twisted's UDP port, reading at most C{maxDatagramsPerRead} datagrams a
+    pass of the reactor loop, and keeping an IPv6 peer's scope.
+
+    Twisted's port reads until C{maxThroughput} bytes (256 KiB) a pass: a
+    flood of small datagrams holds the reactor for thousands of them, and
+    empty ones never reach the bound at all.  This one counts datagrams.
+
+    Twisted also drops the scope of an IPv6 peer's address (C{fe80::1}
+    from C{eth0} and from C{eth1} look alike), so an answer to a
+    link-local peer left by whichever interface the routing table named
+    first, and limits could not tell links apart.  This one gives the
+    protocol a scoped address whole, C{(host, port, flowinfo, scope)},
+    with the host as Twisted's TCP transports write it (C{fe80::1%eth0});
+    an answer written to that address leaves by its interface.
+
+    @ivar maxDatagramsPerRead: datagrams read per pass at most.
+    """
+
+    maxDatagramsPerRead = DATAGRAMS_PER_READ
+
+    def doRead(self) -> None:
+        """
+        Read and hand on up to C{maxDatagramsPerRead} datagrams; the rest
+        wait for the next pass of the reactor loop.
+        """
+        recvfrom = self.socket.recvfrom
+        size = self.maxPacketSize
+        protocol = self.protocol
+        scoped = self.addressFamily == socket.AF_INET6
+        for _ in range(self.maxDatagramsPerRead):
+            try:
+                data, addr = recvfrom(size)
+            except OSError as e:
+                if e.errno in _READ_DONE:
+                    return
+                raise
+            if scoped:
+                addr = _withScope(addr)
+            try:
+                protocol.datagramReceived(data, addr)
+            except Exception:
+                log.failure("Unhandled error in {protocol!r}", protocol=protocol)
+
+
+def _withScope(
+    addr: tuple[str, int, int, int],
+) -> tuple[str, int] | tuple[str, int, int, int]:
+    """
+    An IPv6 socket address as Twisted gives it, C{(host, port)}; if it has
+    a scope, the host carries it (C{fe80::1%eth0}) and the whole socket
+    address is kept, since Python's C{sendto} takes the scope from its
+    fourth item, not from the host.
+    """
+    host, port, flow, scope = addr
+    if not scope:
+        return host, port
+    host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
+    return host, port, flow, scope
 
 
 def _formatSource(host: str, port: int) -> str:

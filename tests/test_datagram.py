@@ -6,18 +6,25 @@ them), and send errors.
 from __future__ import annotations
 
 import errno
+import socket
 from typing import Any
 
+from twisted.internet import udp
 from twisted.internet.error import MessageLengthError
+from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist.datagram import (
+    DATAGRAMS_PER_READ,
     LOOP_WINDOW,
     DatagramEcho,
     DatagramPolicy,
+    DatagramPort,
     EchoLoopGuard,
+    _withScope,
     burstFor,
 )
 
@@ -139,6 +146,18 @@ class DatagramEchoTests(SynchronousTestCase):
         (event,) = events
         self.assertEqual(event["peer"], "2001:db8:1:2::/64")
         self.echo.datagramReceived(b"x", ("2001:db8:1:3::1", 40000, 0, 0))
+        self.assertEqual(len(self.transport.sent), burstFor(100) + 1)
+
+    def test_rateIsPerLinkLocalInterface(self) -> None:
+        """
+        Link-local sources on two interfaces have a bucket each.
+        """
+        with capturedLogs() as events:
+            for n in range(1, 51):
+                self.echo.datagramReceived(b"%d" % n, (f"fe80::{n:x}%eth0", 40000))
+        self.assertEqual(len(self.transport.sent), burstFor(100))
+        self.assertEqual(events[0]["peer"], "fe80::%eth0/64")
+        self.echo.datagramReceived(b"other link", ("fe80::1%eth1", 40000))
         self.assertEqual(len(self.transport.sent), burstFor(100) + 1)
 
     def test_prefixIsConfigurable(self) -> None:
@@ -372,3 +391,62 @@ class EchoLoopGuardTests(SynchronousTestCase):
         clock.advance(LOOP_WINDOW * 1.01)
         guard.isLoop("192.0.2.2", 40000, b"x")
         self.assertEqual(len(guard), 1)
+
+
+class _Collect(DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, Any]] = []
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.received.append((datagram, addr))
+
+
+class DatagramPortTests(SynchronousTestCase):
+    """
+    The UDP port reads a bounded number of datagrams a pass, on a real
+    loopback socket (the reactor is a memory one: passes are called by
+    hand).
+    """
+
+    def listen(self, portType: type[udp.Port]) -> tuple[udp.Port, _Collect]:
+        protocol = _Collect()
+        port = portType(0, protocol, "127.0.0.1", 65536, MemoryReactorClock())
+        port.startListening()
+        self.addCleanup(port.socket.close)
+        return port, protocol
+
+    def test_aPassReadsAtMostTheBound(self) -> None:
+        port, protocol = self.listen(DatagramPort)
+        # Empty datagrams too: Twisted's byte budget never counts them.
+        self.send(port, [b""] * 50 + [b"x"] * 50)
+        port.doRead()
+        self.assertEqual(len(protocol.received), DATAGRAMS_PER_READ)
+        port.doRead()
+        self.assertEqual(len(protocol.received), 2 * DATAGRAMS_PER_READ)
+        for _ in range(10):
+            port.doRead()
+        self.assertEqual(len(protocol.received), 100)
+
+    def test_twistedsPortReadsThemAll(self) -> None:
+        """
+        What the bound is for: Twisted's own port reads every small
+        datagram queued in one pass.
+        """
+        port, protocol = self.listen(udp.Port)
+        self.send(port, [b""] * 50 + [b"x"] * 50)
+        port.doRead()
+        self.assertEqual(len(protocol.received), 100)
+
+    def send(self, port: udp.Port, datagrams: list[bytes]) -> None:
+        # Linux delivers a loopback datagram to the receiving socket's
+        # queue within the sender's sendto: all are queued on return.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for datagram in datagrams:
+                client.sendto(datagram, ("127.0.0.1", port.getHost().port))
+
+    def test_scopeIsKept(self) -> None:
+        self.assertEqual(
+            _withScope(("fe80::a", 5, 0, socket.if_nametoindex("lo"))),
+            ("fe80::a%lo", 5, 0, socket.if_nametoindex("lo")),
+        )
+        self.assertEqual(_withScope(("2001:db8::1", 5, 0, 0)), ("2001:db8::1", 5))

@@ -1,9 +1,9 @@
 """
 Hostile and unusual peers against the real twistd (issue 23): two echo
 servers made to echo each other by one spoofed datagram, straight and
-through a relay that makes the round trip long; and HAProxy's bare
-C{PROXY UNKNOWN}.  Every wait is bounded, and all traffic stays on
-loopback.
+through a relay that makes the round trip long; HAProxy's bare
+C{PROXY UNKNOWN}; and link-local clients on two links.  Every wait is bounded, and all traffic stays on
+loopback or in network namespaces the test makes.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ import os
 import select
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+import uuid
 
 from tests._clients import readUntilClosed
-from tests._tools import requireRoot, startHAProxy
-from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase
+from tests._tools import requireRoot, requireTool, startHAProxy
+from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.test_metrics import scrape
 from tests.test_transports import freePort
 
@@ -245,3 +248,124 @@ class ProxyUnknownTests(ServerTestCase):
         # HAProxy's own address: what the header did not replace.
         self.server.waitFor(r"127\.0\.0\.1:\d+ disconnected after")
         self.assertNotIn("Refused", self.server.output)
+
+
+# --- IPv6 link-local clients on two links --------------------------------------
+
+_LINK_CLIENT = r"""
+import select, socket, sys
+server, port, udpPort, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+host, scope = server.split("%")
+index = socket.if_nametoindex(scope)
+socks, admitted = [], 0
+for _ in range(count):
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect((host, port, 0, index))
+    sock.sendall(b"ping")
+    try:
+        admitted += sock.recv(16) == b"ping"
+    except (ConnectionResetError, socket.timeout):
+        pass
+    socks.append(sock)
+answered = 0
+for n in range(count):
+    udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    udp.sendto(b"dgram %d" % n, (host, udpPort, 0, index))
+    udp.settimeout(1)
+    try:
+        answered += udp.recv(16) == b"dgram %d" % n
+    except socket.timeout:
+        pass
+print("admitted", admitted, "answered", answered, flush=True)
+# Hold the connections until told to go (or for 30 s at most).
+select.select([sys.stdin], [], [], 30)
+"""
+
+
+class LinkLocalTests(ServerTestCase):
+    """
+    A server on two links (veth pairs to two namespaces the test makes),
+    and a client on each with the very same link-local address: the one on
+    link A at its --max-per-source and --udp-rate limits does not lock out
+    the one on link B.
+    """
+
+    def setUp(self) -> None:
+        requireRoot("creates network namespaces and veth pairs")
+        self.ip = requireTool("ip", "iproute2")
+        super().setUp()
+        suffix = uuid.uuid4().hex[:6]
+        self.namespaces = {
+            name: f"echotwist-{name}-{suffix}" for name in ("server", "a", "b")
+        }
+        for namespace in self.namespaces.values():
+            self.command(self.ip, "netns", "add", namespace)
+            # Deleting a namespace deletes the veth ends inside it.
+            self.addCleanup(self.command, self.ip, "netns", "delete", namespace)
+        self.links = {}
+        for name in ("a", "b"):
+            here, there = f"v{name}{suffix}", f"p{name}{suffix}"
+            self.command(
+                self.ip, "link", "add", here,
+                "netns", self.namespaces["server"],
+                "type", "veth", "peer", "name", there,
+                "netns", self.namespaces[name],
+            )  # fmt: skip
+            self.inside("server", "addr", "add", "fe80::1/64", "dev", here, "nodad")
+            self.inside(name, "addr", "add", "fe80::a/64", "dev", there, "nodad")
+            self.inside("server", "link", "set", here, "up")
+            self.inside(name, "link", "set", there, "up")
+            self.links[name] = there
+
+    def command(self, *argv: str) -> str:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=WAIT, check=False
+        )
+        self.assertEqual(done.returncode, 0, f"{argv}: {done.stderr}")
+        return done.stdout
+
+    def inside(self, name: str, *argv: str) -> str:
+        return self.command(self.ip, "-n", self.namespaces[name], *argv)
+
+    def client(self, name: str, count: int) -> subprocess.Popen[str]:
+        client = subprocess.Popen(
+            [
+                self.ip, "netns", "exec", self.namespaces[name],
+                sys.executable, "-c", _LINK_CLIENT,
+                f"fe80::1%{self.links[name]}", "7007", "7008", str(count),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        self.addCleanup(client.wait, WAIT)
+        self.addCleanup(client.kill)
+        return client
+
+    def test_aHostOnLinkAAtItsLimitDoesNotLockOutLinkB(self) -> None:
+        server = self.start(
+            "--port", "tcp6:7007:interface=\\:\\:",
+            "--udp", "udp:7008:interface=\\:\\:",
+            "--max-per-source", "2",
+            "--udp-rate", "0.01",
+            runner=[self.ip, "netns", "exec", self.namespaces["server"]]
+            + [command("twistd"), "-n", "--pidfile=", "echo"],
+        )  # fmt: skip
+        server.waitFor(r"Listening on \[::\]:7007")
+        server.waitFor(r"Listening on \[::\]:7008")
+        a = self.client("a", 4)
+        assert a.stdout is not None
+        # Two connections and one datagram a source: the rest refused.
+        self.assertEqual(a.stdout.readline(), "admitted 2 answered 1\n")
+        b = self.client("b", 1)
+        assert b.stdout is not None
+        self.assertEqual(b.stdout.readline(), "admitted 1 answered 1\n", server.output)
+        for client in (a, b):
+            assert client.stdin is not None
+            client.stdin.close()
+        # The server's own end of each link names the source.
+        linkA, linkB = (f"v{name}{self.links[name][2:]}" for name in ("a", "b"))
+        server.waitFor(rf"Refused connection from fe80::%{linkA}/64: too many")
+        server.waitFor(rf"Refused UDP datagram from fe80::%{linkA}/64: over the rate")
+        self.assertNotIn(f"fe80::%{linkB}/64", server.output.replace("\n", " "))
