@@ -231,10 +231,15 @@ class DatagramPolicy:
             no limit.  A source is an IPv4 address, or an IPv6 network of
             C{ipv6Prefix} bits (see L{echotwist._address.sourceGroup}).
         @param maxSources: how many sources the rate limiter remembers at
-            most.
+            most, and how many addresses the policy remembers the checks
+            of.
         """
         self.rate = rate
         self.ipv6Prefix = ipv6Prefix
+        self.maxSources = maxSources
+        # host -> what _judgeAddress said: parsing an address costs more
+        # than everything else a refused datagram costs together.
+        self._addresses: dict[str, tuple[str | None, str]] = {}
         self.limiter = (
             SourceRateLimiter(rate, burstFor(rate), clock, maxSources) if rate else None
         )
@@ -262,22 +267,37 @@ class DatagramPolicy:
         """
         if port < FIRST_UNPRIVILEGED_PORT:
             return "privileged source port", _formatSource(host, port)
+        judged = self._addresses.get(host)
+        if judged is None:
+            judged = self._judgeAddress(host)
+            # Bounded: a flood from spoofed addresses starts it afresh.
+            if len(self._addresses) >= self.maxSources:
+                self._addresses.clear()
+            self._addresses[host] = judged
+        why, source = judged
+        if why is not None:
+            return why, escape(_formatSource(host, port))
+        if self.limiter is not None and not self.limiter.allow(source):
+            return "over the rate limit", source
+        if self.loops.isLoop(host, port, datagram):
+            return "echo loop", escape(_formatSource(host, port))
+        return None, ""
+
+    def _judgeAddress(self, host: str) -> tuple[str | None, str]:
+        """
+        Why no datagram from C{host} may be answered, or None; and the
+        source its datagrams count as for the rate limit.
+        """
         try:
             address = parseHost(host)
         except ValueError:
-            return "bad source address", escape(_formatSource(host, port))
+            return "bad source address", ""
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         why = _unanswerableSource(address)
         if why is not None:
-            return why, _formatSource(host, port)
-        if self.limiter is not None:
-            source = groupOf(address, self.ipv6Prefix)
-            if not self.limiter.allow(source):
-                return "over the rate limit", source
-        if self.loops.isLoop(host, port, datagram):
-            return "echo loop", escape(_formatSource(host, port))
-        return None, ""
+            return why, ""
+        return None, groupOf(address, self.ipv6Prefix)
 
 
 class DatagramEcho(DatagramProtocol):

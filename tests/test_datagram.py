@@ -160,6 +160,21 @@ class DatagramEchoTests(SynchronousTestCase):
         self.echo.datagramReceived(b"other link", ("fe80::1%eth1", 40000))
         self.assertEqual(len(self.transport.sent), burstFor(100) + 1)
 
+    def test_addressChecksAreRememberedBoundedly(self) -> None:
+        """
+        What an address is (refusable, which source) is worked out once,
+        and remembered for at most C{maxSources} addresses.
+        """
+        policy = DatagramPolicy(rate=0, clock=self.clock, maxSources=100)
+        echo = DatagramEcho(policy)
+        echo.transport = self.transport  # type: ignore[assignment]
+        with capturedLogs():
+            for n in range(1000):
+                echo.datagramReceived(b"m", ("224.0.0.1", 40000 + n))
+                echo.datagramReceived(b"%d" % n, (f"10.0.{n >> 8}.{n & 255}", 40000))
+        self.assertEqual(policy.counts, {"multicast source": 1000, "answered": 1000})
+        self.assertLessEqual(len(policy._addresses), 100)
+
     def test_prefixIsConfigurable(self) -> None:
         policy = DatagramPolicy(rate=100, clock=self.clock, ipv6Prefix=128)
         echo = DatagramEcho(policy)
