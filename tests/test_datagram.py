@@ -307,6 +307,21 @@ class EchoLoopTests(SynchronousTestCase):
         (event,) = events
         self.assertEqual(event["peer"], "[fe80::1%eth\\x1b0]:40000")
 
+    def test_loopWithItself(self) -> None:
+        """
+        A datagram forged to come from the server's own address and port:
+        the server answers itself, and stops after two echoes of its own.
+        """
+        self.clock = Clock()
+        wire = _Wire(self.clock, 0.00005)
+        policy = DatagramPolicy(rate=0, clock=self.clock)
+        wire.attach(DatagramEcho(policy), self.A)
+        with capturedLogs():
+            wire.ports[self.A].datagramReceived(b"me", self.A)
+            for _ in range(1000):
+                self.clock.advance(0.00001)
+        self.assertEqual(policy.counts, {"answered": 3, "echo loop": 1})
+
     def test_unchecked(self) -> None:
         """
         Without the guard (a tolerance no loop reaches), the same spoof
