@@ -132,7 +132,10 @@ class EchoLoopTests(ServerTestCase):
         return server, udp, metrics
 
     def assertLoopDies(
-        self, servers: list[tuple[Server, int, int]], source: tuple[str, int]
+        self,
+        servers: list[tuple[Server, int, int]],
+        source: tuple[str, int],
+        most: int = 6,
     ) -> dict[str, float]:
         (a, aPort, aMetrics), (b, _, bMetrics) = servers
         spoof(b"loop me" * 1000, source, (LOOPBACK, aPort))
@@ -154,8 +157,9 @@ class EchoLoopTests(ServerTestCase):
         counts = [scrape(m) for m in (aMetrics, bMetrics)]
         later = sum(c[ANSWERED] for c in counts)
         self.assertEqual(later, first)
-        # A answers the spoof, then each side answers two echoes.
-        self.assertLessEqual(later, 6)
+        # A answers the spoof, then each side answers two echoes (each
+        # worker, with workers).
+        self.assertLessEqual(later, most)
         self.assertEqual(sum(c.get(LOOPS, 0) for c in counts), 1)
         # The side that broke the loop says so, once, naming its peer.
         breaker, other = (a, b) if counts[0].get(LOOPS, 0) else (b, a)
@@ -174,6 +178,19 @@ class EchoLoopTests(ServerTestCase):
         a = self.server("--udp-rate", "0")
         b = self.server("--udp-rate", "0")
         self.assertLoopDies([a, b], (LOOPBACK, b[1]))
+
+    def test_twoServersWithWorkers(self) -> None:
+        """
+        With --workers 2 each worker remembers its own answers, and the
+        echoes of one may reach the other: on loopback every echo still
+        comes within the window, so each worker stops after its own two.
+        """
+        servers = []
+        for _ in range(2):
+            server = self.server("--udp-rate", "0", "--workers", "2")
+            server[0].waitFor(r"Worker 2 serving")
+            servers.append(server)
+        self.assertLoopDies(servers, (LOOPBACK, servers[1][1]), most=12)
 
     def throughRelay(self, roundTrip: float) -> None:
         # At the default --udp-rate 100, which stops a loop only when its
