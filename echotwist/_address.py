@@ -2,7 +2,8 @@
 """
 How addresses read in logs (C{127.0.0.1:5000}, C{[::1]:5000},
 C{unix:/run/echo.sock}), and which group of addresses a limit counts a
-client in.
+client in (an IPv6 client: its network of C{--ipv6-prefix} bits, on its
+interface if link-local).
 """
 
 from __future__ import annotations
@@ -61,19 +62,34 @@ def formatAddress(address: IAddress | None) -> str:
     return escape(text)
 
 
+def parseHost(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """
+    An address as the kernel reports it (C{192.0.2.1}, C{2001:db8::1},
+    C{fe80::1%eth0}), parsed with its scope, if it has a valid one.
+
+    @raise ValueError: if C{host} is not an IP address.
+    """
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        # A scope ipaddress will not take: the address without it.
+        return ipaddress.ip_address(host.split("%", 1)[0])
+
+
 def sourceGroup(host: str, ipv6Prefix: int = DEFAULT_IPV6_PREFIX) -> str:
     """
     The source a per-source limit counts C{host} as: an IPv4 address is
     itself; an IPv4 address mapped in IPv6 (C{::ffff:192.0.2.1}) is that
     IPv4 address; any other IPv6 address is its network of C{ipv6Prefix}
-    bits (C{2001:db8:1:2::/64}), or itself at 128.  Text that is not an IP
-    address is returned as it is (escaped).
+    bits (C{2001:db8:1:2::/64}), or itself at 128, and a link-local one
+    that network on its interface (C{fe80::%eth0/64}).  Text that is not
+    an IP address is returned as it is (escaped).
     """
     if ":" not in host:
         # IPv4, the common case: no parsing.
         return host
     try:
-        address = ipaddress.IPv6Address(host.split("%", 1)[0])
+        address = parseHost(host)
     except ValueError:
         return escape(host)
     return groupOf(address, ipv6Prefix)
@@ -91,7 +107,12 @@ def groupOf(
     mapped = address.ipv4_mapped
     if mapped is not None:
         return str(mapped)
+    # Every link has its own fe80::/64, so hosts on two links can hold the
+    # same link-local address: the interface (scope) is part of the source.
+    # RFC 4007 writes a scoped prefix fe80::%eth0/64.
+    scope = address.scope_id
+    zone = f"%{escape(scope)}" if scope and address.is_link_local else ""
     if ipv6Prefix >= 128:
-        return str(address)
+        return f"{ipaddress.IPv6Address(int(address))}{zone}"
     mask = ((1 << ipv6Prefix) - 1) << (128 - ipv6Prefix)
-    return f"{ipaddress.IPv6Address(int(address) & mask)}/{ipv6Prefix}"
+    return f"{ipaddress.IPv6Address(int(address) & mask)}{zone}/{ipv6Prefix}"

@@ -97,6 +97,26 @@ def parseNetwork(text: str) -> Network:
         ) from None
 
 
+class _V1Parser(V1Parser):
+    """
+    Twisted's v1 parser, taking C{PROXY UNKNOWN} with nothing after it too.
+    """
+
+    @classmethod
+    def parse(cls, line: bytes) -> Any:
+        """
+        Parse a v1 header line.  A bare C{PROXY UNKNOWN} is an UNKNOWN
+        header like any other: the specification says that after UNKNOWN
+        "the rest of the line before the CRLF may be omitted by the
+        sender", and HAProxy 2.6 omits it for a client of a UNIX-socket
+        frontend.
+        """
+        if line == b"PROXY UNKNOWN":
+            # Twisted's parser wants a space after the protocol.
+            line += b" "
+        return super().parse(line)
+
+
 def _isTrusted(address: IAddress, trusted: Sequence[Network]) -> bool:
     """
     Whether a peer at C{address} may send PROXY headers.  A UNIX socket's
@@ -156,7 +176,7 @@ class ProxyHeaderWrapper(ProtocolWrapper):
 
     factory: ProxyWrappingFactory
     _proxyInfo: Any = None
-    _parser: V1Parser | V2Parser | None = None
+    _parser: _V1Parser | V2Parser | None = None
     _started = False
     _pending = b""
     _deadline: Any = None
@@ -214,7 +234,7 @@ class ProxyHeaderWrapper(ProtocolWrapper):
                     return
                 self._parser = V2Parser()
             elif data.startswith(_V1_SIGNATURE):
-                self._parser = V1Parser()
+                self._parser = _V1Parser()
             elif _V2_SIGNATURE.startswith(data) or _V1_SIGNATURE.startswith(data):
                 return  # the signature is still arriving
             else:

@@ -37,7 +37,12 @@ from twisted.python.failure import Failure
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, escape, formatAddress
 from echotwist.connections import DEFAULT_DRAIN_QUIET, EchoFactory
-from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy
+from echotwist.datagram import (
+    MAX_DATAGRAM,
+    DatagramEcho,
+    DatagramPolicy,
+    DatagramPort,
+)
 from echotwist.fastpath import SplicingServer
 from echotwist.identity import (
     IdentifyDatagram,
@@ -401,22 +406,34 @@ class _DatagramListenerService(Service):
         _logStarted(self.description, self._port, self.kind)
 
     def _listen(self) -> IListeningPort:
+        # What reactor.listenUDP and adoptDatagramPort do, with echotwist's
+        # port (see DatagramPort) in place of Twisted's.
         listener = self.listener
         if listener.fileno is not None:
             family = socket.socket(fileno=listener.fileno)
             try:
-                port: IListeningPort = self._reactor.adoptDatagramPort(
-                    listener.fileno, family.family, self.protocol, MAX_DATAGRAM
+                # The one way Twisted offers to adopt a datagram socket into
+                # a port of one's own class: a private classmethod of the
+                # public udp.Port (what adoptDatagramPort itself calls).
+                port: DatagramPort = DatagramPort._fromListeningDescriptor(
+                    self._reactor,
+                    listener.fileno,
+                    family.family,
+                    self.protocol,
+                    maxPacketSize=MAX_DATAGRAM,
                 )
             finally:
-                family.close()  # adoptDatagramPort took a duplicate
-            return port
-        return self._reactor.listenUDP(  # type: ignore[no-any-return]
-            listener.port,
-            self.protocol,
-            interface=listener.interface,
-            maxPacketSize=MAX_DATAGRAM,
-        )
+                family.close()  # the port took a duplicate
+        else:
+            port = DatagramPort(
+                listener.port,
+                self.protocol,
+                listener.interface,
+                MAX_DATAGRAM,
+                self._reactor,
+            )
+        port.startListening()
+        return port
 
     @property
     def port(self) -> IListeningPort | None:

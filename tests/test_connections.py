@@ -201,6 +201,20 @@ class SourceGroupTests(SynchronousTestCase):
         other = connectFrom6(factory, "2001:db8:1:3::1")
         self.assertIn(other, factory.connections)
 
+    def test_linkLocalPerInterface(self) -> None:
+        """
+        A host on link A at its limit does not lock out a host on link B,
+        though both use fe80::/64 (even the same address).
+        """
+        factory = EchoFactory(self.clock, maxPerSource=2)
+        onA = [connectFrom6(factory, f"fe80::{n}%vethA") for n in range(1, 5)]
+        self.assertEqual(sum(p in factory.connections for p in onA), 2)
+        onB = [connectFrom6(factory, f"fe80::{n}%vethB") for n in (1, 2)]
+        self.assertTrue(all(p in factory.connections for p in onB))
+        self.assertEqual(
+            factory.perSource, {"fe80::%vethA/64": 2, "fe80::%vethB/64": 2}
+        )
+
     def test_refusalNamesTheSource(self) -> None:
         factory = EchoFactory(self.clock, maxPerSource=1)
         connectFrom6(factory, "2001:db8:1:2::1")

@@ -78,7 +78,24 @@ class SourceGroupTests(SynchronousTestCase):
         self.assertEqual(sourceGroup("2001:db8:1:2:3:4:5:6", 1), "::/1")
         self.assertEqual(sourceGroup("2001:db8::ffff", 127), "2001:db8::fffe/127")
         self.assertEqual(sourceGroup("2001:db8::1", 128), "2001:db8::1")
-        self.assertEqual(sourceGroup("fe80::1%eth0"), "fe80::/64")
+
+    def test_linkLocalIsItsNetworkOnItsInterface(self) -> None:
+        """
+        Hosts on two links can hold the same link-local address: the
+        interface (scope) is part of the source, written as RFC 4007 does.
+        """
+        self.assertEqual(sourceGroup("fe80::1%eth0"), "fe80::%eth0/64")
+        self.assertEqual(sourceGroup("fe80::2:3%eth0"), "fe80::%eth0/64")
+        self.assertEqual(sourceGroup("fe80::1%eth1"), "fe80::%eth1/64")
+        self.assertEqual(sourceGroup("fe80::1%7", 128), "fe80::1%7")
+        self.assertEqual(sourceGroup("fe80::1:2%eth0", 10), "fe80::%eth0/10")
+        # Without a scope, or for a global address, no interface.
+        self.assertEqual(sourceGroup("fe80::1"), "fe80::/64")
+        self.assertEqual(sourceGroup("2001:db8::1%eth0"), "2001:db8::/64")
+        # Whatever the scope holds reads as one plain line.
+        self.assertEqual(sourceGroup("fe80::1%e\x1bx"), "fe80::%e\\x1bx/64")
+        # A scope ipaddress refuses: the address without it.
+        self.assertEqual(sourceGroup("fe80::1%a%b"), "fe80::/64")
 
     def test_mappedIPv4(self) -> None:
         self.assertEqual(sourceGroup("::ffff:192.0.2.1"), "192.0.2.1")

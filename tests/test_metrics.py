@@ -74,6 +74,9 @@ class CollectorTests(SynchronousTestCase):
         echo.transport = Transport()  # type: ignore[assignment]
         echo.datagramReceived(b"d" * 50, ("192.0.2.1", 40000))
         echo.datagramReceived(b"d" * 50, ("192.0.2.1", 7))
+        # The same bytes back at once, a third time in a row: an echo loop.
+        for _ in range(4):
+            echo.datagramReceived(b"e", ("192.0.2.9", 40000))
 
         collector = EchoCollector(lambda: stats(factory, policy), lambda: 1)
         found = samples(generate_latest(registryFor(collector)).decode())
@@ -87,13 +90,14 @@ class CollectorTests(SynchronousTestCase):
             ): 1,
             ("echotwist_received_bytes_total", (("transport", "stream"),)): 1000,
             ("echotwist_sent_bytes_total", (("transport", "stream"),)): 1000,
-            ("echotwist_received_bytes_total", (("transport", "udp"),)): 100,
-            ("echotwist_sent_bytes_total", (("transport", "udp"),)): 50,
-            ("echotwist_datagrams_answered_total", ()): 1,
+            ("echotwist_received_bytes_total", (("transport", "udp"),)): 104,
+            ("echotwist_sent_bytes_total", (("transport", "udp"),)): 53,
+            ("echotwist_datagrams_answered_total", ()): 4,
             (
                 "echotwist_datagrams_refused_total",
                 (("reason", "privileged source port"),),
             ): 1,
+            ("echotwist_datagrams_refused_total", (("reason", "echo loop"),)): 1,
             ("echotwist_workers", ()): 1,
         }
         for key, value in expected.items():

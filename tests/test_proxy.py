@@ -231,6 +231,8 @@ class HeaderTrustTests(SynchronousTestCase):
             (b"PROXY TCP4 192.0.2.9 192.0.2.1 0 65535\r\n", "192.0.2.9:0"),
             (b"PROXY TCP6 2001:db8::9 2001:db8::1 65535 7\r\n", "[2001:db8::9]:65535"),
             (b"PROXY UNKNOWN whatever\r\n", "127.0.0.1:55555"),
+            # What HAProxy 2.6 sends for a client of a UNIX-socket frontend.
+            (b"PROXY UNKNOWN\r\n", "127.0.0.1:55555"),
         ):
             wrapper, transport = self.connect()
             wrapper.dataReceived(header + b"hi")
@@ -238,6 +240,21 @@ class HeaderTrustTests(SynchronousTestCase):
             echo = wrapper.wrappedProtocol
             assert isinstance(echo, Echo)
             self.assertEqual(echo.peer, peer)
+
+    def test_bareUnknownSplitAcrossReads(self) -> None:
+        """
+        C{PROXY UNKNOWN\\r\\n} arriving a few bytes at a time keeps the
+        proxy's address; anything else after PROXY is still refused.
+        """
+        for header in (b"PROXY UNKNOWNX\r\n", b"PROXY \r\n", b"PROXY  UNKNOWN\r\n"):
+            self.assertEqual(self.refused(header), "malformed PROXY header", header)
+        wrapper, transport = self.connect()
+        for chunk in (b"PRO", b"XY UNK", b"NOWN\r", b"\nhi"):
+            wrapper.dataReceived(chunk)
+        self.assertEqual(transport.value(), b"hi")
+        echo = wrapper.wrappedProtocol
+        assert isinstance(echo, Echo)
+        self.assertEqual(echo.peer, "127.0.0.1:55555")
 
     def test_v2UnixAddressesRefused(self) -> None:
         body = b"/tmp/\x1b[2J".ljust(108, b"\x00") + b"/x".ljust(108, b"\x00")

@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from echotwist import Echo, EchoService, Listener
+from echotwist.datagram import DATAGRAMS_PER_READ, DatagramPort
 from echotwist.fastpath import SplicingServer
 from echotwist.proxy import parseNetwork
 from echotwist.service import CannotListen, _clampSocketBuffers
@@ -56,26 +57,6 @@ class _Endpoint:
             return fail(self.error)
         self.journal.append("listening")
         return succeed(_Port(self.journal))
-
-
-class _UDPReactor(MemoryReactorClock):
-    """
-    MemoryReactorClock has no listenUDP; this one records the calls.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.udpServers: list[tuple[int, object, str, int]] = []
-
-    def listenUDP(
-        self,
-        port: int,
-        protocol: object,
-        interface: str = "",
-        maxPacketSize: int = 8192,
-    ) -> _Port:
-        self.udpServers.append((port, protocol, interface, maxPacketSize))
-        return _Port([])
 
 
 def cannotListen(code: int, text: str) -> CannotListenError:
@@ -134,17 +115,29 @@ class StartTests(SynchronousTestCase):
     def test_udpReadsWholeDatagrams(self) -> None:
         """
         Each UDP port gets its own protocol (Twisted binds a protocol to one
-        port) and reads up to 65536 bytes, not Twisted's default 8192.
+        port) and reads up to 65536 bytes, not Twisted's default 8192, a
+        bounded number of datagrams a pass (see DatagramPort).
         """
-        reactor = _UDPReactor()
-        service = EchoService([], udp=["7", "udp:7:interface=\\:\\:1"], reactor=reactor)
+        reactor = MemoryReactorClock()
+        service = EchoService(
+            [],
+            udp=["udp:0:interface=127.0.0.1", "udp:0:interface=\\:\\:1"],
+            reactor=reactor,
+        )
         service.privilegedStartService()
-        (first, second) = reactor.udpServers
-        self.assertEqual((first[0], first[2], first[3]), (7, "", 65536))
-        self.assertEqual((second[0], second[2], second[3]), (7, "::1", 65536))
-        self.assertIsNot(first[1], second[1])
-        self.assertIs(first[1].policy, second[1].policy)
-        self.successResultOf(service.stopService())
+        first, second = (child.port for child in service if child.kind == "udp")
+        for port, host in ((first, "127.0.0.1"), (second, "::1")):
+            self.assertIsInstance(port, DatagramPort)
+            self.assertEqual(port.maxPacketSize, 65536)
+            self.assertEqual(port.maxDatagramsPerRead, DATAGRAMS_PER_READ)
+            self.assertEqual(port.getHost().host, host)
+            self.assertIn(port, reactor.readers)
+        self.assertIsNot(first.protocol, second.protocol)
+        self.assertIs(first.protocol.policy, second.protocol.policy)
+        stopped = service.stopService()
+        reactor.advance(0)
+        self.successResultOf(stopped)
+        self.assertEqual(reactor.readers, set())
 
     def test_twistStartsWithoutPrivilegedStart(self) -> None:
         """
