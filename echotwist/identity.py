@@ -174,7 +174,10 @@ class IdentifyDatagram(DatagramProtocol):
         Answer with the identity line, unless the policy refuses the source.
         """
         host, port = addr[0], addr[1]
-        why, source = self.policy.refusal(host, port)
+        # The loop guard sees the question: once an echo server sends our
+        # line back, the question is the answer we sent, and the guard
+        # ends that loop as it ends the echo's.
+        why, source = self.policy.refusal(host, port, datagram)
         if why is not None:
             self.policy.count(why)
             self.policy.refusals.warn(

@@ -121,6 +121,25 @@ class IdentifyDatagramTests(SynchronousTestCase):
         self.assertEqual(len(self.transport.sent), 1)  # a burst of 10/10: 1
         self.assertEqual(self.policy.counts["over the rate limit"], 99)
 
+    def test_noLoopWithAnEchoServer(self) -> None:
+        """
+        An echo server that gets the identity line (a datagram spoofed from
+        it) sends it straight back: after the loop guard's few tolerated
+        echoes the line is no longer answered, whatever the rate.
+        """
+        self.protocol.policy = DatagramPolicy(0, self.clock)
+        echoServer = ("192.0.2.9", 7007)
+        self.protocol.datagramReceived(b"?", echoServer)
+        for _ in range(20):
+            self.clock.advance(0.001)
+            sent = len(self.transport.sent)
+            # The echo server answers the last line it got.
+            self.protocol.datagramReceived(self.transport.sent[-1][0], echoServer)
+            if len(self.transport.sent) == sent:
+                break
+        self.assertLessEqual(len(self.transport.sent), 4)
+        self.assertEqual(self.protocol.policy.counts["echo loop"], 1)
+
 
 def readLine(port: int, send: bytes = b"") -> tuple[bytes, tuple[str, int]]:
     """
