@@ -14,27 +14,69 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from echotwist._address import DEFAULT_IPV6_PREFIX
 
-__all__ = ["MIN_SOCKET_BUFFER", "Settings", "optionFields"]
+__all__ = [
+    "MIN_SOCKET_BUFFER",
+    "Settings",
+    "decimalNumber",
+    "optionFields",
+    "wholeNumber",
+]
 
 #: Below this the kernel would round up anyway (Linux: SOCK_MIN_SNDBUF).
 MIN_SOCKET_BUFFER = 4096
 
 
+#: What a number given on the command line may look like: ASCII digits,
+#: with a decimal fraction where one makes sense.  Python's own C{int()} and
+#: C{float()} take more (Unicode digits such as C{"\u0663"}, C{"1_000"},
+#: spaces around, exponents, C{"nan"}), none of which a user means to type,
+#: and some of which hide a mistake.
+_WHOLE = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
+def wholeNumber(text: str, what: str = "a whole number") -> int:
+    """
+    Parse a whole number written in ASCII digits, nothing else.
+
+    @param what: what the number is, for the error (e.g. C{"a port
+        number"}).
+    @raise ValueError: naming C{text} and C{what}.
+    """
+    if not _WHOLE.fullmatch(text):
+        raise ValueError(f"{text!r} is not {what} (0 or more, in digits 0-9)")
+    return int(text)
+
+
+def decimalNumber(text: str, what: str) -> float:
+    """
+    Parse a number, whole or decimal (C{2}, C{2.5}, C{.5}), written in ASCII
+    digits, nothing else.
+
+    @param what: what it counts, for the error (e.g. C{"seconds"}).
+    @raise ValueError: naming C{text} and C{what}.
+    """
+    if not _DECIMAL.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a number of {what} (0 or more, in digits 0-9)"
+        )
+    value = float(text)
+    if value == float("inf"):
+        # Hundreds of digits: no finite number of anything.
+        raise ValueError(f"{text!r} is too large a number of {what}")
+    return value
+
+
 def _number(what: str) -> Callable[[str], float]:
     def coerce(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a number of {what}") from None
-        if not 0 <= value < float("inf"):
-            raise ValueError(f"{text!r} is not a number of {what} (0 or more)")
-        return value
+        return decimalNumber(text, what)
 
     return coerce
 
@@ -44,9 +86,7 @@ _perSecond = _number("datagrams a second")
 
 
 def _count(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"{text!r} is not a whole number (0 or more)")
-    return int(text)
+    return wholeNumber(text)
 
 
 def _workers(text: str) -> int:
@@ -57,7 +97,7 @@ def _workers(text: str) -> int:
 
 
 def _prefixLength(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 128:
+    if not _WHOLE.fullmatch(text) or not 1 <= int(text) <= 128:
         raise ValueError(f"{text!r} is not an IPv6 prefix length (1-128)")
     return int(text)
 

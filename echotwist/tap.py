@@ -248,7 +248,9 @@ class Options(usage.Options):
         installDefaultReactor(self.parent)
         wanted: list[tuple[str, str]] = [("--listen", d) for d in self["listen"]]
         if self["port"] is not None or not (wanted or self["udp"]):
-            wanted.append(("--port", self["port"] or DEFAULT_PORT))
+            # An empty --port is a mistake to report, not the default.
+            port = self["port"]
+            wanted.append(("--port", DEFAULT_PORT if port is None else port))
         listeners: list[Listener] = []
         for option, description in wanted:
             listener = _parse(option, description)
