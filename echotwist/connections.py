@@ -10,11 +10,27 @@ periodic call for all connections rather than a timer each: it costs no
 memory per connection and nothing in the data path, where a
 per-connection timer would be reset on every read.
 
-The sweep also keeps, for a full server, the connections in the order they
-went idle: when C{maxConnections} is reached, a new client is admitted by
-evicting the connection idle longest, if it has been idle C{evictIdleAfter}
-seconds at least.  Finding it costs the head of that list, not a pass over
-every connection, so a flood of connects at a full server stays cheap.
+When C{maxConnections} is reached, a new client is admitted by evicting a
+connection, chosen in two steps (see L{EchoFactory._evictOne}):
+
+  1. Fair shares.  If some source holds at least two connections more than
+     the newcomer's source does, the idlest connection of a source holding
+     the most goes.  So a few addresses that fill the server, however
+     busy they keep their connections, give up their slots one by one to
+     clients from other addresses: to hold a full server against newcomers
+     an attacker needs as many sources (IPv4 addresses, IPv6 networks of
+     C{ipv6Prefix} bits) as the server has slots.  The books keep the
+     sources by how many connections each holds, so finding the one that
+     holds the most costs nothing; choosing its idlest connection is a
+     look at each of that source's connections (at most C{maxPerSource}),
+     once per eviction, not per accept.
+  2. Idleness.  Otherwise (every source holds about as many as the
+     newcomer's), the connection idle longest goes, if it has been idle
+     C{evictIdleAfter} seconds at least.  The sweep keeps the connections
+     in the order they went idle, so this costs the head of that list, not
+     a pass over every connection.
+
+A flood of connects at a full server stays cheap either way.
 
 Under echotwist's PROXY wrapper a connection is in the books from the moment
 it is accepted, as the proxy's: a peer that never sends a header still
@@ -44,6 +60,7 @@ __all__ = [
     "CONNECTION_REFUSALS",
     "DEFAULT_DRAIN_QUIET",
     "EVICTED",
+    "EVICTED_SHARE",
     "EchoFactory",
 ]
 
@@ -64,6 +81,7 @@ TOO_MANY_FROM_SOURCE = "too many connections from this source"
 CONNECTION_REFUSALS = (TOO_MANY, TOO_MANY_FROM_SOURCE)
 #: Why a connection was closed to make room for a new client.
 EVICTED = "evicted: idle while the server was full"
+EVICTED_SHARE = "evicted: its source held the most connections of a full server"
 
 
 class EchoFactory(Factory):
@@ -86,14 +104,18 @@ class EchoFactory(Factory):
         closed, and a closing connection that cannot flush is aborted; 0
         for never.
     @ivar evictIdleAfter: when C{maxConnections} is reached, a new client
-        is admitted by closing the connection idle longest, if it has been
-        idle at least this many seconds; 0 for never.
+        is admitted by closing the idlest connection of the source holding
+        the most, if that holds two or more than the newcomer's source,
+        or else the connection idle longest, if it has been idle at least
+        this many seconds; 0 for never evicting.
     @ivar logConnections: whether to log each connection opened and closed
         (refusals and evictions are logged regardless, throttled).
     @ivar accepted: connections admitted so far (behind the PROXY wrapper,
         once their header is in).
     @ivar closed: admitted connections closed so far, evicted ones too.
     @ivar evicted: connections closed so far to admit a new client.
+    @ivar evictedForShare: of those, how many because their source held the
+        most connections.
     @ivar drainQuiet: during a drain, seconds a connection must go without
         activity before it is closed; 0 to leave it open until the client
         closes or the drain's deadline passes.
@@ -134,10 +156,19 @@ class EchoFactory(Factory):
         self.accepted = 0
         self.closed = 0
         self.evicted = 0
+        self.evictedForShare = 0
         self.bytesOfClosed = 0
         self.connections: set[Echo] = set()
         self.awaiting: set[Echo] = set()
         self.perSource: dict[str, int] = {}
+        # The connections of each source, awaiting ones too, and the
+        # sources by how many connections they hold (count -> sources), with
+        # the largest count: the books of eviction's fair shares, kept as
+        # counts change, a step at a time, so that the source holding the
+        # most is known without a search.
+        self._members: dict[str, set[Echo]] = {}
+        self._holding: dict[int, set[str]] = {}
+        self._most = 0
         self.refused: dict[str, int] = {}
         self._refusals = ThrottledLog(log, reactor)
         self._drained: Deferred[None] | None = None
@@ -178,7 +209,7 @@ class EchoFactory(Factory):
         if (
             self.maxConnections
             and self.open >= self.maxConnections
-            and not self._evictOne()
+            and not self._evictOne(source)
         ):
             return TOO_MANY
         return None
@@ -208,14 +239,42 @@ class EchoFactory(Factory):
     def _count(self, protocol: Echo) -> None:
         source = protocol.source
         if source is not None:
-            self.perSource[source] = self.perSource.get(source, 0) + 1
+            had = self.perSource.get(source, 0)
+            self.perSource[source] = had + 1
+            self._members.setdefault(source, set()).add(protocol)
+            self._hold(source, had, had + 1)
 
     def _uncount(self, protocol: Echo) -> None:
         source = protocol.source
         if source is not None:
-            left = self.perSource.pop(source) - 1
+            had = self.perSource.pop(source)
+            left = had - 1
+            members = self._members[source]
+            members.discard(protocol)
             if left:
                 self.perSource[source] = left
+            else:
+                del self._members[source]
+            self._hold(source, had, left)
+
+    def _hold(self, source: str, had: int, has: int) -> None:
+        """
+        Move C{source} from the sources holding C{had} connections to those
+        holding C{has} (one more or one fewer), keeping the largest count.
+        """
+        if had:
+            holders = self._holding[had]
+            holders.discard(source)
+            if not holders:
+                del self._holding[had]
+                if had == self._most:
+                    # Counts move one at a time: the source that held the
+                    # most alone now holds one fewer, and that is the most.
+                    self._most = has
+        if has:
+            self._holding.setdefault(has, set()).add(source)
+            if has > self._most:
+                self._most = has
 
     def connectionOpened(self, protocol: Echo) -> bool:
         """
@@ -356,21 +415,34 @@ class EchoFactory(Factory):
             return None
         return max(protocol._idleSince, protocol.openedAt)
 
-    def _evictOne(self) -> bool:
+    def _evictOne(self, newcomer: str | None) -> bool:
         """
-        Close the connection idle longest, if it has been idle
-        C{evictIdleAfter} seconds at least, and let it go from the books.
+        Close a connection to admit a client from the source C{newcomer},
+        and let it go from the books: the idlest of a source holding the
+        most connections, if that holds at least two more than
+        C{newcomer}; otherwise the connection idle longest, if it has been
+        idle C{evictIdleAfter} seconds at least.
 
-        The sweep lists the candidates idle longest first.  A candidate
-        found active or gone is dropped (the next sweep lists it again if it
-        goes idle), so each costs one look per sweep however many clients
-        knock.
+        Two more, not one: a source holding just one more than the
+        newcomer's would hold as many as it after the swap, and the two
+        would take each other's place back and forth.
+
+        For the second step the sweep lists the candidates idle longest
+        first.  A candidate found active or gone is dropped (the next sweep
+        lists it again if it goes idle), so each costs one look per sweep
+        however many clients knock.
 
         @return: whether one was evicted.
         """
         if not self._evicting:
             return False
         now = self.reactor.seconds()
+        has = 0 if newcomer is None else self.perSource.get(newcomer, 0)
+        if self._most >= has + 2:
+            victim = self._idlestOfTheMost(now)
+            if victim is not None:
+                self._evict(victim[0], now - victim[1], self._most)
+                return True
         order = self._idleOrder
         while order:
             protocol = order[0]
@@ -386,18 +458,56 @@ class EchoFactory(Factory):
             return True
         return False
 
-    def _evict(self, protocol: Echo, idle: float) -> None:
+    def _idlestOfTheMost(self, now: float) -> tuple[Echo, float] | None:
+        """
+        The idlest connection of a source holding the most, and since when
+        it is idle (C{now} if it was active since the last sweep); None if
+        every one of them is closing already.
+        """
+        source = next(iter(self._holding[self._most]))
+        best: tuple[Echo, float] | None = None
+        for protocol in self._members[source]:
+            if protocol._awaiting is None and protocol._closeReason is not None:
+                continue  # closing: it is leaving anyway
+            since = self._idleSince(protocol)
+            if since is None:
+                since = now
+            if best is None or since < best[1]:
+                best = (protocol, since)
+        return best
+
+    def _evict(self, protocol: Echo, idle: float, held: int = 0) -> None:
+        """
+        Close C{protocol}, idle C{idle} seconds, to admit a new client;
+        C{held}, if not 0, is how many connections its source held, the
+        most of any: it goes for that, not for being idle.
+        """
         self.evicted += 1
-        self._refusals.warn(
-            EVICTED,
-            "Closed {peer}, idle {idle:.1f}s or more, to admit a new client:"
-            " the server is full",
-            event="connection.evicted",
-            peer=protocol.peer,
-            source=protocol.source,
-            idle=idle,
-            reason=EVICTED,
-        )
+        if held:
+            self.evictedForShare += 1
+            self._refusals.warn(
+                EVICTED_SHARE,
+                "Closed {peer}, idle {idle:.1f}s, to admit a new client: the"
+                " server is full and its source {source} held {held}"
+                " connections, the most of any",
+                event="connection.evicted",
+                peer=protocol.peer,
+                source=protocol.source,
+                idle=idle,
+                held=held,
+                reason=EVICTED_SHARE,
+            )
+        else:
+            self._refusals.warn(
+                EVICTED,
+                "Closed {peer}, idle {idle:.1f}s or more, to admit a new"
+                " client: the server is full",
+                event="connection.evicted",
+                peer=protocol.peer,
+                source=protocol.source,
+                idle=idle,
+                reason=EVICTED,
+            )
         wrapper = protocol._awaiting
         if wrapper is not None:
             protocol._awaiting = None
@@ -407,14 +517,15 @@ class EchoFactory(Factory):
             return
         # Let it go from the books now, so that the newcomer has its place
         # at once (its transport reports the loss on a later iteration).
-        self.connectionClosed(protocol, EVICTED)
+        reason = EVICTED_SHARE if held else EVICTED
+        self.connectionClosed(protocol, reason)
         try:
             if protocol._paused:
                 # Its client does not read: the echo it holds cannot be
                 # delivered, and a close would wait for it forever.
-                protocol.abort(EVICTED)
+                protocol.abort(reason)
             else:
-                protocol.closeWhenFlushed(EVICTED)
+                protocol.closeWhenFlushed(reason)
         except Exception:
             log.failure("Could not evict {peer}", peer=protocol.peer)
 

@@ -168,8 +168,10 @@ class Settings:
         10.0,
         _seconds,
         """When --max-connections is reached, admit a new client by closing
-        the connection idle longest, if it has sent nothing for this many
-        seconds; 0 for never (e.g. --evict-idle-after 30).""",
+        the idlest connection of the source holding the most, if it holds two
+        or more than the new client's, or else the connection idle longest,
+        if it has sent nothing for this many seconds; 0 for never evicting
+        (e.g. --evict-idle-after 30).""",
     )
     idleTimeout: float = _option(
         "idle-timeout",

@@ -385,3 +385,170 @@ class EvictionTests(SynchronousTestCase):
             peer.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.factory.perSource, {})
+
+
+class FairShareEvictionTests(SynchronousTestCase):
+    """
+    A full server held by a few sources gives their slots up, one by one,
+    to clients from other sources, however busy those few keep their
+    connections: the idlest connection of the source holding the most goes,
+    when that holds two or more than the newcomer's source.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.factory = EchoFactory(
+            self.clock,
+            maxConnections=20,
+            maxPerSource=10,
+            evictIdleAfter=10,
+            idleTimeout=300,
+        )
+
+    def advance(self, seconds: float, step: float = 0.5) -> None:
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
+    def trickle(self, peers: list[Echo], seconds: float, every: float) -> None:
+        """
+        Each of C{peers} sends a byte every C{every} seconds (under
+        C{evictIdleAfter}), for C{seconds}.
+        """
+        for _ in range(round(seconds / every)):
+            for peer in peers:
+                if peer in self.factory.connections:
+                    peer.dataReceived(b".")
+            self.advance(every)
+
+    def attack(self) -> list[Echo]:
+        """
+        Two addresses fill the server, 10 connections each.
+        """
+        return [
+            connectFrom(self.factory, f"192.0.2.{n % 2 + 1}", 40000 + n)
+            for n in range(20)
+        ]
+
+    def test_tricklersCannotHoldAFullServer(self) -> None:
+        """
+        The attack of issue 23, scaled down: 20 connections from 2 addresses
+        each send a byte every 9 s, just under C{evictIdleAfter}.  A client
+        from a new address is admitted, each time it knocks, and the
+        attackers lose a slot each time.
+        """
+        attackers = self.attack()
+        self.trickle(attackers, 60, 9)
+        with capturedLogs() as events:
+            for n in range(1, 7):
+                newcomer = connectFrom(self.factory, f"198.51.100.{n}")
+                self.assertIn(newcomer, self.factory.connections)
+                self.assertFalse(newcomer.transport.disconnecting)
+                self.trickle(attackers, 9, 9)
+        self.assertEqual(self.factory.refused, {})
+        self.assertEqual(self.factory.evicted, 6)
+        self.assertEqual(self.factory.evictedForShare, 6)
+        # Taken in turn from whichever of the two held the most.
+        self.assertEqual(self.factory.perSource["192.0.2.1"], 7)
+        self.assertEqual(self.factory.perSource["192.0.2.2"], 7)
+        evicted = [e for e in events if e["event"] == "connection.evicted"]
+        self.assertEqual(evicted[0]["held"], 10)
+        self.assertIn(evicted[0]["source"], ("192.0.2.1", "192.0.2.2"))
+        self.assertIn("held 10 connections, the most of any", formatEvent(evicted[0]))
+
+    def test_theIdlestOfTheSourceGoes(self) -> None:
+        """
+        Of the source holding the most, the connection quiet longest (as
+        the idle sweeps, every 2.5 s here, saw it) goes.
+        """
+        attackers = self.attack()
+        ofOne = [p for p in attackers if p.source == "192.0.2.1"]
+        ofTwo = [p for p in attackers if p.source == "192.0.2.2"]
+        ofTwo[0].connectionLost(Failure(ConnectionDone()))
+        for peer in attackers:
+            peer.dataReceived(b"x")
+        self.advance(3)
+        quiet = ofOne[3]
+        for peer in attackers:
+            if peer is not quiet:
+                peer.dataReceived(b"x")
+        self.advance(3)
+        connectFrom(self.factory, "198.51.100.1")
+        connectFrom(self.factory, "198.51.100.2")
+        self.assertNotIn(quiet, self.factory.connections)
+        self.assertTrue(quiet.transport.disconnecting)
+        self.assertEqual(self.factory.perSource["192.0.2.1"], 9)
+        self.assertEqual(self.factory.perSource["192.0.2.2"], 9)
+        self.assertEqual(self.factory.evictedForShare, 1)
+
+    def test_evenSharesFallBackToIdleness(self) -> None:
+        """
+        Where every source holds one connection, none holds more than its
+        share: a newcomer gets in only by the idle rule.
+        """
+        factory = EchoFactory(self.clock, maxConnections=3, evictIdleAfter=10)
+        peers = [connectFrom(factory, f"192.0.2.{n}") for n in range(1, 4)]
+        for peer in peers:
+            peer.dataReceived(b"x")
+        self.advance(5)
+        refused = connectFrom(factory, "198.51.100.1")
+        self.assertTrue(refused.transport.disconnecting)
+        self.assertEqual(factory.refused, {"too many connections": 1})
+        self.assertEqual(set(peers), factory.connections)
+        self.advance(10)
+        connectFrom(factory, "198.51.100.2")
+        self.assertEqual(factory.evicted, 1)
+        self.assertEqual(factory.evictedForShare, 0)
+
+    def test_oneMoreIsNoReason(self) -> None:
+        """
+        A source holding one more than the newcomer's does not give way:
+        after the swap the two would hold as many, and swap back.
+        """
+        factory = EchoFactory(self.clock, maxConnections=3, evictIdleAfter=10)
+        connectFrom(factory, "192.0.2.1", 1)
+        connectFrom(factory, "192.0.2.1", 2)
+        connectFrom(factory, "192.0.2.2", 1)
+        again = connectFrom(factory, "192.0.2.2", 2)
+        self.assertTrue(again.transport.disconnecting)
+        self.assertEqual(factory.evicted, 0)
+        newcomer = connectFrom(factory, "198.51.100.1")
+        self.assertFalse(newcomer.transport.disconnecting)
+        self.assertEqual(factory.evictedForShare, 1)
+        self.assertEqual(factory.perSource["192.0.2.1"], 1)
+
+    def test_zeroNeverEvicts(self) -> None:
+        factory = EchoFactory(self.clock, maxConnections=4, evictIdleAfter=0)
+        held = [connectFrom(factory, "192.0.2.1", n) for n in range(4)]
+        refused = connectFrom(factory, "198.51.100.1")
+        self.assertTrue(refused.transport.disconnecting)
+        self.assertEqual(factory.connections, set(held))
+
+    def test_booksFollowEveryChange(self) -> None:
+        """
+        The sources by count, and the largest count, agree with
+        C{perSource} through connects, closes and evictions.
+        """
+        factory = self.factory
+        peers = self.attack()
+
+        def check() -> None:
+            holding: dict[int, set[str]] = {}
+            for source, count in factory.perSource.items():
+                holding.setdefault(count, set()).add(source)
+                self.assertEqual(len(factory._members[source]), count)
+            self.assertEqual(factory._holding, holding)
+            self.assertEqual(factory._most, max(holding, default=0))
+
+        check()
+        for n in range(1, 6):
+            connectFrom(factory, f"198.51.100.{n}")
+            check()
+        for peer in peers[:12]:
+            peer.connectionLost(Failure(ConnectionDone()))
+            check()
+        for peer in list(factory.connections):
+            peer.connectionLost(Failure(ConnectionDone()))
+            check()
+        self.assertEqual(
+            (factory._members, factory._holding, factory._most), ({}, {}, 0)
+        )
