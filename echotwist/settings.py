@@ -22,6 +22,7 @@ from typing import Any
 from echotwist._address import DEFAULT_IPV6_PREFIX
 
 __all__ = [
+    "DEFAULT_KEEPALIVE",
     "MIN_SOCKET_BUFFER",
     "Settings",
     "decimalNumber",
@@ -112,6 +113,32 @@ def _socketBuffer(text: str) -> int:
     return size
 
 
+#: Linux's bounds on TCP_KEEPIDLE and TCP_KEEPINTVL (MAX_TCP_KEEPIDLE,
+#: MAX_TCP_KEEPINTVL: seconds) and TCP_KEEPCNT (MAX_TCP_KEEPCNT: probes).
+_KEEPALIVE_BOUNDS = ((1, 32767, "IDLE"), (1, 32767, "INTERVAL"), (1, 127, "COUNT"))
+#: What C{--keepalive} fills in when only IDLE is given.
+DEFAULT_KEEPALIVE = (60, 10, 5)
+
+
+def _keepalive(text: str) -> tuple[int, int, int]:
+    if text == "0":
+        return (0, 0, 0)
+    parts = text.split(",")
+    if len(parts) == 1:
+        parts += [str(n) for n in DEFAULT_KEEPALIVE[1:]]
+    if len(parts) != 3:
+        raise ValueError(
+            f"{text!r} is not IDLE or IDLE,INTERVAL,COUNT (e.g. 60,10,5), nor 0"
+        )
+    values = []
+    for part, (low, high, name) in zip(parts, _KEEPALIVE_BOUNDS, strict=True):
+        value = wholeNumber(part, f"a number for {name}")
+        if not low <= value <= high:
+            raise ValueError(f"{text!r}: {name} {value} is not within {low}-{high}")
+        values.append(value)
+    return (values[0], values[1], values[2])
+
+
 def _option(option: str, default: Any, parse: Callable[[str], Any], help: str) -> Any:
     return field(
         default=default,
@@ -191,6 +218,22 @@ class Settings:
         KiB at the default); 0 for the kernel's autotuning, which lets one
         such client pin megabytes (e.g. --socket-buffer 65536).""",
     )
+    #: A client that vanished (unplugged, its NAT entry expired, its host
+    #: powered off) sends no FIN or RST; without probes its connection is
+    #: held until --idle-timeout, or forever at 0.  Linux's own defaults
+    #: (2 hours, then 9 probes 75 s apart) are too slow to matter; a probe a
+    #: minute into a silence costs one empty segment each way.
+    keepalive: tuple[int, int, int] = _option(
+        "keepalive",
+        DEFAULT_KEEPALIVE,
+        _keepalive,
+        """TCP keepalive on stream connections over TCP (TLS and haproxy:
+        too), as IDLE[,INTERVAL,COUNT]: after IDLE seconds of silence,
+        probe the client every INTERVAL seconds and close the connection
+        after COUNT probes unanswered, so a client that vanished without a
+        FIN or RST is reaped even at --idle-timeout 0; 0 for no keepalive
+        (e.g. --keepalive 300 or --keepalive 30,5,3).""",
+    )
     shutdownTimeout: float = _option(
         "shutdown-timeout",
         10.0,
@@ -250,6 +293,8 @@ class Settings:
         The value L{toJSON} wrote.
         """
         values = json.loads(text)
+        if "keepalive" in values:
+            values["keepalive"] = tuple(values["keepalive"])
         if values.get("proxyFrom") is not None:
             values["proxyFrom"] = tuple(values["proxyFrom"])
         return cls(**values)

@@ -31,8 +31,11 @@ _F = TypeVar("_F", bound=Callable[..., object])
 
 def _typed(value: Any) -> str:
     """
-    A default as a user would type it: 300, not 300.0.
+    A default as a user would type it: 300, not 300.0; 60,10,5 for a
+    tuple.
     """
+    if isinstance(value, tuple):
+        return ",".join(_typed(item) for item in value)
     return f"{value:g}"
 
 
