@@ -32,6 +32,15 @@ connection, chosen in two steps (see L{EchoFactory._evictOne}):
 
 A flood of connects at a full server stays cheap either way.
 
+TLS handshakes are a budget per source: C{tlsHandshakesPerSource} in
+progress at once and C{tlsHandshakeRate} new ones a second (a token bucket,
+one second's worth deep).  L{EchoFactory.admitHandshake} is asked as a TLS
+connection is accepted (see L{echotwist.tls.HandshakeGate}); one over
+either is closed before Twisted's TLS layer is built for it, let alone its
+client's hello read: it costs an accept and a close, not a handshake's
+cryptography, so one address cannot spend the server's CPU on handshakes
+however fast it connects.
+
 Under echotwist's PROXY wrapper a connection is in the books from the moment
 it is accepted, as the proxy's: a peer that never sends a header still
 counts against both limits (and, being idle, can be evicted).  Once the
@@ -53,11 +62,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, sourceGroup
-from echotwist.limits import ThrottledLog
+from echotwist.limits import SourceRateLimiter, ThrottledLog
 from echotwist.stream import Echo
 
 __all__ = [
     "CONNECTION_REFUSALS",
+    "HANDSHAKE_RATE",
+    "TOO_MANY_HANDSHAKES",
     "DEFAULT_DRAIN_QUIET",
     "EVICTED",
     "EVICTED_SHARE",
@@ -78,7 +89,17 @@ DEFAULT_DRAIN_QUIET = 2.0
 #: Why a connection can be refused, as logged and counted.
 TOO_MANY = "too many connections"
 TOO_MANY_FROM_SOURCE = "too many connections from this source"
-CONNECTION_REFUSALS = (TOO_MANY, TOO_MANY_FROM_SOURCE)
+TOO_MANY_HANDSHAKES = "too many TLS handshakes in progress from this source"
+HANDSHAKE_RATE = "TLS handshakes from this source over the rate"
+CONNECTION_REFUSALS = (
+    TOO_MANY,
+    TOO_MANY_FROM_SOURCE,
+    TOO_MANY_HANDSHAKES,
+    HANDSHAKE_RATE,
+)
+# Refusals that name the source, not the peer: with IPv6 the address is
+# whichever of 2**64 the client picked this time.
+_OF_THE_SOURCE = frozenset({TOO_MANY_FROM_SOURCE, TOO_MANY_HANDSHAKES, HANDSHAKE_RATE})
 #: Why a connection was closed to make room for a new client.
 EVICTED = "evicted: idle while the server was full"
 EVICTED_SHARE = "evicted: its source held the most connections of a full server"
@@ -116,6 +137,11 @@ class EchoFactory(Factory):
     @ivar evicted: connections closed so far to admit a new client.
     @ivar evictedForShare: of those, how many because their source held the
         most connections.
+    @ivar tlsHandshakesPerSource: TLS handshakes allowed in progress at
+        once per source; 0 for no limit.
+    @ivar tlsHandshakeRate: new TLS handshakes allowed a second per source,
+        in bursts of up to a second's worth (at least 1); 0 for no limit.
+    @ivar handshaking: TLS handshakes in progress, per source.
     @ivar drainQuiet: during a drain, seconds a connection must go without
         activity before it is closed; 0 to leave it open until the client
         closes or the drain's deadline passes.
@@ -138,6 +164,8 @@ class EchoFactory(Factory):
         ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
         evictIdleAfter: float = 0,
         drainQuiet: float = DEFAULT_DRAIN_QUIET,
+        tlsHandshakesPerSource: int = 0,
+        tlsHandshakeRate: float = 0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -153,6 +181,14 @@ class EchoFactory(Factory):
         self.evictIdleAfter = evictIdleAfter
         self.logConnections = logConnections
         self.drainQuiet = drainQuiet
+        self.tlsHandshakesPerSource = tlsHandshakesPerSource
+        self.tlsHandshakeRate = tlsHandshakeRate
+        self.handshaking: dict[str, int] = {}
+        self._handshakeRate = (
+            SourceRateLimiter(tlsHandshakeRate, max(1.0, tlsHandshakeRate), reactor)
+            if tlsHandshakeRate
+            else None
+        )
         self.accepted = 0
         self.closed = 0
         self.evicted = 0
@@ -197,7 +233,7 @@ class EchoFactory(Factory):
         return sys.intern(sourceGroup(host, self.ipv6Prefix))
 
     def _refusal(self, protocol: Echo) -> str | None:
-        # The per-source limit first: a client it refuses must not cost an
+        # The per-source limits first: a client they refuse must not cost an
         # idle connection its place.
         source = protocol.source
         if (
@@ -214,9 +250,41 @@ class EchoFactory(Factory):
             return TOO_MANY
         return None
 
+    def admitHandshake(self, host: str | None) -> bool:
+        """
+        Whether a TLS connection from C{host}, accepted but not yet given a
+        protocol, is within its source's handshake budget; if not, the
+        refusal is counted and logged, and the caller closes it.
+
+        Called before Twisted's TLS layer is built for the connection, so
+        that a refusal costs no TLS state at all.
+        """
+        source = self.sourceOf(host)
+        if source is None:
+            return True
+        why = None
+        if (
+            self.tlsHandshakesPerSource
+            and self.handshaking.get(source, 0) >= self.tlsHandshakesPerSource
+        ):
+            why = TOO_MANY_HANDSHAKES
+        elif self._handshakeRate is not None and not self._handshakeRate.allow(source):
+            why = HANDSHAKE_RATE
+        if why is None:
+            return True
+        self.refused[why] = self.refused.get(why, 0) + 1
+        self._refusals.warn(
+            why,
+            "Refused connection from {source}: {reason}",
+            event="connection.refused",
+            source=source,
+            reason=why,
+        )
+        return False
+
     def _refuse(self, protocol: Echo, why: str) -> None:
         self.refused[why] = self.refused.get(why, 0) + 1
-        if why == TOO_MANY_FROM_SOURCE:
+        if why in _OF_THE_SOURCE:
             # The source, not one address of it: with IPv6 the address is
             # whichever of 2**64 the client picked this time.
             self._refusals.warn(
@@ -312,7 +380,25 @@ class EchoFactory(Factory):
             return False
         protocol.openedAt = self.reactor.seconds()
         self._count(protocol)
+        if protocol.tls and protocol.source is not None:
+            source = protocol.source
+            self.handshaking[source] = self.handshaking.get(source, 0) + 1
+            protocol._handshaking = True
         return True
+
+    def handshakeEnded(self, protocol: Echo) -> None:
+        """
+        C{protocol}'s TLS handshake finished, or its connection closed
+        first: it no longer counts against its source's handshake budget.
+        """
+        if not protocol._handshaking:
+            return
+        protocol._handshaking = False
+        source = protocol.source
+        assert source is not None
+        left = self.handshaking.pop(source) - 1
+        if left:
+            self.handshaking[source] = left
 
     def headerReceived(self, protocol: Echo, source: str | None) -> bool:
         """
@@ -373,6 +459,7 @@ class EchoFactory(Factory):
             # Evicted: the books let it go already.
             return
         self.connections.discard(protocol)
+        self.handshakeEnded(protocol)
         self.closed += 1
         self.bytesOfClosed += protocol.bytesEchoed
         self._uncount(protocol)

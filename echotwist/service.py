@@ -357,11 +357,17 @@ class _ListenerService(Service):
         ):
             if tls is not None:
                 # TLS to Echo: small reads, sent at once (echotwist.tls).
-                from echotwist.tls import TLSServer, echoTLSProtocol
+                from echotwist.tls import HandshakeGate, TLSServer, echoTLSProtocol
 
                 # (Twisted before 26 types it as BufferingTLSTransport.)
                 tls.protocol = echoTLSProtocol  # type: ignore[assignment, unused-ignore]
                 port.transport = TLSServer
+                if factory.shared.tlsHandshakesPerSource or (
+                    factory.shared.tlsHandshakeRate
+                ):
+                    # Started already (listening): the gate only passes its
+                    # stop on, when the port stops.
+                    port.factory = HandshakeGate(tls, factory.shared)
             else:
                 # TCP to Echo, directly or under the PROXY wrapper: its
                 # connections may echo in the kernel.
@@ -507,6 +513,8 @@ class EchoService(MultiService):
             ipv6Prefix=settings.ipv6Prefix,
             evictIdleAfter=settings.evictIdleAfter,
             drainQuiet=settings.drainQuiet,
+            tlsHandshakesPerSource=settings.tlsHandshakesPerSource,
+            tlsHandshakeRate=settings.tlsHandshakeRate,
         )
         self.datagramPolicy = DatagramPolicy(
             settings.udpRate, reactor, ipv6Prefix=settings.ipv6Prefix

@@ -84,6 +84,7 @@ def _number(what: str) -> Callable[[str], float]:
 
 _seconds = _number("seconds")
 _perSecond = _number("datagrams a second")
+_handshakesPerSecond = _number("TLS handshakes a second")
 
 
 def _count(text: str) -> int:
@@ -185,6 +186,30 @@ class Settings:
         """How many leading bits of an IPv6 address make one source for
         --max-per-source and --udp-rate, 1-128 (e.g. --ipv6-prefix 56); an
         IPv4 address mapped in IPv6 counts as that IPv4 address.""",
+    )
+    #: A TLS handshake costs the server a millisecond or more of CPU (the
+    #: certificate's signature), the client next to nothing if it throws the
+    #: result away: 1,620 a second from one address took a whole core.  Ten
+    #: at once and twenty a second from one address is more than a browser
+    #: or a pool of clients behind one NAT opens, and at most a few
+    #: percent of a core.
+    tlsHandshakesPerSource: int = _option(
+        "tls-handshakes-per-source",
+        10,
+        _count,
+        """TLS handshakes in progress at once allowed per source (an IPv4
+        address, or an IPv6 --ipv6-prefix network), on ssl: listeners; a
+        connection over it is closed before its handshake starts; 0 for no
+        limit (e.g. --tls-handshakes-per-source 50).""",
+    )
+    tlsHandshakeRate: float = _option(
+        "tls-handshake-rate",
+        20.0,
+        _handshakesPerSecond,
+        """New TLS handshakes a second allowed per source, in bursts of up
+        to a second's worth (at least 1), on ssl: listeners; a connection
+        over it is closed before its handshake starts; 0 for no limit
+        (e.g. --tls-handshake-rate 100).""",
     )
     #: A full server admits a new client by closing a connection idle this
     #: long: long enough that a client thinking between two lines keeps its

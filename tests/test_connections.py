@@ -6,12 +6,16 @@ from a Clock.
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import INegotiated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from echotwist import Echo, EchoFactory
 from tests.test_stream import _TCPTransport, _UNIXTransport, connect
@@ -552,3 +556,126 @@ class FairShareEvictionTests(SynchronousTestCase):
         self.assertEqual(
             (factory._members, factory._holding, factory._most), ({}, {}, 0)
         )
+
+
+@implementer(INegotiated)
+class _TLSTransport(_TCPTransport):
+    """
+    A TCP transport under TLS, before its handshake: what Twisted's TLS
+    wrapper looks like to L{Echo} when the connection is made.
+    """
+
+    aborted = False
+    negotiatedProtocol = None
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+def connectTLS(factory: EchoFactory, host: str, port: int = 40000) -> Echo | None:
+    """
+    A TLS connection from C{host}, as a TLS port behind a L{HandshakeGate}
+    makes it: None if the handshake budget refused it (the port closes it).
+    """
+    if not factory.admitHandshake(host):
+        return None
+    return connect(factory, _TLSTransport(peerAddress=IPv4Address("TCP", host, port)))
+
+
+class HandshakeBudgetTests(SynchronousTestCase):
+    """
+    TLS handshakes per source: so many in progress at once, so many new
+    ones a second.  A connection over budget is aborted as it is made,
+    before any TLS state is made for it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+
+    def test_inProgressPerSource(self) -> None:
+        factory = EchoFactory(self.clock, tlsHandshakesPerSource=3)
+        started = [connectTLS(factory, "192.0.2.1", n) for n in range(3)]
+        assert None not in started
+        first, second, _ = cast(list[Echo], started)
+        with capturedLogs() as events:
+            self.assertIsNone(connectTLS(factory, "192.0.2.1", 3))
+        self.assertEqual(
+            factory.refused,
+            {"too many TLS handshakes in progress from this source": 1},
+        )
+        (refusal,) = [e for e in events if e["event"] == "connection.refused"]
+        self.assertEqual(refusal["source"], "192.0.2.1")
+        # Another source has a budget of its own; plain TCP has none.
+        self.assertTrue(admitted(connectTLS(factory, "192.0.2.2")))
+        self.assertFalse(connectFrom(factory, "192.0.2.1", 9).transport.disconnecting)
+        # A handshake that finishes, or a connection that closes, frees its
+        # place.
+        first.handshakeCompleted()
+        self.assertTrue(admitted(connectTLS(factory, "192.0.2.1", 4)))
+        second.connectionLost(Failure(ConnectionLost()))
+        self.assertTrue(admitted(connectTLS(factory, "192.0.2.1", 5)))
+        self.assertEqual(factory.handshaking, {"192.0.2.1": 3, "192.0.2.2": 1})
+        first.connectionLost(Failure(ConnectionDone()))  # done already
+        self.assertEqual(factory.handshaking, {"192.0.2.1": 3, "192.0.2.2": 1})
+
+    def test_ratePerSource(self) -> None:
+        """
+        At 5 a second, a burst of 5, then one every 200 ms.
+        """
+        factory = EchoFactory(self.clock, tlsHandshakeRate=5)
+        made = []
+        for n in range(20):
+            protocol = connectTLS(factory, "192.0.2.1", n)
+            if protocol is not None:
+                made.append(protocol)
+                protocol.handshakeCompleted()
+        self.assertEqual(len(made), 5)
+        self.assertEqual(
+            factory.refused, {"TLS handshakes from this source over the rate": 15}
+        )
+        self.assertTrue(admitted(connectTLS(factory, "192.0.2.2")))
+        self.clock.advance(0.2)
+        self.assertTrue(admitted(connectTLS(factory, "192.0.2.1", 99)))
+        self.assertIsNone(connectTLS(factory, "192.0.2.1", 98))
+
+    def test_overBudgetEvictsNobody(self) -> None:
+        """
+        A handshake over budget is refused before the connection limit is
+        looked at: it cannot cost an idle connection its place.
+        """
+        factory = EchoFactory(
+            self.clock, maxConnections=2, evictIdleAfter=1, tlsHandshakesPerSource=1
+        )
+        held = {
+            connectTLS(factory, "192.0.2.1", 1),
+            connectFrom(factory, "192.0.2.1", 2),
+        }
+        self.clock.advance(5)
+        self.assertIsNone(connectTLS(factory, "192.0.2.1", 3))
+        self.assertEqual(factory.connections, held)
+        self.assertEqual(factory.evicted, 0)
+
+    def test_noLimitsByDefault(self) -> None:
+        factory = EchoFactory(self.clock)
+        for n in range(100):
+            self.assertTrue(admitted(connectTLS(factory, "192.0.2.1", n)))
+
+    def test_refusedByTheBooksIsAborted(self) -> None:
+        """
+        A TLS connection within its handshake budget but over a connection
+        limit is aborted: a TLS close would answer its client's hello.
+        """
+        factory = EchoFactory(self.clock, maxConnections=1, tlsHandshakesPerSource=5)
+        connectTLS(factory, "192.0.2.1", 1)
+        over = connectTLS(factory, "192.0.2.2", 2)
+        assert over is not None
+        self.assertTrue(over.transport.aborted)
+        self.assertEqual(factory.handshaking, {"192.0.2.1": 1})
+
+
+def admitted(protocol: Echo | None) -> bool:
+    """
+    Whether a connection was made and admitted into the books.
+    """
+    return protocol is not None and not protocol.transport.disconnecting

@@ -93,6 +93,9 @@ class SupervisionTests(SynchronousTestCase):
                 udpRate=5,
                 logConnections=False,
                 proxyFrom=("10.0.0.0/8", "2001:db8::7"),
+                keepalive=(30, 5, 3),
+                tlsHandshakesPerSource=2,
+                tlsHandshakeRate=7,
             ),
         )
         supervisor.startService()
