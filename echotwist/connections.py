@@ -21,9 +21,9 @@ connection, chosen in two steps (see L{EchoFactory._evictOne}):
      an attacker needs as many sources (IPv4 addresses, IPv6 networks of
      C{ipv6Prefix} bits) as the server has slots.  The books keep the
      sources by how many connections each holds, so finding the one that
-     holds the most costs nothing; choosing its idlest connection is a
-     look at each of that source's connections (at most C{maxPerSource}),
-     once per eviction, not per accept.
+     holds the most costs nothing; the sweep keeps each source's idle
+     connections in the order they went idle, so its idlest is the head of
+     that list.
   2. Idleness.  Otherwise (every source holds about as many as the
      newcomer's), the connection idle longest goes, if it has been idle
      C{evictIdleAfter} seconds at least.  The sweep keeps the connections
@@ -211,6 +211,8 @@ class EchoFactory(Factory):
         self._sweeper: LoopingCall | None = None
         # Eviction candidates, idle longest first, as of the last sweep.
         self._idleOrder: deque[Echo] = deque()
+        # The same, per source: where the fair-share step finds its victim.
+        self._idleBySource: dict[str, deque[Echo]] = {}
 
     @property
     def open(self) -> int:
@@ -552,16 +554,23 @@ class EchoFactory(Factory):
         every one of them is closing already.
         """
         source = next(iter(self._holding[self._most]))
-        best: tuple[Echo, float] | None = None
-        for protocol in self._members[source]:
-            if protocol._awaiting is None and protocol._closeReason is not None:
-                continue  # closing: it is leaving anyway
+        # The sweep's list for the source first, idle longest at its head;
+        # a candidate found active, gone, or no longer of this source (a
+        # PROXY header came) is dropped, so each costs one look per sweep.
+        order = self._idleBySource.get(source)
+        while order:
+            protocol = order[0]
             since = self._idleSince(protocol)
-            if since is None:
-                since = now
-            if best is None or since < best[1]:
-                best = (protocol, since)
-        return best
+            if since is None or protocol.source != source:
+                order.popleft()
+                continue
+            return protocol, since
+        # Every one of its connections was active, or is newer, since the
+        # last sweep: none is idler than another, as far as is known.
+        for protocol in self._members[source]:
+            if protocol._awaiting is not None or protocol._closeReason is None:
+                return protocol, now
+        return None  # all closing: they are leaving anyway
 
     def _evict(self, protocol: Echo, idle: float, held: int = 0) -> None:
         """
@@ -647,6 +656,7 @@ class EchoFactory(Factory):
                 self._sweeper.stop()
             self._sweeper = None
             self._idleOrder.clear()
+            self._idleBySource.clear()
 
     def _sweep(self) -> None:
         now = self.reactor.seconds()
@@ -680,6 +690,11 @@ class EchoFactory(Factory):
             idle.extend((protocol.openedAt, protocol) for protocol in self.awaiting)
             idle.sort(key=lambda item: item[0])
             self._idleOrder = deque(protocol for _, protocol in idle)
+            bySource: dict[str, deque[Echo]] = {}
+            for _, protocol in idle:
+                if protocol.source is not None:
+                    bySource.setdefault(protocol.source, deque()).append(protocol)
+            self._idleBySource = bySource
 
     def drain(self, timeout: float) -> Deferred[None]:
         """

@@ -484,6 +484,43 @@ class FairShareEvictionTests(SynchronousTestCase):
         self.assertEqual(self.factory.perSource["192.0.2.2"], 9)
         self.assertEqual(self.factory.evictedForShare, 1)
 
+    def test_busySourceStillGivesWay(self) -> None:
+        """
+        Every connection of the source holding the most was active since
+        the last sweep (a byte a second each, say): one of them goes all the
+        same.
+        """
+        attackers = self.attack()
+        self.advance(3)
+        for peer in attackers:
+            peer.dataReceived(b"x")
+        newcomer = connectFrom(self.factory, "198.51.100.1")
+        self.assertFalse(newcomer.transport.disconnecting)
+        self.assertEqual(self.factory.evictedForShare, 1)
+        self.assertEqual(sorted(self.factory.perSource.values()), [1, 9, 10])
+
+    def test_costIsTheHeadOfTheSourcesList(self) -> None:
+        """
+        The victim is found at the head of its source's idle list: a source
+        holding 1000 connections costs no more looks than one holding 10.
+        """
+        factory = EchoFactory(self.clock, maxConnections=1000, evictIdleAfter=10)
+        peers = [connectFrom(factory, "192.0.2.1", n) for n in range(1000)]
+        self.advance(3)
+        looked = []
+        original = factory._idleSince
+
+        def counting(protocol: Echo) -> float | None:
+            looked.append(protocol)
+            return original(protocol)
+
+        factory._idleSince = counting  # type: ignore[method-assign]
+        for n in range(1, 11):
+            connectFrom(factory, f"198.51.100.{n}")
+        self.assertEqual(factory.evictedForShare, 10)
+        self.assertLessEqual(len(looked), 20)
+        self.assertEqual(len(set(peers) - factory.connections), 10)
+
     def test_evenSharesFallBackToIdleness(self) -> None:
         """
         Where every source holds one connection, none holds more than its
