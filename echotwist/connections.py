@@ -67,11 +67,11 @@ from echotwist.stream import Echo
 
 __all__ = [
     "CONNECTION_REFUSALS",
-    "HANDSHAKE_RATE",
-    "TOO_MANY_HANDSHAKES",
     "DEFAULT_DRAIN_QUIET",
     "EVICTED",
     "EVICTED_SHARE",
+    "HANDSHAKE_RATE",
+    "TOO_MANY_HANDSHAKES",
     "EchoFactory",
 ]
 

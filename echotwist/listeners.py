@@ -28,6 +28,8 @@ from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromSt
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 
+from echotwist.settings import wholeNumber
+
 __all__ = [
     "BURST_BACKLOG",
     "DatagramListener",
@@ -129,6 +131,18 @@ def _fields(description: str) -> list[str]:
     return fields
 
 
+def _isWhole(text: str) -> bool:
+    """
+    Whether C{text} is a whole number as echotwist takes one: ASCII digits
+    only (see L{echotwist.settings.wholeNumber}).
+    """
+    try:
+        wholeNumber(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _checkWhole(description: str) -> None:
     """
     Refuse an empty description, and one with blanks at either end: a
@@ -168,8 +182,6 @@ def _checkNumbers(text: str) -> None:
 
     @raise ValueError: with a one-line message naming the argument.
     """
-    from echotwist.settings import wholeNumber
-
     fields = _fields(
         text[len(_PROXY_PREFIX) :] if text.startswith(_PROXY_PREFIX) else text
     )
@@ -235,7 +247,7 @@ def parseListener(
     """
     _checkWhole(description)
     text = description
-    if text.isascii() and text.isdigit():
+    if _isWhole(text):
         if int(text) > 65535:
             raise ValueError(f"{description!r} is not a port number (0-65535)")
         text = f"tcp:{int(text)}"
@@ -423,9 +435,7 @@ def _unnamedSystemdSocket(
         raise IndexError("LISTEN_PID is not this process")
     count = environ.get("LISTEN_FDS", "")
     index = fields["index"]
-    if not (re.fullmatch("[0-9]+", count) and re.fullmatch("[0-9]+", index)) or int(
-        index
-    ) >= int(count):
+    if not (_isWhole(count) and _isWhole(index)) or int(index) >= int(count):
         raise IndexError(f"index {index} of LISTEN_FDS={count!r}")
     family = getattr(socket, "AF_" + fields.get("domain", ""), None)
     if not isinstance(family, int):
@@ -477,7 +487,7 @@ def parseDatagramListener(description: str) -> DatagramListener:
                 f"{description!r}: unknown UDP option {key!r} (use udp:PORT or"
                 f" udp:PORT:interface=ADDRESS)"
             )
-    if len(args) != 1 or not re.fullmatch("[0-9]+", args[0]) or int(args[0]) > 65535:
+    if len(args) != 1 or not _isWhole(args[0]) or int(args[0]) > 65535:
         raise ValueError(
             f"{description!r} is not a UDP port (use PORT, udp:PORT or"
             f" udp:PORT:interface=ADDRESS, e.g. udp:7:interface=\\:\\:1)"
