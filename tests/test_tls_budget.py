@@ -72,17 +72,7 @@ class HandshakeBudgetTests(ServerTestCase):
         server, port, metrics = self.startTLS(
             "--tls-handshakes-per-source", "3", "--tls-handshake-rate", "0"
         )
-        flood = [
-            socket.create_connection(
-                (LOOPBACK, port), timeout=WAIT, source_address=(FLOODER, 0)
-            )
-            for _ in range(30)
-        ]
-        selector = selectors.DefaultSelector()
-        self.addCleanup(selector.close)
-        for sock in flood:
-            self.addCleanup(sock.close)
-            selector.register(sock, selectors.EVENT_READ)
+        selector, _ = self.flood(port, 30)
         closed = 0
         deadline = time.monotonic() + WAIT
         while closed < 27 and time.monotonic() < deadline:
@@ -105,6 +95,60 @@ class HandshakeBudgetTests(ServerTestCase):
         server.waitFor(
             rf"Refused connection from {FLOODER.replace('.', '[.]')}: {IN_PROGRESS}"
         )
+
+    def flood(
+        self, port: int, count: int
+    ) -> tuple[selectors.BaseSelector, list[socket.socket]]:
+        """
+        C{count} connections from L{FLOODER} that never send their hello;
+        a selector waiting to read from each, and the sockets.
+        """
+        flood = [
+            socket.create_connection(
+                (LOOPBACK, port), timeout=WAIT, source_address=(FLOODER, 0)
+            )
+            for _ in range(count)
+        ]
+        selector = selectors.DefaultSelector()
+        self.addCleanup(selector.close)
+        for sock in flood:
+            self.addCleanup(sock.close)
+            selector.register(sock, selectors.EVENT_READ)
+        return selector, flood
+
+    def test_budgetHoldsInEachWorker(self) -> None:
+        """
+        With --workers 2, each worker keeps the budget for the connections
+        it accepts: of 10 hello-less connections from one address, at most
+        one per worker is held.
+        """
+        from tests.test_workers import waitServing
+
+        server, port, _ = self.startTLS(
+            "--workers",
+            "2",
+            "--tls-handshakes-per-source",
+            "1",
+            "--tls-handshake-rate",
+            "0",
+        )
+        waitServing(server, 2)
+        selector, flood = self.flood(port, 10)
+        closed = 0
+        deadline = time.monotonic() + WAIT
+        while closed < 8 and time.monotonic() < deadline:
+            for key, _ in selector.select(0.2):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    data = sock.recv(1)
+                except ConnectionResetError:
+                    data = b""
+                self.assertEqual(data, b"", "the server spoke first")
+                selector.unregister(sock)
+                closed += 1
+        self.assertGreaterEqual(closed, 8)
+        self.assertEqual(self.handshake(port, BYSTANDER), b"over TLS")
 
     def test_handshakeRate(self) -> None:
         """
