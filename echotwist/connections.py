@@ -10,11 +10,36 @@ periodic call for all connections rather than a timer each: it costs no
 memory per connection and nothing in the data path, where a
 per-connection timer would be reset on every read.
 
-The sweep also keeps, for a full server, the connections in the order they
-went idle: when C{maxConnections} is reached, a new client is admitted by
-evicting the connection idle longest, if it has been idle C{evictIdleAfter}
-seconds at least.  Finding it costs the head of that list, not a pass over
-every connection, so a flood of connects at a full server stays cheap.
+When C{maxConnections} is reached, a new client is admitted by evicting a
+connection, chosen in two steps (see L{EchoFactory._evictOne}):
+
+  1. Fair shares.  If some source holds at least two connections more than
+     the newcomer's source does, the idlest connection of a source holding
+     the most goes.  So a few addresses that fill the server, however
+     busy they keep their connections, give up their slots one by one to
+     clients from other addresses: to hold a full server against newcomers
+     an attacker needs as many sources (IPv4 addresses, IPv6 networks of
+     C{ipv6Prefix} bits) as the server has slots.  The books keep the
+     sources by how many connections each holds, so finding the one that
+     holds the most costs nothing; the sweep keeps each source's idle
+     connections in the order they went idle, so its idlest is the head of
+     that list.
+  2. Idleness.  Otherwise (every source holds about as many as the
+     newcomer's), the connection idle longest goes, if it has been idle
+     C{evictIdleAfter} seconds at least.  The sweep keeps the connections
+     in the order they went idle, so this costs the head of that list, not
+     a pass over every connection.
+
+A flood of connects at a full server stays cheap either way.
+
+TLS handshakes are a budget per source: C{tlsHandshakesPerSource} in
+progress at once and C{tlsHandshakeRate} new ones a second (a token bucket,
+one second's worth deep).  L{EchoFactory.admitHandshake} is asked as a TLS
+connection is accepted (see L{echotwist.tls.HandshakeGate}); one over
+either is closed before Twisted's TLS layer is built for it, let alone its
+client's hello read: it costs an accept and a close, not a handshake's
+cryptography, so one address cannot spend the server's CPU on handshakes
+however fast it connects.
 
 Under echotwist's PROXY wrapper a connection is in the books from the moment
 it is accepted, as the proxy's: a peer that never sends a header still
@@ -37,13 +62,16 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, sourceGroup
-from echotwist.limits import ThrottledLog
+from echotwist.limits import SourceRateLimiter, ThrottledLog
 from echotwist.stream import Echo
 
 __all__ = [
     "CONNECTION_REFUSALS",
     "DEFAULT_DRAIN_QUIET",
     "EVICTED",
+    "EVICTED_SHARE",
+    "HANDSHAKE_RATE",
+    "TOO_MANY_HANDSHAKES",
     "EchoFactory",
 ]
 
@@ -61,9 +89,20 @@ DEFAULT_DRAIN_QUIET = 2.0
 #: Why a connection can be refused, as logged and counted.
 TOO_MANY = "too many connections"
 TOO_MANY_FROM_SOURCE = "too many connections from this source"
-CONNECTION_REFUSALS = (TOO_MANY, TOO_MANY_FROM_SOURCE)
+TOO_MANY_HANDSHAKES = "too many TLS handshakes in progress from this source"
+HANDSHAKE_RATE = "TLS handshakes from this source over the rate"
+CONNECTION_REFUSALS = (
+    TOO_MANY,
+    TOO_MANY_FROM_SOURCE,
+    TOO_MANY_HANDSHAKES,
+    HANDSHAKE_RATE,
+)
+# Refusals that name the source, not the peer: with IPv6 the address is
+# whichever of 2**64 the client picked this time.
+_OF_THE_SOURCE = frozenset({TOO_MANY_FROM_SOURCE, TOO_MANY_HANDSHAKES, HANDSHAKE_RATE})
 #: Why a connection was closed to make room for a new client.
 EVICTED = "evicted: idle while the server was full"
+EVICTED_SHARE = "evicted: its source held the most connections of a full server"
 
 
 class EchoFactory(Factory):
@@ -86,14 +125,23 @@ class EchoFactory(Factory):
         closed, and a closing connection that cannot flush is aborted; 0
         for never.
     @ivar evictIdleAfter: when C{maxConnections} is reached, a new client
-        is admitted by closing the connection idle longest, if it has been
-        idle at least this many seconds; 0 for never.
+        is admitted by closing the idlest connection of the source holding
+        the most, if that holds two or more than the newcomer's source,
+        or else the connection idle longest, if it has been idle at least
+        this many seconds; 0 for never evicting.
     @ivar logConnections: whether to log each connection opened and closed
         (refusals and evictions are logged regardless, throttled).
     @ivar accepted: connections admitted so far (behind the PROXY wrapper,
         once their header is in).
     @ivar closed: admitted connections closed so far, evicted ones too.
     @ivar evicted: connections closed so far to admit a new client.
+    @ivar evictedForShare: of those, how many because their source held the
+        most connections.
+    @ivar tlsHandshakesPerSource: TLS handshakes allowed in progress at
+        once per source; 0 for no limit.
+    @ivar tlsHandshakeRate: new TLS handshakes allowed a second per source,
+        in bursts of up to a second's worth (at least 1); 0 for no limit.
+    @ivar handshaking: TLS handshakes in progress, per source.
     @ivar drainQuiet: during a drain, seconds a connection must go without
         activity before it is closed; 0 to leave it open until the client
         closes or the drain's deadline passes.
@@ -116,6 +164,8 @@ class EchoFactory(Factory):
         ipv6Prefix: int = DEFAULT_IPV6_PREFIX,
         evictIdleAfter: float = 0,
         drainQuiet: float = DEFAULT_DRAIN_QUIET,
+        tlsHandshakesPerSource: int = 0,
+        tlsHandshakeRate: float = 0,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
@@ -131,19 +181,38 @@ class EchoFactory(Factory):
         self.evictIdleAfter = evictIdleAfter
         self.logConnections = logConnections
         self.drainQuiet = drainQuiet
+        self.tlsHandshakesPerSource = tlsHandshakesPerSource
+        self.tlsHandshakeRate = tlsHandshakeRate
+        self.handshaking: dict[str, int] = {}
+        self._handshakeRate = (
+            SourceRateLimiter(tlsHandshakeRate, max(1.0, tlsHandshakeRate), reactor)
+            if tlsHandshakeRate
+            else None
+        )
         self.accepted = 0
         self.closed = 0
         self.evicted = 0
+        self.evictedForShare = 0
         self.bytesOfClosed = 0
         self.connections: set[Echo] = set()
         self.awaiting: set[Echo] = set()
         self.perSource: dict[str, int] = {}
+        # The connections of each source, awaiting ones too, and the
+        # sources by how many connections they hold (count -> sources), with
+        # the largest count: the books of eviction's fair shares, kept as
+        # counts change, a step at a time, so that the source holding the
+        # most is known without a search.
+        self._members: dict[str, set[Echo]] = {}
+        self._holding: dict[int, set[str]] = {}
+        self._most = 0
         self.refused: dict[str, int] = {}
         self._refusals = ThrottledLog(log, reactor)
         self._drained: Deferred[None] | None = None
         self._sweeper: LoopingCall | None = None
         # Eviction candidates, idle longest first, as of the last sweep.
         self._idleOrder: deque[Echo] = deque()
+        # The same, per source: where the fair-share step finds its victim.
+        self._idleBySource: dict[str, deque[Echo]] = {}
 
     @property
     def open(self) -> int:
@@ -166,7 +235,7 @@ class EchoFactory(Factory):
         return sys.intern(sourceGroup(host, self.ipv6Prefix))
 
     def _refusal(self, protocol: Echo) -> str | None:
-        # The per-source limit first: a client it refuses must not cost an
+        # The per-source limits first: a client they refuse must not cost an
         # idle connection its place.
         source = protocol.source
         if (
@@ -178,14 +247,46 @@ class EchoFactory(Factory):
         if (
             self.maxConnections
             and self.open >= self.maxConnections
-            and not self._evictOne()
+            and not self._evictOne(source)
         ):
             return TOO_MANY
         return None
 
+    def admitHandshake(self, host: str | None) -> bool:
+        """
+        Whether a TLS connection from C{host}, accepted but not yet given a
+        protocol, is within its source's handshake budget; if not, the
+        refusal is counted and logged, and the caller closes it.
+
+        Called before Twisted's TLS layer is built for the connection, so
+        that a refusal costs no TLS state at all.
+        """
+        source = self.sourceOf(host)
+        if source is None:
+            return True
+        why = None
+        if (
+            self.tlsHandshakesPerSource
+            and self.handshaking.get(source, 0) >= self.tlsHandshakesPerSource
+        ):
+            why = TOO_MANY_HANDSHAKES
+        elif self._handshakeRate is not None and not self._handshakeRate.allow(source):
+            why = HANDSHAKE_RATE
+        if why is None:
+            return True
+        self.refused[why] = self.refused.get(why, 0) + 1
+        self._refusals.warn(
+            why,
+            "Refused connection from {source}: {reason}",
+            event="connection.refused",
+            source=source,
+            reason=why,
+        )
+        return False
+
     def _refuse(self, protocol: Echo, why: str) -> None:
         self.refused[why] = self.refused.get(why, 0) + 1
-        if why == TOO_MANY_FROM_SOURCE:
+        if why in _OF_THE_SOURCE:
             # The source, not one address of it: with IPv6 the address is
             # whichever of 2**64 the client picked this time.
             self._refusals.warn(
@@ -208,14 +309,42 @@ class EchoFactory(Factory):
     def _count(self, protocol: Echo) -> None:
         source = protocol.source
         if source is not None:
-            self.perSource[source] = self.perSource.get(source, 0) + 1
+            had = self.perSource.get(source, 0)
+            self.perSource[source] = had + 1
+            self._members.setdefault(source, set()).add(protocol)
+            self._hold(source, had, had + 1)
 
     def _uncount(self, protocol: Echo) -> None:
         source = protocol.source
         if source is not None:
-            left = self.perSource.pop(source) - 1
+            had = self.perSource.pop(source)
+            left = had - 1
+            members = self._members[source]
+            members.discard(protocol)
             if left:
                 self.perSource[source] = left
+            else:
+                del self._members[source]
+            self._hold(source, had, left)
+
+    def _hold(self, source: str, had: int, has: int) -> None:
+        """
+        Move C{source} from the sources holding C{had} connections to those
+        holding C{has} (one more or one fewer), keeping the largest count.
+        """
+        if had:
+            holders = self._holding[had]
+            holders.discard(source)
+            if not holders:
+                del self._holding[had]
+                if had == self._most:
+                    # Counts move one at a time: the source that held the
+                    # most alone now holds one fewer, and that is the most.
+                    self._most = has
+        if has:
+            self._holding.setdefault(has, set()).add(source)
+            if has > self._most:
+                self._most = has
 
     def connectionOpened(self, protocol: Echo) -> bool:
         """
@@ -253,7 +382,25 @@ class EchoFactory(Factory):
             return False
         protocol.openedAt = self.reactor.seconds()
         self._count(protocol)
+        if protocol.tls and protocol.source is not None:
+            source = protocol.source
+            self.handshaking[source] = self.handshaking.get(source, 0) + 1
+            protocol._handshaking = True
         return True
+
+    def handshakeEnded(self, protocol: Echo) -> None:
+        """
+        C{protocol}'s TLS handshake finished, or its connection closed
+        first: it no longer counts against its source's handshake budget.
+        """
+        if not protocol._handshaking:
+            return
+        protocol._handshaking = False
+        source = protocol.source
+        assert source is not None
+        left = self.handshaking.pop(source) - 1
+        if left:
+            self.handshaking[source] = left
 
     def headerReceived(self, protocol: Echo, source: str | None) -> bool:
         """
@@ -314,6 +461,7 @@ class EchoFactory(Factory):
             # Evicted: the books let it go already.
             return
         self.connections.discard(protocol)
+        self.handshakeEnded(protocol)
         self.closed += 1
         self.bytesOfClosed += protocol.bytesEchoed
         self._uncount(protocol)
@@ -356,21 +504,34 @@ class EchoFactory(Factory):
             return None
         return max(protocol._idleSince, protocol.openedAt)
 
-    def _evictOne(self) -> bool:
+    def _evictOne(self, newcomer: str | None) -> bool:
         """
-        Close the connection idle longest, if it has been idle
-        C{evictIdleAfter} seconds at least, and let it go from the books.
+        Close a connection to admit a client from the source C{newcomer},
+        and let it go from the books: the idlest of a source holding the
+        most connections, if that holds at least two more than
+        C{newcomer}; otherwise the connection idle longest, if it has been
+        idle C{evictIdleAfter} seconds at least.
 
-        The sweep lists the candidates idle longest first.  A candidate
-        found active or gone is dropped (the next sweep lists it again if it
-        goes idle), so each costs one look per sweep however many clients
-        knock.
+        Two more, not one: a source holding just one more than the
+        newcomer's would hold as many as it after the swap, and the two
+        would take each other's place back and forth.
+
+        For the second step the sweep lists the candidates idle longest
+        first.  A candidate found active or gone is dropped (the next sweep
+        lists it again if it goes idle), so each costs one look per sweep
+        however many clients knock.
 
         @return: whether one was evicted.
         """
         if not self._evicting:
             return False
         now = self.reactor.seconds()
+        has = 0 if newcomer is None else self.perSource.get(newcomer, 0)
+        if self._most >= has + 2:
+            victim = self._idlestOfTheMost(now)
+            if victim is not None:
+                self._evict(victim[0], now - victim[1], self._most)
+                return True
         order = self._idleOrder
         while order:
             protocol = order[0]
@@ -386,18 +547,63 @@ class EchoFactory(Factory):
             return True
         return False
 
-    def _evict(self, protocol: Echo, idle: float) -> None:
+    def _idlestOfTheMost(self, now: float) -> tuple[Echo, float] | None:
+        """
+        The idlest connection of a source holding the most, and since when
+        it is idle (C{now} if it was active since the last sweep); None if
+        every one of them is closing already.
+        """
+        source = next(iter(self._holding[self._most]))
+        # The sweep's list for the source first, idle longest at its head;
+        # a candidate found active, gone, or no longer of this source (a
+        # PROXY header came) is dropped, so each costs one look per sweep.
+        order = self._idleBySource.get(source)
+        while order:
+            protocol = order[0]
+            since = self._idleSince(protocol)
+            if since is None or protocol.source != source:
+                order.popleft()
+                continue
+            return protocol, since
+        # Every one of its connections was active, or is newer, since the
+        # last sweep: none is idler than another, as far as is known.
+        for protocol in self._members[source]:
+            if protocol._awaiting is not None or protocol._closeReason is None:
+                return protocol, now
+        return None  # all closing: they are leaving anyway
+
+    def _evict(self, protocol: Echo, idle: float, held: int = 0) -> None:
+        """
+        Close C{protocol}, idle C{idle} seconds, to admit a new client;
+        C{held}, if not 0, is how many connections its source held, the
+        most of any: it goes for that, not for being idle.
+        """
         self.evicted += 1
-        self._refusals.warn(
-            EVICTED,
-            "Closed {peer}, idle {idle:.1f}s or more, to admit a new client:"
-            " the server is full",
-            event="connection.evicted",
-            peer=protocol.peer,
-            source=protocol.source,
-            idle=idle,
-            reason=EVICTED,
-        )
+        if held:
+            self.evictedForShare += 1
+            self._refusals.warn(
+                EVICTED_SHARE,
+                "Closed {peer}, idle {idle:.1f}s, to admit a new client: the"
+                " server is full and its source {source} held {held}"
+                " connections, the most of any",
+                event="connection.evicted",
+                peer=protocol.peer,
+                source=protocol.source,
+                idle=idle,
+                held=held,
+                reason=EVICTED_SHARE,
+            )
+        else:
+            self._refusals.warn(
+                EVICTED,
+                "Closed {peer}, idle {idle:.1f}s or more, to admit a new"
+                " client: the server is full",
+                event="connection.evicted",
+                peer=protocol.peer,
+                source=protocol.source,
+                idle=idle,
+                reason=EVICTED,
+            )
         wrapper = protocol._awaiting
         if wrapper is not None:
             protocol._awaiting = None
@@ -407,14 +613,15 @@ class EchoFactory(Factory):
             return
         # Let it go from the books now, so that the newcomer has its place
         # at once (its transport reports the loss on a later iteration).
-        self.connectionClosed(protocol, EVICTED)
+        reason = EVICTED_SHARE if held else EVICTED
+        self.connectionClosed(protocol, reason)
         try:
             if protocol._paused:
                 # Its client does not read: the echo it holds cannot be
                 # delivered, and a close would wait for it forever.
-                protocol.abort(EVICTED)
+                protocol.abort(reason)
             else:
-                protocol.closeWhenFlushed(EVICTED)
+                protocol.closeWhenFlushed(reason)
         except Exception:
             log.failure("Could not evict {peer}", peer=protocol.peer)
 
@@ -449,6 +656,7 @@ class EchoFactory(Factory):
                 self._sweeper.stop()
             self._sweeper = None
             self._idleOrder.clear()
+            self._idleBySource.clear()
 
     def _sweep(self) -> None:
         now = self.reactor.seconds()
@@ -482,6 +690,11 @@ class EchoFactory(Factory):
             idle.extend((protocol.openedAt, protocol) for protocol in self.awaiting)
             idle.sort(key=lambda item: item[0])
             self._idleOrder = deque(protocol for _, protocol in idle)
+            bySource: dict[str, deque[Echo]] = {}
+            for _, protocol in idle:
+                if protocol.source is not None:
+                    bySource.setdefault(protocol.source, deque()).append(protocol)
+            self._idleBySource = bySource
 
     def drain(self, timeout: float) -> Deferred[None]:
         """

@@ -28,6 +28,8 @@ from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromSt
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 
+from echotwist.settings import wholeNumber
+
 __all__ = [
     "BURST_BACKLOG",
     "DatagramListener",
@@ -129,6 +131,87 @@ def _fields(description: str) -> list[str]:
     return fields
 
 
+def _isWhole(text: str) -> bool:
+    """
+    Whether C{text} is a whole number as echotwist takes one: ASCII digits
+    only (see L{echotwist.settings.wholeNumber}).
+    """
+    try:
+        wholeNumber(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _checkWhole(description: str) -> None:
+    """
+    Refuse an empty description, and one with blanks at either end: a
+    shell's quoting gone wrong more likely than a meaning.
+
+    @raise ValueError: with a one-line message.
+    """
+    if not description:
+        raise ValueError(
+            "'' is empty: give a port number or a server endpoint description"
+        )
+    if description != description.strip():
+        raise ValueError(
+            f"{description!r} has blanks at its start or end (check the quoting)"
+        )
+
+
+# What each endpoint type's numbers are: the positional argument that is a
+# port (its index), and the keyword arguments that are numbers, with how
+# they are written.  Twisted's parsers call int(), which takes Unicode
+# digits, a sign and blanks: "backlog=-5" and "tcp:\u0663" pass them.
+_PORT_POSITION = {"tcp": 0, "tcp6": 0, "ssl": 0}
+_NUMBER_ARGUMENTS = {
+    "tcp": {"port", "backlog"},
+    "tcp6": {"port", "backlog"},
+    "ssl": {"port", "backlog"},
+    "unix": {"backlog"},
+    "systemd": {"index"},
+}
+
+
+def _checkNumbers(text: str) -> None:
+    """
+    Refuse numbers in a description of a type echotwist knows that are not
+    written as ASCII digits, or not in range (ports 0-65535; C{mode=} in
+    octal); other types are their parser's to check.
+
+    @raise ValueError: with a one-line message naming the argument.
+    """
+    fields = _fields(
+        text[len(_PROXY_PREFIX) :] if text.startswith(_PROXY_PREFIX) else text
+    )
+    kind, arguments = fields[0], fields[1:]
+    positional = [field for field in arguments if "=" not in field]
+    keywords = dict(field.partition("=")[::2] for field in arguments if "=" in field)
+    numbers: list[tuple[str, str]] = [
+        (name, value)
+        for name, value in keywords.items()
+        if name in _NUMBER_ARGUMENTS.get(kind, ())
+    ]
+    position = _PORT_POSITION.get(kind)
+    if position is not None and len(positional) > position:
+        numbers.append(("port", positional[position]))
+    for name, value in numbers:
+        try:
+            number = wholeNumber(
+                value, f"a {name} number" if name == "port" else f"a {name}"
+            )
+        except ValueError as e:
+            raise ValueError(f"{text!r}: {name}: {e}") from None
+        if name == "port" and number > 65535:
+            raise ValueError(f"{text!r}: {value!r} is not a port number (0-65535)")
+    mode = keywords.get("mode")
+    if kind == "unix" and mode is not None and not re.fullmatch(r"0?[0-7]{1,4}", mode):
+        raise ValueError(
+            f"{text!r}: mode: {mode!r} is not a file mode in octal digits (e.g. 660)"
+        )
+
+
 def _withBacklog(description: str, backlog: int) -> str:
     """
     C{description} with C{backlog=} added, if it is of a type that takes
@@ -162,11 +245,14 @@ def parseListener(
         L{listenBacklog}'s.  Sockets passed by systemd already listen.
     @raise ValueError: with a one-line message a user can act on.
     """
-    text = description.strip()
-    if text.isdigit():
+    _checkWhole(description)
+    text = description
+    if _isWhole(text):
         if int(text) > 65535:
             raise ValueError(f"{description!r} is not a port number (0-65535)")
         text = f"tcp:{int(text)}"
+    else:
+        _checkNumbers(text)
     if reactor is None:
         from twisted.internet import reactor
     if backlog is None:
@@ -349,7 +435,7 @@ def _unnamedSystemdSocket(
         raise IndexError("LISTEN_PID is not this process")
     count = environ.get("LISTEN_FDS", "")
     index = fields["index"]
-    if not (count.isdigit() and index.isdigit()) or int(index) >= int(count):
+    if not (_isWhole(count) and _isWhole(index)) or int(index) >= int(count):
         raise IndexError(f"index {index} of LISTEN_FDS={count!r}")
     family = getattr(socket, "AF_" + fields.get("domain", ""), None)
     if not isinstance(family, int):
@@ -381,7 +467,8 @@ def parseDatagramListener(description: str) -> DatagramListener:
     hint = _ipv6Hint(description)
     if hint is not None:
         raise ValueError(hint)
-    fields = [f.replace("\\:", ":") for f in re.split(r"(?<!\\):", description.strip())]
+    _checkWhole(description)
+    fields = [f.replace("\\:", ":") for f in re.split(r"(?<!\\):", description)]
     if fields[0] == "udp":
         fields.pop(0)
     interface = ""
@@ -400,7 +487,7 @@ def parseDatagramListener(description: str) -> DatagramListener:
                 f"{description!r}: unknown UDP option {key!r} (use udp:PORT or"
                 f" udp:PORT:interface=ADDRESS)"
             )
-    if len(args) != 1 or not args[0].isdigit() or int(args[0]) > 65535:
+    if len(args) != 1 or not _isWhole(args[0]) or int(args[0]) > 65535:
         raise ValueError(
             f"{description!r} is not a UDP port (use PORT, udp:PORT or"
             f" udp:PORT:interface=ADDRESS, e.g. udp:7:interface=\\:\\:1)"

@@ -92,7 +92,8 @@ class EchoCollector:
         yield refused
         yield CounterMetricFamily(
             "echotwist_connections_evicted",
-            "Idle stream connections closed to admit a new client to a full server.",
+            "Stream connections closed to admit a new client to a full server:"
+            " of the source holding the most, or idle.",
             value=now.get("evicted", 0),
         )
         yield GaugeMetricFamily(

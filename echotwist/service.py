@@ -187,6 +187,19 @@ class _ListenerFactory(Factory):
         return "echotwist"
 
 
+def _tcpSocket(port: IListeningPort) -> socket.socket | None:
+    """
+    The listening socket of C{port}, if it is an IPv4 or IPv6 one.
+    """
+    sock = getattr(port, "socket", None)
+    if not isinstance(sock, socket.socket) or sock.family not in (
+        socket.AF_INET,
+        socket.AF_INET6,
+    ):
+        return None
+    return sock
+
+
 def _clampSocketBuffers(description: str, port: IListeningPort, size: int) -> None:
     """
     Set SO_SNDBUF and SO_RCVBUF to C{size} on a TCP listening socket.
@@ -197,11 +210,8 @@ def _clampSocketBuffers(description: str, port: IListeningPort, size: int) -> No
     bookkeeping) instead of megabytes.  Not for UNIX sockets, whose memory
     the kernel bounds already (net.core.wmem_default a socket).
     """
-    sock = getattr(port, "socket", None)
-    if not isinstance(sock, socket.socket) or sock.family not in (
-        socket.AF_INET,
-        socket.AF_INET6,
-    ):
+    sock = _tcpSocket(port)
+    if sock is None:
         return
     for option, cap in (
         (socket.SO_SNDBUF, "net.core.wmem_max"),
@@ -219,6 +229,32 @@ def _clampSocketBuffers(description: str, port: IListeningPort, size: int) -> No
                 size=size,
                 cap=cap,
             )
+
+
+def _setKeepalive(port: IListeningPort, keepalive: tuple[int, int, int]) -> None:
+    """
+    Turn TCP keepalive on for the connections of a TCP listening socket:
+    after C{keepalive[0]} seconds of silence, a probe every C{keepalive[1]}
+    seconds, and the connection reset after C{keepalive[2]} unanswered.
+    Linux copies these options from the listening socket to every
+    connection it accepts, and starts the timer from the handshake, so this
+    costs nothing per connection; a connection whose probes go unanswered
+    fails with ETIMEDOUT and is closed like any other lost connection.
+    (An adopted socket's own settings are overwritten: the option says.)
+    """
+    sock = _tcpSocket(port)
+    if sock is None:
+        return
+    idle, interval, count = keepalive
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        (getattr(socket, "TCP_KEEPIDLE", None), idle),
+        (getattr(socket, "TCP_KEEPINTVL", None), interval),
+        (getattr(socket, "TCP_KEEPCNT", None), count),
+    ):
+        # Linux has all three; elsewhere the system's timings stand.
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 class _ListenerService(Service):
@@ -243,12 +279,16 @@ class _ListenerService(Service):
         kind: str = "echo",
         *,
         socketBuffer: int = 0,
+        keepalive: tuple[int, int, int] = (0, 0, 0),
         acceptLog: ILogObserver | None = None,
     ) -> None:
         """
         @param socketBuffer: SO_SNDBUF and SO_RCVBUF for the connections of
             a TCP listener, set on the listening socket, whose connections
             inherit them; 0 for the kernel's autotuning.
+        @param keepalive: TCP keepalive for the connections of a TCP
+            listener, as idle, interval and count (see C{--keepalive});
+            C{(0, 0, 0)} for none.
         @param acceptLog: where the port's own log lines about failing
             accepts go (Twisted's, e.g. out of file descriptors); None for
             the global log.
@@ -258,6 +298,7 @@ class _ListenerService(Service):
         self.description = listener.description
         self.kind = kind
         self.socketBuffer = socketBuffer
+        self.keepalive = keepalive
         self.acceptLog = acceptLog
         self.port: IListeningPort | None = None
         # The endpoint's listen, once called: fires with the port (or None,
@@ -320,6 +361,8 @@ class _ListenerService(Service):
         # listen() and this, at start, keep the kernel's autotuning.)
         if self.socketBuffer:
             _clampSocketBuffers(self.description, port, self.socketBuffer)
+        if self.keepalive[0]:
+            _setKeepalive(port, self.keepalive)
         _logStarted(self.description, port, self.kind)
         self.port = port
         if self.acceptLog is not None and isinstance(port, tcp.Port):
@@ -346,11 +389,17 @@ class _ListenerService(Service):
         ):
             if tls is not None:
                 # TLS to Echo: small reads, sent at once (echotwist.tls).
-                from echotwist.tls import TLSServer, echoTLSProtocol
+                from echotwist.tls import HandshakeGate, TLSServer, echoTLSProtocol
 
                 # (Twisted before 26 types it as BufferingTLSTransport.)
                 tls.protocol = echoTLSProtocol  # type: ignore[assignment, unused-ignore]
                 port.transport = TLSServer
+                if factory.shared.tlsHandshakesPerSource or (
+                    factory.shared.tlsHandshakeRate
+                ):
+                    # Started already (listening): the gate only passes its
+                    # stop on, when the port stops.
+                    port.factory = HandshakeGate(tls, factory.shared)
             else:
                 # TCP to Echo, directly or under the PROXY wrapper: its
                 # connections may echo in the kernel.
@@ -530,6 +579,8 @@ class EchoService(MultiService):
             ipv6Prefix=settings.ipv6Prefix,
             evictIdleAfter=settings.evictIdleAfter,
             drainQuiet=settings.drainQuiet,
+            tlsHandshakesPerSource=settings.tlsHandshakesPerSource,
+            tlsHandshakeRate=settings.tlsHandshakeRate,
         )
         self.datagramPolicy = DatagramPolicy(
             settings.udpRate, reactor, ipv6Prefix=settings.ipv6Prefix
@@ -555,6 +606,7 @@ class EchoService(MultiService):
                 item,
                 _ListenerFactory(self.factory, item.description),
                 socketBuffer=settings.socketBuffer,
+                keepalive=settings.keepalive,
                 acceptLog=acceptLog,
             ).setServiceParent(self)
         for datagramItem in udp:

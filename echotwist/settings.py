@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,39 +23,76 @@ from typing import Any
 from echotwist._address import DEFAULT_IPV6_PREFIX
 
 __all__ = [
+    "DEFAULT_KEEPALIVE",
     "MIN_SOCKET_BUFFER",
     "WORKERS_PER_CPU",
     "Settings",
+    "decimalNumber",
     "maxWorkers",
     "optionFields",
     "usableCPUs",
+    "wholeNumber",
 ]
 
 #: Below this the kernel would round up anyway (Linux: SOCK_MIN_SNDBUF).
 MIN_SOCKET_BUFFER = 4096
 
 
+#: What a number given on the command line may look like: ASCII digits,
+#: with a decimal fraction where one makes sense.  Python's own C{int()} and
+#: C{float()} take more (Unicode digits such as C{"\u0663"}, C{"1_000"},
+#: spaces around, exponents, C{"nan"}), none of which a user means to type,
+#: and some of which hide a mistake.
+_WHOLE = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
+def wholeNumber(text: str, what: str = "a whole number") -> int:
+    """
+    Parse a whole number written in ASCII digits, nothing else.
+
+    @param what: what the number is, for the error (e.g. C{"a port
+        number"}).
+    @raise ValueError: naming C{text} and C{what}.
+    """
+    if not _WHOLE.fullmatch(text):
+        raise ValueError(f"{text!r} is not {what} (0 or more, in digits 0-9)")
+    return int(text)
+
+
+def decimalNumber(text: str, what: str) -> float:
+    """
+    Parse a number, whole or decimal (C{2}, C{2.5}, C{.5}), written in ASCII
+    digits, nothing else.
+
+    @param what: what it counts, for the error (e.g. C{"seconds"}).
+    @raise ValueError: naming C{text} and C{what}.
+    """
+    if not _DECIMAL.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a number of {what} (0 or more, in digits 0-9)"
+        )
+    value = float(text)
+    if value == float("inf"):
+        # Hundreds of digits: no finite number of anything.
+        raise ValueError(f"{text!r} is too large a number of {what}")
+    return value
+
+
 def _number(what: str) -> Callable[[str], float]:
     def coerce(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a number of {what}") from None
-        if not 0 <= value < float("inf"):
-            raise ValueError(f"{text!r} is not a number of {what} (0 or more)")
-        return value
+        return decimalNumber(text, what)
 
     return coerce
 
 
 _seconds = _number("seconds")
 _perSecond = _number("datagrams a second")
+_handshakesPerSecond = _number("TLS handshakes a second")
 
 
 def _count(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"{text!r} is not a whole number (0 or more)")
-    return int(text)
+    return wholeNumber(text)
 
 
 def usableCPUs() -> int:
@@ -85,8 +123,7 @@ def maxWorkers() -> int:
 
 
 def _workers(text: str) -> int:
-    # isascii: int() takes any script's digits, which no one means here.
-    if not (text.isascii() and text.isdigit()):
+    if not _WHOLE.fullmatch(text):
         raise ValueError(f"{text!r} is not a whole number of workers (1 or more)")
     count = int(text)
     if count < 1:
@@ -110,7 +147,7 @@ def _workerTimeout(text: str) -> float:
 
 
 def _prefixLength(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 128:
+    if not _WHOLE.fullmatch(text) or not 1 <= int(text) <= 128:
         raise ValueError(f"{text!r} is not an IPv6 prefix length (1-128)")
     return int(text)
 
@@ -133,6 +170,32 @@ def _instanceName(text: str) -> str:
     if any(character.isspace() for character in text):
         raise ValueError(f"{text!r} is not an instance name (no spaces)")
     return text
+
+
+#: Linux's bounds on TCP_KEEPIDLE and TCP_KEEPINTVL (MAX_TCP_KEEPIDLE,
+#: MAX_TCP_KEEPINTVL: seconds) and TCP_KEEPCNT (MAX_TCP_KEEPCNT: probes).
+_KEEPALIVE_BOUNDS = ((1, 32767, "IDLE"), (1, 32767, "INTERVAL"), (1, 127, "COUNT"))
+#: What C{--keepalive} fills in when only IDLE is given.
+DEFAULT_KEEPALIVE = (60, 10, 5)
+
+
+def _keepalive(text: str) -> tuple[int, int, int]:
+    if text == "0":
+        return (0, 0, 0)
+    parts = text.split(",")
+    if len(parts) == 1:
+        parts += [str(n) for n in DEFAULT_KEEPALIVE[1:]]
+    if len(parts) != 3:
+        raise ValueError(
+            f"{text!r} is not IDLE or IDLE,INTERVAL,COUNT (e.g. 60,10,5), nor 0"
+        )
+    values = []
+    for part, (low, high, name) in zip(parts, _KEEPALIVE_BOUNDS, strict=True):
+        value = wholeNumber(part, f"a number for {name}")
+        if not low <= value <= high:
+            raise ValueError(f"{text!r}: {name} {value} is not within {low}-{high}")
+        values.append(value)
+    return (values[0], values[1], values[2])
 
 
 def _option(option: str, default: Any, parse: Callable[[str], Any], help: str) -> Any:
@@ -193,6 +256,30 @@ class Settings:
         --max-per-source and --udp-rate, 1-128 (e.g. --ipv6-prefix 56); an
         IPv4 address mapped in IPv6 counts as that IPv4 address.""",
     )
+    #: A TLS handshake costs the server a millisecond or more of CPU (the
+    #: certificate's signature), the client next to nothing if it throws the
+    #: result away: 1,620 a second from one address took a whole core.  Ten
+    #: at once and twenty a second from one address is more than a browser
+    #: or a pool of clients behind one NAT opens, and at most a few
+    #: percent of a core.
+    tlsHandshakesPerSource: int = _option(
+        "tls-handshakes-per-source",
+        10,
+        _count,
+        """TLS handshakes in progress at once allowed per source (an IPv4
+        address, or an IPv6 --ipv6-prefix network), on ssl: listeners; a
+        connection over it is closed before its handshake starts; 0 for no
+        limit (e.g. --tls-handshakes-per-source 50).""",
+    )
+    tlsHandshakeRate: float = _option(
+        "tls-handshake-rate",
+        20.0,
+        _handshakesPerSecond,
+        """New TLS handshakes a second allowed per source, in bursts of up
+        to a second's worth (at least 1), on ssl: listeners; a connection
+        over it is closed before its handshake starts; 0 for no limit
+        (e.g. --tls-handshake-rate 100).""",
+    )
     #: A full server admits a new client by closing a connection idle this
     #: long: long enough that a client thinking between two lines keeps its
     #: connection, short enough that idle connections cannot lock everyone
@@ -202,8 +289,10 @@ class Settings:
         10.0,
         _seconds,
         """When --max-connections is reached, admit a new client by closing
-        the connection idle longest, if it has sent nothing for this many
-        seconds; 0 for never (e.g. --evict-idle-after 30).""",
+        the idlest connection of the source holding the most, if it holds two
+        or more than the new client's, or else the connection idle longest,
+        if it has sent nothing for this many seconds; 0 for never evicting
+        (e.g. --evict-idle-after 30).""",
     )
     idleTimeout: float = _option(
         "idle-timeout",
@@ -222,6 +311,22 @@ class Settings:
         reads pins at most about four times this of kernel memory (about 350
         KiB at the default); 0 for the kernel's autotuning, which lets one
         such client pin megabytes (e.g. --socket-buffer 65536).""",
+    )
+    #: A client that vanished (unplugged, its NAT entry expired, its host
+    #: powered off) sends no FIN or RST; without probes its connection is
+    #: held until --idle-timeout, or forever at 0.  Linux's own defaults
+    #: (2 hours, then 9 probes 75 s apart) are too slow to matter; a probe a
+    #: minute into a silence costs one empty segment each way.
+    keepalive: tuple[int, int, int] = _option(
+        "keepalive",
+        DEFAULT_KEEPALIVE,
+        _keepalive,
+        """TCP keepalive on stream connections over TCP (TLS and haproxy:
+        too), as IDLE[,INTERVAL,COUNT]: after IDLE seconds of silence,
+        probe the client every INTERVAL seconds and close the connection
+        after COUNT probes unanswered, so a client that vanished without a
+        FIN or RST is reaped even at --idle-timeout 0; 0 for no keepalive
+        (e.g. --keepalive 300 or --keepalive 30,5,3).""",
     )
     shutdownTimeout: float = _option(
         "shutdown-timeout",
@@ -292,6 +397,8 @@ class Settings:
         The value L{toJSON} wrote.
         """
         values = json.loads(text)
+        if "keepalive" in values:
+            values["keepalive"] = tuple(values["keepalive"])
         if values.get("proxyFrom") is not None:
             values["proxyFrom"] = tuple(values["proxyFrom"])
         return cls(**values)

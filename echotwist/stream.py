@@ -42,6 +42,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
+    IHandshakeListener,
+    INegotiated,
     IPushProducer,
 )
 from twisted.internet.protocol import Protocol, connectionDone
@@ -84,7 +86,7 @@ SPLICE_FROM = 16 * 1024
 QUIET_CHECKS = 4
 
 
-@implementer(IHalfCloseableProtocol, IPushProducer)
+@implementer(IHalfCloseableProtocol, IPushProducer, IHandshakeListener)
 class Echo(Protocol):
     """
     Echo every byte received back to the sender.
@@ -141,6 +143,12 @@ class Echo(Protocol):
     # (until the first change, openedAt stands for it).
     _idleMark = 0
     _idleSince = 0.0
+    #: Over TLS (an C{ssl:} listener): the handshake is still to finish
+    #: when the connection is made, and counts against the source's
+    #: handshake budget until it does.
+    tls = False
+    # Counted among its source's handshakes in progress.
+    _handshaking = False
 
     def proxyAccepted(self, wrapper: Any) -> bool:
         """
@@ -181,10 +189,17 @@ class Echo(Protocol):
             admitted = self.factory.headerReceived(self, source)
         else:
             self.source = source
+            # Twisted's TLS transport calls this before its handshake.
+            self.tls = INegotiated.providedBy(transport)
             admitted = self.factory.connectionOpened(self)
         if not admitted:
             self._refused = True
-            transport.loseConnection()
+            if self.tls:
+                # Not a word of TLS, not a cycle of crypto: the client's
+                # hello is still unread, and a TLS close would answer it.
+                transport.abortConnection()
+            else:
+                transport.loseConnection()
             return
         # Echo is request/response traffic: never hold a small reply back
         # waiting for more.  Transports without TCP (UNIX sockets) refuse.
@@ -202,6 +217,13 @@ class Echo(Protocol):
             self._direct = cast(tcp.Server, transport.transport)
         if self._direct is not None:
             self._direct.bufferSize = DIRECT_READ_SIZE
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake finished: it no longer counts against the
+        source's budget.
+        """
+        self.factory.handshakeEnded(self)
 
     @property
     def peer(self) -> str:

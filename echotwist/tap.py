@@ -33,8 +33,11 @@ _F = TypeVar("_F", bound=Callable[..., object])
 
 def _typed(value: Any) -> str:
     """
-    A default as a user would type it: 300, not 300.0.
+    A default as a user would type it: 300, not 300.0; 60,10,5 for a
+    tuple.
     """
+    if isinstance(value, tuple):
+        return ",".join(_typed(item) for item in value)
     return f"{value:g}"
 
 
@@ -367,7 +370,9 @@ class Options(usage.Options):
             (self.label("listen"), d) for d in self["listen"]
         ]
         if self["port"] is not None or not (wanted or self["udp"]):
-            wanted.append((self.label("port"), self["port"] or DEFAULT_PORT))
+            # An empty --port is a mistake to report, not the default.
+            port = self["port"]
+            wanted.append((self.label("port"), DEFAULT_PORT if port is None else port))
         listeners: list[Listener] = []
         for option, description in wanted:
             listener = _parse(option, description)

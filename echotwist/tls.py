@@ -20,16 +20,27 @@ the same pass of the loop instead of waiting in a buffer; and it pauses its
 producer as soon as the kernel refuses part of a write, so what it holds is
 at most what one read produces.  L{echoTLSProtocol} is the TLS layer without
 the aggregation of small writes: an echo writes once per read already.
+
+L{HandshakeGate} stands between a TLS listening port and Twisted's TLS
+factory: a connection over its source's handshake budget (see
+L{echotwist.connections}) is closed as it is accepted, before any TLS state
+is made for it.
 """
 
 from __future__ import annotations
 
 from errno import ENOBUFS, EWOULDBLOCK
+from typing import TYPE_CHECKING
 
 from twisted.internet import tcp
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
-__all__ = ["TLS_READ_SIZE", "TLSServer", "echoTLSProtocol"]
+if TYPE_CHECKING:
+    from echotwist.connections import EchoFactory
+
+__all__ = ["TLS_READ_SIZE", "HandshakeGate", "TLSServer", "echoTLSProtocol"]
 
 #: What a TLS connection reads at a time: a record and a half (a record
 #: carries at most 16 KiB), so most reads hold a whole record.  Measured
@@ -89,3 +100,39 @@ class TLSServer(tcp.Server):
         ):
             self.producerPaused = True
             self.producer.pauseProducing()  # type: ignore[attr-defined, unused-ignore]
+
+
+class HandshakeGate(ServerFactory):
+    """
+    What a TLS listening port sees as its factory: Twisted's TLS factory
+    C{tls}, behind C{books}' handshake budget.  A port closes a connection
+    at once when its factory builds no protocol for it; so a connection over
+    budget costs an accept and a close, and no TLS state.
+    """
+
+    noisy = False
+
+    def __init__(self, tls: TLSMemoryBIOFactory, books: EchoFactory) -> None:
+        self.tls = tls
+        self.books = books
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override, unused-ignore]
+        """
+        Twisted's TLS protocol for the connection from C{addr}, or None if
+        its source is over its handshake budget (refused, logged and
+        counted by the books).
+        """
+        if not self.books.admitHandshake(getattr(addr, "host", None)):
+            return None
+        return self.tls.buildProtocol(addr)
+
+    # The port starts and stops its factory; the TLS factory keeps the
+    # count that its own start and stop depend on.
+    def doStart(self) -> None:
+        self.tls.doStart()
+
+    def doStop(self) -> None:
+        self.tls.doStop()
+
+    def logPrefix(self) -> str:
+        return "echotwist"

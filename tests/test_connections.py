@@ -6,12 +6,16 @@ from a Clock.
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import INegotiated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from echotwist import Echo, EchoFactory
 from tests.test_stream import _TCPTransport, _UNIXTransport, connect
@@ -399,3 +403,330 @@ class EvictionTests(SynchronousTestCase):
             peer.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.factory.perSource, {})
+
+
+class FairShareEvictionTests(SynchronousTestCase):
+    """
+    A full server held by a few sources gives their slots up, one by one,
+    to clients from other sources, however busy those few keep their
+    connections: the idlest connection of the source holding the most goes,
+    when that holds two or more than the newcomer's source.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.factory = EchoFactory(
+            self.clock,
+            maxConnections=20,
+            maxPerSource=10,
+            evictIdleAfter=10,
+            idleTimeout=300,
+        )
+
+    def advance(self, seconds: float, step: float = 0.5) -> None:
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
+    def trickle(self, peers: list[Echo], seconds: float, every: float) -> None:
+        """
+        Each of C{peers} sends a byte every C{every} seconds (under
+        C{evictIdleAfter}), for C{seconds}.
+        """
+        for _ in range(round(seconds / every)):
+            for peer in peers:
+                if peer in self.factory.connections:
+                    peer.dataReceived(b".")
+            self.advance(every)
+
+    def attack(self) -> list[Echo]:
+        """
+        Two addresses fill the server, 10 connections each.
+        """
+        return [
+            connectFrom(self.factory, f"192.0.2.{n % 2 + 1}", 40000 + n)
+            for n in range(20)
+        ]
+
+    def test_tricklersCannotHoldAFullServer(self) -> None:
+        """
+        The attack of issue 23, scaled down: 20 connections from 2 addresses
+        each send a byte every 9 s, just under C{evictIdleAfter}.  A client
+        from a new address is admitted, each time it knocks, and the
+        attackers lose a slot each time.
+        """
+        attackers = self.attack()
+        self.trickle(attackers, 60, 9)
+        with capturedLogs() as events:
+            for n in range(1, 7):
+                newcomer = connectFrom(self.factory, f"198.51.100.{n}")
+                self.assertIn(newcomer, self.factory.connections)
+                self.assertFalse(newcomer.transport.disconnecting)
+                self.trickle(attackers, 9, 9)
+        self.assertEqual(self.factory.refused, {})
+        self.assertEqual(self.factory.evicted, 6)
+        self.assertEqual(self.factory.evictedForShare, 6)
+        # Taken in turn from whichever of the two held the most.
+        self.assertEqual(self.factory.perSource["192.0.2.1"], 7)
+        self.assertEqual(self.factory.perSource["192.0.2.2"], 7)
+        evicted = [e for e in events if e["event"] == "connection.evicted"]
+        self.assertEqual(evicted[0]["held"], 10)
+        self.assertIn(evicted[0]["source"], ("192.0.2.1", "192.0.2.2"))
+        self.assertIn("held 10 connections, the most of any", formatEvent(evicted[0]))
+
+    def test_theIdlestOfTheSourceGoes(self) -> None:
+        """
+        Of the source holding the most, the connection quiet longest (as
+        the idle sweeps, every 2.5 s here, saw it) goes.
+        """
+        attackers = self.attack()
+        ofOne = [p for p in attackers if p.source == "192.0.2.1"]
+        ofTwo = [p for p in attackers if p.source == "192.0.2.2"]
+        ofTwo[0].connectionLost(Failure(ConnectionDone()))
+        for peer in attackers:
+            peer.dataReceived(b"x")
+        self.advance(3)
+        quiet = ofOne[3]
+        for peer in attackers:
+            if peer is not quiet:
+                peer.dataReceived(b"x")
+        self.advance(3)
+        connectFrom(self.factory, "198.51.100.1")
+        connectFrom(self.factory, "198.51.100.2")
+        self.assertNotIn(quiet, self.factory.connections)
+        self.assertTrue(quiet.transport.disconnecting)
+        self.assertEqual(self.factory.perSource["192.0.2.1"], 9)
+        self.assertEqual(self.factory.perSource["192.0.2.2"], 9)
+        self.assertEqual(self.factory.evictedForShare, 1)
+
+    def test_busySourceStillGivesWay(self) -> None:
+        """
+        Every connection of the source holding the most was active since
+        the last sweep (a byte a second each, say): one of them goes all the
+        same.
+        """
+        attackers = self.attack()
+        self.advance(3)
+        for peer in attackers:
+            peer.dataReceived(b"x")
+        newcomer = connectFrom(self.factory, "198.51.100.1")
+        self.assertFalse(newcomer.transport.disconnecting)
+        self.assertEqual(self.factory.evictedForShare, 1)
+        self.assertEqual(sorted(self.factory.perSource.values()), [1, 9, 10])
+
+    def test_costIsTheHeadOfTheSourcesList(self) -> None:
+        """
+        The victim is found at the head of its source's idle list: a source
+        holding 1000 connections costs no more looks than one holding 10.
+        """
+        factory = EchoFactory(self.clock, maxConnections=1000, evictIdleAfter=10)
+        peers = [connectFrom(factory, "192.0.2.1", n) for n in range(1000)]
+        self.advance(3)
+        looked = []
+        original = factory._idleSince
+
+        def counting(protocol: Echo) -> float | None:
+            looked.append(protocol)
+            return original(protocol)
+
+        factory._idleSince = counting  # type: ignore[method-assign]
+        for n in range(1, 11):
+            connectFrom(factory, f"198.51.100.{n}")
+        self.assertEqual(factory.evictedForShare, 10)
+        self.assertLessEqual(len(looked), 20)
+        self.assertEqual(len(set(peers) - factory.connections), 10)
+
+    def test_evenSharesFallBackToIdleness(self) -> None:
+        """
+        Where every source holds one connection, none holds more than its
+        share: a newcomer gets in only by the idle rule.
+        """
+        factory = EchoFactory(self.clock, maxConnections=3, evictIdleAfter=10)
+        peers = [connectFrom(factory, f"192.0.2.{n}") for n in range(1, 4)]
+        for peer in peers:
+            peer.dataReceived(b"x")
+        self.advance(5)
+        refused = connectFrom(factory, "198.51.100.1")
+        self.assertTrue(refused.transport.disconnecting)
+        self.assertEqual(factory.refused, {"too many connections": 1})
+        self.assertEqual(set(peers), factory.connections)
+        self.advance(10)
+        connectFrom(factory, "198.51.100.2")
+        self.assertEqual(factory.evicted, 1)
+        self.assertEqual(factory.evictedForShare, 0)
+
+    def test_oneMoreIsNoReason(self) -> None:
+        """
+        A source holding one more than the newcomer's does not give way:
+        after the swap the two would hold as many, and swap back.
+        """
+        factory = EchoFactory(self.clock, maxConnections=3, evictIdleAfter=10)
+        connectFrom(factory, "192.0.2.1", 1)
+        connectFrom(factory, "192.0.2.1", 2)
+        connectFrom(factory, "192.0.2.2", 1)
+        again = connectFrom(factory, "192.0.2.2", 2)
+        self.assertTrue(again.transport.disconnecting)
+        self.assertEqual(factory.evicted, 0)
+        newcomer = connectFrom(factory, "198.51.100.1")
+        self.assertFalse(newcomer.transport.disconnecting)
+        self.assertEqual(factory.evictedForShare, 1)
+        self.assertEqual(factory.perSource["192.0.2.1"], 1)
+
+    def test_zeroNeverEvicts(self) -> None:
+        factory = EchoFactory(self.clock, maxConnections=4, evictIdleAfter=0)
+        held = [connectFrom(factory, "192.0.2.1", n) for n in range(4)]
+        refused = connectFrom(factory, "198.51.100.1")
+        self.assertTrue(refused.transport.disconnecting)
+        self.assertEqual(factory.connections, set(held))
+
+    def test_booksFollowEveryChange(self) -> None:
+        """
+        The sources by count, and the largest count, agree with
+        C{perSource} through connects, closes and evictions.
+        """
+        factory = self.factory
+        peers = self.attack()
+
+        def check() -> None:
+            holding: dict[int, set[str]] = {}
+            for source, count in factory.perSource.items():
+                holding.setdefault(count, set()).add(source)
+                self.assertEqual(len(factory._members[source]), count)
+            self.assertEqual(factory._holding, holding)
+            self.assertEqual(factory._most, max(holding, default=0))
+
+        check()
+        for n in range(1, 6):
+            connectFrom(factory, f"198.51.100.{n}")
+            check()
+        for peer in peers[:12]:
+            peer.connectionLost(Failure(ConnectionDone()))
+            check()
+        for peer in list(factory.connections):
+            peer.connectionLost(Failure(ConnectionDone()))
+            check()
+        self.assertEqual(
+            (factory._members, factory._holding, factory._most), ({}, {}, 0)
+        )
+
+
+@implementer(INegotiated)
+class _TLSTransport(_TCPTransport):
+    """
+    A TCP transport under TLS, before its handshake: what Twisted's TLS
+    wrapper looks like to L{Echo} when the connection is made.
+    """
+
+    aborted = False
+    negotiatedProtocol = None
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        super().abortConnection()
+
+
+def connectTLS(factory: EchoFactory, host: str, port: int = 40000) -> Echo | None:
+    """
+    A TLS connection from C{host}, as a TLS port behind a L{HandshakeGate}
+    makes it: None if the handshake budget refused it (the port closes it).
+    """
+    if not factory.admitHandshake(host):
+        return None
+    return connect(factory, _TLSTransport(peerAddress=IPv4Address("TCP", host, port)))
+
+
+class HandshakeBudgetTests(SynchronousTestCase):
+    """
+    TLS handshakes per source: so many in progress at once, so many new
+    ones a second.  A connection over budget is aborted as it is made,
+    before any TLS state is made for it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+
+    def test_inProgressPerSource(self) -> None:
+        factory = EchoFactory(self.clock, tlsHandshakesPerSource=3)
+        started = [connectTLS(factory, "192.0.2.1", n) for n in range(3)]
+        assert None not in started
+        first, second, _ = cast(list[Echo], started)
+        with capturedLogs() as events:
+            self.assertIsNone(connectTLS(factory, "192.0.2.1", 3))
+        self.assertEqual(
+            factory.refused,
+            {"too many TLS handshakes in progress from this source": 1},
+        )
+        (refusal,) = [e for e in events if e["event"] == "connection.refused"]
+        self.assertEqual(refusal["source"], "192.0.2.1")
+        # Another source has a budget of its own; plain TCP has none.
+        self.assertTrue(admitted(connectTLS(factory, "192.0.2.2")))
+        self.assertFalse(connectFrom(factory, "192.0.2.1", 9).transport.disconnecting)
+        # A handshake that finishes, or a connection that closes, frees its
+        # place.
+        first.handshakeCompleted()
+        self.assertTrue(admitted(connectTLS(factory, "192.0.2.1", 4)))
+        second.connectionLost(Failure(ConnectionLost()))
+        self.assertTrue(admitted(connectTLS(factory, "192.0.2.1", 5)))
+        self.assertEqual(factory.handshaking, {"192.0.2.1": 3, "192.0.2.2": 1})
+        first.connectionLost(Failure(ConnectionDone()))  # done already
+        self.assertEqual(factory.handshaking, {"192.0.2.1": 3, "192.0.2.2": 1})
+
+    def test_ratePerSource(self) -> None:
+        """
+        At 5 a second, a burst of 5, then one every 200 ms.
+        """
+        factory = EchoFactory(self.clock, tlsHandshakeRate=5)
+        made = []
+        for n in range(20):
+            protocol = connectTLS(factory, "192.0.2.1", n)
+            if protocol is not None:
+                made.append(protocol)
+                protocol.handshakeCompleted()
+        self.assertEqual(len(made), 5)
+        self.assertEqual(
+            factory.refused, {"TLS handshakes from this source over the rate": 15}
+        )
+        self.assertTrue(admitted(connectTLS(factory, "192.0.2.2")))
+        self.clock.advance(0.2)
+        self.assertTrue(admitted(connectTLS(factory, "192.0.2.1", 99)))
+        self.assertIsNone(connectTLS(factory, "192.0.2.1", 98))
+
+    def test_overBudgetEvictsNobody(self) -> None:
+        """
+        A handshake over budget is refused before the connection limit is
+        looked at: it cannot cost an idle connection its place.
+        """
+        factory = EchoFactory(
+            self.clock, maxConnections=2, evictIdleAfter=1, tlsHandshakesPerSource=1
+        )
+        held = {
+            connectTLS(factory, "192.0.2.1", 1),
+            connectFrom(factory, "192.0.2.1", 2),
+        }
+        self.clock.advance(5)
+        self.assertIsNone(connectTLS(factory, "192.0.2.1", 3))
+        self.assertEqual(factory.connections, held)
+        self.assertEqual(factory.evicted, 0)
+
+    def test_noLimitsByDefault(self) -> None:
+        factory = EchoFactory(self.clock)
+        for n in range(100):
+            self.assertTrue(admitted(connectTLS(factory, "192.0.2.1", n)))
+
+    def test_refusedByTheBooksIsAborted(self) -> None:
+        """
+        A TLS connection within its handshake budget but over a connection
+        limit is aborted: a TLS close would answer its client's hello.
+        """
+        factory = EchoFactory(self.clock, maxConnections=1, tlsHandshakesPerSource=5)
+        connectTLS(factory, "192.0.2.1", 1)
+        over = connectTLS(factory, "192.0.2.2", 2)
+        assert over is not None
+        self.assertTrue(over.transport.aborted)
+        self.assertEqual(factory.handshaking, {"192.0.2.1": 1})
+
+
+def admitted(protocol: Echo | None) -> bool:
+    """
+    Whether a connection was made and admitted into the books.
+    """
+    return protocol is not None and not protocol.transport.disconnecting

@@ -47,18 +47,30 @@ def _socketDescriptors(pid: int) -> int:
     return count
 
 
-def _connect(port: int) -> socket.socket:
-    sock = socket.create_connection((LOOPBACK, port), timeout=WAIT)
+def _connect(port: int, source: str | None = None) -> socket.socket:
+    """
+    Connect to C{port} on loopback, from the loopback address C{source} if
+    given (any of 127.0.0.0/8 is this host's).
+    """
+    sock = socket.create_connection(
+        (LOOPBACK, port),
+        timeout=WAIT,
+        source_address=None if source is None else (source, 0),
+    )
     return sock
 
 
-def _served(port: int, timeout: float = 2.0) -> bool:
+def _served(port: int, timeout: float = 2.0, source: str | None = None) -> bool:
     """
     Whether a new client gets its echo: connect, send, and see whether the
     bytes come back or the server closes the connection unanswered.
     """
     payload = b"let me in"
-    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+    with socket.create_connection(
+        (LOOPBACK, port),
+        timeout=timeout,
+        source_address=None if source is None else (source, 0),
+    ) as sock:
         sock.sendall(payload)
         received = b""
         try:
@@ -446,4 +458,113 @@ class FullServerTests(ServerTestCase):
         server.waitFor(r"to admit a new client")
         self.assertTrue(
             re.search(r"Closed 127\.0\.0\.1:\d+, idle", server.output), server.output
+        )
+
+
+class TricklingAttackTests(ServerTestCase):
+    """
+    Issue 23's trickle lockout against the real server, scaled to
+    C{--max-connections 40}: four addresses hold every slot and keep each
+    connection alive with a byte every 2 s, well under C{--evict-idle-after}
+    (10 s, the default).  Clients from new addresses must still get in.
+    """
+
+    ATTACKERS = [f"127.0.1.{n}" for n in range(1, 5)]
+    NEWCOMERS = [f"127.0.2.{n}" for n in range(1, 4)]
+
+    def test_tricklersCannotLockOutANewAddress(self) -> None:
+        metrics = freePort()
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--max-connections",
+            "40",
+            "--no-connection-logs",
+            "--metrics",
+            f"tcp:{metrics}:interface={LOOPBACK}",
+        )
+        port = server.listening()[0]
+        server.waitFor(r"Serving metrics on ")
+        held: list[socket.socket] = []
+        for source in self.ATTACKERS:
+            for _ in range(10):
+                sock = _connect(port, source)
+                self.addCleanup(sock.close)
+                sock.sendall(b"x")
+                self.assertEqual(sock.recv(1), b"x")
+                held.append(sock)
+        self.assertEqual(scrape(metrics)[("echotwist_connections_open", ())], 40)
+
+        selector = selectors.DefaultSelector()
+        self.addCleanup(selector.close)
+        for sock in held:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        closed: set[socket.socket] = set()
+        admitted: list[str] = []
+        started = time.monotonic()
+        nextTrickle = started
+        # The bound is issue 23's promise: in within 15 s at the defaults.
+        while len(admitted) < len(self.NEWCOMERS):
+            now = time.monotonic()
+            self.assertLess(
+                now - started, 15.0, f"admitted only {admitted}:\n{server.output}"
+            )
+            if now >= nextTrickle:
+                for sock in held:
+                    if sock not in closed:
+                        try:
+                            sock.send(b".")
+                        except OSError:
+                            closed.add(sock)
+                nextTrickle = now + 2.0
+            for key, _ in selector.select(0.1):
+                sock = key.fileobj  # type: ignore[assignment]
+                try:
+                    if not sock.recv(16):
+                        closed.add(sock)
+                        selector.unregister(sock)
+                except OSError:
+                    closed.add(sock)
+                    selector.unregister(sock)
+            # A newcomer that gets in stays, as a client would: the next
+            # one finds the server full again.
+            newcomer = _connect(port, self.NEWCOMERS[len(admitted)])
+            self.addCleanup(newcomer.close)
+            newcomer.settimeout(1.0)
+            newcomer.sendall(b"let me in")
+            answer = b""
+            try:
+                while len(answer) < len(b"let me in"):
+                    chunk = newcomer.recv(16)
+                    if not chunk:
+                        break  # refused: closed unanswered
+                    answer += chunk
+            except (TimeoutError, ConnectionResetError):
+                pass
+            if answer == b"let me in":
+                admitted.append(self.NEWCOMERS[len(admitted)])
+            else:
+                newcomer.close()
+        server.waitFor(
+            r"Closed 127\.0\.1\.\d:\d+, idle \d+\.\ds, to admit a new client: the"
+            r" server is full and its source 127\.0\.1\.\d held 10 connections,"
+            r" the most of any"
+        )
+        # Each newcomer cost the attackers one slot, and nothing else.
+        deadline = time.monotonic() + WAIT
+        while len(closed) < len(self.NEWCOMERS) and time.monotonic() < deadline:
+            for key, _ in selector.select(0.2):
+                sock = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = sock.recv(16)
+                except OSError:
+                    data = b""
+                if not data:
+                    closed.add(sock)
+                    selector.unregister(sock)
+        self.assertEqual(len(closed), len(self.NEWCOMERS))
+        samples = scrape(metrics)
+        self.assertEqual(
+            samples[("echotwist_connections_evicted_total", ())], len(self.NEWCOMERS)
         )

@@ -490,7 +490,10 @@ class RealListenerTests(TestCase):
         # this test without it).
         from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-        from echotwist.tls import TLSServer
+        from echotwist.tls import HandshakeGate, TLSServer
 
         self.assertIs(tlsChild.port.transport, TLSServer)
-        self.assertIs(tlsChild.port.factory.protocol, TLSMemoryBIOProtocol)
+        # Twisted's TLS factory, behind the handshake budget.
+        gate = tlsChild.port.factory
+        self.assertIsInstance(gate, HandshakeGate)
+        self.assertIs(gate.tls.protocol, TLSMemoryBIOProtocol)

@@ -286,7 +286,8 @@ def _numeric() -> list[list[object]]:
     return [
         p
         for p in Options.optParameters
-        if isinstance(p[2], str) and p[2].replace(".", "").isdigit()
+        # (--keepalive's is three numbers: 60,10,5.)
+        if isinstance(p[2], str) and p[2].replace(".", "").replace(",", "").isdigit()
     ]
 
 

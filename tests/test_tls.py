@@ -17,7 +17,7 @@ from zope.interface import implementer
 from tests._tools import requireTLS
 
 try:
-    from echotwist.tls import TLS_READ_SIZE, TLSServer
+    from echotwist.tls import TLS_READ_SIZE, HandshakeGate, TLSServer
 except ImportError:  # TLS is an extra; setUp skips (or, in CI, fails)
     pass
 
@@ -125,3 +125,49 @@ class TLSServerTests(SynchronousTestCase):
         self.transport.write(b"lost")
         self.assertIn(self.transport, self.reactor.getWriters())
         self.assertEqual(self.transport._tempDataLen, 4)
+
+
+class HandshakeGateTests(SynchronousTestCase):
+    """
+    The factory a TLS port sees: the handshake budget first, Twisted's TLS
+    factory after.
+    """
+
+    def setUp(self) -> None:
+        requireTLS()
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.ssl import CertificateOptions
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from echotwist import EchoFactory
+
+        self.clock = MemoryReactorClock()
+        self.books = EchoFactory(self.clock, tlsHandshakesPerSource=1)
+        self.tls = TLSMemoryBIOFactory(CertificateOptions(), False, self.books)
+        self.gate = HandshakeGate(self.tls, self.books)
+        self.address = IPv4Address("TCP", "192.0.2.1", 40000)
+
+    def test_overBudgetBuildsNothing(self) -> None:
+        """
+        Over budget, no protocol: the port closes the socket, and no TLS
+        state is made.
+        """
+        self.books.handshaking["192.0.2.1"] = 1
+        self.assertIsNone(self.gate.buildProtocol(self.address))
+        self.assertEqual(
+            self.books.refused,
+            {"too many TLS handshakes in progress from this source": 1},
+        )
+
+    def test_withinBudgetBuildsTheTLSProtocol(self) -> None:
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+        protocol = self.gate.buildProtocol(self.address)
+        self.assertIsInstance(protocol, TLSMemoryBIOProtocol)
+        self.assertEqual(self.books.refused, {})
+
+    def test_startAndStopReachTheTLSFactory(self) -> None:
+        self.gate.doStart()
+        self.assertEqual(self.tls.numPorts, 1)
+        self.gate.doStop()
+        self.assertEqual(self.tls.numPorts, 0)

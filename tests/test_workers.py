@@ -118,6 +118,9 @@ class SupervisionTests(SynchronousTestCase):
                 logConnections=False,
                 proxyFrom=("10.0.0.0/8", "2001:db8::7"),
                 instanceName="echo-1",
+                keepalive=(30, 5, 3),
+                tlsHandshakesPerSource=2,
+                tlsHandshakeRate=7,
             ),
         )
         supervisor.startService()

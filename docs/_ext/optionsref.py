@@ -61,9 +61,9 @@ def metavar(doc: str, default: object) -> str:
 
     A numeric default (C{10} or C{"10"}) makes it a number: C{SECONDS}, C{BYTES} or C{BITS}
     when the help text counts in those, C{N} otherwise. Otherwise a
-    placeholder the help text itself uses after a colon (C{tcp:PORT}), then
-    an endpoint description (C{ENDPOINT}), an address (C{ADDRESS}) or a
-    name (C{NAME}).
+    placeholder the help text itself uses after a colon (C{tcp:PORT}) or
+    with optional fields (C{IDLE[,INTERVAL,COUNT]}), then an endpoint
+    description (C{ENDPOINT}), an address (C{ADDRESS}) or a name (C{NAME}).
     """
     words = doc.lower()
     if _numeric(default):
@@ -74,6 +74,10 @@ def metavar(doc: str, default: object) -> str:
     placeholder = re.search(r":([A-Z]{3,})\b", doc)
     if placeholder:
         return placeholder.group(1)
+    # A value of several fields, the later ones optional: IDLE[,INTERVAL,COUNT].
+    fields = re.search(r"\b([A-Z]{3,}\[,[A-Z,]+\])", doc)
+    if fields:
+        return fields.group(1)
     if "endpoint description" in words:
         return "ENDPOINT"
     if "address" in words:
