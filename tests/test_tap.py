@@ -252,7 +252,9 @@ class BadValueTests(SynchronousTestCase):
         parsed = [
             f.metadata["option"]
             for f in optionFields()
-            if "parse" in f.metadata and isinstance(f.default, (int, float))
+            if "parse" in f.metadata
+            and isinstance(f.default, (int, float, tuple))
+            and not isinstance(f.default, bool)
         ]
         self.assertEqual(sorted(parsed), sorted(p[0] for p in _numeric()))
         for name in parsed:
