@@ -3,9 +3,11 @@
 Log observers for C{twistd --logger}, and the log file SIGHUP reopens.
 
 C{twistd --logger echotwist.logs.jsonObserver -n echo} writes every event
-as one JSON object a line (Twisted's own JSON log format, each record
-preceded by an ASCII record separator), with echotwist's C{event} names and
-fields intact.  C{twist --log-format json echo} does the same without this.
+as one JSON object a line (JSON lines: no record separator, so C{jq},
+C{json.loads} line by line and log shippers read it as it is), with
+echotwist's C{event} names and fields intact.  C{twist --log-format json
+echo} writes the same events in Twisted's own JSON format, an RFC 7464 JSON
+text sequence (an ASCII record separator before each record: C{jq --seq}).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import IO, Any, Protocol
 from twisted.logger import ILogObserver, jsonFileLogObserver
 from twisted.python.logfile import BaseLogFile, LogFile
 
-__all__ = ["LogFiles", "jsonObserver"]
+__all__ = ["LogFiles", "jsonLinesObserver", "jsonObserver"]
 
 
 def jsonObserver() -> ILogObserver:
@@ -28,7 +30,18 @@ def jsonObserver() -> ILogObserver:
     # twistd calls this before it points sys.stdout at the log itself.
     stream = sys.__stdout__
     assert stream is not None
-    return jsonFileLogObserver(stream)
+    return jsonLinesObserver(stream)
+
+
+def jsonLinesObserver(stream: IO[Any]) -> ILogObserver:
+    """
+    A log observer writing each event to C{stream} as one JSON object on a
+    line of its own.  Twisted's default for L{jsonFileLogObserver} puts an
+    ASCII record separator (C{\\x1e}) before each record (RFC 7464), which
+    line-oriented readers (C{jq} without C{--seq}, Vector, Fluent Bit,
+    promtail) take for part of the JSON and refuse.
+    """
+    return jsonFileLogObserver(stream, recordSeparator="")
 
 
 class _Reopenable(Protocol):
