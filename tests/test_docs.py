@@ -252,6 +252,24 @@ class ReadmeTests(SynchronousTestCase):
             except ValueError:
                 self.assertEqual(shown, expected, name)
 
+    def test_kernelMemoryAsHelpSaysIt(self) -> None:
+        """
+        README and C{twistd echo --help} give one figure for the kernel
+        memory a client that never reads can pin at the defaults.
+        """
+        result = subprocess.run(
+            [command("twistd"), "echo", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tempfile.gettempdir(),
+        )
+        helpText = " ".join(result.stdout.split())
+        (fromHelp,) = re.findall(r"about (\d+) KiB of kernel memory", helpText)
+        readme = " ".join(self.text.split())
+        (fromReadme,) = re.findall(r"about (\d+) KiB of kernel socket memory", readme)
+        self.assertEqual(fromHelp, fromReadme)
+
     def test_linksLeadSomewhere(self) -> None:
         """
         Every relative link in README (into docs/) names a file that

@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import time
 import urllib.request
 from typing import Any
@@ -39,6 +40,7 @@ from echotwist.metrics import (
 )
 from echotwist.stats import Stats, addStats, stats
 from tests._clients import echoOnce, readUntilClosed
+from tests._tools import requireTool
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.test_stream import connect
 from tests.test_transports import ask, freePort
@@ -133,6 +135,32 @@ class CollectorTests(SynchronousTestCase):
             + found[("echotwist_connections_awaiting_header", ())],
             3,
         )
+
+    def test_buildInfo(self) -> None:
+        """
+        C{echotwist_build_info} is 1, labelled with echotwist's version,
+        Twisted's, Python's and the reactor's class.
+        """
+        import platform
+
+        import twisted
+
+        from echotwist import __version__
+
+        clock = Clock()
+        collector = EchoCollector(
+            lambda: stats(EchoFactory(clock), DatagramPolicy(rate=0, clock=clock)),
+            lambda: 1,
+            clock,
+        )
+        found = samples(generate_latest(registryFor(collector)).decode())
+        labels = (
+            ("python", platform.python_version()),
+            ("reactor", "twisted.internet.task.Clock"),
+            ("twisted", twisted.__version__),
+            ("version", __version__),
+        )
+        self.assertEqual(found[("echotwist_build_info", labels)], 1)
 
 
 class AddStatsTests(SynchronousTestCase):
@@ -380,6 +408,38 @@ class ScrapeTests(ServerTestCase):
         self.assertEqual(
             scrape(metricsPort)[("echotwist_connections_accepted_total", ())], 20
         )
+
+    def test_buildInfo(self) -> None:
+        """
+        A scrape of the real server says which echotwist, Twisted, Python
+        and reactor it runs.
+        """
+        import platform
+
+        import twisted
+
+        from echotwist import __version__
+
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--metrics",
+            f"tcp:0:interface={LOOPBACK}",
+        )
+        metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
+        reactor = server.waitFor(r"Serving on the (\S+) reactor").group(1)
+        info = {
+            labels: value
+            for (name, labels), value in scrape(metricsPort).items()
+            if name == "echotwist_build_info"
+        }
+        labels = (
+            ("python", platform.python_version()),
+            ("reactor", reactor),
+            ("twisted", twisted.__version__),
+            ("version", __version__),
+        )
+        self.assertEqual(info, {labels: 1})
 
     def test_refusalsAreCounted(self) -> None:
         server = self.start(
@@ -647,6 +707,58 @@ class LogTests(ServerTestCase):
             ],
         )
         self.checkConnectionEvents(self.exerciseAndCollect(server))
+
+    def jsonObserverOutput(self) -> str:
+        """
+        The whole output of a twistd serving one echo exchange with
+        C{--logger echotwist.logs.jsonObserver}, the docs' route to JSON.
+        """
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                "--logger",
+                "echotwist.logs.jsonObserver",
+            ],
+        )
+        self.exerciseAndCollect(server)
+        return server.output
+
+    def test_jsonObserverWritesJSONLines(self) -> None:
+        """
+        Every line twistd writes with echotwist's JSON observer is one JSON
+        object as it stands: no record separator, nothing to strip.
+        """
+        lines = self.jsonObserverOutput().splitlines()
+        self.assertGreater(len(lines), 5)
+        events = [json.loads(line) for line in lines]
+        self.assertTrue(all(isinstance(e, dict) for e in events), events)
+        self.checkConnectionEvents(events)
+
+    def test_jsonObserverReadByJq(self) -> None:
+        """
+        jq reads the JSON observer's output line by line, as log shippers
+        do: each raw line (C{-R}) parsed on its own (C{fromjson}).  (jq's
+        default reader would skip a record separator; a line reader does
+        not.)
+        """
+        jq = requireTool("jq", "jq")
+        output = self.jsonObserverOutput()
+        result = subprocess.run(
+            [jq, "-R", "-r", "fromjson | .event // empty"],
+            input=output.encode(),
+            capture_output=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stderr, b"")
+        names = result.stdout.decode().split()
+        for name in ("listener.started", "connection.opened", "connection.closed"):
+            self.assertIn(name, names)
 
     def test_noConnectionLogs(self) -> None:
         server = self.start(
