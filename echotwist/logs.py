@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import os
+import stat
 import sys
 from typing import IO, Any, Protocol
 
@@ -50,6 +51,34 @@ class _Reopenable(Protocol):
     def reopen(self) -> None: ...
 
 
+def _modeOf(path: str) -> int:
+    """
+    The permission bits of the file at C{path}, or 0644 if it cannot be
+    read.
+    """
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o644
+
+
+def _openKeepingMode(path: str, mode: int) -> int:
+    """
+    Open C{path} to append, creating it with C{mode} if it is not there.
+
+    The mode is set after the file is created: a daemonised twistd runs
+    under umask 077, which would make the new log 0600 where the one
+    logrotate moved away was, say, 0644.  A file someone else created
+    there first (logrotate's C{create}) keeps its own.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.fchmod(fd, mode)
+    return fd
+
+
 class _TwistdLog:
     """
     twistd's C{--logfile}: a L{LogFile}, which has the very method an
@@ -59,6 +88,7 @@ class _TwistdLog:
     def __init__(self, logFile: BaseLogFile) -> None:
         self._logFile = logFile
         self.path = logFile.path
+        self._mode = _modeOf(self.path)
         if isinstance(logFile, LogFile):
             # twistd rotates at 1 MB into FILE.1, FILE.2 ... and deletes none
             # of them, so its rotation bounds nothing; with logrotate next to
@@ -69,7 +99,7 @@ class _TwistdLog:
     def reopen(self) -> None:
         # LogFile.reopen closes the old file before it opens the new one: a
         # path that cannot be opened would leave no log at all.  Try first.
-        os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666))
+        os.close(_openKeepingMode(self.path, self._mode))
         self._logFile.reopen()
 
 
@@ -83,10 +113,11 @@ class _OpenedLog:
     def __init__(self, file: IO[Any]) -> None:
         self._file = file
         self.path = os.path.abspath(file.name)
+        self._mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
 
     def reopen(self) -> None:
         self._file.flush()
-        fresh = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fresh = _openKeepingMode(self.path, self._mode)
         try:
             os.dup2(fresh, self._file.fileno())
         finally:
