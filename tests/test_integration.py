@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -66,6 +67,32 @@ class EchoTests(ServerTestCase):
         self.assertEqual(received, payload)
         self.assertTrue(eof)
         server.waitFor(r"4194304 bytes echoed: client finished sending")
+
+    def test_healthChecksCloseQuietly(self) -> None:
+        """
+        Clients that connect and close without sending anything, by RST as
+        HAProxy's health checks do, or by FIN, are each logged as such,
+        not as a connection lost in a non-clean fashion.
+        """
+        server = self.start()
+        for reset in (True, False):
+            check = socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
+            if reset:
+                check.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            check.close()
+        server.waitForCount(r" disconnected after ", 2)
+        closes = [line for line in server.lines if " disconnected after " in line]
+        self.assertEqual(len(closes), 2, closes)
+        for line in closes:
+            self.assertTrue(
+                line.endswith(
+                    " 0 bytes echoed: client closed without sending anything"
+                ),
+                line,
+            )
+        self.assertNotIn("non-clean", server.output)
 
     def test_neverReadingClientCannotGrowTheServer(self) -> None:
         """
