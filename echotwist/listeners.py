@@ -33,6 +33,7 @@ __all__ = [
     "DatagramListener",
     "Listener",
     "MissingExtra",
+    "installExtra",
     "listenBacklog",
     "parseDatagramListener",
     "parseListener",
@@ -60,9 +61,17 @@ _PROXY_PREFIX = "haproxy:"
 class MissingExtra(ValueError):
     """
     A listener needs an optional part of echotwist that is not installed
-    (TLS: C{pip install 'echotwist[tls]'}).  The message is the one line a
-    user sees.
+    (TLS: the C{tls} extra).  The message is the one line a user sees.
     """
+
+
+def installExtra(extra: str) -> str:
+    """
+    How to install one of echotwist's extras, as a message ends.  (Not
+    from a package index: echotwist is installed from a checkout or a
+    wheel built from one.)
+    """
+    return f"install echotwist with its {extra} extra (pip install '.[{extra}]' from a checkout)"
 
 
 #: An interface= whose value goes on past an unescaped colon: an IPv6
@@ -244,7 +253,7 @@ def parseListener(
             # Twisted's ssl: parser imports pyOpenSSL, an extra.
             raise MissingExtra(
                 f"echotwist: {description!r} needs TLS support, which is not"
-                " installed: pip install 'echotwist[tls]'"
+                f" installed: {installExtra('tls')}"
             ) from None
         raise ValueError(
             f"{description!r} needs a module that is missing ({e})"

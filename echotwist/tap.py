@@ -20,6 +20,7 @@ from echotwist.listeners import (
     DatagramListener,
     Listener,
     MissingExtra,
+    installExtra,
     parseDatagramListener,
     parseListener,
 )
@@ -296,6 +297,14 @@ class Options(usage.Options):
             datagramListeners.append(datagram)
         self["datagramListeners"] = datagramListeners
         if self["metrics"] is not None:
+            try:
+                import prometheus_client  # noqa: F401
+            except ImportError:
+                # As for a TLS listener without its extra: one line, status 1.
+                raise SystemExit(
+                    "echotwist: --metrics needs prometheus_client, which is not"
+                    f" installed: {installExtra('metrics')}"
+                ) from None
             metrics = _parse("--metrics", self["metrics"])
             if _repeats(metrics, listeners):
                 raise usage.UsageError(

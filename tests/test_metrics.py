@@ -40,7 +40,7 @@ from echotwist.metrics import (
 )
 from echotwist.stats import Stats, addStats, stats
 from tests._clients import echoOnce, readUntilClosed
-from tests._tools import requireTool
+from tests._tools import requireTool, withoutModule
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.test_stream import connect
 from tests.test_transports import ask, freePort
@@ -440,6 +440,28 @@ class ScrapeTests(ServerTestCase):
             ("version", __version__),
         )
         self.assertEqual(info, {labels: 1})
+
+    def test_metricsWithoutItsExtra(self) -> None:
+        """
+        Without prometheus_client (the C{metrics} extra), C{--metrics}
+        ends start-up with one line naming the option and the extra.
+        """
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--metrics",
+            f"tcp:0:interface={LOOPBACK}",
+            env=withoutModule(self.directory, "prometheus_client"),
+        )
+        self.assertEqual(server.wait(), 1, server.output)
+        self.assertEqual(
+            server.output.splitlines(),
+            [
+                "echotwist: --metrics needs prometheus_client, which is not"
+                " installed: install echotwist with its metrics extra"
+                " (pip install '.[metrics]' from a checkout)"
+            ],
+        )
 
     def test_refusalsAreCounted(self) -> None:
         server = self.start(
