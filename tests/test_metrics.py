@@ -782,6 +782,40 @@ class LogTests(ServerTestCase):
         for name in ("listener.started", "connection.opened", "connection.closed"):
             self.assertIn(name, names)
 
+    def test_jsonObserverWithWorkers(self) -> None:
+        """
+        With workers, every line is still one JSON object: the workers'
+        events, relayed by the supervisor, included.
+        """
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--workers",
+            "2",
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                "--logger",
+                "echotwist.logs.jsonObserver",
+            ],
+        )
+        server.waitForCount(r'"event": "worker\.serving"', 2)
+        (started,) = [
+            e
+            for e in jsonEvents(server.output)
+            if e.get("event") == "listener.started" and "worker" not in e
+        ]
+        port = int(str(started["address"]).rsplit(":", 1)[1])
+        self.assertEqual(echoOnce((LOOPBACK, port), b"w" * 10), b"w" * 10)
+        server.waitFor(r'"event": "connection\.closed"')
+        server.signal(signal.SIGTERM)
+        server.wait()
+        events = [json.loads(line) for line in server.output.splitlines()]
+        (closed,) = [e for e in events if e.get("event") == "connection.closed"]
+        self.assertIn(closed["worker"], (1, 2))
+
     def test_noConnectionLogs(self) -> None:
         server = self.start(
             "--port",
