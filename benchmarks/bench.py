@@ -835,7 +835,7 @@ def plot(cells: list[Cell], path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("(no plot: matplotlib is not installed; pip install 'echotwist[bench]')")
+        print("(no plot: matplotlib is not installed; pip install '.[bench]')")
         return
     names = sorted({c.server for c in cells}, key=[c.server for c in cells].index)
     by = {(c.server, c.size, c.conns): c for c in cells}

@@ -35,6 +35,7 @@ __all__ = [
     "DatagramListener",
     "Listener",
     "MissingExtra",
+    "installExtra",
     "listenBacklog",
     "parseDatagramListener",
     "parseListener",
@@ -62,14 +63,25 @@ _PROXY_PREFIX = "haproxy:"
 class MissingExtra(ValueError):
     """
     A listener needs an optional part of echotwist that is not installed
-    (TLS: C{pip install 'echotwist[tls]'}).  The message is the one line a
-    user sees.
+    (TLS: the C{tls} extra).  The message is the one line a user sees.
     """
+
+
+def installExtra(extra: str) -> str:
+    """
+    How to install one of echotwist's extras, as a message ends.  (Not
+    from a package index: echotwist is installed from a checkout or a
+    wheel built from one.)
+    """
+    return f"install echotwist with its {extra} extra (pip install '.[{extra}]' from a checkout)"
 
 
 #: An interface= whose value goes on past an unescaped colon: an IPv6
 #: address written as is, which the description splits into pieces.
-_UNESCAPED_IPV6 = re.compile(r"(?<!\\)interface=[0-9A-Fa-f.]*(?<!\\):")
+#: An IPv4 address before the colon is one field and the next.
+_UNESCAPED_IPV6 = re.compile(
+    r"(?<!\\)interface=(?!\d+\.\d+\.\d+\.\d+:)[0-9A-Fa-f.]*(?<!\\):"
+)
 
 
 def _ipv6Hint(description: str) -> str | None:
@@ -84,6 +96,57 @@ def _ipv6Hint(description: str) -> str | None:
         " backslash, as endpoint descriptions require, e.g."
         " interface=\\:\\:1 (in single quotes in a shell)"
     )
+
+
+def _keywords(fields: list[str]) -> dict[str, str]:
+    """
+    The C{name=value} fields of a description, unescaped.
+    """
+    found = {}
+    for field in fields:
+        name, equals, value = field.partition("=")
+        if equals:
+            found[name] = re.sub(r"\\(.)", r"\1", value)
+    return found
+
+
+def _tlsFilesHint(description: str, text: str) -> str | None:
+    """
+    If C{text} is an C{ssl:} description whose certificate or key cannot
+    be used, a message naming the file and the field that names it.
+
+    Twisted's C{ssl:} reads the key from C{privateKey=} (C{server.pem} if
+    not given) and the certificate from C{certKey=}, or from the key's file
+    when C{certKey=} is not given.
+    """
+    inner = text[len(_PROXY_PREFIX) :] if text.startswith(_PROXY_PREFIX) else text
+    fields = _fields(inner)
+    if fields[0] != "ssl":
+        return None
+    keywords = _keywords(fields[1:])
+    privateKey = keywords.get("privateKey", "server.pem")
+    certKey = keywords.get("certKey")
+    for path, what in (
+        (certKey, "certificate file (certKey=)"),
+        (privateKey, "private key file (privateKey=)"),
+    ):
+        if path is not None and not os.path.isfile(path):
+            return f"{description!r}: the TLS {what} {path!r} does not exist"
+    try:
+        with open(certKey or privateKey, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        return f"{description!r}: cannot read {e.filename!r}: {e.strerror}"
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        if certKey is None:
+            return (
+                f"{description!r}: {privateKey!r} holds no certificate; name the"
+                " certificate file with certKey= (privateKey= holds the key)"
+            )
+        return (
+            f"{description!r}: the certKey= file {certKey!r} holds no PEM certificate"
+        )
+    return None
 
 
 class Listener(NamedTuple):
@@ -276,7 +339,7 @@ def parseListener(
             # Twisted's ssl: parser imports pyOpenSSL, an extra.
             raise MissingExtra(
                 f"echotwist: {description!r} needs TLS support, which is not"
-                " installed: pip install 'echotwist[tls]'"
+                f" installed: {installExtra('tls')}"
             ) from None
         raise ValueError(
             f"{description!r} needs a module that is missing ({e})"
@@ -290,7 +353,7 @@ def parseListener(
             " LISTEN_FDNAMES too)"
         ) from None
     except Exception as e:
-        hint = _ipv6Hint(text)
+        hint = _tlsFilesHint(description, text) or _ipv6Hint(text)
         if hint is not None:
             raise ValueError(hint) from None
         raise ValueError(

@@ -3,22 +3,25 @@
 Log observers for C{twistd --logger}, and the log file SIGHUP reopens.
 
 C{twistd --logger echotwist.logs.jsonObserver -n echo} writes every event
-as one JSON object a line (Twisted's own JSON log format, each record
-preceded by an ASCII record separator), with echotwist's C{event} names and
-fields intact.  C{twist --log-format json echo} does the same without this.
+as one JSON object a line (JSON lines: no record separator, so C{jq},
+C{json.loads} line by line and log shippers read it as it is), with
+echotwist's C{event} names and fields intact.  C{twist --log-format json
+echo} writes the same events in Twisted's own JSON format, an RFC 7464 JSON
+text sequence (an ASCII record separator before each record: C{jq --seq}).
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import stat
 import sys
 from typing import IO, Any, Protocol
 
 from twisted.logger import ILogObserver, jsonFileLogObserver
 from twisted.python.logfile import BaseLogFile, LogFile
 
-__all__ = ["LogFiles", "jsonObserver"]
+__all__ = ["LogFiles", "jsonLinesObserver", "jsonObserver"]
 
 
 def jsonObserver() -> ILogObserver:
@@ -28,13 +31,52 @@ def jsonObserver() -> ILogObserver:
     # twistd calls this before it points sys.stdout at the log itself.
     stream = sys.__stdout__
     assert stream is not None
-    return jsonFileLogObserver(stream)
+    return jsonLinesObserver(stream)
+
+
+def jsonLinesObserver(stream: IO[Any]) -> ILogObserver:
+    """
+    A log observer writing each event to C{stream} as one JSON object on a
+    line of its own.  Twisted's default for L{jsonFileLogObserver} puts an
+    ASCII record separator (C{\\x1e}) before each record (RFC 7464), which
+    line-oriented readers (C{jq} without C{--seq}, Vector, Fluent Bit,
+    promtail) take for part of the JSON and refuse.
+    """
+    return jsonFileLogObserver(stream, recordSeparator="")
 
 
 class _Reopenable(Protocol):
     path: str
 
     def reopen(self) -> None: ...
+
+
+def _modeOf(path: str) -> int:
+    """
+    The permission bits of the file at C{path}, or 0644 if it cannot be
+    read.
+    """
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o644
+
+
+def _openKeepingMode(path: str, mode: int) -> int:
+    """
+    Open C{path} to append, creating it with C{mode} if it is not there.
+
+    The mode is set after the file is created: a daemonised twistd runs
+    under umask 077, which would make the new log 0600 where the one
+    logrotate moved away was, say, 0644.  A file someone else created
+    there first (logrotate's C{create}) keeps its own.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.fchmod(fd, mode)
+    return fd
 
 
 class _TwistdLog:
@@ -46,6 +88,7 @@ class _TwistdLog:
     def __init__(self, logFile: BaseLogFile) -> None:
         self._logFile = logFile
         self.path = logFile.path
+        self._mode = _modeOf(self.path)
         if isinstance(logFile, LogFile):
             # twistd rotates at 1 MB into FILE.1, FILE.2 ... and deletes none
             # of them, so its rotation bounds nothing; with logrotate next to
@@ -56,7 +99,7 @@ class _TwistdLog:
     def reopen(self) -> None:
         # LogFile.reopen closes the old file before it opens the new one: a
         # path that cannot be opened would leave no log at all.  Try first.
-        os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666))
+        os.close(_openKeepingMode(self.path, self._mode))
         self._logFile.reopen()
 
 
@@ -70,10 +113,11 @@ class _OpenedLog:
     def __init__(self, file: IO[Any]) -> None:
         self._file = file
         self.path = os.path.abspath(file.name)
+        self._mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
 
     def reopen(self) -> None:
         self._file.flush()
-        fresh = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fresh = _openKeepingMode(self.path, self._mode)
         try:
             os.dup2(fresh, self._file.fileno())
         finally:

@@ -48,6 +48,7 @@ __all__ = [
     "METRICS_CONNECTION_LIFETIME",
     "EchoCollector",
     "MetricsGuard",
+    "buildInfo",
     "metricsSite",
     "registryFor",
 ]
@@ -60,10 +61,14 @@ class EchoCollector:
     """
 
     def __init__(
-        self, snapshot: Callable[[], Stats], workers: Callable[[], int]
+        self,
+        snapshot: Callable[[], Stats],
+        workers: Callable[[], int],
+        reactor: object = None,
     ) -> None:
         self.snapshot = snapshot
         self.workers = workers
+        self.buildInfo = buildInfo(reactor)
 
     def collect(self) -> Iterator[Metric]:
         """
@@ -161,6 +166,36 @@ class EchoCollector:
             " for --worker-timeout seconds.",
             value=now.get("workersHung", 0),
         )
+        info = GaugeMetricFamily(
+            "echotwist_build_info",
+            "Always 1: what this server runs, in its labels.",
+            labels=list(self.buildInfo),
+        )
+        info.add_metric(list(self.buildInfo.values()), 1)
+        yield info
+
+
+def buildInfo(reactor: object) -> dict[str, str]:
+    """
+    The labels of C{echotwist_build_info}: echotwist's version, Twisted's,
+    Python's, and the reactor serving (its class, as the start log names it;
+    empty when not known).
+    """
+    import platform
+
+    import twisted
+
+    from echotwist import __version__
+
+    reactorType = type(reactor)
+    return {
+        "version": __version__,
+        "twisted": twisted.__version__,
+        "python": platform.python_version(),
+        "reactor": ""
+        if reactor is None
+        else f"{reactorType.__module__}.{reactorType.__qualname__}",
+    }
 
 
 def registryFor(collector: EchoCollector) -> CollectorRegistry:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import signal
 import socket
 import sys
@@ -54,6 +55,7 @@ from echotwist.limits import ThrottledObserver
 from echotwist.listeners import (
     DatagramListener,
     Listener,
+    _fields,
     parseDatagramListener,
     parseListener,
 )
@@ -93,7 +95,29 @@ DEFAULT_EVICT_IDLE_AFTER: float = Settings.evictIdleAfter
 DEFAULT_SOCKET_BUFFER: int = Settings.socketBuffer
 
 
-def _whyNotListening(error: Exception) -> str:
+def _missingDirectory(description: str) -> str | None:
+    """
+    The directory of a C{unix:} listener's path, if it does not exist.
+    """
+    fields = _fields(description)
+    if fields[0] == "haproxy":
+        fields = fields[1:]
+    if fields[0] != "unix" or len(fields) < 2:
+        return None
+    path = next(
+        (f[len("address=") :] for f in fields[1:] if f.startswith("address=")),
+        fields[1],
+    )
+    directory = os.path.dirname(os.path.abspath(path.replace("\\", "")))
+    return None if os.path.isdir(directory) else directory
+
+
+def _whyNotListening(error: Exception, description: str = "") -> str:
+    directory = _missingDirectory(description)
+    if directory is not None:
+        # Twisted's UNIX listener fails on its lock file first, and names
+        # that, not the directory.
+        return f"its directory {directory} does not exist"
     socketError = getattr(error, "socketError", None)
     if isinstance(error, CannotListenError) and isinstance(socketError, OSError):
         why = socketError.strerror or str(socketError)
@@ -125,7 +149,8 @@ def _listenOrExit(description: str, listen: Callable[[], _T]) -> _T:
         return listen()
     except Exception as e:
         raise CannotListen(
-            f"echotwist: cannot listen on {description}: {_whyNotListening(e)}"
+            f"echotwist: cannot listen on {description}:"
+            f" {_whyNotListening(e, description)}"
         ) from None
 
 
@@ -655,7 +680,7 @@ class EchoService(MultiService):
             if kind == "metrics":
                 snapshot, workers, refresh = self._metricsSource()
                 site = metricsSite(
-                    registryFor(EchoCollector(snapshot, workers)),
+                    registryFor(EchoCollector(snapshot, workers, reactor)),
                     refresh,
                     reactor,
                     pages,

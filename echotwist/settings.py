@@ -308,9 +308,9 @@ class Settings:
         _socketBuffer,
         """SO_SNDBUF and SO_RCVBUF, in bytes, of every stream connection over
         TCP (TLS and haproxy: too); Linux doubles it, so a client that never
-        reads pins at most about four times this of kernel memory (about 350
-        KiB at the default); 0 for the kernel's autotuning, which lets one
-        such client pin megabytes (e.g. --socket-buffer 65536).""",
+        reads pins at most about 430 KiB of kernel memory at the default, and
+        less with a smaller size; 0 for the kernel's autotuning, which lets
+        one such client pin megabytes (e.g. --socket-buffer 65536).""",
     )
     #: A client that vanished (unplugged, its NAT entry expired, its host
     #: powered off) sends no FIN or RST; without probes its connection is

@@ -38,7 +38,7 @@ from errno import ENOBUFS, EWOULDBLOCK
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import tcp
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
     from echotwist.connections import EchoFactory
 
-__all__ = ["DIRECT_READ_SIZE", "SPLICE_FROM", "Echo"]
+__all__ = ["DIRECT_READ_SIZE", "NOTHING_SENT", "SPLICE_FROM", "Echo"]
 
 #: Protocol wrappers that, past a header, only pass bytes on to the L{Echo}
 #: they wrap, whose write() is the TCP transport's: echotwist's PROXY
@@ -72,6 +72,10 @@ passThroughWrappers: tuple[type[ProtocolWrapper], ...] = ()
 # bufferSize is how much one doRead asks recv() for); echotwist.fastpath
 # adds its SplicingServer.
 _DIRECT_TRANSPORTS: tuple[type, ...] = (tcp.Server,)
+
+#: The reason logged for a connection closed by its client before it sent
+#: a byte, by FIN or by RST: a health check, not a fault.
+NOTHING_SENT = "client closed without sending anything"
 
 #: What a connection that sends directly reads at a time.
 DIRECT_READ_SIZE = 128 * 1024
@@ -295,7 +299,15 @@ class Echo(Protocol):
         if self._refused:
             return
         self._cancelQuietCheck()
-        if self._closeReason is not None:
+        if (
+            self.bytesEchoed == 0
+            and self._closeReason in (None, "client finished sending")
+            and reason.check(ConnectionDone, ConnectionLost)
+        ):
+            # A load balancer's health check: it connects and closes, with
+            # FIN or with RST (HAProxy's), and has nothing to complain of.
+            why = NOTHING_SENT
+        elif self._closeReason is not None:
             why = self._closeReason
         elif reason.check(ConnectionDone):
             why = "client closed the connection"

@@ -183,7 +183,8 @@ class _Worker(ProcessProtocol):
             self._logText(line)
 
     def _logEvent(self, line: bytes) -> None:
-        # Twisted's JSON log format: a record separator, the event, a newline.
+        # One JSON event a line (echotwist.logs.jsonLinesObserver); a record
+        # separator before it (Twisted's default JSON format) is tolerated.
         text = line.lstrip(b"\x1e").decode("utf-8", "replace")
         try:
             event = eventFromJSON(text)

@@ -8,18 +8,20 @@ from __future__ import annotations
 import faulthandler
 import getopt
 import os
+import re
 import select
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TypeVar
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from echotwist.listeners import (
     DatagramListener,
     Listener,
     MissingExtra,
+    installExtra,
     parseDatagramListener,
     parseListener,
 )
@@ -133,6 +135,23 @@ def installDefaultReactor(
         parent["reactor"] = reactor
         parent["reactorName"] = "echotwist"
     return True
+
+
+def versionLine() -> str:
+    """
+    What C{--version} prints: echotwist's version, and the Twisted and
+    Python it runs on, which a bug report needs as much.
+    """
+    import platform
+
+    import twisted
+
+    from echotwist import __version__
+
+    return (
+        f"echotwist {__version__} (Twisted {twisted.__version__},"
+        f" {platform.python_implementation()} {platform.python_version()})"
+    )
 
 
 def _repeats(listener: Listener, seen: list[Listener]) -> bool:
@@ -330,6 +349,13 @@ class Options(usage.Options):
                 arguments += [f"--{name}", value]
         return arguments
 
+    def opt_version(self) -> None:
+        """
+        Display echotwist's version, with Twisted's and Python's, and exit.
+        """
+        print(versionLine())
+        sys.exit(0)
+
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
         Parse the command line, after the options the environment gives
@@ -396,6 +422,14 @@ class Options(usage.Options):
             datagramListeners.append(datagram)
         self["datagramListeners"] = datagramListeners
         if self["metrics"] is not None:
+            try:
+                import prometheus_client  # noqa: F401
+            except ImportError:
+                # As for a TLS listener without its extra: one line, status 1.
+                raise SystemExit(
+                    "echotwist: --metrics needs prometheus_client, which is not"
+                    f" installed: {installExtra('metrics')}"
+                ) from None
             metrics = _parse(self.label("metrics"), self["metrics"])
             if _repeats(metrics, listeners):
                 raise usage.UsageError(
@@ -517,6 +551,62 @@ def _twistdLogFile(runner: Any) -> bool:
     return not (logfile == "-" or (not logfile and runner.get("nodaemon")))
 
 
+#: What the process a daemonizing twistd leaves in the foreground reads of
+#: the daemon's word on a failed start (C{_twistd_unix}'s C{_waitForStart}
+#: reads 100 bytes, two of them a status).
+_FOREGROUND_REPORT = 98
+
+
+def _briefly(message: str, limit: int = _FOREGROUND_REPORT) -> str:
+    """
+    C{message} in at most C{limit} ASCII bytes: its parenthesis dropped if
+    that is enough, else cut after a whole word, with an ellipsis.
+    """
+    message = message.encode("ascii", "backslashreplace").decode("ascii")
+    message = message.removeprefix("echotwist: ")
+    if len(message) > limit:
+        message = re.sub(r" \([^()]*\)$", "", message)
+    if len(message) > limit:
+        message = message[: limit - 3].rsplit(" ", 1)[0] + "..."
+    return message
+
+
+class _ReportsToForeground(MultiService):
+    """
+    Under a daemonizing twistd, the service it runs: a listener that cannot
+    listen is told to the process waiting in the foreground in words that
+    fit what it reads, not as twistd's cut traceback line
+    (C{echotwist.service.CannotListen: echotwist: cannot listen on
+    tcp:5000: Addre}).  The whole line is in the log file.
+
+    @param runner: twistd's options, where it keeps the pipe to the
+        foreground (C{statusPipe}) once it has daemonized.
+    """
+
+    def __init__(self, service: IService, runner: MutableMapping[str, Any]) -> None:
+        super().__init__()
+        self._runner = runner
+        service.setServiceParent(self)
+
+    def _report(self, start: Callable[[], object]) -> None:
+        try:
+            start()
+        except CannotListen as e:
+            pipe = self._runner.get("statusPipe")
+            if pipe is not None:
+                # In twistd's form: a status, a space, a message.
+                os.write(pipe, b"1 " + _briefly(str(e)).encode("ascii"))
+                os.close(pipe)
+                self._runner["statusPipe"] = None
+            raise
+
+    def privilegedStartService(self) -> None:
+        self._report(super().privilegedStartService)
+
+    def startService(self) -> None:
+        self._report(super().startService)
+
+
 def makeService(options: Options) -> IService:
     """
     The service C{twistd echo} runs: an L{EchoService}, or with C{--workers}
@@ -539,10 +629,15 @@ def makeService(options: Options) -> IService:
             twistd=_twistdLogFile(runner),
         ),
     }
+    service: IService
     if settings.workers > 1:
         from echotwist.supervisor import SupervisorService
 
-        return SupervisorService(
+        service = SupervisorService(
             options["listeners"], reactorName=_reactorName(), **common
         )
-    return EchoService(options["listeners"], **common)
+    else:
+        service = EchoService(options["listeners"], **common)
+    if runner is not None and "nodaemon" in runner and not runner["nodaemon"]:
+        return _ReportsToForeground(service, runner)
+    return service

@@ -32,13 +32,12 @@ from twisted.logger import (
     Logger,
     formatEvent,
     globalLogBeginner,
-    jsonFileLogObserver,
 )
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
 from echotwist.listeners import DatagramListener, Listener, parseListener
-from echotwist.logs import LogFiles
+from echotwist.logs import LogFiles, jsonLinesObserver
 from echotwist.service import EchoService
 from echotwist.settings import Settings
 from echotwist.stats import stats
@@ -232,7 +231,7 @@ def main() -> None:
     # JSON, so the supervisor can emit each event as it was, to wherever
     # its own log goes.
     globalLogBeginner.beginLoggingTo(
-        [_tagged(jsonFileLogObserver(sys.stdout), config["worker"])],
+        [_tagged(jsonLinesObserver(sys.stdout), config["worker"])],
         redirectStandardIO=False,
     )
     faulthandler.enable()

@@ -32,6 +32,21 @@ def requireTool(name: str, package: str) -> str:
     raise SkipTest(message)
 
 
+def requireModule(name: str, extra: str) -> None:
+    """
+    The Python package C{name}, which echotwist's C{extra} extra installs,
+    is importable: the test skips without it, naming the extra (in CI,
+    with L{REQUIRE} set, it fails instead).
+    """
+    try:
+        __import__(name)
+    except ImportError as e:
+        message = f"{name} is not installed ({e}): pip install '.[{extra}]'"
+        if os.environ.get(REQUIRE):
+            raise AssertionError(f"{message}, and {REQUIRE} is set") from None
+        raise SkipTest(message) from None
+
+
 def scratchDirectory(test: SynchronousTestCase) -> str:
     """
     A fresh directory under the system's temporary directory, removed after
@@ -60,30 +75,37 @@ def requireTLS() -> None:
         import OpenSSL  # noqa: F401
         import service_identity  # noqa: F401
     except ImportError as e:
-        message = f"TLS support is not installed ({e}): pip install 'echotwist[tls]'"
+        message = f"TLS support is not installed ({e}): pip install '.[tls]'"
         if os.environ.get(REQUIRE):
             raise AssertionError(f"{message}, and {REQUIRE} is set") from None
         raise SkipTest(message) from None
 
 
-def withoutTLS(directory: str) -> dict[str, str]:
+def withoutModule(directory: str, name: str) -> dict[str, str]:
     """
-    Environment for a child Python that behaves as if pyOpenSSL were not
-    installed (the default install, without the C{tls} extra): a package
-    named OpenSSL ahead of the real one on the path, failing to import as a
-    missing one does.
+    Environment for a child Python that behaves as if the package C{name}
+    were not installed: a package of that name ahead of the real one on
+    the path, failing to import as a missing one does.
     """
-    shadow = os.path.join(directory, "without-tls")
-    os.makedirs(os.path.join(shadow, "OpenSSL"), exist_ok=True)
-    with open(os.path.join(shadow, "OpenSSL", "__init__.py"), "w") as f:
+    shadow = os.path.join(directory, f"without-{name}")
+    os.makedirs(os.path.join(shadow, name), exist_ok=True)
+    with open(os.path.join(shadow, name, "__init__.py"), "w") as f:
         f.write(
-            "raise ModuleNotFoundError(\"No module named 'OpenSSL'\", name='OpenSSL')\n"
+            f"raise ModuleNotFoundError(\"No module named '{name}'\", name='{name}')\n"
         )
     return {
         "PYTHONPATH": os.pathsep.join(
             filter(None, [shadow, os.environ.get("PYTHONPATH")])
         )
     }
+
+
+def withoutTLS(directory: str) -> dict[str, str]:
+    """
+    Environment for a child Python that behaves as if pyOpenSSL were not
+    installed (the default install, without the C{tls} extra).
+    """
+    return withoutModule(directory, "OpenSSL")
 
 
 def startHAProxy(test: SynchronousTestCase, config: str, frontend: int) -> None:

@@ -19,7 +19,7 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests._tools import requireTool, scratchDirectory
+from tests._tools import requireModule, requireTool, scratchDirectory
 
 BENCH = os.path.join(
     os.path.dirname(os.path.dirname(__file__)), "benchmarks", "bench.py"
@@ -213,8 +213,9 @@ class ReportTests(SynchronousTestCase):
     def test_plot(self) -> None:
         """
         The plot is written: msg per CPU-second per server by cell, and the
-        latency cell.
+        latency cell.  (matplotlib: the bench extra.)
         """
+        requireModule("matplotlib", "bench")
         bench = loadBench()
         runs = {
             (name, size, conns): cellsOf(bench, name, size, conns, [100, 120, 110])

@@ -5,7 +5,7 @@ every signal the server handles has its entry, and README.rst stays a valid
 front page whose links lead somewhere.
 
 Building the site needs the C{docs} extra (Sphinx, pydoctor), which the
-C{test} extra pulls in too; without it the build tests skip, and with
+C{test} extra leaves out; without it the build tests skip, and with
 ECHOTWIST_REQUIRE_TOOLS set (CI) they fail instead.
 """
 
@@ -225,7 +225,7 @@ class ReadmeTests(SynchronousTestCase):
             if os.environ.get(REQUIRE):
                 raise
             raise SkipTest(
-                "readme_renderer is not installed (the docs extra)"
+                "readme_renderer is not installed: pip install '.[docs]'"
             ) from None
         self.assertIsNotNone(render(self.text))
 
@@ -252,12 +252,40 @@ class ReadmeTests(SynchronousTestCase):
             except ValueError:
                 self.assertEqual(shown, expected, name)
 
-    def test_linksLeadSomewhere(self) -> None:
+    def test_kernelMemoryAsHelpSaysIt(self) -> None:
         """
-        Every relative link in README (into docs/) names a file that
-        exists, so the links work on GitHub.
+        README and C{twistd echo --help} give one figure for the kernel
+        memory a client that never reads can pin at the defaults.
         """
-        targets = re.findall(r"<([^>:]+)>`_", self.text)
-        self.assertTrue(targets)
+        result = subprocess.run(
+            [command("twistd"), "echo", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tempfile.gettempdir(),
+        )
+        helpText = " ".join(result.stdout.split())
+        (fromHelp,) = re.findall(r"about (\d+) KiB of kernel memory", helpText)
+        readme = " ".join(self.text.split())
+        (fromReadme,) = re.findall(r"about (\d+) KiB of kernel socket memory", readme)
+        self.assertEqual(fromHelp, fromReadme)
+
+    def test_noLinkBreaksOnAPackageIndex(self) -> None:
+        """
+        README is also the package's page on an index, where a relative
+        link (C{docs/x.rst}) leads nowhere: every link target is an
+        absolute URL, and every file it names as a path exists.
+        """
+        targets = re.findall(r"<([^>]+)>`_", self.text) + re.findall(
+            r"^\.\. _[^:]+: (\S+)$", self.text, re.M
+        )
         for target in targets:
-            self.assertTrue(os.path.exists(os.path.join(ROOT, target)), target)
+            self.assertRegex(target, r"^https://", target)
+        paths = re.findall(r"``((?:docs/)?[\w/.-]+\.rst|LICENSE)``", self.text)
+        self.assertIn("docs/deployment.rst", paths)
+        for path in paths:
+            inDocs = os.path.join(ROOT, "docs", path)
+            self.assertTrue(
+                os.path.exists(os.path.join(ROOT, path)) or os.path.exists(inDocs),
+                path,
+            )

@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -17,6 +18,7 @@ from twisted.trial.unittest import SkipTest
 
 from echotwist.connections import DEFAULT_DRAIN_QUIET
 from tests._clients import echoOnce, exchange, readUntilClosed
+from tests._tools import selfSignedCertificate
 from tests._twistd import (
     LOOPBACK,
     WAIT,
@@ -65,6 +67,32 @@ class EchoTests(ServerTestCase):
         self.assertEqual(received, payload)
         self.assertTrue(eof)
         server.waitFor(r"4194304 bytes echoed: client finished sending")
+
+    def test_healthChecksCloseQuietly(self) -> None:
+        """
+        Clients that connect and close without sending anything, by RST as
+        HAProxy's health checks do, or by FIN, are each logged as such,
+        not as a connection lost in a non-clean fashion.
+        """
+        server = self.start()
+        for reset in (True, False):
+            check = socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
+            if reset:
+                check.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            check.close()
+        server.waitForCount(r" disconnected after ", 2)
+        closes = [line for line in server.lines if " disconnected after " in line]
+        self.assertEqual(len(closes), 2, closes)
+        for line in closes:
+            self.assertTrue(
+                line.endswith(
+                    " 0 bytes echoed: client closed without sending anything"
+                ),
+                line,
+            )
+        self.assertNotIn("non-clean", server.output)
 
     def test_neverReadingClientCannotGrowTheServer(self) -> None:
         """
@@ -323,14 +351,70 @@ class RefusalTests(ServerTestCase):
             timeout=WAIT,
         )
         self.assertEqual(result.returncode, 1)
-        self.assertIn("CannotListen: echotwist: cannot listen on", result.stderr)
+        # twistd's own frame around the daemon's word, and the word whole.
+        self.assertEqual(
+            result.stderr.splitlines()[0],
+            "An error has occurred: b'cannot listen on"
+            f" tcp:{port}:interface={LOOPBACK}: Address already in use'",
+        )
         self.assertNotIn("Traceback", result.stderr)
+        self.assertNotIn("CannotListen", result.stderr)
         # The daemon tells the waiting process first and removes its pidfile
         # after: on a loaded machine the waiting one can exit in between.
         deadline = time.monotonic() + WAIT
         while os.path.exists(f"{self.directory}/twistd.pid"):
             self.assertLess(time.monotonic(), deadline, "the pidfile is left")
             time.sleep(0.02)
+
+    def test_missingCertificateFile(self) -> None:
+        """
+        An C{ssl:} listener whose certificate file is missing is refused
+        with a line naming the file and C{certKey=}.
+        """
+        key, _ = selfSignedCertificate(self.directory)
+        missing = os.path.join(self.directory, "missing.pem")
+        description = f"ssl:0:interface={LOOPBACK}:privateKey={key}:certKey={missing}"
+        output = self.failedStart("--port", description)
+        self.assertTrue(
+            output.splitlines()[-1].endswith(
+                f"--port: {description!r}: the TLS certificate file (certKey=)"
+                f" {missing!r} does not exist"
+            ),
+            output,
+        )
+
+    def test_keyWithoutCertificate(self) -> None:
+        """
+        An C{ssl:} listener given a key and no C{certKey=} is told that the
+        key file holds no certificate, not OpenSSL's "no start line".
+        """
+        key, _ = selfSignedCertificate(self.directory)
+        description = f"ssl:0:interface={LOOPBACK}:privateKey={key}"
+        output = self.failedStart("--listen", description)
+        last = output.splitlines()[-1]
+        self.assertTrue(
+            last.endswith(
+                f"--listen: {description!r}: {key!r} holds no certificate; name"
+                " the certificate file with certKey= (privateKey= holds the key)"
+            ),
+            output,
+        )
+        self.assertNotIn("PEM routines", output)
+
+    def test_unixSocketInAMissingDirectory(self) -> None:
+        """
+        A UNIX socket in a directory that does not exist: the line names
+        the directory, not Twisted's lock file.
+        """
+        directory = os.path.join(self.directory, "run", "echotwist")
+        description = f"unix:{directory}/echo.sock"
+        output = self.failedStart("--port", description)
+        self.assertIn(
+            f"echotwist: cannot listen on {description}: its directory"
+            f" {directory} does not exist",
+            output,
+        )
+        self.assertNotIn(".lock", output)
 
     def test_privilegedPortWithoutPermission(self) -> None:
         with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
@@ -384,3 +468,30 @@ class OtherRunnersTests(ServerTestCase):
         self.assertEqual(echoOnce((LOOPBACK, server.port), b"twist"), b"twist")
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def test_version(self) -> None:
+        """
+        C{twistd echo --version} and C{twist echo --version} print
+        echotwist's version, with the Twisted and Python it runs on.
+        """
+        import platform
+
+        import twisted
+
+        from echotwist import __version__
+
+        expected = (
+            f"echotwist {__version__} (Twisted {twisted.__version__},"
+            f" {platform.python_implementation()} {platform.python_version()})\n"
+        )
+        for runner in ("twistd", "twist"):
+            result = subprocess.run(
+                [command(runner), "echo", "--version"],
+                cwd=self.directory,
+                capture_output=True,
+                text=True,
+                timeout=WAIT,
+            )
+            self.assertEqual(
+                (result.returncode, result.stdout, result.stderr), (0, expected, "")
+            )

@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import time
 import urllib.request
 from typing import Any
@@ -39,6 +40,7 @@ from echotwist.metrics import (
 )
 from echotwist.stats import Stats, addStats, stats
 from tests._clients import echoOnce, readUntilClosed
+from tests._tools import requireTool, withoutModule
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.test_stream import connect
 from tests.test_transports import ask, freePort
@@ -137,6 +139,32 @@ class CollectorTests(SynchronousTestCase):
             + found[("echotwist_connections_awaiting_header", ())],
             3,
         )
+
+    def test_buildInfo(self) -> None:
+        """
+        C{echotwist_build_info} is 1, labelled with echotwist's version,
+        Twisted's, Python's and the reactor's class.
+        """
+        import platform
+
+        import twisted
+
+        from echotwist import __version__
+
+        clock = Clock()
+        collector = EchoCollector(
+            lambda: stats(EchoFactory(clock), DatagramPolicy(rate=0, clock=clock)),
+            lambda: 1,
+            clock,
+        )
+        found = samples(generate_latest(registryFor(collector)).decode())
+        labels = (
+            ("python", platform.python_version()),
+            ("reactor", "twisted.internet.task.Clock"),
+            ("twisted", twisted.__version__),
+            ("version", __version__),
+        )
+        self.assertEqual(found[("echotwist_build_info", labels)], 1)
 
 
 class AddStatsTests(SynchronousTestCase):
@@ -383,6 +411,60 @@ class ScrapeTests(ServerTestCase):
         # The scrapes themselves are not echo connections.
         self.assertEqual(
             scrape(metricsPort)[("echotwist_connections_accepted_total", ())], 20
+        )
+
+    def test_buildInfo(self) -> None:
+        """
+        A scrape of the real server says which echotwist, Twisted, Python
+        and reactor it runs.
+        """
+        import platform
+
+        import twisted
+
+        from echotwist import __version__
+
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--metrics",
+            f"tcp:0:interface={LOOPBACK}",
+        )
+        metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
+        reactor = server.waitFor(r"Serving on the (\S+) reactor").group(1)
+        info = {
+            labels: value
+            for (name, labels), value in scrape(metricsPort).items()
+            if name == "echotwist_build_info"
+        }
+        labels = (
+            ("python", platform.python_version()),
+            ("reactor", reactor),
+            ("twisted", twisted.__version__),
+            ("version", __version__),
+        )
+        self.assertEqual(info, {labels: 1})
+
+    def test_metricsWithoutItsExtra(self) -> None:
+        """
+        Without prometheus_client (the C{metrics} extra), C{--metrics}
+        ends start-up with one line naming the option and the extra.
+        """
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--metrics",
+            f"tcp:0:interface={LOOPBACK}",
+            env=withoutModule(self.directory, "prometheus_client"),
+        )
+        self.assertEqual(server.wait(), 1, server.output)
+        self.assertEqual(
+            server.output.splitlines(),
+            [
+                "echotwist: --metrics needs prometheus_client, which is not"
+                " installed: install echotwist with its metrics extra"
+                " (pip install '.[metrics]' from a checkout)"
+            ],
         )
 
     def test_refusalsAreCounted(self) -> None:
@@ -653,6 +735,92 @@ class LogTests(ServerTestCase):
             ],
         )
         self.checkConnectionEvents(self.exerciseAndCollect(server))
+
+    def jsonObserverOutput(self) -> str:
+        """
+        The whole output of a twistd serving one echo exchange with
+        C{--logger echotwist.logs.jsonObserver}, the docs' route to JSON.
+        """
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                "--logger",
+                "echotwist.logs.jsonObserver",
+            ],
+        )
+        self.exerciseAndCollect(server)
+        return server.output
+
+    def test_jsonObserverWritesJSONLines(self) -> None:
+        """
+        Every line twistd writes with echotwist's JSON observer is one JSON
+        object as it stands: no record separator, nothing to strip.
+        """
+        lines = self.jsonObserverOutput().splitlines()
+        self.assertGreater(len(lines), 5)
+        events = [json.loads(line) for line in lines]
+        self.assertTrue(all(isinstance(e, dict) for e in events), events)
+        self.checkConnectionEvents(events)
+
+    def test_jsonObserverReadByJq(self) -> None:
+        """
+        jq reads the JSON observer's output line by line, as log shippers
+        do: each raw line (C{-R}) parsed on its own (C{fromjson}).  (jq's
+        default reader would skip a record separator; a line reader does
+        not.)
+        """
+        jq = requireTool("jq", "jq")
+        output = self.jsonObserverOutput()
+        result = subprocess.run(
+            [jq, "-R", "-r", "fromjson | .event // empty"],
+            input=output.encode(),
+            capture_output=True,
+            timeout=WAIT,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stderr, b"")
+        names = result.stdout.decode().split()
+        for name in ("listener.started", "connection.opened", "connection.closed"):
+            self.assertIn(name, names)
+
+    def test_jsonObserverWithWorkers(self) -> None:
+        """
+        With workers, every line is still one JSON object: the workers'
+        events, relayed by the supervisor, included.
+        """
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--workers",
+            "2",
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                "--logger",
+                "echotwist.logs.jsonObserver",
+            ],
+        )
+        server.waitForCount(r'"event": "worker\.serving"', 2)
+        (started,) = [
+            e
+            for e in jsonEvents(server.output)
+            if e.get("event") == "listener.started" and "worker" not in e
+        ]
+        port = int(str(started["address"]).rsplit(":", 1)[1])
+        self.assertEqual(echoOnce((LOOPBACK, port), b"w" * 10), b"w" * 10)
+        server.waitFor(r'"event": "connection\.closed"')
+        server.signal(signal.SIGTERM)
+        server.wait()
+        events = [json.loads(line) for line in server.output.splitlines()]
+        (closed,) = [e for e in events if e.get("event") == "connection.closed"]
+        self.assertIn(closed["worker"], (1, 2))
 
     def test_noConnectionLogs(self) -> None:
         server = self.start(

@@ -22,7 +22,7 @@ import zipfile
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._clients import echoOnce
-from tests._tools import REQUIRE, requireRoot
+from tests._tools import REQUIRE, requireRoot, requireTool
 from tests._twistd import WAIT, Server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,11 +82,10 @@ def _scratch() -> str:
     return directory
 
 
-@functools.cache
-def wheel() -> str:
+def sourceCopy() -> str:
     """
-    Build the wheel from a copy of the source, with a dropin.cache planted
-    in the plugin folder as Twisted leaves one after a plugin scan.
+    A fresh copy of what building the package reads, as a checkout has it
+    (so that builds write their by-products there, not in the checkout).
     """
     source = os.path.join(_scratch(), "src")
     os.mkdir(source)
@@ -98,6 +97,16 @@ def wheel() -> str:
             os.path.join(source, name),
             ignore=shutil.ignore_patterns("__pycache__", "dropin.cache"),
         )
+    return source
+
+
+@functools.cache
+def wheel() -> str:
+    """
+    Build the wheel from a copy of the source, with a dropin.cache planted
+    in the plugin folder as Twisted leaves one after a plugin scan.
+    """
+    source = sourceCopy()
     with open(os.path.join(source, "twisted", "plugins", "dropin.cache"), "wb") as f:
         f.write(b"stale")
     out = os.path.join(_scratch(), "dist")
@@ -153,6 +162,89 @@ class WheelTests(SynchronousTestCase):
             self.assertRegex(
                 archive.read(metadata).decode(), r"\nLicense(-File)?: (MIT|LICENSE)"
             )
+
+
+@functools.cache
+def distributions() -> list[str]:
+    """
+    The sdist and the wheel as C{python -m build} makes them from a copy of
+    the source: their paths.
+    """
+    out = os.path.join(_scratch(), "dists")
+    _run([sys.executable, "-m", "build", "--outdir", out, sourceCopy()])
+    return sorted(os.path.join(out, name) for name in os.listdir(out))
+
+
+def metadataOf(wheelPath: str) -> str:
+    with zipfile.ZipFile(wheelPath) as archive:
+        (name,) = (n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        return archive.read(name).decode()
+
+
+class MetadataTests(SynchronousTestCase):
+    """
+    The package's metadata, as an index and its users see it.
+    """
+
+    def test_twineCheckStrict(self) -> None:
+        """
+        C{twine check --strict} passes on the sdist and the wheel: the long
+        description (README) renders, nothing is missing.
+        """
+        try:
+            import twine  # noqa: F401
+        except ImportError:
+            if os.environ.get(REQUIRE):
+                raise
+            raise SkipTest("twine is not installed (the test extra)") from None
+        dists = distributions()
+        self.assertEqual(
+            [os.path.basename(d).endswith((".whl", ".tar.gz")) for d in dists],
+            [True, True],
+        )
+        output = _run([sys.executable, "-m", "twine", "check", "--strict", *dists])
+        self.assertEqual(output.count("PASSED"), 2, output)
+        self.assertNotIn("WARNING", output)
+
+    def test_whatUsersFilterBy(self) -> None:
+        """
+        The license as an SPDX expression; classifiers for each Python the
+        package declares (3.10 to 3.13), the development status, the OS
+        and the environment; no project URL (none exists yet).
+        """
+        (wheelPath,) = [d for d in distributions() if d.endswith(".whl")]
+        metadata = metadataOf(wheelPath)
+        self.assertIn("\nLicense-Expression: MIT\n", metadata)
+        self.assertIn("\nRequires-Python: >=3.10\n", metadata)
+        classifiers = re.findall(r"^Classifier: (.*)$", metadata, re.M)
+        for version in ("3.10", "3.11", "3.12", "3.13"):
+            self.assertIn(f"Programming Language :: Python :: {version}", classifiers)
+        for prefix in (
+            "Development Status ::",
+            "Operating System ::",
+            "Environment ::",
+        ):
+            self.assertTrue(any(c.startswith(prefix) for c in classifiers), prefix)
+        self.assertNotIn("Project-URL", metadata)
+        self.assertNotIn("Home-page", metadata)
+
+    def test_dependencies(self) -> None:
+        """
+        What the code imports is declared (zope.interface too);
+        prometheus_client only for the metrics extra; the test extra pulls
+        no docs or plot tools.
+        """
+        (wheelPath,) = [d for d in distributions() if d.endswith(".whl")]
+        requires = re.findall(r"^Requires-Dist: (.*)$", metadataOf(wheelPath), re.M)
+        plain = [r for r in requires if ";" not in r]
+        self.assertTrue(any(r.startswith("twisted>=") for r in plain), plain)
+        self.assertTrue(any(r.startswith("zope.interface") for r in plain), plain)
+        self.assertFalse(any("prometheus" in r for r in plain), plain)
+        self.assertIn('prometheus_client>=0.17; extra == "metrics"', requires)
+        test = [r.split(";")[0] for r in requires if 'extra == "test"' in r]
+        self.assertTrue(test)
+        for tool in ("sphinx", "pydoctor", "readme_renderer", "matplotlib"):
+            self.assertFalse(any(r.startswith(tool) for r in test), (tool, test))
 
 
 class FreshInstallTests(SynchronousTestCase):
@@ -260,7 +352,8 @@ class FreshInstallTests(SynchronousTestCase):
             (refused.stdout + refused.stderr).splitlines(),
             [
                 "echotwist: 'ssl:0:privateKey=key.pem' needs TLS support, which"
-                " is not installed: pip install 'echotwist[tls]'"
+                " is not installed: install echotwist with its tls extra"
+                " (pip install '.[tls]' from a checkout)"
             ],
         )
 
@@ -314,32 +407,120 @@ def _runsAs(python: str, uid: int, gid: int) -> bool:
     return True
 
 
+#: Where the shipped units run echotwist from, and so where the docs install it.
+UNITS_PREFIX = "/opt/echotwist"
+
+
 @functools.cache
 def serviceInstall(python: str) -> tuple[str, str, str]:
     """
-    The docs' install command for a service, run as root with C{python}
-    for python3, the wheel for the package and a scratch directory for
-    /opt: the directory, the environment, and its plugin cache.
+    The docs' install command for a service, run as in the docs (in a
+    checkout: here a copy of its source) with C{python} for python3 and a
+    scratch directory standing for C{/}: the command's C{/opt/echotwist}
+    becomes C{SCRATCH/opt/echotwist}.
+
+    @return: the scratch root, the environment, and its plugin cache.
     """
-    directory = _scratch()
+    root = _scratch()
     # Readable and searchable by nobody, writable by root alone.
-    os.chmod(directory, 0o755)
-    venv = os.path.join(directory, "echotwist")
+    os.chmod(root, 0o755)
+    venv = os.path.join(root, UNITS_PREFIX.lstrip("/"))
+    os.makedirs(os.path.dirname(venv), mode=0o755)
     command = installCommand()
-    assert "python3 -m venv /opt/echotwist" in command, command
-    assert "/opt/echotwist/bin/pip install echotwist" in command, command
-    command = (
-        command.replace("python3 -m venv", f"{shlex.quote(python)} -m venv")
-        .replace("pip install echotwist", f"pip install {shlex.quote(wheel())}")
-        .replace("/opt/echotwist", venv)
-    )
-    _run(["bash", "-c", command], cwd=directory)
+    assert f"python3 -m venv {UNITS_PREFIX}" in command, command
+    assert f"{UNITS_PREFIX}/bin/pip install . " in command, command
+    command = command.replace("python3 -m venv", f"{shlex.quote(python)} -m venv")
+    command = command.replace(UNITS_PREFIX, venv)
+    _run(["bash", "-c", command], cwd=sourceCopy())
     (cache,) = [
-        os.path.join(root, "dropin.cache")
-        for root, dirs, files in os.walk(venv)
-        if root.endswith(os.path.join("twisted", "plugins")) and "dropin.cache" in files
+        os.path.join(where, "dropin.cache")
+        for where, dirs, files in os.walk(venv)
+        if where.endswith(os.path.join("twisted", "plugins"))
+        and "dropin.cache" in files
     ]
-    return directory, venv, cache
+    return root, venv, cache
+
+
+def servicePython() -> str:
+    """
+    The Python to install the service with: one that user nobody can run
+    when the tests are root (the environment links to its base Python,
+    and this one may live under /root, as pyenv's do).
+    """
+    candidates = [
+        os.path.realpath(getattr(sys, "_base_executable", "") or sys.executable),
+        "/usr/bin/python3",
+    ]
+    if os.geteuid() != 0:
+        return candidates[0]
+    nobody = pwd.getpwnam("nobody")
+    usable = [p for p in candidates if p and _runsAs(p, nobody.pw_uid, nobody.pw_gid)]
+    if not usable:
+        message = f"no Python that nobody can run (tried {candidates})"
+        if os.environ.get(REQUIRE):
+            raise AssertionError(message)
+        raise SkipTest(message)
+    return usable[0]
+
+
+class UnitsVerifyTests(SynchronousTestCase):
+    def test_unitsVerifyAgainstTheDocumentedInstall(self) -> None:
+        """
+        C{systemd-analyze verify} passes on the shipped units as the docs
+        install them: echotwist by the docs' command into opt/echotwist of
+        a scratch root, the units in its etc/systemd/system, verified with
+        C{--root} so that every path a unit runs is looked up there.  The
+        root also gets what any host has and the units rely on: systemd's
+        own units (sysinit.target and the like), kill(1), and the Python the
+        environment was made from.
+        """
+        analyze = requireTool("systemd-analyze", "systemd")
+        root, venv, _ = serviceInstall(servicePython())
+        units = os.path.join(root, "etc", "systemd", "system")
+        os.makedirs(units, exist_ok=True)
+        names = sorted(os.listdir(os.path.join(ROOT, "deploy", "systemd")))
+        for name in names:
+            shutil.copy(os.path.join(ROOT, "deploy", "systemd", name), units)
+        system = os.path.join(root, "usr", "lib", "systemd", "system")
+        if not os.path.isdir(system):
+            shutil.copytree("/usr/lib/systemd/system", system, symlinks=True)
+        os.makedirs(os.path.join(root, "usr", "bin"), exist_ok=True)
+        kill = shutil.which("kill") or "/usr/bin/kill"
+        shutil.copy2(os.path.realpath(kill), os.path.join(root, "usr", "bin", "kill"))
+        if not os.path.lexists(os.path.join(root, "bin")):
+            os.symlink("usr/bin", os.path.join(root, "bin"))
+        # The environment's python links to the Python it was made from, by
+        # its path on the host, which --root looks up under the root.
+        seen = f"{UNITS_PREFIX}/bin/python"  # as a path inside the root
+        for _ in range(40):
+            inRoot = os.path.join(root, seen.lstrip("/"))
+            if not os.path.lexists(inRoot):
+                # A host path: the same link, or the file itself, in the root.
+                os.makedirs(os.path.dirname(inRoot), exist_ok=True)
+                if os.path.islink(seen):
+                    os.symlink(os.readlink(seen), inRoot)
+                else:
+                    shutil.copy2(seen, inRoot)
+            if not os.path.islink(inRoot):
+                break
+            seen = os.path.normpath(
+                os.path.join(os.path.dirname(seen), os.readlink(inRoot))
+            )
+        result = subprocess.run(
+            [
+                analyze,
+                "verify",
+                f"--root={root}",
+                *(f"/etc/systemd/system/{name}" for name in names),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        output = result.stdout + result.stderr
+        self.assertEqual((result.returncode, output), (0, ""))
+        for program in ("twistd", "python"):
+            self.assertTrue(os.access(os.path.join(venv, "bin", program), os.X_OK))
 
 
 class AnotherUserTests(SynchronousTestCase):
@@ -352,19 +533,7 @@ class AnotherUserTests(SynchronousTestCase):
         requireRoot("installs as root and runs the server as nobody")
         nobody = pwd.getpwnam("nobody")
         self.uid, self.gid = nobody.pw_uid, nobody.pw_gid
-        # The environment links to its base Python, which nobody must be
-        # able to run: this one may live under /root (pyenv).
-        candidates = [
-            os.path.realpath(getattr(sys, "_base_executable", "")),
-            "/usr/bin/python3",
-        ]
-        usable = [p for p in candidates if p and _runsAs(p, self.uid, self.gid)]
-        if not usable:
-            message = f"no Python that nobody can run (tried {candidates})"
-            if os.environ.get(REQUIRE):
-                raise AssertionError(message)
-            raise SkipTest(message)
-        self.python = usable[0]
+        self.python = servicePython()
         self.directory, self.venv, self.cache = serviceInstall(self.python)
         # Whatever a test does to the cache, the next finds it as installed.
         saved = os.path.join(_scratch(), "dropin.cache")

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -395,6 +396,30 @@ def startDaemon(
 
     test.addCleanup(cleanup)
     return logPath, pidPath, outPath, daemon
+
+
+class ReopenedModeTests(ServerTestCase):
+    def test_daemonKeepsTheLogFilesMode(self) -> None:
+        """
+        A daemonised twistd (umask 077) reopens its log file after
+        logrotate moved it with the mode the old one had (0644), not 0600.
+        """
+        previous = os.umask(0o022)
+        try:
+            logPath, _, _, daemon = startDaemon(
+                self, "--port", f"tcp:0:interface={LOOPBACK}"
+            )
+        finally:
+            os.umask(previous)
+        waitInFile(self, logPath, r"Listening on ")
+        self.assertEqual(stat.S_IMODE(os.stat(logPath).st_mode), 0o644)
+        for n in (1, 2):
+            os.rename(logPath, f"{logPath}.{n}")
+            daemon.send_signal(signal.SIGHUP)
+            waitInFile(self, logPath, r"SIGHUP: reopened the log file")
+            self.assertEqual(stat.S_IMODE(os.stat(logPath).st_mode), 0o644)
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(WAIT)
 
 
 class WorkerLogTests(ServerTestCase):

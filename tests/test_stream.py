@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo, EchoFactory
+from echotwist.stream import NOTHING_SENT
 from tests._memory import MemoryPeer
 
 
@@ -135,13 +136,27 @@ class EchoTests(SynchronousTestCase):
 
     def test_closeReasonFromTheClient(self) -> None:
         with capturedLogs() as events:
-            connect(self.factory).connectionLost(Failure(ConnectionDone()))
-            connect(self.factory).connectionLost(
-                Failure(ConnectionLost("Connection reset by peer"))
-            )
+            for lost in (ConnectionDone(), ConnectionLost("Connection reset by peer")):
+                protocol = connect(self.factory)
+                protocol.dataReceived(b"x")
+                protocol.connectionLost(Failure(lost))
         reasons = [e["reason"] for e in events if e.get("event") == "connection.closed"]
         self.assertEqual(reasons[0], "client closed the connection")
         self.assertIn("reset by peer", reasons[1])
+
+    def test_nothingSentIsAQuietClose(self) -> None:
+        """
+        A client that closes before sending anything (a health check), by
+        FIN or by RST, is logged as such, not as a lost connection.
+        """
+        with capturedLogs() as events:
+            for lost in (ConnectionDone(), ConnectionLost("Connection reset by peer")):
+                connect(self.factory).connectionLost(Failure(lost))
+            halfClosed = connect(self.factory)
+            halfClosed.readConnectionLost()
+            halfClosed.connectionLost(Failure(ConnectionDone()))
+        reasons = [e["reason"] for e in events if e.get("event") == "connection.closed"]
+        self.assertEqual(reasons, [NOTHING_SENT] * 3)
 
 
 class DrainTests(SynchronousTestCase):
@@ -331,6 +346,7 @@ class DrainTests(SynchronousTestCase):
 
     def test_halfClosedConnectionIsLeftToFinish(self) -> None:
         protocol = connect(self.factory)
+        protocol.dataReceived(b"x")
         protocol.readConnectionLost()
         drained = self.factory.drain(10)
         self.wait(self.quiet * 1.5)

@@ -229,7 +229,8 @@ class WithoutTLSTests(ServerTestCase):
             output.splitlines(),
             [
                 f"echotwist: {args[1]!r} needs TLS support, which is not"
-                " installed: pip install 'echotwist[tls]'"
+                " installed: install echotwist with its tls extra"
+                " (pip install '.[tls]' from a checkout)"
             ],
         )
 
