@@ -129,10 +129,19 @@ class HandshakeGate(ServerFactory):
     # The port starts and stops its factory; the TLS factory keeps the
     # count that its own start and stop depend on.
     def doStart(self) -> None:
+        """
+        Start the TLS factory behind the gate, as the port would have.
+        """
         self.tls.doStart()
 
     def doStop(self) -> None:
+        """
+        Stop the TLS factory behind the gate, as the port would have.
+        """
         self.tls.doStop()
 
     def logPrefix(self) -> str:
+        """
+        The system name of the port's log lines.
+        """
         return "echotwist"
