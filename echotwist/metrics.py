@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from io import BytesIO
+from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.process_collector import ProcessCollector
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -42,6 +40,12 @@ from echotwist.connections import CONNECTION_REFUSALS
 from echotwist.datagram import DATAGRAM_REFUSALS
 from echotwist.limits import ThrottledLog
 from echotwist.stats import Stats
+
+# prometheus_client is the metrics extra's: imported where /metrics is
+# served, so that the health pages (--health) need only Twisted.
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 __all__ = [
     "MAX_METRICS_CONNECTIONS",
@@ -75,6 +79,8 @@ class EchoCollector:
         The metrics of the counts now (what prometheus_client calls on
         every scrape).
         """
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         now = self.snapshot()
         refusedCounts, counts = now["refused"], now["datagrams"]
         yield CounterMetricFamily(
@@ -203,6 +209,9 @@ def registryFor(collector: EchoCollector) -> CollectorRegistry:
     A registry with echotwist's metrics and the process's own (CPU, memory,
     descriptors).
     """
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.process_collector import ProcessCollector
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     ProcessCollector(registry=registry)
@@ -303,6 +312,8 @@ class _MetricsPage(Resource):
         return self._render(request, head=True)
 
     def _render(self, request: Request, head: bool) -> bytes | int:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         if self.refresh is None:
             return self._body(request, head)
@@ -320,6 +331,8 @@ class _MetricsPage(Resource):
         return NOT_DONE_YET
 
     def _body(self, request: Request, head: bool) -> bytes:
+        from prometheus_client import generate_latest
+
         body = generate_latest(self.registry)
         request.setHeader(b"Content-Length", b"%d" % len(body))
         return b"" if head else body

@@ -467,6 +467,24 @@ class ScrapeTests(ServerTestCase):
             ],
         )
 
+    def test_healthWithoutTheMetricsExtra(self) -> None:
+        """
+        C{--health} needs only Twisted: without prometheus_client the health
+        pages are served (the container image installs no metrics extra).
+        """
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--health",
+            f"tcp:0:interface={LOOPBACK}",
+            env=withoutModule(self.directory, "prometheus_client"),
+        )
+        health = int(server.waitFor(r"Serving health on \S+:(\d+)").group(1))
+        with urllib.request.urlopen(
+            f"http://{LOOPBACK}:{health}/healthz", timeout=WAIT
+        ) as response:
+            self.assertEqual(response.status, 200)
+
     def test_refusalsAreCounted(self) -> None:
         server = self.start(
             "--port",
