@@ -135,9 +135,26 @@ class _Worker(ProcessProtocol):
     def _heard(self) -> None:
         self.lastHeard = self.supervisor.reactor.seconds()
         if self._watchdog is not None and self._watchdog.active():
-            self._watchdog.reset(self.supervisor.settings.workerTimeout)
+            # Whether the deadline or the last call (L{_silent}) was
+            # pending: silence starts again from now.
+            self._watchdog.cancel()
+            self._watchdog = self.supervisor.reactor.callLater(
+                self.supervisor.settings.workerTimeout, self._silent
+            )
 
     def _silent(self) -> None:
+        # The deadline can pass while the supervisor itself was not running
+        # (the whole process group stopped: Ctrl-Z, SIGSTOP, a paused
+        # container, a suspended VM) or when the clock steps forward: then
+        # every deadline passes at once, before the reactor has read what
+        # the workers said.  The workers, stopped too, speak as soon as they
+        # run again; a last call of a few heartbeats tells them from a
+        # worker that is hung.
+        self._watchdog = self.supervisor.reactor.callLater(
+            self.supervisor.liveWithin, self._hung
+        )
+
+    def _hung(self) -> None:
         self._watchdog = None
         self.supervisor._workerHung(self)
 

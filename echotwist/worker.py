@@ -42,7 +42,8 @@ from echotwist.service import EchoService
 from echotwist.settings import Settings
 from echotwist.stats import stats
 
-log = Logger()
+# Run as "python -m echotwist.worker", the module is __main__: name it.
+log = Logger(namespace="echotwist.worker")
 
 #: How often a worker reports to its supervisor, at most: the supervisor's
 #: count of live workers is a few of these stale at worst, and a report
