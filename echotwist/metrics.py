@@ -35,7 +35,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from echotwist._address import formatAddress
+from echotwist._address import formatAddress, sourceGroup
 from echotwist.connections import CONNECTION_REFUSALS
 from echotwist.datagram import DATAGRAM_REFUSALS
 from echotwist.limits import ThrottledLog
@@ -225,6 +225,11 @@ def registryFor(collector: EchoCollector) -> CollectorRegistry:
 #: and a health checker.
 MAX_METRICS_CONNECTIONS = 16
 
+#: Metrics connections open at once from one source (an IPv4 address, an
+#: IPv6 /64): a Prometheus server holds one, a kubelet one per probe, so 4
+#: leave room; one client cannot take the 16 and fail the health probes.
+MAX_METRICS_CONNECTIONS_PER_SOURCE = 4
+
 #: Seconds a metrics connection may stay open, whatever it is doing.  A
 #: scrape takes milliseconds; a client that dribbles its request, never
 #: reads the answer or just holds the connection loses its place after
@@ -361,14 +366,16 @@ class _GuardedConnection(ProtocolWrapper):
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        self.factory.left(self)
         super().connectionLost(reason)
 
 
 class MetricsGuard(WrappingFactory):
     """
-    Wraps the metrics site: at most C{maxConnections} connections at once
-    (one more is closed as it is accepted, and the refusal logged at most
-    once every 10 seconds), each closed C{lifetime} seconds after it opened.
+    Wraps the metrics site: at most C{maxConnections} connections at once,
+    and C{maxPerSource} from one source (one more is closed as it is
+    accepted, and the refusal logged at most once every 10 seconds), each
+    closed C{lifetime} seconds after it opened.
 
     Twisted's C{policies.ThrottlingFactory} caps connections too, but logs
     a line for every connection it refuses; C{TimeoutFactory} times out
@@ -384,6 +391,7 @@ class MetricsGuard(WrappingFactory):
         reactor: IReactorTime | None = None,
         maxConnections: int = MAX_METRICS_CONNECTIONS,
         lifetime: float = METRICS_CONNECTION_LIFETIME,
+        maxPerSource: int = MAX_METRICS_CONNECTIONS_PER_SOURCE,
     ) -> None:
         super().__init__(wrappedFactory)
         if reactor is None:
@@ -394,8 +402,11 @@ class MetricsGuard(WrappingFactory):
         assert reactor is not None
         self.reactor = reactor
         self.maxConnections = maxConnections
+        self.maxPerSource = maxPerSource
         self.lifetime = lifetime
         self.refused = 0
+        self._bySource: dict[str, int] = {}
+        self._sources: dict[_GuardedConnection, str] = {}
         self._refusals = ThrottledLog(log, reactor)
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override, unused-ignore]
@@ -403,19 +414,41 @@ class MetricsGuard(WrappingFactory):
         Build the wrapped protocol, or refuse the connection (None, and a
         throttled log line) while C{maxConnections} are open.
         """
-        if len(self.protocols) >= self.maxConnections:
+        host = getattr(addr, "host", None)
+        source = sourceGroup(host) if isinstance(host, str) else "-"
+        fromSource = self._bySource.get(source, 0)
+        if len(self.protocols) >= self.maxConnections or (
+            fromSource >= self.maxPerSource
+        ):
             self.refused += 1
             self._refusals.warn(
                 "metrics",
-                "Refused metrics connection from {peer}: {open} already open",
+                "Refused metrics connection from {peer}: {open} already open"
+                " ({fromSource} from its source)",
                 event="metrics.refused",
                 peer=formatAddress(addr) if addr is not None else "-",
                 open=len(self.protocols),
+                fromSource=fromSource,
             )
             return None
         # Twisted before 26 has WrappingFactory.buildProtocol untyped.
         protocol: Protocol | None = super().buildProtocol(addr)
+        if isinstance(protocol, _GuardedConnection):
+            self._bySource[source] = fromSource + 1
+            self._sources[protocol] = source
         return protocol
+
+    def left(self, connection: _GuardedConnection) -> None:
+        """
+        C{connection} closed: its source may open another.
+        """
+        source = self._sources.pop(connection, None)
+        if source is not None:
+            count = self._bySource[source] - 1
+            if count:
+                self._bySource[source] = count
+            else:
+                del self._bySource[source]
 
 
 def metricsSite(

@@ -32,6 +32,7 @@ from echotwist.connections import EchoFactory
 from echotwist.datagram import DatagramEcho, DatagramPolicy
 from echotwist.metrics import (
     MAX_METRICS_CONNECTIONS,
+    MAX_METRICS_CONNECTIONS_PER_SOURCE,
     METRICS_CONNECTION_LIFETIME,
     EchoCollector,
     MetricsGuard,
@@ -618,8 +619,12 @@ class AbuseTests(ServerTestCase):
         """
         server, port = self.startMetrics()
         clients = []
-        for _ in range(MAX_METRICS_CONNECTIONS + 4):
-            client = socket.create_connection((LOOPBACK, port), timeout=WAIT)
+        for n in range(MAX_METRICS_CONNECTIONS + 4):
+            # From as many sources as the per-source cap needs.
+            source = f"127.0.1.{n // MAX_METRICS_CONNECTIONS_PER_SOURCE + 1}"
+            client = socket.create_connection(
+                (LOOPBACK, port), timeout=WAIT, source_address=(source, 0)
+            )
             self.addCleanup(client.close)
             clients.append(client)
         answers = []
@@ -632,7 +637,9 @@ class AbuseTests(ServerTestCase):
         served = [a for a in answers if a.startswith(b"HTTP/1.1 200 ")]
         self.assertEqual(len(served), MAX_METRICS_CONNECTIONS)
         self.assertEqual(answers[MAX_METRICS_CONNECTIONS:], [b""] * 4)
-        server.waitFor(r"Refused metrics connection from 127\.0\.0\.1:\d+: 16 already")
+        server.waitFor(
+            r"Refused metrics connection from 127\.0\.1\.\d+:\d+: 16 already"
+        )
         clients[0].close()
         deadline = time.monotonic() + WAIT
         while True:
@@ -641,6 +648,41 @@ class AbuseTests(ServerTestCase):
                 if answerOf(s).startswith(b"HTTP/1.1 200 "):
                     break
             self.assertLess(time.monotonic(), deadline, "no slot came free")
+
+    def test_perSourceCapHolds(self) -> None:
+        """
+        One client holding connections open cannot take the health probes'
+        place: of MAX_METRICS_CONNECTIONS_PER_SOURCE + 2 from one address,
+        the last 2 are closed unanswered, and another address is served.
+        """
+        server, port = self.startMetrics()
+        clients = []
+        for _ in range(MAX_METRICS_CONNECTIONS_PER_SOURCE + 2):
+            client = socket.create_connection(
+                (LOOPBACK, port), timeout=WAIT, source_address=("127.0.2.1", 0)
+            )
+            self.addCleanup(client.close)
+            clients.append(client)
+        # All held open, then a probe from elsewhere.
+        with socket.create_connection(
+            (LOOPBACK, port), timeout=WAIT, source_address=("127.0.2.2", 0)
+        ) as probe:
+            probe.sendall(GET)
+            self.assertTrue(answerOf(probe).startswith(b"HTTP/1.1 200 "))
+        answers = []
+        for client in clients:
+            try:
+                client.sendall(GET)
+            except OSError:
+                pass  # already closed by the server
+            answers.append(answerOf(client))
+        served = [a for a in answers if a.startswith(b"HTTP/1.1 200 ")]
+        self.assertEqual(len(served), MAX_METRICS_CONNECTIONS_PER_SOURCE)
+        self.assertEqual(answers[MAX_METRICS_CONNECTIONS_PER_SOURCE:], [b""] * 2)
+        server.waitFor(
+            r"Refused metrics connection from 127\.0\.2\.1:\d+: \d+ already open"
+            r" \(4 from its source\)"
+        )
 
     def test_slowClientIsCut(self) -> None:
         server, port = self.startMetrics()
