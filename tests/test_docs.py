@@ -289,3 +289,40 @@ class ReadmeTests(SynchronousTestCase):
                 os.path.exists(os.path.join(ROOT, path)) or os.path.exists(inDocs),
                 path,
             )
+
+
+class QuotedMessageTests(SynchronousTestCase):
+    """
+    The error lines docs/options.rst quotes are the lines the program
+    prints.
+    """
+
+    def test_quotedRefusalsAreTrue(self) -> None:
+        with open(os.path.join(DOCS, "options.rst")) as f:
+            # reST wraps the quotes over lines: compare with blanks squeezed.
+            text = " ".join(f.read().split())
+        quoted = re.findall(r"``twistd -n: (\S+): (.+?)``", text)
+        self.assertGreaterEqual(len(quoted), 3, quoted)
+        with tempfile.TemporaryDirectory() as directory:
+            for name, message in quoted:
+                env = dict(os.environ)
+                argv = [command("twistd"), "-n", "--pidfile=", "echo"]
+                value = re.match(r"'([^']*)'", message)
+                assert value is not None, message
+                if name.startswith("--"):
+                    argv += [name, value.group(1)]
+                else:
+                    env[name] = value.group(1)
+                result = subprocess.run(
+                    argv,
+                    cwd=directory,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                self.assertNotEqual(result.returncode, 0, result.stdout)
+                last = (result.stdout + result.stderr).strip().splitlines()[-1]
+                self.assertTrue(
+                    last.endswith(f"{name}: {message}"), (name, message, last)
+                )
