@@ -198,8 +198,11 @@ class EchoLoopTests(ServerTestCase):
         a, b = self.server(), self.server()
         relay = Relay((LOOPBACK, a[1]), (LOOPBACK, b[1]), roundTrip / 2)
         self.addCleanup(relay.stop)
-        self.assertLoopDies([a, b], relay.frontAddress)
-        self.assertLessEqual(relay.relayed, 6)
+        # Six answers when every echo comes back within the window; a
+        # loaded machine that delays one past it starts the count again,
+        # so a few more are allowed: a loop that lived on would not stop.
+        self.assertLoopDies([a, b], relay.frontAddress, most=18)
+        self.assertLessEqual(relay.relayed, 18)
 
     def test_throughARelay50ms(self) -> None:
         self.throughRelay(0.05)
