@@ -73,14 +73,25 @@ class TargetTests(SynchronousTestCase):
             ("udp:localhost:http", "1 to 65535"),
             ("tcp::5000", "no host"),
             ("unix:", "no path"),
-            ("ssl:localhost:443", "unknown kind of target 'ssl'"),
-            ("http://example.org", "unknown kind"),
+            ("ssl:localhost:443", "unknown target type 'ssl', did you mean tls:?"),
+            ("ssl:127.0.0.1:1", "unknown target type 'ssl', did you mean tls:?"),
+            ("SSL:[::1]:1", "did you mean tls:?"),
+            ("http://example.org", "unknown target type 'http', use tcp:"),
             ("[::1", "[ADDRESS]:PORT"),
         ]:
             with self.assertRaises(TargetError, msg=text) as caught:
                 parseTarget(text)
             self.assertIn(says, str(caught.exception), text)
             self.assertNotIn("\n", str(caught.exception))
+
+    def test_bareHostWithPortIsNotAType(self) -> None:
+        """
+        A bare C{HOST:PORT} whose host is a word is still TCP to it.
+        """
+        self.assertEqual(
+            parseTarget("localhost:5000"),
+            Target("tcp", "localhost", 5000, "tcp:localhost:5000"),
+        )
 
     def test_escapesWhatItShows(self) -> None:
         """
@@ -134,6 +145,9 @@ class OptionsTests(SynchronousTestCase):
             (("-s", "0"), "--size must be from 1"),
             (("--max-loss", "101"), "--max-loss must be from 0 to 100"),
             (("-P", "100000"), "--parallel must be from 1 to 1000"),
+            (("-s", "67108865"), "--size must be from 1 to 67108864, not"),
+            (("--rate", "0"), "--rate must be from 1 to 1000000, not"),
+            (("-W", "0"), "--timeout must be from 0.001 to 3600, not"),
         ]:
             self.assertIn(says, self.refused(*argv, "tcp:h:7"), argv)
 
@@ -148,6 +162,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("tls:", self.refused("--ca", "/dev/null", "tcp:h:7"))
         self.assertIn("cannot read", self.refused("--ca", "/nonexistent", "tls:h:7"))
         self.assertIn("no target", self.refused("-c", "1"))
+
+    def test_countRefusedForStreamBulk(self) -> None:
+        """
+        A stream --bulk run has no probes to count: --count is refused,
+        not ignored.  Over UDP it bounds the datagrams sent.
+        """
+        self.assertEqual(
+            self.refused("-c", "3", "--bulk", "tcp:h:7"),
+            "--count is not for --bulk over a stream: give --duration",
+        )
+        self.assertEqual(self.parse("-c", "3", "--bulk", "udp:h:7")["count"], 3)
 
     def test_bulkRunsTenSecondsUnlessTold(self) -> None:
         self.assertEqual(self.parse("--bulk", "tcp:h:7")["duration"], 10.0)
@@ -679,6 +704,11 @@ class DescribeFailureTests(SynchronousTestCase):
             (error.DNSLookupError(), "the host name does not resolve"),
             (error.ConnectionDone(), "the target closed the connection"),
             (error.ConnectionLost(), "the connection was reset"),
+            # A UNIX socket's connect failure carries only its errno.
+            (
+                error.getConnectError((2, "No such file or directory")),
+                "could not connect (No such file or directory)",
+            ),
         ]:
             self.assertEqual(describeFailure(Failure(exception)), says)
 

@@ -475,7 +475,8 @@ class BadTargetTests(ProbeTestCase):
         self.assertEqual(
             result.stderr,
             "echotwist-probe: tls:localhost:443: TLS needs the tls extra:"
-            " pip install 'echotwist[tls]'\n",
+            " install echotwist with its tls extra (pip install '.[tls]' from"
+            " a checkout)\n",
         )
 
     def test_plotWithoutMatplotlib(self) -> None:
@@ -497,8 +498,8 @@ class BadTargetTests(ProbeTestCase):
         self.assertEqual(result.returncode, 2, result.stderr)
         self.assertEqual(
             result.stderr,
-            "echotwist-probe: --plot needs matplotlib: pip install"
-            " 'echotwist[plot]' (see --help)\n",
+            "echotwist-probe: --plot needs matplotlib: install echotwist with"
+            " its plot extra (pip install '.[plot]' from a checkout) (see --help)\n",
         )
 
     def test_jsonRecordsTheError(self) -> None:

@@ -239,7 +239,9 @@ def checkPlotting() -> str | None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return "--plot needs matplotlib: pip install 'echotwist[plot]'"
+        from echotwist.listeners import installExtra
+
+        return f"--plot needs matplotlib: {installExtra('plot')}"
     return None
 
 
