@@ -8,7 +8,9 @@ is killed (the tests always kill it).  Modes:
 
   - C{corrupt}: a TCP echo that flips byte 10 of what each connection sends.
   - C{http}: answers like a web server to anything, then closes.
-  - C{discard}: reads everything, answers nothing (RFC 863).
+  - C{discard}: reads everything, answers nothing (RFC 863); prints C{READ}
+    when a connection's first bytes arrive.
+  - C{deaf}: accepts a connection and never reads from it (until killed).
   - C{halfway}: echoes half of the first 64 bytes, then closes.
   - C{reset}: echoes the first probe, then resets the connection.
   - C{drop3}: a UDP echo that drops every third datagram.
@@ -20,6 +22,7 @@ is killed (the tests always kill it).  Modes:
 
 from __future__ import annotations
 
+import signal
 import socket
 import struct
 import sys
@@ -55,8 +58,17 @@ def http(connection: socket.socket) -> None:
 
 
 def discard(connection: socket.socket) -> None:
+    # Said once a connection, so that a test knows a probe has arrived
+    # (no more: a full pipe would stop the server reading).
+    if connection.recv(65536):
+        print("READ", flush=True)
     while connection.recv(65536):
         pass
+
+
+def deaf(connection: socket.socket) -> None:
+    # Holds the connection, unread, until the test kills the server.
+    signal.pause()
 
 
 def halfway(connection: socket.socket) -> None:

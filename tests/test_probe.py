@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -18,6 +18,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from echotwist.probe.bulk import CHUNK, StreamBulk
 from echotwist.probe.datagram import DatagramRun
 from echotwist.probe.options import ProbeOptions
 from echotwist.probe.payload import (
@@ -73,14 +74,25 @@ class TargetTests(SynchronousTestCase):
             ("udp:localhost:http", "1 to 65535"),
             ("tcp::5000", "no host"),
             ("unix:", "no path"),
-            ("ssl:localhost:443", "unknown kind of target 'ssl'"),
-            ("http://example.org", "unknown kind"),
+            ("ssl:localhost:443", "unknown target type 'ssl', did you mean tls:?"),
+            ("ssl:127.0.0.1:1", "unknown target type 'ssl', did you mean tls:?"),
+            ("SSL:[::1]:1", "did you mean tls:?"),
+            ("http://example.org", "unknown target type 'http', use tcp:"),
             ("[::1", "[ADDRESS]:PORT"),
         ]:
             with self.assertRaises(TargetError, msg=text) as caught:
                 parseTarget(text)
             self.assertIn(says, str(caught.exception), text)
             self.assertNotIn("\n", str(caught.exception))
+
+    def test_bareHostWithPortIsNotAType(self) -> None:
+        """
+        A bare C{HOST:PORT} whose host is a word is still TCP to it.
+        """
+        self.assertEqual(
+            parseTarget("localhost:5000"),
+            Target("tcp", "localhost", 5000, "tcp:localhost:5000"),
+        )
 
     def test_escapesWhatItShows(self) -> None:
         """
@@ -134,6 +146,9 @@ class OptionsTests(SynchronousTestCase):
             (("-s", "0"), "--size must be from 1"),
             (("--max-loss", "101"), "--max-loss must be from 0 to 100"),
             (("-P", "100000"), "--parallel must be from 1 to 1000"),
+            (("-s", "67108865"), "--size must be from 1 to 67108864, not"),
+            (("--rate", "0"), "--rate must be from 1 to 1000000, not"),
+            (("-W", "0"), "--timeout must be from 0.001 to 3600, not"),
         ]:
             self.assertIn(says, self.refused(*argv, "tcp:h:7"), argv)
 
@@ -148,6 +163,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("tls:", self.refused("--ca", "/dev/null", "tcp:h:7"))
         self.assertIn("cannot read", self.refused("--ca", "/nonexistent", "tls:h:7"))
         self.assertIn("no target", self.refused("-c", "1"))
+
+    def test_countRefusedForStreamBulk(self) -> None:
+        """
+        A stream --bulk run has no probes to count: --count is refused,
+        not ignored.  Over UDP it bounds the datagrams sent.
+        """
+        self.assertEqual(
+            self.refused("-c", "3", "--bulk", "tcp:h:7"),
+            "--count is not for --bulk over a stream: give --duration",
+        )
+        self.assertEqual(self.parse("-c", "3", "--bulk", "udp:h:7")["count"], 3)
 
     def test_bulkRunsTenSecondsUnlessTold(self) -> None:
         self.assertEqual(self.parse("--bulk", "tcp:h:7")["duration"], 10.0)
@@ -472,6 +498,74 @@ class StreamLatencyTests(SynchronousTestCase):
         )
         self.assertEqual(len(results.samples), 1)
 
+    def test_stopWaitsForTheProbeOut(self) -> None:
+        """
+        Ctrl-C with a probe out lets it come back, sends no more, and
+        counts it.
+        """
+        run, endpoint, clock, _ = self.makeRun(count=0)
+        done = run.start()
+        clock.advance(0.5)
+        run.stop()
+        self.assertNoResult(done)
+        self.echo(endpoint, clock, after=0.1)
+        results = self.successResultOf(done)
+        self.assertEqual((results.sent, results.answered), (1, 1))
+        self.assertEqual(results.exitStatus(None, None), OK)
+        clock.advance(5)
+        self.assertEqual(endpoint.connections[0][1].value(), b"")
+
+    def test_stopAgainstDiscard(self) -> None:
+        """
+        Ctrl-C at 1.35 s against a server that never answers: the probe
+        out is sent, not answered, and an error at its timeout.
+        """
+        run, endpoint, clock, _ = self.makeRun(count=0)
+        done = run.start()
+        clock.advance(1.35)
+        run.stop()
+        self.assertNoResult(done)
+        clock.advance(0.65)
+        results = self.successResultOf(done)
+        self.assertEqual(
+            results.error,
+            "tcp:h:7: no answer to probe 0 within 2 s (0 of 16 bytes back)",
+        )
+        self.assertEqual((results.sent, results.answered), (1, 0))
+        self.assertEqual(results.samples[0].status, "lost")
+        self.assertEqual(results.exitStatus(None, None), ERROR)
+
+    def test_errorCountsTheProbe(self) -> None:
+        """
+        The probe a run fails on was sent: the summary and the JSON
+        document count it.
+        """
+        run, endpoint, clock, _ = self.makeRun()
+        done = run.start()
+        self.echo(endpoint, clock, after=0.1)
+        clock.advance(0.9)
+        endpoint.connections[0][0].connectionLost(Failure(ConnectionLost()))
+        results = self.successResultOf(done)
+        self.assertEqual([s.status for s in results.samples], ["ok", "lost"])
+        self.assertEqual(results.document(ERROR)["summary"]["sent"], 2)
+
+    def test_stoppedBeforeAnyProbe(self) -> None:
+        """
+        Stopped while still connecting: nothing was answered, and that is
+        not success.
+        """
+        run, endpoint, clock, _ = self.makeRun(count=0)
+        endpoint.connect = lambda factory: Deferred()  # type: ignore[method-assign]
+        done = run.start()
+        clock.advance(1)
+        run.stop()
+        results = self.successResultOf(done)
+        self.assertEqual(results.sent, 0)
+        self.assertEqual(results.exitStatus(None, None), FAILED)
+        self.assertEqual(
+            results.failures(None, None), ["stopped before a probe was sent"]
+        )
+
     def test_durationStops(self) -> None:
         run, endpoint, clock, _ = self.makeRun(count=0, duration=2.5)
         done = run.start()
@@ -481,6 +575,112 @@ class StreamLatencyTests(SynchronousTestCase):
         results = self.successResultOf(done)
         self.assertEqual(len(results.samples), 3)
         self.assertIsNone(results.error)
+
+
+class StreamBulkTests(SynchronousTestCase):
+    def makeRun(
+        self, **overrides: Any
+    ) -> tuple[StreamBulk, _StreamEndpoint, Clock, list[str]]:
+        clock = Clock()
+        endpoint = _StreamEndpoint()
+        lines: list[str] = []
+        settings: dict[str, Any] = {
+            "endpoint": endpoint,
+            "payloads": Payloads(1, 64),
+            "parallel": 1,
+            "duration": 2.0,
+            "timeout": 2.0,
+        }
+        settings.update(overrides)
+        run = StreamBulk(
+            clock,
+            parseTarget("tcp:h:7"),
+            {},
+            lines.append,
+            now=clock.seconds,
+            **settings,
+        )
+        return run, endpoint, clock, lines
+
+    def send(self, endpoint: _StreamEndpoint, chunks: int) -> bytes:
+        """
+        Let the connection's producer send C{chunks} chunks; what it sent.
+        """
+        protocol, transport = endpoint.connections[0]
+        for _ in range(chunks):
+            protocol.resumeProducing()
+        data = transport.value()
+        transport.clear()
+        return bytes(data)
+
+    def test_everythingBack(self) -> None:
+        run, endpoint, clock, _ = self.makeRun()
+        done = run.start()
+        data = self.send(endpoint, 3)
+        clock.advance(2)
+        self.assertNoResult(done)
+        endpoint.connections[0][0].dataReceived(data)
+        results = self.successResultOf(done)
+        self.assertIsNone(results.error)
+        assert results.bulk is not None
+        self.assertEqual(results.bulk["received_bytes"], 3 * CHUNK)
+        self.assertEqual(results.bulk["in_flight_bytes"], 0)
+        self.assertEqual(results.exitStatus(None, None), OK)
+
+    def test_discard(self) -> None:
+        """
+        A discard service: sending stops at --duration, nothing comes back
+        within --timeout after that, and the run is an error, exit 2.
+        """
+        run, endpoint, clock, _ = self.makeRun()
+        done = run.start()
+        self.send(endpoint, 3)
+        clock.advance(2)
+        clock.advance(1.99)
+        self.assertNoResult(done)
+        clock.advance(0.01)
+        results = self.successResultOf(done)
+        self.assertEqual(
+            results.error,
+            f"tcp:h:7: none of the {3 * CHUNK} bytes sent came back within 2 s"
+            " after sending stopped",
+        )
+        assert results.bulk is not None
+        self.assertEqual(results.bulk["in_flight_bytes"], 3 * CHUNK)
+        self.assertEqual(results.exitStatus(None, None), ERROR)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_notEverythingBack(self) -> None:
+        run, endpoint, clock, _ = self.makeRun()
+        done = run.start()
+        data = self.send(endpoint, 2)
+        endpoint.connections[0][0].dataReceived(data[:1000])
+        clock.advance(2)
+        clock.advance(2)
+        results = self.successResultOf(done)
+        self.assertEqual(
+            results.error,
+            f"tcp:h:7: {2 * CHUNK - 1000} of the {2 * CHUNK} bytes sent never"
+            " came back within 2 s after sending stopped",
+        )
+
+    def test_stopDrains(self) -> None:
+        """
+        Ctrl-C stops sending and waits for what is in flight, as the end
+        of --duration does.
+        """
+        run, endpoint, clock, _ = self.makeRun(duration=10.0)
+        done = run.start()
+        data = self.send(endpoint, 2)
+        clock.advance(1)
+        run.stop()
+        self.assertEqual(self.send(endpoint, 1), b"")
+        self.assertNoResult(done)
+        endpoint.connections[0][0].dataReceived(data)
+        results = self.successResultOf(done)
+        self.assertIsNone(results.error)
+        assert results.bulk is not None
+        self.assertEqual(results.bulk["received_bytes"], 2 * CHUNK)
 
 
 class _UDPPort:
@@ -636,14 +836,71 @@ class DatagramRunTests(SynchronousTestCase):
         )
         self.assertEqual(results.exitStatus(None, None), ERROR)
 
-    def test_stopLeavesOutstandingUncounted(self) -> None:
+    def test_stopWaitsForOutstanding(self) -> None:
+        """
+        Ctrl-C sends no more, and ends the run once the datagrams out are
+        answered: one in flight is neither dropped nor lost.
+        """
         run, clock, _ = self.makeRun(count=0)
         done = run.start()
         self.answer(clock, 0)
         clock.advance(1)
         run.stop()
+        self.assertNoResult(done)
+        clock.advance(0.5)
+        self.answer(clock, 1)
         results = self.successResultOf(done)
-        self.assertEqual((results.sent, results.answered), (1, 1))
+        self.assertEqual((results.sent, results.answered), (2, 2))
+        self.assertEqual(len(clock.ports[0].written), 2)
+        self.assertEqual(results.exitStatus(None, None), OK)
+
+    def test_stopCountsSilenceAsLost(self) -> None:
+        """
+        Ctrl-C at 1.35 s against a port that never answers: both datagrams
+        sent are counted, lost, and the run is the error it is.
+        """
+        run, clock, _ = self.makeRun(count=0)
+        done = run.start()
+        clock.advance(1.35)
+        run.stop()
+        for _ in range(30):
+            clock.advance(0.1)
+        results = self.successResultOf(done)
+        self.assertEqual(len(clock.ports[0].written), 2)
+        self.assertEqual((results.sent, results.answered), (2, 0))
+        self.assertEqual(results.summary()["sent"], 2)
+        self.assertEqual(
+            results.error, "udp:127.0.0.1:7: no answer to any of 2 datagrams"
+        )
+        self.assertEqual(results.exitStatus(None, None), ERROR)
+
+    def test_nothingSentAfterDuration(self) -> None:
+        """
+        --duration ends the sending: the datagram already scheduled does
+        not go, and the run ends when the last one sent is lost.
+        """
+        run, clock, _ = self.makeRun(count=0, duration=1.5)
+        done = run.start()
+        for _ in range(40):
+            clock.advance(0.1)
+        results = self.successResultOf(done)
+        self.assertEqual(len(clock.ports[0].written), 2)
+        self.assertEqual(results.sent, 2)
+
+    def test_errorCountsOutstandingAsLost(self) -> None:
+        """
+        A run that ends on an error counts the datagrams still out as
+        sent and lost.
+        """
+        run, clock, _ = self.makeRun(count=0)
+        done = run.start()
+        self.answer(clock, 0)
+        for _ in range(25):
+            clock.advance(0.1)
+        clock.ports[0].protocol.datagramReceived(b"not an echo" * 3, None)
+        results = self.successResultOf(done)
+        self.assertEqual([s.status for s in results.samples], ["ok", "lost", "lost"])
+        self.assertEqual(results.summary()["sent"], 3)
 
     def test_rate(self) -> None:
         """
@@ -679,6 +936,11 @@ class DescribeFailureTests(SynchronousTestCase):
             (error.DNSLookupError(), "the host name does not resolve"),
             (error.ConnectionDone(), "the target closed the connection"),
             (error.ConnectionLost(), "the connection was reset"),
+            # A UNIX socket's connect failure carries only its errno.
+            (
+                error.getConnectError((2, "No such file or directory")),
+                "could not connect (No such file or directory)",
+            ),
         ]:
             self.assertEqual(describeFailure(Failure(exception)), says)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -82,7 +83,7 @@ class ProbeTestCase(ServerTestCase):
 
     def badServer(self, mode: str) -> int:
         """
-        Start one of tests/_badservers.py's servers; its port.
+        Start one of tests/_badservers.py's servers (L{server}); its port.
         """
         server = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "_badservers.py"), mode],
@@ -92,12 +93,40 @@ class ProbeTestCase(ServerTestCase):
         )
         self.addCleanup(server.wait, WAIT)
         self.addCleanup(server.kill)
+        self.server = server
         assert server.stdout is not None
         ready, _, _ = select.select([server.stdout], [], [], WAIT)
         self.assertTrue(ready, f"{mode} server never started")
         line = server.stdout.readline()
         self.assertTrue(line.startswith("PORT "), line)
         return int(line.split()[1])
+
+    def interruptible(self, *args: str) -> subprocess.Popen[str]:
+        """
+        Start echotwist-probe with SIGINT at its default, as from a
+        terminal, for a test to interrupt; it is killed at the end.
+        """
+        process = subprocess.Popen(
+            [command("echotwist-probe"), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_defaultSignals,
+        )
+        self.addCleanup(process.wait, WAIT)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        return process
+
+    def readLine(self, process: subprocess.Popen[str]) -> str:
+        """
+        The next line of C{process}'s output (a probe, or a bad server),
+        waited for at most L{WAIT}.
+        """
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], WAIT)
+        self.assertTrue(ready, "no line from the probe")
+        return process.stdout.readline()
 
     def startUDP(self, *args: str) -> int:
         port = freePort(socket.SOCK_DGRAM)
@@ -398,6 +427,89 @@ class BadTargetTests(ProbeTestCase):
             f"echotwist-probe: tcp:127.0.0.1:{port}: no answer to probe 0 within 0.5 s (0 of 64 bytes back)",
         )
 
+    def test_bulkDiscard(self) -> None:
+        """
+        --bulk against a discard service: nothing comes back within
+        --timeout after sending stops, and that is an error, not 0 MB/s.
+        """
+        port = self.badServer("discard")
+        line = self.refused(f"tcp:127.0.0.1:{port}", "--bulk", "-w", "1", "-W", "1")
+        self.assertRegex(
+            line,
+            rf"^echotwist-probe: tcp:127\.0\.0\.1:{port}: none of the \d+ bytes"
+            r" sent came back within 1 s after sending stopped$",
+        )
+
+    def test_bulkServerNeverReads(self) -> None:
+        port = self.badServer("deaf")
+        line = self.refused(f"tcp:127.0.0.1:{port}", "--bulk", "-w", "1", "-W", "1")
+        self.assertRegex(
+            line,
+            rf"tcp:127\.0\.0\.1:{port}: none of the \d+ bytes sent came back",
+        )
+
+    def test_ctrlCAgainstDiscard(self) -> None:
+        """
+        SIGINT while the first probe is out, against a server that never
+        answers: the probe counts as sent, and the run is an error at its
+        timeout, not "0 probes sent" and exit 0.
+        """
+        port = self.badServer("discard")
+        process = self.interruptible(f"tcp:127.0.0.1:{port}", "-W", "1")
+        self.assertEqual(self.readLine(self.server), "READ\n")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=WAIT)
+        self.assertEqual(process.returncode, 2, out + err)
+        self.assertIn("1 probes sent, 0 answered, 100% lost", out)
+        self.assertEqual(
+            err,
+            f"echotwist-probe: tcp:127.0.0.1:{port}: no answer to probe 0"
+            " within 1 s (0 of 64 bytes back)\n",
+        )
+
+    def test_ctrlCAgainstSilentUDP(self) -> None:
+        """
+        SIGINT against a UDP port that never answers: the datagrams in
+        flight are waited for and counted lost, every one sent is in the
+        summary.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind((LOOPBACK, 0))
+            port = silent.getsockname()[1]
+            process = self.interruptible(
+                f"udp:127.0.0.1:{port}", "-i", "0.1", "-W", "0.5"
+            )
+            self.assertTrue(self.readLine(process).startswith("PROBE "))
+            # By the time datagram 0 is lost, 1 to 4 have been sent.
+            self.assertIn(" seq=0 lost", self.readLine(process))
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=WAIT)
+        self.assertEqual(process.returncode, 2, out + err)
+        sent = int(re.search(r"(\d+) probes sent, 0 answered", out)[1])  # type: ignore[index]
+        self.assertGreaterEqual(sent, 5, out)
+        # Every datagram sent has its line; the first was read above.
+        self.assertEqual(out.count(" lost (no answer within"), sent - 1, out)
+        self.assertEqual(
+            err,
+            f"echotwist-probe: udp:127.0.0.1:{port}: no answer to any of"
+            f" {sent} datagrams\n",
+        )
+
+    def test_unixNoSuchFile(self) -> None:
+        path = os.path.join(self.directory, "no-such-socket")
+        self.assertEqual(
+            self.refused(f"unix:{path}", "-c", "1"),
+            f"echotwist-probe: unix:{path}: could not connect"
+            " (No such file or directory)",
+        )
+
+    def test_sslIsNotAType(self) -> None:
+        self.assertEqual(
+            self.refused("ssl:127.0.0.1:1", "-c", "1"),
+            "echotwist-probe: ssl:127.0.0.1:1: unknown target type 'ssl',"
+            " did you mean tls:? (see --help)",
+        )
+
     def test_udpNeverAnswers(self) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
             silent.bind((LOOPBACK, 0))
@@ -475,7 +587,8 @@ class BadTargetTests(ProbeTestCase):
         self.assertEqual(
             result.stderr,
             "echotwist-probe: tls:localhost:443: TLS needs the tls extra:"
-            " pip install 'echotwist[tls]'\n",
+            " install echotwist with its tls extra (pip install '.[tls]' from"
+            " a checkout)\n",
         )
 
     def test_plotWithoutMatplotlib(self) -> None:
@@ -497,8 +610,8 @@ class BadTargetTests(ProbeTestCase):
         self.assertEqual(result.returncode, 2, result.stderr)
         self.assertEqual(
             result.stderr,
-            "echotwist-probe: --plot needs matplotlib: pip install"
-            " 'echotwist[plot]' (see --help)\n",
+            "echotwist-probe: --plot needs matplotlib: install echotwist with"
+            " its plot extra (pip install '.[plot]' from a checkout) (see --help)\n",
         )
 
     def test_jsonRecordsTheError(self) -> None:

@@ -198,7 +198,32 @@ class StreamBulk(Run):
         if self.inFlight() == 0:
             self.finish()
         else:
-            self.later(self.timeout, self.finish)
+            self.later(self.timeout, self._drainTimedOut)
+
+    def _drainTimedOut(self) -> None:
+        """
+        Sending stopped C{--timeout} ago and bytes are still out: they
+        never came back (a discard service, a server that stopped
+        reading), and that is an error, not a throughput figure.
+        """
+        sent = sum(p.sent for p in self.protocols)
+        missing = self.inFlight()
+        what = (
+            f"none of the {sent} bytes sent came back"
+            if missing == sent
+            else f"{missing} of the {sent} bytes sent never came back"
+        )
+        self.fail(f"{what} within {self.timeout:g} s after sending stopped")
+
+    def stop(self) -> None:
+        """
+        Ctrl-C: stop sending and wait, as at the end of C{--duration}, for
+        what is in flight (up to C{--timeout}).
+        """
+        if self.streaming and not self.draining:
+            self.endSending()
+        else:
+            self.finish()
 
     def disconnected(self, protocol: _BulkProtocol, reason: Failure) -> None:
         """
@@ -235,10 +260,14 @@ class StreamBulk(Run):
 
     def close(self) -> None:
         """
-        Stop sending and close every connection.
+        Stop sending and close every connection (abort it after an error:
+        bytes a peer never reads would hold a closing connection open).
         """
         for p in self.protocols:
             p.closing = True
             if p.transport is not None:
                 p.stopSending()
-                p.transport.loseConnection()
+                if self.results.error is None:
+                    p.transport.loseConnection()
+                else:
+                    p.transport.abortConnection()  # type: ignore[attr-defined]

@@ -131,6 +131,10 @@ class DatagramRun(Run):
         """
         Send the next datagram, its send time taken right before it leaves.
         """
+        if not self.sending:
+            # The one already scheduled when --duration or Ctrl-C ended
+            # the sending.
+            return
         sentAt = self.now()
         datagram = self.book.next(sentAt)
         self.port.write(datagram)
@@ -183,6 +187,16 @@ class DatagramRun(Run):
         )
         self.lastCounts = (sent, answered)
         self.later(1.0, self.progress)
+
+    def stop(self) -> None:
+        """
+        Ctrl-C: send no more, and end once every datagram sent is answered
+        or lost (up to C{--timeout}).
+        """
+        if self.port is None:
+            self.finish()
+        else:
+            self.endSending()
 
     def endSending(self) -> None:
         """
@@ -252,11 +266,11 @@ class DatagramRun(Run):
         """
         if self.finished:
             return
-        # Stopped early (Ctrl-C): a datagram still within its timeout has
-        # no fate yet, and counts neither way.
-        self.results.samples = [
-            s for s in self.results.samples if self.book.state[s.seq] != OUTSTANDING
-        ]
+        # Ended by an error: a datagram still within its timeout was sent
+        # and not answered, and counts as lost.
+        for sample in self.results.samples:
+            if self.book.state[sample.seq] == OUTSTANDING:
+                sample.status = "lost"
         self.results.duplicates = self.book.duplicates
         self.results.reordered = self.book.reordered
         self.results.late = self.book.late

@@ -25,6 +25,13 @@ MAX_STREAM_PROBE = 64 * 1024 * 1024
 MAX_PARALLEL = 1000
 
 
+def _show(value: float) -> str:
+    """
+    A bound as a user writes it: a whole number in full (not C{6.71089e+07}).
+    """
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _number(
     kind: Callable[[str], float], name: str, low: float, high: float | None = None
 ) -> Callable[[str], float]:
@@ -40,7 +47,9 @@ def _number(
             raise ValueError(f"--{name} must be a number, not {text!r}") from None
         if value != value or value < low or (high is not None and value > high):
             bound = (
-                f"from {low:g} to {high:g}" if high is not None else f"{low:g} or more"
+                f"from {_show(low)} to {_show(high)}"
+                if high is not None
+                else f"{_show(low)} or more"
             )
             raise ValueError(f"--{name} must be {bound}, not {text}")
         return value
@@ -243,6 +252,12 @@ class ProbeOptions(usage.Options):
                 raise usage.UsageError("--parallel is for streams; over UDP use --rate")
         elif self["bulk"] and self["connect-each"]:
             raise usage.UsageError("--bulk and --connect-each do not go together")
+        elif self["bulk"] and self["count"]:
+            # Over UDP --count bounds the datagrams a --bulk run sends; a
+            # stream has no probes to count.
+            raise usage.UsageError(
+                "--count is not for --bulk over a stream: give --duration"
+            )
         if (
             not self["bulk"]
             and self["interval"] == 0

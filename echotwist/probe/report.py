@@ -75,9 +75,16 @@ class Results:
     bulk: dict[str, Any] | None = None
 
     @property
+    def isStreamBulk(self) -> bool:
+        """
+        Whether this is a throughput run over a stream (bytes, no probes).
+        """
+        return self.bulk is not None and "received_bytes" in self.bulk
+
+    @property
     def sent(self) -> int:
         """
-        Probes sent whose fate is known.
+        Probes sent.
         """
         return len(self.samples)
 
@@ -134,6 +141,10 @@ class Results:
         Lines saying which threshold the run passed.
         """
         found = []
+        if self.sent == 0 and not self.isStreamBulk:
+            # Stopped before the first probe went (still connecting):
+            # nothing was answered, and ping too exits 1 then.
+            return ["stopped before a probe was sent"]
         loss = lossPercent(self.sent, self.answered)
         if maxLoss is None:
             if self.answered < self.sent:
@@ -182,7 +193,7 @@ def summaryLines(results: Results, showHistogram: bool) -> list[str]:
     The summary for people, as ping ends.
     """
     summary = results.summary()
-    streamBulk = results.bulk is not None and "received_bytes" in results.bulk
+    streamBulk = results.isStreamBulk
     if results.error is not None and not results.samples and not streamBulk:
         # Nothing was measured: the error line says it all.
         return []
@@ -239,7 +250,9 @@ def checkPlotting() -> str | None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return "--plot needs matplotlib: pip install 'echotwist[plot]'"
+        from echotwist.listeners import installExtra
+
+        return f"--plot needs matplotlib: {installExtra('plot')}"
     return None
 
 

@@ -7,6 +7,7 @@ connection ended.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +38,12 @@ def describeFailure(reason: Failure) -> str:
     if isinstance(value, error.ConnectionLost):
         return "the connection was reset"
     if isinstance(value, error.ConnectError):
-        text = value.osError if value.osError else str(value)
+        # A UNIX socket's failure carries only its errno: say its reason.
+        osError = value.osError
+        if isinstance(osError, int):
+            text = os.strerror(osError)
+        else:
+            text = osError if osError else str(value)
         return f"could not connect ({text})".replace("\n", " ")
     # A TLS failure (certificate, handshake) arrives as a pyOpenSSL error.
     # Its text may quote what the peer sent: escaped, as in a log.

@@ -141,6 +141,7 @@ class StreamLatency(Run):
         self.connectTime: float | None = None
         self.answerTimer: Any = None
         self.setUpTimer: Any = None
+        self.stopping = False
 
     def begin(self) -> None:
         """
@@ -228,7 +229,8 @@ class StreamLatency(Run):
         self.sample.rtt = arrived - self.sentAt
         self.results.samples.append(self.sample)
         self.say(probeLine(self.target.text, self.sample))
-        if self.count and len(self.results.samples) >= self.count:
+        self.sample = None
+        if self.stopping or (self.count and len(self.results.samples) >= self.count):
             self.finish()
             return
         due = self.sentAt + self.interval - self.now()
@@ -241,6 +243,27 @@ class StreamLatency(Run):
             self.sendProbe()
         else:
             self.later(due, self.sendProbe)
+
+    def stop(self) -> None:
+        """
+        Ctrl-C or the end of C{--duration}: send no more, but let a probe
+        that is out come back first (or fail, at its C{--timeout}).
+        """
+        if self.protocol is not None and self.protocol.expected:
+            self.stopping = True
+        else:
+            self.finish()
+
+    def finish(self) -> None:
+        """
+        Count a probe that was sent and never came back (the run failed
+        on it), then end the run.
+        """
+        if not self.finished and self.sample is not None:
+            self.sample.status = "lost"
+            self.results.samples.append(self.sample)
+            self.sample = None
+        super().finish()
 
     def disconnected(self, protocol: _LatencyProtocol, reason: Failure) -> None:
         """

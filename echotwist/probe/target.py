@@ -15,6 +15,8 @@ ECHO_PORT = 7
 
 STREAM_KINDS = ("tcp", "tcp6", "tls", "unix")
 KINDS = (*STREAM_KINDS, "udp")
+#: Names users give TLS elsewhere (Twisted's endpoints, URLs).
+_TLS_NAMES = ("ssl", "tls", "https")
 
 
 class TargetError(ValueError):
@@ -98,13 +100,16 @@ def parseTarget(text: str, defaultPort: int = ECHO_PORT) -> Target:
             return Target(kind, rest, 0, shown)
         host, port = _hostAndPort(rest, shown, None)
         return Target(kind, host, port, shown)
-    if colon and kind.isalpha() and rest and not rest[0].isdigit() and "." not in kind:
-        # "ssl:...", "http:..." and the like: a scheme this probe does not
-        # speak, rather than a host called "ssl".
-        raise TargetError(
-            f"{shown}: unknown kind of target {escape(kind)!r}"
-            f" (use {', '.join(k + ':' for k in KINDS)} or HOST[:PORT])"
+    if colon and kind.isalpha() and rest and not rest.isdigit():
+        # "ssl:127.0.0.1:1", "http://..." and the like: a scheme this probe
+        # does not speak, rather than a host called "ssl" (a bare host's
+        # port is all digits).
+        hint = (
+            "did you mean tls:?"
+            if kind.lower() in _TLS_NAMES
+            else f"use {', '.join(k + ':' for k in KINDS)} or HOST[:PORT]"
         )
+        raise TargetError(f"{shown}: unknown target type {escape(kind)!r}, {hint}")
     host, port = _hostAndPort(text, shown, defaultPort)
     named = f"[{host}]" if ":" in host else host
     return Target("tcp", host, port, escape(f"tcp:{named}:{port}"))
@@ -138,6 +143,15 @@ def streamEndpoint(
     return endpoints.wrapClientTLS(tlsOptions(target, trustRoot, insecure), tcp)
 
 
+def tlsHint() -> str:
+    """
+    How to install TLS support, said as the server says it.
+    """
+    from echotwist.listeners import installExtra
+
+    return installExtra("tls")
+
+
 def tlsOptions(target: Target, trustRoot: str | None, insecure: bool) -> Any:
     """
     The client TLS options for C{target}: the host's certificate checked
@@ -146,17 +160,13 @@ def tlsOptions(target: Target, trustRoot: str | None, insecure: bool) -> Any:
     @raise TargetError: TLS support is missing, or C{trustRoot} unusable.
     """
     try:
-        from twisted.internet import ssl
-    except ImportError:  # pragma: no cover - Twisted always has the module
-        raise TargetError(
-            f"{target.text}: TLS needs the tls extra: pip install 'echotwist[tls]'"
-        ) from None
-    try:
+        # Twisted's ssl module imports pyOpenSSL: it too needs the extra.
         import OpenSSL  # noqa: F401
         import service_identity  # noqa: F401
+        from twisted.internet import ssl
     except ImportError:
         raise TargetError(
-            f"{target.text}: TLS needs the tls extra: pip install 'echotwist[tls]'"
+            f"{target.text}: TLS needs the tls extra: {tlsHint()}"
         ) from None
     if insecure:
         return ssl.CertificateOptions()
