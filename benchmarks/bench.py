@@ -1,7 +1,7 @@
 """
 echotwist's benchmark: echotwist against its peers, in one run, on loopback.
 
-    python benchmarks/bench.py                 # the full table, ~15 minutes
+    python benchmarks/bench.py                 # the full tables, ~20 minutes
     python benchmarks/bench.py --quick         # 1 KiB and 100 KiB x 10, 64 B x 1
     python benchmarks/bench.py --client c      # the independent C load generator
     python benchmarks/bench.py --client c --as-typed   # twistd -n echo --port P

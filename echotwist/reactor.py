@@ -41,10 +41,10 @@ goes back to the ordinary path.  At 100 KiB x 10 that took the server's
 user-space instructions per message from about 14,500 to 6,400
 (callgrind).
 
-A UDP port of the datagram echo (L{echotwist.datagram.DatagramPort}) has
-its pass of reads called directly, and answers each datagram in that pass
-with every check of the echo's policy (see its C{readPass}); a pass in
-which every datagram was answered counts as such an echo below.
+A UDP port (L{echotwist.datagram.DatagramPort}) has its pass of reads
+called directly; the datagram echo's port answers each datagram in that
+pass with every check of the echo's policy (see its C{readPass}), and a
+pass in which every datagram was answered counts as such an echo below.
 
 When every event of a poll was such an echo, plain, spliced or datagram, it polls
 again at once instead of returning to Twisted's main loop: nothing ran
