@@ -47,7 +47,7 @@ run() {  # run SECONDS: prints "messages instructions"
         "${listen[@]}" --no-connection-logs ${extra[@]+"${extra[@]}"} >"$work/server.log" 2>&1 &
     pid=$!
     for i in $(seq 600); do
-        grep -q "Listening on 127.0.0.1:$port" "$work/server.log" && break
+        grep -qs "Listening on 127.0.0.1:$port" "$work/server.log" && break
         sleep 0.1
     done
     if [ "$transport" = udp ]; then
