@@ -1,7 +1,7 @@
 """
 echotwist's benchmark: echotwist against its peers, in one run, on loopback.
 
-    python benchmarks/bench.py                 # the full table, ~15 minutes
+    python benchmarks/bench.py                 # the full tables, ~20 minutes
     python benchmarks/bench.py --quick         # 1 KiB and 100 KiB x 10, 64 B x 1
     python benchmarks/bench.py --client c      # the independent C load generator
     python benchmarks/bench.py --client c --as-typed   # twistd -n echo --port P
@@ -24,8 +24,20 @@ per idle connection (5000 connections, idle timeout on), time from start to
 first echo, and the resident memory of each server idle after that echo.
 With --as-typed, echotwist is exactly "twistd -n echo --port P" (all
 interfaces, default limits, connection logs on), so only the cells its
-default limits admit are run.  Every load loop is bounded in time and talks
-to 127.0.0.1 only.
+default limits admit are run.
+
+UDP and TLS have tables of their own, driven by C clients (cudp.c's load
+mode, tlsload.c with OpenSSL): UDP at 64 B x 1, 1 KiB x 10 and 8 KiB x 10
+flows (one datagram in flight per flow, matched by sequence number) against
+echotwist at --udp-rate 0, a plain Twisted DatagramProtocol echo, asyncio's,
+uvloop's and a C recvfrom/sendto echo; TLS (an RSA-2048 certificate made in a
+temporary directory) at 1 KiB x 10 and in new handshakes (4 clients, each
+connecting, echoing 64 B and closing, over and over: a "message" is one such
+connection) against echotwist's ssl: listener (no per-source handshake
+limits: the clients share one address), a plain Twisted listenSSL echo,
+asyncio's ssl and uvloop's.  --transports picks among tcp, udp and tls.
+With --quick, UDP runs 1 KiB x 10 and 64 B x 1.
+Every load loop is bounded in time and talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,6 +86,8 @@ class Peer:
     name: str
     argv: list[str]
     portPattern: str
+    #: Variables added to the server's environment.
+    env: dict[str, str] | None = None
 
 
 def echotwist(
@@ -149,29 +164,148 @@ def peers(directory: str, options: list[str], asTyped: bool = False) -> list[Pee
             [twistd, "-n", "--pidfile=", "-y", os.path.join(HERE, "plain.tac")],
             r"starting on (\d+)",
         ),
-        Peer(
-            "asyncio",
-            [sys.executable, os.path.join(HERE, "peers.py"), "asyncio"],
-            r"PORT (\d+)",
-        ),
+        *pythonPeers([]),
     ]
-    try:
-        import uvloop  # noqa: F401
-
-        found.append(
-            Peer(
-                "uvloop",
-                [sys.executable, os.path.join(HERE, "peers.py"), "uvloop"],
-                r"PORT (\d+)",
-            )
-        )
-    except ImportError:
-        pass
     # The yardstick, not a peer to beat: a C epoll echo (benchmarks/cecho.c).
     cecho = buildC("cecho", directory)
     if cecho is not None:
         found.append(Peer("c-epoll", [cecho], r"PORT (\d+)"))
     return found
+
+
+#: The transports the benchmark knows, and the cells of UDP and TLS.
+TCP, UDP, TLS = "tcp", "udp", "tls"
+UDP_CELLS = [(64, 1), (1024, 10), (8192, 10)]
+#: TLS: 1 KiB messages on 10 connections, and new handshakes: 4 clients,
+#: each connecting, echoing 64 B and closing, over and over (size 0 in the
+#: tables stands for that cell).
+HANDSHAKES = (0, 4)
+TLS_CELLS = [(1024, 10), HANDSHAKES]
+#: The UDP yardstick's name: cudp.c's recvfrom/sendto echo.
+C_UDP = "c-udp"
+
+
+def udpPeers(directory: str) -> list[Peer]:
+    """
+    UDP echo servers on 127.0.0.1: echotwist with no per-source rate (the
+    load comes from one address), a plain Twisted C{DatagramProtocol}
+    echo, asyncio's and uvloop's, and C's C{recvfrom}/C{sendto} loop.
+    """
+    twistd = os.path.join(BIN, "twistd")
+    found = [
+        Peer(
+            OURS,
+            [
+                twistd,
+                "-n",
+                "--pidfile=",
+                "echo",
+                "--udp",
+                f"udp:0:interface={LOOPBACK}",
+                "--udp-rate",
+                "0",
+                "--no-connection-logs",
+            ],
+            r"Listening on \S+:(\d+)",
+        ),
+        Peer(
+            "twisted",
+            [twistd, "-n", "--pidfile=", "-y", os.path.join(HERE, "plain.tac")],
+            r"starting on (\d+)",
+            {"PLAIN_ECHO_UDP": "1"},
+        ),
+        *pythonPeers(["udp"]),
+    ]
+    cudp = buildC("cudp", directory)
+    if cudp is not None:
+        found.append(Peer(C_UDP, [cudp, "echo"], r"PORT (\d+)"))
+    return found
+
+
+def tlsPeers(certificate: str, key: str) -> list[Peer]:
+    """
+    TLS echo servers on 127.0.0.1, all with the same certificate:
+    echotwist's C{ssl:} listener, a plain Twisted echo on C{listenSSL} (the
+    C{ssl:} endpoint), and the asyncio Protocol echo on asyncio's and
+    uvloop's C{ssl}.
+    """
+    description = f"ssl:0:interface={LOOPBACK}:privateKey={key}:certKey={certificate}"
+    twistd = os.path.join(BIN, "twistd")
+    # The TCP benchmark's echotwist (no connection limits, no connection
+    # logs), its --port an ssl: description, and no per-source handshake
+    # limits: every client is 127.0.0.1.
+    ours = echotwist(
+        OURS,
+        [],
+        ["--tls-handshake-rate", "0", "--tls-handshakes-per-source", "0"],
+    )
+    ours.argv[ours.argv.index(f"tcp:0:interface={LOOPBACK}")] = description
+    return [
+        ours,
+        Peer(
+            "twisted",
+            [twistd, "-n", "--pidfile=", "-y", os.path.join(HERE, "plain.tac")],
+            r"starting on (\d+)",
+            {"PLAIN_ECHO_PORT": description},
+        ),
+        *pythonPeers(["tls", certificate, key]),
+    ]
+
+
+def pythonPeers(arguments: list[str]) -> list[Peer]:
+    """
+    The asyncio echo of peers.py with C{arguments}, and uvloop's when it is
+    installed.
+    """
+    loops = ["asyncio"]
+    try:
+        import uvloop  # noqa: F401
+
+        loops.append("uvloop")
+    except ImportError:
+        pass
+    return [
+        Peer(
+            loop,
+            [sys.executable, os.path.join(HERE, "peers.py"), loop, *arguments],
+            r"PORT (\d+)",
+        )
+        for loop in loops
+    ]
+
+
+def makeCertificate(directory: str) -> tuple[str, str] | None:
+    """
+    A self-signed RSA-2048 certificate and its key, made with the openssl
+    command in C{directory}: (certificate, key), or None without openssl.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    certificate = os.path.join(directory, "cert.pem")
+    key = os.path.join(directory, "key.pem")
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            certificate,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return certificate, key
 
 
 class Running:
@@ -195,6 +329,7 @@ class Running:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 preexec_fn=(lambda: pin(SERVER_CPU)) if pinned else None,
+                env={**os.environ, **peer.env} if peer.env else None,
             )
         finally:
             os.close(out)
@@ -314,17 +449,35 @@ def pythonClient(port: int, conns: int, size: int, seconds: float) -> str:
     )
 
 
-def buildC(name: str, directory: str) -> str | None:
+def buildC(name: str, directory: str, libraries: tuple[str, ...] = ()) -> str | None:
     """
-    Compile benchmarks/NAME.c into DIRECTORY; None without a C compiler.
+    Compile benchmarks/NAME.c into DIRECTORY, linked with C{libraries}
+    (C{-lNAME}); None without a C compiler, or when it fails with
+    libraries (their headers not installed: libssl-dev for OpenSSL).
     """
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
     binary = os.path.join(directory, name)
-    subprocess.run(
-        [compiler, "-O2", "-o", binary, os.path.join(HERE, f"{name}.c")], check=True
+    if os.path.exists(binary):
+        return binary
+    result = subprocess.run(
+        [
+            compiler,
+            "-O2",
+            "-o",
+            binary,
+            os.path.join(HERE, f"{name}.c"),
+            *(f"-l{library}" for library in libraries),
+        ],
+        capture_output=bool(libraries),
+        text=True,
     )
+    if result.returncode:
+        if libraries:
+            print(f"(cannot build {name}.c: {result.stderr.strip()})", file=sys.stderr)
+            return None
+        raise SystemExit(f"cannot build {name}.c")
     return binary
 
 
@@ -346,6 +499,8 @@ class Cell:
     serverSystem: float
     p50: float
     p99: float
+    #: UDP: datagrams not back within a second (sent again; not counted).
+    lost: int = 0
 
     @property
     def serverCPU(self) -> float:
@@ -361,9 +516,33 @@ class Cell:
 
 
 def measure(
-    server: Running, size: int, conns: int, seconds: float, loadgen: str | None
+    server: Running,
+    size: int,
+    conns: int,
+    seconds: float,
+    loadgen: str | None,
+    transport: str = TCP,
 ) -> Cell:
-    if loadgen is not None:
+    """
+    One cell against C{server}: for TCP with C{loadgen} (or the Python
+    client when None); for UDP and TLS C{loadgen} is cudp or tlsload.
+    """
+    if transport == UDP and loadgen is not None:
+        argv = [loadgen, "load", str(server.port), str(conns), str(size), str(seconds)]
+    elif transport == TLS and loadgen is not None:
+        argv = (
+            [loadgen, "handshakes", str(server.port), str(conns), str(seconds)]
+            if (size, conns) == HANDSHAKES
+            else [
+                loadgen,
+                "echo",
+                str(server.port),
+                str(conns),
+                str(size),
+                str(seconds),
+            ]
+        )
+    elif loadgen is not None:
         argv = [loadgen, str(server.port), str(conns), str(size), str(seconds)]
     else:
         argv = [
@@ -389,6 +568,7 @@ def measure(
     fields = dict(item.split("=") for item in result.stdout.split())
     if int(fields["errors"]):
         raise SystemExit(f"{server.peer.name} echoed wrong bytes")
+
     return Cell(
         server.peer.name,
         size,
@@ -399,6 +579,7 @@ def measure(
         systemAfter - systemBefore,
         float(fields["p50_us"]),
         float(fields["p99_us"]),
+        int(fields.get("lost", 0)),
     )
 
 
@@ -477,6 +658,12 @@ def main() -> None:
     )
     parser.add_argument("--only", help="comma-separated servers to run")
     parser.add_argument(
+        "--transports",
+        default="tcp,udp,tls",
+        help="comma-separated, of tcp, udp and tls (UDP and TLS are driven by"
+        " C clients whatever --client says; --cells is for TCP)",
+    )
+    parser.add_argument(
         "--cells",
         help="comma-separated SIZExCONNS cells to run, e.g. 1024x10,1024x1000",
     )
@@ -502,10 +689,18 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     directory = tempfile.mkdtemp(prefix="echotwist-bench-")
-    loadgen = buildLoadgen(directory) if args.client == "c" else None
+    transports = args.transports.split(",")
+    unknown = set(transports) - {TCP, UDP, TLS}
+    if unknown:
+        parser.error(f"--transports: unknown {', '.join(sorted(unknown))}")
+    loadgen = (
+        buildLoadgen(directory) if args.client == "c" and TCP in transports else None
+    )
     servers = peers(directory, echotwistOptions(args), args.asTyped)
     if args.only:
         servers = [p for p in servers if p.name in args.only.split(",")]
+    if TCP not in transports:
+        servers = []
     cellSpecs = (
         [(1024, 10), (102400, 10), LATENCY]
         if args.quick
@@ -520,38 +715,9 @@ def main() -> None:
         # As typed, --max-per-source is 100 and every client is 127.0.0.1.
         cellSpecs = [(size, conns) for size, conns in cellSpecs if conns <= 100]
 
-    # Every server runs throughout, idle but for its turn; the servers take
-    # turns cell by cell, round after round (each round starting one server
-    # further on), so that drift in the machine's speed falls on all of them
-    # alike; the median of the rounds counts.
-    running = [Running(peer, directory) for peer in servers]
-    runs: dict[tuple[str, int, int], list[Cell]] = {}
-    try:
-        # One untimed pass first: a server's first seconds of load are not
-        # its steady state (the stdlib asyncio echo, for one, maps and
-        # unmaps memory for every read until its allocator has adapted).
-        for size, conns in cellSpecs:
-            for server in running:
-                measure(server, size, conns, min(args.seconds, 1.0), loadgen)
-        for round in range(args.repeat):
-            for size, conns in cellSpecs:
-                for turn in range(len(running)):
-                    server = running[(round + turn) % len(running)]
-                    cell = measure(server, size, conns, args.seconds, loadgen)
-                    runs.setdefault((server.peer.name, size, conns), []).append(cell)
-                    print(
-                        f"  round {round + 1}: {server.peer.name:12} {size:>6} B x {conns:>4}:"
-                        f" {cell.rate:8.0f} msg/s {cell.perCPU:8.0f} msg/CPU-s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-    finally:
-        for server in running:
-            server.stop()
-    cells = [
-        sorted(found, key=lambda c: c.perCPU)[len(found) // 2]
-        for found in runs.values()
-    ]
+    runs = takeTurns(servers, cellSpecs, args, directory, loadgen, TCP)
+    cells = medians(runs)
+    others = otherTransports(transports, args, directory)
 
     memory: dict[str, float] = {}
     startup: dict[str, float] = {}
@@ -573,13 +739,103 @@ def main() -> None:
 
     spread = (
         workersComparison(args, directory, loadgen)
-        if args.workers and not args.asTyped
+        if args.workers and not args.asTyped and TCP in transports
         else None
     )
-    report(cells, runs, memory, startup, args, resident)
+    report(cells, runs, memory, startup, args, resident, others)
     if spread is not None:
         reportWorkers(*spread)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def takeTurns(
+    servers: list[Peer],
+    cellSpecs: list[tuple[int, int]],
+    args: argparse.Namespace,
+    directory: str,
+    loadgen: str | None,
+    transport: str,
+) -> dict[tuple[str, int, int], list[Cell]]:
+    """
+    Every cell against every server, C{args.repeat} rounds: each round's
+    cells, by (server, size, connections).
+    """
+    # Every server runs throughout, idle but for its turn; the servers take
+    # turns cell by cell, round after round (each round starting one server
+    # further on), so that drift in the machine's speed falls on all of them
+    # alike; the median of the rounds counts.
+    running: list[Running] = []
+    runs: dict[tuple[str, int, int], list[Cell]] = {}
+    try:
+        for peer in servers:
+            running.append(Running(peer, directory))
+        # One untimed pass first: a server's first seconds of load are not
+        # its steady state (the stdlib asyncio echo, for one, maps and
+        # unmaps memory for every read until its allocator has adapted).
+        for size, conns in cellSpecs:
+            for server in running:
+                measure(server, size, conns, min(args.seconds, 1.0), loadgen, transport)
+        for round in range(args.repeat):
+            for size, conns in cellSpecs:
+                for turn in range(len(running)):
+                    server = running[(round + turn) % len(running)]
+                    cell = measure(
+                        server, size, conns, args.seconds, loadgen, transport
+                    )
+                    runs.setdefault((server.peer.name, size, conns), []).append(cell)
+                    print(
+                        f"  round {round + 1}: {transport} {server.peer.name:12}"
+                        f" {size:>6} B x {conns:>4}:"
+                        f" {cell.rate:8.0f} msg/s {cell.perCPU:8.0f} msg/CPU-s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for server in running:
+            server.stop()
+    return runs
+
+
+def medians(runs: dict[tuple[str, int, int], list[Cell]]) -> list[Cell]:
+    """
+    Each (server, cell)'s median round, by messages per server CPU-second.
+    """
+    return [
+        sorted(found, key=lambda c: c.perCPU)[len(found) // 2]
+        for found in runs.values()
+    ]
+
+
+def otherTransports(
+    transports: list[str], args: argparse.Namespace, directory: str
+) -> dict[str, dict[tuple[str, int, int], list[Cell]]]:
+    """
+    The UDP and TLS cells C{transports} asks for, each with its C client;
+    a transport whose client cannot be built here is left out, saying so.
+    """
+    only = args.only.split(",") if args.only else None
+    found: dict[str, dict[tuple[str, int, int], list[Cell]]] = {}
+    if UDP in transports:
+        client = buildC("cudp", directory)
+        if client is None:
+            print("(no UDP cells: they need a C compiler)", file=sys.stderr)
+        else:
+            servers = [p for p in udpPeers(directory) if not only or p.name in only]
+            cells = [(1024, 10), (64, 1)] if args.quick else UDP_CELLS
+            found[UDP] = takeTurns(servers, cells, args, directory, client, UDP)
+    if TLS in transports:
+        client = buildC("tlsload", directory, ("ssl", "crypto", "pthread"))
+        files = makeCertificate(directory)
+        if client is None or files is None:
+            print(
+                "(no TLS cells: they need a C compiler, OpenSSL's headers"
+                " (libssl-dev) and the openssl command)",
+                file=sys.stderr,
+            )
+        else:
+            servers = [p for p in tlsPeers(*files) if not only or p.name in only]
+            found[TLS] = takeTurns(servers, TLS_CELLS, args, directory, client, TLS)
+    return found
 
 
 def workersComparison(
@@ -635,6 +891,120 @@ def reportWorkers(rates: dict[int, float], spread: dict[int, int]) -> None:
     print(f"  connections per worker over the run: {shares}")
 
 
+def pairedRatios(
+    runs: dict[tuple[str, int, int], list[Cell]],
+    a: tuple[str, int, int],
+    b: tuple[str, int, int],
+    figure: str = "perCPU",
+) -> list[float]:
+    """
+    a's figure over b's, round by round (the two were measured minutes
+    apart at most, under the same drift).
+    """
+    if a not in runs or b not in runs:
+        return []
+    return [
+        getattr(x, figure) / getattr(y, figure)
+        for x, y in zip(runs[a], runs[b], strict=True)
+    ]
+
+
+def summary(ratios: list[float]) -> tuple[float, float, float]:
+    """
+    The median of the rounds' ratios, the lowest, the highest.
+    """
+    if not ratios:
+        return math.nan, math.nan, math.nan
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def reportTransport(
+    transport: str,
+    runs: dict[tuple[str, int, int], list[Cell]],
+    check: Callable[[str, tuple[float, float, float], float], None],
+) -> None:
+    """
+    The UDP or TLS table, and C{check} called with each target of issue 25
+    for it.
+    """
+
+    def ratio(
+        a: tuple[str, int, int], b: tuple[str, int, int], figure: str = "perCPU"
+    ) -> tuple[float, float, float]:
+        return summary(pairedRatios(runs, a, b, figure))
+
+    cells = medians(runs)
+    print(f"\n{transport.upper()}:")
+    print(
+        f"{'server':15} {'size':>7} {'conns':>5} {'msg/s':>9} {'MB/s':>8}"
+        f" {'p50 us':>8} {'p99 us':>9} {'msg/CPU-s':>10} {'usr us':>7}"
+        f" {'sys us':>7} {'ours is x':>9}"
+        + (f" {'lost':>5}" if transport == UDP else "")
+    )
+    for c in cells:
+        latency = transport == UDP and (c.size, c.conns) == LATENCY
+        mine = ratio(
+            (OURS, c.size, c.conns),
+            (c.server, c.size, c.conns),
+            "p50" if latency else "perCPU",
+        )
+        size = (
+            "connect"
+            if transport == TLS and (c.size, c.conns) == HANDSHAKES
+            else c.size
+        )
+        print(
+            f"{c.server:15} {size:>7} {c.conns:>5} {c.rate:9.0f}"
+            f" {c.rate * c.size / 1e6:8.1f} {c.p50:8.0f} {c.p99:9.0f}"
+            f" {c.perCPU:10.0f} {c.serverUser / c.messages * 1e6:7.2f}"
+            f" {c.serverSystem / c.messages * 1e6:7.2f}"
+            f" {mine[0]:9.2f}" + (f" {c.lost:>5}" if transport == UDP else "")
+        )
+    if transport == UDP:
+        print(
+            f"(closed loop, one datagram in flight per flow; {OURS} at --udp-rate 0;"
+            f" in the {LATENCY[0]} B x {LATENCY[1]} cell ours is x compares p50"
+            " round trips; lost: not back within a second, sent again)"
+        )
+        check(
+            f"{OURS} vs twisted, UDP msg/CPU-s, 1024 B x 10 >= 1.2",
+            ratio((OURS, 1024, 10), ("twisted", 1024, 10)),
+            1.2,
+        )
+        for size, conns in ((1024, 10), LATENCY):
+            check(
+                f"{OURS} vs uvloop, UDP msg/CPU-s, {size} B x {conns} >= 1.0 (moonshot)",
+                ratio((OURS, size, conns), ("uvloop", size, conns)),
+                1.0,
+            )
+        check(
+            f"{OURS} vs {C_UDP}, UDP p50 round trip, {LATENCY[0]} B x {LATENCY[1]}"
+            " <= 1.3 (moonshot)",
+            ratio((OURS, *LATENCY), (C_UDP, *LATENCY), "p50"),
+            -1.3,
+        )
+    else:
+        print(
+            "(size connect: new handshakes, 4 clients each connecting, echoing 64 B"
+            " and closing; a message is one such connection)"
+        )
+        check(
+            f"{OURS} vs asyncio, TLS msg/CPU-s, 1024 B x 10 >= 1.0",
+            ratio((OURS, 1024, 10), ("asyncio", 1024, 10)),
+            1.0,
+        )
+        check(
+            f"{OURS} vs uvloop, TLS msg/CPU-s, 1024 B x 10 >= 1.0 (moonshot)",
+            ratio((OURS, 1024, 10), ("uvloop", 1024, 10)),
+            1.0,
+        )
+        check(
+            f"{OURS} vs uvloop, TLS handshakes/CPU-s >= 1.0 (moonshot)",
+            ratio((OURS, *HANDSHAKES), ("uvloop", *HANDSHAKES)),
+            1.0,
+        )
+
+
 def report(
     cells: list[Cell],
     runs: dict[tuple[str, int, int], list[Cell]],
@@ -642,37 +1012,19 @@ def report(
     startup: dict[str, float],
     args: argparse.Namespace,
     resident: dict[str, int] | None = None,
+    others: dict[str, dict[tuple[str, int, int], list[Cell]]] | None = None,
 ) -> None:
     by = {(c.server, c.size, c.conns): c for c in cells}
     resident = resident or {}
-    nan = float("nan")
 
     def paired(
         a: tuple[str, int, int], b: tuple[str, int, int], figure: str = "perCPU"
     ) -> list[float]:
-        """
-        a's figure over b's, round by round (the two were measured minutes
-        apart at most, under the same drift).
-        """
-        if a not in runs or b not in runs:
-            return []
-        return [
-            getattr(x, figure) / getattr(y, figure)
-            for x, y in zip(runs[a], runs[b], strict=True)
-        ]
-
-    def summary(ratios: list[float]) -> tuple[float, float, float]:
-        if not ratios:
-            return nan, nan, nan
-        return statistics.median(ratios), min(ratios), max(ratios)
+        return pairedRatios(runs, a, b, figure)
 
     def ratio(
         a: tuple[str, int, int], b: tuple[str, int, int], figure: str = "perCPU"
     ) -> tuple[float, float, float]:
-        """
-        a's msg/CPU-s (or other figure) over b's: the median of the rounds'
-        ratios, the lowest, the highest.
-        """
         return summary(paired(a, b, figure))
 
     def growth(name: str, size: int) -> list[float]:
@@ -681,60 +1033,63 @@ def report(
         """
         return paired((name, size, 10), (name, size, 1000))
 
-    typed = " as typed (twistd -n echo --port P)" if args.asTyped else ""
-    print(
-        f"\nclient: {args.client}; {args.seconds:g} s per cell, median of {args.repeat};"
-        f" loopback; servers on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU};"
-        f" {OURS}{typed} on echotwist's reactor, {OURS_EPOLL} on"
-        " twistd --reactor epoll\n"
-    )
-    print(
-        f"{'server':15} {'size':>7} {'conns':>5} {'msg/s':>9} {'MB/s':>8}"
-        f" {'p50 us':>8} {'p99 us':>9} {'msg/CPU-s':>10} {'usr us':>7}"
-        f" {'sys us':>7} {'ours is x':>9}"
-    )
-    for c in cells:
-        if (c.size, c.conns) == LATENCY:
-            # The latency cell: ours is x compares round trips (lower is
-            # better), not throughput.
-            mine = ratio((OURS, c.size, c.conns), (c.server, c.size, c.conns), "p50")
-        else:
-            mine = ratio((OURS, c.size, c.conns), (c.server, c.size, c.conns))
-        print(
-            f"{c.server:15} {c.size:>7} {c.conns:>5} {c.rate:9.0f}"
-            f" {c.rate * c.size / 1e6:8.1f} {c.p50:8.0f} {c.p99:9.0f}"
-            f" {c.perCPU:10.0f} {c.serverUser / c.messages * 1e6:7.2f}"
-            f" {c.serverSystem / c.messages * 1e6:7.2f}"
-            f" {mine[0]:9.2f}"
-        )
-    print(
-        "(usr us, sys us: the server's user and kernel CPU per message, in"
-        f" microseconds; ours is x: {OURS}'s msg/CPU-s over the row's, the"
-        f" median of the rounds' ratios; in the {LATENCY[0]} B x {LATENCY[1]}"
-        f" latency cell, {OURS}'s p50 round trip over the row's)"
-    )
-    if memory:
-        print(
-            f"\nmemory per idle connection ({args.idle} connections,"
-            " idle timeout on for echotwist):"
-        )
-        for name, per in memory.items():
-            print(f"  {name:15} {per:7.0f} bytes")
-    print(
-        f"\nstart to first echo (best of {STARTS}), and resident memory idle after it:"
-    )
-    for name, seconds in startup.items():
-        rss = resident.get(name)
-        shown = f" {rss / 2**20:7.1f} MiB" if rss else ""
-        print(f"  {name:15} {seconds * 1000:7.0f} ms{shown}")
     tls = tlsInstalled()
-    print(
-        "  (TLS extra installed here: Twisted loads OpenSSL into every Twisted"
-        " server; the default install leaves it out)"
-        if tls
-        else "  (TLS extra not installed here, as in the default install:"
-        " no OpenSSL in the servers)"
-    )
+    if cells:
+        typed = " as typed (twistd -n echo --port P)" if args.asTyped else ""
+        print(
+            f"\nclient: {args.client}; {args.seconds:g} s per cell, median of {args.repeat};"
+            f" loopback; servers on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU};"
+            f" {OURS}{typed} on echotwist's reactor, {OURS_EPOLL} on"
+            " twistd --reactor epoll\n"
+        )
+        print(
+            f"{'server':15} {'size':>7} {'conns':>5} {'msg/s':>9} {'MB/s':>8}"
+            f" {'p50 us':>8} {'p99 us':>9} {'msg/CPU-s':>10} {'usr us':>7}"
+            f" {'sys us':>7} {'ours is x':>9}"
+        )
+        for c in cells:
+            if (c.size, c.conns) == LATENCY:
+                # The latency cell: ours is x compares round trips (lower is
+                # better), not throughput.
+                mine = ratio(
+                    (OURS, c.size, c.conns), (c.server, c.size, c.conns), "p50"
+                )
+            else:
+                mine = ratio((OURS, c.size, c.conns), (c.server, c.size, c.conns))
+            print(
+                f"{c.server:15} {c.size:>7} {c.conns:>5} {c.rate:9.0f}"
+                f" {c.rate * c.size / 1e6:8.1f} {c.p50:8.0f} {c.p99:9.0f}"
+                f" {c.perCPU:10.0f} {c.serverUser / c.messages * 1e6:7.2f}"
+                f" {c.serverSystem / c.messages * 1e6:7.2f}"
+                f" {mine[0]:9.2f}"
+            )
+        print(
+            "(usr us, sys us: the server's user and kernel CPU per message, in"
+            f" microseconds; ours is x: {OURS}'s msg/CPU-s over the row's, the"
+            f" median of the rounds' ratios; in the {LATENCY[0]} B x {LATENCY[1]}"
+            f" latency cell, {OURS}'s p50 round trip over the row's)"
+        )
+        if memory:
+            print(
+                f"\nmemory per idle connection ({args.idle} connections,"
+                " idle timeout on for echotwist):"
+            )
+            for name, per in memory.items():
+                print(f"  {name:15} {per:7.0f} bytes")
+        print(
+            f"\nstart to first echo (best of {STARTS}), and resident memory idle after it:"
+        )
+        for name, seconds in startup.items():
+            rss = resident.get(name)
+            shown = f" {rss / 2**20:7.1f} MiB" if rss else ""
+            print(f"  {name:15} {seconds * 1000:7.0f} ms{shown}")
+        print(
+            "  (TLS extra installed here: Twisted loads OpenSSL into every Twisted"
+            " server; the default install leaves it out)"
+            if tls
+            else "  (TLS extra not installed here, as in the default install:"
+            " no OpenSSL in the servers)"
+        )
 
     # (what, value, bound, spread): a positive bound is a floor, a negative
     # one a ceiling; the spread is the rounds' lowest and highest ratio.
@@ -755,6 +1110,12 @@ def report(
         ratio((OURS, 1024, 10), ("uvloop", 1024, 10)),
         1.0,
     )
+    for size, conns in ((64, 1), (1024, 1000)):
+        check(
+            f"{OURS} vs uvloop, msg/CPU-s, {size} B x {conns} >= 1.0",
+            ratio((OURS, size, conns), ("uvloop", size, conns)),
+            1.0,
+        )
     check(
         f"{OURS} vs c-epoll, msg/CPU-s, 1024 B x 10 >= 0.85 (moonshot)",
         ratio((OURS, 1024, 10), ("c-epoll", 1024, 10)),
@@ -801,6 +1162,8 @@ def report(
                 "",
             )
         )
+    for transport, found in (others or {}).items():
+        reportTransport(transport, found, check)
     print("\ntargets:")
     for text, value, bound, spread in checks:
         if math.isnan(value):
@@ -821,13 +1184,16 @@ def report(
             print(f"  {name:15}{row}")
 
     if args.plot:
-        plot(cells, args.plot)
+        plot(cells, args.plot, {t: medians(r) for t, r in (others or {}).items()})
 
 
-def plot(cells: list[Cell], path: str) -> None:
+def plot(
+    cells: list[Cell], path: str, others: dict[str, list[Cell]] | None = None
+) -> None:
     """
     Messages per server CPU-second for each server, grouped by cell, and
-    beside it the latency cell's p50 round trip for each server.
+    beside it the latency cell's p50 round trip for each server; then the
+    UDP and TLS cells of C{others}, by transport, the same way.
     """
     try:
         import matplotlib
@@ -843,12 +1209,19 @@ def plot(cells: list[Cell], path: str) -> None:
         spec for spec in sorted({(c.size, c.conns) for c in cells}) if spec != LATENCY
     ]
     colours = plt.get_cmap("tab10")
-    fig, (left, right) = plt.subplots(
+    others = others or {}
+    widths = [max(1, len(throughput)), 1] + [
+        len({(c.size, c.conns) for c in found}) for found in others.values()
+    ]
+    fig, axes = plt.subplots(
         1,
-        2,
-        figsize=(max(7, 1.2 * len(throughput) + 4), 4.5),
-        gridspec_kw={"width_ratios": [max(1, len(throughput)), 1]},
+        len(widths),
+        figsize=(max(7, 1.2 * sum(widths) + 3), 4.5),
+        gridspec_kw={"width_ratios": widths},
     )
+    left, right = axes[0], axes[1]
+    for axis, (transport, found) in zip(axes[2:], others.items(), strict=True):
+        plotTransport(axis, transport, found, colours)
     width = 0.8 / max(1, len(names))
     for n, name in enumerate(names):
         xs = [i + n * width for i, spec in enumerate(throughput) if (name, *spec) in by]
@@ -861,7 +1234,8 @@ def plot(cells: list[Cell], path: str) -> None:
     )
     left.set_ylabel("messages per server CPU-second")
     left.set_title("throughput per CPU: higher is better", fontsize=9)
-    left.legend(fontsize=7, ncol=2)
+    if names:
+        left.legend(fontsize=7, ncol=2)
     latency = [
         (n, by[(name, *LATENCY)].p50)
         for n, name in enumerate(names)
@@ -882,6 +1256,31 @@ def plot(cells: list[Cell], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     print(f"(plot written to {path})")
+
+
+def plotTransport(axis, transport: str, cells: list[Cell], colours) -> None:  # type: ignore[no-untyped-def]
+    """
+    One transport's cells on C{axis}: msg per server CPU-second by server,
+    grouped by cell (the TLS handshake cell in connections).
+    """
+    names = sorted({c.server for c in cells}, key=[c.server for c in cells].index)
+    by = {(c.server, c.size, c.conns): c for c in cells}
+    specs = sorted({(c.size, c.conns) for c in cells})
+    width = 0.8 / max(1, len(names))
+    for n, name in enumerate(names):
+        xs = [i + n * width for i, spec in enumerate(specs) if (name, *spec) in by]
+        ys = [by[(name, *spec)].perCPU for spec in specs if (name, *spec) in by]
+        axis.bar(xs, ys, width, label=name, color=colours(n))
+    axis.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(specs))],
+        [
+            "handshakes" if spec == HANDSHAKES else f"{spec[0]} B x {spec[1]}"
+            for spec in specs
+        ],
+        fontsize=8,
+    )
+    axis.set_title(f"{transport.upper()}: msg per server CPU-s", fontsize=9)
+    axis.legend(fontsize=7)
 
 
 if __name__ == "__main__":

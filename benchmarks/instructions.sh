@@ -7,34 +7,60 @@
 # leaves start-up and shutdown out.  Loopback only; every wait is bounded.
 #
 #   bash benchmarks/instructions.sh 1024 10 [twistd echo options...]
+#   bash benchmarks/instructions.sh udp 1024 10 [twistd echo options...]
+#
+# With "udp" first it counts per UDP datagram: the server listens on
+# --udp udp:PORT:interface=127.0.0.1 at --udp-rate 0 (the load comes from
+# one address), and cudp.c's load mode drives CONNS flows, one datagram in
+# flight each.
 #
 # Needs valgrind, a C compiler and twistd on PATH (or TWISTD=...).
 set -eu
+transport=tcp
+if [ "${1:-}" = udp ]; then
+    transport=udp
+    shift
+fi
 size=${1:?SIZE}; conns=${2:?CONNS}; shift 2
 extra=("$@")
 here=$(cd "$(dirname "$0")" && pwd)
 twistd=${TWISTD:-$(command -v twistd)}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cc -O2 -o "$work/loadgen" "$here/loadgen.c"
+if [ "$transport" = udp ]; then
+    cc -O2 -o "$work/cudp" "$here/cudp.c"
+else
+    cc -O2 -o "$work/loadgen" "$here/loadgen.c"
+fi
 
 run() {  # run SECONDS: prints "messages instructions"
-    local port pid out i
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    local port pid out i listen
+    if [ "$transport" = udp ]; then
+        port=$(python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        listen=(--udp "udp:$port:interface=127.0.0.1" --udp-rate 0)
+    else
+        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        listen=(--port "tcp:$port:interface=127.0.0.1" --max-connections 0 --max-per-source 0)
+    fi
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
         "$(head -1 "$twistd" | sed 's/^#!//')" "$twistd" -n --pidfile= echo \
-        --port "tcp:$port:interface=127.0.0.1" --max-connections 0 --max-per-source 0 \
-        --no-connection-logs ${extra[@]+"${extra[@]}"} >"$work/server.log" 2>&1 &
+        "${listen[@]}" --no-connection-logs ${extra[@]+"${extra[@]}"} >"$work/server.log" 2>&1 &
     pid=$!
     for i in $(seq 600); do
-        python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), timeout=1).close()" 2>/dev/null && break
+        grep -qs "Listening on 127.0.0.1:$port" "$work/server.log" && break
         sleep 0.1
     done
-    out=$(taskset -c 1 "$work/loadgen" "$port" "$conns" "$size" "$1")
+    if [ "$transport" = udp ]; then
+        out=$(taskset -c 1 "$work/cudp" load "$port" "$conns" "$size" "$1")
+    else
+        out=$(taskset -c 1 "$work/loadgen" "$port" "$conns" "$size" "$1")
+    fi
     kill "$pid"; wait "$pid" 2>/dev/null || true
     echo "$(echo "$out" | sed 's/.*messages=\([0-9]*\).*/\1/') $(awk '/Collected :/ {print $NF}' "$work/server.log")"
 }
 
 read -r m1 i1 < <(run 2)
 read -r m2 i2 < <(run 8)
-echo "${size} B x ${conns}: $(( (i2 - i1) / (m2 - m1) )) user-space instructions per message ($m1 and $m2 messages)"
+per=message
+[ "$transport" = udp ] && per="UDP datagram"
+echo "${size} B x ${conns}: $(( (i2 - i1) / (m2 - m1) )) user-space instructions per $per ($m1 and $m2 messages)"

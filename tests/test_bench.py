@@ -37,6 +37,9 @@ def runBench(*args: str) -> str:
             "--repeat",
             "1",
             "--no-workers",
+            # TCP alone unless a test asks for more: each transport is a
+            # run of its own.
+            *(() if "--transports" in args else ("--transports", "tcp")),
             *args,
         ],
         capture_output=True,
@@ -84,6 +87,46 @@ class BenchTests(SynchronousTestCase):
         self.assertRegex(out, r"\ntwisted +102400 +10 +\d+")
         self.assertIn("echotwist vs twisted, msg/CPU-s, 1024 B x 10 >= 1.6", out)
 
+    def test_udpAndTLS(self) -> None:
+        """
+        The UDP cells (cudp.c's load mode) and the TLS cells (tlsload.c with
+        OpenSSL, a certificate of the benchmark's own) run against echotwist
+        and the plain Twisted echoes, every byte checked, with their
+        tables and targets.
+        """
+        compiler = requireTool("cc", "gcc")
+        requireTool("openssl", "openssl")
+        requireOpenSSLHeaders(compiler)
+        out = runBench(
+            "--transports",
+            "udp,tls",
+            "--only",
+            "echotwist,twisted,c-udp",
+            "--idle",
+            "0",
+        )
+        udp, tls = out.split("\nUDP:\n")[1].split("\nTLS:\n")
+        for server in ("echotwist", "twisted", "c-udp"):
+            for size, conns in ((1024, 10), (64, 1)):
+                # Every datagram came back: lost is 0.
+                self.assertRegex(udp, rf"\n{server} +{size} +{conns} +\d+ .* 0\n")
+        for server in ("echotwist", "twisted"):
+            self.assertRegex(tls, rf"\n{server} +1024 +10 +\d+")
+            self.assertRegex(tls, rf"\n{server} +connect +4 +\d+")
+        self.assertNotRegex(tls, r"\nc-udp ")
+        self.assertRegex(
+            out,
+            r"(MET |MISS) echotwist vs twisted, UDP msg/CPU-s, 1024 B x 10 >= 1\.2:"
+            r" \d+\.\d\d \(rounds",
+        )
+        self.assertRegex(
+            out,
+            r"(MET |MISS) echotwist vs c-udp, UDP p50 round trip, 64 B x 1 <= 1\.3"
+            r" \(moonshot\): \d+\.\d\d \(rounds",
+        )
+        # asyncio and uvloop were left out: their targets are not misses.
+        self.assertNotIn("vs asyncio, TLS", out)
+
     def test_asTyped(self) -> None:
         """
         --as-typed runs echotwist exactly as "twistd -n echo --port P", and
@@ -101,6 +144,22 @@ class BenchTests(SynchronousTestCase):
         self.assertIn("echotwist as typed (twistd -n echo --port P)", out)
         self.assertRegex(out, r"\nechotwist +1024 +10 +\d+")
         self.assertNotRegex(out, r"\nechotwist +64 +1000 ")
+
+
+def requireOpenSSLHeaders(compiler: str) -> None:
+    """
+    Skip (or, with ECHOTWIST_REQUIRE_TOOLS, fail) without OpenSSL's headers,
+    which the TLS client needs.
+    """
+    result = subprocess.run(
+        [compiler, "-E", "-x", "c", "-"],
+        input="#include <openssl/ssl.h>\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if result.returncode:
+        requireTool("libssl-dev-is-missing", "libssl-dev")
 
 
 def loadBench():  # type: ignore[no-untyped-def]
@@ -127,7 +186,9 @@ def cellsOf(
 
 
 def reportOf(
-    runs: dict[tuple[str, int, int], list[object]], plot: str | None = None
+    runs: dict[tuple[str, int, int], list[object]],
+    plot: str | None = None,
+    others: dict[str, dict[tuple[str, int, int], list[object]]] | None = None,
 ) -> str:
     bench = loadBench()
     medians = [found[len(found) // 2] for found in runs.values()]
@@ -136,7 +197,7 @@ def reportOf(
     )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        bench.report(medians, runs, {}, {}, args)
+        bench.report(medians, runs, {}, {}, args, None, others)
     return out.getvalue()
 
 
@@ -210,6 +271,68 @@ class ReportTests(SynchronousTestCase):
             out,
         )
 
+    def test_udpTargets(self) -> None:
+        """
+        UDP's targets: 1.2x plain Twisted's msg/CPU-s at 1 KiB x 10, level
+        with uvloop's at 1 KiB x 10 and 64 B x 1, and a 64 B x 1 p50 round
+        trip at most 1.3x the C echo's.
+        """
+        bench = loadBench()
+        udp = {
+            ("echotwist", 1024, 10): cellsOf(bench, "echotwist", 1024, 10, [120] * 3),
+            ("twisted", 1024, 10): cellsOf(bench, "twisted", 1024, 10, [100] * 3),
+            ("uvloop", 1024, 10): cellsOf(bench, "uvloop", 1024, 10, [130] * 3),
+            ("echotwist", 64, 1): cellsOf(bench, "echotwist", 64, 1, [50] * 3, 65.0),
+            ("uvloop", 64, 1): cellsOf(bench, "uvloop", 64, 1, [50] * 3, 60.0),
+            ("c-udp", 64, 1): cellsOf(bench, "c-udp", 64, 1, [90] * 3, 50.0),
+        }
+        out = reportOf({}, others={"udp": udp})
+        self.assertIn(
+            "MET  echotwist vs twisted, UDP msg/CPU-s, 1024 B x 10 >= 1.2: 1.20", out
+        )
+        self.assertIn(
+            "MISS echotwist vs uvloop, UDP msg/CPU-s, 1024 B x 10 >= 1.0"
+            " (moonshot): 0.92",
+            out,
+        )
+        self.assertIn(
+            "MET  echotwist vs uvloop, UDP msg/CPU-s, 64 B x 1 >= 1.0 (moonshot): 1.00",
+            out,
+        )
+        self.assertIn(
+            "MET  echotwist vs c-udp, UDP p50 round trip, 64 B x 1 <= 1.3"
+            " (moonshot): 1.30",
+            out,
+        )
+        # The latency cell's ratio column compares round trips.
+        self.assertRegex(out, r"\nc-udp +64 +1 .* 1\.30 +0\n")
+
+    def test_tlsTargets(self) -> None:
+        """
+        TLS's targets: asyncio's ssl echo at 1 KiB x 10, and, the moonshot,
+        uvloop's in messages and in new handshakes per server CPU-second.
+        """
+        bench = loadBench()
+        tls = {
+            ("echotwist", 1024, 10): cellsOf(bench, "echotwist", 1024, 10, [100] * 3),
+            ("asyncio", 1024, 10): cellsOf(bench, "asyncio", 1024, 10, [90] * 3),
+            ("uvloop", 1024, 10): cellsOf(bench, "uvloop", 1024, 10, [150] * 3),
+            ("echotwist", 0, 4): cellsOf(bench, "echotwist", 0, 4, [10] * 3),
+            ("uvloop", 0, 4): cellsOf(bench, "uvloop", 0, 4, [8] * 3),
+        }
+        out = reportOf({}, others={"tls": tls})
+        self.assertIn("MET  echotwist vs asyncio, TLS msg/CPU-s, 1024 B x 10", out)
+        self.assertIn(
+            "MISS echotwist vs uvloop, TLS msg/CPU-s, 1024 B x 10 >= 1.0"
+            " (moonshot): 0.67",
+            out,
+        )
+        self.assertIn(
+            "MET  echotwist vs uvloop, TLS handshakes/CPU-s >= 1.0 (moonshot): 1.25",
+            out,
+        )
+        self.assertRegex(out, r"\nuvloop +connect +4 +\d+")
+
     def test_plot(self) -> None:
         """
         The plot is written: msg per CPU-second per server by cell, and the
@@ -224,6 +347,42 @@ class ReportTests(SynchronousTestCase):
         }
         path = os.path.join(scratchDirectory(self), "plot.png")
         out = reportOf(runs, plot=path)
+        self.assertIn(f"(plot written to {path})", out)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
+    def test_plotUDPAndTLS(self) -> None:
+        """
+        The plot has a panel for UDP's cells and one for TLS's, the TLS
+        handshake cell named so, beside the TCP panels.
+        """
+        requireModule("matplotlib", "bench")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        bench = loadBench()
+        udp = {
+            (name, size, conns): cellsOf(bench, name, size, conns, [100, 120, 110])
+            for name in ("echotwist", "c-udp")
+            for size, conns in ((8192, 10), (64, 1))
+        }
+        tls = {
+            (name, size, conns): cellsOf(bench, name, size, conns, [10, 12, 11])
+            for name in ("echotwist", "uvloop")
+            for size, conns in ((1024, 10), (0, 4))
+        }
+        figure, axis = plt.subplots()
+        self.addCleanup(plt.close, figure)
+        bench.plotTransport(axis, "tls", bench.medians(tls), plt.get_cmap("tab10"))
+        self.assertEqual(
+            [label.get_text() for label in axis.get_xticklabels()],
+            ["handshakes", "1024 B x 10"],
+        )
+        self.assertEqual(axis.get_title(), "TLS: msg per server CPU-s")
+        path = os.path.join(scratchDirectory(self), "plot.png")
+        out = reportOf({}, plot=path, others={"udp": udp, "tls": tls})
         self.assertIn(f"(plot written to {path})", out)
         with open(path, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")

@@ -15,9 +15,16 @@ import time
 from select import EPOLLIN
 
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from echotwist.datagram import (
+    LOOP_TOLERANCE,
+    DatagramEcho,
+    DatagramPolicy,
+    DatagramPort,
+)
 from echotwist.reactor import EchotwistEPollReactor
 from tests._clients import echoOnce, exchange
 from tests._twistd import (
@@ -86,6 +93,52 @@ class PollTests(SynchronousTestCase):
         self.assertEqual(
             len(self.flushLoggedErrors(RuntimeError)), 2, "both errors logged"
         )
+
+
+class DatagramPollTests(SynchronousTestCase):
+    """
+    The loop calls a UDP port of the datagram echo's pass of reads itself
+    (L{DatagramPort.readPass}); a poll in which it answered every datagram
+    counts as a plain echo, one with a refusal does not.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = EchotwistEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.policy = DatagramPolicy(rate=0, clock=Clock())
+        self.port = DatagramPort(
+            0, DatagramEcho(self.policy), "127.0.0.1", 65536, self.reactor
+        )
+        self.port.startListening()
+        self.addCleanup(self.port.socket.close)
+        self.addCleanup(self.reactor.removeReader, self.port)
+        self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(self.client.close)
+        self.client.bind(("127.0.0.1", 0))
+        self.client.settimeout(WAIT)
+
+    def exchange(self, datagrams: list[bytes]) -> bool:
+        """
+        Send C{datagrams}, poll once: whether every event was an echo.
+        """
+        for datagram in datagrams:
+            self.client.sendto(datagram, ("127.0.0.1", self.port.getHost().port))
+        return self.reactor._pollOnce(WAIT)
+
+    def test_answeredInTheLoop(self) -> None:
+        # The first datagram from an address is judged by the protocol.
+        self.assertFalse(self.exchange([b"hello"]))
+        self.assertEqual(self.client.recv(100), b"hello")
+        self.assertTrue(self.exchange([b"a", b"b"]))
+        self.assertEqual([self.client.recv(100) for _ in range(2)], [b"a", b"b"])
+        self.assertEqual(self.policy.counts, {"answered": 3})
+
+    def test_aRefusalIsNotAPlainEcho(self) -> None:
+        self.exchange([b"hello"])
+        self.client.recv(100)
+        with capturedLogs():
+            self.assertFalse(self.exchange([b"x"] * (LOOP_TOLERANCE + 2)))
+        self.assertEqual(self.policy.counts["echo loop"], 1)
 
 
 class _ScriptedPoller:
