@@ -31,6 +31,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 
 from echotwist import stream
+from echotwist._twisted import nothingQueued
 from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
 
 __all__ = [
@@ -237,8 +238,7 @@ class SplicingServer(tcp.Server):
             isinstance(protocol, Echo)
             and protocol._bulk
             and protocol._direct is self
-            and not self.dataBuffer
-            and not self._tempDataLen
+            and nothingQueued(self)
         ):
             pipe = _SharedPipe.get()
             if pipe is not None:
@@ -275,8 +275,7 @@ def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
         and not protocol._bulk
         and not protocol._paused
         and protocol._closeReason is None
-        and not transport.dataBuffer
-        and not transport._tempDataLen
+        and nothingQueued(transport)
     ):
         # os.read and os.write of the socket's descriptor are recv() and
         # send() without flags, at less cost per call than the socket
@@ -313,8 +312,7 @@ def bulkEcho(transport: object) -> Echo | None:
         and protocol._direct is transport
         and not protocol._paused
         and protocol._closeReason is None
-        and not transport.dataBuffer
-        and not transport._tempDataLen
+        and nothingQueued(transport)
     ):
         return protocol
     return None

@@ -38,6 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from echotwist._address import formatAddress
+from echotwist._twisted import requestMethod
 from echotwist.connections import CONNECTION_REFUSALS
 from echotwist.datagram import DATAGRAM_REFUSALS
 from echotwist.limits import ThrottledLog
@@ -239,10 +240,9 @@ class _MetricsRequest(Request):
     _refused = False
 
     def gotLength(self, length: int | None) -> None:
-        # The request line's method is the channel's until the request is
-        # handed the whole request (twisted.web has no public way to it
-        # yet).  Were it ever missing, any body is still refused, by 413.
-        method = getattr(self.channel, "_command", None)
+        # twisted.web has no public way to the method yet.  Were it ever
+        # missing, any body is still refused, by 413.
+        method = requestMethod(self.channel)
         if method is not None and method not in (b"GET", b"HEAD"):
             self._refuse(b"405 Method Not Allowed", b"Allow: GET, HEAD\r\n")
         elif length != 0:

@@ -44,14 +44,18 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from echotwist import stream
 from echotwist._address import formatAddress
+from echotwist._twisted.haproxy import (
+    PROXY_V2_SIGNATURE,
+    ProxyHeaderParser,
+    proxyV1Parser,
+    proxyV2Parser,
+)
 from echotwist.limits import ThrottledLog
 
 __all__ = [
@@ -65,7 +69,7 @@ __all__ = [
 log = Logger()
 
 _V1_SIGNATURE = b"PROXY "
-_V2_SIGNATURE = V2Parser.PREFIX
+_V2_SIGNATURE = PROXY_V2_SIGNATURE
 _V2_FIXED_HEADER = 16
 
 Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
@@ -95,26 +99,6 @@ def parseNetwork(text: str) -> Network:
         raise ValueError(
             f"{text!r} has host bits set ({e}): did you mean {loose}?"
         ) from None
-
-
-class _V1Parser(V1Parser):
-    """
-    Twisted's v1 parser, taking C{PROXY UNKNOWN} with nothing after it too.
-    """
-
-    @classmethod
-    def parse(cls, line: bytes) -> Any:
-        """
-        Parse a v1 header line.  A bare C{PROXY UNKNOWN} is an UNKNOWN
-        header like any other: the specification says that after UNKNOWN
-        "the rest of the line before the CRLF may be omitted by the
-        sender", and HAProxy 2.6 omits it for a client of a UNIX-socket
-        frontend.
-        """
-        if line == b"PROXY UNKNOWN":
-            # Twisted's parser wants a space after the protocol.
-            line += b" "
-        return super().parse(line)
 
 
 def _isTrusted(address: IAddress, trusted: Sequence[Network]) -> bool:
@@ -176,7 +160,7 @@ class ProxyHeaderWrapper(ProtocolWrapper):
 
     factory: ProxyWrappingFactory
     _proxyInfo: Any = None
-    _parser: _V1Parser | V2Parser | None = None
+    _parser: ProxyHeaderParser | None = None
     _started = False
     _pending = b""
     _deadline: Any = None
@@ -232,9 +216,9 @@ class ProxyHeaderWrapper(ProtocolWrapper):
                 if data[12] & 0xF0 != 0x20:
                     self._refuse("unsupported PROXY protocol version")
                     return
-                self._parser = V2Parser()
+                self._parser = proxyV2Parser()
             elif data.startswith(_V1_SIGNATURE):
-                self._parser = _V1Parser()
+                self._parser = proxyV1Parser()
             elif _V2_SIGNATURE.startswith(data) or _V1_SIGNATURE.startswith(data):
                 return  # the signature is still arriving
             else:

@@ -64,6 +64,7 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReact
 from twisted.logger import Logger
 
 from echotwist import fastpath
+from echotwist._twisted import epollParts, justStopped
 from echotwist.fastpath import (
     _SPLICE_FLAGS,
     SplicingServer,
@@ -89,6 +90,9 @@ class EchotwistEPollReactor(EPollReactor):
 
     def __init__(self) -> None:
         super().__init__()
+        # What the poll loop uses of Twisted's epoll reactor's internals,
+        # through echotwist's one door to them.
+        self._parts = epollParts(self)
         # Connections whose reads this loop echoes itself, by descriptor:
         # the transport, its Echo, and the read and write to call with the
         # descriptor (os.read and os.write; tests put others in).
@@ -119,7 +123,7 @@ class EchotwistEPollReactor(EPollReactor):
         while self._pollOnce(timeout):
             # Only plain echoes ran (see the module docstring); the checks
             # are for what a signal handler may have done meanwhile.
-            if self._justStopped or self.threadCallQueue or not timeout:
+            if justStopped(self) or self.threadCallQueue or not timeout:
                 return
             if timeout > 0:
                 timeout = deadline - self.seconds()
@@ -132,8 +136,10 @@ class EchotwistEPollReactor(EPollReactor):
 
         @return: whether there were events and every one was a plain echo.
         """
+        parts = self._parts
+        selectables = parts.selectables
         try:
-            events = self._poller.poll(timeout, len(self._selectables))
+            events = parts.poll(timeout, len(selectables))
         except OSError as err:
             if err.errno == errno.EINTR:
                 return False
@@ -141,8 +147,7 @@ class EchotwistEPollReactor(EPollReactor):
         if not events:
             return False
         allPlain = True
-        selectables = self._selectables
-        doReadOrWrite = self._doReadOrWrite
+        doReadOrWrite = parts.doReadOrWrite
         plainEchoes = self._plainEchoes
         readSize = DIRECT_READ_SIZE
         spliceFrom = SPLICE_FROM
@@ -188,7 +193,7 @@ class EchotwistEPollReactor(EPollReactor):
                         except KeyboardInterrupt:
                             raise
                         except BaseException as e:
-                            # As Twisted's _doReadOrWrite has it: logged,
+                            # As Twisted's own loop has it: logged,
                             # and the connection is lost.
                             log.failure(
                                 "Unhandled error in {selectable!r}",
@@ -196,7 +201,7 @@ class EchotwistEPollReactor(EPollReactor):
                             )
                             why = e
                         if why:
-                            self._disconnectSelectable(selectable, why, True)
+                            self._parts.disconnectSelectable(selectable, why, True)
                         continue
                     bulk = bulkEchoes.get(fd)
                     pipe = _SharedPipe.fds
@@ -209,7 +214,7 @@ class EchotwistEPollReactor(EPollReactor):
                         except KeyboardInterrupt:
                             raise
                         except BaseException as e:
-                            # As Twisted's _doReadOrWrite has it: logged,
+                            # As Twisted's own loop has it: logged,
                             # and the connection is lost.  The pipe may
                             # hold its bytes: it goes too.
                             _SharedPipe.discard()
@@ -217,7 +222,7 @@ class EchotwistEPollReactor(EPollReactor):
                                 "Unhandled error in {selectable!r}",
                                 selectable=selectable,
                             )
-                            self._disconnectSelectable(selectable, e, True)
+                            self._parts.disconnectSelectable(selectable, e, True)
                         allPlain = False
                         self._track(fd, selectable)
                         continue
@@ -272,19 +277,19 @@ class EchotwistEPollReactor(EPollReactor):
             del self._bulkEchoes[fd]
             why = plainRead(selectable)
             if why:
-                self._disconnectSelectable(selectable, why, True)
+                self._parts.disconnectSelectable(selectable, why, True)
             return False
         except OSError as e:
             del self._bulkEchoes[fd]
             if e.errno in (EINVAL, ENOSYS):
                 # The transport's own read finds out, and says so.
-                self._doReadOrWrite(selectable, fd, EPOLLIN)
+                self._parts.doReadOrWrite(selectable, fd, EPOLLIN)
             else:
-                self._disconnectSelectable(selectable, CONNECTION_LOST, True)
+                self._parts.disconnectSelectable(selectable, CONNECTION_LOST, True)
             return False
         if not received:
             del self._bulkEchoes[fd]
-            self._disconnectSelectable(selectable, CONNECTION_DONE, True)
+            self._parts.disconnectSelectable(selectable, CONNECTION_DONE, True)
             return False
         try:
             sent = fastpath.splice(pipe[0], fd, received, None, None, _SPLICE_FLAGS)
@@ -300,7 +305,7 @@ class EchotwistEPollReactor(EPollReactor):
         del self._bulkEchoes[fd]
         why = finishSplice(echo, selectable, pipe, received, sent)
         if why:
-            self._disconnectSelectable(selectable, why, True)
+            self._parts.disconnectSelectable(selectable, why, True)
         return False
 
     doIteration = doPoll

@@ -37,6 +37,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, escape, formatAddress
+from echotwist._twisted import datagramPortFromDescriptor, setAcceptLogObserver
 from echotwist.connections import DEFAULT_DRAIN_QUIET, EchoFactory
 from echotwist.datagram import (
     MAX_DATAGRAM,
@@ -391,11 +392,7 @@ class _ListenerService(Service):
         _logStarted(self.description, port, self.kind)
         self.port = port
         if self.acceptLog is not None and isinstance(port, tcp.Port):
-            # tcp.Port.doRead logs through self._logger (TCP, TLS and UNIX
-            # ports alike).
-            port._logger = Logger(
-                namespace=port._logger.namespace, observer=self.acceptLog
-            )
+            setAcceptLogObserver(port, self.acceptLog)
         factory = getattr(port, "factory", None)
         tls: Any = None
         # TLS is an extra: its module is loaded only where pyOpenSSL is
@@ -486,15 +483,13 @@ class _DatagramListenerService(Service):
         if listener.fileno is not None:
             family = socket.socket(fileno=listener.fileno)
             try:
-                # The one way Twisted offers to adopt a datagram socket into
-                # a port of one's own class: a private classmethod of the
-                # public udp.Port (what adoptDatagramPort itself calls).
-                port: DatagramPort = DatagramPort._fromListeningDescriptor(
+                port = datagramPortFromDescriptor(
+                    DatagramPort,
                     self._reactor,
                     listener.fileno,
                     family.family,
                     self.protocol,
-                    maxPacketSize=MAX_DATAGRAM,
+                    MAX_DATAGRAM,
                 )
             finally:
                 family.close()  # the port took a duplicate

@@ -51,6 +51,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from echotwist._address import escape, formatAddress
+from echotwist._twisted import nothingQueued
 
 if TYPE_CHECKING:
     from twisted.protocols.policies import ProtocolWrapper
@@ -66,8 +67,8 @@ __all__ = ["DIRECT_READ_SIZE", "NOTHING_SENT", "SPLICE_FROM", "Echo"]
 #: needs it, not at every start.
 passThroughWrappers: tuple[type[ProtocolWrapper], ...] = ()
 
-# Transports whose internals the direct send relies on (an empty
-# dataBuffer and _tempDataLen mean nothing is queued; socket is the socket;
+# Transports whose internals the direct send relies on (nothing queued,
+# as echotwist._twisted.nothingQueued tells; socket is the socket;
 # producerPaused makes the transport resume its producer once drained;
 # bufferSize is how much one doRead asks recv() for); echotwist.fastpath
 # adds its SplicingServer.
@@ -247,7 +248,7 @@ class Echo(Protocol):
         if len(data) >= SPLICE_FROM and not self._bulk:
             self._bulk = True
         direct = self._direct
-        if direct is not None and not direct.dataBuffer and not direct._tempDataLen:
+        if direct is not None and nothingQueued(direct):
             # The socket's own send(): Python retries EINTR itself (PEP 475),
             # so Twisted's untilConcludes wrapper is not needed here.
             try:

@@ -17,6 +17,12 @@ from typing import Any, TypeVar
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from echotwist._twisted import (
+    FOREGROUND_REPORT,
+    handReactorToTwist,
+    reportFailedStart,
+    twistdMayOpenLogFile,
+)
 from echotwist.listeners import (
     DatagramListener,
     Listener,
@@ -128,12 +134,7 @@ def installDefaultReactor(
         from echotwist.reactor import install as installEchotwist
 
         install = installEchotwist
-    reactor = install()
-    if parent is not None and "reactorName" in parent and "reactor" not in parent:
-        # twist's TwistOptions: it installs self["reactorName"] unless
-        # self["reactor"] is there.
-        parent["reactor"] = reactor
-        parent["reactorName"] = "echotwist"
+    handReactorToTwist(parent, install(), "echotwist")
     return True
 
 
@@ -523,41 +524,7 @@ def settingsFrom(options: Options) -> Settings:
     return Settings(**values)
 
 
-def _twistdLogFile(runner: Any) -> bool:
-    """
-    Whether the runner may have opened a twistd log file (C{--logfile}, or
-    C{twistd.log} when it daemonizes), which SIGHUP reopens: its search
-    among live objects (see L{LogFiles}) costs a few milliseconds of start,
-    not spent when there is none to find.  As twistd decides
-    (C{twisted.scripts._twistd_unix.UnixAppLogger}): not under C{twist},
-    nor with C{--syslog}, nor to standard output (C{--logfile=-}, or none
-    with C{-n}).  With C{--logger} its observer may keep a log file of its
-    own: look.
-    """
-    if runner is None:
-        return True  # not known: look
-    if "logfile" not in runner:
-        return False  # twist: its --log-file is in its options
-    if runner.get("logger"):
-        return True
-    if runner.get("debug"):
-        # twistd's logger decided before -b turned "nodaemon" on (in
-        # UnixApplicationRunner.preApplication, before makeService): what
-        # it chose is no longer to be told from the options.
-        return True
-    if runner.get("syslog"):
-        return False
-    logfile = runner["logfile"]
-    return not (logfile == "-" or (not logfile and runner.get("nodaemon")))
-
-
-#: What the process a daemonizing twistd leaves in the foreground reads of
-#: the daemon's word on a failed start (C{_twistd_unix}'s C{_waitForStart}
-#: reads 100 bytes, two of them a status).
-_FOREGROUND_REPORT = 98
-
-
-def _briefly(message: str, limit: int = _FOREGROUND_REPORT) -> str:
+def _briefly(message: str, limit: int = FOREGROUND_REPORT) -> str:
     """
     C{message} in at most C{limit} ASCII bytes: its parenthesis dropped if
     that is enough, else cut after a whole word, with an ellipsis.
@@ -580,7 +547,8 @@ class _ReportsToForeground(MultiService):
     tcp:5000: Addre}).  The whole line is in the log file.
 
     @param runner: twistd's options, where it keeps the pipe to the
-        foreground (C{statusPipe}) once it has daemonized.
+        foreground once it has daemonized (see
+        L{echotwist._twisted.reportFailedStart}).
     """
 
     def __init__(self, service: IService, runner: MutableMapping[str, Any]) -> None:
@@ -592,12 +560,7 @@ class _ReportsToForeground(MultiService):
         try:
             start()
         except CannotListen as e:
-            pipe = self._runner.get("statusPipe")
-            if pipe is not None:
-                # In twistd's form: a status, a space, a message.
-                os.write(pipe, b"1 " + _briefly(str(e)).encode("ascii"))
-                os.close(pipe)
-                self._runner["statusPipe"] = None
+            reportFailedStart(self._runner, _briefly(str(e)).encode("ascii"))
             raise
 
     def privilegedStartService(self) -> None:
@@ -626,7 +589,7 @@ def makeService(options: Options) -> IService:
         # twistd's --logfile is found without.
         "logFiles": LogFiles(
             runner.get("logFile") if runner is not None else None,
-            twistd=_twistdLogFile(runner),
+            twistd=twistdMayOpenLogFile(runner),
         ),
     }
     service: IService

@@ -36,6 +36,7 @@ from twisted.logger import (
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
+from echotwist._twisted import exitSignal
 from echotwist.listeners import DatagramListener, Listener, parseListener
 from echotwist.logs import LogFiles, jsonLinesObserver
 from echotwist.service import EchoService
@@ -268,11 +269,11 @@ def main() -> None:
         control.dataReceived(pending)
     log.info("Worker {worker} serving", event="worker.serving", worker=config["worker"])
     reactor.run()
-    exitSignal = getattr(reactor, "_exitSignal", None)
-    if exitSignal:
+    stoppedBy = exitSignal(reactor)
+    if stoppedBy:
         # Die by the signal that stopped us, as twistd does.
-        signal.signal(exitSignal, signal.SIG_DFL)
-        os.kill(os.getpid(), exitSignal)
+        signal.signal(stoppedBy, signal.SIG_DFL)
+        os.kill(os.getpid(), stoppedBy)
 
 
 if __name__ == "__main__":
