@@ -9,9 +9,11 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from select import EPOLLIN
 from typing import Any
@@ -355,8 +357,10 @@ class TwistdTests(_DoorTestCase):
         from twisted.scripts._twistd_unix import UnixAppLogger
         from twisted.scripts.twistd import ServerOptions
 
-        directory = self.mktemp()
-        os.mkdir(directory)
+        # Under the system's temporary directory: pytest runs this too, in
+        # the checkout.
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
         # twistd's logger rotates its log file on SIGUSR1.
         self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))
         for logfile, nodaemon in [
