@@ -30,9 +30,8 @@ from twisted.internet import main, tcp
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 
-from echotwist import stream
 from echotwist._twisted import nothingQueued
-from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
+from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo, passesThrough
 
 __all__ = [
     "SplicingServer",
@@ -225,13 +224,16 @@ class SplicingServer(tcp.Server):
     protocols directly or under echotwist's PROXY wrapper (not TLS).
     """
 
+    #: L{Echo} sends directly on it (see L{echotwist.stream.sendsDirectly}).
+    echoSendsDirectly = True
+
     def doRead(self) -> ConnectionLost | ConnectionDone | None:  # type: ignore[override]
         """
         Splice this read if its L{Echo} is in bulk and nothing is queued;
         read as L{tcp.Server} does otherwise.
         """
         protocol = self.protocol
-        if isinstance(protocol, stream.passThroughWrappers):
+        if type(protocol) is not Echo and passesThrough(protocol):
             # Past the header the wrapper only passes bytes on.
             protocol = protocol.wrappedProtocol
         if (
@@ -244,11 +246,6 @@ class SplicingServer(tcp.Server):
             if pipe is not None:
                 return _spliceRead(protocol, self, pipe)
         return plainRead(self)
-
-
-# Echo sends directly on this transport too.  Registered from here, where
-# it is defined, so that echotwist.stream need not import this module.
-stream._DIRECT_TRANSPORTS += (SplicingServer,)
 
 
 def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
@@ -304,7 +301,7 @@ def bulkEcho(transport: object) -> Echo | None:
     ):
         return None
     protocol = transport.protocol
-    if isinstance(protocol, stream.passThroughWrappers):
+    if type(protocol) is not Echo and passesThrough(protocol):
         protocol = protocol.wrappedProtocol
     if (
         isinstance(protocol, Echo)

@@ -152,10 +152,16 @@ def _tlsFilesHint(description: str, text: str) -> str | None:
 class Listener(NamedTuple):
     """
     A stream listener: its endpoint description and the parsed endpoint.
+
+    @ivar tls: whether its connections are TLS (C{ssl:}).
+    @ivar proxied: whether its endpoint is echotwist's PROXY endpoint
+        (C{haproxy:}, an L{echotwist.proxy.ProxyEndpoint}).
     """
 
     description: str
     endpoint: IStreamServerEndpoint
+    tls: bool = False
+    proxied: bool = False
 
 
 def listenBacklog(somaxconn: str = _SOMAXCONN) -> int:
@@ -361,7 +367,9 @@ def parseListener(
             f" endpoint description ({e}); examples: 5000,"
             f" tcp:5000:interface=127.0.0.1, unix:/run/echo.sock"
         ) from None
-    return Listener(text, endpoint)
+    proxied = text.startswith(_PROXY_PREFIX)
+    inner = text[len(_PROXY_PREFIX) :] if proxied else text
+    return Listener(text, endpoint, inner.split(":", 1)[0] == "ssl", proxied)
 
 
 _SYSTEMD_PREFIX = "systemd:"

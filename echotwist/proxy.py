@@ -48,7 +48,6 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from echotwist import stream
 from echotwist._address import formatAddress
 from echotwist._twisted.haproxy import (
     PROXY_V2_SIGNATURE,
@@ -159,6 +158,10 @@ class ProxyHeaderWrapper(ProtocolWrapper):
     """
 
     factory: ProxyWrappingFactory
+    #: Past its header it passes bytes on and writes to the TCP transport:
+    #: the direct send and the splice see through it (see
+    #: L{echotwist.stream.passesThrough}).
+    echoPassesThrough = True
     _proxyInfo: Any = None
     _parser: ProxyHeaderParser | None = None
     _started = False
@@ -314,11 +317,6 @@ class ProxyHeaderWrapper(ProtocolWrapper):
             abandoned = getattr(self.wrappedProtocol, "proxyAbandoned", None)
             if abandoned is not None:
                 abandoned()
-
-
-# Past its header the wrapper passes bytes on and writes to the TCP
-# transport: the direct send and the splice see through it.
-stream.passThroughWrappers = (*stream.passThroughWrappers, ProxyHeaderWrapper)
 
 
 class ProxyWrappingFactory(WrappingFactory):

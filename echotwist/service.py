@@ -13,7 +13,6 @@ import errno
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,6 +33,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, escape, formatAddress
@@ -320,6 +320,8 @@ class _ListenerService(Service):
             the global log.
         """
         self.endpoint = listener.endpoint
+        self.tls = listener.tls
+        self.proxied = listener.proxied
         self.factory = factory
         self.description = listener.description
         self.kind = kind
@@ -395,14 +397,11 @@ class _ListenerService(Service):
             setAcceptLogObserver(port, self.acceptLog)
         factory = getattr(port, "factory", None)
         tls: Any = None
-        # TLS is an extra: its module is loaded only where pyOpenSSL is
-        # installed, and it is, whenever an ssl: listener made this factory.
-        tlsModule = sys.modules.get("twisted.protocols.tls")
-        if tlsModule is not None and isinstance(factory, tlsModule.TLSMemoryBIOFactory):
+        # An ssl: listener's port holds Twisted's TLS factory, over the
+        # PROXY wrapper's factory under haproxy:ssl:, over ours.
+        if self.tls and isinstance(factory, WrappingFactory):
             tls, factory = factory, factory.wrappedFactory
-        # So is the PROXY wrapper's, wherever a haproxy: listener made it.
-        proxy = sys.modules.get("echotwist.proxy")
-        if proxy is not None and isinstance(factory, proxy.ProxyWrappingFactory):
+        if self.proxied and isinstance(factory, WrappingFactory):
             factory = factory.wrappedFactory
         if (
             type(port) is tcp.Port
@@ -688,9 +687,9 @@ class EchoService(MultiService):
         """
         Tell a C{haproxy:} listener whose PROXY headers to believe.
         """
-        proxy = sys.modules.get("echotwist.proxy")
-        if proxy is not None and isinstance(listener.endpoint, proxy.ProxyEndpoint):
-            listener.endpoint.trusted = self.proxyFrom
+        if listener.proxied:
+            # A haproxy: listener's endpoint is echotwist's ProxyEndpoint.
+            listener.endpoint.trusted = self.proxyFrom  # type: ignore[attr-defined]
             if self.proxyFrom is None:
                 self._openProxies.append(listener.description)
 

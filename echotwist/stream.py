@@ -35,7 +35,7 @@ eviction, the drain) are L{echotwist.connections.EchoFactory}'s.
 from __future__ import annotations
 
 from errno import ENOBUFS, EWOULDBLOCK
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -58,21 +58,41 @@ if TYPE_CHECKING:
 
     from echotwist.connections import EchoFactory
 
-__all__ = ["DIRECT_READ_SIZE", "NOTHING_SENT", "SPLICE_FROM", "Echo"]
+__all__ = [
+    "DIRECT_READ_SIZE",
+    "NOTHING_SENT",
+    "SPLICE_FROM",
+    "Echo",
+    "passesThrough",
+    "sendsDirectly",
+]
 
-#: Protocol wrappers that, past a header, only pass bytes on to the L{Echo}
-#: they wrap, whose write() is the TCP transport's: echotwist's PROXY
-#: wrapper, which adds itself here when L{echotwist.proxy} is imported.
-#: That module (and Twisted's PROXY parsers) loads only where a listener
-#: needs it, not at every start.
-passThroughWrappers: tuple[type[ProtocolWrapper], ...] = ()
 
-# Transports whose internals the direct send relies on (nothing queued,
-# as echotwist._twisted.nothingQueued tells; socket is the socket;
-# producerPaused makes the transport resume its producer once drained;
-# bufferSize is how much one doRead asks recv() for); echotwist.fastpath
-# adds its SplicingServer.
-_DIRECT_TRANSPORTS: tuple[type, ...] = (tcp.Server,)
+def sendsDirectly(transport: object) -> bool:
+    """
+    Whether L{Echo} may send to C{transport} directly when nothing is
+    queued on it: Twisted's C{tcp.Server} itself, or a transport whose
+    class says so with a true C{echoSendsDirectly} (as
+    L{echotwist.fastpath.SplicingServer} does).  Such a transport is a
+    C{tcp.Server} in all the direct send relies on: nothing queued as
+    L{echotwist._twisted.nothingQueued} tells; C{socket} is the socket;
+    C{producerPaused} makes it resume its producer once drained;
+    C{bufferSize} is how much one C{doRead} asks C{recv()} for.
+    """
+    kind = type(transport)
+    return kind is tcp.Server or getattr(kind, "echoSendsDirectly", False) is True
+
+
+def passesThrough(wrapper: object) -> TypeGuard[ProtocolWrapper]:
+    """
+    Whether C{wrapper} is a protocol wrapper that, past a header, only
+    passes bytes on to the L{Echo} it wraps (its C{wrappedProtocol}), and
+    whose C{write()} is its transport's: a class that says so with a true
+    C{echoPassesThrough}, as echotwist's PROXY wrapper does.  The direct
+    send and the splice see through it.
+    """
+    return getattr(type(wrapper), "echoPassesThrough", False) is True
+
 
 #: The reason logged for a connection closed by its client before it sent
 #: a byte, by FIN or by RST: a health check, not a fault.
@@ -213,11 +233,9 @@ class Echo(Protocol):
         except (AttributeError, NotImplementedError, OSError):
             pass
         transport.registerProducer(self, True)
-        if type(transport) in _DIRECT_TRANSPORTS:
+        if sendsDirectly(transport):
             self._direct = transport
-        elif isinstance(transport, passThroughWrappers) and (
-            type(transport.transport) in _DIRECT_TRANSPORTS
-        ):
+        elif passesThrough(transport) and sendsDirectly(transport.transport):
             # The wrapper's write() is the TCP transport's write().
             self._direct = cast(tcp.Server, transport.transport)
         if self._direct is not None:
