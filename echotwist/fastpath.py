@@ -31,7 +31,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 
 from echotwist._twisted import nothingQueued
-from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo, passesThrough
+from echotwist.stream import DIRECT_READ_SIZE, Echo, passesThrough
 
 __all__ = [
     "SplicingServer",
@@ -187,9 +187,7 @@ def finishSplice(
     @return: what L{tcp.Connection.doRead} returns: None, or why the
         connection is over.
     """
-    protocol.bytesEchoed += received
-    if received < SPLICE_FROM:
-        protocol._bulk = False
+    protocol.splicedEcho(received)
     if sent == received:
         return None
     try:
@@ -202,7 +200,7 @@ def finishSplice(
         raise
     if sent < 0:
         return main.CONNECTION_LOST
-    protocol._sendRest(transport, rest, 0)
+    protocol.sendRest(transport, rest, 0)
     return None
 
 
@@ -238,8 +236,8 @@ class SplicingServer(tcp.Server):
             protocol = protocol.wrappedProtocol
         if (
             isinstance(protocol, Echo)
-            and protocol._bulk
-            and protocol._direct is self
+            and protocol.inBulk
+            and protocol.sendsDirectlyTo(self)
             and nothingQueued(self)
         ):
             pipe = _SharedPipe.get()
@@ -268,10 +266,9 @@ def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
     protocol = transport.protocol
     if (
         type(protocol) is Echo
-        and protocol._direct is transport
-        and not protocol._bulk
-        and not protocol._paused
-        and protocol._closeReason is None
+        and protocol.sendsDirectlyTo(transport)
+        and not protocol.inBulk
+        and protocol.undisturbed
         and nothingQueued(transport)
     ):
         # os.read and os.write of the socket's descriptor are recv() and
@@ -305,10 +302,9 @@ def bulkEcho(transport: object) -> Echo | None:
         protocol = protocol.wrappedProtocol
     if (
         isinstance(protocol, Echo)
-        and protocol._bulk
-        and protocol._direct is transport
-        and not protocol._paused
-        and protocol._closeReason is None
+        and protocol.inBulk
+        and protocol.sendsDirectlyTo(transport)
+        and protocol.undisturbed
         and nothingQueued(transport)
     ):
         return protocol
@@ -336,7 +332,5 @@ def finishRead(
     if sent is None:
         protocol.dataReceived(data)
         return None
-    protocol.bytesEchoed += len(data)
-    assert protocol._direct is not None
-    protocol._sendRest(protocol._direct, data, sent)
+    protocol.partlySent(data, sent)
     return None

@@ -274,16 +274,63 @@ class Echo(Protocol):
             except OSError as e:
                 sent = e
             if sent != len(data):
-                self._sendRest(direct, data, sent)
+                self.sendRest(direct, data, sent)
             return
         self.transport.write(data)
 
-    def _sendRest(self, direct: tcp.Server, data: bytes, sent: int | OSError) -> None:
+    # What the kernel fast paths (echotwist.fastpath, echotwist.reactor)
+    # read of an Echo, and the few things they tell it: nothing else of it
+    # is theirs to touch.  Besides these, they add to bytesEchoed what they
+    # echo.
+
+    def sendsDirectlyTo(self, transport: object) -> bool:
         """
-        A direct send took only C{sent} bytes of C{data}, or raised C{sent}.
-        If the kernel's send buffer is full, queue the rest and stop reading
-        until the transport has sent it (it then resumes us, its paused
-        producer).
+        Whether this protocol sends its echo straight to C{transport}'s
+        socket when nothing is queued on it (see L{sendsDirectly}).
+        """
+        return self._direct is transport
+
+    @property
+    def inBulk(self) -> bool:
+        """
+        Whether the client sends in bulk: its last read was at least
+        L{SPLICE_FROM} bytes, so the next may be spliced.
+        """
+        return self._bulk
+
+    @property
+    def undisturbed(self) -> bool:
+        """
+        Whether the next read needs nothing of this protocol but its echo:
+        reading is not paused and the server has not decided to close.
+        """
+        return not self._paused and self._closeReason is None
+
+    def splicedEcho(self, count: int) -> None:
+        """
+        A fast path echoed C{count} bytes in the kernel: count them; a
+        read under L{SPLICE_FROM} ends the bulk.
+        """
+        self.bytesEchoed += count
+        if count < SPLICE_FROM:
+            self._bulk = False
+
+    def partlySent(self, data: bytes, sent: int | OSError) -> None:
+        """
+        A fast path read C{data} and sent only C{sent} bytes of it straight
+        to the socket, or the send raised C{sent}: count it, and queue the
+        rest as L{sendRest} does.
+        """
+        self.bytesEchoed += len(data)
+        assert self._direct is not None
+        self.sendRest(self._direct, data, sent)
+
+    def sendRest(self, direct: tcp.Server, data: bytes, sent: int | OSError) -> None:
+        """
+        A direct send to C{direct} took only C{sent} bytes of C{data}, or
+        raised C{sent}.  If the kernel's send buffer is full, queue the
+        rest and stop reading until the transport has sent it (it then
+        resumes us, its paused producer).
         """
         if isinstance(sent, OSError):
             if sent.errno not in (EWOULDBLOCK, ENOBUFS):

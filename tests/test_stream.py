@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo, EchoFactory
-from echotwist.stream import NOTHING_SENT, passesThrough, sendsDirectly
+from echotwist.stream import NOTHING_SENT, SPLICE_FROM, passesThrough, sendsDirectly
 from tests._memory import MemoryPeer
 
 
@@ -434,3 +434,60 @@ for name in names:
     ]
 print(sorted(changed))
 """
+
+
+class _DirectPeer(MemoryPeer):
+    echoSendsDirectly = True
+
+
+class FastPathViewTests(SynchronousTestCase):
+    """
+    What L{Echo} offers the kernel fast paths: whether it sends directly,
+    is in bulk, is undisturbed, and the two things they tell it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.peer = _DirectPeer(self.clock)
+        self.protocol = connect(EchoFactory(self.clock), self.peer)  # type: ignore[arg-type]
+        self.peer.startReading()
+
+    def test_sendsDirectlyTo(self) -> None:
+        self.assertTrue(self.protocol.sendsDirectlyTo(self.peer))
+        self.assertFalse(self.protocol.sendsDirectlyTo(MemoryPeer(self.clock)))
+        self.assertFalse(connect(EchoFactory(self.clock)).sendsDirectlyTo(self.peer))
+
+    def test_bulk(self) -> None:
+        self.peer.accepting = 10**6
+        self.assertFalse(self.protocol.inBulk)
+        self.protocol.dataReceived(b"x" * SPLICE_FROM)
+        self.assertTrue(self.protocol.inBulk)
+        self.protocol.splicedEcho(SPLICE_FROM)
+        self.assertTrue(self.protocol.inBulk)
+        self.protocol.splicedEcho(SPLICE_FROM - 1)
+        self.assertFalse(self.protocol.inBulk)
+        self.assertEqual(self.protocol.bytesEchoed, 3 * SPLICE_FROM - 1)
+
+    def test_undisturbed(self) -> None:
+        self.assertTrue(self.protocol.undisturbed)
+        self.protocol.pauseProducing()
+        self.assertFalse(self.protocol.undisturbed)
+        self.protocol.resumeProducing()
+        self.assertTrue(self.protocol.undisturbed)
+        self.protocol.closeWhenFlushed("test")
+        self.assertFalse(self.protocol.undisturbed)
+
+    def test_partlySent(self) -> None:
+        """
+        The rest of a read the fast path sent in part is queued, behind
+        nothing, and reading stops until it is sent.
+        """
+        self.protocol.partlySent(b"abcdef", 2)
+        self.assertEqual(self.protocol.bytesEchoed, 6)
+        self.assertEqual(self.peer.held, 4)
+        self.assertFalse(self.peer.reading)
+        self.assertFalse(self.protocol.undisturbed)
+        self.peer.accepting = 4
+        self.peer.doWrite()
+        self.assertEqual(bytes(self.peer.delivered), b"cdef")
+        self.assertTrue(self.peer.reading)
