@@ -62,7 +62,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, sourceGroup
+from echotwist._twisted import orGlobalReactor
 from echotwist.limits import SourceRateLimiter, ThrottledLog
+from echotwist.settings import Settings
 from echotwist.stream import Echo
 
 __all__ = [
@@ -80,11 +82,9 @@ __all__ = [
 # as README's log volume says.
 log = Logger(namespace="echotwist.stream")
 
-#: Seconds a connection must be quiet during a drain before it is closed.
-#: A client that pauses between writes (a paced upload, a human at a
-#: terminal) keeps its stream up to this long a pause; each connection holds
-#: the shutdown that long at least once it stops.
-DEFAULT_DRAIN_QUIET = 2.0
+#: Seconds a connection must be quiet during a drain before it is closed:
+#: C{--drain-quiet}'s default, which L{Settings} holds.
+DEFAULT_DRAIN_QUIET: float = Settings.drainQuiet
 
 #: Why a connection can be refused, as logged and counted.
 TOO_MANY = "too many connections"
@@ -167,13 +167,7 @@ class EchoFactory(Factory):
         tlsHandshakesPerSource: int = 0,
         tlsHandshakeRate: float = 0,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            # Twisted before 26 types the global reactor as a module.
-            reactor = globalReactor  # type: ignore[assignment, unused-ignore]
-        assert reactor is not None
-        self.reactor = reactor
+        self.reactor = reactor = orGlobalReactor(reactor)
         self.maxConnections = maxConnections
         self.maxPerSource = maxPerSource
         self.ipv6Prefix = ipv6Prefix

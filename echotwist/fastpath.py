@@ -213,6 +213,26 @@ def plainRead(transport: tcp.Server) -> ConnectionLost | ConnectionDone | None:
     return result
 
 
+def _inBulk(transport: tcp.Server) -> Echo | None:
+    """
+    The L{Echo} on C{transport}, directly or under a wrapper that passes
+    bytes through, if it is in bulk, sends directly to C{transport}, and
+    nothing is queued there: one whose next read may be spliced.
+    """
+    protocol = transport.protocol
+    if type(protocol) is not Echo and passesThrough(protocol):
+        # Past the header the wrapper only passes bytes on.
+        protocol = protocol.wrappedProtocol
+    if (
+        isinstance(protocol, Echo)
+        and protocol.inBulk
+        and protocol.sendsDirectlyTo(transport)
+        and nothingQueued(transport)
+    ):
+        return protocol
+    return None
+
+
 class SplicingServer(tcp.Server):
     """
     A TCP server transport that lets its L{Echo} echo in the kernel (see
@@ -230,16 +250,8 @@ class SplicingServer(tcp.Server):
         Splice this read if its L{Echo} is in bulk and nothing is queued;
         read as L{tcp.Server} does otherwise.
         """
-        protocol = self.protocol
-        if type(protocol) is not Echo and passesThrough(protocol):
-            # Past the header the wrapper only passes bytes on.
-            protocol = protocol.wrappedProtocol
-        if (
-            isinstance(protocol, Echo)
-            and protocol.inBulk
-            and protocol.sendsDirectlyTo(self)
-            and nothingQueued(self)
-        ):
+        protocol = _inBulk(self)
+        if protocol is not None:
             pipe = _SharedPipe.get()
             if pipe is not None:
                 return _spliceRead(protocol, self, pipe)
@@ -297,16 +309,8 @@ def bulkEcho(transport: object) -> Echo | None:
         or _SharedPipe.fds is None
     ):
         return None
-    protocol = transport.protocol
-    if type(protocol) is not Echo and passesThrough(protocol):
-        protocol = protocol.wrappedProtocol
-    if (
-        isinstance(protocol, Echo)
-        and protocol.inBulk
-        and protocol.sendsDirectlyTo(transport)
-        and protocol.undisturbed
-        and nothingQueued(transport)
-    ):
+    protocol = _inBulk(transport)
+    if protocol is not None and protocol.undisturbed:
         return protocol
     return None
 

@@ -38,7 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from echotwist._address import formatAddress
-from echotwist._twisted import requestMethod
+from echotwist._twisted import orGlobalReactor, requestMethod
 from echotwist.connections import CONNECTION_REFUSALS
 from echotwist.datagram import DATAGRAM_REFUSALS
 from echotwist.limits import ThrottledLog
@@ -373,13 +373,7 @@ class MetricsGuard(WrappingFactory):
         lifetime: float = METRICS_CONNECTION_LIFETIME,
     ) -> None:
         super().__init__(wrappedFactory)
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            # Twisted before 26 types the global reactor as a module.
-            reactor = globalReactor  # type: ignore[assignment, unused-ignore]
-        assert reactor is not None
-        self.reactor = reactor
+        self.reactor = reactor = orGlobalReactor(reactor)
         self.maxConnections = maxConnections
         self.lifetime = lifetime
         self.refused = 0

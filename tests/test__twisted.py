@@ -36,6 +36,7 @@ from echotwist._twisted import (
     handReactorToTwist,
     justStopped,
     nothingQueued,
+    orGlobalReactor,
     reportFailedStart,
     requestMethod,
     setAcceptLogObserver,
@@ -406,3 +407,16 @@ class TwistdTests(_DoorTestCase):
         self.assertEqual(options["reactorName"], "echotwist")
         self.assertFalse(handReactorToTwist({"logfile": ""}, reactor, "echotwist"))
         self.assertFalse(handReactorToTwist(None, reactor, "echotwist"))
+
+
+class GlobalReactorTests(SynchronousTestCase):
+    """
+    L{orGlobalReactor}: the reactor given, or the global one.
+    """
+
+    def test_givenOrGlobal(self) -> None:
+        from twisted.internet import reactor
+
+        clock = MemoryReactorClock()
+        self.assertIs(orGlobalReactor(clock), clock)
+        self.assertIs(orGlobalReactor(None), reactor)

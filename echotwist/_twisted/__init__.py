@@ -15,7 +15,8 @@ slow real-twistd test.
 Checked against Twisted 24.3.0 and 26.10.0.  Nothing else in C{echotwist}
 touches a Twisted name that starts with an underscore.  What only the PROXY
 wrapper needs is in L{echotwist._twisted.haproxy}, so that Twisted's PROXY
-parsers load only where a listener needs them.
+parsers load only where a listener needs them.  It also holds the one
+shim for what those releases type differently (L{orGlobalReactor}).
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.logger import ILogObserver, Logger
 
 if TYPE_CHECKING:
     from twisted.internet.epollreactor import EPollReactor
     from twisted.internet.udp import Port as UDPPort
+
+_R = TypeVar("_R")
 
 __all__ = [
     "FOREGROUND_REPORT",
@@ -40,12 +43,27 @@ __all__ = [
     "handReactorToTwist",
     "justStopped",
     "nothingQueued",
+    "orGlobalReactor",
     "reportFailedStart",
     "requestMethod",
     "setAcceptLogObserver",
     "twistdMayOpenLogFile",
     "writeShutDown",
 ]
+
+
+def orGlobalReactor(reactor: _R | None) -> _R:
+    """
+    C{reactor}, or Twisted's global reactor if it is None: how a class
+    that takes a reactor (for tests, a L{twisted.internet.task.Clock})
+    defaults to the one that runs.  Twisted before 26 types the global
+    reactor as a module, hence the one cast here.
+    """
+    if reactor is not None:
+        return reactor
+    from twisted.internet import reactor as globalReactor
+
+    return cast(_R, globalReactor)
 
 
 # -- transports --------------------------------------------------------------
