@@ -2,7 +2,7 @@
 """
 An epoll reactor without a logging context per event, for busy echo
 servers: what C{twistd -n echo ...} and C{twist echo ...} serve on when no
-reactor is named (see L{echotwist.tap.installDefaultReactor}), and what
+reactor is named (see L{echotwist.process.installDefaultReactor}), and what
 C{--reactor echotwist} names.
 
 Twisted's epoll reactor runs every read and write inside

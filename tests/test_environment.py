@@ -11,12 +11,8 @@ import re
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist.tap import (
-    NOT_FROM_ENVIRONMENT,
-    Options,
-    environmentVariable,
-    settingsFrom,
-)
+from echotwist.environment import NOT_FROM_ENVIRONMENT, environmentVariable
+from echotwist.tap import Options, settingsFrom
 from tests._clients import echoOnce
 from tests._twistd import LOOPBACK, ServerTestCase
 
