@@ -75,8 +75,8 @@ def nothingQueued(transport: Any) -> bool:
     holds nothing unsent: its C{dataBuffer} is empty and so is what
     C{write()} appended since the last flush into it, which only the
     private C{_tempDataLen} counts.  Bytes written to the socket directly
-    when this is true cannot overtake any written before.  Checked:
-    24.3.0, 26.10.0.
+    when this is true cannot overtake any written before.  Checked with
+    Twisted 24.3.0 and 26.10.0.
     """
     return not transport.dataBuffer and not transport._tempDataLen
 
@@ -85,7 +85,8 @@ def writeShutDown(transport: Any) -> bool:
     """
     Whether a L{twisted.internet.abstract.FileDescriptor}'s sending side
     is shut down (C{loseWriteConnection()} done, so nothing more may be
-    sent): the private C{_writeDisconnected}.  Checked: 24.3.0, 26.10.0.
+    sent): the private C{_writeDisconnected}.  Checked with Twisted 24.3.0
+    and 26.10.0.
     """
     return bool(transport._writeDisconnected)
 
@@ -96,7 +97,7 @@ def setAcceptLogObserver(port: Any, observer: ILogObserver) -> None:
     accept errors of C{doRead}, such as EMFILE) to C{observer}, keeping
     its namespace: C{tcp.Port} logs through its private class-level
     C{_logger}, which this shadows on the one port.  TCP, TLS and UNIX
-    ports alike.  Checked: 24.3.0, 26.10.0.
+    ports alike.  Checked with Twisted 24.3.0 and 26.10.0.
     """
     port._logger = Logger(namespace=port._logger.namespace, observer=observer)
 
@@ -115,7 +116,7 @@ def datagramPortFromDescriptor(
     duplicates: the private classmethod C{udp.Port._fromListeningDescriptor}
     that C{reactor.adoptDatagramPort} itself calls, the one way Twisted
     offers to adopt a datagram socket into a port of one's own class.
-    Checked: 24.3.0, 26.10.0.
+    Checked with Twisted 24.3.0 and 26.10.0.
     """
     port: UDPPort = portClass._fromListeningDescriptor(
         reactor, fd, family, protocol, maxPacketSize=maxPacketSize
@@ -129,7 +130,7 @@ def requestMethod(channel: Any) -> bytes | None:
     before its headers are complete (C{Request.gotLength} runs before the
     request is handed its method): the channel's private C{_command}, set
     from the request line and deleted once the request is handed over.
-    None where it is not there.  Checked: 24.3.0, 26.10.0.
+    None where it is not there.  Checked with Twisted 24.3.0 and 26.10.0.
     """
     method: bytes | None = getattr(channel, "_command", None)
     return method
@@ -168,7 +169,7 @@ def epollParts(reactor: EPollReactor) -> EPollParts:
     C{__init__} and never replaced, and its private methods
     C{_doReadOrWrite} (of C{posixbase._PollLikeMixin}) and
     C{_disconnectSelectable} (of C{posixbase._DisconnectSelectableMixin}).
-    Checked: 24.3.0, 26.10.0.
+    Checked with Twisted 24.3.0 and 26.10.0.
     """
     return EPollParts(
         poll=reactor._poller.poll,
@@ -183,7 +184,7 @@ def justStopped(reactor: Any) -> bool:
     Whether C{reactor.stop()} was called since the main loop's last pass:
     the private C{_justStopped} of L{twisted.internet.base.ReactorBase},
     which a loop that polls more than once per pass must check to return
-    in time.  Checked: 24.3.0, 26.10.0.
+    in time.  Checked with Twisted 24.3.0 and 26.10.0.
     """
     return bool(reactor._justStopped)
 
@@ -192,8 +193,8 @@ def exitSignal(reactor: Any) -> int | None:
     """
     The signal that stopped C{reactor} (SIGINT, SIGTERM, SIGBREAK), if one
     did: the private C{_exitSignal} of L{twisted.internet.base.ReactorBase}
-    that twistd and twist read to die by that signal.  Checked: 24.3.0,
-    26.10.0.
+    that twistd and twist read to die by that signal.  Checked with
+    Twisted 24.3.0 and 26.10.0.
     """
     number: int | None = getattr(reactor, "_exitSignal", None)
     return number
@@ -203,8 +204,8 @@ def exitSignal(reactor: Any) -> int | None:
 
 #: What the process a daemonizing twistd leaves in the foreground reads of
 #: the daemon's word on a failed start (C{twisted.scripts._twistd_unix}'s
-#: C{_waitForStart} reads 100 bytes, two of them a status).  Checked:
-#: 24.3.0, 26.10.0.
+#: C{_waitForStart} reads 100 bytes, two of them a status).  Checked with
+#: Twisted 24.3.0 and 26.10.0.
 FOREGROUND_REPORT = 98
 
 
@@ -215,8 +216,8 @@ def reportFailedStart(runner: MutableMapping[str, Any], message: bytes) -> bool:
     twistd's own C{_twistd_unix.UnixApplicationRunner} does: it keeps the
     pipe to the foreground in its options as C{statusPipe} and writes a
     status, a space and a message to it.  Closes the pipe and takes it out
-    of C{runner}, so twistd does not write to it again.  Checked: 24.3.0,
-    26.10.0.
+    of C{runner}, so twistd does not write to it again.  Checked with
+    Twisted 24.3.0 and 26.10.0.
 
     @return: whether there was such a pipe.
     """
@@ -238,7 +239,7 @@ def twistdMayOpenLogFile(runner: Any) -> bool:
     standard output (C{--logfile=-}, or none with C{-n}).  With
     C{--logger} its observer may keep a log file of its own, and with
     C{-b} the choice was made before C{nodaemon} changed: both say yes.
-    Checked: 24.3.0, 26.10.0.
+    Checked with Twisted 24.3.0 and 26.10.0.
 
     @param runner: twistd's or twist's options, or None if not known (then
         yes).
@@ -266,7 +267,8 @@ def handReactorToTwist(parent: Any, reactor: object, name: str) -> bool:
     plugin, called C{name}) is the one to run: C{TwistOptions}
     (C{twisted.application.twist._options}) installs C{self["reactorName"]}
     after parsing unless C{self["reactor"]} is set, and would fail with
-    C{ReactorAlreadyInstalledError}.  Checked: 24.3.0, 26.10.0.
+    C{ReactorAlreadyInstalledError}.  Checked with
+    Twisted 24.3.0 and 26.10.0.
 
     @param parent: the plugin's parent options: twist's, twistd's or None.
     @return: whether C{parent} was twist's and was told.

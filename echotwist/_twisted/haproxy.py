@@ -6,7 +6,8 @@ L{echotwist._twisted}).
 Twisted's PROXY header parsers live in private modules: the public
 L{twisted.protocols.haproxy} offers only its wrapping factory and endpoint,
 which can neither refuse an untrusted peer nor bound the wait for a header.
-Checked: 24.3.0, 26.10.0 (the same classes, C{feed()} and C{PREFIX}).
+Checked with Twisted 24.3.0 and 26.10.0 (the same classes, C{feed()} and
+C{PREFIX}).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def proxyV1Parser() -> ProxyHeaderParser:
     A new PROXY v1 (text) header parser: Twisted's C{V1Parser}
     (C{twisted.protocols.haproxy._v1parser}), which also takes a bare
     C{PROXY UNKNOWN}.  Relies on its classmethod C{parse(line)} being what
-    C{feed} calls for each whole line.  Checked: 24.3.0, 26.10.0.
+    C{feed} calls for each whole line.  Checked with
+    Twisted 24.3.0 and 26.10.0.
     """
     return _LenientV1Parser()
 
@@ -65,6 +67,7 @@ def proxyV1Parser() -> ProxyHeaderParser:
 def proxyV2Parser() -> ProxyHeaderParser:
     """
     A new PROXY v2 (binary) header parser: Twisted's C{V2Parser}
-    (C{twisted.protocols.haproxy._v2parser}).  Checked: 24.3.0, 26.10.0.
+    (C{twisted.protocols.haproxy._v2parser}).  Checked with Twisted 24.3.0
+    and 26.10.0.
     """
     return _TwistedV2Parser()
