@@ -30,7 +30,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -48,7 +48,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from echotwist._address import formatAddress
+from echotwist._address import Network, formatAddress, parseNetwork
 from echotwist._twisted.haproxy import (
     PROXY_V2_SIGNATURE,
     ProxyHeaderParser,
@@ -71,33 +71,9 @@ _V1_SIGNATURE = b"PROXY "
 _V2_SIGNATURE = PROXY_V2_SIGNATURE
 _V2_FIXED_HEADER = 16
 
-Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
-
 # What a v1 header of a TCP connection must be, field by field; the parser
 # has checked the rest.
 _V1_TCP = re.compile(rb"PROXY (TCP4|TCP6) ([^ ]+) ([^ ]+) ([0-9]{1,5}) ([0-9]{1,5})")
-
-
-def parseNetwork(text: str) -> Network:
-    """
-    An address (C{10.0.0.1}, C{::1}) or a network (C{10.0.0.0/8},
-    C{2001:db8::/32}) as a network.
-
-    @raise ValueError: with a one-line message a user can act on.
-    """
-    try:
-        return ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError as e:
-        try:
-            loose = ipaddress.ip_network(text.strip(), strict=False)
-        except ValueError:
-            raise ValueError(
-                f"{text!r} is not an IP address or network (e.g. 10.0.0.0/8,"
-                f" 192.0.2.7, 2001:db8::/32)"
-            ) from None
-        raise ValueError(
-            f"{text!r} has host bits set ({e}): did you mean {loose}?"
-        ) from None
 
 
 def _isTrusted(address: IAddress, trusted: Sequence[Network]) -> bool:

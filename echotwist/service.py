@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import tcp
@@ -36,7 +36,13 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 
-from echotwist._address import DEFAULT_IPV6_PREFIX, escape, formatAddress
+from echotwist._address import (
+    DEFAULT_IPV6_PREFIX,
+    Network,
+    escape,
+    formatAddress,
+    parseNetwork,
+)
 from echotwist._twisted import datagramPortFromDescriptor, setAcceptLogObserver
 from echotwist.connections import DEFAULT_DRAIN_QUIET, EchoFactory
 from echotwist.datagram import (
@@ -63,9 +69,6 @@ from echotwist.listeners import (
 from echotwist.logs import LogFiles
 from echotwist.settings import MIN_SOCKET_BUFFER, Settings
 from echotwist.stream import Echo
-
-if TYPE_CHECKING:
-    from echotwist.proxy import Network
 
 __all__ = [
     "CannotListen",
@@ -579,9 +582,13 @@ class EchoService(MultiService):
         super().__init__()
         settings = dataclasses.replace(settings or Settings(), **overrides)
         if settings.proxyFrom is not None:
-            # Networks or their text, as given: kept as text, for workers.
+            # Networks, or (from a program) their text, parsed once here.
             settings = dataclasses.replace(
-                settings, proxyFrom=tuple(str(item) for item in settings.proxyFrom)
+                settings,
+                proxyFrom=tuple(
+                    parseNetwork(item) if isinstance(item, str) else item
+                    for item in settings.proxyFrom
+                ),
             )
         self.settings = settings
         if reactor is None:
@@ -607,9 +614,7 @@ class EchoService(MultiService):
         self.shutdownTimeout = settings.shutdownTimeout
         self.proxyFrom: list[Network] | None = None
         if settings.proxyFrom is not None:
-            from echotwist.proxy import parseNetwork
-
-            self.proxyFrom = [parseNetwork(item) for item in settings.proxyFrom]
+            self.proxyFrom = list(settings.proxyFrom)
         self._openProxies: list[str] = []
         self._warnOpenProxy = warnOpenProxy
         self.socketBuffer = settings.socketBuffer

@@ -371,7 +371,7 @@ def settingsFrom(options: Options) -> Settings:
         if f.metadata.get("negated"):
             value = not value
         elif f.metadata.get("repeated") and value is not None:
-            value = tuple(str(item) for item in value)
+            value = tuple(value)
         values[f.name] = value
     return Settings(**values)
 
