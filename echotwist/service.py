@@ -525,6 +525,24 @@ class _DatagramListenerService(Service):
         return d.addCallback(lambda result: _logStopped(self.description))
 
 
+def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+    """
+    C{settings} (C{twistd echo}'s defaults if None) with C{overrides}, and
+    C{proxyFrom} as networks: a program may give their text, parsed here,
+    once.
+    """
+    settings = dataclasses.replace(settings or Settings(), **overrides)
+    if settings.proxyFrom is None:
+        return settings
+    return dataclasses.replace(
+        settings,
+        proxyFrom=tuple(
+            parseNetwork(item) if isinstance(item, str) else item
+            for item in settings.proxyFrom
+        ),
+    )
+
+
 class EchoService(MultiService):
     """
     An echo server: one L{EchoFactory} behind any number of stream listeners.
@@ -580,17 +598,7 @@ class EchoService(MultiService):
             e.g. C{shutdownTimeout=30} or C{maxPerSource=0}.
         """
         super().__init__()
-        settings = dataclasses.replace(settings or Settings(), **overrides)
-        if settings.proxyFrom is not None:
-            # Networks, or (from a program) their text, parsed once here.
-            settings = dataclasses.replace(
-                settings,
-                proxyFrom=tuple(
-                    parseNetwork(item) if isinstance(item, str) else item
-                    for item in settings.proxyFrom
-                ),
-            )
-        self.settings = settings
+        self.settings = settings = _settings(settings, overrides)
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -618,6 +626,25 @@ class EchoService(MultiService):
         self._openProxies: list[str] = []
         self._warnOpenProxy = warnOpenProxy
         self.socketBuffer = settings.socketBuffer
+        self._listenEcho(listen, udp)
+        self.draining = False
+        self.identity = (
+            identity if identity is not None else identityFor(settings.instanceName)
+        )
+        self._listenIdentify(identify, identifyUDP)
+        for kind, where in (("metrics", metrics), ("health", health)):
+            if where is not None:
+                self._listenPages(kind, where)
+
+    def _listenEcho(
+        self,
+        listen: Iterable[Listener | str],
+        udp: Iterable[DatagramListener | str],
+    ) -> None:
+        """
+        Add the echo's stream and UDP listeners.
+        """
+        settings, reactor = self.settings, self.reactor
         # Shared by every listener: one line per reason every 10 seconds.
         acceptLog = ThrottledObserver(
             globalLogPublisher, reactor, "listener.accept_failed"
@@ -639,10 +666,16 @@ class EchoService(MultiService):
             _DatagramListenerService(
                 datagramItem, self.datagramPolicy, reactor
             ).setServiceParent(self)
-        self.draining = False
-        self.identity = (
-            identity if identity is not None else identityFor(settings.instanceName)
-        )
+
+    def _listenIdentify(
+        self,
+        identify: Listener | str | None,
+        identifyUDP: DatagramListener | str | None,
+    ) -> None:
+        """
+        Add the identity line's stream and UDP listeners, where asked for.
+        """
+        settings, reactor = self.settings, self.reactor
         if identify is not None:
             if isinstance(identify, str):
                 identify = parseListener(identify, reactor)
@@ -664,29 +697,33 @@ class EchoService(MultiService):
                 IdentifyDatagram(self.identity, identifyPolicy),
                 "identify-udp",
             ).setServiceParent(self)
-        for kind, where in (("metrics", metrics), ("health", health)):
-            if where is None:
-                continue
-            # Imported here: prometheus_client and twisted.web take longer to
-            # import than the rest of the server, which needs neither.
-            from echotwist.health import Health
-            from echotwist.metrics import EchoCollector, metricsSite, registryFor
 
-            if isinstance(where, str):
-                where = parseListener(where, reactor)
-            self._trust(where)
-            pages = Health(self.notReady, self.identity).pages()
-            if kind == "metrics":
-                snapshot, workers, refresh = self._metricsSource()
-                site = metricsSite(
-                    registryFor(EchoCollector(snapshot, workers, reactor)),
-                    refresh,
-                    reactor,
-                    pages,
-                )
-            else:
-                site = metricsSite(None, None, reactor, pages)
-            _ListenerService(where, site, kind).setServiceParent(self)
+    def _listenPages(self, kind: str, where: Listener | str) -> None:
+        """
+        Add the listener of the metrics site (C{kind} C{"metrics"}) or of the
+        health pages alone (C{"health"}).
+        """
+        reactor = self.reactor
+        # Imported here: prometheus_client and twisted.web take longer to
+        # import than the rest of the server, which needs neither.
+        from echotwist.health import Health
+        from echotwist.metrics import EchoCollector, metricsSite, registryFor
+
+        if isinstance(where, str):
+            where = parseListener(where, reactor)
+        self._trust(where)
+        pages = Health(self.notReady, self.identity).pages()
+        if kind == "metrics":
+            snapshot, workers, refresh = self._metricsSource()
+            site = metricsSite(
+                registryFor(EchoCollector(snapshot, workers, reactor)),
+                refresh,
+                reactor,
+                pages,
+            )
+        else:
+            site = metricsSite(None, None, reactor, pages)
+        _ListenerService(where, site, kind).setServiceParent(self)
 
     def _trust(self, listener: Listener) -> None:
         """

@@ -293,6 +293,15 @@ class Options(usage.Options):
 
         # Before the listeners: parsing them imports the global reactor.
         installDefaultReactor(self.parent)
+        self["listeners"] = self._streamListeners()
+        self["datagramListeners"] = self._datagramListeners()
+        self._sideListeners()
+
+    def _streamListeners(self) -> list[Listener]:
+        """
+        The echo's stream listeners: C{--listen}'s, and C{--port}'s (or the
+        default port, where neither they nor C{--udp} are given).
+        """
         wanted: list[tuple[str, str]] = [
             (self.label("listen"), d) for d in self["listen"]
         ]
@@ -308,8 +317,12 @@ class Options(usage.Options):
                     f"{option}: {listener.description} is given twice"
                 )
             listeners.append(listener)
-        self["listeners"] = listeners
+        return listeners
 
+    def _datagramListeners(self) -> list[DatagramListener]:
+        """
+        The echo's UDP listeners, C{--udp}'s.
+        """
         datagramListeners: list[DatagramListener] = []
         for description in self["udp"]:
             try:
@@ -321,7 +334,16 @@ class Options(usage.Options):
                     f"{self.label('udp')}: {datagram.description} is given twice"
                 )
             datagramListeners.append(datagram)
-        self["datagramListeners"] = datagramListeners
+        return datagramListeners
+
+    def _sideListeners(self) -> None:
+        """
+        Parse the listeners beside the echo's (C{--metrics}, C{--health},
+        C{--identify}, C{--identify-udp}), none of which may be one of the
+        echo's.
+        """
+        listeners = self["listeners"]
+        datagramListeners = self["datagramListeners"]
         if self["metrics"] is not None:
             try:
                 import prometheus_client  # noqa: F401
