@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from io import BytesIO
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -77,7 +78,15 @@ class EchoCollector:
         every scrape).
         """
         now = self.snapshot()
-        refusedCounts, counts = now["refused"], now["datagrams"]
+        yield from self._streamMetrics(now)
+        yield from self._datagramMetrics(now)
+        yield from self._processMetrics(now)
+
+    def _streamMetrics(self, now: Mapping[str, Any]) -> Iterator[Metric]:
+        """
+        The stream connections' metrics, and the bytes of both transports.
+        """
+        refusedCounts = now["refused"]
         yield CounterMetricFamily(
             "echotwist_connections_accepted",
             "Stream connections admitted.",
@@ -130,6 +139,12 @@ class EchoCollector:
             family.add_metric(["stream"], now["streamBytes"])
             family.add_metric(["udp"], udp)
             yield family
+
+    def _datagramMetrics(self, now: Mapping[str, Any]) -> Iterator[Metric]:
+        """
+        The UDP datagrams' metrics.
+        """
+        counts = now["datagrams"]
         yield CounterMetricFamily(
             "echotwist_datagrams_answered",
             "UDP datagrams answered.",
@@ -149,6 +164,11 @@ class EchoCollector:
             "UDP answers the kernel would not send.",
             value=counts.get("send failed", 0),
         )
+
+    def _processMetrics(self, now: Mapping[str, Any]) -> Iterator[Metric]:
+        """
+        The workers' metrics, and what this server runs.
+        """
         yield GaugeMetricFamily(
             "echotwist_workers",
             "Worker processes serving now: with --workers, those that sent"
