@@ -37,7 +37,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
 from echotwist._twisted import exitSignal
-from echotwist.listeners import DatagramListener, Listener, parseListener
+from echotwist.listeners import DatagramListener, parseListener
 from echotwist.logs import LogFiles, jsonLinesObserver
 from echotwist.service import EchoService
 from echotwist.settings import Settings
@@ -237,13 +237,10 @@ def main() -> None:
     )
     faulthandler.enable()
     listeners = [
-        Listener(
-            item["description"],
-            parseListener(
-                workerDescription(item["description"]),
-                _AdoptingReactor(reactor, item["fileno"]),
-            ).endpoint,
-        )
+        parseListener(
+            workerDescription(item["description"]),
+            _AdoptingReactor(reactor, item["fileno"]),
+        )._replace(description=item["description"])
         for item in config["listeners"]
     ]
     datagrams = [
