@@ -573,31 +573,32 @@ class EchoFactory(Factory):
         most of any: it goes for that, not for being idle.
         """
         self.evicted += 1
+        extra: dict[str, int] = {}
         if held:
             self.evictedForShare += 1
-            self._refusals.warn(
-                EVICTED_SHARE,
+            reason = EVICTED_SHARE
+            why = (
                 "Closed {peer}, idle {idle:.1f}s, to admit a new client: the"
                 " server is full and its source {source} held {held}"
-                " connections, the most of any",
-                event="connection.evicted",
-                peer=protocol.peer,
-                source=protocol.source,
-                idle=idle,
-                held=held,
-                reason=EVICTED_SHARE,
+                " connections, the most of any"
             )
+            extra["held"] = held
         else:
-            self._refusals.warn(
-                EVICTED,
+            reason = EVICTED
+            why = (
                 "Closed {peer}, idle {idle:.1f}s or more, to admit a new"
-                " client: the server is full",
-                event="connection.evicted",
-                peer=protocol.peer,
-                source=protocol.source,
-                idle=idle,
-                reason=EVICTED,
+                " client: the server is full"
             )
+        self._refusals.warn(
+            reason,
+            why,
+            event="connection.evicted",
+            peer=protocol.peer,
+            source=protocol.source,
+            idle=idle,
+            reason=reason,
+            **extra,
+        )
         wrapper = protocol._awaiting
         if wrapper is not None:
             protocol._awaiting = None

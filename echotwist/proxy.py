@@ -265,18 +265,19 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         Pass a half-close on to a started half-closeable protocol; close
         otherwise.
         """
-        if self._started and IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.readConnectionLost()
-        else:
-            self.loseConnection()
+        self._halfClosed("readConnectionLost")
 
     def writeConnectionLost(self) -> None:
         """
         Pass a half-close on to a started half-closeable protocol; close
         otherwise.
         """
+        self._halfClosed("writeConnectionLost")
+
+    def _halfClosed(self, side: str) -> None:
+        # side: the IHalfCloseableProtocol method that tells of it.
         if self._started and IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.writeConnectionLost()
+            getattr(self.wrappedProtocol, side)()
         else:
             self.loseConnection()
 
