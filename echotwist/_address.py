@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import TypeAlias
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
@@ -116,3 +117,30 @@ def groupOf(
         return f"{ipaddress.IPv6Address(int(address))}{zone}"
     mask = ((1 << ipv6Prefix) - 1) << (128 - ipv6Prefix)
     return f"{ipaddress.IPv6Address(int(address) & mask)}{zone}/{ipv6Prefix}"
+
+
+#: An IP network, as L{parseNetwork} makes it (an address is a network of
+#: one).
+Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
+
+
+def parseNetwork(text: str) -> Network:
+    """
+    An address (C{10.0.0.1}, C{::1}) or a network (C{10.0.0.0/8},
+    C{2001:db8::/32}) as a network.
+
+    @raise ValueError: with a one-line message a user can act on.
+    """
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as e:
+        try:
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not an IP address or network (e.g. 10.0.0.0/8,"
+                f" 192.0.2.7, 2001:db8::/32)"
+            ) from None
+        raise ValueError(
+            f"{text!r} has host bits set ({e}): did you mean {loose}?"
+        ) from None

@@ -62,7 +62,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, sourceGroup
+from echotwist._twisted import orGlobalReactor
 from echotwist.limits import SourceRateLimiter, ThrottledLog
+from echotwist.settings import Settings
 from echotwist.stream import Echo
 
 __all__ = [
@@ -80,11 +82,9 @@ __all__ = [
 # as README's log volume says.
 log = Logger(namespace="echotwist.stream")
 
-#: Seconds a connection must be quiet during a drain before it is closed.
-#: A client that pauses between writes (a paced upload, a human at a
-#: terminal) keeps its stream up to this long a pause; each connection holds
-#: the shutdown that long at least once it stops.
-DEFAULT_DRAIN_QUIET = 2.0
+#: Seconds a connection must be quiet during a drain before it is closed:
+#: C{--drain-quiet}'s default, which L{Settings} holds.
+DEFAULT_DRAIN_QUIET: float = Settings.drainQuiet
 
 #: Why a connection can be refused, as logged and counted.
 TOO_MANY = "too many connections"
@@ -167,13 +167,7 @@ class EchoFactory(Factory):
         tlsHandshakesPerSource: int = 0,
         tlsHandshakeRate: float = 0,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            # Twisted before 26 types the global reactor as a module.
-            reactor = globalReactor  # type: ignore[assignment, unused-ignore]
-        assert reactor is not None
-        self.reactor = reactor
+        self.reactor = reactor = orGlobalReactor(reactor)
         self.maxConnections = maxConnections
         self.maxPerSource = maxPerSource
         self.ipv6Prefix = ipv6Prefix
@@ -579,31 +573,32 @@ class EchoFactory(Factory):
         most of any: it goes for that, not for being idle.
         """
         self.evicted += 1
+        extra: dict[str, int] = {}
         if held:
             self.evictedForShare += 1
-            self._refusals.warn(
-                EVICTED_SHARE,
+            reason = EVICTED_SHARE
+            why = (
                 "Closed {peer}, idle {idle:.1f}s, to admit a new client: the"
                 " server is full and its source {source} held {held}"
-                " connections, the most of any",
-                event="connection.evicted",
-                peer=protocol.peer,
-                source=protocol.source,
-                idle=idle,
-                held=held,
-                reason=EVICTED_SHARE,
+                " connections, the most of any"
             )
+            extra["held"] = held
         else:
-            self._refusals.warn(
-                EVICTED,
+            reason = EVICTED
+            why = (
                 "Closed {peer}, idle {idle:.1f}s or more, to admit a new"
-                " client: the server is full",
-                event="connection.evicted",
-                peer=protocol.peer,
-                source=protocol.source,
-                idle=idle,
-                reason=EVICTED,
+                " client: the server is full"
             )
+        self._refusals.warn(
+            reason,
+            why,
+            event="connection.evicted",
+            peer=protocol.peer,
+            source=protocol.source,
+            idle=idle,
+            reason=reason,
+            **extra,
+        )
         wrapper = protocol._awaiting
         if wrapper is not None:
             protocol._awaiting = None

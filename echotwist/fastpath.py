@@ -30,8 +30,8 @@ from twisted.internet import main, tcp
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 
-from echotwist import stream
-from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
+from echotwist._twisted import nothingQueued
+from echotwist.stream import DIRECT_READ_SIZE, Echo, passesThrough
 
 __all__ = [
     "SplicingServer",
@@ -187,9 +187,7 @@ def finishSplice(
     @return: what L{tcp.Connection.doRead} returns: None, or why the
         connection is over.
     """
-    protocol.bytesEchoed += received
-    if received < SPLICE_FROM:
-        protocol._bulk = False
+    protocol.splicedEcho(received)
     if sent == received:
         return None
     try:
@@ -202,7 +200,7 @@ def finishSplice(
         raise
     if sent < 0:
         return main.CONNECTION_LOST
-    protocol._sendRest(transport, rest, 0)
+    protocol.sendRest(transport, rest, 0)
     return None
 
 
@@ -215,6 +213,26 @@ def plainRead(transport: tcp.Server) -> ConnectionLost | ConnectionDone | None:
     return result
 
 
+def _inBulk(transport: tcp.Server) -> Echo | None:
+    """
+    The L{Echo} on C{transport}, directly or under a wrapper that passes
+    bytes through, if it is in bulk, sends directly to C{transport}, and
+    nothing is queued there: one whose next read may be spliced.
+    """
+    protocol = transport.protocol
+    if type(protocol) is not Echo and passesThrough(protocol):
+        # Past the header the wrapper only passes bytes on.
+        protocol = protocol.wrappedProtocol
+    if (
+        isinstance(protocol, Echo)
+        and protocol.inBulk
+        and protocol.sendsDirectlyTo(transport)
+        and nothingQueued(transport)
+    ):
+        return protocol
+    return None
+
+
 class SplicingServer(tcp.Server):
     """
     A TCP server transport that lets its L{Echo} echo in the kernel (see
@@ -224,31 +242,20 @@ class SplicingServer(tcp.Server):
     protocols directly or under echotwist's PROXY wrapper (not TLS).
     """
 
+    #: L{Echo} sends directly on it (see L{echotwist.stream.sendsDirectly}).
+    echoSendsDirectly = True
+
     def doRead(self) -> ConnectionLost | ConnectionDone | None:  # type: ignore[override]
         """
         Splice this read if its L{Echo} is in bulk and nothing is queued;
         read as L{tcp.Server} does otherwise.
         """
-        protocol = self.protocol
-        if isinstance(protocol, stream.passThroughWrappers):
-            # Past the header the wrapper only passes bytes on.
-            protocol = protocol.wrappedProtocol
-        if (
-            isinstance(protocol, Echo)
-            and protocol._bulk
-            and protocol._direct is self
-            and not self.dataBuffer
-            and not self._tempDataLen
-        ):
+        protocol = _inBulk(self)
+        if protocol is not None:
             pipe = _SharedPipe.get()
             if pipe is not None:
                 return _spliceRead(protocol, self, pipe)
         return plainRead(self)
-
-
-# Echo sends directly on this transport too.  Registered from here, where
-# it is defined, so that echotwist.stream need not import this module.
-stream._DIRECT_TRANSPORTS += (SplicingServer,)
 
 
 def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
@@ -271,12 +278,10 @@ def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
     protocol = transport.protocol
     if (
         type(protocol) is Echo
-        and protocol._direct is transport
-        and not protocol._bulk
-        and not protocol._paused
-        and protocol._closeReason is None
-        and not transport.dataBuffer
-        and not transport._tempDataLen
+        and protocol.sendsDirectlyTo(transport)
+        and not protocol.inBulk
+        and protocol.undisturbed
+        and nothingQueued(transport)
     ):
         # os.read and os.write of the socket's descriptor are recv() and
         # send() without flags, at less cost per call than the socket
@@ -304,18 +309,8 @@ def bulkEcho(transport: object) -> Echo | None:
         or _SharedPipe.fds is None
     ):
         return None
-    protocol = transport.protocol
-    if isinstance(protocol, stream.passThroughWrappers):
-        protocol = protocol.wrappedProtocol
-    if (
-        isinstance(protocol, Echo)
-        and protocol._bulk
-        and protocol._direct is transport
-        and not protocol._paused
-        and protocol._closeReason is None
-        and not transport.dataBuffer
-        and not transport._tempDataLen
-    ):
+    protocol = _inBulk(transport)
+    if protocol is not None and protocol.undisturbed:
         return protocol
     return None
 
@@ -341,7 +336,5 @@ def finishRead(
     if sent is None:
         protocol.dataReceived(data)
         return None
-    protocol.bytesEchoed += len(data)
-    assert protocol._direct is not None
-    protocol._sendRest(protocol._direct, data, sent)
+    protocol.partlySent(data, sent)
     return None

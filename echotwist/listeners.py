@@ -152,10 +152,16 @@ def _tlsFilesHint(description: str, text: str) -> str | None:
 class Listener(NamedTuple):
     """
     A stream listener: its endpoint description and the parsed endpoint.
+
+    @ivar tls: whether its connections are TLS (C{ssl:}).
+    @ivar proxied: whether its endpoint is echotwist's PROXY endpoint
+        (C{haproxy:}, an L{echotwist.proxy.ProxyEndpoint}).
     """
 
     description: str
     endpoint: IStreamServerEndpoint
+    tls: bool = False
+    proxied: bool = False
 
 
 def listenBacklog(somaxconn: str = _SOMAXCONN) -> int:
@@ -320,48 +326,55 @@ def parseListener(
         from twisted.internet import reactor
     if backlog is None:
         backlog = listenBacklog()
+    proxied = text.startswith(_PROXY_PREFIX)
+    inner = text[len(_PROXY_PREFIX) :] if proxied else text
+    tls = inner.split(":", 1)[0] == "ssl"
     try:
-        # haproxy: is Twisted's prefix; echotwist's own wrapper takes its
-        # place (see echotwist.proxy for why).
-        if text.startswith(_PROXY_PREFIX):
-            # Imported here: most servers never need it (see
-            # echotwist.stream.passThroughWrappers).
+        endpoint = _endpoint(reactor, inner, backlog)
+        if proxied:
+            # haproxy: is Twisted's prefix; echotwist's own wrapper takes
+            # its place (see echotwist.proxy for why).  Imported here: most
+            # servers never need it.
             from echotwist.proxy import ProxyEndpoint
 
-            endpoint: IStreamServerEndpoint = ProxyEndpoint(
-                _endpoint(reactor, text[len(_PROXY_PREFIX) :], backlog), reactor
-            )
-        else:
-            endpoint = _endpoint(reactor, text, backlog)
-    except ImportError as e:
-        inner = text[len(_PROXY_PREFIX) :] if text.startswith(_PROXY_PREFIX) else text
-        if inner.split(":", 1)[0] == "ssl":
+            endpoint = ProxyEndpoint(endpoint, reactor)
+    except Exception as e:
+        raise _refusal(description, text, tls, e) from None
+    return Listener(text, endpoint, tls, proxied)
+
+
+def _refusal(
+    description: str, text: str, tls: bool, error: Exception
+) -> ValueError | MissingExtra:
+    """
+    What to raise for a listener's description (as given, and as C{text}
+    once a port number is C{tcp:PORT}) whose endpoint could not be made:
+    a line a user can act on.
+    """
+    if isinstance(error, ImportError):
+        if tls:
             # Twisted's ssl: parser imports pyOpenSSL, an extra.
-            raise MissingExtra(
+            return MissingExtra(
                 f"echotwist: {description!r} needs TLS support, which is not"
                 f" installed: {installExtra('tls')}"
-            ) from None
-        raise ValueError(
-            f"{description!r} needs a module that is missing ({e})"
-        ) from None
-    except (IndexError, KeyError) as e:
+            )
+        return ValueError(f"{description!r} needs a module that is missing ({error})")
+    if isinstance(error, (IndexError, KeyError)):
         if "systemd:" not in text:
-            raise ValueError(f"{description!r}: {e}") from None
-        raise ValueError(
+            return ValueError(f"{description!r}: {error}")
+        return ValueError(
             f"{description!r}: no such socket was passed to this process"
             " (LISTEN_FDS and LISTEN_PID must describe it, and for name=,"
             " LISTEN_FDNAMES too)"
-        ) from None
-    except Exception as e:
-        hint = _tlsFilesHint(description, text) or _ipv6Hint(text)
-        if hint is not None:
-            raise ValueError(hint) from None
-        raise ValueError(
-            f"{description!r} is neither a port number nor a usable server"
-            f" endpoint description ({e}); examples: 5000,"
-            f" tcp:5000:interface=127.0.0.1, unix:/run/echo.sock"
-        ) from None
-    return Listener(text, endpoint)
+        )
+    hint = _tlsFilesHint(description, text) or _ipv6Hint(text)
+    if hint is not None:
+        return ValueError(hint)
+    return ValueError(
+        f"{description!r} is neither a port number nor a usable server"
+        f" endpoint description ({error}); examples: 5000,"
+        f" tcp:5000:interface=127.0.0.1, unix:/run/echo.sock"
+    )
 
 
 _SYSTEMD_PREFIX = "systemd:"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from io import BytesIO
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -36,6 +36,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from echotwist._address import formatAddress, sourceGroup
+from echotwist._twisted import orGlobalReactor, requestMethod
 from echotwist.connections import CONNECTION_REFUSALS
 from echotwist.datagram import DATAGRAM_REFUSALS
 from echotwist.limits import ThrottledLog
@@ -79,10 +80,18 @@ class EchoCollector:
         The metrics of the counts now (what prometheus_client calls on
         every scrape).
         """
+        now = self.snapshot()
+        yield from self._streamMetrics(now)
+        yield from self._datagramMetrics(now)
+        yield from self._processMetrics(now)
+
+    def _streamMetrics(self, now: Mapping[str, Any]) -> Iterator[Metric]:
+        """
+        The stream connections' metrics, and the bytes of both transports.
+        """
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        now = self.snapshot()
-        refusedCounts, counts = now["refused"], now["datagrams"]
+        refusedCounts = now["refused"]
         yield CounterMetricFamily(
             "echotwist_connections_accepted",
             "Stream connections admitted.",
@@ -135,6 +144,14 @@ class EchoCollector:
             family.add_metric(["stream"], now["streamBytes"])
             family.add_metric(["udp"], udp)
             yield family
+
+    def _datagramMetrics(self, now: Mapping[str, Any]) -> Iterator[Metric]:
+        """
+        The UDP datagrams' metrics.
+        """
+        from prometheus_client.core import CounterMetricFamily
+
+        counts = now["datagrams"]
         yield CounterMetricFamily(
             "echotwist_datagrams_answered",
             "UDP datagrams answered.",
@@ -154,6 +171,13 @@ class EchoCollector:
             "UDP answers the kernel would not send.",
             value=counts.get("send failed", 0),
         )
+
+    def _processMetrics(self, now: Mapping[str, Any]) -> Iterator[Metric]:
+        """
+        The workers' metrics, and what this server runs.
+        """
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         yield GaugeMetricFamily(
             "echotwist_workers",
             "Worker processes serving now: with --workers, those that sent"
@@ -253,10 +277,9 @@ class _MetricsRequest(Request):
     _refused = False
 
     def gotLength(self, length: int | None) -> None:
-        # The request line's method is the channel's until the request is
-        # handed the whole request (twisted.web has no public way to it
-        # yet).  Were it ever missing, any body is still refused, by 413.
-        method = getattr(self.channel, "_command", None)
+        # twisted.web has no public way to the method yet.  Were it ever
+        # missing, any body is still refused, by 413.
+        method = requestMethod(self.channel)
         if method is not None and method not in (b"GET", b"HEAD"):
             self._refuse(b"405 Method Not Allowed", b"Allow: GET, HEAD\r\n")
         elif length != 0:
@@ -394,13 +417,7 @@ class MetricsGuard(WrappingFactory):
         maxPerSource: int = MAX_METRICS_CONNECTIONS_PER_SOURCE,
     ) -> None:
         super().__init__(wrappedFactory)
-        if reactor is None:
-            from twisted.internet import reactor as globalReactor
-
-            # Twisted before 26 types the global reactor as a module.
-            reactor = globalReactor  # type: ignore[assignment, unused-ignore]
-        assert reactor is not None
-        self.reactor = reactor
+        self.reactor = reactor = orGlobalReactor(reactor)
         self.maxConnections = maxConnections
         self.maxPerSource = maxPerSource
         self.lifetime = lifetime

@@ -30,7 +30,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
@@ -44,14 +44,17 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from echotwist import stream
-from echotwist._address import formatAddress
+from echotwist._address import Network, formatAddress, parseNetwork
+from echotwist._twisted.haproxy import (
+    PROXY_V2_SIGNATURE,
+    ProxyHeaderParser,
+    proxyV1Parser,
+    proxyV2Parser,
+)
 from echotwist.limits import ThrottledLog
 
 __all__ = [
@@ -65,56 +68,12 @@ __all__ = [
 log = Logger()
 
 _V1_SIGNATURE = b"PROXY "
-_V2_SIGNATURE = V2Parser.PREFIX
+_V2_SIGNATURE = PROXY_V2_SIGNATURE
 _V2_FIXED_HEADER = 16
-
-Network: TypeAlias = "ipaddress.IPv4Network | ipaddress.IPv6Network"
 
 # What a v1 header of a TCP connection must be, field by field; the parser
 # has checked the rest.
 _V1_TCP = re.compile(rb"PROXY (TCP4|TCP6) ([^ ]+) ([^ ]+) ([0-9]{1,5}) ([0-9]{1,5})")
-
-
-def parseNetwork(text: str) -> Network:
-    """
-    An address (C{10.0.0.1}, C{::1}) or a network (C{10.0.0.0/8},
-    C{2001:db8::/32}) as a network.
-
-    @raise ValueError: with a one-line message a user can act on.
-    """
-    try:
-        return ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError as e:
-        try:
-            loose = ipaddress.ip_network(text.strip(), strict=False)
-        except ValueError:
-            raise ValueError(
-                f"{text!r} is not an IP address or network (e.g. 10.0.0.0/8,"
-                f" 192.0.2.7, 2001:db8::/32)"
-            ) from None
-        raise ValueError(
-            f"{text!r} has host bits set ({e}): did you mean {loose}?"
-        ) from None
-
-
-class _V1Parser(V1Parser):
-    """
-    Twisted's v1 parser, taking C{PROXY UNKNOWN} with nothing after it too.
-    """
-
-    @classmethod
-    def parse(cls, line: bytes) -> Any:
-        """
-        Parse a v1 header line.  A bare C{PROXY UNKNOWN} is an UNKNOWN
-        header like any other: the specification says that after UNKNOWN
-        "the rest of the line before the CRLF may be omitted by the
-        sender", and HAProxy 2.6 omits it for a client of a UNIX-socket
-        frontend.
-        """
-        if line == b"PROXY UNKNOWN":
-            # Twisted's parser wants a space after the protocol.
-            line += b" "
-        return super().parse(line)
 
 
 def _isTrusted(address: IAddress, trusted: Sequence[Network]) -> bool:
@@ -175,8 +134,12 @@ class ProxyHeaderWrapper(ProtocolWrapper):
     """
 
     factory: ProxyWrappingFactory
+    #: Past its header it passes bytes on and writes to the TCP transport:
+    #: the direct send and the splice see through it (see
+    #: L{echotwist.stream.passesThrough}).
+    echoPassesThrough = True
     _proxyInfo: Any = None
-    _parser: _V1Parser | V2Parser | None = None
+    _parser: ProxyHeaderParser | None = None
     _started = False
     _pending = b""
     _deadline: Any = None
@@ -232,9 +195,9 @@ class ProxyHeaderWrapper(ProtocolWrapper):
                 if data[12] & 0xF0 != 0x20:
                     self._refuse("unsupported PROXY protocol version")
                     return
-                self._parser = V2Parser()
+                self._parser = proxyV2Parser()
             elif data.startswith(_V1_SIGNATURE):
-                self._parser = _V1Parser()
+                self._parser = proxyV1Parser()
             elif _V2_SIGNATURE.startswith(data) or _V1_SIGNATURE.startswith(data):
                 return  # the signature is still arriving
             else:
@@ -302,18 +265,19 @@ class ProxyHeaderWrapper(ProtocolWrapper):
         Pass a half-close on to a started half-closeable protocol; close
         otherwise.
         """
-        if self._started and IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.readConnectionLost()
-        else:
-            self.loseConnection()
+        self._halfClosed("readConnectionLost")
 
     def writeConnectionLost(self) -> None:
         """
         Pass a half-close on to a started half-closeable protocol; close
         otherwise.
         """
+        self._halfClosed("writeConnectionLost")
+
+    def _halfClosed(self, side: str) -> None:
+        # side: the IHalfCloseableProtocol method that tells of it.
         if self._started and IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.writeConnectionLost()
+            getattr(self.wrappedProtocol, side)()
         else:
             self.loseConnection()
 
@@ -330,11 +294,6 @@ class ProxyHeaderWrapper(ProtocolWrapper):
             abandoned = getattr(self.wrappedProtocol, "proxyAbandoned", None)
             if abandoned is not None:
                 abandoned()
-
-
-# Past its header the wrapper passes bytes on and writes to the TCP
-# transport: the direct send and the splice see through it.
-stream.passThroughWrappers = (*stream.passThroughWrappers, ProxyHeaderWrapper)
 
 
 class ProxyWrappingFactory(WrappingFactory):

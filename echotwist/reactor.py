@@ -2,7 +2,7 @@
 """
 An epoll reactor without a logging context per event, for busy echo
 servers: what C{twistd -n echo ...} and C{twist echo ...} serve on when no
-reactor is named (see L{echotwist.tap.installDefaultReactor}), and what
+reactor is named (see L{echotwist.process.installDefaultReactor}), and what
 C{--reactor echotwist} names.
 
 Twisted's epoll reactor runs every read and write inside
@@ -69,6 +69,7 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST, installReact
 from twisted.logger import Logger
 
 from echotwist import fastpath
+from echotwist._twisted import epollParts, justStopped
 from echotwist.datagram import DatagramPort
 from echotwist.fastpath import (
     _SPLICE_FLAGS,
@@ -95,6 +96,9 @@ class EchotwistEPollReactor(EPollReactor):
 
     def __init__(self) -> None:
         super().__init__()
+        # What the poll loop uses of Twisted's epoll reactor's internals,
+        # through echotwist's one door to them.
+        self._parts = epollParts(self)
         # Connections whose reads this loop echoes itself, by descriptor:
         # the transport, its Echo, and the read and write to call with the
         # descriptor (os.read and os.write; tests put others in).
@@ -125,7 +129,7 @@ class EchotwistEPollReactor(EPollReactor):
         while self._pollOnce(timeout):
             # Only plain echoes ran (see the module docstring); the checks
             # are for what a signal handler may have done meanwhile.
-            if self._justStopped or self.threadCallQueue or not timeout:
+            if justStopped(self) or self.threadCallQueue or not timeout:
                 return
             if timeout > 0:
                 timeout = deadline - self.seconds()
@@ -138,8 +142,10 @@ class EchotwistEPollReactor(EPollReactor):
 
         @return: whether there were events and every one was a plain echo.
         """
+        parts = self._parts
+        selectables = parts.selectables
         try:
-            events = self._poller.poll(timeout, len(self._selectables))
+            events = parts.poll(timeout, len(selectables))
         except OSError as err:
             if err.errno == errno.EINTR:
                 return False
@@ -147,8 +153,7 @@ class EchotwistEPollReactor(EPollReactor):
         if not events:
             return False
         allPlain = True
-        selectables = self._selectables
-        doReadOrWrite = self._doReadOrWrite
+        doReadOrWrite = parts.doReadOrWrite
         plainEchoes = self._plainEchoes
         readSize = DIRECT_READ_SIZE
         spliceFrom = SPLICE_FROM
@@ -194,7 +199,7 @@ class EchotwistEPollReactor(EPollReactor):
                         except KeyboardInterrupt:
                             raise
                         except BaseException as e:
-                            # As Twisted's _doReadOrWrite has it: logged,
+                            # As Twisted's own loop has it: logged,
                             # and the connection is lost.
                             log.failure(
                                 "Unhandled error in {selectable!r}",
@@ -202,7 +207,7 @@ class EchotwistEPollReactor(EPollReactor):
                             )
                             why = e
                         if why:
-                            self._disconnectSelectable(selectable, why, True)
+                            self._parts.disconnectSelectable(selectable, why, True)
                         continue
                     bulk = bulkEchoes.get(fd)
                     pipe = _SharedPipe.fds
@@ -215,7 +220,7 @@ class EchotwistEPollReactor(EPollReactor):
                         except KeyboardInterrupt:
                             raise
                         except BaseException as e:
-                            # As Twisted's _doReadOrWrite has it: logged,
+                            # As Twisted's own loop has it: logged,
                             # and the connection is lost.  The pipe may
                             # hold its bytes: it goes too.
                             _SharedPipe.discard()
@@ -223,13 +228,13 @@ class EchotwistEPollReactor(EPollReactor):
                                 "Unhandled error in {selectable!r}",
                                 selectable=selectable,
                             )
-                            self._disconnectSelectable(selectable, e, True)
+                            self._parts.disconnectSelectable(selectable, e, True)
                         allPlain = False
                         self._track(fd, selectable)
                         continue
                     if type(selectable) is DatagramPort:
                         # A UDP port's pass of reads, without the wrapper
-                        # of _doReadOrWrite; its echoes are answered in it
+                        # of doReadOrWrite; its echoes are answered in it
                         # (see DatagramPort.readPass).
                         try:
                             if not selectable.readPass():
@@ -237,13 +242,13 @@ class EchotwistEPollReactor(EPollReactor):
                         except KeyboardInterrupt:
                             raise
                         except BaseException as e:
-                            # As Twisted's _doReadOrWrite has it.
+                            # As Twisted's doReadOrWrite has it.
                             allPlain = False
                             log.failure(
                                 "Unhandled error in {selectable!r}",
                                 selectable=selectable,
                             )
-                            self._disconnectSelectable(selectable, e, True)
+                            self._parts.disconnectSelectable(selectable, e, True)
                         continue
                 allPlain = False
                 doReadOrWrite(selectable, fd, event)
@@ -296,19 +301,19 @@ class EchotwistEPollReactor(EPollReactor):
             del self._bulkEchoes[fd]
             why = plainRead(selectable)
             if why:
-                self._disconnectSelectable(selectable, why, True)
+                self._parts.disconnectSelectable(selectable, why, True)
             return False
         except OSError as e:
             del self._bulkEchoes[fd]
             if e.errno in (EINVAL, ENOSYS):
                 # The transport's own read finds out, and says so.
-                self._doReadOrWrite(selectable, fd, EPOLLIN)
+                self._parts.doReadOrWrite(selectable, fd, EPOLLIN)
             else:
-                self._disconnectSelectable(selectable, CONNECTION_LOST, True)
+                self._parts.disconnectSelectable(selectable, CONNECTION_LOST, True)
             return False
         if not received:
             del self._bulkEchoes[fd]
-            self._disconnectSelectable(selectable, CONNECTION_DONE, True)
+            self._parts.disconnectSelectable(selectable, CONNECTION_DONE, True)
             return False
         try:
             sent = fastpath.splice(pipe[0], fd, received, None, None, _SPLICE_FLAGS)
@@ -324,7 +329,7 @@ class EchotwistEPollReactor(EPollReactor):
         del self._bulkEchoes[fd]
         why = finishSplice(echo, selectable, pipe, received, sent)
         if why:
-            self._disconnectSelectable(selectable, why, True)
+            self._parts.disconnectSelectable(selectable, why, True)
         return False
 
     doIteration = doPoll

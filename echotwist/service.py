@@ -13,9 +13,8 @@ import errno
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import tcp
@@ -34,9 +33,17 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 
-from echotwist._address import DEFAULT_IPV6_PREFIX, escape, formatAddress
+from echotwist._address import (
+    DEFAULT_IPV6_PREFIX,
+    Network,
+    escape,
+    formatAddress,
+    parseNetwork,
+)
+from echotwist._twisted import datagramPortFromDescriptor, setAcceptLogObserver
 from echotwist.connections import DEFAULT_DRAIN_QUIET, EchoFactory
 from echotwist.datagram import (
     MAX_DATAGRAM,
@@ -62,9 +69,6 @@ from echotwist.listeners import (
 from echotwist.logs import LogFiles
 from echotwist.settings import MIN_SOCKET_BUFFER, Settings
 from echotwist.stream import Echo
-
-if TYPE_CHECKING:
-    from echotwist.proxy import Network
 
 __all__ = [
     "CannotListen",
@@ -319,6 +323,8 @@ class _ListenerService(Service):
             the global log.
         """
         self.endpoint = listener.endpoint
+        self.tls = listener.tls
+        self.proxied = listener.proxied
         self.factory = factory
         self.description = listener.description
         self.kind = kind
@@ -391,21 +397,14 @@ class _ListenerService(Service):
         _logStarted(self.description, port, self.kind)
         self.port = port
         if self.acceptLog is not None and isinstance(port, tcp.Port):
-            # tcp.Port.doRead logs through self._logger (TCP, TLS and UNIX
-            # ports alike).
-            port._logger = Logger(
-                namespace=port._logger.namespace, observer=self.acceptLog
-            )
+            setAcceptLogObserver(port, self.acceptLog)
         factory = getattr(port, "factory", None)
         tls: Any = None
-        # TLS is an extra: its module is loaded only where pyOpenSSL is
-        # installed, and it is, whenever an ssl: listener made this factory.
-        tlsModule = sys.modules.get("twisted.protocols.tls")
-        if tlsModule is not None and isinstance(factory, tlsModule.TLSMemoryBIOFactory):
+        # An ssl: listener's port holds Twisted's TLS factory, over the
+        # PROXY wrapper's factory under haproxy:ssl:, over ours.
+        if self.tls and isinstance(factory, WrappingFactory):
             tls, factory = factory, factory.wrappedFactory
-        # So is the PROXY wrapper's, wherever a haproxy: listener made it.
-        proxy = sys.modules.get("echotwist.proxy")
-        if proxy is not None and isinstance(factory, proxy.ProxyWrappingFactory):
+        if self.proxied and isinstance(factory, WrappingFactory):
             factory = factory.wrappedFactory
         if (
             type(port) is tcp.Port
@@ -486,15 +485,13 @@ class _DatagramListenerService(Service):
         if listener.fileno is not None:
             family = socket.socket(fileno=listener.fileno)
             try:
-                # The one way Twisted offers to adopt a datagram socket into
-                # a port of one's own class: a private classmethod of the
-                # public udp.Port (what adoptDatagramPort itself calls).
-                port: DatagramPort = DatagramPort._fromListeningDescriptor(
+                port = datagramPortFromDescriptor(
+                    DatagramPort,
                     self._reactor,
                     listener.fileno,
                     family.family,
                     self.protocol,
-                    maxPacketSize=MAX_DATAGRAM,
+                    MAX_DATAGRAM,
                 )
             finally:
                 family.close()  # the port took a duplicate
@@ -526,6 +523,24 @@ class _DatagramListenerService(Service):
         stopped = port.stopListening()
         d = stopped if isinstance(stopped, Deferred) else succeed(None)
         return d.addCallback(lambda result: _logStopped(self.description))
+
+
+def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+    """
+    C{settings} (C{twistd echo}'s defaults if None) with C{overrides}, and
+    C{proxyFrom} as networks: a program may give their text, parsed here,
+    once.
+    """
+    settings = dataclasses.replace(settings or Settings(), **overrides)
+    if settings.proxyFrom is None:
+        return settings
+    return dataclasses.replace(
+        settings,
+        proxyFrom=tuple(
+            parseNetwork(item) if isinstance(item, str) else item
+            for item in settings.proxyFrom
+        ),
+    )
 
 
 class EchoService(MultiService):
@@ -583,13 +598,7 @@ class EchoService(MultiService):
             e.g. C{shutdownTimeout=30} or C{maxPerSource=0}.
         """
         super().__init__()
-        settings = dataclasses.replace(settings or Settings(), **overrides)
-        if settings.proxyFrom is not None:
-            # Networks or their text, as given: kept as text, for workers.
-            settings = dataclasses.replace(
-                settings, proxyFrom=tuple(str(item) for item in settings.proxyFrom)
-            )
-        self.settings = settings
+        self.settings = settings = _settings(settings, overrides)
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -613,12 +622,29 @@ class EchoService(MultiService):
         self.shutdownTimeout = settings.shutdownTimeout
         self.proxyFrom: list[Network] | None = None
         if settings.proxyFrom is not None:
-            from echotwist.proxy import parseNetwork
-
-            self.proxyFrom = [parseNetwork(item) for item in settings.proxyFrom]
+            self.proxyFrom = list(settings.proxyFrom)
         self._openProxies: list[str] = []
         self._warnOpenProxy = warnOpenProxy
         self.socketBuffer = settings.socketBuffer
+        self._listenEcho(listen, udp)
+        self.draining = False
+        self.identity = (
+            identity if identity is not None else identityFor(settings.instanceName)
+        )
+        self._listenIdentify(identify, identifyUDP)
+        for kind, where in (("metrics", metrics), ("health", health)):
+            if where is not None:
+                self._listenPages(kind, where)
+
+    def _listenEcho(
+        self,
+        listen: Iterable[Listener | str],
+        udp: Iterable[DatagramListener | str],
+    ) -> None:
+        """
+        Add the echo's stream and UDP listeners.
+        """
+        settings, reactor = self.settings, self.reactor
         # Shared by every listener: one line per reason every 10 seconds.
         acceptLog = ThrottledObserver(
             globalLogPublisher, reactor, "listener.accept_failed"
@@ -640,10 +666,16 @@ class EchoService(MultiService):
             _DatagramListenerService(
                 datagramItem, self.datagramPolicy, reactor
             ).setServiceParent(self)
-        self.draining = False
-        self.identity = (
-            identity if identity is not None else identityFor(settings.instanceName)
-        )
+
+    def _listenIdentify(
+        self,
+        identify: Listener | str | None,
+        identifyUDP: DatagramListener | str | None,
+    ) -> None:
+        """
+        Add the identity line's stream and UDP listeners, where asked for.
+        """
+        settings, reactor = self.settings, self.reactor
         if identify is not None:
             if isinstance(identify, str):
                 identify = parseListener(identify, reactor)
@@ -665,37 +697,41 @@ class EchoService(MultiService):
                 IdentifyDatagram(self.identity, identifyPolicy),
                 "identify-udp",
             ).setServiceParent(self)
-        for kind, where in (("metrics", metrics), ("health", health)):
-            if where is None:
-                continue
-            # Imported here: prometheus_client and twisted.web take longer to
-            # import than the rest of the server, which needs neither.
-            from echotwist.health import Health
-            from echotwist.metrics import EchoCollector, metricsSite, registryFor
 
-            if isinstance(where, str):
-                where = parseListener(where, reactor)
-            self._trust(where)
-            pages = Health(self.notReady, self.identity).pages()
-            if kind == "metrics":
-                snapshot, workers, refresh = self._metricsSource()
-                site = metricsSite(
-                    registryFor(EchoCollector(snapshot, workers, reactor)),
-                    refresh,
-                    reactor,
-                    pages,
-                )
-            else:
-                site = metricsSite(None, None, reactor, pages)
-            _ListenerService(where, site, kind).setServiceParent(self)
+    def _listenPages(self, kind: str, where: Listener | str) -> None:
+        """
+        Add the listener of the metrics site (C{kind} C{"metrics"}) or of the
+        health pages alone (C{"health"}).
+        """
+        reactor = self.reactor
+        # Imported here: prometheus_client and twisted.web take longer to
+        # import than the rest of the server, which needs neither.
+        from echotwist.health import Health
+        from echotwist.metrics import EchoCollector, metricsSite, registryFor
+
+        if isinstance(where, str):
+            where = parseListener(where, reactor)
+        self._trust(where)
+        pages = Health(self.notReady, self.identity).pages()
+        if kind == "metrics":
+            snapshot, workers, refresh = self._metricsSource()
+            site = metricsSite(
+                registryFor(EchoCollector(snapshot, workers, reactor)),
+                refresh,
+                reactor,
+                pages,
+            )
+        else:
+            site = metricsSite(None, None, reactor, pages)
+        _ListenerService(where, site, kind).setServiceParent(self)
 
     def _trust(self, listener: Listener) -> None:
         """
         Tell a C{haproxy:} listener whose PROXY headers to believe.
         """
-        proxy = sys.modules.get("echotwist.proxy")
-        if proxy is not None and isinstance(listener.endpoint, proxy.ProxyEndpoint):
-            listener.endpoint.trusted = self.proxyFrom
+        if listener.proxied:
+            # A haproxy: listener's endpoint is echotwist's ProxyEndpoint.
+            listener.endpoint.trusted = self.proxyFrom  # type: ignore[attr-defined]
             if self.proxyFrom is None:
                 self._openProxies.append(listener.description)
 

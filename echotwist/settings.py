@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from echotwist._address import DEFAULT_IPV6_PREFIX
+from echotwist._address import DEFAULT_IPV6_PREFIX, Network, parseNetwork
 
 __all__ = [
     "DEFAULT_KEEPALIVE",
@@ -379,9 +379,9 @@ class Settings:
         },
     )
     #: The peers allowed to send PROXY headers to haproxy: listeners, as
-    #: addresses or networks; None for any peer.  (--proxy-from repeats, so
-    #: the tap parses it with an opt_ method of its own.)
-    proxyFrom: tuple[str, ...] | None = field(
+    #: networks (see L{parseNetwork}); None for any peer.  (--proxy-from
+    #: repeats, so the tap parses it with an opt_ method of its own.)
+    proxyFrom: tuple[Network, ...] | None = field(
         default=None, metadata={"option": "proxy-from", "repeated": True}
     )
 
@@ -389,7 +389,8 @@ class Settings:
         """
         This value as JSON, for a worker's configuration.
         """
-        return json.dumps(dataclasses.asdict(self))
+        # Networks as their text, which fromJSON parses.
+        return json.dumps(dataclasses.asdict(self), default=str)
 
     @classmethod
     def fromJSON(cls, text: str) -> Settings:
@@ -400,7 +401,7 @@ class Settings:
         if "keepalive" in values:
             values["keepalive"] = tuple(values["keepalive"])
         if values.get("proxyFrom") is not None:
-            values["proxyFrom"] = tuple(values["proxyFrom"])
+            values["proxyFrom"] = tuple(parseNetwork(n) for n in values["proxyFrom"])
         return cls(**values)
 
 

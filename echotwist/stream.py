@@ -35,7 +35,7 @@ eviction, the drain) are L{echotwist.connections.EchoFactory}'s.
 from __future__ import annotations
 
 from errno import ENOBUFS, EWOULDBLOCK
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -51,27 +51,48 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from echotwist._address import escape, formatAddress
+from echotwist._twisted import nothingQueued
 
 if TYPE_CHECKING:
     from twisted.protocols.policies import ProtocolWrapper
 
     from echotwist.connections import EchoFactory
 
-__all__ = ["DIRECT_READ_SIZE", "NOTHING_SENT", "SPLICE_FROM", "Echo"]
+__all__ = [
+    "DIRECT_READ_SIZE",
+    "NOTHING_SENT",
+    "SPLICE_FROM",
+    "Echo",
+    "passesThrough",
+    "sendsDirectly",
+]
 
-#: Protocol wrappers that, past a header, only pass bytes on to the L{Echo}
-#: they wrap, whose write() is the TCP transport's: echotwist's PROXY
-#: wrapper, which adds itself here when L{echotwist.proxy} is imported.
-#: That module (and Twisted's PROXY parsers) loads only where a listener
-#: needs it, not at every start.
-passThroughWrappers: tuple[type[ProtocolWrapper], ...] = ()
 
-# Transports whose internals the direct send relies on (an empty
-# dataBuffer and _tempDataLen mean nothing is queued; socket is the socket;
-# producerPaused makes the transport resume its producer once drained;
-# bufferSize is how much one doRead asks recv() for); echotwist.fastpath
-# adds its SplicingServer.
-_DIRECT_TRANSPORTS: tuple[type, ...] = (tcp.Server,)
+def sendsDirectly(transport: object) -> bool:
+    """
+    Whether L{Echo} may send to C{transport} directly when nothing is
+    queued on it: Twisted's C{tcp.Server} itself, or a transport whose
+    class says so with a true C{echoSendsDirectly} (as
+    L{echotwist.fastpath.SplicingServer} does).  Such a transport is a
+    C{tcp.Server} in all the direct send relies on: nothing queued as
+    L{echotwist._twisted.nothingQueued} tells; C{socket} is the socket;
+    C{producerPaused} makes it resume its producer once drained;
+    C{bufferSize} is how much one C{doRead} asks C{recv()} for.
+    """
+    kind = type(transport)
+    return kind is tcp.Server or getattr(kind, "echoSendsDirectly", False) is True
+
+
+def passesThrough(wrapper: object) -> TypeGuard[ProtocolWrapper]:
+    """
+    Whether C{wrapper} is a protocol wrapper that, past a header, only
+    passes bytes on to the L{Echo} it wraps (its C{wrappedProtocol}), and
+    whose C{write()} is its transport's: a class that says so with a true
+    C{echoPassesThrough}, as echotwist's PROXY wrapper does.  The direct
+    send and the splice see through it.
+    """
+    return getattr(type(wrapper), "echoPassesThrough", False) is True
+
 
 #: The reason logged for a connection closed by its client before it sent
 #: a byte, by FIN or by RST: a health check, not a fault.
@@ -212,11 +233,9 @@ class Echo(Protocol):
         except (AttributeError, NotImplementedError, OSError):
             pass
         transport.registerProducer(self, True)
-        if type(transport) in _DIRECT_TRANSPORTS:
+        if sendsDirectly(transport):
             self._direct = transport
-        elif isinstance(transport, passThroughWrappers) and (
-            type(transport.transport) in _DIRECT_TRANSPORTS
-        ):
+        elif passesThrough(transport) and sendsDirectly(transport.transport):
             # The wrapper's write() is the TCP transport's write().
             self._direct = cast(tcp.Server, transport.transport)
         if self._direct is not None:
@@ -247,7 +266,7 @@ class Echo(Protocol):
         if len(data) >= SPLICE_FROM and not self._bulk:
             self._bulk = True
         direct = self._direct
-        if direct is not None and not direct.dataBuffer and not direct._tempDataLen:
+        if direct is not None and nothingQueued(direct):
             # The socket's own send(): Python retries EINTR itself (PEP 475),
             # so Twisted's untilConcludes wrapper is not needed here.
             try:
@@ -255,16 +274,63 @@ class Echo(Protocol):
             except OSError as e:
                 sent = e
             if sent != len(data):
-                self._sendRest(direct, data, sent)
+                self.sendRest(direct, data, sent)
             return
         self.transport.write(data)
 
-    def _sendRest(self, direct: tcp.Server, data: bytes, sent: int | OSError) -> None:
+    # What the kernel fast paths (echotwist.fastpath, echotwist.reactor)
+    # read of an Echo, and the few things they tell it: nothing else of it
+    # is theirs to touch.  Besides these, they add to bytesEchoed what they
+    # echo.
+
+    def sendsDirectlyTo(self, transport: object) -> bool:
         """
-        A direct send took only C{sent} bytes of C{data}, or raised C{sent}.
-        If the kernel's send buffer is full, queue the rest and stop reading
-        until the transport has sent it (it then resumes us, its paused
-        producer).
+        Whether this protocol sends its echo straight to C{transport}'s
+        socket when nothing is queued on it (see L{sendsDirectly}).
+        """
+        return self._direct is transport
+
+    @property
+    def inBulk(self) -> bool:
+        """
+        Whether the client sends in bulk: its last read was at least
+        L{SPLICE_FROM} bytes, so the next may be spliced.
+        """
+        return self._bulk
+
+    @property
+    def undisturbed(self) -> bool:
+        """
+        Whether the next read needs nothing of this protocol but its echo:
+        reading is not paused and the server has not decided to close.
+        """
+        return not self._paused and self._closeReason is None
+
+    def splicedEcho(self, count: int) -> None:
+        """
+        A fast path echoed C{count} bytes in the kernel: count them; a
+        read under L{SPLICE_FROM} ends the bulk.
+        """
+        self.bytesEchoed += count
+        if count < SPLICE_FROM:
+            self._bulk = False
+
+    def partlySent(self, data: bytes, sent: int | OSError) -> None:
+        """
+        A fast path read C{data} and sent only C{sent} bytes of it straight
+        to the socket, or the send raised C{sent}: count it, and queue the
+        rest as L{sendRest} does.
+        """
+        self.bytesEchoed += len(data)
+        assert self._direct is not None
+        self.sendRest(self._direct, data, sent)
+
+    def sendRest(self, direct: tcp.Server, data: bytes, sent: int | OSError) -> None:
+        """
+        A direct send to C{direct} took only C{sent} bytes of C{data}, or
+        raised C{sent}.  If the kernel's send buffer is full, queue the
+        rest and stop reading until the transport has sent it (it then
+        resumes us, its paused producer).
         """
         if isinstance(sent, OSError):
             if sent.errno not in (EWOULDBLOCK, ENOBUFS):

@@ -594,67 +594,79 @@ class SupervisorService(EchoService):
         self._retiring.append(old)
         new = self._start(old.number, retry=False)
         if new is None:
-            old.retiring = False
-            self._retiring.remove(old)
-            self.workers[old.number] = old
-            log.error(
-                "SIGHUP: cannot start worker {worker}'s replacement; keeping"
-                " the old worker (pid {pid})",
-                event="workers.reload_failed",
-                worker=old.number,
-                pid=old.pid,
-            )
+            self._unretire(old)
+            self._keepServing(old, "cannot start worker {worker}'s replacement")
             return succeed(None)
         result: Deferred[None] = Deferred()
         giveUp = self.reactor.callLater(START_TIMEOUT, new.kill)
+        new.serving.addCallback(lambda _: self._replaced(old, result, giveUp))
+        new.ended.addCallback(lambda _: self._notReplaced(old, new, result, giveUp))
+        return result
 
-        def serving(_: object) -> None:
-            if result.called:
-                return
-            if giveUp.active():
-                giveUp.cancel()
-            old.signal(signal.SIGTERM)
-            killer = self.reactor.callLater(
-                self.shutdownTimeout + KILL_MARGIN, self._killAll, [old]
-            )
+    def _replaced(self, old: _Worker, result: Deferred[None], giveUp: Any) -> None:
+        """
+        C{old}'s replacement serves: drain C{old}, and fire C{result} once
+        it has exited (killed if it outlives the shutdown timeout).
+        """
+        if result.called:
+            return
+        if giveUp.active():
+            giveUp.cancel()
+        old.signal(signal.SIGTERM)
+        killer = self.reactor.callLater(
+            self.shutdownTimeout + KILL_MARGIN, self._killAll, [old]
+        )
 
-            def oldEnded(_: object) -> None:
-                if killer.active():
-                    killer.cancel()
-                result.callback(None)
-
-            old.ended.addCallback(oldEnded)
-
-        def failed(_: object) -> None:
-            if result.called or new.serving.called:
-                return
-            if giveUp.active():
-                giveUp.cancel()
-            # The new code does not start: keep serving with the old.
-            old.retiring = False
-            if old in self._retiring:
-                self._retiring.remove(old)
-            if old.ended.called or self._stopping:
-                result.callback(None)
-                return
-            if old.number > self.wanted:
-                # SIGTTOU took this worker's place away meanwhile.
-                old.signal(signal.SIGTERM)
-                result.callback(None)
-                return
-            self.workers[old.number] = old
-            log.error(
-                "SIGHUP: worker {worker}'s replacement exited before serving;"
-                " keeping the old worker (pid {pid})",
-                event="workers.reload_failed",
-                worker=old.number,
-                pid=old.pid,
-            )
+        def oldEnded(_: object) -> None:
+            if killer.active():
+                killer.cancel()
             result.callback(None)
 
-        new.serving.addCallback(serving)
-        new.ended.addCallback(failed)
-        return result
+        old.ended.addCallback(oldEnded)
+
+    def _notReplaced(
+        self, old: _Worker, new: _Worker, result: Deferred[None], giveUp: Any
+    ) -> None:
+        """
+        C{old}'s replacement exited before it served: the new code does not
+        start, so C{old} keeps serving (unless it is gone or unwanted).
+        """
+        if result.called or new.serving.called:
+            return
+        if giveUp.active():
+            giveUp.cancel()
+        self._unretire(old)
+        if old.ended.called or self._stopping:
+            result.callback(None)
+            return
+        if old.number > self.wanted:
+            # SIGTTOU took this worker's place away meanwhile.
+            old.signal(signal.SIGTERM)
+            result.callback(None)
+            return
+        self._keepServing(old, "worker {worker}'s replacement exited before serving")
+        result.callback(None)
+
+    def _unretire(self, old: _Worker) -> None:
+        """
+        C{old} is not to be replaced after all.
+        """
+        old.retiring = False
+        if old in self._retiring:
+            self._retiring.remove(old)
+
+    def _keepServing(self, old: _Worker, what: str) -> None:
+        """
+        Keep C{old} as its number's worker, and log C{what} went wrong (a
+        log format with C{{worker}}) with its replacement.
+        """
+        self.workers[old.number] = old
+        log.error(
+            "SIGHUP: " + what + "; keeping the old worker (pid {pid})",
+            event="workers.reload_failed",
+            worker=old.number,
+            pid=old.pid,
+        )
 
     # --- metrics ---------------------------------------------------------
 

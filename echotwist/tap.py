@@ -5,18 +5,16 @@ The tap configuration of C{twistd echo}: options, and the service they make.
 
 from __future__ import annotations
 
-import faulthandler
-import getopt
 import os
-import re
-import select
 import sys
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.python import usage
 
+from echotwist._twisted import twistdMayOpenLogFile
+from echotwist.environment import environmentArguments
 from echotwist.listeners import (
     DatagramListener,
     Listener,
@@ -25,7 +23,14 @@ from echotwist.listeners import (
     parseDatagramListener,
     parseListener,
 )
-from echotwist.service import CannotListen, EchoService, LogFiles
+from echotwist.process import (
+    ReportsToForeground,
+    installDefaultReactor,
+    prepareProcess,
+    reactorName,
+    twistdLeavesStatus0,
+)
+from echotwist.service import EchoService, LogFiles
 from echotwist.settings import Settings, optionFields
 
 DEFAULT_PORT = "tcp:5000"
@@ -43,46 +48,11 @@ def _typed(value: Any) -> str:
     return f"{value:g}"
 
 
-def _twistdLeavesStatus0(parent: object) -> bool:
-    """
-    Whether C{parent} is a twistd that would print a usage error and exit
-    with status 0: twistd's C{app.run} exits with status 1 only from
-    Twisted 26 on.  (twist exits with EX_USAGE on any version.)
-    """
-    import twisted
-    from twisted.application.app import ServerOptions
-
-    major = twisted.version.major  # type: ignore[attr-defined]
-    return isinstance(parent, ServerOptions) and isinstance(major, int) and major < 26
-
-
 def _oneLine(method: _F) -> _F:
     # usage.Options prints an opt_ method's docstring as its --help text;
     # fold the source indentation away so it wraps cleanly.
     method.__doc__ = " ".join((method.__doc__ or "").split())
     return method
-
-
-#: What every C{twistd echo} option's variable starts with.
-ENVIRONMENT_PREFIX = "ECHOTWIST_"
-
-#: Options that repeat: from the environment, their values are separated
-#: by whitespace (which no endpoint description or network holds).
-REPEATED_OPTIONS = ("listen", "udp", "proxy-from")
-
-#: Options that are no configuration.
-NOT_FROM_ENVIRONMENT = ("help", "version")
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
-
-
-def environmentVariable(option: str) -> str:
-    """
-    The environment variable that gives C{option}: C{ECHOTWIST_} and its
-    name in upper case, dashes as underscores (C{ECHOTWIST_MAX_CONNECTIONS}).
-    """
-    return ENVIRONMENT_PREFIX + option.upper().replace("-", "_")
 
 
 def _parse(option: str, description: str) -> Listener:
@@ -95,46 +65,6 @@ def _parse(option: str, description: str) -> Listener:
         raise SystemExit(str(e)) from None
     except ValueError as e:
         raise usage.UsageError(f"{option}: {e}") from None
-
-
-def installDefaultReactor(
-    parent: MutableMapping[str, Any] | None = None,
-    modules: Mapping[str, object] = sys.modules,
-    install: Callable[[], object] | None = None,
-) -> bool:
-    """
-    Install echotwist's reactor (L{echotwist.reactor}) as the one to serve
-    on, unless a reactor is installed already: the user named one
-    (C{twistd --reactor NAME} and C{twist --reactor NAME} install it while
-    parsing their own options, before this runs), or a C{.tac} or program
-    chose one.  Only where epoll exists; elsewhere Twisted's default stays.
-
-    Under C{twist}, the reactor is handed to C{twist}'s own options
-    (C{parent}), which otherwise install their default one after this and
-    fail because one is installed.
-
-    Must run before anything imports C{twisted.internet.reactor}, which
-    installs the default: so before the listeners are parsed.
-
-    @param parent: the options this is a sub-command of (C{twistd}'s or
-        C{twist}'s), or None.
-    @param modules: where to look for an installed reactor (for tests).
-    @param install: installs echotwist's reactor and returns it (for tests).
-    @return: whether it installed echotwist's reactor.
-    """
-    if "twisted.internet.reactor" in modules or not hasattr(select, "epoll"):
-        return False
-    if install is None:
-        from echotwist.reactor import install as installEchotwist
-
-        install = installEchotwist
-    reactor = install()
-    if parent is not None and "reactorName" in parent and "reactor" not in parent:
-        # twist's TwistOptions: it installs self["reactorName"] unless
-        # self["reactor"] is there.
-        parent["reactor"] = reactor
-        parent["reactorName"] = "echotwist"
-    return True
 
 
 def versionLine() -> str:
@@ -312,42 +242,13 @@ class Options(usage.Options):
 
     def environmentArguments(self, given: list[str]) -> list[str]:
         """
-        The options the environment gives (see L{environmentVariable}), as
-        command-line arguments, for those options C{given} does not name:
-        the command line wins, a repeated option's values included.  A
-        repeated option's variable holds its values separated by
-        whitespace; a flag's holds 1, true, yes or on (0, false, no, off or
-        nothing for unset).
+        The options the environment gives, as command-line arguments, for
+        those options C{given} does not name (see
+        L{echotwist.environment.environmentArguments}); notes in
+        C{fromEnvironment} the variable each came from.
         """
         self.fromEnvironment = {}
-        try:
-            named, _ = getopt.getopt(given, self.shortOpt, self.longOpt)
-        except getopt.GetoptError:
-            return []  # the command line's own error is the one to see
-        onCommandLine = {self.synonyms[name.lstrip("-")] for name, _ in named}
-        arguments: list[str] = []
-        for spec in self.longOpt:
-            name = spec.rstrip("=")
-            variable = environmentVariable(name)
-            value = self.environ.get(variable)
-            if name in NOT_FROM_ENVIRONMENT or name in onCommandLine or value is None:
-                continue
-            self.fromEnvironment[name] = variable
-            if not spec.endswith("="):
-                word = value.strip().lower()
-                if word in _TRUE:
-                    arguments.append(f"--{name}")
-                elif word not in _FALSE:
-                    raise usage.UsageError(
-                        f"{variable}: {value!r} is not 1, true, yes or on (nor 0,"
-                        " false, no or off)"
-                    )
-            elif name in REPEATED_OPTIONS:
-                for item in value.split():
-                    arguments += [f"--{name}", item]
-            else:
-                arguments += [f"--{name}", value]
-        return arguments
+        return environmentArguments(self, self.environ, given, self.fromEnvironment)
 
     def opt_version(self) -> None:
         """
@@ -368,7 +269,7 @@ class Options(usage.Options):
             options = self.environmentArguments(options) + list(options)
             super().parseOptions(options)
         except usage.UsageError as e:
-            if not _twistdLeavesStatus0(self.parent):
+            if not twistdLeavesStatus0(self.parent):
                 raise
             # As twistd 26's app.run does, to keep README's promise of exit
             # status 1 on the Twisteds setup.cfg allows.
@@ -392,6 +293,15 @@ class Options(usage.Options):
 
         # Before the listeners: parsing them imports the global reactor.
         installDefaultReactor(self.parent)
+        self["listeners"] = self._streamListeners()
+        self["datagramListeners"] = self._datagramListeners()
+        self._sideListeners()
+
+    def _streamListeners(self) -> list[Listener]:
+        """
+        The echo's stream listeners: C{--listen}'s, and C{--port}'s (or the
+        default port, where neither they nor C{--udp} are given).
+        """
         wanted: list[tuple[str, str]] = [
             (self.label("listen"), d) for d in self["listen"]
         ]
@@ -407,8 +317,12 @@ class Options(usage.Options):
                     f"{option}: {listener.description} is given twice"
                 )
             listeners.append(listener)
-        self["listeners"] = listeners
+        return listeners
 
+    def _datagramListeners(self) -> list[DatagramListener]:
+        """
+        The echo's UDP listeners, C{--udp}'s.
+        """
         datagramListeners: list[DatagramListener] = []
         for description in self["udp"]:
             try:
@@ -420,7 +334,16 @@ class Options(usage.Options):
                     f"{self.label('udp')}: {datagram.description} is given twice"
                 )
             datagramListeners.append(datagram)
-        self["datagramListeners"] = datagramListeners
+        return datagramListeners
+
+    def _sideListeners(self) -> None:
+        """
+        Parse the listeners beside the echo's (C{--metrics}, C{--health},
+        C{--identify}, C{--identify-udp}), none of which may be one of the
+        echo's.
+        """
+        listeners = self["listeners"]
+        datagramListeners = self["datagramListeners"]
         if self["metrics"] is not None:
             try:
                 import prometheus_client  # noqa: F401
@@ -460,54 +383,6 @@ class Options(usage.Options):
             self["identify-udp"] = identifyUDP
 
 
-def _reactorName() -> str | None:
-    """
-    The short name of the installed reactor, for the workers to install.
-    """
-    from twisted.application.reactors import getReactorTypes
-    from twisted.internet import reactor
-
-    module = type(reactor).__module__
-    for installer in getReactorTypes():
-        if getattr(installer, "moduleName", None) == module:
-            return str(installer.shortName)
-    return None
-
-
-def _oneLineHook(previous: Callable[..., object]) -> Callable[..., object]:
-    def hook(kind: type[BaseException], value: BaseException, tb: object) -> None:
-        if isinstance(value, CannotListen):
-            print(value, file=sys.stderr)
-        else:
-            previous(kind, value, tb)
-
-    hook.echotwist = True  # type: ignore[attr-defined]
-    return hook
-
-
-def _prepareProcess() -> None:
-    """
-    What the process running C{twistd echo} gets, which a library must not
-    do to its host: a listener that cannot listen ends start-up with one
-    line, not a traceback, and a real segfault leaves a Python stack.
-    """
-    if not getattr(sys.excepthook, "echotwist", False):
-        sys.excepthook = _oneLineHook(sys.excepthook)
-    # No Python code can clean up after a real segfault; the most it can do
-    # is say where it happened.  twistd replaces sys.stderr with a log file
-    # object, hence the original.
-    if sys.__stderr__ is not None and not faulthandler.is_enabled():
-        faulthandler.enable(sys.__stderr__, all_threads=True)
-    # As PID 1 (a container without --init) the signal twistd re-sends
-    # itself after the drain cannot kill it: end with 128 + its number all
-    # the same.  Once the reactor runs, its own handlers are there to wrap.
-    from twisted.internet import reactor
-
-    from echotwist.exitstatus import ExitStatus
-
-    reactor.callWhenRunning(ExitStatus().watch)
-
-
 def settingsFrom(options: Options) -> Settings:
     """
     The L{Settings} that parsed C{options} describe.
@@ -518,93 +393,9 @@ def settingsFrom(options: Options) -> Settings:
         if f.metadata.get("negated"):
             value = not value
         elif f.metadata.get("repeated") and value is not None:
-            value = tuple(str(item) for item in value)
+            value = tuple(value)
         values[f.name] = value
     return Settings(**values)
-
-
-def _twistdLogFile(runner: Any) -> bool:
-    """
-    Whether the runner may have opened a twistd log file (C{--logfile}, or
-    C{twistd.log} when it daemonizes), which SIGHUP reopens: its search
-    among live objects (see L{LogFiles}) costs a few milliseconds of start,
-    not spent when there is none to find.  As twistd decides
-    (C{twisted.scripts._twistd_unix.UnixAppLogger}): not under C{twist},
-    nor with C{--syslog}, nor to standard output (C{--logfile=-}, or none
-    with C{-n}).  With C{--logger} its observer may keep a log file of its
-    own: look.
-    """
-    if runner is None:
-        return True  # not known: look
-    if "logfile" not in runner:
-        return False  # twist: its --log-file is in its options
-    if runner.get("logger"):
-        return True
-    if runner.get("debug"):
-        # twistd's logger decided before -b turned "nodaemon" on (in
-        # UnixApplicationRunner.preApplication, before makeService): what
-        # it chose is no longer to be told from the options.
-        return True
-    if runner.get("syslog"):
-        return False
-    logfile = runner["logfile"]
-    return not (logfile == "-" or (not logfile and runner.get("nodaemon")))
-
-
-#: What the process a daemonizing twistd leaves in the foreground reads of
-#: the daemon's word on a failed start (C{_twistd_unix}'s C{_waitForStart}
-#: reads 100 bytes, two of them a status).
-_FOREGROUND_REPORT = 98
-
-
-def _briefly(message: str, limit: int = _FOREGROUND_REPORT) -> str:
-    """
-    C{message} in at most C{limit} ASCII bytes: its parenthesis dropped if
-    that is enough, else cut after a whole word, with an ellipsis.
-    """
-    message = message.encode("ascii", "backslashreplace").decode("ascii")
-    message = message.removeprefix("echotwist: ")
-    if len(message) > limit:
-        message = re.sub(r" \([^()]*\)$", "", message)
-    if len(message) > limit:
-        message = message[: limit - 3].rsplit(" ", 1)[0] + "..."
-    return message
-
-
-class _ReportsToForeground(MultiService):
-    """
-    Under a daemonizing twistd, the service it runs: a listener that cannot
-    listen is told to the process waiting in the foreground in words that
-    fit what it reads, not as twistd's cut traceback line
-    (C{echotwist.service.CannotListen: echotwist: cannot listen on
-    tcp:5000: Addre}).  The whole line is in the log file.
-
-    @param runner: twistd's options, where it keeps the pipe to the
-        foreground (C{statusPipe}) once it has daemonized.
-    """
-
-    def __init__(self, service: IService, runner: MutableMapping[str, Any]) -> None:
-        super().__init__()
-        self._runner = runner
-        service.setServiceParent(self)
-
-    def _report(self, start: Callable[[], object]) -> None:
-        try:
-            start()
-        except CannotListen as e:
-            pipe = self._runner.get("statusPipe")
-            if pipe is not None:
-                # In twistd's form: a status, a space, a message.
-                os.write(pipe, b"1 " + _briefly(str(e)).encode("ascii"))
-                os.close(pipe)
-                self._runner["statusPipe"] = None
-            raise
-
-    def privilegedStartService(self) -> None:
-        self._report(super().privilegedStartService)
-
-    def startService(self) -> None:
-        self._report(super().startService)
 
 
 def makeService(options: Options) -> IService:
@@ -612,7 +403,7 @@ def makeService(options: Options) -> IService:
     The service C{twistd echo} runs: an L{EchoService}, or with C{--workers}
     above 1 a supervisor of worker processes that each run one.
     """
-    _prepareProcess()
+    prepareProcess()
     settings = settingsFrom(options)
     runner = options.parent
     common: dict[str, Any] = {
@@ -626,7 +417,7 @@ def makeService(options: Options) -> IService:
         # twistd's --logfile is found without.
         "logFiles": LogFiles(
             runner.get("logFile") if runner is not None else None,
-            twistd=_twistdLogFile(runner),
+            twistd=twistdMayOpenLogFile(runner),
         ),
     }
     service: IService
@@ -634,10 +425,10 @@ def makeService(options: Options) -> IService:
         from echotwist.supervisor import SupervisorService
 
         service = SupervisorService(
-            options["listeners"], reactorName=_reactorName(), **common
+            options["listeners"], reactorName=reactorName(), **common
         )
     else:
         service = EchoService(options["listeners"], **common)
     if runner is not None and "nodaemon" in runner and not runner["nodaemon"]:
-        return _ReportsToForeground(service, runner)
+        return ReportsToForeground(service, runner)
     return service

@@ -37,6 +37,8 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
+from echotwist._twisted import nothingQueued, writeShutDown
+
 if TYPE_CHECKING:
     from echotwist.connections import EchoFactory
 
@@ -68,11 +70,10 @@ class TLSServer(tcp.Server):
         producer if the kernel takes only part; queue it otherwise.
         """
         if (
-            self.dataBuffer
-            or self._tempDataLen
-            or not data
+            not data
             or not self.connected
-            or self._writeDisconnected
+            or not nothingQueued(self)
+            or writeShutDown(self)
         ):
             super().write(data)
             return

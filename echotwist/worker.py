@@ -36,6 +36,7 @@ from twisted.logger import (
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
+from echotwist._twisted import exitSignal
 from echotwist.listeners import DatagramListener, Listener, parseListener
 from echotwist.logs import LogFiles, jsonLinesObserver
 from echotwist.service import EchoService
@@ -211,6 +212,28 @@ def readConfiguration(fileno: int) -> tuple[dict[str, Any], bytes]:
     return json.loads(line), rest
 
 
+def _inherited(
+    config: dict[str, Any], reactor: Any
+) -> tuple[list[Listener], list[DatagramListener]]:
+    """
+    The stream and UDP listeners of the sockets the supervisor passed,
+    described as the supervisor's own (so logs and metrics name them as
+    typed), each of its kind (TLS, PROXY) as parsed.
+    """
+    listeners = [
+        parseListener(
+            workerDescription(item["description"]),
+            _AdoptingReactor(reactor, item["fileno"]),
+        )._replace(description=item["description"])
+        for item in config["listeners"]
+    ]
+    datagrams = [
+        DatagramListener(item["description"], 0, "", item["fileno"])
+        for item in config["udp"]
+    ]
+    return listeners, datagrams
+
+
 def main() -> None:
     """
     Run a worker: the supervisor's JSON configuration is the first line of
@@ -236,20 +259,7 @@ def main() -> None:
         redirectStandardIO=False,
     )
     faulthandler.enable()
-    listeners = [
-        Listener(
-            item["description"],
-            parseListener(
-                workerDescription(item["description"]),
-                _AdoptingReactor(reactor, item["fileno"]),
-            ).endpoint,
-        )
-        for item in config["listeners"]
-    ]
-    datagrams = [
-        DatagramListener(item["description"], 0, "", item["fileno"])
-        for item in config["udp"]
-    ]
+    listeners, datagrams = _inherited(config, reactor)
     settings = Settings.fromJSON(config["settings"])
     service = EchoService(
         listeners,
@@ -269,11 +279,11 @@ def main() -> None:
         control.dataReceived(pending)
     log.info("Worker {worker} serving", event="worker.serving", worker=config["worker"])
     reactor.run()
-    exitSignal = getattr(reactor, "_exitSignal", None)
-    if exitSignal:
+    stoppedBy = exitSignal(reactor)
+    if stoppedBy:
         # Die by the signal that stopped us, as twistd does.
-        signal.signal(exitSignal, signal.SIG_DFL)
-        os.kill(os.getpid(), exitSignal)
+        signal.signal(stoppedBy, signal.SIG_DFL)
+        os.kill(os.getpid(), stoppedBy)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ class MemoryPeer(FileDescriptor):
     the descriptor is registered as a reader with the memory reactor.
     """
 
+    #: Whether Echo sends to it directly, as to TCP (see
+    #: echotwist.stream.sendsDirectly); the stream model turns it on.
+    echoSendsDirectly = False
+
     def __init__(self, reactor: MemoryReactorClock) -> None:
         super().__init__(reactor)
         self.connected = True

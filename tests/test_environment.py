@@ -11,12 +11,9 @@ import re
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist.tap import (
-    NOT_FROM_ENVIRONMENT,
-    Options,
-    environmentVariable,
-    settingsFrom,
-)
+from echotwist._address import parseNetwork
+from echotwist.environment import NOT_FROM_ENVIRONMENT, environmentVariable
+from echotwist.tap import Options, settingsFrom
 from tests._clients import echoOnce
 from tests._twistd import LOOPBACK, ServerTestCase
 
@@ -104,7 +101,8 @@ class EnvironmentTests(SynchronousTestCase):
             ["tcp:0:interface=127.0.0.1", "unix:/tmp/e.sock"],
         )
         self.assertEqual(
-            settingsFrom(options).proxyFrom, ("10.0.0.0/8", "2001:db8::7/128")
+            settingsFrom(options).proxyFrom,
+            (parseNetwork("10.0.0.0/8"), parseNetwork("2001:db8::7")),
         )
         options = parse(environ, "--listen", "tcp:0:interface=127.0.0.2")
         self.assertEqual(

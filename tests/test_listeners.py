@@ -124,6 +124,16 @@ class UnnamedSystemdSocketTests(SynchronousTestCase):
         self.environ(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
         listener = parseListener("haproxy:systemd:domain=INET:index=0")
         self.assertIsInstance(listener.endpoint, ProxyEndpoint)
+        self.assertEqual((listener.tls, listener.proxied), (False, True))
+
+    def test_kindsTold(self) -> None:
+        """
+        A listener says whether it is TLS and behind the PROXY wrapper, so
+        that the service need not look among the loaded modules.
+        """
+        self.environ(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+        listener = parseListener("systemd:domain=INET:index=0")
+        self.assertEqual((listener.tls, listener.proxied), (False, False))
 
     def test_namesLeaveItToTwisted(self) -> None:
         environ = {

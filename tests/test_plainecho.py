@@ -175,7 +175,7 @@ class PlainEchoTests(SynchronousTestCase):
         def broken(direct: Any, data: bytes, sent: Any) -> None:
             raise RuntimeError("injected")
 
-        self.patch(protocol, "_sendRest", broken)
+        self.patch(protocol, "sendRest", broken)
         self.injectSend(protocol, lambda fd, data: 1)
         client.sendall(b"more")
         self.loop.until(lambda: self.closed(protocol), "the loss")

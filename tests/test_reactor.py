@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import replace
 from select import EPOLLIN
 
 from twisted.internet.abstract import FileDescriptor
@@ -195,7 +196,6 @@ class PlainPollTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = EchotwistEPollReactor()
         self.addCleanup(self.reactor._poller.close)
-        self.realPoller = self.reactor._poller
         self.echo = _PlainEcho()
         self.transport = object()
         # fd 1000: a plain echo; fd 1001: anything else (counts its reads).
@@ -212,8 +212,9 @@ class PlainPollTests(SynchronousTestCase):
 
     def script(self, *polls: list[tuple[int, int]]) -> _ScriptedPoller:
         poller = _ScriptedPoller(self.reactor, list(polls))
-        self.reactor._poller = poller  # type: ignore[assignment]
-        self.addCleanup(setattr, self.reactor, "_poller", self.realPoller)
+        parts = self.reactor._parts
+        self.reactor._parts = replace(parts, poll=poller.poll)
+        self.addCleanup(setattr, self.reactor, "_parts", parts)
         return poller
 
     def test_plainEchoesPollAgain(self) -> None:

@@ -497,3 +497,24 @@ class RealListenerTests(TestCase):
         gate = tlsChild.port.factory
         self.assertIsInstance(gate, HandshakeGate)
         self.assertIs(gate.tls.protocol, TLSMemoryBIOProtocol)
+
+    def test_proxiedTLSTransport(self) -> None:
+        """
+        Under C{haproxy:ssl:}, TLS is outside the PROXY wrapper: the
+        listener says both, and the TLS transport and the handshake budget
+        are set as for C{ssl:}.
+        """
+        directory = scratchDirectory(self)
+        key, certificate = selfSignedCertificate(directory)
+        (child,) = self.start(
+            f"haproxy:ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}",
+            proxyFrom=[parseNetwork("127.0.0.1")],
+        )
+        from echotwist.proxy import ProxyWrappingFactory
+        from echotwist.tls import HandshakeGate, TLSServer
+
+        self.assertEqual((child.tls, child.proxied), (True, True))
+        self.assertIs(child.port.transport, TLSServer)
+        gate = child.port.factory
+        self.assertIsInstance(gate, HandshakeGate)
+        self.assertIsInstance(gate.tls.wrappedFactory, ProxyWrappingFactory)

@@ -15,6 +15,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import EchoService
+from echotwist._address import parseNetwork
 from echotwist.service import CannotListen, Listener
 from echotwist.settings import Settings, optionFields
 from echotwist.tap import Options, makeService, settingsFrom
@@ -68,6 +69,24 @@ class SettingsTests(SynchronousTestCase):
         """
         settings = Settings(maxPerSource=3, udpRate=0.5, logConnections=False)
         self.assertEqual(Settings.fromJSON(settings.toJSON()), settings)
+
+    def test_proxyFromIsNetworks(self) -> None:
+        """
+        C{--proxy-from} is parsed once, into networks, which the settings
+        keep; a worker gets them back as networks, and a program's text is
+        parsed as the service is made.
+        """
+        networks = (parseNetwork("10.0.0.0/8"), parseNetwork("2001:db8::7"))
+        options = Options({})
+        options.parseOptions(
+            ["--proxy-from", "10.0.0.0/8", "--proxy-from", "2001:db8::7"]
+        )
+        settings = settingsFrom(options)
+        self.assertEqual(settings.proxyFrom, networks)
+        self.assertEqual(Settings.fromJSON(settings.toJSON()), settings)
+        service = EchoService(["tcp:0"], proxyFrom=["10.0.0.0/8", "2001:db8::7"])
+        self.assertEqual(service.settings.proxyFrom, networks)
+        self.assertEqual(service.proxyFrom, list(networks))
 
     def test_immutable(self) -> None:
         settings = Settings()

@@ -6,6 +6,9 @@ tests.test_connections'.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
@@ -13,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo, EchoFactory
-from echotwist.stream import NOTHING_SENT
+from echotwist.stream import NOTHING_SENT, SPLICE_FROM, passesThrough, sendsDirectly
 from tests._memory import MemoryPeer
 
 
@@ -355,3 +358,136 @@ class DrainTests(SynchronousTestCase):
         self.successResultOf(drained)
         closed = [e for e in events if e.get("event") == "connection.closed"]
         self.assertEqual(closed[0]["reason"], "client finished sending")
+
+
+class FastPathInterfaceTests(SynchronousTestCase):
+    """
+    How a transport or a wrapper tells L{Echo} it may send directly or see
+    through (L{echotwist.stream.sendsDirectly},
+    L{echotwist.stream.passesThrough}), and that no module changes
+    L{echotwist.stream} as it is imported.
+    """
+
+    def test_sendsDirectly(self) -> None:
+        from twisted.internet import tcp, unix
+
+        from echotwist.fastpath import SplicingServer
+
+        class _Undeclared(tcp.Server):
+            pass
+
+        self.assertTrue(sendsDirectly(object.__new__(tcp.Server)))
+        self.assertTrue(sendsDirectly(object.__new__(SplicingServer)))
+        # A transport it does not know is left to Twisted, subclass or not.
+        self.assertFalse(sendsDirectly(object.__new__(_Undeclared)))
+        self.assertFalse(sendsDirectly(object.__new__(unix.Server)))
+        self.assertFalse(sendsDirectly(StringTransport()))
+
+    def test_passesThrough(self) -> None:
+        from twisted.protocols.policies import ProtocolWrapper
+
+        from echotwist.proxy import ProxyHeaderWrapper
+
+        self.assertTrue(passesThrough(object.__new__(ProxyHeaderWrapper)))
+        self.assertFalse(passesThrough(object.__new__(ProtocolWrapper)))
+        self.assertFalse(passesThrough(Echo()))
+
+    def test_importChangesNoOtherModule(self) -> None:
+        """
+        Importing every module of the package (the PROXY wrapper, the kernel
+        paths, the reactor, ...) changes no other module's data: each
+        module's constants are what its own source makes them.  In a fresh
+        interpreter, where each source runs again into a module of its own.
+        """
+        result = subprocess.run(
+            [sys.executable, "-c", _FRESH_MODULES],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        self.assertEqual(result.stdout.strip(), "[]")
+
+
+# For test_importChangesNoOtherModule: the names of data (numbers, strings,
+# tuples, ...) whose value differs from what the module's source alone
+# makes, once every module is imported.
+_FRESH_MODULES = """
+import importlib, pkgutil, sys, types
+import echotwist
+names = [m.name for m in pkgutil.iter_modules(echotwist.__path__, "echotwist.")]
+for name in names:
+    importlib.import_module(name)
+data = (tuple, frozenset, int, float, str, bytes, bool, type(None))
+changed = []
+for name in names:
+    live = sys.modules[name]
+    fresh = types.ModuleType(name + "_fresh")
+    fresh.__file__ = live.__file__
+    sys.modules[fresh.__name__] = fresh
+    with open(live.__file__) as f:
+        exec(compile(f.read(), live.__file__, "exec"), fresh.__dict__)
+    changed += [
+        f"{name}.{key}" for key, value in vars(fresh).items()
+        if not key.startswith("__") and isinstance(value, data)
+        and getattr(live, key, None) != value
+    ]
+print(sorted(changed))
+"""
+
+
+class _DirectPeer(MemoryPeer):
+    echoSendsDirectly = True
+
+
+class FastPathViewTests(SynchronousTestCase):
+    """
+    What L{Echo} offers the kernel fast paths: whether it sends directly,
+    is in bulk, is undisturbed, and the two things they tell it.
+    """
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.peer = _DirectPeer(self.clock)
+        self.protocol = connect(EchoFactory(self.clock), self.peer)  # type: ignore[arg-type]
+        self.peer.startReading()
+
+    def test_sendsDirectlyTo(self) -> None:
+        self.assertTrue(self.protocol.sendsDirectlyTo(self.peer))
+        self.assertFalse(self.protocol.sendsDirectlyTo(MemoryPeer(self.clock)))
+        self.assertFalse(connect(EchoFactory(self.clock)).sendsDirectlyTo(self.peer))
+
+    def test_bulk(self) -> None:
+        self.peer.accepting = 10**6
+        self.assertFalse(self.protocol.inBulk)
+        self.protocol.dataReceived(b"x" * SPLICE_FROM)
+        self.assertTrue(self.protocol.inBulk)
+        self.protocol.splicedEcho(SPLICE_FROM)
+        self.assertTrue(self.protocol.inBulk)
+        self.protocol.splicedEcho(SPLICE_FROM - 1)
+        self.assertFalse(self.protocol.inBulk)
+        self.assertEqual(self.protocol.bytesEchoed, 3 * SPLICE_FROM - 1)
+
+    def test_undisturbed(self) -> None:
+        self.assertTrue(self.protocol.undisturbed)
+        self.protocol.pauseProducing()
+        self.assertFalse(self.protocol.undisturbed)
+        self.protocol.resumeProducing()
+        self.assertTrue(self.protocol.undisturbed)
+        self.protocol.closeWhenFlushed("test")
+        self.assertFalse(self.protocol.undisturbed)
+
+    def test_partlySent(self) -> None:
+        """
+        The rest of a read the fast path sent in part is queued, behind
+        nothing, and reading stops until it is sent.
+        """
+        self.protocol.partlySent(b"abcdef", 2)
+        self.assertEqual(self.protocol.bytesEchoed, 6)
+        self.assertEqual(self.peer.held, 4)
+        self.assertFalse(self.peer.reading)
+        self.assertFalse(self.protocol.undisturbed)
+        self.peer.accepting = 4
+        self.peer.doWrite()
+        self.assertEqual(bytes(self.peer.delivered), b"cdef")
+        self.assertTrue(self.peer.reading)

@@ -29,7 +29,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist import Echo, EchoFactory, stream
+from echotwist import Echo, EchoFactory
 from tests._memory import MemoryPeer
 
 READ_SIZE = 65536  # what tcp.Connection reads at most per doRead
@@ -49,9 +49,8 @@ class EchoModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        original = stream._DIRECT_TRANSPORTS
-        if self.direct:
-            stream._DIRECT_TRANSPORTS = (*original, MemoryPeer)
+        original = MemoryPeer.echoSendsDirectly
+        MemoryPeer.echoSendsDirectly = self.direct
         self.clock = MemoryReactorClock()
         self.factory = EchoFactory(self.clock, idleTimeout=30)
         self.transport = MemoryPeer(self.clock)
@@ -60,7 +59,7 @@ class EchoModel(RuleBasedStateMachine):
         try:
             self.protocol.makeConnection(self.transport)
         finally:
-            stream._DIRECT_TRANSPORTS = original
+            MemoryPeer.echoSendsDirectly = original
         self.transport.startReading()
         self.sent = bytearray()  # everything the client sent
         self.unread = bytearray()  # sent, not yet read by the server

@@ -408,6 +408,31 @@ class WorkerTests(ServerTestCase):
         server.waitFor(r"203\.0\.113\.7:40000 connected")
         self.assertEqual(ask(b"udp", udp), b"udp")
 
+    def test_proxyFromHoldsInEachWorker(self) -> None:
+        """
+        --proxy-from reaches the workers: a peer outside it is refused its
+        PROXY header, whichever worker accepts the connection.
+        """
+        server = self.start(
+            "--workers",
+            "2",
+            "--listen",
+            f"haproxy:tcp:0:interface={LOOPBACK}",
+            "--proxy-from",
+            "10.0.0.0/8",
+        )
+        waitServing(server, 2)
+        port = server.listening()[0]
+        for _ in range(6):
+            with socket.create_connection((LOOPBACK, port), timeout=WAIT) as client:
+                client.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 7\r\nproxy")
+                try:
+                    answer = client.recv(10)
+                except ConnectionResetError:
+                    answer = b""
+                self.assertEqual(answer, b"")
+        server.waitFor(r"not allowed to send PROXY headers")
+
     def test_metricsSumTheWorkers(self) -> None:
         server = self.startWorkers(2, "--metrics", f"tcp:0:interface={LOOPBACK}")
         metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))

@@ -92,12 +92,12 @@ def optionRows() -> list[OptionRow]:
     Each option of C{twistd echo}, in the order C{--help} prints them, with
     the help text C{--help} prints for it.
     """
-    from echotwist.tap import (
+    from echotwist.environment import (
         NOT_FROM_ENVIRONMENT,
         REPEATED_OPTIONS,
-        Options,
         environmentVariable,
     )
+    from echotwist.tap import Options
 
     options = Options()
     short: dict[str, str] = {}

@@ -1,0 +1,179 @@
+# -*- test-case-name: tests.test_process -*-
+"""
+What the C{twistd echo} process needs besides its service, which a library
+must not do to its host: the reactor it serves on, start-up errors in one
+line, a Python stack on a segfault, its exit status as PID 1, a usage
+error's exit status on an older twistd, and a daemon's report of a failed
+start to the foreground.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import re
+import select
+import sys
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+
+from echotwist._twisted import FOREGROUND_REPORT, handReactorToTwist, reportFailedStart
+from echotwist.service import CannotListen
+
+__all__ = [
+    "ReportsToForeground",
+    "installDefaultReactor",
+    "prepareProcess",
+    "reactorName",
+    "twistdLeavesStatus0",
+]
+
+
+def installDefaultReactor(
+    parent: MutableMapping[str, Any] | None = None,
+    modules: Mapping[str, object] = sys.modules,
+    install: Callable[[], object] | None = None,
+) -> bool:
+    """
+    Install echotwist's reactor (L{echotwist.reactor}) as the one to serve
+    on, unless a reactor is installed already: the user named one
+    (C{twistd --reactor NAME} and C{twist --reactor NAME} install it while
+    parsing their own options, before this runs), or a C{.tac} or program
+    chose one.  Only where epoll exists; elsewhere Twisted's default stays.
+
+    Under C{twist}, the reactor is handed to C{twist}'s own options
+    (C{parent}), which otherwise install their default one after this and
+    fail because one is installed.
+
+    Must run before anything imports C{twisted.internet.reactor}, which
+    installs the default: so before the listeners are parsed.
+
+    @param parent: the options this is a sub-command of (C{twistd}'s or
+        C{twist}'s), or None.
+    @param modules: where to look for an installed reactor (for tests).
+    @param install: installs echotwist's reactor and returns it (for tests).
+    @return: whether it installed echotwist's reactor.
+    """
+    if "twisted.internet.reactor" in modules or not hasattr(select, "epoll"):
+        return False
+    if install is None:
+        from echotwist.reactor import install as installEchotwist
+
+        install = installEchotwist
+    handReactorToTwist(parent, install(), "echotwist")
+    return True
+
+
+def twistdLeavesStatus0(parent: object) -> bool:
+    """
+    Whether C{parent} is a twistd that would print a usage error and exit
+    with status 0: twistd's C{app.run} exits with status 1 only from
+    Twisted 26 on.  (twist exits with EX_USAGE on any version.)
+    """
+    import twisted
+    from twisted.application.app import ServerOptions
+
+    major = twisted.version.major  # type: ignore[attr-defined]
+    return isinstance(parent, ServerOptions) and isinstance(major, int) and major < 26
+
+
+def reactorName() -> str | None:
+    """
+    The short name of the installed reactor, for the workers to install.
+    """
+    from twisted.application.reactors import getReactorTypes
+    from twisted.internet import reactor
+
+    module = type(reactor).__module__
+    for installer in getReactorTypes():
+        if getattr(installer, "moduleName", None) == module:
+            return str(installer.shortName)
+    return None
+
+
+def _oneLineHook(previous: Callable[..., object]) -> Callable[..., object]:
+    def hook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+        if isinstance(value, CannotListen):
+            print(value, file=sys.stderr)
+        else:
+            previous(kind, value, tb)
+
+    hook.echotwist = True  # type: ignore[attr-defined]
+    return hook
+
+
+def prepareProcess() -> None:
+    """
+    What the process running C{twistd echo} gets, which a library must not
+    do to its host: a listener that cannot listen ends start-up with one
+    line, not a traceback, and a real segfault leaves a Python stack.
+    """
+    if not getattr(sys.excepthook, "echotwist", False):
+        sys.excepthook = _oneLineHook(sys.excepthook)
+    # No Python code can clean up after a real segfault; the most it can do
+    # is say where it happened.  twistd replaces sys.stderr with a log file
+    # object, hence the original.
+    if sys.__stderr__ is not None and not faulthandler.is_enabled():
+        faulthandler.enable(sys.__stderr__, all_threads=True)
+    # As PID 1 (a container without --init) the signal twistd re-sends
+    # itself after the drain cannot kill it: end with 128 + its number all
+    # the same.  Once the reactor runs, its own handlers are there to wrap.
+    from twisted.internet import reactor
+
+    from echotwist.exitstatus import ExitStatus
+
+    reactor.callWhenRunning(ExitStatus().watch)
+
+
+def _briefly(message: str, limit: int = FOREGROUND_REPORT) -> str:
+    """
+    C{message} in at most C{limit} ASCII bytes: its parenthesis dropped if
+    that is enough, else cut after a whole word, with an ellipsis.
+    """
+    message = message.encode("ascii", "backslashreplace").decode("ascii")
+    message = message.removeprefix("echotwist: ")
+    if len(message) > limit:
+        message = re.sub(r" \([^()]*\)$", "", message)
+    if len(message) > limit:
+        message = message[: limit - 3].rsplit(" ", 1)[0] + "..."
+    return message
+
+
+class ReportsToForeground(MultiService):
+    """
+    Under a daemonizing twistd, the service it runs: a listener that cannot
+    listen is told to the process waiting in the foreground in words that
+    fit what it reads, not as twistd's cut traceback line
+    (C{echotwist.service.CannotListen: echotwist: cannot listen on
+    tcp:5000: Addre}).  The whole line is in the log file.
+
+    @param runner: twistd's options, where it keeps the pipe to the
+        foreground once it has daemonized (see
+        L{echotwist._twisted.reportFailedStart}).
+    """
+
+    def __init__(self, service: IService, runner: MutableMapping[str, Any]) -> None:
+        super().__init__()
+        self._runner = runner
+        service.setServiceParent(self)
+
+    def _report(self, start: Callable[[], object]) -> None:
+        try:
+            start()
+        except CannotListen as e:
+            reportFailedStart(self._runner, _briefly(str(e)).encode("ascii"))
+            raise
+
+    def privilegedStartService(self) -> None:
+        """
+        Start listening (the privileged part), reporting a listener that
+        cannot listen.
+        """
+        self._report(super().privilegedStartService)
+
+    def startService(self) -> None:
+        """
+        Start the service, reporting a listener that cannot listen.
+        """
+        self._report(super().startService)
