@@ -186,6 +186,25 @@ class MetadataTests(SynchronousTestCase):
     The package's metadata, as an index and its users see it.
     """
 
+    def test_everyPackageListed(self) -> None:
+        """
+        setup.cfg lists its packages one by one (twisted.plugins must not
+        be found by a search): every package under echotwist/ is there, or
+        an install lacks it while a development install works.
+        """
+        import configparser
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        config = configparser.ConfigParser()
+        config.read(os.path.join(root, "setup.cfg"))
+        listed = set(config["options"]["packages"].split())
+        found = {
+            os.path.relpath(directory, root).replace(os.sep, ".")
+            for directory, _, files in os.walk(os.path.join(root, "echotwist"))
+            if "__init__.py" in files
+        }
+        self.assertEqual(found - listed, set())
+
     def test_twineCheckStrict(self) -> None:
         """
         C{twine check --strict} passes on the sdist and the wheel: the long
