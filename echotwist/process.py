@@ -119,11 +119,13 @@ def prepareProcess() -> None:
     # As PID 1 (a container without --init) the signal twistd re-sends
     # itself after the drain cannot kill it: end with 128 + its number all
     # the same.  Once the reactor runs, its own handlers are there to wrap.
-    from twisted.internet import reactor
+    from twisted.internet.interfaces import IReactorCore
 
+    from echotwist._twisted import orGlobalReactor
     from echotwist.exitstatus import ExitStatus
 
-    reactor.callWhenRunning(ExitStatus().watch)
+    reactor: IReactorCore | None = None
+    orGlobalReactor(reactor).callWhenRunning(ExitStatus().watch)
 
 
 def _briefly(message: str, limit: int = FOREGROUND_REPORT) -> str:

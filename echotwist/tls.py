@@ -125,7 +125,9 @@ class HandshakeGate(ServerFactory):
         """
         if not self.books.admitHandshake(getattr(addr, "host", None)):
             return None
-        return self.tls.buildProtocol(addr)
+        # Twisted before 26 has buildProtocol untyped.
+        protocol: Protocol | None = self.tls.buildProtocol(addr)
+        return protocol
 
     # The port starts and stops its factory; the TLS factory keeps the
     # count that its own start and stop depend on.
