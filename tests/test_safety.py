@@ -350,7 +350,10 @@ class ChurnTests(ServerTestCase):
         are unmapped when freed, and the baseline is taken after a few
         seconds of the same churn (the first burst of connections grows
         the interpreter's own pools once): measured after that, -4.6 to
-        +1.0 MiB in 4 runs.
+        +1.0 MiB in 4 runs.  Once (a CI run with other jobs on the machine)
+        it grew 15 MiB over 75,000 connections, and stayed flat after that
+        in a longer run: past 8 MiB, a second soak tells a plateau (flat)
+        from a leak (growing again).
         """
         server = self.start(
             "--port",
@@ -367,6 +370,18 @@ class ChurnTests(ServerTestCase):
         self.settle(server)
         self.assertEqual(descriptors(server), baseline)
         grown = server.rss() - rssBefore
-        self.assertLess(
-            grown, 8 * MiB, f"RSS grew {grown} bytes over {self.made} connections"
-        )
+        if grown >= 8 * MiB:
+            # A plateau set by a busier moment than the warm-up's (a loaded
+            # machine lets more connections pile up at once), or a leak: a
+            # leak grows again, in step with the connections, a plateau
+            # does not.
+            made, rssThen = self.made, server.rss()
+            self.soak(address, SOAK_SECONDS)
+            self.settle(server)
+            again = server.rss() - rssThen
+            self.assertLess(
+                again,
+                2 * MiB,
+                f"RSS grew {grown} bytes over {made} connections, and"
+                f" {again} more over {self.made - made} more",
+            )
