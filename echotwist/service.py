@@ -14,9 +14,9 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import tcp
 from twisted.internet.defer import (
     CancelledError,
@@ -68,7 +68,11 @@ from echotwist.listeners import (
 )
 from echotwist.logs import LogFiles
 from echotwist.settings import MIN_SOCKET_BUFFER, Settings
+from echotwist.signals import SignalHandlers
 from echotwist.stream import Echo
+
+if TYPE_CHECKING:
+    from echotwist.supervisor import SupervisorService
 
 __all__ = [
     "CannotListen",
@@ -158,15 +162,6 @@ def _listenOrExit(description: str, listen: Callable[[], _T]) -> _T:
         ) from None
 
 
-#: Listeners that the server itself serves, not its echo (nor, with
-#: workers, the workers): metrics and health (which outlive the drain), and
-#: the identity line.
-SIDE_KINDS = ("metrics", "health", "identify", "identify-udp")
-
-#: Listeners kept open until the drain has ended: an orchestrator reads
-#: readiness from them while connections drain.
-_LAST_TO_STOP = ("metrics", "health")
-
 _STARTED = {
     "metrics": "Serving metrics on {address} ({description})",
     "health": "Serving health on {address} ({description})",
@@ -175,11 +170,11 @@ _STARTED = {
 }
 
 
-def _logStarted(description: str, port: IListeningPort, kind: str = "echo") -> None:
+def _logStarted(description: str, port: IListeningPort, logKind: str = "echo") -> None:
     log.info(
-        _STARTED.get(kind, "Listening on {address} ({description})"),
+        _STARTED.get(logKind, "Listening on {address} ({description})"),
         event="listener.started",
-        kind=kind,
+        kind=logKind,
         address=formatAddress(port.getHost()),
         description=description,
     )
@@ -305,13 +300,15 @@ class _ListenerService(Service):
         self,
         listener: Listener,
         factory: IProtocolFactory,
-        kind: str = "echo",
+        logKind: str = "echo",
         *,
         socketBuffer: int = 0,
         keepalive: tuple[int, int, int] = (0, 0, 0),
         acceptLog: ILogObserver | None = None,
     ) -> None:
         """
+        @param logKind: what its log line says it serves (the C{kind} of
+            C{listener.started}).
         @param socketBuffer: SO_SNDBUF and SO_RCVBUF for the connections of
             a TCP listener, set on the listening socket, whose connections
             inherit them; 0 for the kernel's autotuning.
@@ -327,7 +324,7 @@ class _ListenerService(Service):
         self.proxied = listener.proxied
         self.factory = factory
         self.description = listener.description
-        self.kind = kind
+        self.logKind = logKind
         self.socketBuffer = socketBuffer
         self.keepalive = keepalive
         self.acceptLog = acceptLog
@@ -394,7 +391,7 @@ class _ListenerService(Service):
             _clampSocketBuffers(self.description, port, self.socketBuffer)
         if self.keepalive[0]:
             _setKeepalive(port, self.keepalive)
-        _logStarted(self.description, port, self.kind)
+        _logStarted(self.description, port, self.logKind)
         self.port = port
         if self.acceptLog is not None and isinstance(port, tcp.Port):
             setAcceptLogObserver(port, self.acceptLog)
@@ -460,23 +457,24 @@ class _DatagramListenerService(Service):
         policy: DatagramPolicy,
         reactor: Any,
         protocol: DatagramProtocol | None = None,
-        kind: str = "udp",
+        logKind: str = "udp",
     ) -> None:
         """
         @param protocol: what answers; by default the datagram echo under
             C{policy}.
+        @param logKind: what its log line says it serves.
         """
         self.listener = listener
         self.description = listener.description
         self.protocol = protocol if protocol is not None else DatagramEcho(policy)
-        self.kind = kind
+        self.logKind = logKind
         self._reactor = reactor
         self._port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         self._port = _listenOrExit(self.description, self._listen)
-        _logStarted(self.description, self._port, self.kind)
+        _logStarted(self.description, self._port, self.logKind)
 
     def _listen(self) -> IListeningPort:
         # What reactor.listenUDP and adoptDatagramPort do, with echotwist's
@@ -552,6 +550,14 @@ class EchoService(MultiService):
     once it has been quiet for C{drainQuiet} seconds; whatever is still
     open after C{shutdownTimeout} seconds is aborted.
 
+    Its children, each a named L{MultiService} with one job:
+    C{"listeners"} (the echo's stream listeners), C{"datagrams"} (its UDP
+    listeners), C{"identify"} (the identity line's listeners), C{"workers"}
+    (with workers: the L{SupervisorService
+    <echotwist.supervisor.SupervisorService>} that serves the echo's
+    listeners in worker processes) and C{"pages"} (the metrics and health
+    sites, which stop only after the drain).
+
     @ivar factory: the L{EchoFactory} every listener shares.
     """
 
@@ -569,6 +575,7 @@ class EchoService(MultiService):
         warnOpenProxy: bool = True,
         logFiles: LogFiles | None = None,
         reactor: Any = None,
+        supervise: Callable[..., SupervisorService] | None = None,
         **overrides: Any,
     ) -> None:
         """
@@ -594,6 +601,11 @@ class EchoService(MultiService):
         @param logFiles: the log files SIGHUP reopens; by default twistd's
             C{--logfile}, if any.
         @param reactor: the reactor to listen with; the global one if None.
+        @param supervise: to serve the echo's listeners in worker processes:
+            called with the settings, the reactor, the C{"listeners"} and
+            C{"datagrams"} services and the L{SignalHandlers}, it returns
+            the L{SupervisorService <echotwist.supervisor.SupervisorService>}
+            (e.g. a C{functools.partial} of it); None to serve them here.
         @param overrides: fields of L{Settings} to change from C{settings},
             e.g. C{shutdownTimeout=30} or C{maxPerSource=0}.
         """
@@ -603,7 +615,7 @@ class EchoService(MultiService):
             from twisted.internet import reactor
         self.reactor = reactor
         self.logFiles = logFiles if logFiles is not None else LogFiles()
-        self._oldHandlers: dict[int, Any] = {}
+        self.signals = SignalHandlers(reactor)
         self.factory = EchoFactory(
             reactor,
             maxConnections=settings.maxConnections,
@@ -626,15 +638,34 @@ class EchoService(MultiService):
         self._openProxies: list[str] = []
         self._warnOpenProxy = warnOpenProxy
         self.socketBuffer = settings.socketBuffer
-        self._listenEcho(listen, udp)
         self.draining = False
         self.identity = (
             identity if identity is not None else identityFor(settings.instanceName)
         )
+        self.listeners = self._group("listeners")
+        self.datagrams = self._group("datagrams")
+        self.identifiers = self._group("identify")
+        self._listenEcho(listen, udp)
         self._listenIdentify(identify, identifyUDP)
+        self.supervisor: SupervisorService | None = None
+        if supervise is not None:
+            self.supervisor = supervise(
+                settings, reactor, self.listeners, self.datagrams, self.signals
+            )
+            self.supervisor.setServiceParent(self)
+        self.pages = self._group("pages")
         for kind, where in (("metrics", metrics), ("health", health)):
             if where is not None:
                 self._listenPages(kind, where)
+
+    def _group(self, name: str) -> MultiService:
+        """
+        A child service named C{name}, for listeners of one job.
+        """
+        group = MultiService()
+        group.setName(name)
+        group.setServiceParent(self)
+        return group
 
     def _listenEcho(
         self,
@@ -659,13 +690,13 @@ class EchoService(MultiService):
                 socketBuffer=settings.socketBuffer,
                 keepalive=settings.keepalive,
                 acceptLog=acceptLog,
-            ).setServiceParent(self)
+            ).setServiceParent(self.listeners)
         for datagramItem in udp:
             if isinstance(datagramItem, str):
                 datagramItem = parseDatagramListener(datagramItem)
             _DatagramListenerService(
                 datagramItem, self.datagramPolicy, reactor
-            ).setServiceParent(self)
+            ).setServiceParent(self.datagrams)
 
     def _listenIdentify(
         self,
@@ -682,7 +713,7 @@ class EchoService(MultiService):
             self._trust(identify)
             _ListenerService(
                 identify, IdentifyFactory(self.identity), "identify"
-            ).setServiceParent(self)
+            ).setServiceParent(self.identifiers)
         if identifyUDP is not None:
             if isinstance(identifyUDP, str):
                 identifyUDP = parseDatagramListener(identifyUDP)
@@ -696,7 +727,7 @@ class EchoService(MultiService):
                 reactor,
                 IdentifyDatagram(self.identity, identifyPolicy),
                 "identify-udp",
-            ).setServiceParent(self)
+            ).setServiceParent(self.identifiers)
 
     def _listenPages(self, kind: str, where: Listener | str) -> None:
         """
@@ -714,7 +745,7 @@ class EchoService(MultiService):
         self._trust(where)
         pages = Health(self.notReady, self.identity).pages()
         if kind == "metrics":
-            snapshot, workers, refresh = self._metricsSource()
+            snapshot, workers, refresh = self.metricsSource()
             site = metricsSite(
                 registryFor(EchoCollector(snapshot, workers, reactor)),
                 refresh,
@@ -723,7 +754,7 @@ class EchoService(MultiService):
             )
         else:
             site = metricsSite(None, None, reactor, pages)
-        _ListenerService(where, site, kind).setServiceParent(self)
+        _ListenerService(where, site, kind).setServiceParent(self.pages)
 
     def _trust(self, listener: Listener) -> None:
         """
@@ -735,11 +766,14 @@ class EchoService(MultiService):
             if self.proxyFrom is None:
                 self._openProxies.append(listener.description)
 
-    def _metricsSource(self) -> tuple[Any, Any, Any]:
+    def metricsSource(self) -> tuple[Any, Any, Any]:
         """
         What metrics read: a snapshot of the counts, the number of workers,
-        and what to do before each scrape (nothing, in one process).
+        and what to do before each scrape (nothing, in one process); the
+        supervisor's, with workers.
         """
+        if self.supervisor is not None:
+            return self.supervisor.metricsSource()
         from echotwist.stats import stats
 
         return (lambda: stats(self.factory, self.datagramPolicy), lambda: 1, None)
@@ -747,15 +781,20 @@ class EchoService(MultiService):
     def notReady(self) -> list[str]:
         """
         Why the server should be sent no new clients now: it is draining,
-        or a listener does not listen.  None of these: ready.
+        a listener does not listen, or (with workers) no worker serves.
+        None of these: ready.
         """
         if self.draining:
             return ["draining"]
-        return [
+        reasons = [
             f"not listening on {escape(child.description)}"
-            for child in self
-            if child.kind not in _LAST_TO_STOP and child.port is None
+            for group in (self.listeners, self.datagrams, self.identifiers)
+            for child in group
+            if child.port is None
         ]
+        if not reasons and self.supervisor is not None:
+            reasons = self.supervisor.notReady()
+        return reasons
 
     def privilegedStartService(self) -> None:
         """
@@ -763,7 +802,7 @@ class EchoService(MultiService):
         twistd is).
         """
         # As early as twistd lets us: a SIGHUP from here on never kills.
-        self._handleSignal(signal.SIGHUP, self.reload)
+        self.signals.handle(signal.SIGHUP, self.reload)
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -787,11 +826,11 @@ class EchoService(MultiService):
                 event="proxy.untrusted",
                 listeners=", ".join(self._openProxies),
             )
-        self._handleSignal(signal.SIGHUP, self.reload)
+        self.signals.handle(signal.SIGHUP, self.reload)
         if signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:
             # twistd rotates its --logfile on SIGUSR1; without one (-n to
             # standard output, twist) the default would end the server.
-            self._handleSignal(signal.SIGUSR1, self._noRotation)
+            self.signals.handle(signal.SIGUSR1, self._noRotation)
         # twistd starts services before the reactor runs and installs its
         # SIGTERM handler: a search of the heap here would widen the moment
         # in which a SIGTERM still kills outright.  Once it runs, then.
@@ -805,32 +844,17 @@ class EchoService(MultiService):
             event="log.not_rotated",
         )
 
-    def _handleSignal(self, signum: int, handler: Callable[[], object]) -> None:
-        """
-        Call C{handler} in the reactor thread when C{signum} arrives, until
-        the service has stopped.
-
-        A Python signal handler runs between any two bytecodes of the main
-        thread, in the middle of whatever the reactor was doing (writing a
-        log line, say); callFromThread only queues the call and wakes the
-        reactor, as twistd's own SIGUSR1 handler does.
-        """
-        if signum in self._oldHandlers:
-            return
-        reactor = self.reactor
-        self._oldHandlers[signum] = signal.signal(
-            signum, lambda *_: reactor.callFromThread(handler)
-        )
-
-    def _restoreSignals(self) -> None:
-        for signum, handler in self._oldHandlers.items():
-            signal.signal(signum, handler)
-        self._oldHandlers.clear()
-
     def reload(self) -> None:
         """
-        SIGHUP: reopen the log files at their paths (logrotate moved them).
+        SIGHUP: reopen the log files at their paths (logrotate moved them);
+        with workers, then replace them (L{SupervisorService.reload
+        <echotwist.supervisor.SupervisorService.reload>}).
         """
+        self._reopenLogs()
+        if self.supervisor is not None:
+            self.supervisor.reload()
+
+    def _reopenLogs(self) -> None:
         if not self.logFiles.paths:
             log.info(
                 "SIGHUP: no log file to reopen (logging to standard output,"
@@ -864,32 +888,36 @@ class EchoService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         """
-        Fail readiness, stop listening, then drain the connections (see
-        L{drain}); the metrics and health listeners stop only after, so
-        that they answer (C{/readyz}: 503) while connections drain.
-        SIGHUP is restored last.
+        Fail readiness, stop listening (and supervising), then drain the
+        connections (see L{drain}); the metrics and health listeners stop
+        only after, so that they answer (C{/readyz}: 503) while connections
+        drain.  SIGHUP is restored last.
         """
         self.draining = True
         Service.stopService(self)
-        children = list(self)
-        children.reverse()
-        first = [child for child in children if child.kind not in _LAST_TO_STOP]
-        last = [child for child in children if child.kind in _LAST_TO_STOP]
+        first: list[IService] = [self.listeners, self.datagrams, self.identifiers]
+        if self.supervisor is not None:
+            first.append(self.supervisor)
+        first.reverse()
         stopped = DeferredList([maybeDeferred(child.stopService) for child in first])
         drained = stopped.addCallback(lambda _: self.drain())
-        drained.addCallback(
-            lambda _: DeferredList([maybeDeferred(child.stopService) for child in last])
-        )
+        drained.addCallback(lambda _: maybeDeferred(self.pages.stopService))
 
         def restore(result: object) -> None:
             # Only now: a SIGHUP during the drain must not kill it either.
-            self._restoreSignals()
+            self.signals.restore()
 
         return drained.addBoth(restore)
 
     def drain(self) -> Deferred[None]:
         """
         Let open connections finish (see L{EchoFactory.drain}), once the
-        listeners have stopped.
+        listeners have stopped; with workers, let the workers drain and
+        exit (L{SupervisorService.drain
+        <echotwist.supervisor.SupervisorService.drain>}).
         """
+        if self.supervisor is not None:
+            workers = self.supervisor.drain()
+            if workers is not None:
+                return workers
         return self.factory.drain(self.shutdownTimeout)

@@ -125,7 +125,7 @@ class StartTests(SynchronousTestCase):
             reactor=reactor,
         )
         service.privilegedStartService()
-        first, second = (child.port for child in service if child.kind == "udp")
+        first, second = (child.port for child in service.datagrams)
         for port, host in ((first, "127.0.0.1"), (second, "::1")):
             self.assertIsInstance(port, DatagramPort)
             self.assertEqual(port.maxPacketSize, 65536)
@@ -293,7 +293,7 @@ class PendingListenTests(SynchronousTestCase):
         service.startService()
         journal: list[str] = []
         endpoint.listening.callback(_Port(journal))
-        (child,) = service
+        (child,) = service.listeners
         self.assertIsInstance(child.port, _Port)  # type: ignore[attr-defined]
         with capturedLogs() as events:
             self.successResultOf(service.stopService())
@@ -450,7 +450,7 @@ class RealListenerTests(TestCase):
         return service
 
     def test_socketBufferSet(self) -> None:
-        (child,) = self.start(socketBuffer=16384)
+        (child,) = self.start(socketBuffer=16384).listeners
         sock = child.port.socket
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), 32768)
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 32768)
@@ -460,7 +460,7 @@ class RealListenerTests(TestCase):
         Twisted's port logs each accept that fails; echotwist's ports pass
         at most one such line per reason every 10 seconds.
         """
-        (child,) = self.start()
+        (child,) = self.start().listeners
         port = child.port
         real, port.socket = port.socket, _RefusingSocket()
         try:
@@ -479,13 +479,13 @@ class RealListenerTests(TestCase):
         send at once, and skip Twisted's aggregation of small writes (an
         echo writes once per read).
         """
-        (tcpChild,) = self.start()
+        (tcpChild,) = self.start().listeners
         self.assertIs(tcpChild.port.transport, SplicingServer)
         directory = scratchDirectory(self)
         key, certificate = selfSignedCertificate(directory)
         (tlsChild,) = self.start(
             f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
-        )
+        ).listeners
         # Imported here: TLS is an extra (selfSignedCertificate skipped
         # this test without it).
         from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -509,7 +509,7 @@ class RealListenerTests(TestCase):
         (child,) = self.start(
             f"haproxy:ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}",
             proxyFrom=[parseNetwork("127.0.0.1")],
-        )
+        ).listeners
         from echotwist.proxy import ProxyWrappingFactory
         from echotwist.tls import HandshakeGate, TLSServer
 

@@ -111,7 +111,7 @@ class Loopback:
         self.service.privilegedStartService()
         self.service.startService()
         case.addCleanup(self.close)
-        [listener] = list(self.service)
+        [listener] = list(self.service.listeners)
         self.port = listener.port  # type: ignore[attr-defined]
 
     def close(self) -> None:
@@ -462,7 +462,7 @@ class NotSplicedTests(SynchronousTestCase):
         service.privilegedStartService()
         self.addCleanup(reactor._poller.close)
         self.addCleanup(reactor.disconnectAll)
-        ports = [listener.port for listener in service]  # type: ignore[attr-defined]
+        ports = [listener.port for listener in service.listeners]  # type: ignore[attr-defined]
         self.assertEqual(len(ports), 2)
         for port in ports:
             self.assertIsNot(port.transport, fastpath.SplicingServer)
