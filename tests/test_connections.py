@@ -186,7 +186,7 @@ def connectFrom6(factory: EchoFactory, host: str, port: int = 40000) -> Echo:
     return connect(factory, _TCPTransport(peerAddress=IPv6Address("TCP", host, port)))
 
 
-class SourceGroupTests(SynchronousTestCase):
+class ConnectionSourceGroupTests(SynchronousTestCase):
     """
     The per-source limit counts an IPv6 client's network, not its address.
     """

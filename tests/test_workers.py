@@ -17,12 +17,17 @@ from functools import partial
 from typing import Any
 
 import psutil
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from zope.interface import implementer
 
+from echotwist.listeners import Listener
 from echotwist.logs import LogFiles
 from echotwist.service import EchoService
 from echotwist.settings import Settings
@@ -47,6 +52,41 @@ class _Process:
     def writeToChild(self, fd: int, data: bytes) -> None:
         if fd == 0:
             self.written += data
+
+
+@implementer(IListeningPort)
+class _HandedPort:
+    """
+    A listening port whose socket a supervisor hands to its workers.
+    """
+
+    def __init__(self, fileno: int) -> None:
+        self.descriptor = fileno
+        self.reading = True
+
+    def startListening(self) -> None:
+        pass
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def fileno(self) -> int:
+        return self.descriptor
+
+    def stopListening(self) -> Deferred[None]:
+        return succeed(None)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 5000)
+
+
+@implementer(IStreamServerEndpoint)
+class _PortEndpoint:
+    def __init__(self, port: _HandedPort) -> None:
+        self.port = port
+
+    def listen(self, factory: object) -> Deferred[IListeningPort]:
+        return succeed(self.port)
 
 
 def supervised(
@@ -114,6 +154,67 @@ class SupervisionTests(SynchronousTestCase):
         for worker in workers:
             worker.processEnded(Failure(ProcessTerminated(signal=signal.SIGTERM)))
         self.successResultOf(stopped)
+
+    def test_workersServeOnlyTheEcho(self) -> None:
+        """
+        The workers are handed the echo's listeners, and those stop
+        accepting in the supervisor; the identity line's listener and the
+        health site stay the supervisor's own, accepting there.
+        """
+        echo, identify, health = _HandedPort(40), _HandedPort(41), _HandedPort(42)
+        service, supervisor = supervised(
+            [Listener("tcp:5000", _PortEndpoint(echo))],
+            identify=Listener("tcp:5001", _PortEndpoint(identify)),
+            health=Listener("tcp:5002", _PortEndpoint(health)),
+            workers=1,
+            reactor=self.clock,
+            spawn=self.spawn,
+            logFiles=LogFiles(twistd=False),
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        protocol, _, childFDs = self.spawned[0]
+        config = json.loads(protocol.transport.written.partition(b"\n")[0])
+        self.assertEqual(
+            config["listeners"], [{"description": "tcp:5000", "fileno": 10}]
+        )
+        self.assertEqual(config["udp"], [])
+        self.assertEqual(childFDs[10], 40)
+        self.assertNotIn(41, childFDs.values())
+        self.assertNotIn(42, childFDs.values())
+        self.assertEqual(
+            [echo.reading, identify.reading, health.reading], [False, True, True]
+        )
+        self.assertEqual(
+            [child.name for child in service],
+            ["listeners", "datagrams", "identify", "workers", "pages"],
+        )
+
+    def test_pagesStopAfterTheWorkers(self) -> None:
+        """
+        On stop, the workers are told to drain while the health site still
+        answers (C{/readyz}: 503); it stops once every worker has exited.
+        """
+        health = _HandedPort(42)
+        stopped: list[str] = []
+        health.stopListening = lambda: stopped.append("health") or succeed(None)  # type: ignore[method-assign]
+        service, supervisor = supervised(
+            [],
+            health=Listener("tcp:5002", _PortEndpoint(health)),
+            workers=1,
+            reactor=self.clock,
+            spawn=self.spawn,
+            logFiles=LogFiles(twistd=False),
+        )
+        service.startService()
+        worker = supervisor.workers[1]
+        done = service.stopService()
+        self.assertEqual(worker.transport.signals, [signal.SIGTERM])
+        self.assertEqual(stopped, [])
+        self.assertNoResult(done)
+        worker.processEnded(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+        self.successResultOf(done)
+        self.assertEqual(stopped, ["health"])
 
     def test_workersGetTheSettings(self) -> None:
         """
@@ -391,9 +492,15 @@ class WorkerTests(ServerTestCase):
             payloads, exchange((LOOPBACK, server.port), payloads), strict=True
         ):
             self.assertEqual(received, payload)
+        # SIGHUP's rolling restart works under twist as under twistd.
+        server.signal(signal.SIGHUP)
+        server.waitFor(r"SIGHUP: 2 worker\(s\) replaced", WAIT * 2)
+        fresh = workerProcesses(server, 2)
+        self.assertFalse({w.pid for w in workers} & {w.pid for w in fresh})
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"new"), b"new")
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM)
-        self.assertFalse(any(psutil.pid_exists(w.pid) for w in workers))
+        self.assertFalse(any(psutil.pid_exists(w.pid) for w in workers + fresh))
 
     def test_everyListenerKind(self) -> None:
         key, certificate = selfSignedCertificate(self.directory)
