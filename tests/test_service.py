@@ -26,7 +26,8 @@ from echotwist import Echo, EchoService, Listener
 from echotwist.datagram import DATAGRAMS_PER_READ, DatagramPort
 from echotwist.fastpath import SplicingServer
 from echotwist.proxy import parseNetwork
-from echotwist.service import CannotListen, _clampSocketBuffers
+from echotwist.service import CannotListen
+from echotwist.sockets import clampSocketBuffers
 from tests._tools import scratchDirectory, selfSignedCertificate
 
 
@@ -388,7 +389,7 @@ class SocketBufferTests(SynchronousTestCase):
 
     def test_tcpListenerAndItsConnections(self) -> None:
         port = self.listening()
-        _clampSocketBuffers("tcp:0", port, 32768)
+        clampSocketBuffers("tcp:0", port, 32768)
         # Linux doubles the value, for its bookkeeping.
         self.assertEqual(self.buffers(port.socket), (65536, 65536))
         client = socket.create_connection(port.socket.getsockname(), timeout=5)
@@ -400,7 +401,7 @@ class SocketBufferTests(SynchronousTestCase):
     def test_unixListenerUntouched(self) -> None:
         port = self.listening(socket.AF_UNIX)
         before = self.buffers(port.socket)
-        _clampSocketBuffers("unix:s", port, 8192)
+        clampSocketBuffers("unix:s", port, 8192)
         self.assertEqual(self.buffers(port.socket), before)
 
     def test_kernelCapIsLogged(self) -> None:
@@ -408,7 +409,7 @@ class SocketBufferTests(SynchronousTestCase):
             cap = int(f.read())
         port = self.listening()
         with capturedLogs() as events:
-            _clampSocketBuffers("tcp:0", port, cap * 2)
+            clampSocketBuffers("tcp:0", port, cap * 2)
         self.assertEqual(
             [e["cap"] for e in events if e.get("event") == "listener.buffer_capped"][
                 :1

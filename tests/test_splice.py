@@ -27,8 +27,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo, EchoService, fastpath, stream
+from echotwist.listening import ListenerFactory
 from echotwist.reactor import EchotwistEPollReactor
-from echotwist.service import _ListenerFactory
 from tests._tools import scratchDirectory, selfSignedCertificate
 from tests._twistd import WAIT
 
@@ -473,4 +473,4 @@ class NotSplicedTests(SynchronousTestCase):
 
         self.assertIs(ports[0].transport, TLSServer)
         self.assertFalse(issubclass(TLSServer, fastpath.SplicingServer))
-        self.assertNotIsInstance(ports[0].factory, _ListenerFactory)
+        self.assertNotIsInstance(ports[0].factory, ListenerFactory)
