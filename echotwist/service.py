@@ -3,7 +3,7 @@
 The service that composes the listeners and drains connections on shutdown.
 
 What a listener description means, and how it is parsed, is
-L{echotwist.listeners}'.
+L{echotwist.listeners}'; how one listener is run, L{echotwist.listening}'.
 """
 
 from __future__ import annotations

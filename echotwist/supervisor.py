@@ -3,9 +3,11 @@
 Supervised prefork workers (C{--workers N}): the C++ original's
 fork-per-client, done right.
 
-The supervisor opens every listener once, through the same endpoints a
-single process uses (so TCP, TCP6, UNIX, TLS, PROXY-wrapped, systemd-passed
-and UDP listeners all bind exactly as they would), stops reading from them
+The supervising process is the same L{EchoService
+<echotwist.service.EchoService>} as one process, with a L{SupervisorService}
+as its C{workers} child: it opens every listener once, through the same
+endpoints (so TCP, TCP6, UNIX, TLS, PROXY-wrapped, systemd-passed and UDP
+listeners all bind exactly as they would), stops reading from them
 itself, and starts N workers (L{echotwist.worker}) that inherit the
 listening descriptors and serve them.  All workers accept from the same
 kernel sockets: this works for every kind of listener (SO_REUSEPORT has no
