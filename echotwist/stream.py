@@ -172,8 +172,6 @@ class Echo(Protocol):
     #: when the connection is made, and counts against the source's
     #: handshake budget until it does.
     tls = False
-    # Counted among its source's handshakes in progress.
-    _handshaking = False
 
     def proxyAccepted(self, wrapper: Any) -> bool:
         """
