@@ -415,16 +415,16 @@ class EchoFactory(Factory):
         Since when C{protocol} has been idle, no later than the truth; None
         if it was active since the last sweep, or is closing already.
         """
-        if protocol._awaiting is not None:
+        if protocol.awaitingHeader:
             # Nothing is echoed before the header: idle since accepted.
             return protocol.openedAt if protocol in self.awaiting else None
         if (
             protocol not in self.connections
-            or protocol._closeReason is not None
-            or protocol.bytesEchoed + protocol._resumes != protocol._idleMark
+            or protocol.closeReason is not None
+            or protocol.activity() != protocol.idleMark
         ):
             return None
-        return max(protocol._idleSince, protocol.openedAt)
+        return max(protocol.idleSince, protocol.openedAt)
 
     def _evictOne(self, newcomer: str | None) -> bool:
         """
@@ -490,7 +490,7 @@ class EchoFactory(Factory):
         # Every one of its connections was active, or is newer, since the
         # last sweep: none is idler than another, as far as is known.
         for protocol in self.admission.members[source]:
-            if protocol._awaiting is not None or protocol._closeReason is None:
+            if protocol.awaitingHeader or protocol.closeReason is None:
                 return protocol, now
         return None  # all closing: they are leaving anyway
 
@@ -527,19 +527,17 @@ class EchoFactory(Factory):
             reason=reason,
             **extra,
         )
-        wrapper = protocol._awaiting
-        if wrapper is not None:
-            protocol._awaiting = None
+        if protocol.awaitingHeader:
             self.awaiting.discard(protocol)
             self.admission.uncount(protocol)
-            wrapper.transport.abortConnection()
+            protocol.abandonHeader()
             return
         # Let it go from the books now, so that the newcomer has its place
         # at once (its transport reports the loss on a later iteration).
         reason = EVICTED_SHARE if held else EVICTED
         self.connectionClosed(protocol, reason)
         try:
-            if protocol._paused:
+            if protocol.paused:
                 # Its client does not read: the echo it holds cannot be
                 # delivered, and a close would wait for it forever.
                 protocol.abort(reason)
@@ -587,27 +585,27 @@ class EchoFactory(Factory):
         evicting = self._evicting
         idle: list[tuple[float, Echo]] = []
         for protocol in list(self.connections):
-            activity = protocol.bytesEchoed + protocol._resumes
-            if activity != protocol._idleMark:
-                protocol._idleMark = activity
-                protocol._idleSince = now
+            activity = protocol.activity()
+            if activity != protocol.idleMark:
+                protocol.idleMark = activity
+                protocol.idleSince = now
                 continue
-            since = max(protocol._idleSince, protocol.openedAt)
+            since = max(protocol.idleSince, protocol.openedAt)
             if limit and now - since >= limit:
-                protocol._idleSince = now
+                protocol.idleSince = now
                 # One connection's failure must not end the sweeps (a
                 # LoopingCall stops at the first exception).
                 try:
-                    if protocol._closeReason is None:
+                    if protocol.closeReason is None:
                         protocol.closeWhenFlushed("idle timeout")
                     else:
                         # It was closing, and could not send what it had
                         # left within another idle timeout: its reader is
                         # gone.
-                        protocol.abort(f"{protocol._closeReason}; could not flush")
+                        protocol.abort(f"{protocol.closeReason}; could not flush")
                 except Exception:
                     log.failure("Idle sweep could not close {peer}", peer=protocol.peer)
-            elif evicting and protocol._closeReason is None:
+            elif evicting and protocol.closeReason is None:
                 idle.append((since, protocol))
         if evicting:
             idle.extend((protocol.openedAt, protocol) for protocol in self.awaiting)
@@ -629,11 +627,8 @@ class EchoFactory(Factory):
         @return: fires once no connection is left open.
         """
         for protocol in list(self.awaiting):
-            wrapper = protocol._awaiting
             self.awaitingEnded(protocol)
-            protocol._awaiting = None
-            if wrapper is not None:
-                wrapper.transport.abortConnection()
+            protocol.abandonHeader()
         done: Deferred[None] = Deferred()
         if not self.connections:
             done.callback(None)
