@@ -52,7 +52,6 @@ quiet (see L{Echo.drain}), and aborts what is left at a deadline.
 
 from __future__ import annotations
 
-import sys
 from collections import deque
 
 from twisted.internet.defer import Deferred
@@ -61,9 +60,15 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from echotwist._address import DEFAULT_IPV6_PREFIX, sourceGroup
+from echotwist._address import DEFAULT_IPV6_PREFIX
 from echotwist._twisted import orGlobalReactor
-from echotwist.limits import SourceRateLimiter, ThrottledLog
+from echotwist.admission import (
+    HANDSHAKE_RATE,
+    TOO_MANY_FROM_SOURCE,
+    TOO_MANY_HANDSHAKES,
+    Admission,
+)
+from echotwist.limits import ThrottledLog
 from echotwist.settings import Settings
 from echotwist.stream import Echo
 
@@ -88,9 +93,6 @@ DEFAULT_DRAIN_QUIET: float = Settings.drainQuiet
 
 #: Why a connection can be refused, as logged and counted.
 TOO_MANY = "too many connections"
-TOO_MANY_FROM_SOURCE = "too many connections from this source"
-TOO_MANY_HANDSHAKES = "too many TLS handshakes in progress from this source"
-HANDSHAKE_RATE = "TLS handshakes from this source over the rate"
 CONNECTION_REFUSALS = (
     TOO_MANY,
     TOO_MANY_FROM_SOURCE,
@@ -177,12 +179,17 @@ class EchoFactory(Factory):
         self.drainQuiet = drainQuiet
         self.tlsHandshakesPerSource = tlsHandshakesPerSource
         self.tlsHandshakeRate = tlsHandshakeRate
-        self.handshaking: dict[str, int] = {}
-        self._handshakeRate = (
-            SourceRateLimiter(tlsHandshakeRate, max(1.0, tlsHandshakeRate), reactor)
-            if tlsHandshakeRate
-            else None
+        self.admission = Admission(
+            reactor,
+            maxConnections=maxConnections,
+            maxPerSource=maxPerSource,
+            ipv6Prefix=ipv6Prefix,
+            tlsHandshakesPerSource=tlsHandshakesPerSource,
+            tlsHandshakeRate=tlsHandshakeRate,
         )
+        # The admission's books, by their old names.
+        self.handshaking = self.admission.handshaking
+        self.perSource = self.admission.perSource
         self.accepted = 0
         self.closed = 0
         self.evicted = 0
@@ -190,15 +197,6 @@ class EchoFactory(Factory):
         self.bytesOfClosed = 0
         self.connections: set[Echo] = set()
         self.awaiting: set[Echo] = set()
-        self.perSource: dict[str, int] = {}
-        # The connections of each source, awaiting ones too, and the
-        # sources by how many connections they hold (count -> sources), with
-        # the largest count: the books of eviction's fair shares, kept as
-        # counts change, a step at a time, so that the source holding the
-        # most is known without a search.
-        self._members: dict[str, set[Echo]] = {}
-        self._holding: dict[int, set[str]] = {}
-        self._most = 0
         self.refused: dict[str, int] = {}
         self._refusals = ThrottledLog(log, reactor)
         self._drained: Deferred[None] | None = None
@@ -224,25 +222,15 @@ class EchoFactory(Factory):
         """
         The source C{host} counts as, for the per-source limit and logs.
         """
-        if host is None:
-            return None
-        return sys.intern(sourceGroup(host, self.ipv6Prefix))
+        return self.admission.sourceOf(host)
 
     def _refusal(self, protocol: Echo) -> str | None:
         # The per-source limits first: a client they refuse must not cost an
         # idle connection its place.
         source = protocol.source
-        if (
-            self.maxPerSource
-            and source is not None
-            and self.perSource.get(source, 0) >= self.maxPerSource
-        ):
+        if self.admission.sourceFull(source):
             return TOO_MANY_FROM_SOURCE
-        if (
-            self.maxConnections
-            and self.open >= self.maxConnections
-            and not self._evictOne(source)
-        ):
+        if self.admission.full(self.open) and not self._evictOne(source):
             return TOO_MANY
         return None
 
@@ -258,14 +246,7 @@ class EchoFactory(Factory):
         source = self.sourceOf(host)
         if source is None:
             return True
-        why = None
-        if (
-            self.tlsHandshakesPerSource
-            and self.handshaking.get(source, 0) >= self.tlsHandshakesPerSource
-        ):
-            why = TOO_MANY_HANDSHAKES
-        elif self._handshakeRate is not None and not self._handshakeRate.allow(source):
-            why = HANDSHAKE_RATE
+        why = self.admission.handshakeRefusal(source)
         if why is None:
             return True
         self.refused[why] = self.refused.get(why, 0) + 1
@@ -299,46 +280,6 @@ class EchoFactory(Factory):
                 source=protocol.source,
                 reason=why,
             )
-
-    def _count(self, protocol: Echo) -> None:
-        source = protocol.source
-        if source is not None:
-            had = self.perSource.get(source, 0)
-            self.perSource[source] = had + 1
-            self._members.setdefault(source, set()).add(protocol)
-            self._hold(source, had, had + 1)
-
-    def _uncount(self, protocol: Echo) -> None:
-        source = protocol.source
-        if source is not None:
-            had = self.perSource.pop(source)
-            left = had - 1
-            members = self._members[source]
-            members.discard(protocol)
-            if left:
-                self.perSource[source] = left
-            else:
-                del self._members[source]
-            self._hold(source, had, left)
-
-    def _hold(self, source: str, had: int, has: int) -> None:
-        """
-        Move C{source} from the sources holding C{had} connections to those
-        holding C{has} (one more or one fewer), keeping the largest count.
-        """
-        if had:
-            holders = self._holding[had]
-            holders.discard(source)
-            if not holders:
-                del self._holding[had]
-                if had == self._most:
-                    # Counts move one at a time: the source that held the
-                    # most alone now holds one fewer, and that is the most.
-                    self._most = has
-        if has:
-            self._holding.setdefault(has, set()).add(source)
-            if has > self._most:
-                self._most = has
 
     def connectionOpened(self, protocol: Echo) -> bool:
         """
@@ -375,11 +316,9 @@ class EchoFactory(Factory):
             self._refuse(protocol, why)
             return False
         protocol.openedAt = self.reactor.seconds()
-        self._count(protocol)
-        if protocol.tls and protocol.source is not None:
-            source = protocol.source
-            self.handshaking[source] = self.handshaking.get(source, 0) + 1
-            protocol._handshaking = True
+        self.admission.count(protocol)
+        if protocol.tls:
+            self.admission.handshakeStarted(protocol)
         return True
 
     def handshakeEnded(self, protocol: Echo) -> None:
@@ -387,14 +326,7 @@ class EchoFactory(Factory):
         C{protocol}'s TLS handshake finished, or its connection closed
         first: it no longer counts against its source's handshake budget.
         """
-        if not protocol._handshaking:
-            return
-        protocol._handshaking = False
-        source = protocol.source
-        assert source is not None
-        left = self.handshaking.pop(source) - 1
-        if left:
-            self.handshaking[source] = left
+        self.admission.handshakeEnded(protocol)
 
     def headerReceived(self, protocol: Echo, source: str | None) -> bool:
         """
@@ -406,17 +338,13 @@ class EchoFactory(Factory):
         @return: whether it was admitted.
         """
         self.awaiting.discard(protocol)
-        self._uncount(protocol)
+        self.admission.uncount(protocol)
         protocol.source = source
-        if (
-            self.maxPerSource
-            and source is not None
-            and self.perSource.get(source, 0) >= self.maxPerSource
-        ):
+        if self.admission.sourceFull(source):
             self._refuse(protocol, TOO_MANY_FROM_SOURCE)
             self._stopSweepingIfEmpty()
             return False
-        self._count(protocol)
+        self.admission.count(protocol)
         self._admit(protocol)
         return True
 
@@ -427,7 +355,7 @@ class EchoFactory(Factory):
         """
         if protocol in self.awaiting:
             self.awaiting.discard(protocol)
-            self._uncount(protocol)
+            self.admission.uncount(protocol)
             self._stopSweepingIfEmpty()
             self._checkDrained()
 
@@ -458,7 +386,7 @@ class EchoFactory(Factory):
         self.handshakeEnded(protocol)
         self.closed += 1
         self.bytesOfClosed += protocol.bytesEchoed
-        self._uncount(protocol)
+        self.admission.uncount(protocol)
         self._stopSweepingIfEmpty()
         if self.logConnections:
             log.info(
@@ -487,16 +415,16 @@ class EchoFactory(Factory):
         Since when C{protocol} has been idle, no later than the truth; None
         if it was active since the last sweep, or is closing already.
         """
-        if protocol._awaiting is not None:
+        if protocol.awaitingHeader:
             # Nothing is echoed before the header: idle since accepted.
             return protocol.openedAt if protocol in self.awaiting else None
         if (
             protocol not in self.connections
-            or protocol._closeReason is not None
-            or protocol.bytesEchoed + protocol._resumes != protocol._idleMark
+            or protocol.closeReason is not None
+            or protocol.activity() != protocol.idleMark
         ):
             return None
-        return max(protocol._idleSince, protocol.openedAt)
+        return max(protocol.idleSince, protocol.openedAt)
 
     def _evictOne(self, newcomer: str | None) -> bool:
         """
@@ -521,10 +449,10 @@ class EchoFactory(Factory):
             return False
         now = self.reactor.seconds()
         has = 0 if newcomer is None else self.perSource.get(newcomer, 0)
-        if self._most >= has + 2:
+        if self.admission.most >= has + 2:
             victim = self._idlestOfTheMost(now)
             if victim is not None:
-                self._evict(victim[0], now - victim[1], self._most)
+                self._evict(victim[0], now - victim[1], self.admission.most)
                 return True
         order = self._idleOrder
         while order:
@@ -547,7 +475,7 @@ class EchoFactory(Factory):
         it is idle (C{now} if it was active since the last sweep); None if
         every one of them is closing already.
         """
-        source = next(iter(self._holding[self._most]))
+        source = next(iter(self.admission.holding[self.admission.most]))
         # The sweep's list for the source first, idle longest at its head;
         # a candidate found active, gone, or no longer of this source (a
         # PROXY header came) is dropped, so each costs one look per sweep.
@@ -561,8 +489,8 @@ class EchoFactory(Factory):
             return protocol, since
         # Every one of its connections was active, or is newer, since the
         # last sweep: none is idler than another, as far as is known.
-        for protocol in self._members[source]:
-            if protocol._awaiting is not None or protocol._closeReason is None:
+        for protocol in self.admission.members[source]:
+            if protocol.awaitingHeader or protocol.closeReason is None:
                 return protocol, now
         return None  # all closing: they are leaving anyway
 
@@ -599,19 +527,17 @@ class EchoFactory(Factory):
             reason=reason,
             **extra,
         )
-        wrapper = protocol._awaiting
-        if wrapper is not None:
-            protocol._awaiting = None
+        if protocol.awaitingHeader:
             self.awaiting.discard(protocol)
-            self._uncount(protocol)
-            wrapper.transport.abortConnection()
+            self.admission.uncount(protocol)
+            protocol.abandonHeader()
             return
         # Let it go from the books now, so that the newcomer has its place
         # at once (its transport reports the loss on a later iteration).
         reason = EVICTED_SHARE if held else EVICTED
         self.connectionClosed(protocol, reason)
         try:
-            if protocol._paused:
+            if protocol.paused:
                 # Its client does not read: the echo it holds cannot be
                 # delivered, and a close would wait for it forever.
                 protocol.abort(reason)
@@ -659,27 +585,27 @@ class EchoFactory(Factory):
         evicting = self._evicting
         idle: list[tuple[float, Echo]] = []
         for protocol in list(self.connections):
-            activity = protocol.bytesEchoed + protocol._resumes
-            if activity != protocol._idleMark:
-                protocol._idleMark = activity
-                protocol._idleSince = now
+            activity = protocol.activity()
+            if activity != protocol.idleMark:
+                protocol.idleMark = activity
+                protocol.idleSince = now
                 continue
-            since = max(protocol._idleSince, protocol.openedAt)
+            since = max(protocol.idleSince, protocol.openedAt)
             if limit and now - since >= limit:
-                protocol._idleSince = now
+                protocol.idleSince = now
                 # One connection's failure must not end the sweeps (a
                 # LoopingCall stops at the first exception).
                 try:
-                    if protocol._closeReason is None:
+                    if protocol.closeReason is None:
                         protocol.closeWhenFlushed("idle timeout")
                     else:
                         # It was closing, and could not send what it had
                         # left within another idle timeout: its reader is
                         # gone.
-                        protocol.abort(f"{protocol._closeReason}; could not flush")
+                        protocol.abort(f"{protocol.closeReason}; could not flush")
                 except Exception:
                     log.failure("Idle sweep could not close {peer}", peer=protocol.peer)
-            elif evicting and protocol._closeReason is None:
+            elif evicting and protocol.closeReason is None:
                 idle.append((since, protocol))
         if evicting:
             idle.extend((protocol.openedAt, protocol) for protocol in self.awaiting)
@@ -701,11 +627,8 @@ class EchoFactory(Factory):
         @return: fires once no connection is left open.
         """
         for protocol in list(self.awaiting):
-            wrapper = protocol._awaiting
             self.awaitingEnded(protocol)
-            protocol._awaiting = None
-            if wrapper is not None:
-                wrapper.transport.abortConnection()
+            protocol.abandonHeader()
         done: Deferred[None] = Deferred()
         if not self.connections:
             done.callback(None)

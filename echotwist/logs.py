@@ -18,10 +18,14 @@ import stat
 import sys
 from typing import IO, Any, Protocol
 
-from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
 from twisted.python.logfile import BaseLogFile, LogFile
 
 __all__ = ["LogFiles", "jsonLinesObserver", "jsonObserver"]
+
+# The SIGHUP lines keep the namespace they had in echotwist.service:
+# operators filter on it.
+log = Logger(namespace="echotwist.service")
 
 
 def jsonObserver() -> ILogObserver:
@@ -197,3 +201,40 @@ class LogFiles:
             else:
                 results.append((logFile.path, None))
         return results
+
+    def reopenLogged(self) -> None:
+        """
+        SIGHUP: L{reopen} every log file, and log it: a line into the old
+        file saying where the log went, one into the new saying it was
+        reopened (or an error, if it could not be).
+        """
+        if not self.paths:
+            log.info(
+                "SIGHUP: no log file to reopen (logging to standard output,"
+                " syslog or an observer of its own)",
+                event="log.reopened",
+                path=None,
+            )
+            return
+        for path in self.paths:
+            # Into the old file: the last line there says where the log went.
+            log.info(
+                "SIGHUP: reopening the log file {path}",
+                event="log.reopening",
+                path=path,
+            )
+        for path, error in self.reopen():
+            if error is None:
+                log.info(
+                    "SIGHUP: reopened the log file {path}",
+                    event="log.reopened",
+                    path=path,
+                )
+            else:
+                log.error(
+                    "SIGHUP: cannot reopen the log file {path} ({error});"
+                    " still writing to the file it was",
+                    event="log.reopen_failed",
+                    path=path,
+                    error=error.strerror or str(error),
+                )

@@ -15,7 +15,7 @@ scraper leaves before its answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,21 @@ __all__ = [
     "metricsSite",
     "registryFor",
 ]
+
+
+def _byReason(
+    name: str, documentation: str, reasons: Iterable[str], counts: Mapping[str, int]
+) -> Metric:
+    """
+    A counter with a C{reason} label: one sample for each of C{reasons},
+    0 for those C{counts} has not seen.
+    """
+    from prometheus_client.core import CounterMetricFamily
+
+    counter = CounterMetricFamily(name, documentation, labels=["reason"])
+    for reason in reasons:
+        counter.add_metric([reason], counts.get(reason, 0))
+    return counter
 
 
 class EchoCollector:
@@ -102,14 +117,12 @@ class EchoCollector:
             "Stream connections closed, for any reason.",
             value=now["closed"],
         )
-        refused = CounterMetricFamily(
+        yield _byReason(
             "echotwist_connections_refused",
             "Stream connections closed unanswered by a limit.",
-            labels=["reason"],
+            CONNECTION_REFUSALS,
+            refusedCounts,
         )
-        for reason in CONNECTION_REFUSALS:
-            refused.add_metric([reason], refusedCounts.get(reason, 0))
-        yield refused
         yield CounterMetricFamily(
             "echotwist_connections_evicted",
             "Stream connections closed to admit a new client to a full server:"
@@ -157,15 +170,13 @@ class EchoCollector:
             "UDP datagrams answered.",
             value=counts.get("answered", 0),
         )
-        datagramsRefused = CounterMetricFamily(
+        yield _byReason(
             "echotwist_datagrams_refused",
             "UDP datagrams not answered: a loop guard, a reflection guard or"
             " the rate limit.",
-            labels=["reason"],
+            DATAGRAM_REFUSALS,
+            counts,
         )
-        for reason in DATAGRAM_REFUSALS:
-            datagramsRefused.add_metric([reason], counts.get(reason, 0))
-        yield datagramsRefused
         yield CounterMetricFamily(
             "echotwist_datagram_send_errors",
             "UDP answers the kernel would not send.",

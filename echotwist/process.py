@@ -19,7 +19,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 
 from echotwist._twisted import FOREGROUND_REPORT, handReactorToTwist, reportFailedStart
-from echotwist.service import CannotListen
+from echotwist.listening import CannotListen
 
 __all__ = [
     "ReportsToForeground",
@@ -147,7 +147,7 @@ class ReportsToForeground(MultiService):
     Under a daemonizing twistd, the service it runs: a listener that cannot
     listen is told to the process waiting in the foreground in words that
     fit what it reads, not as twistd's cut traceback line
-    (C{echotwist.service.CannotListen: echotwist: cannot listen on
+    (C{echotwist.listening.CannotListen: echotwist: cannot listen on
     tcp:5000: Addre}).  The whole line is in the log file.
 
     @param runner: twistd's options, where it keeps the pipe to the

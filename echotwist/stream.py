@@ -164,16 +164,15 @@ class Echo(Protocol):
     # Times the transport drained a backlog: progress even while nothing
     # can be read (the idle sweep counts it as activity).
     _resumes = 0
-    # The idle sweep's marks: activity seen at its last change, and when
-    # (until the first change, openedAt stands for it).
-    _idleMark = 0
-    _idleSince = 0.0
+    #: The idle sweep's marks, kept by the factory: activity (see
+    #: L{activity}) seen at its last change, and when (until the first
+    #: change, C{openedAt} stands for it).
+    idleMark = 0
+    idleSince = 0.0
     #: Over TLS (an C{ssl:} listener): the handshake is still to finish
     #: when the connection is made, and counts against the source's
     #: handshake budget until it does.
     tls = False
-    # Counted among its source's handshakes in progress.
-    _handshaking = False
 
     def proxyAccepted(self, wrapper: Any) -> bool:
         """
@@ -417,12 +416,50 @@ class Echo(Protocol):
         if self._closeReason is not None or self._draining:
             return
         self._draining = True
-        self._quietMark = self._activity()
+        self._quietMark = self.activity()
         self._quietTicks = 0
         self._scheduleQuietCheck()
 
-    def _activity(self) -> int:
+    def activity(self) -> int:
+        """
+        Bytes echoed plus backlogs drained: grows while the connection
+        makes progress, even while nothing can be read.
+        """
         return self.bytesEchoed + self._resumes
+
+    @property
+    def closeReason(self) -> str | None:
+        """
+        Why the server closes the connection, once it decided to; None
+        while it is open or when the client was the one to close.
+        """
+        return self._closeReason
+
+    @property
+    def paused(self) -> bool:
+        """
+        Whether reading from the client is paused for a backlog of echo
+        (its client does not read).
+        """
+        return self._paused
+
+    @property
+    def awaitingHeader(self) -> bool:
+        """
+        Whether the connection is behind the PROXY wrapper, its header
+        still to come.
+        """
+        return self._awaiting is not None
+
+    def abandonHeader(self) -> None:
+        """
+        Close a connection whose PROXY header is still to come, at once
+        (RST), without a word in the books: the caller lets it go from
+        them.
+        """
+        wrapper, self._awaiting = self._awaiting, None
+        if wrapper is not None:
+            wrapper.transport.abortConnection()
 
     def _scheduleQuietCheck(self) -> None:
         quiet = self.factory.drainQuiet
@@ -446,7 +483,7 @@ class Echo(Protocol):
         if self._paused:
             # resumeProducing looks again once the backlog is sent.
             return
-        activity = self._activity()
+        activity = self.activity()
         if activity != self._quietMark:
             self._quietMark = activity
             self._quietTicks = 0
@@ -478,7 +515,7 @@ class Echo(Protocol):
         if self._draining:
             # The reader took its backlog: that is activity, and the quiet
             # period starts over.
-            self._quietMark = self._activity()
+            self._quietMark = self.activity()
             self._quietTicks = 0
             self._scheduleQuietCheck()
 

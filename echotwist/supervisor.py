@@ -3,9 +3,11 @@
 Supervised prefork workers (C{--workers N}): the C++ original's
 fork-per-client, done right.
 
-The supervisor opens every listener once, through the same endpoints a
-single process uses (so TCP, TCP6, UNIX, TLS, PROXY-wrapped, systemd-passed
-and UDP listeners all bind exactly as they would), stops reading from them
+The supervising process is the same L{EchoService
+<echotwist.service.EchoService>} as one process, with a L{SupervisorService}
+as its C{workers} child: it opens every listener once, through the same
+endpoints (so TCP, TCP6, UNIX, TLS, PROXY-wrapped, systemd-passed and UDP
+listeners all bind exactly as they would), stops reading from them
 itself, and starts N workers (L{echotwist.worker}) that inherit the
 listening descriptors and serve them.  All workers accept from the same
 kernel sockets: this works for every kind of listener (SO_REUSEPORT has no
@@ -46,6 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import backoffPolicy
+from twisted.application.service import MultiService, Service
 from twisted.internet import error
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall
@@ -53,8 +56,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, eventFromJSON
 from twisted.python.failure import Failure
 
-from echotwist.service import SIDE_KINDS, EchoService
-from echotwist.settings import maxWorkers
+from echotwist.settings import Settings, maxWorkers
+from echotwist.signals import SignalHandlers
 from echotwist.stats import addStats
 from echotwist.worker import heartbeatInterval
 
@@ -273,35 +276,55 @@ class _Worker(ProcessProtocol):
         self.ended.callback(None)
 
 
-class SupervisorService(EchoService):
+class SupervisorService(Service):
     """
-    An L{EchoService} whose listeners are served by worker processes.
+    The child of an L{EchoService <echotwist.service.EchoService>}
+    (named C{"workers"}) that serves its echo listeners in worker processes:
+    it hands their sockets to the workers, keeps C{settings.workers} of them
+    running, drains them on stop, and sums their counts for the metrics.
 
     Options that shape each worker's echo (limits, timeouts, logging) are
     given to every worker and apply per worker.
     """
 
+    name = "workers"
+
     def __init__(
         self,
-        *args: Any,
+        settings: Settings,
+        reactor: Any,
+        listeners: MultiService,
+        datagrams: MultiService,
+        signals: SignalHandlers,
+        *,
         reactorName: str | None = None,
         spawn: Callable[..., Any] | None = None,
         backoff: Callable[[int], float] | None = None,
-        **kwargs: Any,
     ) -> None:
         """
-        @param args: as for L{EchoService}, whose C{settings.workers} (or a
-            C{workers} keyword) is how many worker processes to keep running.
+        @param settings: what every worker is given; C{settings.workers} is
+            how many worker processes to keep running.
+        @param reactor: the reactor to spawn and time the workers with.
+        @param listeners: the echo's stream listeners, whose sockets the
+            workers accept on once they listen.
+        @param datagrams: the echo's UDP listeners, whose sockets the
+            workers read.
+        @param signals: where SIGTTIN and SIGTTOU are taken.
         @param reactorName: the C{twistd --reactor} name workers install.
         @param spawn: C{IReactorProcess.spawnProcess} (for tests).
         @param backoff: seconds to wait before restarting a worker that has
             died soon after starting, by how many times in a row it has.
         """
-        super().__init__(*args, **kwargs)
-        self.wanted = self.settings.workers
+        self.settings = settings
+        self.reactor = reactor
+        self.listeners = listeners
+        self.datagrams = datagrams
+        self.signals = signals
+        self.shutdownTimeout = settings.shutdownTimeout
+        self.wanted = settings.workers
         self.reactorName = reactorName
         self.workers: dict[int, _Worker] = {}
-        self._spawn = spawn or self.reactor.spawnProcess
+        self._spawn = spawn or reactor.spawnProcess
         self._stopping = False
         self._quickDeaths = 0
         #: Failed attempts to start a worker: in all, and in a row now.
@@ -309,7 +332,7 @@ class SupervisorService(EchoService):
         self._failingSince = 0
         #: Workers killed for missing --worker-timeout.
         self.hungWorkers = 0
-        self.liveWithin = LIVE_BEATS * heartbeatInterval(self.settings)
+        self.liveWithin = LIVE_BEATS * heartbeatInterval(settings)
         self._delay = backoff or backoffPolicy(
             initialDelay=1.0, maxDelay=MAX_BACKOFF, factor=2.0
         )
@@ -327,24 +350,13 @@ class SupervisorService(EchoService):
 
     def startService(self) -> None:
         """
-        Listen, stop accepting there, and start the workers, which inherit
-        the listening sockets and accept on them; take SIGTTIN and SIGTTOU
-        to add and remove workers.
+        Stop accepting on the listeners (started before this service), and
+        start the workers, which inherit the listening sockets and accept
+        on them; take SIGTTIN and SIGTTOU to add and remove workers.
         """
         super().startService()
-        listeners: list[dict[str, Any]] = []
-        datagrams: list[dict[str, Any]] = []
-        fileno = _FIRST_LISTENER
-        for child in self:
-            port = child.port
-            if port is None or child.kind in SIDE_KINDS:
-                continue
-            # The workers accept; the supervisor keeps the socket open only.
-            port.stopReading()
-            self._childFDs[fileno] = port.fileno()
-            entry = {"description": child.description, "fileno": fileno}
-            (datagrams if child.kind == "udp" else listeners).append(entry)
-            fileno += 1
+        listeners = self._handOver(self.listeners, _FIRST_LISTENER)
+        datagrams = self._handOver(self.datagrams, _FIRST_LISTENER + len(listeners))
         self._config = {
             "reactor": self.reactorName,
             "listeners": listeners,
@@ -354,8 +366,25 @@ class SupervisorService(EchoService):
         }
         for number in range(1, self.wanted + 1):
             self._start(number)
-        self._handleSignal(signal.SIGTTIN, self.addWorker)
-        self._handleSignal(signal.SIGTTOU, self.removeWorker)
+        self.signals.handle(signal.SIGTTIN, self.addWorker)
+        self.signals.handle(signal.SIGTTOU, self.removeWorker)
+
+    def _handOver(self, listeners: MultiService, fileno: int) -> list[dict[str, Any]]:
+        """
+        Stop reading from each listening socket of C{listeners}, and name it
+        to the workers' descriptors from C{fileno} on.
+        """
+        entries: list[dict[str, Any]] = []
+        for child in listeners:
+            port = child.port
+            if port is None:
+                continue
+            # The workers accept; the supervisor keeps the socket open only.
+            port.stopReading()
+            self._childFDs[fileno] = port.fileno()
+            entries.append({"description": child.description, "fileno": fileno})
+            fileno += 1
+        return entries
 
     def _start(self, number: int, retry: bool = True) -> _Worker | None:
         """
@@ -524,14 +553,13 @@ class SupervisorService(EchoService):
 
     def reload(self) -> None:
         """
-        SIGHUP: reopen the log files, then replace every worker with a
+        SIGHUP, once the log files are reopened: replace every worker with a
         fresh process (new code, say), one at a time: the new one serving
         before the old one is told to drain.  Every worker shares the
         listening sockets, so no connection is refused on the way.  A
         replacement that does not start serving is given up, and the old
         worker kept.
         """
-        super().reload()
         if self._stopping:
             return
         if self._rolling is not None:
@@ -673,7 +701,13 @@ class SupervisorService(EchoService):
     def _everyWorker(self) -> list[_Worker]:
         return list(self.workers.values()) + list(self._retiring)
 
-    def _metricsSource(self) -> tuple[Any, Any, Any]:
+    def metricsSource(self) -> tuple[Any, Any, Any]:
+        """
+        What metrics read: the workers' counts summed (with those of the
+        workers gone), the number of live workers, and what to do before
+        each scrape (ask every live worker for its counts).
+        """
+
         def snapshot() -> dict[str, Any]:
             total = self._retired
             for worker in self._everyWorker():
@@ -701,37 +735,39 @@ class SupervisorService(EchoService):
 
     # --- stopping --------------------------------------------------------
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> None:
         """
-        Stop listening and send every worker SIGTERM: fires once all have
-        exited (any still running C{shutdownTimeout} plus a margin later
-        are killed) and the metrics and health listeners have stopped.
+        Stop supervising: no worker that exits from now on is replaced.
+        The workers are stopped by L{drain}, once the listeners have.
         """
+        super().stopService()
         self._stopping = True
         for call in self._pendingRestarts:
             if call.active():
                 call.cancel()
-        return super().stopService()
 
     def notReady(self) -> list[str]:
         """
-        As for one process, and not ready while no worker serves.
+        Not ready while no worker serves.
         """
-        reasons = super().notReady()
-        if not reasons and not any(w.serving.called for w in self.workers.values()):
-            reasons.append("no worker serving")
-        return reasons
+        if any(w.serving.called for w in self.workers.values()):
+            return []
+        return ["no worker serving"]
 
-    def drain(self) -> Deferred[None]:
+    def drain(self) -> Deferred[None] | None:
         """
         Once the listeners have stopped: send every worker SIGTERM, and
-        wait for them to drain and exit.
+        wait for them to drain and exit (any still running
+        C{shutdownTimeout} plus a margin later are killed).
+
+        @return: a L{Deferred} that fires once every worker has exited;
+            None if there is no worker.
         """
         workers = self._everyWorker()
         for worker in workers:
             worker.signal(signal.SIGTERM)
         if not workers:
-            return super().drain()
+            return None
         log.info(
             "Waiting for {count} worker(s) to drain",
             event="drain.started",

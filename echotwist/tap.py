@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 from twisted.application.service import IService
@@ -420,15 +421,11 @@ def makeService(options: Options) -> IService:
             twistd=twistdMayOpenLogFile(runner),
         ),
     }
-    service: IService
     if settings.workers > 1:
         from echotwist.supervisor import SupervisorService
 
-        service = SupervisorService(
-            options["listeners"], reactorName=reactorName(), **common
-        )
-    else:
-        service = EchoService(options["listeners"], **common)
+        common["supervise"] = partial(SupervisorService, reactorName=reactorName())
+    service: IService = EchoService(options["listeners"], **common)
     if runner is not None and "nodaemon" in runner and not runner["nodaemon"]:
         return ReportsToForeground(service, runner)
     return service

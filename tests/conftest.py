@@ -82,9 +82,17 @@ def events() -> Iterator[Events]:
 
 def portOf(service: Any, index: int = 0) -> int:
     """
-    The port the C{index}th listener of a started L{EchoService} is bound to.
+    The port the C{index}th listener of a started L{EchoService} is bound
+    to, counting its echo's stream and UDP listeners, then the identity
+    line's, then the metrics and health sites'.
     """
-    return int(list(service)[index].port.getHost().port)
+    listeners = [
+        *service.listeners,
+        *service.datagrams,
+        *service.identifiers,
+        *service.pages,
+    ]
+    return int(listeners[index].port.getHost().port)
 
 
 @pytest_twisted.async_yield_fixture

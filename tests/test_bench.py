@@ -201,7 +201,7 @@ def reportOf(
     return out.getvalue()
 
 
-class ReportTests(SynchronousTestCase):
+class BenchReportTests(SynchronousTestCase):
     def test_ratiosArePairedByRound(self) -> None:
         """
         A target's ratio is the median of the ratios taken round by round

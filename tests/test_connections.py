@@ -186,7 +186,7 @@ def connectFrom6(factory: EchoFactory, host: str, port: int = 40000) -> Echo:
     return connect(factory, _TCPTransport(peerAddress=IPv6Address("TCP", host, port)))
 
 
-class SourceGroupTests(SynchronousTestCase):
+class ConnectionSourceGroupTests(SynchronousTestCase):
     """
     The per-source limit counts an IPv6 client's network, not its address.
     """
@@ -590,9 +590,9 @@ class FairShareEvictionTests(SynchronousTestCase):
             holding: dict[int, set[str]] = {}
             for source, count in factory.perSource.items():
                 holding.setdefault(count, set()).add(source)
-                self.assertEqual(len(factory._members[source]), count)
-            self.assertEqual(factory._holding, holding)
-            self.assertEqual(factory._most, max(holding, default=0))
+                self.assertEqual(len(factory.admission.members[source]), count)
+            self.assertEqual(factory.admission.holding, holding)
+            self.assertEqual(factory.admission.most, max(holding, default=0))
 
         check()
         for n in range(1, 6):
@@ -605,7 +605,12 @@ class FairShareEvictionTests(SynchronousTestCase):
             peer.connectionLost(Failure(ConnectionDone()))
             check()
         self.assertEqual(
-            (factory._members, factory._holding, factory._most), ({}, {}, 0)
+            (
+                factory.admission.members,
+                factory.admission.holding,
+                factory.admission.most,
+            ),
+            ({}, {}, 0),
         )
 
 

@@ -65,7 +65,7 @@ def passSocket(listener: socket.socket) -> object:
     return preexec
 
 
-class SystemdTests(ServerTestCase):
+class SystemdUnitTests(ServerTestCase):
     def test_unitsVerify(self) -> None:
         analyze = requireTool("systemd-analyze", "systemd")
         for name in os.listdir(UNITS):

@@ -137,7 +137,7 @@ def _optionRows() -> list[Any]:
     return optionRows()  # type: ignore[no-any-return]
 
 
-class SiteTests(SynchronousTestCase):
+class DocsSiteTests(SynchronousTestCase):
     """
     The site as C{sphinx-build -W} builds it.
     """

@@ -203,7 +203,7 @@ class StopOrderTests(SynchronousTestCase):
         self.successResultOf(stopped)
 
 
-class DrainTests(ServerTestCase):
+class HealthDuringDrainTests(ServerTestCase):
     """
     The real twistd: readiness through a drain.
     """

@@ -107,7 +107,7 @@ class Relay:
         self.back.close()
 
 
-class EchoLoopTests(ServerTestCase):
+class EchoLoopPeerTests(ServerTestCase):
     """
     Two real echo servers and one datagram sent to A with a forged source:
     B's address, or a relay's in front of B.  The loop it starts dies

@@ -49,7 +49,7 @@ def timeWaitPorts() -> set[int]:
     return ports
 
 
-class EchoTests(ServerTestCase):
+class TwistdEchoTests(ServerTestCase):
     def test_hundredConcurrentClients(self) -> None:
         server = self.start()
         payloads = [os.urandom(64 * 1024) for _ in range(100)]
@@ -127,7 +127,7 @@ class EchoTests(ServerTestCase):
         self.assertEqual(echoOnce(address, payload), payload)
 
 
-class TwistedReactorEchoTests(TwistedReactorMixin, EchoTests):
+class TwistedReactorEchoTests(TwistedReactorMixin, TwistdEchoTests):
     """
     The same, on Twisted's epoll reactor (C{twistd --reactor epoll}), where
     every read goes through the transport and the protocol.

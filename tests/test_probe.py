@@ -104,7 +104,7 @@ class TargetTests(SynchronousTestCase):
         self.assertIn("evil\\x1b[2J", str(caught.exception))
 
 
-class OptionsTests(SynchronousTestCase):
+class ProbeOptionsTests(SynchronousTestCase):
     def parse(self, *argv: str) -> ProbeOptions:
         options = ProbeOptions()
         options.parseOptions(list(argv))
@@ -209,7 +209,7 @@ class StatisticsTests(SynchronousTestCase):
         )
 
 
-class ReportTests(SynchronousTestCase):
+class ProbeReportTests(SynchronousTestCase):
     def results(self, *rtts: float | None) -> Results:
         results = Results("tcp:h:7", "latency", {"transport": "udp"})
         for seq, rtt in enumerate(rtts):

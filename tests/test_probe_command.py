@@ -135,7 +135,7 @@ class ProbeTestCase(ServerTestCase):
         return port
 
 
-class TransportTests(ProbeTestCase):
+class ProbeTransportTests(ProbeTestCase):
     """
     Each mode over each transport, against twistd -n echo.
     """

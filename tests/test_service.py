@@ -26,7 +26,8 @@ from echotwist import Echo, EchoService, Listener
 from echotwist.datagram import DATAGRAMS_PER_READ, DatagramPort
 from echotwist.fastpath import SplicingServer
 from echotwist.proxy import parseNetwork
-from echotwist.service import CannotListen, _clampSocketBuffers
+from echotwist.service import CannotListen
+from echotwist.sockets import clampSocketBuffers
 from tests._tools import scratchDirectory, selfSignedCertificate
 
 
@@ -125,7 +126,7 @@ class StartTests(SynchronousTestCase):
             reactor=reactor,
         )
         service.privilegedStartService()
-        first, second = (child.port for child in service if child.kind == "udp")
+        first, second = (child.port for child in service.datagrams)
         for port, host in ((first, "127.0.0.1"), (second, "::1")):
             self.assertIsInstance(port, DatagramPort)
             self.assertEqual(port.maxPacketSize, 65536)
@@ -293,7 +294,7 @@ class PendingListenTests(SynchronousTestCase):
         service.startService()
         journal: list[str] = []
         endpoint.listening.callback(_Port(journal))
-        (child,) = service
+        (child,) = service.listeners
         self.assertIsInstance(child.port, _Port)  # type: ignore[attr-defined]
         with capturedLogs() as events:
             self.successResultOf(service.stopService())
@@ -388,7 +389,7 @@ class SocketBufferTests(SynchronousTestCase):
 
     def test_tcpListenerAndItsConnections(self) -> None:
         port = self.listening()
-        _clampSocketBuffers("tcp:0", port, 32768)
+        clampSocketBuffers("tcp:0", port, 32768)
         # Linux doubles the value, for its bookkeeping.
         self.assertEqual(self.buffers(port.socket), (65536, 65536))
         client = socket.create_connection(port.socket.getsockname(), timeout=5)
@@ -400,7 +401,7 @@ class SocketBufferTests(SynchronousTestCase):
     def test_unixListenerUntouched(self) -> None:
         port = self.listening(socket.AF_UNIX)
         before = self.buffers(port.socket)
-        _clampSocketBuffers("unix:s", port, 8192)
+        clampSocketBuffers("unix:s", port, 8192)
         self.assertEqual(self.buffers(port.socket), before)
 
     def test_kernelCapIsLogged(self) -> None:
@@ -408,7 +409,7 @@ class SocketBufferTests(SynchronousTestCase):
             cap = int(f.read())
         port = self.listening()
         with capturedLogs() as events:
-            _clampSocketBuffers("tcp:0", port, cap * 2)
+            clampSocketBuffers("tcp:0", port, cap * 2)
         self.assertEqual(
             [e["cap"] for e in events if e.get("event") == "listener.buffer_capped"][
                 :1
@@ -450,7 +451,7 @@ class RealListenerTests(TestCase):
         return service
 
     def test_socketBufferSet(self) -> None:
-        (child,) = self.start(socketBuffer=16384)
+        (child,) = self.start(socketBuffer=16384).listeners
         sock = child.port.socket
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), 32768)
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 32768)
@@ -460,7 +461,7 @@ class RealListenerTests(TestCase):
         Twisted's port logs each accept that fails; echotwist's ports pass
         at most one such line per reason every 10 seconds.
         """
-        (child,) = self.start()
+        (child,) = self.start().listeners
         port = child.port
         real, port.socket = port.socket, _RefusingSocket()
         try:
@@ -479,13 +480,13 @@ class RealListenerTests(TestCase):
         send at once, and skip Twisted's aggregation of small writes (an
         echo writes once per read).
         """
-        (tcpChild,) = self.start()
+        (tcpChild,) = self.start().listeners
         self.assertIs(tcpChild.port.transport, SplicingServer)
         directory = scratchDirectory(self)
         key, certificate = selfSignedCertificate(directory)
         (tlsChild,) = self.start(
             f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
-        )
+        ).listeners
         # Imported here: TLS is an extra (selfSignedCertificate skipped
         # this test without it).
         from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -509,7 +510,7 @@ class RealListenerTests(TestCase):
         (child,) = self.start(
             f"haproxy:ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}",
             proxyFrom=[parseNetwork("127.0.0.1")],
-        )
+        ).listeners
         from echotwist.proxy import ProxyWrappingFactory
         from echotwist.tls import HandshakeGate, TLSServer
 

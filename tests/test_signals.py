@@ -299,7 +299,7 @@ class ClientLoop:
         self._thread.join(WAIT)
 
 
-class RollingRestartTests(ServerTestCase):
+class TwistdRollingRestartTests(ServerTestCase):
     def test_sighupReplacesEveryWorkerWithoutAFailedExchange(self) -> None:
         server = self.start(
             "--port",
@@ -327,24 +327,6 @@ class RollingRestartTests(ServerTestCase):
         self.assertEqual(clients.failures, [])
         self.assertGreater(clients.ok, 150)
         self.assertIsNone(server.process.poll())
-        server.signal(signal.SIGTERM)
-        self.assertEqual(server.wait(), -signal.SIGTERM)
-
-    def test_underTwist(self) -> None:
-        server = self.start(
-            "echo",
-            "--port",
-            f"tcp:0:interface={LOOPBACK}",
-            "--workers",
-            "2",
-            runner=[command("twist"), "--log-format", "text"],
-        )
-        waitServing(server, 2)
-        before = {w.pid for w in workerProcesses(server, 2)}
-        server.signal(signal.SIGHUP)
-        server.waitFor(r"SIGHUP: 2 worker\(s\) replaced", WAIT * 2)
-        self.assertFalse(before & {w.pid for w in workerProcesses(server, 2)})
-        self.assertEqual(echoOnce((LOOPBACK, server.port), b"new"), b"new")
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM)
 

@@ -27,8 +27,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo, EchoService, fastpath, stream
+from echotwist.listening import ListenerFactory
 from echotwist.reactor import EchotwistEPollReactor
-from echotwist.service import _ListenerFactory
 from tests._tools import scratchDirectory, selfSignedCertificate
 from tests._twistd import WAIT
 
@@ -111,7 +111,7 @@ class Loopback:
         self.service.privilegedStartService()
         self.service.startService()
         case.addCleanup(self.close)
-        [listener] = list(self.service)
+        [listener] = list(self.service.listeners)
         self.port = listener.port  # type: ignore[attr-defined]
 
     def close(self) -> None:
@@ -462,7 +462,7 @@ class NotSplicedTests(SynchronousTestCase):
         service.privilegedStartService()
         self.addCleanup(reactor._poller.close)
         self.addCleanup(reactor.disconnectAll)
-        ports = [listener.port for listener in service]  # type: ignore[attr-defined]
+        ports = [listener.port for listener in service.listeners]  # type: ignore[attr-defined]
         self.assertEqual(len(ports), 2)
         for port in ports:
             self.assertIsNot(port.transport, fastpath.SplicingServer)
@@ -473,4 +473,4 @@ class NotSplicedTests(SynchronousTestCase):
 
         self.assertIs(ports[0].transport, TLSServer)
         self.assertFalse(issubclass(TLSServer, fastpath.SplicingServer))
-        self.assertNotIsInstance(ports[0].factory, _ListenerFactory)
+        self.assertNotIsInstance(ports[0].factory, ListenerFactory)

@@ -346,10 +346,14 @@ class MakeServiceTests(SynchronousTestCase):
     def test_workers(self) -> None:
         from echotwist.supervisor import SupervisorService
 
-        self.assertNotIsInstance(makeService(parse()), SupervisorService)
+        one = makeService(parse())
+        assert isinstance(one, EchoService)
+        self.assertIsNone(one.supervisor)
         service = makeService(parse("--workers", "3", "--max-connections", "7"))
-        assert isinstance(service, SupervisorService)
-        self.assertEqual(service.wanted, 3)
+        assert isinstance(service, EchoService)
+        supervisor = service.getServiceNamed("workers")
+        assert isinstance(supervisor, SupervisorService)
+        self.assertEqual(supervisor.wanted, 3)
         self.assertEqual(service.factory.maxConnections, 7)
 
     def test_sourceOptionsReachTheBooksAndTheWorkers(self) -> None:
@@ -371,13 +375,14 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(service.factory.ipv6Prefix, 48)
         self.assertEqual(service.datagramPolicy.ipv6Prefix, 48)
         self.assertEqual(service.factory.evictIdleAfter, 3)
-        (child,) = service
+        (child,) = service.listeners
         endpoint = child.endpoint  # type: ignore[attr-defined]
         assert isinstance(endpoint, ProxyEndpoint)
         self.assertEqual([str(n) for n in endpoint.trusted or []], ["10.0.0.0/8"])
 
         supervisor = makeService(parse("--workers", "2", *argv))
-        assert isinstance(supervisor, SupervisorService)
+        assert isinstance(supervisor, EchoService)
+        assert isinstance(supervisor.supervisor, SupervisorService)
         self.assertEqual(supervisor.factory.ipv6Prefix, 48)
         self.assertEqual(supervisor.factory.evictIdleAfter, 3)
         self.assertEqual([str(n) for n in supervisor.proxyFrom or []], ["10.0.0.0/8"])
@@ -389,11 +394,12 @@ class MakeServiceTests(SynchronousTestCase):
         assert isinstance(service, EchoService)
         self.assertEqual(service.socketBuffer, 32768)
         self.assertEqual(
-            [child.socketBuffer for child in service],  # type: ignore[attr-defined]
+            [child.socketBuffer for child in service.listeners],  # type: ignore[attr-defined]
             [32768],
         )
         supervisor = makeService(parse("--workers", "2", "--socket-buffer", "0"))
-        assert isinstance(supervisor, SupervisorService)
+        assert isinstance(supervisor, EchoService)
+        assert isinstance(supervisor.supervisor, SupervisorService)
         self.assertEqual(supervisor.socketBuffer, 0)
 
     def test_oneListenerEach(self) -> None:
@@ -409,11 +415,12 @@ class MakeServiceTests(SynchronousTestCase):
         )
         assert isinstance(service, EchoService)
         self.assertEqual(
-            [child.description for child in service], ["tcp:0", "unix:/tmp/x.sock"]
-        )  # type: ignore[attr-defined]
+            [child.description for child in service.listeners],  # type: ignore[attr-defined]
+            ["tcp:0", "unix:/tmp/x.sock"],
+        )
         self.assertEqual(service.shutdownTimeout, 3.0)
         self.assertTrue(
-            all(child.factory.shared is service.factory for child in service)
+            all(child.factory.shared is service.factory for child in service.listeners)
         )  # type: ignore[attr-defined]
 
 

@@ -23,7 +23,7 @@ IN_PROGRESS = "too many TLS handshakes in progress from this source"
 OVER_RATE = "TLS handshakes from this source over the rate"
 
 
-class HandshakeBudgetTests(ServerTestCase):
+class TwistdHandshakeBudgetTests(ServerTestCase):
     def startTLS(self, *args: str) -> tuple[Server, int, int]:
         key, self.certificate = selfSignedCertificate(self.directory)
         metrics = freePort()

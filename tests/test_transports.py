@@ -280,7 +280,7 @@ class IPv6Tests(ServerTestCase):
         server.waitFor(r"\[::1\]:\d+ connected")
 
 
-class SystemdTests(ServerTestCase):
+class SystemdSocketTests(ServerTestCase):
     def test_socketActivation(self) -> None:
         activate = requireTool("systemd-socket-activate", "systemd")
         port = freePort()
@@ -393,7 +393,7 @@ def proxyV2(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
     return b"\r\n\r\n\x00\r\nQUIT\n\x21\x11" + struct.pack("!H", len(body)) + body
 
 
-class ProxyTests(ServerTestCase):
+class TwistdProxyTests(ServerTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.server = self.start("--listen", f"haproxy:tcp:0:interface={LOOPBACK}")

@@ -13,15 +13,23 @@ import os
 import signal
 import socket
 import time
+from functools import partial
+from typing import Any
 
 import psutil
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from zope.interface import implementer
 
+from echotwist.listeners import Listener
 from echotwist.logs import LogFiles
+from echotwist.service import EchoService
 from echotwist.settings import Settings
 from echotwist.supervisor import STABLE_AFTER, SupervisorService
 from tests._clients import echoOnce, exchange, readUntilClosed
@@ -46,12 +54,65 @@ class _Process:
             self.written += data
 
 
+@implementer(IListeningPort)
+class _HandedPort:
+    """
+    A listening port whose socket a supervisor hands to its workers.
+    """
+
+    def __init__(self, fileno: int) -> None:
+        self.descriptor = fileno
+        self.reading = True
+
+    def startListening(self) -> None:
+        pass
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def fileno(self) -> int:
+        return self.descriptor
+
+    def stopListening(self) -> Deferred[None]:
+        return succeed(None)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 5000)
+
+
+@implementer(IStreamServerEndpoint)
+class _PortEndpoint:
+    def __init__(self, port: _HandedPort) -> None:
+        self.port = port
+
+    def listen(self, factory: object) -> Deferred[IListeningPort]:
+        return succeed(self.port)
+
+
+def supervised(
+    *args: Any,
+    spawn: Any = None,
+    backoff: Any = None,
+    **kwargs: Any,
+) -> tuple[EchoService, SupervisorService]:
+    """
+    An L{EchoService} whose listeners workers serve, and its supervisor.
+    """
+    service = EchoService(
+        *args,
+        supervise=partial(SupervisorService, spawn=spawn, backoff=backoff),
+        **kwargs,
+    )
+    assert service.supervisor is not None
+    return service, service.supervisor
+
+
 class SupervisionTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.spawned: list[tuple[object, list[str], dict[int, object]]] = []
         self.nextPid = 1000
-        self.supervisor = SupervisorService(
+        self.service, self.supervisor = supervised(
             [],
             workers=2,
             reactor=self.clock,
@@ -70,8 +131,8 @@ class SupervisionTests(SynchronousTestCase):
         return self.supervisor.workers[number]
 
     def test_startsTheWorkers(self) -> None:
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         self.assertEqual(sorted(self.supervisor.workers), [1, 2])
         args = self.spawned[0][1]
         self.assertEqual(args[1:3], ["-m", "echotwist.worker"])
@@ -82,24 +143,85 @@ class SupervisionTests(SynchronousTestCase):
         not ready again from the start of its stop until its workers have
         exited.
         """
-        self.supervisor.startService()
-        self.assertEqual(self.supervisor.notReady(), ["no worker serving"])
+        self.service.startService()
+        self.assertEqual(self.service.notReady(), ["no worker serving"])
         self.worker(2).serving.callback(None)
-        self.assertEqual(self.supervisor.notReady(), [])
+        self.assertEqual(self.service.notReady(), [])
         workers = [self.worker(1), self.worker(2)]
-        stopped = self.supervisor.stopService()
-        self.assertEqual(self.supervisor.notReady(), ["draining"])
+        stopped = self.service.stopService()
+        self.assertEqual(self.service.notReady(), ["draining"])
         self.assertEqual([w.transport.signals for w in workers], [[signal.SIGTERM]] * 2)
         for worker in workers:
             worker.processEnded(Failure(ProcessTerminated(signal=signal.SIGTERM)))
         self.successResultOf(stopped)
+
+    def test_workersServeOnlyTheEcho(self) -> None:
+        """
+        The workers are handed the echo's listeners, and those stop
+        accepting in the supervisor; the identity line's listener and the
+        health site stay the supervisor's own, accepting there.
+        """
+        echo, identify, health = _HandedPort(40), _HandedPort(41), _HandedPort(42)
+        service, supervisor = supervised(
+            [Listener("tcp:5000", _PortEndpoint(echo))],
+            identify=Listener("tcp:5001", _PortEndpoint(identify)),
+            health=Listener("tcp:5002", _PortEndpoint(health)),
+            workers=1,
+            reactor=self.clock,
+            spawn=self.spawn,
+            logFiles=LogFiles(twistd=False),
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        protocol, _, childFDs = self.spawned[0]
+        config = json.loads(protocol.transport.written.partition(b"\n")[0])
+        self.assertEqual(
+            config["listeners"], [{"description": "tcp:5000", "fileno": 10}]
+        )
+        self.assertEqual(config["udp"], [])
+        self.assertEqual(childFDs[10], 40)
+        self.assertNotIn(41, childFDs.values())
+        self.assertNotIn(42, childFDs.values())
+        self.assertEqual(
+            [echo.reading, identify.reading, health.reading], [False, True, True]
+        )
+        self.assertEqual(
+            [child.name for child in service],
+            ["listeners", "datagrams", "identify", "workers", "pages"],
+        )
+
+    def test_pagesStopAfterTheWorkers(self) -> None:
+        """
+        On stop, the workers are told to drain while the health site still
+        answers (C{/readyz}: 503); it stops once every worker has exited.
+        """
+        health = _HandedPort(42)
+        stopped: list[str] = []
+        health.stopListening = lambda: stopped.append("health") or succeed(None)  # type: ignore[method-assign]
+        service, supervisor = supervised(
+            [],
+            health=Listener("tcp:5002", _PortEndpoint(health)),
+            workers=1,
+            reactor=self.clock,
+            spawn=self.spawn,
+            logFiles=LogFiles(twistd=False),
+        )
+        service.startService()
+        worker = supervisor.workers[1]
+        done = service.stopService()
+        self.assertEqual(worker.transport.signals, [signal.SIGTERM])
+        self.assertEqual(stopped, [])
+        self.assertNoResult(done)
+        worker.processEnded(Failure(ProcessTerminated(signal=signal.SIGTERM)))
+        self.successResultOf(done)
+        self.assertEqual(stopped, ["health"])
 
     def test_workersGetTheSettings(self) -> None:
         """
         Each worker is handed the supervisor's settings whole: every knob,
         none left at its default on the way.
         """
-        supervisor = SupervisorService(
+        service, supervisor = supervised(
             [],
             workers=1,
             reactor=self.clock,
@@ -123,8 +245,8 @@ class SupervisionTests(SynchronousTestCase):
                 tlsHandshakeRate=7,
             ),
         )
-        supervisor.startService()
-        self.addCleanup(supervisor.stopService)
+        service.startService()
+        self.addCleanup(service.stopService)
         protocol, args, _ = self.spawned[0]
         # Down the control pipe, as its first line; nothing on the command
         # line, which ps shows to anyone.
@@ -134,7 +256,7 @@ class SupervisionTests(SynchronousTestCase):
         config = json.loads(line)
         self.assertEqual(config["worker"], 1)
         handed = Settings.fromJSON(config["settings"])
-        self.assertEqual(handed, supervisor.settings)
+        self.assertEqual(handed, service.settings)
         defaults = Settings()
         for f in dataclasses.fields(Settings):
             if f.name != "workers":
@@ -143,8 +265,8 @@ class SupervisionTests(SynchronousTestCase):
                 )
 
     def test_healthyWorkerIsReplacedAtOnce(self) -> None:
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         self.clock.advance(STABLE_AFTER + 1)
         with capturedLogs() as events:
             self.worker(1).processEnded(Failure(ProcessTerminated(signal=9)))
@@ -155,8 +277,8 @@ class SupervisionTests(SynchronousTestCase):
         self.assertEqual(sorted(self.supervisor.workers), [1, 2])
 
     def test_crashLoopBacksOff(self) -> None:
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         delays = []
         for _ in range(8):
             spawnedBefore = len(self.spawned)
@@ -175,8 +297,8 @@ class SupervisionTests(SynchronousTestCase):
         self.assertIn(1, self.supervisor.workers)
 
     def test_ttinAndTtou(self) -> None:
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         self.supervisor.addWorker()
         self.assertEqual(sorted(self.supervisor.workers), [1, 2, 3])
         third = self.worker(3)
@@ -192,8 +314,8 @@ class SupervisionTests(SynchronousTestCase):
     def test_ttinStopsAtTheBound(self) -> None:
         from echotwist.settings import maxWorkers
 
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         with capturedLogs() as events:
             for _ in range(maxWorkers() + 5):
                 self.supervisor.addWorker()
@@ -202,9 +324,9 @@ class SupervisionTests(SynchronousTestCase):
         self.assertIn("worker.add_refused", [e.get("event") for e in events])
 
     def test_stopTermsThenKills(self) -> None:
-        self.supervisor.startService()
+        self.service.startService()
         first, second = self.worker(1), self.worker(2)
-        stopped = self.supervisor.stopService()
+        stopped = self.service.stopService()
         self.assertEqual(first.transport.signals, [signal.SIGTERM])
         first.processEnded(Failure(ProcessTerminated(signal=15)))
         self.assertNoResult(stopped)
@@ -370,9 +492,15 @@ class WorkerTests(ServerTestCase):
             payloads, exchange((LOOPBACK, server.port), payloads), strict=True
         ):
             self.assertEqual(received, payload)
+        # SIGHUP's rolling restart works under twist as under twistd.
+        server.signal(signal.SIGHUP)
+        server.waitFor(r"SIGHUP: 2 worker\(s\) replaced", WAIT * 2)
+        fresh = workerProcesses(server, 2)
+        self.assertFalse({w.pid for w in workers} & {w.pid for w in fresh})
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"new"), b"new")
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM)
-        self.assertFalse(any(psutil.pid_exists(w.pid) for w in workers))
+        self.assertFalse(any(psutil.pid_exists(w.pid) for w in workers + fresh))
 
     def test_everyListenerKind(self) -> None:
         key, certificate = selfSignedCertificate(self.directory)
@@ -699,10 +827,10 @@ class RollingRestartTests(SynchronousTestCase):
         )
 
     def test_oneAtATimeNewServingBeforeOldDrains(self) -> None:
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         first, second = self.worker(1), self.worker(2)
-        self.supervisor.reload()
+        self.service.reload()
         newFirst = self.worker(1)
         self.assertIsNot(newFirst, first)
         self.assertEqual(len(self.spawned), 3, "one replacement at a time")
@@ -726,10 +854,10 @@ class RollingRestartTests(SynchronousTestCase):
         self.assertEqual([self.worker(1), self.worker(2)], [newFirst, newSecond])
 
     def test_sighupDuringARollQueuesAnotherRound(self) -> None:
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
-        self.supervisor.reload()
-        self.supervisor.reload()
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.service.reload()
+        self.service.reload()
         for _ in range(4):
             old = [w for w in self.supervisor._retiring][0]
             self.serve(self.worker(old.number))
@@ -738,10 +866,10 @@ class RollingRestartTests(SynchronousTestCase):
         self.assertIsNone(self.supervisor._rolling)
 
     def test_replacementThatDiesKeepsTheOld(self) -> None:
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         first = self.worker(1)
-        self.supervisor.reload()
+        self.service.reload()
         broken = self.worker(1)
         with capturedLogs() as events:
             broken.processEnded(Failure(ProcessTerminated(exitCode=1)))
@@ -756,12 +884,12 @@ class RollingRestartTests(SynchronousTestCase):
         SIGTTOU takes away the worker being replaced: neither the old one
         nor a replacement is left running in its place.
         """
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         first, second = self.worker(1), self.worker(2)
         self.serve(first)
         self.serve(second)
-        self.supervisor.reload()
+        self.service.reload()
         self.serve(self.worker(1))
         first.processEnded(Failure(ProcessTerminated(signal=15)))
         newSecond = self.worker(2)
@@ -778,10 +906,10 @@ class RollingRestartTests(SynchronousTestCase):
     def test_replacementThatNeverServesIsKilled(self) -> None:
         from echotwist.supervisor import START_TIMEOUT
 
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         first = self.worker(1)
-        self.supervisor.reload()
+        self.service.reload()
         stuck = self.worker(1)
         self.clock.advance(START_TIMEOUT)
         self.assertEqual(stuck.transport.signals, [signal.SIGKILL])
@@ -789,8 +917,8 @@ class RollingRestartTests(SynchronousTestCase):
         self.assertIs(self.worker(1), first)
 
     def test_workerLogLinesBecomeEvents(self) -> None:
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         line = _logLine(
             2,
             "{peer} disconnected after {duration:.3f}s",
@@ -842,7 +970,7 @@ class SpawnFailureTests(SynchronousTestCase):
     failing = False
 
     def failuresCounted(self) -> float:
-        snapshot, _, _ = self.supervisor._metricsSource()
+        snapshot, _, _ = self.supervisor.metricsSource()
         return float(snapshot()["workerSpawnFailures"])
 
     def test_startUpServesWithTheWorkersItHas(self) -> None:
@@ -863,8 +991,8 @@ class SpawnFailureTests(SynchronousTestCase):
 
         self.supervisor._spawn = spawnOnce
         with capturedLogs() as events:
-            self.supervisor.startService()
-            self.addCleanup(self.supervisor.stopService)
+            self.service.startService()
+            self.addCleanup(self.service.stopService)
             self.assertEqual(sorted(self.supervisor.workers), [1])
             for _ in range(20):
                 self.clock.advance(60)
@@ -892,8 +1020,8 @@ class SpawnFailureTests(SynchronousTestCase):
 
     def test_noWorkerAtAllAtFirst(self) -> None:
         self.failing = True
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         self.assertEqual(self.supervisor.workers, {})
         self.clock.advance(60)
         self.failing = False
@@ -907,8 +1035,8 @@ class SpawnFailureTests(SynchronousTestCase):
         after the back-off (2, 4, ... seconds here) until it starts; then
         a new streak of failures is logged again, once.
         """
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         self.clock.advance(STABLE_AFTER + 1)
         self.failing = True
         with capturedLogs() as events:
@@ -942,8 +1070,8 @@ class SpawnFailureTests(SynchronousTestCase):
         )
 
     def test_ttinRetriesToo(self) -> None:
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         self.failing = True
         self.supervisor.addWorker()
         self.assertEqual(sorted(self.supervisor.workers), [1, 2])
@@ -952,12 +1080,12 @@ class SpawnFailureTests(SynchronousTestCase):
         self.assertEqual(sorted(self.supervisor.workers), [1, 2, 3])
 
     def test_sighupKeepsTheOldWorkers(self) -> None:
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
         first, second = self.worker(1), self.worker(2)
         self.failing = True
         with capturedLogs() as events:
-            self.supervisor.reload()
+            self.service.reload()
         self.assertEqual(
             [e.get("event") for e in events].count("workers.reload_failed"), 2
         )
@@ -968,8 +1096,8 @@ class SpawnFailureTests(SynchronousTestCase):
 
     def test_stoppingCancelsTheRetries(self) -> None:
         self.failing = True
-        self.supervisor.startService()
-        self.successResultOf(self.supervisor.stopService())
+        self.service.startService()
+        self.successResultOf(self.service.stopService())
         restarts = [
             call
             for call in self.clock.getDelayedCalls()
@@ -1037,7 +1165,7 @@ class HeartbeatTests(SynchronousTestCase):
         self.clock = MemoryReactorClock()
         self.spawned: list[tuple[object, list[str], dict[int, object]]] = []
         self.nextPid = 1000
-        self.supervisor = SupervisorService(
+        self.service, self.supervisor = supervised(
             [],
             settings=Settings(workers=2, workerTimeout=5),
             reactor=self.clock,
@@ -1045,14 +1173,14 @@ class HeartbeatTests(SynchronousTestCase):
             backoff=lambda attempt: min(60.0, 2.0**attempt),
             logFiles=LogFiles(twistd=False),
         )
-        self.supervisor.startService()
-        self.addCleanup(self.supervisor.stopService)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
 
     spawn = SupervisionTests.spawn
     worker = SupervisionTests.worker
 
     def live(self) -> int:
-        _, live, _ = self.supervisor._metricsSource()
+        _, live, _ = self.supervisor.metricsSource()
         return int(live())
 
     def test_silentWorkerIsKilledAndReplaced(self) -> None:
@@ -1080,7 +1208,7 @@ class HeartbeatTests(SynchronousTestCase):
         self.assertEqual(len(hung), 1)
         self.assertEqual((hung[0]["worker"], hung[0]["silent"]), (2, 8.0))
         self.assertEqual(self.supervisor.hungWorkers, 1)
-        snapshot, _, _ = self.supervisor._metricsSource()
+        snapshot, _, _ = self.supervisor.metricsSource()
         self.assertEqual(snapshot()["workersHung"], 1)
         # Its last counts stay in the sums.
         self.assertEqual(snapshot()["accepted"], 3)
@@ -1142,15 +1270,15 @@ class HeartbeatTests(SynchronousTestCase):
         self.assertEqual(first.transport.signals, [])
 
     def test_timeoutZeroNeverKills(self) -> None:
-        supervisor = SupervisorService(
+        service, supervisor = supervised(
             [],
             settings=Settings(workers=1, workerTimeout=0),
             reactor=self.clock,
             spawn=self.spawn,
             logFiles=LogFiles(twistd=False),
         )
-        supervisor.startService()
-        self.addCleanup(supervisor.stopService)
+        service.startService()
+        self.addCleanup(service.stopService)
         self.clock.advance(3600)
         self.assertEqual(supervisor.workers[1].transport.signals, [])
 
@@ -1166,7 +1294,7 @@ class HeartbeatTests(SynchronousTestCase):
         for _ in range(4):
             self.clock.advance(1)
             _heartbeat(first, accepted=1)
-        snapshot, _, refresh = self.supervisor._metricsSource()
+        snapshot, _, refresh = self.supervisor.metricsSource()
         first.transport.written = second.transport.written = b""
         scraped = refresh()
         self.assertEqual(first.transport.written, b"stats\n")
@@ -1181,7 +1309,7 @@ class HeartbeatTests(SynchronousTestCase):
         first, second = self.worker(1), self.worker(2)
         _heartbeat(first, accepted=1)
         _heartbeat(second, accepted=2)
-        _, _, refresh = self.supervisor._metricsSource()
+        _, _, refresh = self.supervisor.metricsSource()
         scraped = refresh()
         first.childDataReceived(3, b'{"accepted": 5}\n')
         self.assertNoResult(scraped)
