@@ -6,6 +6,7 @@ systemd socket activation, and the PROXY protocol with a real HAProxy.
 from __future__ import annotations
 
 import os
+import random
 import select
 import signal
 import socket
@@ -28,15 +29,37 @@ from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
 KiB = 1024
 
 
+def _ephemeralRange() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(n) for n in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return low, high
+
+
 def freePort(kind: int = socket.SOCK_STREAM) -> int:
     """
     A loopback port nothing listens on now, for tools that must be told a
     port (systemd-socket-activate, HAProxy, a UDP listener) rather than
     pick one.
+
+    Taken at random below the kernel's ephemeral range: a port the kernel
+    hands out (bind to 0) may be handed out again, to a client's outgoing
+    connection, before the server the test starts binds it; one below the
+    range never is, and a random pick makes two tests at once (trial -j)
+    unlikely to pick the same.
     """
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    low, _ = _ephemeralRange()
+    for _ in range(200):
+        port = random.randrange(10000, low) if low > 10000 else 0
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def ask(
