@@ -27,14 +27,9 @@ from tests._tools import (
     withoutTLS,
 )
 from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
+from tests.test_transports import freePort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def freePort(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def _defaultSignals() -> None:
