@@ -544,6 +544,21 @@ def answerOf(sock: socket.socket) -> bytes:
     raise AssertionError(f"no whole answer within {WAIT}s: {data[:200]!r}")
 
 
+def askEach(clients: list[socket.socket]) -> list[bytes]:
+    """
+    Send each client's request and read its answer: empty for one the
+    server closed unanswered.
+    """
+    answers = []
+    for client in clients:
+        try:
+            client.sendall(GET)
+        except OSError:
+            pass  # already closed by the server
+        answers.append(answerOf(client))
+    return answers
+
+
 class AbuseTests(ServerTestCase):
     """
     The metrics listener of the real twistd against scrapers that leave
@@ -627,13 +642,7 @@ class AbuseTests(ServerTestCase):
             )
             self.addCleanup(client.close)
             clients.append(client)
-        answers = []
-        for client in clients:
-            try:
-                client.sendall(GET)
-            except OSError:
-                pass  # already closed by the server
-            answers.append(answerOf(client))
+        answers = askEach(clients)
         served = [a for a in answers if a.startswith(b"HTTP/1.1 200 ")]
         self.assertEqual(len(served), MAX_METRICS_CONNECTIONS)
         self.assertEqual(answers[MAX_METRICS_CONNECTIONS:], [b""] * 4)
@@ -669,13 +678,7 @@ class AbuseTests(ServerTestCase):
         ) as probe:
             probe.sendall(GET)
             self.assertTrue(answerOf(probe).startswith(b"HTTP/1.1 200 "))
-        answers = []
-        for client in clients:
-            try:
-                client.sendall(GET)
-            except OSError:
-                pass  # already closed by the server
-            answers.append(answerOf(client))
+        answers = askEach(clients)
         served = [a for a in answers if a.startswith(b"HTTP/1.1 200 ")]
         self.assertEqual(len(served), MAX_METRICS_CONNECTIONS_PER_SOURCE)
         self.assertEqual(answers[MAX_METRICS_CONNECTIONS_PER_SOURCE:], [b""] * 2)
