@@ -785,7 +785,15 @@ class LogTests(ServerTestCase):
         self.checkConnectionEvents(self.exerciseAndCollect(server))
 
     def test_twistdJSONObserver(self) -> None:
-        server = self.start(
+        server = self.startJSONObserver()
+        self.checkConnectionEvents(self.exerciseAndCollect(server))
+
+    def startJSONObserver(self) -> Server:
+        """
+        twistd with C{--logger echotwist.logs.jsonObserver}, the docs' route
+        to JSON.
+        """
+        return self.start(
             "echo",
             "--port",
             f"tcp:0:interface={LOOPBACK}",
@@ -797,25 +805,13 @@ class LogTests(ServerTestCase):
                 "echotwist.logs.jsonObserver",
             ],
         )
-        self.checkConnectionEvents(self.exerciseAndCollect(server))
 
     def jsonObserverOutput(self) -> str:
         """
         The whole output of a twistd serving one echo exchange with
         C{--logger echotwist.logs.jsonObserver}, the docs' route to JSON.
         """
-        server = self.start(
-            "echo",
-            "--port",
-            f"tcp:0:interface={LOOPBACK}",
-            runner=[
-                command("twistd"),
-                "-n",
-                "--pidfile=",
-                "--logger",
-                "echotwist.logs.jsonObserver",
-            ],
-        )
+        server = self.startJSONObserver()
         self.exerciseAndCollect(server)
         return server.output
 

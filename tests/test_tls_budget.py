@@ -73,9 +73,25 @@ class TwistdHandshakeBudgetTests(ServerTestCase):
             "--tls-handshakes-per-source", "3", "--tls-handshake-rate", "0"
         )
         selector, _ = self.flood(port, 30)
+        closed = self.closedUnanswered(selector, 27)
+        self.assertEqual(closed, 27)
+        self.assertIsNone(self.handshake(port, FLOODER))
+        self.assertEqual(self.handshake(port, BYSTANDER), b"over TLS")
+        # The three held ones were not cut meanwhile.
+        self.assertEqual(len(selector.get_map()), 3)
+        self.assertEqual(self.refused(metrics, IN_PROGRESS), 28)
+        server.waitFor(
+            rf"Refused connection from {FLOODER.replace('.', '[.]')}: {IN_PROGRESS}"
+        )
+
+    def closedUnanswered(self, selector: selectors.BaseSelector, most: int) -> int:
+        """
+        Wait, boundedly, until C{most} of the flood's connections are
+        closed by the server; each must close without a byte from it.
+        """
         closed = 0
         deadline = time.monotonic() + WAIT
-        while closed < 27 and time.monotonic() < deadline:
+        while closed < most and time.monotonic() < deadline:
             for key, _ in selector.select(0.2):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
@@ -86,15 +102,7 @@ class TwistdHandshakeBudgetTests(ServerTestCase):
                 self.assertEqual(data, b"", "the server spoke first")
                 selector.unregister(sock)
                 closed += 1
-        self.assertEqual(closed, 27)
-        self.assertIsNone(self.handshake(port, FLOODER))
-        self.assertEqual(self.handshake(port, BYSTANDER), b"over TLS")
-        # The three held ones were not cut meanwhile.
-        self.assertEqual(len(selector.get_map()), 3)
-        self.assertEqual(self.refused(metrics, IN_PROGRESS), 28)
-        server.waitFor(
-            rf"Refused connection from {FLOODER.replace('.', '[.]')}: {IN_PROGRESS}"
-        )
+        return closed
 
     def flood(
         self, port: int, count: int
@@ -134,19 +142,7 @@ class TwistdHandshakeBudgetTests(ServerTestCase):
         )
         waitServing(server, 2)
         selector, flood = self.flood(port, 10)
-        closed = 0
-        deadline = time.monotonic() + WAIT
-        while closed < 8 and time.monotonic() < deadline:
-            for key, _ in selector.select(0.2):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                try:
-                    data = sock.recv(1)
-                except ConnectionResetError:
-                    data = b""
-                self.assertEqual(data, b"", "the server spoke first")
-                selector.unregister(sock)
-                closed += 1
+        closed = self.closedUnanswered(selector, 8)
         self.assertGreaterEqual(closed, 8)
         self.assertEqual(self.handshake(port, BYSTANDER), b"over TLS")
 

@@ -634,13 +634,7 @@ class WorkerTests(ServerTestCase):
         # SIGKILL (or SIGCONT) ends it.
         self.addCleanup(unstop)
         victim.suspend()
-        deadline = time.monotonic() + WAIT
-        while True:
-            found = scrape(metricsPort)
-            if found[("echotwist_workers", ())] == 1:
-                break
-            self.assertLess(time.monotonic(), deadline, found)
-            time.sleep(0.1)
+        found = _scrapeUntilLive(self, metricsPort, 1)
         self.assertEqual(found[("echotwist_workers_hung_total", ())], 0)
         match = server.waitFor(
             rf"Worker (\d) \(pid {victim.pid}\) silent for [\d.]+s"
@@ -652,13 +646,7 @@ class WorkerTests(ServerTestCase):
         self.assertNotIn(victim.pid, [w.pid for w in replaced])
         for _ in range(20):
             self.assertEqual(echoOnce((LOOPBACK, server.port), b"again"), b"again")
-        deadline = time.monotonic() + WAIT
-        while True:
-            found = scrape(metricsPort)
-            if found[("echotwist_workers", ())] == 2:
-                break
-            self.assertLess(time.monotonic(), deadline, found)
-            time.sleep(0.1)
+        found = _scrapeUntilLive(self, metricsPort, 2)
         self.assertEqual(found[("echotwist_workers_hung_total", ())], 1)
         self.assertEqual(
             server.output.count(f"Worker {match.group(1)} started (pid"), 2
@@ -666,6 +654,22 @@ class WorkerTests(ServerTestCase):
         # That a scrape does not wait for the stopped worker is asserted
         # without a clock on the wall (a loaded CI would make it flaky):
         # HeartbeatTests.test_scrapeAsksOnlyTheLive.
+
+
+def _scrapeUntilLive(
+    test: SynchronousTestCase, metricsPort: int, live: int
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """
+    Scrape, boundedly, until C{echotwist_workers} says C{live}; the last
+    scrape.
+    """
+    deadline = time.monotonic() + WAIT
+    while True:
+        found = scrape(metricsPort)
+        if found[("echotwist_workers", ())] == live:
+            return found
+        test.assertLess(time.monotonic(), deadline, found)
+        time.sleep(0.1)  # a polling interval, not a synchronisation
 
 
 def _pidsCgroup(test: SynchronousTestCase) -> str:
