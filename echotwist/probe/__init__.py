@@ -146,54 +146,33 @@ def makeRun(reactor: Any, options: ProbeOptions, say: Any) -> Any:
     from echotwist.probe.target import TargetError, streamEndpoint
 
     target = options["target"]
-    payloads = Payloads(options["seed"], options["size"])
-    common: dict[str, Any] = {"payloads": payloads, "timeout": options["timeout"]}
-    settings = options.settings()
+    run: dict[str, Any] = {
+        "payloads": Payloads(options["seed"], options["size"]),
+        "timeout": options["timeout"],
+        "duration": options["duration"],
+    }
+    latency = {"count": options["count"], "interval": options["interval"]}
     if target.isDatagram:
         from echotwist.probe.datagram import DatagramRun
 
-        return DatagramRun(
-            reactor,
-            target,
-            settings,
-            say,
-            count=options["count"],
-            interval=options["interval"],
-            duration=options["duration"],
-            rate=options["rate"] if options["bulk"] else None,
-            **common,
-        )
-    try:
-        endpoint = streamEndpoint(
-            reactor, target, options["timeout"], options["ca"], options["insecure"]
-        )
-    except TargetError as e:
-        print(f"echotwist-probe: {e}", file=sys.stderr)
-        return None
-    if options["bulk"]:
-        from echotwist.probe.bulk import StreamBulk
+        kind: Any = DatagramRun
+        run.update(latency, rate=options["rate"] if options["bulk"] else None)
+    else:
+        try:
+            run["endpoint"] = streamEndpoint(
+                reactor, target, options["timeout"], options["ca"], options["insecure"]
+            )
+        except TargetError as e:
+            print(f"echotwist-probe: {e}", file=sys.stderr)
+            return None
+        if options["bulk"]:
+            from echotwist.probe.bulk import StreamBulk
 
-        return StreamBulk(
-            reactor,
-            target,
-            settings,
-            say,
-            endpoint=endpoint,
-            parallel=options["parallel"],
-            duration=options["duration"],
-            **common,
-        )
-    from echotwist.probe.stream import StreamLatency
+            kind = StreamBulk
+            run["parallel"] = options["parallel"]
+        else:
+            from echotwist.probe.stream import StreamLatency
 
-    return StreamLatency(
-        reactor,
-        target,
-        settings,
-        say,
-        endpoint=endpoint,
-        count=options["count"],
-        interval=options["interval"],
-        duration=options["duration"],
-        connectEach=options["connect-each"],
-        **common,
-    )
+            kind = StreamLatency
+            run.update(latency, connectEach=options["connect-each"])
+    return kind(reactor, target, options.settings(), say, **run)
