@@ -118,15 +118,14 @@ class EchoFactory(Factory):
         their header; they count against both limits too.
     @ivar perSource: how many connections each source has open (awaiting
         ones as their proxy's).
-    @ivar maxConnections: open connections allowed in all; 0 for no limit.
-    @ivar maxPerSource: open connections allowed per source; 0 for no
-        limit.
-    @ivar ipv6Prefix: how many leading bits of an IPv6 address make one
-        source (see L{echotwist._address.sourceGroup}).
+    @ivar admission: who may connect (L{echotwist.admission.Admission}):
+        the limits (C{maxConnections}, C{maxPerSource}, C{ipv6Prefix}, the
+        TLS handshake budget) live there, given by the keyword arguments
+        of the same names.
     @ivar idleTimeout: seconds without activity after which a connection is
         closed, and a closing connection that cannot flush is aborted; 0
         for never.
-    @ivar evictIdleAfter: when C{maxConnections} is reached, a new client
+    @ivar evictIdleAfter: when the admission's C{maxConnections} is reached, a new client
         is admitted by closing the idlest connection of the source holding
         the most, if that holds two or more than the newcomer's source,
         or else the connection idle longest, if it has been idle at least
@@ -139,10 +138,6 @@ class EchoFactory(Factory):
     @ivar evicted: connections closed so far to admit a new client.
     @ivar evictedForShare: of those, how many because their source held the
         most connections.
-    @ivar tlsHandshakesPerSource: TLS handshakes allowed in progress at
-        once per source; 0 for no limit.
-    @ivar tlsHandshakeRate: new TLS handshakes allowed a second per source,
-        in bursts of up to a second's worth (at least 1); 0 for no limit.
     @ivar handshaking: TLS handshakes in progress, per source.
     @ivar drainQuiet: during a drain, seconds a connection must go without
         activity before it is closed; 0 to leave it open until the client
@@ -170,15 +165,10 @@ class EchoFactory(Factory):
         tlsHandshakeRate: float = 0,
     ) -> None:
         self.reactor = reactor = orGlobalReactor(reactor)
-        self.maxConnections = maxConnections
-        self.maxPerSource = maxPerSource
-        self.ipv6Prefix = ipv6Prefix
         self.idleTimeout = idleTimeout
         self.evictIdleAfter = evictIdleAfter
         self.logConnections = logConnections
         self.drainQuiet = drainQuiet
-        self.tlsHandshakesPerSource = tlsHandshakesPerSource
-        self.tlsHandshakeRate = tlsHandshakeRate
         self.admission = Admission(
             reactor,
             maxConnections=maxConnections,
@@ -216,7 +206,7 @@ class EchoFactory(Factory):
 
     @property
     def _evicting(self) -> bool:
-        return bool(self.maxConnections and self.evictIdleAfter)
+        return bool(self.admission.maxConnections and self.evictIdleAfter)
 
     def sourceOf(self, host: str | None) -> str | None:
         """

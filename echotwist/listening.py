@@ -297,8 +297,8 @@ class ListenerService(Service):
                 # (Twisted before 26 types it as BufferingTLSTransport.)
                 tls.protocol = echoTLSProtocol  # type: ignore[assignment, unused-ignore]
                 port.transport = TLSServer
-                if factory.shared.tlsHandshakesPerSource or (
-                    factory.shared.tlsHandshakeRate
+                if factory.shared.admission.tlsHandshakesPerSource or (
+                    factory.shared.admission.tlsHandshakeRate
                 ):
                     # Started already (listening): the gate only passes its
                     # stop on, when the port stops.

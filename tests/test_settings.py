@@ -100,8 +100,8 @@ class SettingsTests(SynchronousTestCase):
             [], settings=Settings(maxConnections=9), maxPerSource=2, reactor=reactor
         )
         self.assertEqual(service.settings, Settings(maxConnections=9, maxPerSource=2))
-        self.assertEqual(service.factory.maxConnections, 9)
-        self.assertEqual(service.factory.maxPerSource, 2)
+        self.assertEqual(service.factory.admission.maxConnections, 9)
+        self.assertEqual(service.factory.admission.maxPerSource, 2)
         self.assertRaises(TypeError, EchoService, [], reactor=reactor, noSuchKnob=1)
 
     def test_makeServiceHandsTheSettingsOn(self) -> None:

@@ -354,7 +354,7 @@ class MakeServiceTests(SynchronousTestCase):
         supervisor = service.getServiceNamed("workers")
         assert isinstance(supervisor, SupervisorService)
         self.assertEqual(supervisor.wanted, 3)
-        self.assertEqual(service.factory.maxConnections, 7)
+        self.assertEqual(service.factory.admission.maxConnections, 7)
 
     def test_sourceOptionsReachTheBooksAndTheWorkers(self) -> None:
         from echotwist.proxy import ProxyEndpoint
@@ -372,7 +372,7 @@ class MakeServiceTests(SynchronousTestCase):
         )
         service = makeService(parse(*argv))
         assert isinstance(service, EchoService)
-        self.assertEqual(service.factory.ipv6Prefix, 48)
+        self.assertEqual(service.factory.admission.ipv6Prefix, 48)
         self.assertEqual(service.datagramPolicy.ipv6Prefix, 48)
         self.assertEqual(service.factory.evictIdleAfter, 3)
         (child,) = service.listeners
@@ -383,7 +383,7 @@ class MakeServiceTests(SynchronousTestCase):
         supervisor = makeService(parse("--workers", "2", *argv))
         assert isinstance(supervisor, EchoService)
         assert isinstance(supervisor.supervisor, SupervisorService)
-        self.assertEqual(supervisor.factory.ipv6Prefix, 48)
+        self.assertEqual(supervisor.factory.admission.ipv6Prefix, 48)
         self.assertEqual(supervisor.factory.evictIdleAfter, 3)
         self.assertEqual([str(n) for n in supervisor.proxyFrom or []], ["10.0.0.0/8"])
 
