@@ -59,6 +59,22 @@ def scratchDirectory(test: SynchronousTestCase) -> str:
     return directory
 
 
+def openedBy(pid: int) -> list[str]:
+    """
+    What process C{pid} holds open: the target of each of its descriptors
+    (a path, or C{socket:[inode]}, C{pipe:[inode]}...).  A descriptor the
+    process closes while this looks is left out, not an error.
+    """
+    directory = f"/proc/{pid}/fd"
+    targets = []
+    for name in os.listdir(directory):
+        try:
+            targets.append(os.readlink(os.path.join(directory, name)))
+        except FileNotFoundError:
+            pass  # closed while we looked
+    return targets
+
+
 def requireRoot(why: str) -> None:
     if os.geteuid() != 0:
         if os.environ.get(REQUIRE):

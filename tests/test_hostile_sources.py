@@ -21,7 +21,7 @@ import time
 import uuid
 
 from tests._clients import readUntilClosed
-from tests._tools import requireRoot, requireTool
+from tests._tools import openedBy, requireRoot, requireTool
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.test_metrics import scrape
 from tests.test_transports import freePort
@@ -36,15 +36,7 @@ def _socketDescriptors(pid: int) -> int:
     """
     How many sockets process C{pid} holds open.
     """
-    count = 0
-    directory = f"/proc/{pid}/fd"
-    for name in os.listdir(directory):
-        try:
-            if os.readlink(os.path.join(directory, name)).startswith("socket:"):
-                count += 1
-        except FileNotFoundError:
-            pass  # closed while we looked
-    return count
+    return sum(1 for target in openedBy(pid) if target.startswith("socket:"))
 
 
 def _connect(port: int, source: str | None = None) -> socket.socket:

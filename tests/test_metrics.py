@@ -41,7 +41,7 @@ from echotwist.metrics import (
 )
 from echotwist.stats import Stats, addStats, stats
 from tests._clients import echoOnce, readUntilClosed
-from tests._tools import requireTool, withoutModule
+from tests._tools import openedBy, requireTool, withoutModule
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.test_stream import connect
 from tests.test_transports import ask, freePort
@@ -720,8 +720,7 @@ class AbuseTests(ServerTestCase):
         data, how = readUntilClosed(client, WAIT)
         self.assertTrue(data.startswith(b"HTTP/1.1 405 "), data[:200])
         self.assertIn(b"Allow: GET, HEAD", data)
-        fds = f"/proc/{server.process.pid}/fd"
-        opened = [os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds)]
+        opened = openedBy(server.process.pid)
         self.assertEqual([p for p in opened if p.startswith(spool)], [])
         self.assertEqual(os.listdir(spool), [])
         # And GET still works.
