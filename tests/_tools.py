@@ -19,6 +19,10 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._twistd import WAIT
 
+#: The checkout (or unpacked sdist) the tests run from: its docs/, examples/,
+#: deploy/ and benchmarks/.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 REQUIRE = "ECHOTWIST_REQUIRE_TOOLS"
 
 

@@ -24,7 +24,7 @@ from echotwist.identity import (
 )
 from tests._clients import echoOnce
 from tests._twistd import LOOPBACK, WAIT, ServerTestCase
-from tests.test_transports import ask, freePort
+from tests.system.test_transports import ask, freePort
 
 IDENTITY = Identity(hostname="host-1", instance="echo-0", version="9.9")
 

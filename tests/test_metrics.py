@@ -43,8 +43,8 @@ from echotwist.stats import Stats, addStats, stats
 from tests._clients import echoOnce, readUntilClosed
 from tests._tools import requireTool, withoutModule
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
+from tests.system.test_transports import ask, freePort
 from tests.test_stream import connect
-from tests.test_transports import ask, freePort
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -35,8 +35,8 @@ from echotwist.supervisor import STABLE_AFTER, SupervisorService
 from tests._clients import echoOnce, exchange, readUntilClosed
 from tests._tools import selfSignedCertificate
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
+from tests.system.test_transports import ask, freePort
 from tests.test_metrics import scrape
-from tests.test_transports import ask, freePort
 
 
 class _Process:

@@ -18,7 +18,7 @@ from echotwist.settings import DEFAULT_KEEPALIVE, Settings
 from echotwist.tap import Options, settingsFrom
 from tests._tools import requireRoot, requireTool
 from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
-from tests.test_hostile_sources import _connect
+from tests.system.test_hostile_sources import _connect
 
 
 class KeepaliveOptionTests(SynchronousTestCase):
