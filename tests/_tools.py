@@ -183,3 +183,11 @@ def selfSignedCertificate(directory: str) -> tuple[str, str]:
     with open(certPath, "wb") as f:
         f.write(certificate.public_bytes(serialization.Encoding.PEM))
     return keyPath, certPath
+
+
+def readText(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""

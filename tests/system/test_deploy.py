@@ -18,9 +18,9 @@ import threading
 import time
 
 from tests._clients import echoOnce
-from tests._tools import CHECKOUT, requireTool, startHAProxy
+from tests._tools import CHECKOUT, readText, requireTool, startHAProxy
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
-from tests.system.test_signals import logPort, readText, startDaemon, waitInFile
+from tests.system.test_signals import logPort, startDaemon, waitInFile
 from tests.system.test_transports import freePort, sendThenRead
 
 DEPLOY = os.path.join(CHECKOUT, "deploy")

@@ -130,7 +130,7 @@ class TwistdHandshakeBudgetTests(ServerTestCase):
         it accepts: of 10 hello-less connections from one address, at most
         one per worker is held.
         """
-        from tests.test_workers import waitServing
+        from tests._twistd import waitServing
 
         server, port, _ = self.startTLS(
             "--workers",
