@@ -43,7 +43,7 @@ STARTS_TWISTD = {
 }
 
 
-def testModuleFor(dotted: str) -> str:
+def unitModuleFor(dotted: str) -> str:
     """
     The unit test module named after the code module C{dotted}:
     C{echotwist.stream} is tested in C{test_stream},
@@ -100,7 +100,7 @@ def importsFrom(path: str, module: str) -> set[str]:
     }
 
 
-def testCaseNames(source: str) -> list[str]:
+def headerNames(source: str) -> list[str]:
     """
     The modules (or classes) a module's C{test-case-name} header names.
     """
@@ -134,9 +134,9 @@ class LayoutTests(SynchronousTestCase):
     def test_unitModulePerCodeModule(self) -> None:
         have = set(unitModules())
         missing = [
-            f"{dotted}: no tests/{testModuleFor(dotted)}.py"
+            f"{dotted}: no tests/{unitModuleFor(dotted)}.py"
             for dotted, _ in modules()
-            if dotted not in WITHOUT_OWN_MODULE and testModuleFor(dotted) not in have
+            if dotted not in WITHOUT_OWN_MODULE and unitModuleFor(dotted) not in have
         ]
         self.assertEqual(
             missing,
@@ -154,15 +154,15 @@ class LayoutTests(SynchronousTestCase):
         have = set(unitModules())
         wrong = []
         for dotted, source in modules():
-            named = testCaseNames(source)
+            named = headerNames(source)
             wrong.extend(f"{dotted}: {n}" for n in named if not moduleExists(n))
-            own = testModuleFor(dotted)
+            own = unitModuleFor(dotted)
             if own in have and f"tests.{own}" not in named:
                 wrong.append(f"{dotted}: tests.{own} not named")
         self.assertEqual(wrong, [])
 
     def test_unitModulesNamedAfterCode(self) -> None:
-        code = {testModuleFor(dotted) for dotted, _ in modules()}
+        code = {unitModuleFor(dotted) for dotted, _ in modules()}
         stray = [
             name
             for name in unitModules()
