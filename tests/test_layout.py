@@ -2,9 +2,9 @@
 Where the tests are, kept true: a unit module per code module
 (C{tests/test_<module>.py}, C{tests/test_probe_<module>.py} for
 echotwist-probe's), the real-process tests under C{tests/system/} and none
-directly under C{tests/}, and no class name used twice anywhere in
-C{tests/} (a second C{SiteTests} would leave a reader, and C{trial
-tests.X.SiteTests}, guessing).  Read with L{ast}: nothing is imported.
+directly under C{tests/}, no test written twice, and no class name used
+twice anywhere in C{tests/} (a second C{SiteTests} would leave a reader,
+and C{trial tests.X.SiteTests}, guessing).  Read with L{ast}: nothing is imported.
 """
 
 from __future__ import annotations
@@ -53,10 +53,9 @@ def unitModuleFor(dotted: str) -> str:
     return "test_" + "_".join(parts)
 
 
-def classesIn(root: str) -> Iterator[tuple[str, str]]:
+def _modulesUnder(root: str) -> Iterator[str]:
     """
-    Every class defined at the top of a module under C{root}: its name, and
-    the module's path relative to C{root}.
+    The path of every Python module under C{root}, in a stable order.
     """
     for directory, subdirectories, files in os.walk(root):
         subdirectories[:] = sorted(
@@ -65,14 +64,21 @@ def classesIn(root: str) -> Iterator[tuple[str, str]]:
             if d != "__pycache__" and not d.startswith("_trial_temp")
         )
         for name in sorted(files):
-            if not name.endswith(".py"):
-                continue
-            path = os.path.join(directory, name)
-            with open(path, encoding="utf-8") as f:
-                tree = ast.parse(f.read(), path)
-            for node in tree.body:
-                if isinstance(node, ast.ClassDef):
-                    yield node.name, os.path.relpath(path, root)
+            if name.endswith(".py"):
+                yield os.path.join(directory, name)
+
+
+def classesIn(root: str) -> Iterator[tuple[str, str]]:
+    """
+    Every class defined at the top of a module under C{root}: its name, and
+    the module's path relative to C{root}.
+    """
+    for path in _modulesUnder(root):
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                yield node.name, os.path.relpath(path, root)
 
 
 def reusedClassNames(root: str) -> dict[str, list[str]]:
@@ -84,6 +90,38 @@ def reusedClassNames(root: str) -> dict[str, list[str]]:
     for name, path in classesIn(root):
         where.setdefault(name, []).append(path)
     return {name: paths for name, paths in where.items() if len(paths) > 1}
+
+
+def _testBodies(path: str) -> Iterator[tuple[str, str]]:
+    """
+    Each test method of the module at C{path}: its body without the
+    docstring, as L{ast.dump} shows it, and its C{Class.method}.
+    """
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for member in node.body:
+            if isinstance(
+                member, ast.FunctionDef | ast.AsyncFunctionDef
+            ) and member.name.startswith("test"):
+                body = member.body
+                if ast.get_docstring(member) is not None:
+                    body = body[1:]
+                yield ast.dump(ast.Module(body, [])), f"{node.name}.{member.name}"
+
+
+def testsWrittenTwice(root: str) -> list[list[str]]:
+    """
+    The test methods under C{root} whose bodies are the same code, in
+    groups, each as C{path:Class.method}.
+    """
+    where: dict[str, list[str]] = {}
+    for path in _modulesUnder(root):
+        for body, test in _testBodies(path):
+            where.setdefault(body, []).append(f"{os.path.relpath(path, root)}:{test}")
+    return [tests for tests in where.values() if len(tests) > 1]
 
 
 def importsFrom(path: str, module: str) -> set[str]:
@@ -189,6 +227,31 @@ class LayoutTests(SynchronousTestCase):
 
     def test_noClassNameTwice(self) -> None:
         self.assertEqual(reusedClassNames(TESTS), {})
+
+    def test_noTestWrittenTwice(self) -> None:
+        self.assertEqual(testsWrittenTwice(TESTS), [])
+
+    def test_theCheckSeesATestWrittenTwice(self) -> None:
+        """
+        The same test body in two classes is found, whatever their
+        docstrings say; a different body is not.
+        """
+        root = scratchDirectory(self)
+        with open(os.path.join(root, "test_a.py"), "w") as f:
+            f.write(
+                "class A:\n"
+                "    def test_x(self):\n"
+                "        'One.'\n"
+                "        self.f(1)\n"
+                "    def test_y(self):\n"
+                "        self.f(2)\n"
+                "class B:\n"
+                "    def test_z(self):\n"
+                "        self.f(1)\n"
+            )
+        self.assertEqual(
+            testsWrittenTwice(root), [["test_a.py:A.test_x", "test_a.py:B.test_z"]]
+        )
 
     def test_theCheckSeesAReusedName(self) -> None:
         """
