@@ -25,6 +25,34 @@ from tests._tools import scratchDirectory, selfSignedCertificate
 from tests.test_service import _Port, cannotListen
 
 
+class _OutOfBuffersSocket:
+    """
+    A listening socket whose every accept fails as when the system is out
+    of buffers.
+    """
+
+    def accept(self) -> tuple[socket.socket, object]:
+        raise OSError(errno.ENOBUFS, "No buffer space available")
+
+
+@implementer(IStreamServerEndpoint)
+class _SlowEndpoint:
+    """
+    An endpoint whose listen answers later (or never), unlike all of
+    echotwist's own.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.listening: Deferred[IListeningPort] = Deferred(self._cancel)
+
+    def _cancel(self, d: Deferred[IListeningPort]) -> None:
+        self.cancelled = True
+
+    def listen(self, factory: Factory) -> Deferred[IListeningPort]:
+        return self.listening
+
+
 class PendingListenTests(SynchronousTestCase):
     """
     echotwist's own listener service (see its docstring: Twisted's
@@ -159,31 +187,3 @@ class RealListenerTests(TestCase):
         gate = child.port.factory
         self.assertIsInstance(gate, HandshakeGate)
         self.assertIsInstance(gate.tls.wrappedFactory, ProxyWrappingFactory)
-
-
-@implementer(IStreamServerEndpoint)
-class _SlowEndpoint:
-    """
-    An endpoint whose listen answers later (or never), unlike all of
-    echotwist's own.
-    """
-
-    def __init__(self) -> None:
-        self.cancelled = False
-        self.listening: Deferred[IListeningPort] = Deferred(self._cancel)
-
-    def _cancel(self, d: Deferred[IListeningPort]) -> None:
-        self.cancelled = True
-
-    def listen(self, factory: Factory) -> Deferred[IListeningPort]:
-        return self.listening
-
-
-class _OutOfBuffersSocket:
-    """
-    A listening socket whose every accept fails as when the system is out
-    of buffers.
-    """
-
-    def accept(self) -> tuple[socket.socket, object]:
-        raise OSError(errno.ENOBUFS, "No buffer space available")

@@ -16,6 +16,15 @@ from echotwist.sockets import clampSocketBuffers
 from tests._tools import scratchDirectory
 
 
+class _SocketPort:
+    """
+    Just enough of a listening port: its socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+
+
 class SocketBufferTests(SynchronousTestCase):
     """
     SO_SNDBUF and SO_RCVBUF are set on TCP listening sockets, and the
@@ -67,12 +76,3 @@ class SocketBufferTests(SynchronousTestCase):
             ],
             ["net.core.wmem_max"],
         )
-
-
-class _SocketPort:
-    """
-    Just enough of a listening port: its socket.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.socket = sock

@@ -15,6 +15,22 @@ import urllib.request
 
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, waitServing
 
+#: The health listener, written unlike the echo's so that the log tells
+#: their stops apart.
+HEALTH = f"tcp:port=0:interface={LOOPBACK}"
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    """
+    GET C{path}; the status and the body, whatever the status.
+    """
+    url = f"http://{LOOPBACK}:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=WAIT) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
 
 class HealthDuringDrainTests(ServerTestCase):
     """
@@ -106,20 +122,3 @@ class HealthDuringDrainTests(ServerTestCase):
         health = int(server.waitFor(r"Serving health on \S+:(\d+)").group(1))
         waitServing(server, 2)
         self.drain(server, server.port, health, server.process.pid)
-
-
-#: The health listener, written unlike the echo's so that the log tells
-#: their stops apart.
-HEALTH = f"tcp:port=0:interface={LOOPBACK}"
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    """
-    GET C{path}; the status and the body, whatever the status.
-    """
-    url = f"http://{LOOPBACK}:{port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=WAIT) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()

@@ -15,6 +15,20 @@ from tests._twistd import LOOPBACK, WAIT, ServerTestCase
 from tests.system.test_transports import ask, freePort
 
 
+def readLine(port: int, send: bytes = b"") -> tuple[bytes, tuple[str, int]]:
+    """
+    Connect, send C{send}, read until the server closes; what came and the
+    client's own address.
+    """
+    with socket.create_connection((LOOPBACK, port), timeout=WAIT) as sock:
+        own = sock.getsockname()
+        sock.sendall(send)
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+    return received, own
+
+
 class IdentifyServerTests(ServerTestCase):
     def test_streamAndDatagram(self) -> None:
         """
@@ -73,17 +87,3 @@ class IdentifyServerTests(ServerTestCase):
     def test_badInstanceName(self) -> None:
         output = self.failedStart("--instance-name", "two words")
         self.assertIn("--instance-name: 'two words' is not an instance name", output)
-
-
-def readLine(port: int, send: bytes = b"") -> tuple[bytes, tuple[str, int]]:
-    """
-    Connect, send C{send}, read until the server closes; what came and the
-    client's own address.
-    """
-    with socket.create_connection((LOOPBACK, port), timeout=WAIT) as sock:
-        own = sock.getsockname()
-        sock.sendall(send)
-        received = b""
-        while chunk := sock.recv(4096):
-            received += chunk
-    return received, own

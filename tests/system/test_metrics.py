@@ -28,6 +28,42 @@ from tests.system.test_transports import ask, freePort
 from tests.test_metrics import GET, answerOf, scrape
 
 
+def settle(server: Server, closed: int) -> None:
+    """
+    Wait, boundedly, until the server has logged C{closed}
+    connections closed.
+    """
+    server.waitForCount(r" disconnected after ", closed)
+
+
+def askEach(clients: list[socket.socket]) -> list[bytes]:
+    """
+    Send each client's request and read its answer: empty for one the
+    server closed unanswered.
+    """
+    answers = []
+    for client in clients:
+        try:
+            client.sendall(GET)
+        except OSError:
+            pass  # already closed by the server
+        answers.append(answerOf(client))
+    return answers
+
+
+def jsonEvents(output: str) -> list[dict[str, object]]:
+    """
+    The events of Twisted's JSON log format (one record a line, each
+    preceded by an ASCII record separator).
+    """
+    events = []
+    for line in output.splitlines():
+        line = line.lstrip("\x1e").strip()
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
 class ScrapeTests(ServerTestCase):
     def test_countsMatchTheTraffic(self) -> None:
         udp = freePort(socket.SOCK_DGRAM)
@@ -499,39 +535,3 @@ class LogTests(ServerTestCase):
         server.wait()
         self.assertNotIn(" connected", server.output)
         self.assertNotIn("disconnected after", server.output)
-
-
-def settle(server: Server, closed: int) -> None:
-    """
-    Wait, boundedly, until the server has logged C{closed}
-    connections closed.
-    """
-    server.waitForCount(r" disconnected after ", closed)
-
-
-def askEach(clients: list[socket.socket]) -> list[bytes]:
-    """
-    Send each client's request and read its answer: empty for one the
-    server closed unanswered.
-    """
-    answers = []
-    for client in clients:
-        try:
-            client.sendall(GET)
-        except OSError:
-            pass  # already closed by the server
-        answers.append(answerOf(client))
-    return answers
-
-
-def jsonEvents(output: str) -> list[dict[str, object]]:
-    """
-    The events of Twisted's JSON log format (one record a line, each
-    preceded by an ASCII record separator).
-    """
-    events = []
-    for line in output.splitlines():
-        line = line.lstrip("\x1e").strip()
-        if line.startswith("{"):
-            events.append(json.loads(line))
-    return events

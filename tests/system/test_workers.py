@@ -28,6 +28,83 @@ from tests.system.test_transports import ask, freePort
 from tests.test_metrics import scrape
 
 
+def _scrapeUntilLive(
+    test: SynchronousTestCase, metricsPort: int, live: int
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """
+    Scrape, boundedly, until C{echotwist_workers} says C{live}; the last
+    scrape.
+    """
+    deadline = time.monotonic() + WAIT
+    while True:
+        found = scrape(metricsPort)
+        if found[("echotwist_workers", ())] == live:
+            return found
+        test.assertLess(time.monotonic(), deadline, found)
+        time.sleep(0.1)  # a polling interval, not a synchronisation
+
+
+def _pidsCgroup(test: SynchronousTestCase) -> str:
+    """
+    A fresh C{pids} cgroup (v1 or v2, whichever this machine has), removed
+    by C{test}'s cleanup after every process in it is moved back out.
+
+    @raise SkipTest: naming what is missing, without root or a pids
+        controller.
+    """
+    if os.geteuid() != 0:
+        raise SkipTest("a pids cgroup needs root")
+    v1 = "/sys/fs/cgroup/pids"
+    if os.path.exists(os.path.join(v1, "pids.max")) or os.path.exists(
+        os.path.join(v1, "cgroup.procs")
+    ):
+        parent = v1
+    else:
+        parent = "/sys/fs/cgroup"
+        try:
+            with open(os.path.join(parent, "cgroup.controllers")) as f:
+                controllers = f.read().split()
+        except OSError:
+            controllers = []
+        if "pids" not in controllers:
+            raise SkipTest("no pids cgroup controller (v1 or v2) on this machine")
+        # cgroup v2: a child gets the controller only if its parent hands
+        # it down; handed down here, it is taken back afterwards.
+        subtree = os.path.join(parent, "cgroup.subtree_control")
+        with open(subtree) as f:
+            handedDown = "pids" in f.read().split()
+        if not handedDown:
+            with open(subtree, "w") as f:
+                f.write("+pids")
+
+            def takeBack() -> None:
+                with open(subtree, "w") as f:
+                    f.write("-pids")
+
+            test.addCleanup(takeBack)
+    path = os.path.join(parent, f"echotwist-test-{os.urandom(4).hex()}")
+    os.mkdir(path)
+
+    def remove() -> None:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            left = f.read().split()
+        for pid in left:
+            try:
+                with open(os.path.join(parent, "cgroup.procs"), "w") as f:
+                    f.write(pid)
+            except OSError:
+                pass  # exited meanwhile
+        os.rmdir(path)
+
+    test.addCleanup(remove)
+    return path
+
+
+def _limit(cgroup: str, value: str) -> None:
+    with open(os.path.join(cgroup, "pids.max"), "w") as f:
+        f.write(value)
+
+
 class WorkerTests(ServerTestCase):
     def startWorkers(self, count: int, *more: str) -> Server:
         server = self.start(
@@ -369,80 +446,3 @@ class ForkFailureTests(ServerTestCase):
         self.assertNotIn(victim.pid, [w.pid for w in workerProcesses(server, 2)])
         self.assertEqual(server.output.count("failed attempt(s)"), 2)
         self.assertNotIn("Traceback", server.output)
-
-
-def _scrapeUntilLive(
-    test: SynchronousTestCase, metricsPort: int, live: int
-) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """
-    Scrape, boundedly, until C{echotwist_workers} says C{live}; the last
-    scrape.
-    """
-    deadline = time.monotonic() + WAIT
-    while True:
-        found = scrape(metricsPort)
-        if found[("echotwist_workers", ())] == live:
-            return found
-        test.assertLess(time.monotonic(), deadline, found)
-        time.sleep(0.1)  # a polling interval, not a synchronisation
-
-
-def _pidsCgroup(test: SynchronousTestCase) -> str:
-    """
-    A fresh C{pids} cgroup (v1 or v2, whichever this machine has), removed
-    by C{test}'s cleanup after every process in it is moved back out.
-
-    @raise SkipTest: naming what is missing, without root or a pids
-        controller.
-    """
-    if os.geteuid() != 0:
-        raise SkipTest("a pids cgroup needs root")
-    v1 = "/sys/fs/cgroup/pids"
-    if os.path.exists(os.path.join(v1, "pids.max")) or os.path.exists(
-        os.path.join(v1, "cgroup.procs")
-    ):
-        parent = v1
-    else:
-        parent = "/sys/fs/cgroup"
-        try:
-            with open(os.path.join(parent, "cgroup.controllers")) as f:
-                controllers = f.read().split()
-        except OSError:
-            controllers = []
-        if "pids" not in controllers:
-            raise SkipTest("no pids cgroup controller (v1 or v2) on this machine")
-        # cgroup v2: a child gets the controller only if its parent hands
-        # it down; handed down here, it is taken back afterwards.
-        subtree = os.path.join(parent, "cgroup.subtree_control")
-        with open(subtree) as f:
-            handedDown = "pids" in f.read().split()
-        if not handedDown:
-            with open(subtree, "w") as f:
-                f.write("+pids")
-
-            def takeBack() -> None:
-                with open(subtree, "w") as f:
-                    f.write("-pids")
-
-            test.addCleanup(takeBack)
-    path = os.path.join(parent, f"echotwist-test-{os.urandom(4).hex()}")
-    os.mkdir(path)
-
-    def remove() -> None:
-        with open(os.path.join(path, "cgroup.procs")) as f:
-            left = f.read().split()
-        for pid in left:
-            try:
-                with open(os.path.join(parent, "cgroup.procs"), "w") as f:
-                    f.write(pid)
-            except OSError:
-                pass  # exited meanwhile
-        os.rmdir(path)
-
-    test.addCleanup(remove)
-    return path
-
-
-def _limit(cgroup: str, value: str) -> None:
-    with open(os.path.join(cgroup, "pids.max"), "w") as f:
-        f.write(value)
