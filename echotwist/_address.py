@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_limits -*-
+# -*- test-case-name: tests.test__address,tests.test_limits -*-
 """
 How addresses read in logs (C{127.0.0.1:5000}, C{[::1]:5000},
 C{unix:/run/echo.sock}), and which group of addresses a limit counts a

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connections -*-
+# -*- test-case-name: tests.test_admission,tests.test_connections -*-
 """
 Admission of stream connections: the books that say whether a connection
 may open, and count it while it is open.

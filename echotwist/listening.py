@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_listening,tests.test_service -*-
 """
 The services that run one listener each, stream or UDP: listening (a
 failure ends start-up with one line), the socket options of a TCP

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_signals -*-
+# -*- test-case-name: tests.test_logs -*-
 """
 Log observers for C{twistd --logger}, and the log file SIGHUP reopens.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_signals -*-
 """
 Signal handlers that call into the reactor thread, and give the old
 handlers back when the server has stopped.

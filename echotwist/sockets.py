@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_sockets -*-
 """
 Socket options set on a TCP listening socket for the connections it
 accepts: buffer sizes and keepalive.

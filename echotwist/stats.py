@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.test_stats,tests.test_metrics -*-
 """
 A process's counts as plain data: what a worker reports to its supervisor,
 what a supervisor sums, and what the metrics page shows.  Kept apart from

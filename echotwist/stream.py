@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_stream,tests.test_stream_model -*-
+# -*- test-case-name: tests.test_stream -*-
 """
 The stream echo protocol (RFC 862 over TCP, and every other stream
 transport).

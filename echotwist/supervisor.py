@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers -*-
+# -*- test-case-name: tests.test_supervisor -*-
 """
 Supervised prefork workers (C{--workers N}): the C++ original's
 fork-per-client, done right.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers -*-
+# -*- test-case-name: tests.test_worker,tests.test_supervisor -*-
 """
 One worker process of a supervised echotwist (C{--workers N}).
 

@@ -19,6 +19,10 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._twistd import WAIT
 
+#: The checkout (or unpacked sdist) the tests run from: its docs/, examples/,
+#: deploy/ and benchmarks/.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 REQUIRE = "ECHOTWIST_REQUIRE_TOOLS"
 
 
@@ -195,3 +199,11 @@ def selfSignedCertificate(directory: str) -> tuple[str, str]:
     with open(certPath, "wb") as f:
         f.write(certificate.public_bytes(serialization.Encoding.PEM))
     return keyPath, certPath
+
+
+def readText(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""

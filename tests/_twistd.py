@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
+import psutil
 from twisted.trial.unittest import SynchronousTestCase
 
 #: Upper bound for any single wait on the server; generous for a loaded CI.
@@ -260,3 +261,38 @@ class TwistedReactorMixin:
         if "runner" not in kwargs:
             server.waitFor(SERVING_ON_EPOLL)
         return server
+
+
+def workerProcesses(server: Server, count: int) -> list[psutil.Process]:
+    """
+    The supervisor's worker processes, once there are C{count} of them
+    serving.
+    """
+    deadline = time.monotonic() + WAIT
+    while True:
+        children = [
+            child
+            for child in psutil.Process(server.process.pid).children()
+            if "echotwist.worker" in " ".join(child.cmdline())
+        ]
+        serving = server.output.count("event=worker.serving") + server.output.count(
+            "serving"
+        )
+        if len(children) == count and serving:
+            return children
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{len(children)} workers, not {count}:\n{server.output}"
+            )
+        time.sleep(0.05)
+
+
+def waitServing(server: Server, total: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while server.output.count(" serving") < total:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"fewer than {total} workers serving:\n{server.output}"
+            )
+        server.waitFor(r" serving")
+        time.sleep(0.02)

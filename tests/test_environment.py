@@ -1,12 +1,11 @@
 """
 Every option from the environment (C{ECHOTWIST_<OPTION>}): the command line
 wins, repeated options split on whitespace, a bad value is refused in one
-line naming the variable; and for real, on twistd.
+line naming the variable.  (On the real twistd:
+tests.system.test_environment.)
 """
 
 from __future__ import annotations
-
-import re
 
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,8 +13,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from echotwist._address import parseNetwork
 from echotwist.environment import NOT_FROM_ENVIRONMENT, environmentVariable
 from echotwist.tap import Options, settingsFrom
-from tests._clients import echoOnce
-from tests._twistd import LOOPBACK, ServerTestCase
 
 
 def parse(environ: dict[str, str], *argv: str) -> Options:
@@ -161,32 +158,3 @@ class EnvironmentTests(SynchronousTestCase):
         """
         options = parse({"ECHOTWIST_REQUIRE_TOOLS": "1", "ECHOTWIST_NOPE": "x"})
         self.assertEqual(options.fromEnvironment, {})
-
-
-class EnvironmentServerTests(ServerTestCase):
-    def test_twistdFromEnvironment(self) -> None:
-        """
-        The real twistd, configured by the environment alone.
-        """
-        server = self.start(
-            runner=[*self.twistd()],
-            env={
-                "ECHOTWIST_PORT": f"tcp:0:interface={LOOPBACK}",
-                "ECHOTWIST_HEALTH": f"tcp:port=0:interface={LOOPBACK}",
-                "ECHOTWIST_NO_CONNECTION_LOGS": "1",
-            },
-        )
-        server.waitFor(r"Serving health on ")
-        self.assertEqual(echoOnce((LOOPBACK, server.port), b"x" * 100), b"x" * 100)
-        self.assertIsNone(re.search(r" connected\b", server.output))
-
-    def test_twistdRefuses(self) -> None:
-        output = self.failedStart(
-            runner=[*self.twistd()], env={"ECHOTWIST_IDLE_TIMEOUT": "soon"}
-        )
-        self.assertIn("ECHOTWIST_IDLE_TIMEOUT: 'soon' is not a number", output)
-
-    def twistd(self) -> list[str]:
-        from tests._twistd import command
-
-        return [command("twistd"), "-n", "--pidfile=", "echo"]

@@ -1,5 +1,6 @@
 """
-The per-source token buckets and the throttled logs, on a Clock.
+The per-source token buckets, the source groups and the throttled logs,
+on a Clock.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, Logger, LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist._address import escape, sourceGroup
+from echotwist._address import sourceGroup
 from echotwist.limits import SourceRateLimiter, ThrottledLog, ThrottledObserver
 
 
@@ -103,20 +104,6 @@ class SourceGroupTests(SynchronousTestCase):
 
     def test_notAnAddressIsEscaped(self) -> None:
         self.assertEqual(sourceGroup("x:\x1b[2J"), "x:\\x1b[2J")
-
-
-class EscapeTests(SynchronousTestCase):
-    def test_printableAsciiUnchanged(self) -> None:
-        self.assertEqual(escape("[2001:db8::1]:80 ok"), "[2001:db8::1]:80 ok")
-
-    def test_controlsNewlinesAndNonAscii(self) -> None:
-        self.assertEqual(
-            escape("1.2.3.4\x1b[2J\x00\tFORGED\r\n\x7f\u2028é"),
-            "1.2.3.4\\x1b[2J\\x00\\x09FORGED\\x0d\\x0a\\x7f\\u2028\\xe9",
-        )
-
-    def test_backslashesCannotForgeAnEscape(self) -> None:
-        self.assertEqual(escape("\\x1b"), "\\\\x1b")
 
 
 class ThrottledObserverTests(SynchronousTestCase):

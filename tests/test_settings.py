@@ -1,7 +1,7 @@
 """
 Settings: each knob defined once, built once from the command line, handed
-whole to the service and the workers; and the library leaves its host
-process alone.
+whole to the service and the workers (the keepalive triple among them); and
+the library leaves its host process alone.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from echotwist import EchoService
 from echotwist._address import parseNetwork
 from echotwist.service import CannotListen, Listener
-from echotwist.settings import Settings, optionFields
+from echotwist.settings import DEFAULT_KEEPALIVE, Settings, optionFields
 from echotwist.tap import Options, makeService, settingsFrom
 from tests.test_service import _Endpoint, cannotListen
 
@@ -146,3 +146,24 @@ class HostProcessTests(SynchronousTestCase):
         makeService(parse("--port", "tcp:0"))
         self.assertIsNot(sys.excepthook, hook)
         self.assertTrue(faulthandler.is_enabled())
+
+
+class KeepaliveOptionTests(SynchronousTestCase):
+    def parsed(self, *argv: str) -> tuple[int, int, int]:
+        options = Options()
+        options.parseOptions(list(argv))
+        return settingsFrom(options).keepalive
+
+    def test_values(self) -> None:
+        self.assertEqual(self.parsed(), DEFAULT_KEEPALIVE)
+        self.assertEqual(DEFAULT_KEEPALIVE, (60, 10, 5))
+        self.assertEqual(self.parsed("--keepalive", "300"), (300, 10, 5))
+        self.assertEqual(self.parsed("--keepalive", "30,5,3"), (30, 5, 3))
+        self.assertEqual(self.parsed("--keepalive", "0"), (0, 0, 0))
+
+    def test_jsonRoundTrip(self) -> None:
+        """
+        Workers get the same tuple the supervisor parsed.
+        """
+        settings = Settings(keepalive=(30, 5, 3))
+        self.assertEqual(Settings.fromJSON(settings.toJSON()), settings)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_probe.StreamBulkTests -*-
+# -*- test-case-name: tests.test_probe_bulk -*-
 """
 Throughput over a stream (C{--bulk}): C{--parallel} connections each send
 without pause and read the echo at the same time, every byte checked,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_probe.DatagramRunTests -*-
+# -*- test-case-name: tests.test_probe_datagram -*-
 """
 Probes over UDP: one datagram every C{--interval} (latency), or C{--rate}
 datagrams a second (C{--bulk}), each carrying its sequence number and send

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_probe.OptionsTests -*-
+# -*- test-case-name: tests.test_probe_options -*-
 """
 The command line of C{echotwist-probe}.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_probe.DatagramBookTests -*-
+# -*- test-case-name: tests.test_probe_payload -*-
 """
 What the probe sends, and the books of a UDP run.
 

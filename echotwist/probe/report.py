@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_probe.ReportTests -*-
+# -*- test-case-name: tests.test_probe_report -*-
 """
 What a run found, and how it is told: lines for people, one JSON document
 for programs (L{SCHEMA}), a plot, and ping's exit status.

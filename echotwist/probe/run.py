@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_probe -*-
+# -*- test-case-name: tests.test_probe_run -*-
 """
 What every kind of run shares: its target, clock, results, the lines it
 prints while it runs, how it ends (done, stopped, or an error) and why a

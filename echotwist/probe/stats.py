@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_probe.StatisticsTests -*-
+# -*- test-case-name: tests.test_probe_stats -*-
 """
 The figures a probe run ends with: round-trip statistics as ping users
 know them, and a histogram for the terminal.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_probe.StreamLatencyTests -*-
+# -*- test-case-name: tests.test_probe_stream -*-
 """
 Latency over a stream (TCP, TLS, UNIX): one probe at a time, over one
 connection or a new connection for each probe, every byte checked.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_probe.TargetTests -*-
+# -*- test-case-name: tests.test_probe_target -*-
 """
 What the probe talks to: a target as a user writes it (C{tcp:HOST:PORT},
 C{tcp6:}, C{tls:}, C{unix:PATH}, C{udp:HOST:PORT}, or a bare

@@ -13,8 +13,8 @@ import time
 
 from tests._tools import selfSignedCertificate
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase
+from tests.system.test_transports import freePort
 from tests.test_metrics import scrape
-from tests.test_transports import freePort
 
 FLOODER = "127.0.3.1"
 BYSTANDER = "127.0.3.2"
@@ -130,7 +130,7 @@ class TwistdHandshakeBudgetTests(ServerTestCase):
         it accepts: of 10 hello-less connections from one address, at most
         one per worker is held.
         """
-        from tests.test_workers import waitServing
+        from tests._twistd import waitServing
 
         server, port, _ = self.startTLS(
             "--workers",

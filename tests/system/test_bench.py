@@ -19,11 +19,9 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests._tools import requireModule, requireTool, scratchDirectory
+from tests._tools import CHECKOUT, requireModule, requireTool, scratchDirectory
 
-BENCH = os.path.join(
-    os.path.dirname(os.path.dirname(__file__)), "benchmarks", "bench.py"
-)
+BENCH = os.path.join(CHECKOUT, "benchmarks", "bench.py")
 
 
 def runBench(*args: str) -> str:

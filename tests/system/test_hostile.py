@@ -22,7 +22,7 @@ import time
 
 from twisted.trial.unittest import SkipTest
 
-from tests._tools import requireTool, selfSignedCertificate
+from tests._tools import CHECKOUT, requireTool, selfSignedCertificate
 from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
 
 KiB = 1024
@@ -38,8 +38,7 @@ def _readmeBounds() -> tuple[int, int]:
     What README.rst promises one connection costs at the defaults: the
     server process's part and the kernel's, in bytes.
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "README.rst"), encoding="utf-8") as f:
+    with open(os.path.join(CHECKOUT, "README.rst"), encoding="utf-8") as f:
         text = " ".join(f.read().split())
     found = re.search(
         r"up to (\d+) KiB in the server process and about (\d+) KiB of kernel"

@@ -20,6 +20,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests._tools import (
+    CHECKOUT,
     requireRoot,
     requireTool,
     scratchDirectory,
@@ -27,9 +28,7 @@ from tests._tools import (
     withoutTLS,
 )
 from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
-from tests.test_transports import freePort
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from tests.system.test_transports import freePort
 
 
 def _defaultSignals() -> None:
@@ -81,7 +80,7 @@ class ProbeTestCase(ServerTestCase):
         Start one of tests/_badservers.py's servers (L{server}); its port.
         """
         server = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "_badservers.py"), mode],
+            [sys.executable, os.path.join(CHECKOUT, "tests", "_badservers.py"), mode],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             text=True,
@@ -744,7 +743,7 @@ class AccuracyScriptTests(SynchronousTestCase):
         result = subprocess.run(
             [
                 sys.executable,
-                os.path.join(os.path.dirname(HERE), "benchmarks", "probe_accuracy.py"),
+                os.path.join(CHECKOUT, "benchmarks", "probe_accuracy.py"),
                 "--rounds",
                 "1",
                 "--seconds",
@@ -767,7 +766,7 @@ class DocsTests(SynchronousTestCase):
         """
         docs/probe.rst shows echotwist-probe --help as the command prints it.
         """
-        with open(os.path.join(os.path.dirname(HERE), "docs", "probe.rst")) as f:
+        with open(os.path.join(CHECKOUT, "docs", "probe.rst")) as f:
             page = f.read()
         block = page.split("``echotwist-probe --help``::\n\n", 1)[1]
         shown = []

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SkipTest
 
 from echotwist.connections import DEFAULT_DRAIN_QUIET
 from tests._clients import echoOnce, exchange, readUntilClosed
-from tests._tools import selfSignedCertificate
+from tests._tools import CHECKOUT, selfSignedCertificate
 from tests._twistd import (
     LOOPBACK,
     WAIT,
@@ -442,7 +442,7 @@ class RefusalTests(ServerTestCase):
 
 class OtherRunnersTests(ServerTestCase):
     def test_tacFile(self) -> None:
-        example = os.path.join(os.path.dirname(__file__), "..", "examples", "echo.tac")
+        example = os.path.join(CHECKOUT, "examples", "echo.tac")
         with open(example) as f:
             source = f.read()
         self.assertIn('"tcp:5000"', source)

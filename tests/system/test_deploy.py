@@ -18,14 +18,12 @@ import threading
 import time
 
 from tests._clients import echoOnce
-from tests._tools import requireTool, startHAProxy
+from tests._tools import CHECKOUT, readText, requireTool, startHAProxy
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
-from tests.test_signals import logPort, readText, startDaemon, waitInFile
-from tests.test_transports import freePort, sendThenRead
+from tests.system.test_signals import logPort, startDaemon, waitInFile
+from tests.system.test_transports import freePort, sendThenRead
 
-DEPLOY = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy"
-)
+DEPLOY = os.path.join(CHECKOUT, "deploy")
 UNITS = os.path.join(DEPLOY, "systemd")
 
 

@@ -22,8 +22,8 @@ import uuid
 from tests._clients import readUntilClosed
 from tests._tools import requireRoot, requireTool, startHAProxy
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
+from tests.system.test_transports import freePort
 from tests.test_metrics import scrape
-from tests.test_transports import freePort
 
 ANSWERED = ("echotwist_datagrams_answered_total", ())
 LOOPS = ("echotwist_datagrams_refused_total", (("reason", "echo loop"),))

@@ -1,8 +1,9 @@
 """
-TCP keepalive on stream connections: a client that vanishes without a FIN
-or RST is reaped even at C{--idle-timeout 0}.  Against the real twistd: the
-kernel's view of the server's sockets (C{ss}), and a client cut off, in
-network namespaces the test makes.
+TCP keepalive on stream connections, against the real twistd: a client
+that vanishes without a FIN or RST is reaped even at C{--idle-timeout 0};
+the kernel's view of the server's sockets (C{ss}), and a client cut off, in
+network namespaces the test makes.  (The option itself:
+tests.test_settings.KeepaliveOptionTests.)
 """
 
 from __future__ import annotations
@@ -12,34 +13,9 @@ import subprocess
 import sys
 import uuid
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from echotwist.settings import DEFAULT_KEEPALIVE, Settings
-from echotwist.tap import Options, settingsFrom
 from tests._tools import requireRoot, requireTool
 from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
-from tests.test_hostile_sources import _connect
-
-
-class KeepaliveOptionTests(SynchronousTestCase):
-    def parsed(self, *argv: str) -> tuple[int, int, int]:
-        options = Options()
-        options.parseOptions(list(argv))
-        return settingsFrom(options).keepalive
-
-    def test_values(self) -> None:
-        self.assertEqual(self.parsed(), DEFAULT_KEEPALIVE)
-        self.assertEqual(DEFAULT_KEEPALIVE, (60, 10, 5))
-        self.assertEqual(self.parsed("--keepalive", "300"), (300, 10, 5))
-        self.assertEqual(self.parsed("--keepalive", "30,5,3"), (30, 5, 3))
-        self.assertEqual(self.parsed("--keepalive", "0"), (0, 0, 0))
-
-    def test_jsonRoundTrip(self) -> None:
-        """
-        Workers get the same tuple the supervisor parsed.
-        """
-        settings = Settings(keepalive=(30, 5, 3))
-        self.assertEqual(Settings.fromJSON(settings.toJSON()), settings)
+from tests.system.test_hostile_sources import _connect
 
 
 def _serverSockets(port: int, runner: list[str] | None = None) -> list[str]:

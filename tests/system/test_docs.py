@@ -24,10 +24,10 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests._tools import REQUIRE
+from tests._tools import CHECKOUT, REQUIRE
 from tests._twistd import command
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = CHECKOUT
 DOCS = os.path.join(ROOT, "docs")
 
 #: Sphinx and pydoctor together take seconds; a loaded CI machine, more.

@@ -23,8 +23,8 @@ import uuid
 from tests._clients import readUntilClosed
 from tests._tools import openedBy, requireRoot, requireTool
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
+from tests.system.test_transports import freePort
 from tests.test_metrics import scrape
-from tests.test_transports import freePort
 
 #: The /64 the namespace test gives its loopback, and how many of its
 #: addresses attack.

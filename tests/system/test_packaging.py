@@ -22,10 +22,10 @@ import zipfile
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._clients import echoOnce
-from tests._tools import REQUIRE, requireRoot, requireTool
+from tests._tools import CHECKOUT, REQUIRE, requireRoot, requireTool
 from tests._twistd import WAIT, Server
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = CHECKOUT
 INSTALL_TIMEOUT = 600
 
 
@@ -194,13 +194,12 @@ class MetadataTests(SynchronousTestCase):
         """
         import configparser
 
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         config = configparser.ConfigParser()
-        config.read(os.path.join(root, "setup.cfg"))
+        config.read(os.path.join(ROOT, "setup.cfg"))
         listed = set(config["options"]["packages"].split())
         found = {
-            os.path.relpath(directory, root).replace(os.sep, ".")
-            for directory, _, files in os.walk(os.path.join(root, "echotwist"))
+            os.path.relpath(directory, ROOT).replace(os.sep, ".")
+            for directory, _, files in os.walk(os.path.join(ROOT, "echotwist"))
             if "__init__.py" in files
         }
         self.assertEqual(found - listed, set())

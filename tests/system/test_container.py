@@ -33,11 +33,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import __version__
 from tests._clients import exchange
-from tests._tools import requireRoot, requireTool, scratchDirectory
+from tests._tools import CHECKOUT, requireRoot, requireTool, scratchDirectory
 from tests._twistd import LOOPBACK, WAIT
-from tests.test_transports import ask, freePort
+from tests.system.test_transports import ask, freePort
 
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTAINERFILE = os.path.join(CHECKOUT, "deploy", "container", "Containerfile")
 MANIFESTS = os.path.join(CHECKOUT, "deploy", "kubernetes")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

@@ -1,0 +1,76 @@
+"""
+echotwist-probe's targets (L{echotwist.probe.target}): parsed, and a bad
+one refused in one line.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from echotwist.probe.target import Target, TargetError, parseTarget
+
+
+class TargetTests(SynchronousTestCase):
+    def test_kinds(self) -> None:
+        self.assertEqual(
+            parseTarget("tcp:example.org:5000"),
+            Target("tcp", "example.org", 5000, "tcp:example.org:5000"),
+        )
+        self.assertEqual(parseTarget("udp:127.0.0.1:7").kind, "udp")
+        self.assertEqual(parseTarget("tls:localhost:443").kind, "tls")
+        self.assertEqual(parseTarget("tcp6:::1:5000").host, "::1")
+        self.assertEqual(parseTarget("tcp6:[::1]:5000").port, 5000)
+        self.assertEqual(parseTarget("unix:/run/echo.sock").host, "/run/echo.sock")
+
+    def test_bareHostIsTCPToPort7(self) -> None:
+        """
+        A bare host is TCP to RFC 862's port, or to the default given
+        (C{--port}); a bare host and port is TCP there.
+        """
+        self.assertEqual(
+            parseTarget("localhost"), Target("tcp", "localhost", 7, "tcp:localhost:7")
+        )
+        self.assertEqual(parseTarget("localhost", 5000).port, 5000)
+        self.assertEqual(parseTarget("127.0.0.1:5000").port, 5000)
+        self.assertEqual(
+            parseTarget("[::1]:5000"), Target("tcp", "::1", 5000, "tcp:[::1]:5000")
+        )
+        self.assertEqual(parseTarget("::1").port, 7)
+
+    def test_badTargets(self) -> None:
+        for text, says in [
+            ("", "no target"),
+            ("tcp:localhost", "no port"),
+            ("tcp:localhost:0", "1 to 65535"),
+            ("tcp:localhost:65536", "1 to 65535"),
+            ("udp:localhost:http", "1 to 65535"),
+            ("tcp::5000", "no host"),
+            ("unix:", "no path"),
+            ("ssl:localhost:443", "unknown target type 'ssl', did you mean tls:?"),
+            ("ssl:127.0.0.1:1", "unknown target type 'ssl', did you mean tls:?"),
+            ("SSL:[::1]:1", "did you mean tls:?"),
+            ("http://example.org", "unknown target type 'http', use tcp:"),
+            ("[::1", "[ADDRESS]:PORT"),
+        ]:
+            with self.assertRaises(TargetError, msg=text) as caught:
+                parseTarget(text)
+            self.assertIn(says, str(caught.exception), text)
+            self.assertNotIn("\n", str(caught.exception))
+
+    def test_bareHostWithPortIsNotAType(self) -> None:
+        """
+        A bare C{HOST:PORT} whose host is a word is still TCP to it.
+        """
+        self.assertEqual(
+            parseTarget("localhost:5000"),
+            Target("tcp", "localhost", 5000, "tcp:localhost:5000"),
+        )
+
+    def test_escapesWhatItShows(self) -> None:
+        """
+        A target is shown escaped: a terminal control in it reaches no
+        line as it is.
+        """
+        with self.assertRaises(TargetError) as caught:
+            parseTarget("tcp:evil\x1b[2J:99999")
+        self.assertIn("evil\\x1b[2J", str(caught.exception))
