@@ -383,6 +383,10 @@ class DatagramPort(udp.Port):
     with the host as Twisted's TCP transports write it (C{fe80::1%eth0});
     an answer written to that address leaves by its interface.
 
+    Both hold on any reactor.  On echotwist's, the fast path's port
+    (L{echotwist._fast.udp.EchoPassPort}) serves instead: this one, whose
+    pass also answers the datagram echo itself.
+
     @ivar maxDatagramsPerRead: datagrams read per pass at most.
     """
 
