@@ -182,8 +182,6 @@ class FastEPollReactor(EPollReactor):
         readSize = DIRECT_READ_SIZE
         spliceFrom = SPLICE_FROM
         bulkEchoes = self._bulkEchoes
-        readPasses = self._readPasses
-        tracked = self._tracked
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:
@@ -258,7 +256,9 @@ class FastEPollReactor(EPollReactor):
                         allPlain = False
                         self._track(fd, selectable)
                         continue
-                    readPass = readPasses.get(type(selectable))
+                    # Looked up here, not once a poll: most polls hold
+                    # only plain echoes, and a local more costs each.
+                    readPass = self._readPasses.get(type(selectable))
                     if readPass is not None:
                         # A UDP port's pass of reads, without the wrapper
                         # of doReadOrWrite; its echoes are answered in it
@@ -279,7 +279,7 @@ class FastEPollReactor(EPollReactor):
                         continue
                 allPlain = False
                 doReadOrWrite(selectable, fd, event)
-                if type(selectable) in tracked:
+                if type(selectable) in self._tracked:
                     self._track(fd, selectable)
             except KeyboardInterrupt:
                 raise
