@@ -330,15 +330,22 @@ class RunTests(ServerTestCase):
         server = self.start()
         server.waitFor(r"reactor class: echotwist\.reactor\.EchotwistEPollReactor")
         server.waitFor(SERVING_ON_ECHOTWIST)
-        payloads = [os.urandom(200_000) for _ in range(20)]
+        self.assertBulkEchoes(server, 20)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def assertBulkEchoes(self, server: Server, connections: int) -> None:
+        """
+        C{connections} clients at once each send C{server} 200,000 bytes
+        and half-close; each gets them all back, then the server's close.
+        """
+        payloads = [os.urandom(200_000) for _ in range(connections)]
         for payload, (received, eof) in zip(
             payloads,
             exchange((LOOPBACK, server.port), payloads, halfClose=True),
             strict=True,
         ):
             self.assertEqual((received, eof), (payload, True))
-        server.signal(signal.SIGTERM)
-        self.assertEqual(server.wait(), -signal.SIGTERM)
 
     def test_smallMessagesRoundTrip(self) -> None:
         """
@@ -413,13 +420,7 @@ class RunTests(ServerTestCase):
             server = self.start(reactorArgs=reactorArgs)
             server.waitFor(serving)
             before = _pipes(server.process.pid)
-            payloads = [os.urandom(200_000) for _ in range(5)]
-            for payload, (received, eof) in zip(
-                payloads,
-                exchange((LOOPBACK, server.port), payloads, halfClose=True),
-                strict=True,
-            ):
-                self.assertEqual((received, eof), (payload, True))
+            self.assertBulkEchoes(server, 5)
             # The shared pipe is two descriptors, and outlives the exchange.
             self.assertEqual(
                 _pipes(server.process.pid) - before, 2 if spliced else 0, serving
