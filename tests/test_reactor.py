@@ -419,6 +419,9 @@ class RunTests(ServerTestCase):
         ]:
             server = self.start(reactorArgs=reactorArgs)
             server.waitFor(serving)
+            # A first echo, not spliced: whatever the running reactor opens
+            # is open before the count.
+            self.assertEqual(echoOnce((LOOPBACK, server.port), b"first"), b"first")
             before = _pipes(server.process.pid)
             self.assertBulkEchoes(server, 5)
             # The shared pipe is two descriptors, and outlives the exchange.
