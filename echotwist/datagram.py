@@ -383,6 +383,10 @@ class DatagramPort(udp.Port):
     with the host as Twisted's TCP transports write it (C{fe80::1%eth0});
     an answer written to that address leaves by its interface.
 
+    Both hold on any reactor.  On echotwist's, the fast path's port
+    (L{echotwist._fast.udp.EchoPassPort}) serves instead: this one, whose
+    pass also answers the datagram echo itself.
+
     @ivar maxDatagramsPerRead: datagrams read per pass at most.
     """
 
@@ -393,101 +397,12 @@ class DatagramPort(udp.Port):
         Read and hand on up to C{maxDatagramsPerRead} datagrams; the rest
         wait for the next pass of the reactor loop.
         """
-        self.readPass()
-
-    def readPass(self) -> bool:
-        """
-        What L{doRead} does; echotwist's reactor calls it directly.
-
-        For the datagram echo over IPv4 (L{DatagramEcho} itself), the
-        pass answers in this loop what L{DatagramEcho.datagramReceived}
-        would answer, with the same checks in the same order, and counts
-        the bytes and answers once a pass: the privileged-port check and
-        the address's verdict (remembered by the policy), the source's rate,
-        the loop guard, then C{sendto}.  A datagram from an address the
-        policy has not judged yet, or one it refuses, goes to the protocol
-        (which judges, counts and logs it); so does an answer C{sendto}
-        could not send.
-
-        @return: whether every datagram of the pass was answered in this
-            loop (nothing was refused, logged or handed on).
-        """
-        protocol = self.protocol
-        if type(protocol) is DatagramEcho and self.addressFamily == socket.AF_INET:
-            return self._echoPass(protocol)
         self._protocolPass()
-        return False
-
-    def _echoPass(self, echo: DatagramEcho) -> bool:
-        """
-        The pass of L{readPass} for the datagram echo over IPv4.
-        """
-        policy = echo.policy
-        verdicts = policy._addresses
-        limiter = policy.limiter
-        isLoop = policy.loops.isLoop
-        recvfrom = self.socket.recvfrom
-        sendto = self.socket.sendto
-        size = self.maxPacketSize
-        received = sent = answered = 0
-        clean = True
-        try:
-            for _ in range(self.maxDatagramsPerRead):
-                try:
-                    data, addr = recvfrom(size)
-                except OSError as e:
-                    if e.errno in _READ_DONE:
-                        break
-                    raise
-                host, port = addr
-                verdict = verdicts.get(host)
-                try:
-                    if (
-                        port < FIRST_UNPRIVILEGED_PORT
-                        or verdict is None
-                        or verdict[0] is not None
-                    ):
-                        # Refused, or not judged yet: the protocol's to do.
-                        clean = False
-                        echo.datagramReceived(data, addr)
-                        continue
-                    length = len(data)
-                    received += length
-                    if limiter is not None and not limiter.allow(verdict[1]):
-                        clean = False
-                        echo.refused("over the rate limit", verdict[1])
-                        continue
-                    if isLoop(host, port, data):
-                        clean = False
-                        echo.refused("echo loop", escape(_formatSource(host, port)))
-                        continue
-                    try:
-                        sendto(data, addr)
-                    except OSError:
-                        # The transport's write, again: it retries on
-                        # EINTR, takes ECONNREFUSED as sent, and raises
-                        # what the protocol counts as a failed answer.
-                        clean = False
-                        echo.answer(data, addr, host, port)
-                        continue
-                    sent += length
-                    answered += 1
-                except Exception:
-                    clean = False
-                    log.failure("Unhandled error in {protocol!r}", protocol=echo)
-        finally:
-            counted = policy.bytes
-            counted["received"] += received
-            counted["sent"] += sent
-            if answered:
-                counts = policy.counts
-                counts["answered"] = counts.get("answered", 0) + answered
-        return clean
 
     def _protocolPass(self) -> None:
         """
-        The pass of L{readPass} for any other protocol, or IPv6: each
-        datagram handed to the protocol's C{datagramReceived}.
+        A pass of reads: each datagram handed to the protocol's
+        C{datagramReceived}.
         """
         recvfrom = self.socket.recvfrom
         size = self.maxPacketSize

@@ -2,8 +2,9 @@
 """
 The services that run one listener each, stream or UDP: listening (a
 failure ends start-up with one line), the socket options of a TCP
-listener, the transports of the kernel fast path and TLS, and a log line
-when it starts and stops.
+listener, the transports of TLS and, on echotwist's reactor, of the fast
+path (asked of L{echotwist._fast.transportFor}), and a log line when it
+starts and stops.
 
 What a listener description means, and how it is parsed, is
 L{echotwist.listeners}'.
@@ -28,10 +29,10 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 
 from echotwist._address import formatAddress
+from echotwist._fast import PROXIED, TCP, TLS, UDP, transportFor
 from echotwist._twisted import datagramPortFromDescriptor, setAcceptLogObserver
 from echotwist.connections import EchoFactory
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy, DatagramPort
-from echotwist.fastpath import SplicingServer
 from echotwist.listeners import DatagramListener, Listener, _fields
 from echotwist.sockets import clampSocketBuffers, setKeepalive
 from echotwist.stream import Echo
@@ -291,12 +292,13 @@ class ListenerService(Service):
             and isinstance(factory, ListenerFactory)
         ):
             if tls is not None:
-                # TLS to Echo: small reads, sent at once (echotwist.tls).
+                # TLS to Echo: small reads (echotwist.tls), sent at once
+                # on the fast path.
                 from echotwist.tls import HandshakeGate, TLSServer, echoTLSProtocol
 
                 # (Twisted before 26 types it as BufferingTLSTransport.)
                 tls.protocol = echoTLSProtocol  # type: ignore[assignment, unused-ignore]
-                port.transport = TLSServer
+                port.transport = transportFor(port.reactor, TLS) or TLSServer
                 if factory.shared.admission.tlsHandshakesPerSource or (
                     factory.shared.admission.tlsHandshakeRate
                 ):
@@ -304,9 +306,12 @@ class ListenerService(Service):
                     # stop on, when the port stops.
                     port.factory = HandshakeGate(tls, factory.shared)
             else:
-                # TCP to Echo, directly or under the PROXY wrapper: its
-                # connections may echo in the kernel.
-                port.transport = SplicingServer
+                # TCP to Echo, directly or under the PROXY wrapper: on the
+                # fast path its connections may echo in the kernel;
+                # elsewhere they keep Twisted's tcp.Server.
+                fast = transportFor(port.reactor, PROXIED if self.proxied else TCP)
+                if fast is not None:
+                    port.transport = fast
         return port
 
     def stopService(self) -> Deferred[None]:
@@ -363,13 +368,15 @@ class DatagramListenerService(Service):
 
     def _listen(self) -> IListeningPort:
         # What reactor.listenUDP and adoptDatagramPort do, with echotwist's
-        # port (see DatagramPort) in place of Twisted's.
+        # port (see DatagramPort; the fast path's on its reactor) in place
+        # of Twisted's.
         listener = self.listener
+        portType: type[DatagramPort] = transportFor(self._reactor, UDP) or DatagramPort
         if listener.fileno is not None:
             family = socket.socket(fileno=listener.fileno)
             try:
                 port = datagramPortFromDescriptor(
-                    DatagramPort,
+                    portType,
                     self._reactor,
                     listener.fileno,
                     family.family,
@@ -379,7 +386,7 @@ class DatagramListenerService(Service):
             finally:
                 family.close()  # the port took a duplicate
         else:
-            port = DatagramPort(
+            port = portType(
                 listener.port,
                 self.protocol,
                 listener.interface,

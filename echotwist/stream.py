@@ -14,8 +14,10 @@ closes.  Three things make that hold under real traffic:
   - a drain for shutdown: a connection closes once it is quiet (nothing
     unread, nothing unsent), so bytes sent before a SIGTERM come back.
 
-On plain TCP (and TCP under echotwist's PROXY wrapper) the echo is sent
-straight from dataReceived when nothing is queued before it: Twisted's
+On echotwist's reactor, over plain TCP (and TCP under echotwist's PROXY
+wrapper), the echo is sent straight from dataReceived when nothing is
+queued before it, to a transport of the fast path (see
+L{echotwist._fast}) that allows it: Twisted's
 transport.write() only buffers and asks the reactor for writability, which
 costs an epoll_ctl pair and a pass of the loop per message (Twisted issue
 5303).  Whatever the socket does not take at once, or any error, goes
@@ -26,7 +28,9 @@ reading as soon as the kernel refuses part of an echo, until the rest is
 sent: it never holds more than one read's worth, whatever the client does.
 That send stays here, in dataReceived, because a call more per message
 would cost; the other kernel fast paths (the splice, the shared pipe, the
-plain echo the reactor runs itself) are in L{echotwist.fastpath}.
+plain echo the reactor runs itself) are in L{echotwist._fast}.  On any
+other reactor, and on any other transport, the echo goes through
+transport.write(), as in Twisted's own echo.
 
 The books on connections (limits, per-source counts, the idle sweep,
 eviction, the drain) are L{echotwist.connections.EchoFactory}'s.
@@ -71,16 +75,16 @@ __all__ = [
 def sendsDirectly(transport: object) -> bool:
     """
     Whether L{Echo} may send to C{transport} directly when nothing is
-    queued on it: Twisted's C{tcp.Server} itself, or a transport whose
-    class says so with a true C{echoSendsDirectly} (as
-    L{echotwist.fastpath.SplicingServer} does).  Such a transport is a
-    C{tcp.Server} in all the direct send relies on: nothing queued as
-    L{echotwist._twisted.nothingQueued} tells; C{socket} is the socket;
-    C{producerPaused} makes it resume its producer once drained;
+    queued on it: a transport whose class says so with a true
+    C{echoSendsDirectly}, as the fast path's
+    L{echotwist._fast.tcp.SplicingServer} does.  Any other, Twisted's
+    C{tcp.Server} too, gets the echo through its C{write()}.  Such a
+    transport is a C{tcp.Server} in all the direct send relies on: nothing
+    queued as L{echotwist._twisted.nothingQueued} tells; C{socket} is the
+    socket; C{producerPaused} makes it resume its producer once drained;
     C{bufferSize} is how much one C{doRead} asks C{recv()} for.
     """
-    kind = type(transport)
-    return kind is tcp.Server or getattr(kind, "echoSendsDirectly", False) is True
+    return getattr(type(transport), "echoSendsDirectly", False) is True
 
 
 def passesThrough(wrapper: object) -> TypeGuard[ProtocolWrapper]:
@@ -277,7 +281,7 @@ class Echo(Protocol):
             return
         self.transport.write(data)
 
-    # What the kernel fast paths (echotwist.fastpath, echotwist.reactor)
+    # What the kernel fast paths (echotwist._fast)
     # read of an Echo, and the few things they tell it: nothing else of it
     # is theirs to touch.  Besides these, they add to bytesEchoed what they
     # echo.

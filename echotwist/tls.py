@@ -14,12 +14,12 @@ on this project's machine: about 200 KiB of user space each.
 
 L{TLSServer} is the TCP transport under a TLS echo connection: it reads
 L{TLS_READ_SIZE} at a time, so OpenSSL's buffers stay near a record's
-size; it sends at once when nothing is queued before (as echotwist's
-plain TCP echo does, see L{echotwist.stream}), so an echo normally leaves in
-the same pass of the loop instead of waiting in a buffer; and it pauses its
-producer as soon as the kernel refuses part of a write, so what it holds is
-at most what one read produces.  L{echoTLSProtocol} is the TLS layer without
-the aggregation of small writes: an echo writes once per read already.
+size; it writes as Twisted's TCP transport does.  On echotwist's reactor
+the fast path's L{echotwist._fast.tls.DirectTLSServer} takes its place,
+which also sends at once when nothing is queued, and pauses its producer
+as soon as the kernel refuses part of a write.  L{echoTLSProtocol} is the
+TLS layer without the aggregation of small writes: an echo writes once per
+read already.
 
 L{HandshakeGate} stands between a TLS listening port and Twisted's TLS
 factory: a connection over its source's handshake budget (see
@@ -29,15 +29,12 @@ is made for it.
 
 from __future__ import annotations
 
-from errno import ENOBUFS, EWOULDBLOCK
 from typing import TYPE_CHECKING
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
-
-from echotwist._twisted import nothingQueued, writeShutDown
 
 if TYPE_CHECKING:
     from echotwist.connections import EchoFactory
@@ -58,49 +55,11 @@ echoTLSProtocol = TLSMemoryBIOProtocol
 
 class TLSServer(tcp.Server):
     """
-    The TCP transport under a TLS echo connection (see the module
-    docstring).
+    The TCP transport under a TLS echo connection: small reads (see the
+    module docstring).
     """
 
     bufferSize = TLS_READ_SIZE
-
-    def write(self, data: bytes) -> None:
-        """
-        Send C{data} at once when nothing is queued before it, pausing the
-        producer if the kernel takes only part; queue it otherwise.
-        """
-        if (
-            not data
-            or not self.connected
-            or not nothingQueued(self)
-            or writeShutDown(self)
-        ):
-            super().write(data)
-            return
-        # Nothing is queued before these bytes, so they may leave now.
-        # Python retries EINTR itself (PEP 475).
-        try:
-            sent = self.socket.send(data)
-        except OSError as e:
-            if e.errno not in (EWOULDBLOCK, ENOBUFS):
-                # Queued: the reactor's next attempt finds and reports the
-                # loss, as for any write.
-                super().write(data)
-                return
-            sent = 0
-        if sent == len(data):
-            return
-        super().write(data[sent:] if sent else data)
-        # The kernel is full: stop reading now rather than once a buffer's
-        # worth is queued.  The transport resumes its producer once it has
-        # sent the rest.
-        if (
-            self.producer is not None
-            and self.streamingProducer
-            and not self.producerPaused
-        ):
-            self.producerPaused = True
-            self.producer.pauseProducing()  # type: ignore[attr-defined, unused-ignore]
 
 
 class HandshakeGate(ServerFactory):

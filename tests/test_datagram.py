@@ -17,6 +17,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from echotwist._fast.udp import EchoPassPort
 from echotwist.datagram import (
     DATAGRAMS_PER_READ,
     LOOP_TOLERANCE,
@@ -486,11 +487,13 @@ class DatagramPortTests(SynchronousTestCase):
 
 class DatagramFastPathTests(SynchronousTestCase):
     """
-    The datagram echo's own pass of reads (L{DatagramPort.readPass}), on a
-    real loopback socket: what it answers in its loop, and that every
+    The datagram echo's own pass of reads (L{EchoPassPort.readPass}, the
+    fast path's UDP port), on a real loopback socket: what it answers in its loop, and that every
     guard holds there, each refusal counted and logged as the protocol
     would.
     """
+
+    portType: type[DatagramPort] = EchoPassPort
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -499,7 +502,7 @@ class DatagramFastPathTests(SynchronousTestCase):
 
     def listen(self, rate: float) -> None:
         self.policy = DatagramPolicy(rate=rate, clock=self.clock)
-        self.port = DatagramPort(
+        self.port = self.portType(
             0, DatagramEcho(self.policy), "127.0.0.1", 65536, MemoryReactorClock()
         )
         self.port.startListening()
@@ -655,6 +658,44 @@ class DatagramFastPathTests(SynchronousTestCase):
         self.assertFalse(self.port.readPass())
         self.assertEqual([d for d, _ in protocol.received], [b"a", b"b"])
         self.assertEqual(self.answers(), [])
+
+
+class DatagramPlainPassTests(SynchronousTestCase):
+    """
+    Off the fast path (any reactor but echotwist's), echotwist's UDP port
+    (L{DatagramPort}) keeps its bound of datagrams per pass, and hands
+    every datagram to the protocol, as Twisted's port does: the echo
+    answers each through its transport.
+    """
+
+    def test_everyDatagramToTheProtocol(self) -> None:
+        policy = DatagramPolicy(rate=0, clock=Clock())
+        echo = DatagramEcho(policy)
+        handed: list[bytes] = []
+        answer = echo.datagramReceived
+
+        def recording(datagram: bytes, addr: Any) -> None:
+            handed.append(datagram)
+            answer(datagram, addr)
+
+        echo.datagramReceived = recording  # type: ignore[method-assign]
+        port = DatagramPort(0, echo, "127.0.0.1", 65536, MemoryReactorClock())
+        port.startListening()
+        self.addCleanup(port.socket.close)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(client.close)
+        client.bind(("127.0.0.1", 0))
+        sent = [b"%d" % n for n in range(DATAGRAMS_PER_READ + 3)]
+        # Linux queues a loopback datagram at the receiver within sendto.
+        for datagram in sent:
+            client.sendto(datagram, ("127.0.0.1", port.getHost().port))
+        port.doRead()
+        self.assertEqual(handed, sent[:DATAGRAMS_PER_READ])
+        port.doRead()
+        self.assertEqual(handed, sent)
+        answers = [client.recv(100, socket.MSG_DONTWAIT) for _ in sent]
+        self.assertEqual(answers, sent)
+        self.assertEqual(policy.counts, {"answered": len(sent)})
 
 
 class _FailingSend:

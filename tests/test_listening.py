@@ -19,8 +19,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from echotwist import EchoService, Listener
-from echotwist.fastpath import SplicingServer
+from echotwist._fast.tcp import SplicingServer
+from echotwist._fast.udp import EchoPassPort
+from echotwist.datagram import DatagramPort
 from echotwist.proxy import parseNetwork
+from echotwist.reactor import EchotwistEPollReactor
 from tests._tools import scratchDirectory, selfSignedCertificate
 from tests.test_service import _Port, cannotListen
 
@@ -115,7 +118,10 @@ class RealListenerTests(TestCase):
     ) -> EchoService:
         service = EchoService([description], **kwargs)
         service.privilegedStartService()
-        self.addCleanup(service.stopService)
+        if "reactor" not in kwargs:
+            # A reactor of the test's own is not run: its cleanup (see
+            # fastReactor) closes what listens on it.
+            self.addCleanup(service.stopService)
         return service
 
     def test_socketBufferSet(self) -> None:
@@ -142,30 +148,75 @@ class RealListenerTests(TestCase):
         self.assertEqual(lines, ["Could not accept new connection (ENOBUFS)"])
         self.assertEqual(events[0]["event"], "listener.accept_failed")
 
+    def fastReactor(self) -> EchotwistEPollReactor:
+        """
+        echotwist's reactor, not run, for listeners on the fast path.
+        """
+        reactor = EchotwistEPollReactor()
+        self.addCleanup(reactor._poller.close)
+        self.addCleanup(reactor.disconnectAll)
+        return reactor
+
     def test_transports(self) -> None:
         """
-        Plain TCP connections may echo in the kernel; TLS ones read little,
-        send at once, and skip Twisted's aggregation of small writes (an
-        echo writes once per read).
+        On echotwist's reactor, plain TCP connections may echo in the
+        kernel; TLS ones read little, send at once, and skip Twisted's
+        aggregation of small writes (an echo writes once per read); UDP
+        ports answer the echo in their own pass of reads.
         """
-        (tcpChild,) = self.start().listeners
+        reactor = self.fastReactor()
+        service = self.start(reactor=reactor, udp=["udp:0:interface=127.0.0.1"])
+        (tcpChild,) = service.listeners
         self.assertIs(tcpChild.port.transport, SplicingServer)
+        (udpChild,) = service.datagrams
+        self.assertIs(type(udpChild.port), EchoPassPort)
         directory = scratchDirectory(self)
         key, certificate = selfSignedCertificate(directory)
         (tlsChild,) = self.start(
-            f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
+            f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}",
+            reactor=reactor,
         ).listeners
         # Imported here: TLS is an extra (selfSignedCertificate skipped
         # this test without it).
         from twisted.protocols.tls import TLSMemoryBIOProtocol
 
-        from echotwist.tls import HandshakeGate, TLSServer
+        from echotwist._fast.tls import DirectTLSServer
+        from echotwist.tls import HandshakeGate
 
-        self.assertIs(tlsChild.port.transport, TLSServer)
+        self.assertIs(tlsChild.port.transport, DirectTLSServer)
         # Twisted's TLS factory, behind the handshake budget.
         gate = tlsChild.port.factory
         self.assertIsInstance(gate, HandshakeGate)
         self.assertIs(gate.tls.protocol, TLSMemoryBIOProtocol)
+
+    def test_transportsOffTheFastPath(self) -> None:
+        """
+        On any other reactor (here Twisted's own, the global one of the
+        tests) the fast path is off: TCP listeners, plain or under the
+        PROXY wrapper, keep Twisted's C{tcp.Server}; TLS keeps its small
+        reads with Twisted's write; UDP ports keep the bound and the
+        scope, with each datagram handed to the protocol.
+        """
+        from twisted.internet import tcp
+
+        service = self.start(udp=["udp:0:interface=127.0.0.1"])
+        (proxiedChild,) = self.start(
+            "haproxy:tcp:0:interface=127.0.0.1",
+            proxyFrom=[parseNetwork("127.0.0.1")],
+        ).listeners
+        self.assertIs(proxiedChild.port.transport, tcp.Server)
+        (tcpChild,) = service.listeners
+        self.assertIs(tcpChild.port.transport, tcp.Server)
+        (udpChild,) = service.datagrams
+        self.assertIs(type(udpChild.port), DatagramPort)
+        directory = scratchDirectory(self)
+        key, certificate = selfSignedCertificate(directory)
+        (tlsChild,) = self.start(
+            f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
+        ).listeners
+        from echotwist.tls import TLSServer
+
+        self.assertIs(tlsChild.port.transport, TLSServer)
 
     def test_proxiedTLSTransport(self) -> None:
         """
@@ -178,12 +229,14 @@ class RealListenerTests(TestCase):
         (child,) = self.start(
             f"haproxy:ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}",
             proxyFrom=[parseNetwork("127.0.0.1")],
+            reactor=self.fastReactor(),
         ).listeners
+        from echotwist._fast.tls import DirectTLSServer
         from echotwist.proxy import ProxyWrappingFactory
-        from echotwist.tls import HandshakeGate, TLSServer
+        from echotwist.tls import HandshakeGate
 
         self.assertEqual((child.tls, child.proxied), (True, True))
-        self.assertIs(child.port.transport, TLSServer)
+        self.assertIs(child.port.transport, DirectTLSServer)
         gate = child.port.factory
         self.assertIsInstance(gate, HandshakeGate)
         self.assertIsInstance(gate.tls.wrappedFactory, ProxyWrappingFactory)

@@ -1,7 +1,7 @@
 """
 The plain echo of C{twistd --reactor echotwist}: its loop reads, counts and
 sends a small read itself, without calling the transport or the protocol
-(L{echotwist.fastpath.plainEcho} says which connections qualify).  A real
+(L{echotwist._fast.tcp.plainEcho} says which connections qualify).  A real
 EchoService on a private L{EchotwistEPollReactor} that the test iterates,
 real loopback sockets as clients; every loop is bounded by WAIT.
 
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo
-from echotwist.fastpath import SplicingServer
+from echotwist._fast.tcp import SplicingServer
 from echotwist.reactor import EchotwistEPollReactor
 from tests.test_splice import Loopback, pattern
 

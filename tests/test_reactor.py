@@ -20,12 +20,8 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist.datagram import (
-    LOOP_TOLERANCE,
-    DatagramEcho,
-    DatagramPolicy,
-    DatagramPort,
-)
+from echotwist._fast.udp import EchoPassPort
+from echotwist.datagram import LOOP_TOLERANCE, DatagramEcho, DatagramPolicy
 from echotwist.reactor import EchotwistEPollReactor
 from tests._clients import echoOnce, exchange
 from tests._twistd import (
@@ -99,7 +95,7 @@ class PollTests(SynchronousTestCase):
 class DatagramPollTests(SynchronousTestCase):
     """
     The loop calls a UDP port of the datagram echo's pass of reads itself
-    (L{DatagramPort.readPass}); a poll in which it answered every datagram
+    (L{EchoPassPort.readPass}); a poll in which it answered every datagram
     counts as a plain echo, one with a refusal does not.
     """
 
@@ -107,7 +103,7 @@ class DatagramPollTests(SynchronousTestCase):
         self.reactor = EchotwistEPollReactor()
         self.addCleanup(self.reactor._poller.close)
         self.policy = DatagramPolicy(rate=0, clock=Clock())
-        self.port = DatagramPort(
+        self.port = EchoPassPort(
             0, DatagramEcho(self.policy), "127.0.0.1", 65536, self.reactor
         )
         self.port.startListening()
@@ -302,6 +298,19 @@ class _Counting:
         return 1001
 
 
+def _pipes(pid: int) -> int:
+    """
+    How many of process C{pid}'s descriptors are pipes.
+    """
+    count = 0
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{name}").startswith("pipe:")
+        except FileNotFoundError:  # closed meanwhile
+            pass
+    return count
+
+
 class RunTests(ServerTestCase):
     def test_listedByTwistd(self) -> None:
         output = subprocess.run(
@@ -321,15 +330,22 @@ class RunTests(ServerTestCase):
         server = self.start()
         server.waitFor(r"reactor class: echotwist\.reactor\.EchotwistEPollReactor")
         server.waitFor(SERVING_ON_ECHOTWIST)
-        payloads = [os.urandom(200_000) for _ in range(20)]
+        self.assertBulkEchoes(server, 20)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def assertBulkEchoes(self, server: Server, connections: int) -> None:
+        """
+        C{connections} clients at once each send C{server} 200,000 bytes
+        and half-close; each gets them all back, then the server's close.
+        """
+        payloads = [os.urandom(200_000) for _ in range(connections)]
         for payload, (received, eof) in zip(
             payloads,
             exchange((LOOPBACK, server.port), payloads, halfClose=True),
             strict=True,
         ):
             self.assertEqual((received, eof), (payload, True))
-        server.signal(signal.SIGTERM)
-        self.assertEqual(server.wait(), -signal.SIGTERM)
 
     def test_smallMessagesRoundTrip(self) -> None:
         """
@@ -389,6 +405,31 @@ class RunTests(ServerTestCase):
         server = self.start(reactorArgs=("--reactor", "epoll"))
         self.assertServesOn(server, SERVING_ON_EPOLL)
         self.assertNotIn("EchotwistEPollReactor", server.output)
+
+    def test_epollIsAPlainTwistedEcho(self) -> None:
+        """
+        Under C{--reactor epoll} the fast path is off: bulk echoes come
+        back whole through Twisted's own transport, and nothing is
+        spliced (the process never opens the pipe that echotwist's reactor
+        splices through, as it does for the same exchange).
+        """
+        for reactorArgs, serving, spliced in [
+            (("--reactor", "epoll"), SERVING_ON_EPOLL, False),
+            ((), SERVING_ON_ECHOTWIST, True),
+        ]:
+            server = self.start(reactorArgs=reactorArgs)
+            server.waitFor(serving)
+            # A first echo, not spliced: whatever the running reactor opens
+            # is open before the count.
+            self.assertEqual(echoOnce((LOOPBACK, server.port), b"first"), b"first")
+            before = _pipes(server.process.pid)
+            self.assertBulkEchoes(server, 5)
+            # The shared pipe is two descriptors, and outlives the exchange.
+            self.assertEqual(
+                _pipes(server.process.pid) - before, 2 if spliced else 0, serving
+            )
+            server.signal(signal.SIGTERM)
+            self.assertEqual(server.wait(), -signal.SIGTERM)
 
     def test_namedEchotwistUnderTwistd(self) -> None:
         server = self.start(reactorArgs=("--reactor", "echotwist"))

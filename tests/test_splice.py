@@ -1,5 +1,5 @@
 """
-The kernel echo path (L{echotwist.fastpath.SplicingServer}): a real
+The kernel echo path (L{echotwist._fast.tcp.SplicingServer}): a real
 EchoService on a private epoll reactor that the test iterates itself, and
 real loopback sockets as clients.  Every loop is bounded by WAIT.
 
@@ -26,7 +26,8 @@ from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist import Echo, EchoService, fastpath, stream
+from echotwist import Echo, EchoService, stream
+from echotwist._fast import tcp as fastpath
 from echotwist.listening import ListenerFactory
 from echotwist.reactor import EchotwistEPollReactor
 from tests._tools import scratchDirectory, selfSignedCertificate
@@ -218,8 +219,18 @@ class Loopback:
         return bytes(received)
 
 
+class _FastTransportsOnly(EPollReactor):
+    """
+    Twisted's epoll reactor with the fast path's transports on its
+    listeners (see L{echotwist._fast.fastPathOn}) but Twisted's loop: so the
+    transport's own splice (L{SplicingServer.doRead}) does every read.
+    """
+
+    echoFastPath = True
+
+
 class SpliceTests(SynchronousTestCase):
-    reactorType: type = EPollReactor
+    reactorType: type = _FastTransportsOnly
 
     def setUp(self) -> None:
         if not fastpath._SharedPipe.usable:
@@ -447,8 +458,38 @@ class NotSplicedTests(SynchronousTestCase):
     Only plain TCP straight to Echo splices.
     """
 
+    def test_notOnTwistedsReactor(self) -> None:
+        """
+        On Twisted's own epoll reactor (C{--reactor epoll}) the fast path
+        is off: a TCP listener, plain or under the PROXY wrapper, keeps
+        Twisted's C{tcp.Server}, nothing is spliced, and the echo goes
+        through the transport's C{write()}.
+        """
+        from twisted.internet import tcp
+
+        spy = Spy()
+        self.patch(fastpath, "splice", spy)
+        for listen in [
+            "tcp:0:interface=127.0.0.1",
+            "haproxy:tcp:0:interface=127.0.0.1",
+        ]:
+            loop = Loopback(self, EPollReactor, listen=listen)
+            self.assertIs(loop.port.transport, tcp.Server)
+            if listen.startswith("haproxy:"):
+                client, protocol = loop.connectProxied()
+                transport = protocol.transport.transport
+            else:
+                client, protocol = loop.connect()
+                transport = protocol.transport
+            self.assertIs(type(transport), tcp.Server)
+            self.assertFalse(protocol.sendsDirectlyTo(transport))
+            payload = pattern(1 << 20, 11)
+            self.assertEqual(loop.echo(client, payload), payload)
+            self.assertEqual(protocol.bytesEchoed, len(payload))
+        self.assertEqual((spy.reads, spy.writes), (0, 0))
+
     def test_tlsAndUNIXListenersDoNot(self) -> None:
-        reactor = EPollReactor()
+        reactor = EchotwistEPollReactor()
         directory = scratchDirectory(self)
         key, certificate = selfSignedCertificate(directory)
         service = EchoService(
@@ -466,11 +507,11 @@ class NotSplicedTests(SynchronousTestCase):
         self.assertEqual(len(ports), 2)
         for port in ports:
             self.assertIsNot(port.transport, fastpath.SplicingServer)
-        # TLS has a transport of its own (echotwist.tls), which never splices.
-        # Imported here: TLS is an extra (selfSignedCertificate skipped
-        # this test without it).
-        from echotwist.tls import TLSServer
+        # TLS has a transport of its own (echotwist._fast.tls), which never
+        # splices.  Imported here: TLS is an extra (selfSignedCertificate
+        # skipped this test without it).
+        from echotwist._fast.tls import DirectTLSServer
 
-        self.assertIs(ports[0].transport, TLSServer)
-        self.assertFalse(issubclass(TLSServer, fastpath.SplicingServer))
+        self.assertIs(ports[0].transport, DirectTLSServer)
+        self.assertFalse(issubclass(DirectTLSServer, fastpath.SplicingServer))
         self.assertNotIsInstance(ports[0].factory, ListenerFactory)

@@ -381,13 +381,14 @@ class FastPathInterfaceTests(SynchronousTestCase):
     def test_sendsDirectly(self) -> None:
         from twisted.internet import tcp, unix
 
-        from echotwist.fastpath import SplicingServer
+        from echotwist._fast.tcp import SplicingServer
 
         class _Undeclared(tcp.Server):
             pass
 
-        self.assertTrue(sendsDirectly(object.__new__(tcp.Server)))
         self.assertTrue(sendsDirectly(object.__new__(SplicingServer)))
+        # Twisted's own TCP transport (the fast path off) gets write().
+        self.assertFalse(sendsDirectly(object.__new__(tcp.Server)))
         # A transport it does not know is left to Twisted, subclass or not.
         self.assertFalse(sendsDirectly(object.__new__(_Undeclared)))
         self.assertFalse(sendsDirectly(object.__new__(unix.Server)))

@@ -1,6 +1,6 @@
 """
-The TCP transport under TLS echo connections: small reads, sent at once,
-paused as soon as the kernel refuses part of a write.  (The echo over TLS,
+The TCP transport under TLS echo connections: small reads; on the fast
+path, sent at once, paused as soon as the kernel refuses part of a write.  (The echo over TLS,
 end to end, is in tests.test_transports; its memory, in tests.test_hostile.)
 """
 
@@ -17,6 +17,7 @@ from zope.interface import implementer
 from tests._tools import requireTLS
 
 try:
+    from echotwist._fast.tls import DirectTLSServer
     from echotwist.tls import TLS_READ_SIZE, HandshakeGate, TLSServer
 except ImportError:  # TLS is an extra; setUp skips (or, in CI, fails)
     pass
@@ -45,7 +46,7 @@ class TLSServerTests(SynchronousTestCase):
         self.addCleanup(self.peer.close)
         ours.setblocking(False)
         self.peer.setblocking(False)
-        self.transport = TLSServer(
+        self.transport = DirectTLSServer(
             ours, Protocol(), ("127.0.0.1", 1), None, 1, self.reactor
         )
         self.addCleanup(ours.close)
@@ -125,6 +126,32 @@ class TLSServerTests(SynchronousTestCase):
         self.transport.write(b"lost")
         self.assertIn(self.transport, self.reactor.getWriters())
         self.assertEqual(self.transport._tempDataLen, 4)
+
+
+class PlainTLSServerTests(SynchronousTestCase):
+    """
+    Off the fast path (any reactor but echotwist's), the TLS transport
+    keeps its small reads and writes as Twisted's TCP transport does:
+    queued, sent by the reactor when the socket is writable.
+    """
+
+    def test_writeIsTwisteds(self) -> None:
+        requireTLS()
+        reactor = MemoryReactorClock()
+        ours, peer = socket.socketpair()
+        self.addCleanup(peer.close)
+        self.addCleanup(ours.close)
+        ours.setblocking(False)
+        transport = TLSServer(ours, Protocol(), ("127.0.0.1", 1), None, 1, reactor)
+        self.assertEqual(transport.bufferSize, TLS_READ_SIZE)
+        transport.write(b"record")
+        # (assertIn would fail on the transport's repr, which needs a
+        # reactor that started it.)
+        self.assertTrue(transport in reactor.getWriters(), "queued, not sent")
+        peer.setblocking(False)
+        self.assertRaises(BlockingIOError, peer.recv, 100)
+        transport.doWrite()
+        self.assertEqual(peer.recv(100), b"record")
 
 
 class HandshakeGateTests(SynchronousTestCase):

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_splice,tests.test_plainecho,tests.test_reactor -*-
 """
-The kernel fast paths of the stream echo: where an echo skips Twisted's
-write buffer, or Python altogether.
+The kernel fast paths of the TCP echo, part of echotwist's fast path (see
+L{echotwist._fast}): where an echo skips Twisted's write buffer, or Python
+altogether.
 
 On Linux, a plain TCP connection whose client sends in bulk (reads of 16
 KiB or more) echoes in the kernel: each read splices the bytes from the
@@ -10,14 +11,17 @@ socket into a pipe and from the pipe straight back into the socket
 KiB messages the copies are most of the server's work.  One pipe serves
 every connection and is empty between reads.  Small messages keep recv()
 and send(), which cost less there.  TCP under echotwist's PROXY wrapper
-splices as well, past the header; TLS and UNIX connections keep the
-direct send of L{echotwist.stream.Echo.dataReceived} (which stays there: a
-call more per message would cost).
+splices as well, past the header; TLS and UNIX connections do not.  The
+direct send itself stays in L{echotwist.stream.Echo.dataReceived} (a call
+more per message would cost), for the transports that allow it: this
+module's.
 
-L{SplicingServer} is the TCP transport that splices; L{plainEcho} says
-which connections L{echotwist.reactor.EchotwistEPollReactor} may echo in
-its own loop, without the transport's or the protocol's code, and
-L{finishRead} hands the protocol a read that loop could not finish.
+L{SplicingServer} is the TCP transport that splices, on echotwist's
+reactor only (elsewhere a TCP listener keeps Twisted's C{tcp.Server}, and
+the echo its C{write()}); L{plainEcho} says which connections
+L{echotwist._fast.reactor.FastEPollReactor} may echo in its own loop,
+without the transport's or the protocol's code, and L{finishRead} hands
+the protocol a read that loop could not finish.
 """
 
 from __future__ import annotations
@@ -237,9 +241,10 @@ class SplicingServer(tcp.Server):
     """
     A TCP server transport that lets its L{Echo} echo in the kernel (see
     L{_spliceRead}) whenever nothing is queued to send; otherwise, and
-    for any other protocol, it reads as L{tcp.Server} does.  Set as a
-    C{tcp.Port}'s C{transport} when the port's factory builds L{Echo}
-    protocols directly or under echotwist's PROXY wrapper (not TLS).
+    for any other protocol, it reads as L{tcp.Server} does.  On
+    echotwist's reactor, set as a C{tcp.Port}'s C{transport} when the
+    port's factory builds L{Echo} protocols directly or under echotwist's
+    PROXY wrapper (not TLS).
     """
 
     #: L{Echo} sends directly on it (see L{echotwist.stream.sendsDirectly}).
@@ -263,7 +268,7 @@ def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
     Whether a transport's next read can be echoed without any of the
     protocol's code: an L{Echo} itself (no subclass, no wrapper) on a
     L{SplicingServer}, sending directly, nothing queued, not paused, not
-    closing, not in bulk.  For L{echotwist.reactor.EchotwistEPollReactor},
+    closing, not in bulk.  For L{echotwist._fast.reactor.FastEPollReactor},
     which then reads, counts and sends in its own loop.
 
     @return: the L{Echo} and the read and write to call with its socket's
@@ -297,7 +302,7 @@ def bulkEcho(transport: object) -> Echo | None:
     would splice (an L{Echo}, directly or under echotwist's PROXY wrapper,
     in bulk, sending directly, nothing queued), not paused, not closing,
     once the shared pipe exists.  For
-    L{echotwist.reactor.EchotwistEPollReactor}, which then splices in
+    L{echotwist._fast.reactor.FastEPollReactor}, which then splices in
     and out in its own loop, and hands anything else to L{finishSplice}.
 
     @return: the L{Echo}; or None.
@@ -319,7 +324,7 @@ def finishRead(
     protocol: Echo, data: bytes | None, sent: int | OSError | None
 ) -> ConnectionLost | ConnectionDone | None:
     """
-    Finish a read that L{echotwist.reactor.EchotwistEPollReactor}'s
+    Finish a read that L{echotwist._fast.reactor.FastEPollReactor}'s
     plain echo (see L{plainEcho}) began but could not end the plain way.
 
     @param protocol: the connection's L{Echo}.

@@ -1,0 +1,140 @@
+# -*- test-case-name: tests.test_reactor,tests.test_service,tests.test_splice -*-
+"""
+echotwist's fast path, fenced: everything that makes the echo faster than
+Twisted's own transports and loop, and that a server can do without.
+
+  - L{echotwist._fast.reactor}: the loop, Twisted's epoll reactor without
+    the logging context per event, which echoes plain reads and splices
+    bulk ones itself, and calls a UDP port's pass of reads directly;
+  - L{echotwist._fast.tcp}: the kernel paths of a TCP echo (the splice,
+    through one shared pipe; what the loop's plain echo leaves to the
+    protocol) and their transport, L{echotwist._fast.tcp.SplicingServer};
+  - L{echotwist._fast.tls}: TLS's direct send, L{echotwist._fast.tls.DirectTLSServer};
+  - L{echotwist._fast.udp}: the UDP port that answers the datagram echo
+    in its own pass of reads, L{echotwist._fast.udp.EchoPassPort}.
+
+It registers in one place, this module, and is asked from two sides:
+
+  - a listener asks L{transportFor} which transport class (or UDP port
+    class) the fast path has for it, by kind (L{TCP}, L{PROXIED}, L{TLS},
+    L{UDP}) and reactor; None means Twisted's own (C{tcp.Server},
+    echotwist's TLS transport with Twisted's write, echotwist's
+    L{echotwist.datagram.DatagramPort}): the fast path is on only on echotwist's reactor;
+  - the reactor asks L{loopHandlers}, once, what it does for a selectable
+    of each registered class: call its read pass instead of C{doRead},
+    or look after an ordinary event whether it echoes the next read itself.
+
+Nothing outside this package decides by a transport's class: the stream
+echo asks its transport whether it may send to it directly (a true
+C{echoSendsDirectly}, see L{echotwist.stream.sendsDirectly}), and only
+the fast path's transports say so.  The public name of the reactor, for
+C{twistd --reactor echotwist} and the start log, is
+L{echotwist.reactor.EchotwistEPollReactor}.
+
+@var TCP: a TCP listener whose factory builds L{echotwist.stream.Echo}
+    directly.
+@var PROXIED: the same under echotwist's PROXY wrapper.
+@var TLS: the TCP transport under a TLS echo listener.
+@var UDP: a UDP echo listener's port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+__all__ = [
+    "PROXIED",
+    "TCP",
+    "TLS",
+    "UDP",
+    "LoopHandler",
+    "fastPathOn",
+    "loopHandlers",
+    "transportFor",
+]
+
+TCP = "tcp"
+PROXIED = "proxied"
+TLS = "tls"
+UDP = "udp"
+
+
+def _splicingServer() -> type[Any]:
+    from echotwist._fast.tcp import SplicingServer
+
+    return SplicingServer
+
+
+def _directTLSServer() -> type[Any]:
+    # Imported only for a TLS listener: TLS is an extra.
+    from echotwist._fast.tls import DirectTLSServer
+
+    return DirectTLSServer
+
+
+def _echoPassPort() -> type[Any]:
+    from echotwist._fast.udp import EchoPassPort
+
+    return EchoPassPort
+
+
+#: The registrations: a listener's kind, and what gives its class.
+_TRANSPORTS: dict[str, Callable[[], type[Any]]] = {
+    TCP: _splicingServer,
+    PROXIED: _splicingServer,
+    TLS: _directTLSServer,
+    UDP: _echoPassPort,
+}
+
+
+def fastPathOn(reactor: object) -> bool:
+    """
+    Whether C{reactor} runs the fast path: echotwist's reactor, whose
+    class says so with a true C{echoFastPath}.  On any other (C{--reactor
+    epoll}, a C{.tac}'s own, a test's C{MemoryReactor}) echotwist is a
+    plain Twisted echo.
+    """
+    return getattr(type(reactor), "echoFastPath", False) is True
+
+
+def transportFor(reactor: object, kind: str) -> type[Any] | None:
+    """
+    The fast path's transport class for a listener of C{kind} served by
+    C{reactor}, or None: the fast path is off on that reactor, or has
+    nothing for that kind, and the listener keeps Twisted's own.
+    """
+    make = _TRANSPORTS.get(kind)
+    if make is None or not fastPathOn(reactor):
+        return None
+    return make()
+
+
+class LoopHandler(NamedTuple):
+    """
+    What the reactor's loop does with a readable selectable of one class.
+
+    @ivar readPass: called with the selectable instead of its C{doRead};
+        returns whether everything it read was echoed in the pass (so the
+        loop may poll again at once), or None for C{doRead}.
+    @ivar tracked: after an ordinary read or write, the loop looks whether
+        it echoes the selectable's next read itself (see
+        L{echotwist._fast.tcp.plainEcho} and L{echotwist._fast.tcp.bulkEcho}).
+    """
+
+    readPass: Callable[[Any], bool] | None = None
+    tracked: bool = False
+
+
+def loopHandlers() -> dict[type, LoopHandler]:
+    """
+    The loop's handlers, by the selectable's class (its exact class: a
+    subclass may read otherwise).
+    """
+    from echotwist._fast.tcp import SplicingServer
+    from echotwist._fast.udp import EchoPassPort
+
+    return {
+        SplicingServer: LoopHandler(tracked=True),
+        EchoPassPort: LoopHandler(readPass=EchoPassPort.readPass),
+    }

@@ -1,0 +1,362 @@
+# -*- test-case-name: tests.test_reactor -*-
+"""
+The loop of echotwist's fast path (see L{echotwist._fast}): an epoll
+reactor without a logging context per event, for busy echo servers.  Its
+public name is L{echotwist.reactor.EchotwistEPollReactor}: what C{twistd
+-n echo ...} and C{twist echo ...} serve on when no reactor is named (see
+L{echotwist.process.installDefaultReactor}), and what C{--reactor
+echotwist} names.
+
+Twisted's epoll reactor runs every read and write inside
+C{log.callWithLogger}, which asks the selectable for its log prefix and
+pushes a context holding it, only so that legacy C{log.msg} calls made
+during the event carry a "system" of that prefix.  echotwist logs through
+C{twisted.logger} with its own namespaces and fields, so at tens of
+thousands of events a second that context is pure cost.  This reactor is
+Twisted's epoll reactor with that one wrapper taken out; it keeps the
+wrapper's other duty, which is to log an exception from an event and carry
+on.  Legacy log lines written during an event lose their per-connection
+"system" prefix (they show "-").  C{--reactor epoll} (or any other name)
+serves on that reactor instead; a C{.tac} keeps whatever it installs.
+
+It also echoes small reads itself.  On a busy server most events are a
+plain TCP echo connection with a few bytes to read: for those (see
+L{echotwist._fast.tcp.plainEcho}: an L{Echo} itself, sending directly,
+nothing queued, not paused, closing or in bulk) the loop reads the
+socket and sends back what it read (os.read and os.write of its
+descriptor: recv() and send() without flags, minus the argument parsing
+of the socket object's methods, which cut the server's user-space
+instructions per message by about a sixth at 1 KiB x 10, by callgrind's
+count) and counts the bytes, the whole of what the
+transport's doRead and the protocol's dataReceived would do, without
+either call.  Anything else, a short send, a send error, end of file, a
+read of L{SPLICE_FROM} or more, goes to the protocol, and the connection
+back to the ordinary path until an ordinary read finds it plain again.
+
+Bulk reads it splices itself the same way: for a connection the
+transport would splice (see L{echotwist._fast.tcp.bulkEcho}), the loop
+splices the read into the shared pipe and back out to the socket and
+counts it, without the transport's doRead and its checks; a short or
+failed splice, end of file, or a read under L{SPLICE_FROM} is finished by
+L{echotwist._fast.tcp.finishSplice} or the transport, and the connection
+goes back to the ordinary path.  At 100 KiB x 10 that took the server's
+user-space instructions per message from about 14,500 to 6,400
+(callgrind).
+
+Which connections and ports it treats so, it asks the fast path's
+registrations (L{echotwist._fast.loopHandlers}) by their class, once: the
+TCP transport of the fast path (L{echotwist._fast.tcp.SplicingServer}) is
+looked at after its ordinary events, and the fast path's UDP port
+(L{echotwist._fast.udp.EchoPassPort}) has its pass of reads called
+directly; that port answers each datagram in the pass with every check of
+the echo's policy (see its C{readPass}), and a pass in which every
+datagram was answered counts as such an echo below.  Anything else is
+served as Twisted's epoll reactor serves it.
+
+When every event of a poll was such an echo, plain, spliced or datagram, it polls
+again at once instead of returning to Twisted's main loop: nothing ran
+that could have scheduled a call, stopped the reactor or queued a call
+from a thread (a thread or a signal handler wakes the reactor through its
+waker, which is not such an echo), so the loop's pass over timed and
+thread calls would find nothing to do; it costs a microsecond or so, per
+message on a single connection.  It still returns when the next timed
+call is due.
+"""
+
+from __future__ import annotations
+
+import errno
+from errno import EINVAL, ENOBUFS, ENOSYS
+from select import EPOLLIN
+from typing import Any
+
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.logger import Logger
+
+from echotwist._fast import loopHandlers, tcp
+from echotwist._fast.tcp import (
+    _SPLICE_FLAGS,
+    SplicingServer,
+    _SharedPipe,
+    bulkEcho,
+    finishRead,
+    finishSplice,
+    plainEcho,
+    plainRead,
+)
+from echotwist._twisted import epollParts, justStopped
+from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
+
+__all__ = ["FastEPollReactor"]
+
+# The reactor's events keep the namespace they had before the fast path
+# moved here: operators filter on it.
+log = Logger(namespace="echotwist.reactor")
+
+
+class FastEPollReactor(EPollReactor):
+    """
+    Twisted's epoll reactor without the logging context per event, echoing
+    plain small reads in its own loop (see the module docstring).
+    """
+
+    #: The fast path's transports serve on it (see
+    #: L{echotwist._fast.fastPathOn}).
+    echoFastPath = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        # The fast path's registrations: the classes whose pass of reads
+        # this loop calls instead of doRead, and those it looks at after
+        # an ordinary event.
+        handlers = loopHandlers()
+        self._readPasses = {
+            kind: handler.readPass
+            for kind, handler in handlers.items()
+            if handler.readPass is not None
+        }
+        self._tracked = frozenset(
+            kind for kind, handler in handlers.items() if handler.tracked
+        )
+        # What the poll loop uses of Twisted's epoll reactor's internals,
+        # through echotwist's one door to them.
+        self._parts = epollParts(self)
+        # Connections whose reads this loop echoes itself, by descriptor:
+        # the transport, its Echo, and the read and write to call with the
+        # descriptor (os.read and os.write; tests put others in).
+        self._plainEchoes: dict[int, tuple[Any, Echo, Any, Any]] = {}
+        # Connections in bulk whose reads this loop splices itself (see
+        # echotwist._fast.tcp.bulkEcho): the transport and its Echo.
+        self._bulkEchoes: dict[int, tuple[Any, Echo]] = {}
+
+    def removeReader(self, reader: IReadDescriptor) -> None:
+        """
+        Stop reading from C{reader}, and echoing it in this loop.
+        """
+        # Pausing, closing and losing a connection all come through here.
+        # Twisted before 26 types fileno() as returning object.
+        fd = reader.fileno()
+        self._plainEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
+        self._bulkEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
+        super().removeReader(reader)
+
+    def doPoll(self, timeout: float | None) -> None:
+        """
+        Poll and handle the events; poll again at once while every event
+        was a plain echo, until C{timeout}.
+        """
+        if timeout is None:
+            timeout = -1  # wait indefinitely
+        deadline = self.seconds() + timeout if timeout > 0 else 0.0
+        while self._pollOnce(timeout):
+            # Only plain echoes ran (see the module docstring); the checks
+            # are for what a signal handler may have done meanwhile.
+            if justStopped(self) or self.threadCallQueue or not timeout:
+                return
+            if timeout > 0:
+                timeout = deadline - self.seconds()
+                if timeout <= 0:
+                    return
+
+    def _pollOnce(self, timeout: float) -> bool:
+        """
+        Poll once and handle the events.
+
+        @return: whether there were events and every one was a plain echo.
+        """
+        parts = self._parts
+        selectables = parts.selectables
+        try:
+            events = parts.poll(timeout, len(selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return False
+            raise
+        if not events:
+            return False
+        allPlain = True
+        doReadOrWrite = parts.doReadOrWrite
+        plainEchoes = self._plainEchoes
+        readSize = DIRECT_READ_SIZE
+        spliceFrom = SPLICE_FROM
+        bulkEchoes = self._bulkEchoes
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            try:
+                if event == EPOLLIN:
+                    entry = plainEchoes.get(fd)
+                    if entry is not None and entry[0] is selectable:
+                        # What tcp.Connection.doRead and Echo.dataReceived
+                        # do, for a plain echo (see plainEcho), without a
+                        # call: most events of a busy server are these.
+                        _, echo, read, write = entry
+                        sent: int | OSError | None = None
+                        try:
+                            data = read(fd, readSize)
+                        except BlockingIOError:
+                            continue
+                        except OSError:
+                            data = None
+                        else:
+                            size = len(data)
+                            if 0 < size < spliceFrom:
+                                try:
+                                    sent = write(fd, data)
+                                except OSError as e:
+                                    sent = e
+                                else:
+                                    if sent == size:
+                                        echo.bytesEchoed += size
+                                        continue
+                        allPlain = False
+                        # Anything else is the protocol's to finish; it
+                        # may pause, close or turn to bulk, so this
+                        # connection goes back to the ordinary path.
+                        del plainEchoes[fd]
+                        why: BaseException | None
+                        try:
+                            why = finishRead(echo, data, sent)
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException as e:
+                            # As Twisted's own loop has it: logged,
+                            # and the connection is lost.
+                            log.failure(
+                                "Unhandled error in {selectable!r}",
+                                selectable=selectable,
+                            )
+                            why = e
+                        if why:
+                            self._parts.disconnectSelectable(selectable, why, True)
+                        continue
+                    bulk = bulkEchoes.get(fd)
+                    pipe = _SharedPipe.fds
+                    if bulk is not None and bulk[0] is selectable and pipe:
+                        # What SplicingServer.doRead does for a bulk echo
+                        # (see bulkEcho), without a call to it.
+                        try:
+                            if self._spliceEcho(fd, selectable, bulk[1], pipe):
+                                continue
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException as e:
+                            # As Twisted's own loop has it: logged,
+                            # and the connection is lost.  The pipe may
+                            # hold its bytes: it goes too.
+                            _SharedPipe.discard()
+                            log.failure(
+                                "Unhandled error in {selectable!r}",
+                                selectable=selectable,
+                            )
+                            self._parts.disconnectSelectable(selectable, e, True)
+                        allPlain = False
+                        self._track(fd, selectable)
+                        continue
+                    # Looked up here, not once a poll: most polls hold
+                    # only plain echoes, and a local more costs each.
+                    readPass = self._readPasses.get(type(selectable))
+                    if readPass is not None:
+                        # A UDP port's pass of reads, without the wrapper
+                        # of doReadOrWrite; its echoes are answered in it
+                        # (see EchoPassPort.readPass).
+                        try:
+                            if not readPass(selectable):
+                                allPlain = False
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException as e:
+                            # As Twisted's doReadOrWrite has it.
+                            allPlain = False
+                            log.failure(
+                                "Unhandled error in {selectable!r}",
+                                selectable=selectable,
+                            )
+                            self._parts.disconnectSelectable(selectable, e, True)
+                        continue
+                allPlain = False
+                doReadOrWrite(selectable, fd, event)
+                if type(selectable) in self._tracked:
+                    self._track(fd, selectable)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                allPlain = False
+                log.failure("Unhandled error in {selectable!r}", selectable=selectable)
+        return allPlain
+
+    def _track(self, fd: int, transport: SplicingServer) -> None:
+        """
+        After an ordinary read or write, say whether this loop echoes the
+        connection's next read itself, plainly or by splicing, or leaves it
+        to the transport.
+        """
+        found = plainEcho(transport)
+        if found is not None:
+            self._plainEchoes[fd] = (transport, *found)
+            self._bulkEchoes.pop(fd, None)
+            return
+        self._plainEchoes.pop(fd, None)
+        echo = bulkEcho(transport)
+        if echo is None:
+            self._bulkEchoes.pop(fd, None)
+        else:
+            self._bulkEchoes[fd] = (transport, echo)
+
+    def _spliceEcho(
+        self, fd: int, selectable: Any, echo: Echo, pipe: tuple[int, int]
+    ) -> bool:
+        """
+        Splice one read of a bulk echo (see L{bulkEcho}) into the shared
+        pipe and back out to the socket, as L{SplicingServer.doRead} would.
+
+        @return: whether that was all: a whole bulk read echoed.  Otherwise
+            the rest is done (a short send queued, the end of the
+            connection handled, a plain read) and the connection is back on
+            the ordinary path.
+        """
+        try:
+            received = tcp.splice(
+                fd, pipe[1], DIRECT_READ_SIZE, None, None, _SPLICE_FLAGS
+            )
+        except BlockingIOError:
+            # Readable, yet nothing to splice: TCP urgent data (see
+            # tcp._spliceRead).  A plain read steps over it.
+            del self._bulkEchoes[fd]
+            why = plainRead(selectable)
+            if why:
+                self._parts.disconnectSelectable(selectable, why, True)
+            return False
+        except OSError as e:
+            del self._bulkEchoes[fd]
+            if e.errno in (EINVAL, ENOSYS):
+                # The transport's own read finds out, and says so.
+                self._parts.doReadOrWrite(selectable, fd, EPOLLIN)
+            else:
+                self._parts.disconnectSelectable(selectable, CONNECTION_LOST, True)
+            return False
+        if not received:
+            del self._bulkEchoes[fd]
+            self._parts.disconnectSelectable(selectable, CONNECTION_DONE, True)
+            return False
+        try:
+            sent = tcp.splice(pipe[0], fd, received, None, None, _SPLICE_FLAGS)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            # ENOBUFS is a full buffer, as Twisted's writes take it;
+            # anything else, the client is gone.
+            sent = 0 if e.errno == ENOBUFS else -1
+        if sent == received and received >= SPLICE_FROM:
+            echo.bytesEchoed += received
+            return True
+        del self._bulkEchoes[fd]
+        why = finishSplice(echo, selectable, pipe, received, sent)
+        if why:
+            self._parts.disconnectSelectable(selectable, why, True)
+        return False
+
+    doIteration = doPoll

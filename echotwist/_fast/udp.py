@@ -1,0 +1,130 @@
+# -*- test-case-name: tests.test_datagram,tests.test_reactor -*-
+"""
+The fast path of the datagram echo: a UDP port that answers the datagram
+echo in its own pass of reads, and that echotwist's reactor calls
+directly (see L{echotwist._fast.loopHandlers}).
+
+The bound on datagrams per pass and the keeping of an IPv6 peer's scope
+are not speed but safety and correctness: they are
+L{echotwist.datagram.DatagramPort}'s, which this port is, and which
+serves on any other reactor.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from echotwist._address import escape
+from echotwist.datagram import (
+    _READ_DONE,
+    FIRST_UNPRIVILEGED_PORT,
+    DatagramEcho,
+    DatagramPort,
+    _formatSource,
+    log,
+)
+
+__all__ = ["EchoPassPort"]
+
+
+class EchoPassPort(DatagramPort):
+    """
+    echotwist's UDP port (see L{DatagramPort}) whose pass of reads answers
+    the datagram echo over IPv4 itself (see L{readPass}).
+    """
+
+    def doRead(self) -> None:
+        """
+        Read and answer up to C{maxDatagramsPerRead} datagrams; the rest
+        wait for the next pass of the reactor loop.
+        """
+        self.readPass()
+
+    def readPass(self) -> bool:
+        """
+        What L{doRead} does; echotwist's reactor calls it directly.
+
+        For the datagram echo over IPv4 (L{DatagramEcho} itself), the
+        pass answers in this loop what L{DatagramEcho.datagramReceived}
+        would answer, with the same checks in the same order, and counts
+        the bytes and answers once a pass: the privileged-port check and
+        the address's verdict (remembered by the policy), the source's rate,
+        the loop guard, then C{sendto}.  A datagram from an address the
+        policy has not judged yet, or one it refuses, goes to the protocol
+        (which judges, counts and logs it); so does an answer C{sendto}
+        could not send.
+
+        @return: whether every datagram of the pass was answered in this
+            loop (nothing was refused, logged or handed on).
+        """
+        protocol = self.protocol
+        if type(protocol) is DatagramEcho and self.addressFamily == socket.AF_INET:
+            return self._echoPass(protocol)
+        self._protocolPass()
+        return False
+
+    def _echoPass(self, echo: DatagramEcho) -> bool:
+        """
+        The pass of L{readPass} for the datagram echo over IPv4.
+        """
+        policy = echo.policy
+        verdicts = policy._addresses
+        limiter = policy.limiter
+        isLoop = policy.loops.isLoop
+        recvfrom = self.socket.recvfrom
+        sendto = self.socket.sendto
+        size = self.maxPacketSize
+        received = sent = answered = 0
+        clean = True
+        try:
+            for _ in range(self.maxDatagramsPerRead):
+                try:
+                    data, addr = recvfrom(size)
+                except OSError as e:
+                    if e.errno in _READ_DONE:
+                        break
+                    raise
+                host, port = addr
+                verdict = verdicts.get(host)
+                try:
+                    if (
+                        port < FIRST_UNPRIVILEGED_PORT
+                        or verdict is None
+                        or verdict[0] is not None
+                    ):
+                        # Refused, or not judged yet: the protocol's to do.
+                        clean = False
+                        echo.datagramReceived(data, addr)
+                        continue
+                    length = len(data)
+                    received += length
+                    if limiter is not None and not limiter.allow(verdict[1]):
+                        clean = False
+                        echo.refused("over the rate limit", verdict[1])
+                        continue
+                    if isLoop(host, port, data):
+                        clean = False
+                        echo.refused("echo loop", escape(_formatSource(host, port)))
+                        continue
+                    try:
+                        sendto(data, addr)
+                    except OSError:
+                        # The transport's write, again: it retries on
+                        # EINTR, takes ECONNREFUSED as sent, and raises
+                        # what the protocol counts as a failed answer.
+                        clean = False
+                        echo.answer(data, addr, host, port)
+                        continue
+                    sent += length
+                    answered += 1
+                except Exception:
+                    clean = False
+                    log.failure("Unhandled error in {protocol!r}", protocol=echo)
+        finally:
+            counted = policy.bytes
+            counted["received"] += received
+            counted["sent"] += sent
+            if answered:
+                counts = policy.counts
+                counts["answered"] = counts.get("answered", 0) + answered
+        return clean
