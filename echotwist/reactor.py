@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reactor -*-
+# -*- test-case-name: tests.test__fast_reactor,tests.system.test_reactor -*-
 """
 echotwist's reactor, by its public name: what C{twistd -n echo ...} and
 C{twist echo ...} serve on when no reactor is named (see

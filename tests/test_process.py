@@ -13,7 +13,7 @@ from echotwist.process import installDefaultReactor
 class DefaultReactorTests(SynchronousTestCase):
     """
     What the tap installs when the user names no reactor.  (The real
-    thing, under twistd, twist and workers, is in tests.test_reactor.)
+    thing, under twistd, twist and workers, is in tests.system.test_reactor.)
     """
 
     def setUp(self) -> None:

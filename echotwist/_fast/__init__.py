@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reactor,tests.test_service,tests.test_splice -*-
+# -*- test-case-name: tests.test__fast,tests.test_listening,tests.test__fast_tcp -*-
 """
 echotwist's fast path, fenced: everything that makes the echo faster than
 Twisted's own transports and loop, and that a server can do without.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reactor -*-
+# -*- test-case-name: tests.test__fast_reactor -*-
 """
 The loop of echotwist's fast path (see L{echotwist._fast}): an epoll
 reactor without a logging context per event, for busy echo servers.  Its

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_splice,tests.test_plainecho,tests.test_reactor -*-
+# -*- test-case-name: tests.test__fast_tcp,tests.test__fast_reactor -*-
 """
 The kernel fast paths of the TCP echo, part of echotwist's fast path (see
 L{echotwist._fast}): where an echo skips Twisted's write buffer, or Python

@@ -1,5 +1,8 @@
 """
-The plain echo of C{twistd --reactor echotwist}: its loop reads, counts and
+echotwist's fast reactor (L{echotwist._fast.reactor}): it polls like
+Twisted's epoll reactor and survives an exception from an event; a UDP
+port's pass of reads is called directly; and the plain echo of C{twistd
+--reactor echotwist}: its loop reads, counts and
 sends a small read itself, without calling the transport or the protocol
 (L{echotwist._fast.tcp.plainEcho} says which connections qualify).  A real
 EchoService on a private L{EchotwistEPollReactor} that the test iterates,
@@ -17,16 +20,24 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from dataclasses import replace
+from select import EPOLLIN
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo
 from echotwist._fast.tcp import SplicingServer
+from echotwist._fast.udp import EchoPassPort
+from echotwist.datagram import LOOP_TOLERANCE, DatagramEcho, DatagramPolicy
 from echotwist.reactor import EchotwistEPollReactor
-from tests.test_splice import Loopback, pattern
+from tests._twistd import WAIT
+from tests.test__fast_tcp import Loopback, pattern
 
 
 class PlainEchoTests(SynchronousTestCase):
@@ -329,3 +340,265 @@ class PlainEchoTests(SynchronousTestCase):
             client.close()
             self.loop.until(lambda: self.closed(protocol), "close")
         self.assertNotIn(fd, self.plain)
+
+
+class _Readable(FileDescriptor):
+    def __init__(
+        self, reactor: EchotwistEPollReactor, sock: socket.socket, fail: bool
+    ) -> None:
+        super().__init__(reactor)
+        self.sock = sock
+        self.fail = fail
+        self.reads = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self) -> None:
+        self.reads += 1
+        self.sock.recv(100)
+        if self.fail:
+            raise RuntimeError("a bug in a protocol")
+
+    def connectionLost(self, reason: object) -> None:
+        super().connectionLost(reason)  # type: ignore[arg-type]
+        if self.fail:
+            raise RuntimeError("and a bug in its connectionLost")
+
+
+class PollTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = EchotwistEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+
+    def readable(self, fail: bool) -> _Readable:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        theirs.sendall(b"x")
+        selectable = _Readable(self.reactor, ours, fail)
+        self.reactor.addReader(selectable)
+        self.addCleanup(lambda: self.reactor._selectables.pop(ours.fileno(), None))
+        return selectable
+
+    def test_readsAndSurvivesAnError(self) -> None:
+        """
+        Twisted's _doReadOrWrite logs an error from doRead and disconnects
+        the selectable; an error from that disconnection reaches doPoll,
+        which logs it too and goes on to the next event.
+        """
+        failing, fine = self.readable(True), self.readable(False)
+        with capturedLogs() as events:
+            self.reactor.doPoll(1)
+        self.assertEqual((failing.reads, fine.reads), (1, 1))
+        ours = [e for e in events if e.get("log_namespace") == "echotwist.reactor"]
+        self.assertEqual(len(ours), 1)
+        self.assertEqual(
+            len(self.flushLoggedErrors(RuntimeError)), 2, "both errors logged"
+        )
+
+
+class DatagramPollTests(SynchronousTestCase):
+    """
+    The loop calls a UDP port of the datagram echo's pass of reads itself
+    (L{EchoPassPort.readPass}); a poll in which it answered every datagram
+    counts as a plain echo, one with a refusal does not.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = EchotwistEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.policy = DatagramPolicy(rate=0, clock=Clock())
+        self.port = EchoPassPort(
+            0, DatagramEcho(self.policy), "127.0.0.1", 65536, self.reactor
+        )
+        self.port.startListening()
+        self.addCleanup(self.port.socket.close)
+        self.addCleanup(self.reactor.removeReader, self.port)
+        self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(self.client.close)
+        self.client.bind(("127.0.0.1", 0))
+        self.client.settimeout(WAIT)
+
+    def exchange(self, datagrams: list[bytes]) -> bool:
+        """
+        Send C{datagrams}, poll once: whether every event was an echo.
+        """
+        for datagram in datagrams:
+            self.client.sendto(datagram, ("127.0.0.1", self.port.getHost().port))
+        return self.reactor._pollOnce(WAIT)
+
+    def test_answeredInTheLoop(self) -> None:
+        # The first datagram from an address is judged by the protocol.
+        self.assertFalse(self.exchange([b"hello"]))
+        self.assertEqual(self.client.recv(100), b"hello")
+        self.assertTrue(self.exchange([b"a", b"b"]))
+        self.assertEqual([self.client.recv(100) for _ in range(2)], [b"a", b"b"])
+        self.assertEqual(self.policy.counts, {"answered": 3})
+
+    def test_aRefusalIsNotAPlainEcho(self) -> None:
+        self.exchange([b"hello"])
+        self.client.recv(100)
+        with capturedLogs():
+            self.assertFalse(self.exchange([b"x"] * (LOOP_TOLERANCE + 2)))
+        self.assertEqual(self.policy.counts["echo loop"], 1)
+
+
+class _ScriptedPoller:
+    """
+    Stands in for the reactor's epoll object: each poll() returns the next
+    list of (fd, event) from a script, and records its timeout.
+    """
+
+    def __init__(
+        self, reactor: EchotwistEPollReactor, script: list[list[tuple[int, int]]]
+    ) -> None:
+        self.reactor = reactor
+        self.script = script
+        self.timeouts: list[float] = []
+        self.onPoll: list[object] = []
+
+    def poll(self, timeout: float, maxevents: int) -> list[tuple[int, int]]:
+        self.timeouts.append(timeout)
+        if self.onPoll:
+            action = self.onPoll.pop(0)
+            if callable(action):
+                action()
+        return self.script.pop(0) if self.script else []
+
+
+class _PlainEcho:
+    """
+    What the reactor's plain-echo entry needs of an Echo and its socket:
+    a count, and a read and a write (called as C{os.read} and C{os.write}
+    are) that hand over C{message} each time.
+    """
+
+    bytesEchoed = 0
+
+    def __init__(self, message: bytes = b"ping") -> None:
+        self.message = message
+        self.sent: list[bytes] = []
+
+    def read(self, fd: int, size: int) -> bytes:
+        return self.message
+
+    def write(self, fd: int, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+
+class PlainPollTests(SynchronousTestCase):
+    """
+    A poll whose events are all plain echoes polls again at once, without
+    a pass of the main loop; anything else, a due timed call, a stop or a
+    call from a thread returns to the main loop.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = EchotwistEPollReactor()
+        self.addCleanup(self.reactor._poller.close)
+        self.echo = _PlainEcho()
+        self.transport = object()
+        # fd 1000: a plain echo; fd 1001: anything else (counts its reads).
+        self.reactor._selectables[1000] = self.transport
+        self.reactor._plainEchoes[1000] = (
+            self.transport,
+            self.echo,
+            self.echo.read,
+            self.echo.write,
+        )
+        self.otherReads: list[int] = []
+        self.reactor._selectables[1001] = _Counting(self.otherReads)
+        self.addCleanup(self.reactor._selectables.clear)
+
+    def script(self, *polls: list[tuple[int, int]]) -> _ScriptedPoller:
+        poller = _ScriptedPoller(self.reactor, list(polls))
+        parts = self.reactor._parts
+        self.reactor._parts = replace(parts, poll=poller.poll)
+        self.addCleanup(setattr, self.reactor, "_parts", parts)
+        return poller
+
+    def test_plainEchoesPollAgain(self) -> None:
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, plain, plain, [(1001, EPOLLIN)], plain)
+        self.reactor.doPoll(None)
+        # Three plain polls and the one with another event, in one call;
+        # the fifth waits for the next.
+        self.assertEqual(len(poller.timeouts), 4)
+        self.assertEqual(poller.timeouts, [-1, -1, -1, -1])
+        self.assertEqual(self.echo.sent, [b"ping"] * 3)
+        self.assertEqual(self.echo.bytesEchoed, 12)
+        self.assertEqual(self.otherReads, [1])
+
+    def test_returnsWhenNothingHappened(self) -> None:
+        """
+        A poll that timed out (no events) returns: a timed call is due.
+        """
+        poller = self.script([])
+        self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5])
+
+    def test_timeoutShrinksToTheDeadline(self) -> None:
+        """
+        With a timed call due in C{timeout} seconds, each further poll waits
+        only what is left, and once it has passed the main loop gets the
+        call on time.
+        """
+        now = [100.0]
+        self.patch(self.reactor, "seconds", lambda: now[0])
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, plain, plain)
+
+        def later(seconds: float) -> object:
+            return lambda: now.__setitem__(0, now[0] + seconds)
+
+        poller.onPoll = [later(0.25), later(0.5), later(0.5)]
+        self.reactor.doPoll(1.0)
+        self.assertEqual(poller.timeouts, [1.0, 0.75, 0.25])
+        self.assertEqual(len(self.echo.sent), 3)
+
+    def test_nonBlockingPollOnce(self) -> None:
+        """
+        A poll with timeout 0 (something is due now) is not repeated.
+        """
+        poller = self.script([(1000, EPOLLIN)], [(1000, EPOLLIN)])
+        self.reactor.doPoll(0)
+        self.assertEqual(poller.timeouts, [0])
+
+    def test_stopReturns(self) -> None:
+        """
+        A signal handler that stops the reactor between polls ends the
+        repeat.
+        """
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, plain, plain)
+        poller.onPoll = [None, self.reactor.stop]
+        # As if running (stop() refuses otherwise); it never runs here.
+        self.reactor._stopped = False
+        self.reactor.doPoll(None)
+        self.assertTrue(self.reactor._justStopped)
+        self.assertEqual(len(poller.timeouts), 2)
+
+    def test_callFromThreadReturns(self) -> None:
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, plain, plain)
+        poller.onPoll = [lambda: self.reactor.threadCallQueue.append((print, (), {}))]
+        self.addCleanup(self.reactor.threadCallQueue.clear)
+        self.reactor.doPoll(None)
+        self.assertEqual(len(poller.timeouts), 1)
+
+
+class _Counting:
+    """
+    A selectable that is not a plain echo: it counts its reads.
+    """
+
+    def __init__(self, reads: list[int]) -> None:
+        self.reads = reads
+
+    def doRead(self) -> None:
+        self.reads.append(1)
+
+    def fileno(self) -> int:
+        return 1001

@@ -1,0 +1,231 @@
+"""
+echotwist's reactor (L{echotwist.reactor}) in the real twistd: it serves
+the command as typed (C{twistd -n echo}, C{twist echo}, their workers),
+unless the user names another reactor, and then the echo is Twisted's own.
+Its loop is tested in memory in C{tests.test__fast_reactor}.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+
+from tests._clients import echoOnce, exchange
+from tests._tools import openedBy
+from tests._twistd import (
+    LOOPBACK,
+    SERVING_ON_ECHOTWIST,
+    SERVING_ON_EPOLL,
+    WAIT,
+    Server,
+    ServerTestCase,
+    command,
+)
+from tests.test_metrics import scrape
+
+
+def _pipes(pid: int) -> int:
+    """
+    How many of process C{pid}'s descriptors are pipes.
+    """
+    return sum(1 for target in openedBy(pid) if target.startswith("pipe:"))
+
+
+class RunTests(ServerTestCase):
+    def test_listedByTwistd(self) -> None:
+        output = subprocess.run(
+            [command("twistd"), "--help-reactors"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            cwd=self.directory,
+        ).stdout
+        self.assertRegex(output, r"echotwist\s+epoll without a logging context")
+
+    def test_servesAsTyped(self) -> None:
+        """
+        C{twistd -n echo} with no reactor named serves on echotwist's
+        reactor, and says so; large transfers and half-close work on it.
+        """
+        server = self.start()
+        server.waitFor(r"reactor class: echotwist\.reactor\.EchotwistEPollReactor")
+        server.waitFor(SERVING_ON_ECHOTWIST)
+        self.assertBulkEchoes(server, 20)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def assertBulkEchoes(self, server: Server, connections: int) -> None:
+        """
+        C{connections} clients at once each send C{server} 200,000 bytes
+        and half-close; each gets them all back, then the server's close.
+        """
+        payloads = [os.urandom(200_000) for _ in range(connections)]
+        for payload, (received, eof) in zip(
+            payloads,
+            exchange((LOOPBACK, server.port), payloads, halfClose=True),
+            strict=True,
+        ):
+            self.assertEqual((received, eof), (payload, True))
+
+    def test_smallMessagesRoundTrip(self) -> None:
+        """
+        Request and response, small messages, ten connections taking turns:
+        the reactor's plain echo answers each exactly, and the metrics
+        count every byte while the connections are still open.
+        """
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--metrics",
+            f"tcp:0:interface={LOOPBACK}",
+        )
+        server.waitFor(SERVING_ON_ECHOTWIST)
+        metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
+        clients = []
+        for _ in range(10):
+            client = socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
+            self.addCleanup(client.close)
+            clients.append(client)
+        rng = random.Random(7)
+        total = 0
+        deadline = time.monotonic() + WAIT
+        for turn in range(100):
+            for client in clients:
+                message = rng.randbytes(rng.randint(1, 3000))
+                client.sendall(message)
+                received = b""
+                while len(received) < len(message):
+                    self.assertLess(time.monotonic(), deadline, f"turn {turn}")
+                    chunk = client.recv(65536)
+                    self.assertTrue(chunk, "closed early")
+                    received += chunk
+                self.assertEqual(received, message)
+                total += len(message)
+        counted = scrape(metricsPort)
+        self.assertEqual(
+            counted[("echotwist_received_bytes_total", (("transport", "stream"),))],
+            total,
+        )
+        for client in clients:
+            client.shutdown(socket.SHUT_WR)
+            self.assertEqual(client.recv(1), b"")
+
+    def assertServesOn(self, server: Server, serving: str, workers: int = 0) -> None:
+        """
+        C{server} says it serves on the reactor C{serving} matches (and so
+        does each of its C{workers}), and echoes.
+        """
+        server.waitFor(serving)
+        for number in range(1, workers + 1):
+            server.waitFor(rf"worker {number}\] {serving}")
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"which"), b"which")
+        self.assertNotIn("Traceback", server.output)
+
+    def test_namedReactorWinsUnderTwistd(self) -> None:
+        server = self.start(reactorArgs=("--reactor", "epoll"))
+        self.assertServesOn(server, SERVING_ON_EPOLL)
+        self.assertNotIn("EchotwistEPollReactor", server.output)
+
+    def test_epollIsAPlainTwistedEcho(self) -> None:
+        """
+        Under C{--reactor epoll} the fast path is off: bulk echoes come
+        back whole through Twisted's own transport, and nothing is
+        spliced (the process never opens the pipe that echotwist's reactor
+        splices through, as it does for the same exchange).
+        """
+        for reactorArgs, serving, spliced in [
+            (("--reactor", "epoll"), SERVING_ON_EPOLL, False),
+            ((), SERVING_ON_ECHOTWIST, True),
+        ]:
+            server = self.start(reactorArgs=reactorArgs)
+            server.waitFor(serving)
+            # A first echo, not spliced: whatever the running reactor opens
+            # is open before the count.
+            self.assertEqual(echoOnce((LOOPBACK, server.port), b"first"), b"first")
+            before = _pipes(server.process.pid)
+            self.assertBulkEchoes(server, 5)
+            # The shared pipe is two descriptors, and outlives the exchange.
+            self.assertEqual(
+                _pipes(server.process.pid) - before, 2 if spliced else 0, serving
+            )
+            server.signal(signal.SIGTERM)
+            self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def test_namedEchotwistUnderTwistd(self) -> None:
+        server = self.start(reactorArgs=("--reactor", "echotwist"))
+        self.assertServesOn(server, SERVING_ON_ECHOTWIST)
+
+    def test_twistAsTyped(self) -> None:
+        """
+        Under C{twist} the tap installs echotwist's reactor and hands it to
+        twist's options, which then run it instead of installing their own
+        (ReactorAlreadyInstalledError, otherwise).
+        """
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[command("twist"), "--log-format", "text"],
+        )
+        self.assertServesOn(server, SERVING_ON_ECHOTWIST)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+
+    def test_namedReactorWinsUnderTwist(self) -> None:
+        server = self.start(
+            "echo",
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[command("twist"), "--log-format", "text", "--reactor", "epoll"],
+        )
+        self.assertServesOn(server, SERVING_ON_EPOLL)
+
+    def test_workersAsTyped(self) -> None:
+        server = self.start("--port", f"tcp:0:interface={LOOPBACK}", "--workers", "2")
+        self.assertServesOn(server, SERVING_ON_ECHOTWIST, workers=2)
+
+    def test_workersOnTheNamedReactor(self) -> None:
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--workers",
+            "2",
+            reactorArgs=("--reactor", "epoll"),
+        )
+        self.assertServesOn(server, SERVING_ON_EPOLL, workers=2)
+        self.assertNotIn("EchotwistEPollReactor", server.output)
+
+    def test_tacKeepsItsReactor(self) -> None:
+        """
+        A C{.tac} that uses echotwist serves on whatever reactor twistd
+        installs for it (Twisted's default, or the one named): only the tap
+        chooses.
+        """
+        tac = os.path.join(self.directory, "echo.tac")
+        with open(tac, "w") as f:
+            f.write(
+                "from twisted.application import service\n"
+                "from echotwist import EchoService\n"
+                "application = service.Application('echo')\n"
+                f"EchoService(['tcp:0:interface={LOOPBACK}'])"
+                ".setServiceParent(application)\n"
+            )
+        server = self.start(runner=[command("twistd"), "-n", "--pidfile=", "-y", tac])
+        self.assertServesOn(server, SERVING_ON_EPOLL)
+        # Naming it gets echotwist's, as docs/performance.rst says.
+        named = self.start(
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                "--reactor",
+                "echotwist",
+                "-y",
+                tac,
+            ]
+        )
+        self.assertServesOn(named, SERVING_ON_ECHOTWIST)

@@ -1,0 +1,102 @@
+"""
+The fast path's registration (L{echotwist._fast}): which transports a
+listener gets on which reactor, and what the loop does with each.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from echotwist._fast import (
+    PROXIED,
+    TCP,
+    TLS,
+    UDP,
+    fastPathOn,
+    loopHandlers,
+    transportFor,
+)
+from echotwist._fast.tcp import SplicingServer
+from echotwist._fast.udp import EchoPassPort
+from echotwist.reactor import EchotwistEPollReactor
+from tests._tools import requireTLS
+
+
+class _SaysFast:
+    """
+    A reactor whose class claims the fast path, without being echotwist's.
+    """
+
+    echoFastPath = True
+
+
+class _SaysSomething:
+    """
+    A reactor whose class has the attribute, but not True.
+    """
+
+    echoFastPath = 1
+
+
+class RegistrationTests(SynchronousTestCase):
+    def echotwistReactor(self) -> EchotwistEPollReactor:
+        reactor = EchotwistEPollReactor()
+        self.addCleanup(reactor._poller.close)
+        return reactor
+
+    def test_onlyOnAReactorThatSaysSo(self) -> None:
+        """
+        The fast path is on for echotwist's reactor (and any whose class
+        says C{echoFastPath = True}), off for Twisted's own, a memory
+        reactor, or a class that says something else.
+        """
+        self.assertTrue(fastPathOn(self.echotwistReactor()))
+        self.assertTrue(fastPathOn(_SaysFast()))
+        for reactor in (MemoryReactorClock(), _SaysSomething()):
+            self.assertFalse(fastPathOn(reactor), reactor)
+        self.assertFalse(fastPathOn(EPollReactor.__new__(EPollReactor)))
+
+    def test_transportsOn(self) -> None:
+        """
+        On the fast path: the splicing transport for TCP, plain or under
+        the PROXY wrapper, and the UDP port that answers in its own pass.
+        """
+        reactor = self.echotwistReactor()
+        self.assertIs(transportFor(reactor, TCP), SplicingServer)
+        self.assertIs(transportFor(reactor, PROXIED), SplicingServer)
+        self.assertIs(transportFor(reactor, UDP), EchoPassPort)
+
+    def test_tlsTransportOn(self) -> None:
+        """
+        TLS's direct send is registered too, imported only when asked (TLS
+        is an extra).
+        """
+        requireTLS()
+        from echotwist._fast.tls import DirectTLSServer
+
+        self.assertIs(transportFor(self.echotwistReactor(), TLS), DirectTLSServer)
+
+    def test_nothingOff(self) -> None:
+        """
+        Off the fast path, or for a kind it does not know, nothing: the
+        listener keeps Twisted's own.
+        """
+        for kind in (TCP, PROXIED, TLS, UDP):
+            self.assertIsNone(transportFor(MemoryReactorClock(), kind), kind)
+        self.assertIsNone(transportFor(self.echotwistReactor(), "sctp"))
+
+    def test_loopHandlers(self) -> None:
+        """
+        The loop tracks the splicing transport after an ordinary event,
+        and calls the UDP port's pass instead of its C{doRead}; nothing
+        else is registered, so any other selectable gets Twisted's
+        C{doRead}.
+        """
+        handlers = loopHandlers()
+        self.assertEqual(set(handlers), {SplicingServer, EchoPassPort})
+        self.assertTrue(handlers[SplicingServer].tracked)
+        self.assertIsNone(handlers[SplicingServer].readPass)
+        self.assertFalse(handlers[EchoPassPort].tracked)
+        self.assertEqual(handlers[EchoPassPort].readPass, EchoPassPort.readPass)
