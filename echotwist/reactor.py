@@ -106,6 +106,10 @@ class EchotwistEPollReactor(EPollReactor):
         # Connections in bulk whose reads this loop splices itself (see
         # echotwist.fastpath.bulkEcho): the transport and its Echo.
         self._bulkEchoes: dict[int, tuple[Any, Echo]] = {}
+        # TLS connections whose reads this loop echoes itself (see
+        # echotwist.tlsfast): what their transport's fastEchoFor returned,
+        # the transport first and the function that echoes a read second.
+        self._tlsEchoes: dict[int, tuple[Any, ...]] = {}
 
     def removeReader(self, reader: IReadDescriptor) -> None:
         """
@@ -116,6 +120,7 @@ class EchotwistEPollReactor(EPollReactor):
         fd = reader.fileno()
         self._plainEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         self._bulkEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
+        self._tlsEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         super().removeReader(reader)
 
     def doPoll(self, timeout: float | None) -> None:
@@ -158,6 +163,7 @@ class EchotwistEPollReactor(EPollReactor):
         readSize = DIRECT_READ_SIZE
         spliceFrom = SPLICE_FROM
         bulkEchoes = self._bulkEchoes
+        tlsEchoes = self._tlsEchoes
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:
@@ -232,6 +238,30 @@ class EchotwistEPollReactor(EPollReactor):
                         allPlain = False
                         self._track(fd, selectable)
                         continue
+                    tls = tlsEchoes.get(fd)
+                    if tls is not None and tls[0] is selectable:
+                        # A TLS echo's read (see echotwist.tlsfast).
+                        try:
+                            why = tls[1](fd, tls)
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException as e:
+                            # As Twisted's doReadOrWrite has it.
+                            log.failure(
+                                "Unhandled error in {selectable!r}",
+                                selectable=selectable,
+                            )
+                            why = e
+                        if why is True:
+                            continue
+                        allPlain = False
+                        if why is False:
+                            # Twisted's code finished it: the connection may
+                            # be anything now; look again.
+                            self._trackTLS(fd, selectable)
+                        else:
+                            self._parts.disconnectSelectable(selectable, why, True)
+                        continue
                     if type(selectable) is DatagramPort:
                         # A UDP port's pass of reads, without the wrapper
                         # of doReadOrWrite; its echoes are answered in it
@@ -252,8 +282,11 @@ class EchotwistEPollReactor(EPollReactor):
                         continue
                 allPlain = False
                 doReadOrWrite(selectable, fd, event)
-                if type(selectable) is SplicingServer:
+                kind = type(selectable)
+                if kind is SplicingServer:
                     self._track(fd, selectable)
+                elif getattr(kind, "fastEchoFor", None) is not None:
+                    self._trackTLS(fd, selectable)
             except KeyboardInterrupt:
                 raise
             except BaseException:
@@ -278,6 +311,20 @@ class EchotwistEPollReactor(EPollReactor):
             self._bulkEchoes.pop(fd, None)
         else:
             self._bulkEchoes[fd] = (transport, echo)
+
+    def _trackTLS(self, fd: int, transport: Any) -> None:
+        """
+        After an ordinary read or write of a TLS connection (or a read
+        handed back), say whether this loop echoes its next read itself
+        (see L{echotwist.tlsfast}).
+        """
+        # Not if the connection is gone meanwhile.
+        registered = self._parts.selectables.get(fd) is transport
+        entry = transport.fastEchoFor(transport) if registered else None
+        if entry is None:
+            self._tlsEchoes.pop(fd, None)
+        else:
+            self._tlsEchoes[fd] = entry
 
     def _spliceEcho(
         self, fd: int, selectable: Any, echo: Echo, pipe: tuple[int, int]

@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING
 from twisted.internet import tcp
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from echotwist._twisted import nothingQueued, writeShutDown
+from echotwist.tlsfast import EchoTLSProtocol, fastEcho
 
 if TYPE_CHECKING:
     from echotwist.connections import EchoFactory
@@ -52,8 +53,9 @@ __all__ = ["TLS_READ_SIZE", "HandshakeGate", "TLSServer", "echoTLSProtocol"]
 TLS_READ_SIZE = 24 * 1024
 
 #: The TLS protocol class for echo listeners: Twisted's own, without the
-#: write aggregation of its default (C{BufferingTLSTransport}).
-echoTLSProtocol = TLSMemoryBIOProtocol
+#: write aggregation of its default (C{BufferingTLSTransport}), following
+#: record boundaries for the loop's TLS echo (L{echotwist.tlsfast}).
+echoTLSProtocol = EchoTLSProtocol
 
 
 class TLSServer(tcp.Server):
@@ -63,6 +65,10 @@ class TLSServer(tcp.Server):
     """
 
     bufferSize = TLS_READ_SIZE
+
+    #: Whether, and how, L{echotwist.reactor.EchotwistEPollReactor} may
+    #: echo the next read in its own loop (L{echotwist.tlsfast.fastEcho}).
+    fastEchoFor = staticmethod(fastEcho)
 
     def write(self, data: bytes) -> None:
         """
