@@ -46,7 +46,14 @@ called directly; the datagram echo's port answers each datagram in that
 pass with every check of the echo's policy (see its C{readPass}), and a
 pass in which every datagram was answered counts as such an echo below.
 
-When every event of a poll was such an echo, plain, spliced or datagram, it polls
+A TLS connection's read that is one whole record of application data is
+echoed the same way, by L{echotwist.tlsfast.echoRead} on the connection's
+pyOpenSSL C{Connection}, for connections its transport's C{fastEchoFor}
+(L{echotwist.tlsfast.fastEcho}) chose after an ordinary read or write; any
+other read it hands back to Twisted's TLS protocol, and the connection is
+looked at again.
+
+When every event of a poll was such an echo, plain, spliced, TLS or datagram, it polls
 again at once instead of returning to Twisted's main loop: nothing ran
 that could have scheduled a call, stopped the reactor or queued a call
 from a thread (a thread or a signal handler wakes the reactor through its
