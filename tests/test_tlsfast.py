@@ -24,6 +24,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo
@@ -517,6 +518,28 @@ class LoopEchoTests(_LoopTestCase):
         seen, fast = self.both(scenario)
         self.assertEqual(seen, (b"I" + b"J" * 500, True))
         self.assertEqual(fast[:2], [True, False])
+
+    def test_endOfFileWithoutCloseNotify(self) -> None:
+        """
+        A client that shuts its socket's sending side without a
+        close_notify, after echoes in the loop: the loop's read finds end of
+        file and the reactor ends the connection as the transport's own
+        read would have.
+        """
+
+        def scenario(client: _Client) -> object:
+            client.echo(b"R" * 200)
+            client.socket.shutdown(socket.SHUT_WR)
+            client.until(lambda: client.eof, "the close")
+            return bytes(client.received), client.closeNotify
+
+        seen, fast = self.both(scenario)
+        self.assertEqual(seen[0], b"R" * 200)  # type: ignore[index]
+        # Over TLS, the end of the stream without a close_notify is a loss.
+        [reason] = self.reasons
+        self.assertIn("non-clean", reason)
+        self.assertEqual(fast[0], True)
+        self.assertIsInstance(fast[1], ConnectionDone)
 
     def test_badRecord(self) -> None:
         """
