@@ -47,8 +47,10 @@ The loop takes a connection (L{fastEcho}) only in the state where all of
 that is exact: the handshake is done, nothing is buffered or queued on
 either layer, neither is closing or paused, the protocol is an L{Echo}
 itself (no subclass, no wrapper) and the records received so far ended
-where a read ended.  Pausing and closing stop reading, which takes the
-connection out of the loop (see the reactor's C{removeReader}).
+where a read ended.  Pausing and closing the transport stop reading, which
+takes the connection out of the loop (see the reactor's C{removeReader});
+a TLS close keeps reading for the client's close_notify, so each read
+looks whether the TLS protocol is closing.
 """
 
 from __future__ import annotations
@@ -190,8 +192,11 @@ def echoRead(fd: int, entry: tuple[Any, ...]) -> bool | BaseException:
         size <= _HEADER
         or data[0] != _APPLICATION_DATA
         or (data[3] << 8 | data[4]) != size - _HEADER
+        or tls.disconnecting
     ):
-        # Not one whole record of application data: Twisted's path.
+        # Not one whole record of application data, or the TLS connection
+        # is closing (its close_notify sent while the transport still
+        # reads, for the client's): Twisted's path.
         tls.dataReceived(data)
         return False
     connection.bio_write(data)

@@ -413,6 +413,54 @@ class LoopEchoTests(_LoopTestCase):
         self.assertEqual(self.fast, [True] * 31)
         self.assertEqual(client.protocol.bytesEchoed, total)
 
+    def test_notBeforeTheHandshake(self) -> None:
+        """
+        A connection enters the loop's echo only once its handshake is
+        done: not while the client's hello is half sent, nor after it.
+        """
+        loop = self.loop(EchotwistEPollReactor)
+        client = _Client(loop)
+        try:
+            client.tls.do_handshake()
+        except SSL.WantReadError:
+            pass
+        hello = client.wire()
+        client.put(hello[:20])
+        client.pump()
+        self.assertFalse(self.inLoop(client))
+        client.put(hello[20:])
+        client.pump()
+        self.assertFalse(self.inLoop(client))
+        client.handshake()
+        client.echo(b"S")
+        self.assertTrue(self.inLoop(client))
+        self.assertEqual(self.fast, [True])
+
+    def test_notOnceClosing(self) -> None:
+        """
+        Once the server decided to close (its close_notify sent, the
+        client's awaited), what the client still sends is not echoed: the
+        loop hands such a read to Twisted's TLS protocol, which drops it,
+        and the connection ends when the client's close_notify comes.
+        """
+
+        def scenario(client: _Client) -> object:
+            client.echo(b"T")
+            client.protocol.closeWhenFlushed("test closes")
+            client.until(lambda: client.closeNotify, "the server's close_notify")
+            client.put(client.record(b"U" * 10))
+            for _ in range(5):
+                client.pump()
+            client.tls.shutdown()
+            client.put(client.wire())
+            client.until(lambda: client.eof, "the close")
+            return bytes(client.received)
+
+        seen, fast = self.both(scenario)
+        self.assertEqual(seen, b"T")
+        self.assertEqual(self.reasons, ["test closes"])
+        self.assertEqual(fast[:2], [True, False])
+
     def test_halfARecord(self) -> None:
         """
         A client that sends half a record and the rest later: the first
