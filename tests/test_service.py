@@ -492,12 +492,16 @@ class RealListenerTests(TestCase):
         from twisted.protocols.tls import TLSMemoryBIOProtocol
 
         from echotwist.tls import HandshakeGate, TLSServer
+        from echotwist.tlsfast import EchoTLSProtocol
 
         self.assertIs(tlsChild.port.transport, TLSServer)
         # Twisted's TLS factory, behind the handshake budget.
         gate = tlsChild.port.factory
         self.assertIsInstance(gate, HandshakeGate)
-        self.assertIs(gate.tls.protocol, TLSMemoryBIOProtocol)
+        # Twisted's TLS protocol (following record boundaries for the
+        # loop's TLS echo), not its write-aggregating BufferingTLSTransport.
+        self.assertIs(gate.tls.protocol, EchoTLSProtocol)
+        self.assertEqual(EchoTLSProtocol.__bases__, (TLSMemoryBIOProtocol,))
 
     def test_proxiedTLSTransport(self) -> None:
         """
