@@ -390,6 +390,99 @@ class TLSTests(_DoorTestCase):
         )
 
 
+class OpenSSLTests(_DoorTestCase):
+    """
+    The private names of pyOpenSSL's C{Connection} that the loop's TLS
+    echo relies on (L{echotwist._twisted.openssl}): a memory-BIO server and
+    client talking through them and through pyOpenSSL's own methods.
+    """
+
+    def setUp(self) -> None:
+        requireTLS()
+        from OpenSSL import SSL
+        from twisted.internet.ssl import PrivateCertificate
+
+        from echotwist._twisted import openssl
+
+        self.SSL = SSL
+        self.openssl = openssl
+        directory = scratchDirectory(self)
+        key, certificate = selfSignedCertificate(directory)
+        with open(key) as k, open(certificate) as c:
+            pem = k.read() + c.read()
+        context = PrivateCertificate.loadPEM(pem).options().getContext()
+        self.server = SSL.Connection(context, None)
+        self.server.set_accept_state()
+        self.client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+        self.client.set_connect_state()
+        for _ in range(10):
+            done = 0
+            for end in (self.client, self.server):
+                try:
+                    end.do_handshake()
+                    done += 1
+                except SSL.WantReadError:
+                    pass
+            self.carry(self.client, self.server)
+            self.carry(self.server, self.client)
+            if done == 2:
+                break
+
+    def carry(self, source: Any, to: Any) -> None:
+        while True:
+            try:
+                to.bio_write(source.bio_read(65536))
+            except self.SSL.WantReadError:
+                return
+
+    def test_connectionParts(self) -> None:
+        parts = self.call(
+            lambda: self.openssl.connectionParts(self.server),
+            "pyOpenSSL Connection's _ssl, _into_ssl, _from_ssl",
+        )
+        self.relies(parts is not None, "a memory-BIO Connection's _ssl and BIOs")
+        ssl, into, out = parts
+        lib, ffi = self.openssl.lib, self.openssl.ffi
+        self.client.send(b"through the parts")
+        record = self.client.bio_read(65536)
+        self.relies(
+            lib.BIO_write(into, record, len(record)) == len(record),
+            "_into_ssl being the BIO OpenSSL reads from",
+        )
+        buffer = ffi.new("char[]", 100)
+        n = lib.SSL_read(ssl, buffer, 100)
+        self.relies(
+            ffi.buffer(buffer, n)[:] == b"through the parts",
+            "_ssl being the connection's SSL object",
+        )
+        self.relies(lib.SSL_write(ssl, buffer, n) == n, "SSL_write on _ssl")
+        buffer = ffi.new("char[]", 65536)
+        k = lib.BIO_read(out, buffer, 65536)
+        self.relies(k > 0, "_from_ssl being the BIO OpenSSL writes to")
+        self.client.bio_write(ffi.buffer(buffer, k)[:])
+        self.assertEqual(self.client.recv(100), b"through the parts")
+        # A Connection on a socket has no memory BIOs.
+        plain = socket.socket()
+        self.addCleanup(plain.close)
+        onSocket = self.SSL.Connection(self.SSL.Context(self.SSL.TLS_METHOD), plain)
+        self.assertIsNone(self.openssl.connectionParts(onSocket))
+
+    def test_raiseSSLError(self) -> None:
+        ssl, _, _ = self.openssl.connectionParts(self.server)
+        buffer = self.openssl.ffi.new("char[]", 100)
+        result = self.openssl.lib.SSL_read(ssl, buffer, 100)
+        with self.assertRaises(self.SSL.WantReadError):
+            self.call(
+                lambda: self.openssl.raiseSSLError(self.server, result),
+                "pyOpenSSL Connection._raise_ssl_error",
+            )
+        self.client.shutdown()
+        self.carry(self.client, self.server)
+        result = self.openssl.lib.SSL_read(ssl, buffer, 100)
+        with self.assertRaises(self.SSL.ZeroReturnError):
+            self.openssl.raiseSSLError(self.server, result)
+
+
 class ReactorTests(_DoorTestCase):
     """
     The private internals of L{EPollReactor} and

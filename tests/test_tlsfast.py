@@ -610,6 +610,27 @@ class LoopEchoTests(_LoopTestCase):
         [reason] = self.reasons
         self.assertIn("bad record mac", reason.lower())
 
+    def test_sslWriteFails(self) -> None:
+        """
+        An echo whose SSL_write fails (here: OpenSSL's side of the TLS
+        connection shut down behind the TLS protocol's back) goes to the TLS
+        protocol's write(), which fails it the same way and ends the
+        connection with OpenSSL's error, as on Twisted's path.
+        """
+
+        def scenario(client: _Client) -> object:
+            client.echo(b"V")
+            client.protocol.transport.getHandle().shutdown()
+            client.put(client.record(b"W" * 10))
+            client.until(lambda: client.eof, "the close")
+            return bytes(client.received)
+
+        seen, fast = self.both(scenario)
+        self.assertEqual(seen, b"V")
+        self.assertEqual(fast[:2], [True, False])
+        [reason] = self.reasons
+        self.assertIn("shutdown", reason.lower())
+
     def test_renegotiationAttempt(self) -> None:
         """
         Over TLS 1.2, a client that asks to renegotiate: its hello is a

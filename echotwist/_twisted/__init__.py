@@ -15,7 +15,8 @@ slow real-twistd test.
 Checked against Twisted 24.3.0 and 26.10.0.  Nothing else in C{echotwist}
 touches a Twisted name that starts with an underscore.  What only the PROXY
 wrapper needs is in L{echotwist._twisted.haproxy}, so that Twisted's PROXY
-parsers load only where a listener needs them.  It also holds the one
+parsers load only where a listener needs them; what the loop's TLS echo
+needs of pyOpenSSL's private names, in L{echotwist._twisted.openssl}.  It also holds the one
 shim for what those releases type differently (L{orGlobalReactor}).
 """
 
