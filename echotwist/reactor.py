@@ -47,8 +47,8 @@ pass with every check of the echo's policy (see its C{readPass}), and a
 pass in which every datagram was answered counts as such an echo below.
 
 A TLS connection's read that is one whole record of application data is
-echoed the same way, by L{echotwist.tlsfast.echoRead} on the connection's
-pyOpenSSL C{Connection}, for connections its transport's C{fastEchoFor}
+echoed the same way, by L{echotwist.tlsfast.echoRead} with OpenSSL's calls
+on the connection's SSL object, for connections its transport's C{fastEchoFor}
 (L{echotwist.tlsfast.fastEcho}) chose after an ordinary read or write; any
 other read it hands back to Twisted's TLS protocol, and the connection is
 looked at again.

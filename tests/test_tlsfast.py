@@ -413,6 +413,24 @@ class LoopEchoTests(_LoopTestCase):
         self.assertEqual(self.fast, [True] * 31)
         self.assertEqual(client.protocol.bytesEchoed, total)
 
+    def test_withoutPyOpenSSLsParts(self) -> None:
+        """
+        Where the door to pyOpenSSL's private names finds them missing (a
+        pyOpenSSL that changed), no connection enters the loop's echo, and
+        Twisted's path echoes every read.
+        """
+        self.patch(tlsfast, "connectionParts", lambda connection: None)
+        loop = self.loop(EchotwistEPollReactor)
+        client = _Client(loop)
+        client.handshake()
+        for n in range(3):
+            client.echo(pattern(700, n))
+        self.assertEqual(
+            bytes(client.received), b"".join(pattern(700, n) for n in range(3))
+        )
+        self.assertFalse(self.inLoop(client))
+        self.assertEqual(self.fast, [])
+
     def test_notBeforeTheHandshake(self) -> None:
         """
         A connection enters the loop's echo only once its handshake is
