@@ -8,6 +8,7 @@
 #
 #   bash benchmarks/instructions.sh 1024 10 [twistd echo options...]
 #   bash benchmarks/instructions.sh udp 1024 10 [twistd echo options...]
+#   bash benchmarks/instructions.sh tls 1024 10 [twistd echo options...]
 #
 # With "udp" first it counts per UDP datagram: the server listens on
 # --udp udp:PORT:interface=127.0.0.1 at --udp-rate 0 (the load comes from
@@ -17,8 +18,8 @@
 # Needs valgrind, a C compiler and twistd on PATH (or TWISTD=...).
 set -eu
 transport=tcp
-if [ "${1:-}" = udp ]; then
-    transport=udp
+if [ "${1:-}" = udp ] || [ "${1:-}" = tls ]; then
+    transport=$1
     shift
 fi
 size=${1:?SIZE}; conns=${2:?CONNS}; shift 2
@@ -29,6 +30,10 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 if [ "$transport" = udp ]; then
     cc -O2 -o "$work/cudp" "$here/cudp.c"
+elif [ "$transport" = tls ]; then
+    cc -O2 -o "$work/tlsload" "$here/tlsload.c" -lssl -lcrypto -lpthread
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/key.pem" \
+        -out "$work/cert.pem" -days 2 -subj /CN=localhost 2>/dev/null
 else
     cc -O2 -o "$work/loadgen" "$here/loadgen.c"
 fi
@@ -38,6 +43,11 @@ run() {  # run SECONDS: prints "messages instructions"
     if [ "$transport" = udp ]; then
         port=$(python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         listen=(--udp "udp:$port:interface=127.0.0.1" --udp-rate 0)
+    elif [ "$transport" = tls ]; then
+        port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        listen=(--port "ssl:$port:interface=127.0.0.1:privateKey=$work/key.pem:certKey=$work/cert.pem"
+            --max-connections 0 --max-per-source 0
+            --tls-handshake-rate 0 --tls-handshakes-per-source 0)
     else
         port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         listen=(--port "tcp:$port:interface=127.0.0.1" --max-connections 0 --max-per-source 0)
@@ -52,6 +62,8 @@ run() {  # run SECONDS: prints "messages instructions"
     done
     if [ "$transport" = udp ]; then
         out=$(taskset -c 1 "$work/cudp" load "$port" "$conns" "$size" "$1")
+    elif [ "$transport" = tls ]; then
+        out=$(taskset -c 1 "$work/tlsload" echo "$port" "$conns" "$size" "$1")
     else
         out=$(taskset -c 1 "$work/loadgen" "$port" "$conns" "$size" "$1")
     fi

@@ -29,7 +29,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 
 from echotwist._address import formatAddress
-from echotwist._fast import PROXIED, TCP, TLS, UDP, transportFor
+from echotwist._fast import PROXIED, TCP, TLS, TLS_PROTOCOL, UDP, transportFor
 from echotwist._twisted import datagramPortFromDescriptor, setAcceptLogObserver
 from echotwist.connections import EchoFactory
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy, DatagramPort
@@ -297,7 +297,9 @@ class ListenerService(Service):
                 from echotwist.tls import HandshakeGate, TLSServer, echoTLSProtocol
 
                 # (Twisted before 26 types it as BufferingTLSTransport.)
-                tls.protocol = echoTLSProtocol  # type: ignore[assignment, unused-ignore]
+                tls.protocol = (  # type: ignore[assignment, unused-ignore]
+                    transportFor(port.reactor, TLS_PROTOCOL) or echoTLSProtocol
+                )
                 port.transport = transportFor(port.reactor, TLS) or TLSServer
                 if factory.shared.admission.tlsHandshakesPerSource or (
                     factory.shared.admission.tlsHandshakeRate

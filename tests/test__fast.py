@@ -5,6 +5,7 @@ listener gets on which reactor, and what the loop does with each.
 
 from __future__ import annotations
 
+from twisted.internet import tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,12 +15,14 @@ from echotwist._fast import (
     TCP,
     TLS,
     UDP,
+    LoopHandler,
     fastPathOn,
     loopHandlers,
     transportFor,
 )
 from echotwist._fast.tcp import SplicingServer
 from echotwist._fast.udp import EchoPassPort
+from echotwist.datagram import DatagramPort
 from echotwist.reactor import EchotwistEPollReactor
 from tests._tools import requireTLS
 
@@ -90,13 +93,28 @@ class RegistrationTests(SynchronousTestCase):
     def test_loopHandlers(self) -> None:
         """
         The loop tracks the splicing transport after an ordinary event,
-        and calls the UDP port's pass instead of its C{doRead}; nothing
-        else is registered, so any other selectable gets Twisted's
+        and calls the UDP port's pass instead of its C{doRead}; Twisted's
+        own transports are not registered, so they get Twisted's
         C{doRead}.
         """
         handlers = loopHandlers()
-        self.assertEqual(set(handlers), {SplicingServer, EchoPassPort})
-        self.assertTrue(handlers[SplicingServer].tracked)
-        self.assertIsNone(handlers[SplicingServer].readPass)
-        self.assertFalse(handlers[EchoPassPort].tracked)
-        self.assertEqual(handlers[EchoPassPort].readPass, EchoPassPort.readPass)
+        self.assertEqual(handlers[SplicingServer], LoopHandler(tracked=True))
+        self.assertEqual(
+            handlers[EchoPassPort], LoopHandler(readPass=EchoPassPort.readPass)
+        )
+        for kind in (tcp.Server, DatagramPort, SplicingServer.__base__):
+            self.assertNotIn(kind, handlers)
+
+    def test_tlsLoopHandler(self) -> None:
+        """
+        TLS's transport registers its loop echo when it is imported (for a
+        TLS listener: TLS is an extra), and the registry the reactor holds
+        sees it.
+        """
+        requireTLS()
+        held = loopHandlers()
+        from echotwist._fast.tls import DirectTLSServer
+        from echotwist._fast.tlsloop import fastEcho
+
+        self.assertIs(held, loopHandlers())
+        self.assertEqual(held[DirectTLSServer], LoopHandler(loopEcho=fastEcho))

@@ -25,6 +25,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.tcp import Port as TCPPort
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.udp import Port as UDPPort
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel, Request
 
@@ -40,6 +41,9 @@ from echotwist._twisted import (
     reportFailedStart,
     requestMethod,
     setAcceptLogObserver,
+    tlsReceived,
+    tlsReceiveFailed,
+    tlsSettled,
     twistdMayOpenLogFile,
     writeShutDown,
 )
@@ -48,6 +52,7 @@ from echotwist._twisted.haproxy import (
     proxyV1Parser,
     proxyV2Parser,
 )
+from tests._tools import requireTLS, scratchDirectory, selfSignedCertificate
 
 
 class _DoorTestCase(SynchronousTestCase):
@@ -250,6 +255,232 @@ class RequestMethodTests(_DoorTestCase):
             seen == [b"POST"],
             "HTTPChannel._command holding the method when Request.gotLength runs",
         )
+
+
+class _Received(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.reasons: list[Any] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.reasons.append(reason)
+
+
+class TLSProtocolPartsTests(_DoorTestCase):
+    """
+    The private state and methods of
+    L{twisted.protocols.tls.TLSMemoryBIOProtocol} that the loop's TLS echo
+    (L{echotwist._fast.tlsloop}) relies on; a real TLS server protocol on a
+    L{StringTransport} and a pyOpenSSL client on memory BIOs.
+    """
+
+    def setUp(self) -> None:
+        requireTLS()
+        from OpenSSL import SSL
+        from twisted.internet.ssl import PrivateCertificate
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        self.SSL = SSL
+        directory = scratchDirectory(self)
+        key, certificate = selfSignedCertificate(directory)
+        with open(key) as k, open(certificate) as c:
+            pem = k.read() + c.read()
+        options = PrivateCertificate.loadPEM(pem).options()
+        self.received = _Received()
+        factory = TLSMemoryBIOFactory(
+            options, False, Factory.forProtocol(lambda: self.received)
+        )
+        self.server = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.server.makeConnection(self.transport)
+        self.client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+        self.client.set_connect_state()
+
+    def fromClient(self) -> bytes:
+        out = b""
+        while True:
+            try:
+                out += self.client.bio_read(65536)
+            except self.SSL.WantReadError:
+                return out
+
+    def toClient(self) -> None:
+        data = self.transport.value()
+        self.transport.clear()
+        if data:
+            self.client.bio_write(data)
+
+    def handshake(self) -> None:
+        for _ in range(10):
+            try:
+                self.client.do_handshake()
+                self.server.dataReceived(self.fromClient())
+                self.toClient()
+                return
+            except self.SSL.WantReadError:
+                self.server.dataReceived(self.fromClient())
+                self.toClient()
+        self.fail("no handshake")
+
+    def test_tlsSettled(self) -> None:
+        settled = self.call(
+            lambda: tlsSettled(self.server),
+            "TLSMemoryBIOProtocol's _handshakeDone, _appSendBuffer,"
+            " _lostTLSConnection and _aborted",
+        )
+        self.relies(not settled, "_handshakeDone false before the handshake")
+        self.handshake()
+        self.relies(tlsSettled(self.server), "_handshakeDone once it is done")
+        self.server.write(b"held")
+        self.relies(tlsSettled(self.server), "nothing buffered after a write")
+        self.server.abortConnection()
+        self.relies(not tlsSettled(self.server), "_aborted after abortConnection")
+
+    def test_tlsReceived(self) -> None:
+        self.handshake()
+        self.client.send(b"hello")
+        self.server.getHandle().bio_write(self.fromClient())
+        self.call(
+            lambda: tlsReceived(self.server), "TLSMemoryBIOProtocol._flushReceiveBIO"
+        )
+        self.relies(
+            self.received.data == b"hello",
+            "_flushReceiveBIO delivering what OpenSSL decrypts",
+        )
+        # A close_notify: the loop answers with one and closes.
+        self.client.shutdown()
+        self.server.getHandle().bio_write(self.fromClient())
+        tlsReceived(self.server)
+        self.toClient()
+        self.relies(
+            self.transport.disconnecting,
+            "_flushReceiveBIO closing on a close_notify",
+        )
+        with self.assertRaises(self.SSL.ZeroReturnError):
+            self.client.recv(100)
+
+    def test_tlsReceiveFailed(self) -> None:
+        self.handshake()
+        self.client.send(b"x" * 100)
+        record = bytearray(self.fromClient())
+        record[-1] ^= 0xFF
+        handle = self.server.getHandle()
+        handle.bio_write(bytes(record))
+        try:
+            handle.recv(65536)
+        except self.SSL.Error:
+            self.call(
+                lambda: tlsReceiveFailed(self.server),
+                "TLSMemoryBIOProtocol._tlsShutdownFinished and _flushSendBIO",
+            )
+        else:
+            self.fail("a corrupt record decrypted")
+        self.relies(
+            self.transport.disconnecting and self.transport.value(),
+            "_tlsShutdownFinished closing after sending an alert",
+        )
+        self.server.connectionLost(Failure(ConnectionDone()))
+        [reason] = self.received.reasons
+        self.relies(
+            reason.check(self.SSL.Error),
+            "_tlsShutdownFinished keeping the failure for connectionLost",
+        )
+
+
+class OpenSSLTests(_DoorTestCase):
+    """
+    The private names of pyOpenSSL's C{Connection} that the loop's TLS
+    echo relies on (L{echotwist._twisted.openssl}): a memory-BIO server and
+    client talking through them and through pyOpenSSL's own methods.
+    """
+
+    def setUp(self) -> None:
+        requireTLS()
+        from OpenSSL import SSL
+        from twisted.internet.ssl import PrivateCertificate
+
+        from echotwist._twisted import openssl
+
+        self.SSL = SSL
+        self.openssl = openssl
+        directory = scratchDirectory(self)
+        key, certificate = selfSignedCertificate(directory)
+        with open(key) as k, open(certificate) as c:
+            pem = k.read() + c.read()
+        context = PrivateCertificate.loadPEM(pem).options().getContext()
+        self.server = SSL.Connection(context, None)
+        self.server.set_accept_state()
+        self.client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+        self.client.set_connect_state()
+        for _ in range(10):
+            done = 0
+            for end in (self.client, self.server):
+                try:
+                    end.do_handshake()
+                    done += 1
+                except SSL.WantReadError:
+                    pass
+            self.carry(self.client, self.server)
+            self.carry(self.server, self.client)
+            if done == 2:
+                break
+
+    def carry(self, source: Any, to: Any) -> None:
+        while True:
+            try:
+                to.bio_write(source.bio_read(65536))
+            except self.SSL.WantReadError:
+                return
+
+    def test_connectionParts(self) -> None:
+        parts = self.call(
+            lambda: self.openssl.connectionParts(self.server),
+            "pyOpenSSL Connection's _ssl, _into_ssl, _from_ssl",
+        )
+        self.relies(parts is not None, "a memory-BIO Connection's _ssl and BIOs")
+        ssl, into, out = parts
+        lib, ffi = self.openssl.lib, self.openssl.ffi
+        self.client.send(b"through the parts")
+        record = self.client.bio_read(65536)
+        self.relies(
+            lib.BIO_write(into, record, len(record)) == len(record),
+            "_into_ssl being the BIO OpenSSL reads from",
+        )
+        buffer = ffi.new("char[]", 100)
+        n = lib.SSL_read(ssl, buffer, 100)
+        self.relies(
+            ffi.buffer(buffer, n)[:] == b"through the parts",
+            "_ssl being the connection's SSL object",
+        )
+        self.relies(lib.SSL_write(ssl, buffer, n) == n, "SSL_write on _ssl")
+        buffer = ffi.new("char[]", 65536)
+        k = lib.BIO_read(out, buffer, 65536)
+        self.relies(k > 0, "_from_ssl being the BIO OpenSSL writes to")
+        self.client.bio_write(ffi.buffer(buffer, k)[:])
+        self.assertEqual(self.client.recv(100), b"through the parts")
+        # A Connection on a socket has no memory BIOs.
+        plain = socket.socket()
+        self.addCleanup(plain.close)
+        onSocket = self.SSL.Connection(self.SSL.Context(self.SSL.TLS_METHOD), plain)
+        self.assertIsNone(self.openssl.connectionParts(onSocket))
+
+    def test_raiseSSLError(self) -> None:
+        ssl, _, _ = self.openssl.connectionParts(self.server)
+        buffer = self.openssl.ffi.new("char[]", 100)
+        result = self.openssl.lib.SSL_read(ssl, buffer, 100)
+        with self.assertRaises(self.SSL.WantReadError):
+            self.call(
+                lambda: self.openssl.raiseSSLError(self.server, result),
+                "pyOpenSSL Connection._raise_ssl_error",
+            )
+        self.client.shutdown()
+        self.carry(self.client, self.server)
+        result = self.openssl.lib.SSL_read(ssl, buffer, 100)
+        with self.assertRaises(self.SSL.ZeroReturnError):
+            self.openssl.raiseSSLError(self.server, result)
 
 
 class ReactorTests(_DoorTestCase):

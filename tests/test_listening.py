@@ -181,13 +181,17 @@ class RealListenerTests(TestCase):
         from twisted.protocols.tls import TLSMemoryBIOProtocol
 
         from echotwist._fast.tls import DirectTLSServer
+        from echotwist._fast.tlsloop import EchoTLSProtocol
         from echotwist.tls import HandshakeGate
 
         self.assertIs(tlsChild.port.transport, DirectTLSServer)
         # Twisted's TLS factory, behind the handshake budget.
         gate = tlsChild.port.factory
         self.assertIsInstance(gate, HandshakeGate)
-        self.assertIs(gate.tls.protocol, TLSMemoryBIOProtocol)
+        # Twisted's TLS protocol (following record boundaries for the
+        # loop's TLS echo), not its write-aggregating BufferingTLSTransport.
+        self.assertIs(gate.tls.protocol, EchoTLSProtocol)
+        self.assertEqual(EchoTLSProtocol.__bases__, (TLSMemoryBIOProtocol,))
 
     def test_transportsOffTheFastPath(self) -> None:
         """
@@ -214,9 +218,12 @@ class RealListenerTests(TestCase):
         (tlsChild,) = self.start(
             f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={certificate}"
         ).listeners
+        from twisted.protocols.tls import TLSMemoryBIOProtocol
+
         from echotwist.tls import TLSServer
 
         self.assertIs(tlsChild.port.transport, TLSServer)
+        self.assertIs(tlsChild.port.factory.tls.protocol, TLSMemoryBIOProtocol)
 
     def test_proxiedTLSTransport(self) -> None:
         """

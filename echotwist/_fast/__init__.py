@@ -35,6 +35,8 @@ L{echotwist.reactor.EchotwistEPollReactor}.
     directly.
 @var PROXIED: the same under echotwist's PROXY wrapper.
 @var TLS: the TCP transport under a TLS echo listener.
+@var TLS_PROTOCOL: the TLS protocol of a TLS echo listener (Twisted's,
+    following record boundaries for the loop's TLS echo).
 @var UDP: a UDP echo listener's port.
 """
 
@@ -47,16 +49,19 @@ __all__ = [
     "PROXIED",
     "TCP",
     "TLS",
+    "TLS_PROTOCOL",
     "UDP",
     "LoopHandler",
     "fastPathOn",
     "loopHandlers",
+    "register",
     "transportFor",
 ]
 
 TCP = "tcp"
 PROXIED = "proxied"
 TLS = "tls"
+TLS_PROTOCOL = "tls-protocol"
 UDP = "udp"
 
 
@@ -73,6 +78,12 @@ def _directTLSServer() -> type[Any]:
     return DirectTLSServer
 
 
+def _recordFollowingTLS() -> type[Any]:
+    from echotwist._fast.tlsloop import EchoTLSProtocol
+
+    return EchoTLSProtocol
+
+
 def _echoPassPort() -> type[Any]:
     from echotwist._fast.udp import EchoPassPort
 
@@ -84,6 +95,7 @@ _TRANSPORTS: dict[str, Callable[[], type[Any]]] = {
     TCP: _splicingServer,
     PROXIED: _splicingServer,
     TLS: _directTLSServer,
+    TLS_PROTOCOL: _recordFollowingTLS,
     UDP: _echoPassPort,
 }
 
@@ -120,21 +132,39 @@ class LoopHandler(NamedTuple):
     @ivar tracked: after an ordinary read or write, the loop looks whether
         it echoes the selectable's next read itself (see
         L{echotwist._fast.tcp.plainEcho} and L{echotwist._fast.tcp.bulkEcho}).
+    @ivar loopEcho: after an ordinary read or write, called with the
+        selectable: None, or what the loop keeps to echo the next read
+        itself, a tuple of the selectable, then the function that echoes a
+        read (called with the descriptor and the tuple; it returns True
+        for a read echoed whole, False for one it handed back to the
+        selectable's own code, or why the connection is lost), then
+        whatever that function needs (see L{echotwist._fast.tlsloop}).
     """
 
     readPass: Callable[[Any], bool] | None = None
     tracked: bool = False
+    loopEcho: Callable[[Any], tuple[Any, ...] | None] | None = None
+
+
+#: The loop's handlers, by the selectable's exact class.
+_HANDLERS: dict[type, LoopHandler] = {}
+
+
+def register(kind: type, handler: LoopHandler) -> None:
+    """
+    Say what the loop does with a readable selectable of class C{kind}
+    (its exact class: a subclass may read otherwise).  Each of the fast
+    path's transports registers itself where it is defined, so it is
+    registered before a listener can be given it (see L{transportFor}),
+    and TLS's, an extra, is imported only for a TLS listener.
+    """
+    _HANDLERS[kind] = handler
 
 
 def loopHandlers() -> dict[type, LoopHandler]:
     """
-    The loop's handlers, by the selectable's class (its exact class: a
-    subclass may read otherwise).
+    The loop's handlers, by the selectable's exact class: the registry
+    itself, which the reactor keeps and reads as it goes (a transport
+    registered later is seen).
     """
-    from echotwist._fast.tcp import SplicingServer
-    from echotwist._fast.udp import EchoPassPort
-
-    return {
-        SplicingServer: LoopHandler(tracked=True),
-        EchoPassPort: LoopHandler(readPass=EchoPassPort.readPass),
-    }
+    return _HANDLERS

@@ -43,17 +43,25 @@ goes back to the ordinary path.  At 100 KiB x 10 that took the server's
 user-space instructions per message from about 14,500 to 6,400
 (callgrind).
 
+A TLS connection's read that is one whole record of application data is
+echoed the same way, by L{echotwist._fast.tlsloop.echoRead} on the
+connection's pyOpenSSL C{Connection}, for connections that
+L{echotwist._fast.tlsloop.fastEcho} chose after an ordinary read or write;
+any other read it hands back to Twisted's TLS protocol, and the connection
+is looked at again.
+
 Which connections and ports it treats so, it asks the fast path's
-registrations (L{echotwist._fast.loopHandlers}) by their class, once: the
-TCP transport of the fast path (L{echotwist._fast.tcp.SplicingServer}) is
-looked at after its ordinary events, and the fast path's UDP port
+registrations (L{echotwist._fast.loopHandlers}) by their class: the TCP
+transport of the fast path (L{echotwist._fast.tcp.SplicingServer}) is
+looked at after its ordinary events, and so is TLS's
+(L{echotwist._fast.tls.DirectTLSServer}); the fast path's UDP port
 (L{echotwist._fast.udp.EchoPassPort}) has its pass of reads called
 directly; that port answers each datagram in the pass with every check of
 the echo's policy (see its C{readPass}), and a pass in which every
 datagram was answered counts as such an echo below.  Anything else is
 served as Twisted's epoll reactor serves it.
 
-When every event of a poll was such an echo, plain, spliced or datagram, it polls
+When every event of a poll was such an echo, plain, spliced, TLS or datagram, it polls
 again at once instead of returning to Twisted's main loop: nothing ran
 that could have scheduled a call, stopped the reactor or queued a call
 from a thread (a thread or a signal handler wakes the reactor through its
@@ -111,15 +119,7 @@ class FastEPollReactor(EPollReactor):
         # The fast path's registrations: the classes whose pass of reads
         # this loop calls instead of doRead, and those it looks at after
         # an ordinary event.
-        handlers = loopHandlers()
-        self._readPasses = {
-            kind: handler.readPass
-            for kind, handler in handlers.items()
-            if handler.readPass is not None
-        }
-        self._tracked = frozenset(
-            kind for kind, handler in handlers.items() if handler.tracked
-        )
+        self._handlers = loopHandlers()
         # What the poll loop uses of Twisted's epoll reactor's internals,
         # through echotwist's one door to them.
         self._parts = epollParts(self)
@@ -130,6 +130,10 @@ class FastEPollReactor(EPollReactor):
         # Connections in bulk whose reads this loop splices itself (see
         # echotwist._fast.tcp.bulkEcho): the transport and its Echo.
         self._bulkEchoes: dict[int, tuple[Any, Echo]] = {}
+        # Other connections whose reads this loop echoes itself (TLS, see
+        # echotwist._fast.tlsloop): what their handler's loopEcho returned,
+        # the transport first and the function that echoes a read second.
+        self._loopEchoes: dict[int, tuple[Any, ...]] = {}
 
     def removeReader(self, reader: IReadDescriptor) -> None:
         """
@@ -140,6 +144,7 @@ class FastEPollReactor(EPollReactor):
         fd = reader.fileno()
         self._plainEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         self._bulkEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
+        self._loopEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         super().removeReader(reader)
 
     def doPoll(self, timeout: float | None) -> None:
@@ -256,9 +261,34 @@ class FastEPollReactor(EPollReactor):
                         allPlain = False
                         self._track(fd, selectable)
                         continue
+                    other = self._loopEchoes.get(fd)
+                    if other is not None and other[0] is selectable:
+                        # A TLS echo's read (see echotwist._fast.tlsloop).
+                        try:
+                            why = other[1](fd, other)
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException as e:
+                            # As Twisted's doReadOrWrite has it.
+                            log.failure(
+                                "Unhandled error in {selectable!r}",
+                                selectable=selectable,
+                            )
+                            why = e
+                        if why is True:
+                            continue
+                        allPlain = False
+                        if why is False:
+                            # Twisted's code finished it: the connection may
+                            # be anything now; look again.
+                            self._trackLoopEcho(fd, selectable)
+                        else:
+                            self._parts.disconnectSelectable(selectable, why, True)
+                        continue
                     # Looked up here, not once a poll: most polls hold
                     # only plain echoes, and a local more costs each.
-                    readPass = self._readPasses.get(type(selectable))
+                    handler = self._handlers.get(type(selectable))
+                    readPass = handler.readPass if handler is not None else None
                     if readPass is not None:
                         # A UDP port's pass of reads, without the wrapper
                         # of doReadOrWrite; its echoes are answered in it
@@ -279,8 +309,12 @@ class FastEPollReactor(EPollReactor):
                         continue
                 allPlain = False
                 doReadOrWrite(selectable, fd, event)
-                if type(selectable) in self._tracked:
-                    self._track(fd, selectable)
+                handler = self._handlers.get(type(selectable))
+                if handler is not None:
+                    if handler.tracked:
+                        self._track(fd, selectable)
+                    elif handler.loopEcho is not None:
+                        self._trackLoopEcho(fd, selectable)
             except KeyboardInterrupt:
                 raise
             except BaseException:
@@ -305,6 +339,25 @@ class FastEPollReactor(EPollReactor):
             self._bulkEchoes.pop(fd, None)
         else:
             self._bulkEchoes[fd] = (transport, echo)
+
+    def _trackLoopEcho(self, fd: int, transport: Any) -> None:
+        """
+        After an ordinary read or write of a connection whose handler has
+        a C{loopEcho} (or a read handed back), say whether this loop
+        echoes its next read itself (see L{echotwist._fast.tlsloop}).
+        """
+        handler = self._handlers.get(type(transport))
+        # Not if the connection is gone meanwhile.
+        registered = self._parts.selectables.get(fd) is transport
+        entry = (
+            handler.loopEcho(transport)
+            if registered and handler is not None and handler.loopEcho is not None
+            else None
+        )
+        if entry is None:
+            self._loopEchoes.pop(fd, None)
+        else:
+            self._loopEchoes[fd] = entry
 
     def _spliceEcho(
         self, fd: int, selectable: Any, echo: Echo, pipe: tuple[int, int]

@@ -34,6 +34,7 @@ from twisted.internet import main, tcp
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 
+from echotwist._fast import LoopHandler, register
 from echotwist._twisted import nothingQueued
 from echotwist.stream import DIRECT_READ_SIZE, Echo, passesThrough
 
@@ -343,3 +344,8 @@ def finishRead(
         return None
     protocol.partlySent(data, sent)
     return None
+
+
+# The loop looks after each ordinary event whether it echoes the next read
+# itself, plainly or by splicing (see echotwist._fast.reactor).
+register(SplicingServer, LoopHandler(tracked=True))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from errno import ENOBUFS, EWOULDBLOCK
 
+from echotwist._fast import LoopHandler, register
+from echotwist._fast.tlsloop import fastEcho
 from echotwist._twisted import nothingQueued, writeShutDown
 from echotwist.tls import TLSServer
 
@@ -64,3 +66,8 @@ class DirectTLSServer(TLSServer):
         ):
             self.producerPaused = True
             self.producer.pauseProducing()  # type: ignore[attr-defined, unused-ignore]
+
+
+# The loop echoes a whole record of application data itself, once the
+# connection is plain (see echotwist._fast.tlsloop).
+register(DirectTLSServer, LoopHandler(loopEcho=fastEcho))

@@ -15,7 +15,8 @@ slow real-twistd test.
 Checked against Twisted 24.3.0 and 26.10.0.  Nothing else in C{echotwist}
 touches a Twisted name that starts with an underscore.  What only the PROXY
 wrapper needs is in L{echotwist._twisted.haproxy}, so that Twisted's PROXY
-parsers load only where a listener needs them.  It also holds the one
+parsers load only where a listener needs them; what the loop's TLS echo
+needs of pyOpenSSL's private names, in L{echotwist._twisted.openssl}.  It also holds the one
 shim for what those releases type differently (L{orGlobalReactor}).
 """
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.logger import ILogObserver, Logger
+from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from twisted.internet.epollreactor import EPollReactor
@@ -47,6 +49,9 @@ __all__ = [
     "reportFailedStart",
     "requestMethod",
     "setAcceptLogObserver",
+    "tlsReceiveFailed",
+    "tlsReceived",
+    "tlsSettled",
     "twistdMayOpenLogFile",
     "writeShutDown",
 ]
@@ -134,6 +139,51 @@ def requestMethod(channel: Any) -> bytes | None:
     """
     method: bytes | None = getattr(channel, "_command", None)
     return method
+
+
+# -- TLS ---------------------------------------------------------------------
+
+
+def tlsSettled(protocol: Any) -> bool:
+    """
+    Whether a L{twisted.protocols.tls.TLSMemoryBIOProtocol} is in its
+    ordinary state between reads: the handshake done (the private
+    C{_handshakeDone}), no cleartext buffered for it (C{_appSendBuffer}),
+    the TLS connection neither over (C{_lostTLSConnection}) nor aborted
+    (C{_aborted}).  Bytes received in that state go to OpenSSL and straight
+    on to the receiving loop (C{dataReceived} does nothing else).  Checked
+    with Twisted 24.3.0 and 26.10.0.
+    """
+    return bool(
+        protocol._handshakeDone
+        and not protocol._appSendBuffer
+        and not protocol._lostTLSConnection
+        and not protocol._aborted
+    )
+
+
+def tlsReceived(protocol: Any) -> None:
+    """
+    Run a L{twisted.protocols.tls.TLSMemoryBIOProtocol}'s receiving loop,
+    its private C{_flushReceiveBIO}: what its C{dataReceived} does once the
+    bytes are in OpenSSL and the handshake is done (deliver what OpenSSL
+    decrypts, answer or close on what it says, then send what it has to
+    send).  Checked with Twisted 24.3.0 and 26.10.0.
+    """
+    protocol._flushReceiveBIO()
+
+
+def tlsReceiveFailed(protocol: Any) -> None:
+    """
+    Called while handling the L{OpenSSL.SSL.Error} that a
+    L{twisted.protocols.tls.TLSMemoryBIOProtocol}'s C{recv()} raised, do
+    what its receiving loop (C{_flushReceiveBIO}) does with it: end the TLS
+    connection with that failure (the private C{_tlsShutdownFinished}),
+    then send what OpenSSL has to send (C{_flushSendBIO}, an alert).
+    Checked with Twisted 24.3.0 and 26.10.0.
+    """
+    protocol._tlsShutdownFinished(Failure())
+    protocol._flushSendBIO()
 
 
 # -- the reactor -------------------------------------------------------------
