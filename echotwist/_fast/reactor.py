@@ -222,19 +222,13 @@ class FastEPollReactor(EPollReactor):
                         # may pause, close or turn to bulk, so this
                         # connection goes back to the ordinary path.
                         del plainEchoes[fd]
-                        why: BaseException | None
                         try:
                             why = finishRead(echo, data, sent)
                         except KeyboardInterrupt:
                             raise
                         except BaseException as e:
-                            # As Twisted's own loop has it: logged,
-                            # and the connection is lost.
-                            log.failure(
-                                "Unhandled error in {selectable!r}",
-                                selectable=selectable,
-                            )
-                            why = e
+                            self._failed(selectable, e)
+                            continue
                         if why:
                             self._parts.disconnectSelectable(selectable, why, True)
                         continue
@@ -249,63 +243,27 @@ class FastEPollReactor(EPollReactor):
                         except KeyboardInterrupt:
                             raise
                         except BaseException as e:
-                            # As Twisted's own loop has it: logged,
-                            # and the connection is lost.  The pipe may
-                            # hold its bytes: it goes too.
+                            # The pipe may hold its bytes: it goes too.
                             _SharedPipe.discard()
-                            log.failure(
-                                "Unhandled error in {selectable!r}",
-                                selectable=selectable,
-                            )
-                            self._parts.disconnectSelectable(selectable, e, True)
+                            self._failed(selectable, e)
                         allPlain = False
                         self._track(fd, selectable)
                         continue
                     other = self._loopEchoes.get(fd)
                     if other is not None and other[0] is selectable:
                         # A TLS echo's read (see echotwist._fast.tlsloop).
-                        try:
-                            why = other[1](fd, other)
-                        except KeyboardInterrupt:
-                            raise
-                        except BaseException as e:
-                            # As Twisted's doReadOrWrite has it.
-                            log.failure(
-                                "Unhandled error in {selectable!r}",
-                                selectable=selectable,
-                            )
-                            why = e
-                        if why is True:
-                            continue
-                        allPlain = False
-                        if why is False:
-                            # Twisted's code finished it: the connection may
-                            # be anything now; look again.
-                            self._trackLoopEcho(fd, selectable)
-                        else:
-                            self._parts.disconnectSelectable(selectable, why, True)
+                        if not self._loopEcho(fd, selectable, other):
+                            allPlain = False
                         continue
                     # Looked up here, not once a poll: most polls hold
                     # only plain echoes, and a local more costs each.
                     handler = self._handlers.get(type(selectable))
-                    readPass = handler.readPass if handler is not None else None
-                    if readPass is not None:
+                    if handler is not None and handler.readPass is not None:
                         # A UDP port's pass of reads, without the wrapper
                         # of doReadOrWrite; its echoes are answered in it
                         # (see EchoPassPort.readPass).
-                        try:
-                            if not readPass(selectable):
-                                allPlain = False
-                        except KeyboardInterrupt:
-                            raise
-                        except BaseException as e:
-                            # As Twisted's doReadOrWrite has it.
+                        if not self._readPass(selectable, handler.readPass):
                             allPlain = False
-                            log.failure(
-                                "Unhandled error in {selectable!r}",
-                                selectable=selectable,
-                            )
-                            self._parts.disconnectSelectable(selectable, e, True)
                         continue
                 allPlain = False
                 doReadOrWrite(selectable, fd, event)
@@ -321,6 +279,55 @@ class FastEPollReactor(EPollReactor):
                 allPlain = False
                 log.failure("Unhandled error in {selectable!r}", selectable=selectable)
         return allPlain
+
+    def _failed(self, selectable: Any, e: BaseException) -> None:
+        """
+        What Twisted's own loop does when handling an event raised C{e}
+        (called from the C{except} clause): logged, and the connection is
+        lost.
+        """
+        log.failure("Unhandled error in {selectable!r}", selectable=selectable)
+        self._parts.disconnectSelectable(selectable, e, True)
+
+    def _loopEcho(self, fd: int, selectable: Any, entry: tuple[Any, ...]) -> bool:
+        """
+        Echo one read of a connection the loop echoes through its handler's
+        C{loopEcho} (TLS, see L{echotwist._fast.tlsloop}).  A call more
+        than the plain echo, which a TLS record's cryptography dwarfs.
+
+        @return: whether the read was echoed whole in the loop.
+        """
+        try:
+            why = entry[1](fd, entry)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            self._failed(selectable, e)
+            return False
+        if why is True:
+            return True
+        if why is False:
+            # Twisted's code finished it: the connection may be anything
+            # now; look again.
+            self._trackLoopEcho(fd, selectable)
+        else:
+            self._parts.disconnectSelectable(selectable, why, True)
+        return False
+
+    def _readPass(self, selectable: Any, readPass: Any) -> bool:
+        """
+        Call a port's pass of reads (see L{echotwist._fast.LoopHandler}).
+
+        @return: whether every datagram of the pass was answered in it.
+        """
+        try:
+            return bool(readPass(selectable))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            # As Twisted's doReadOrWrite has it.
+            self._failed(selectable, e)
+            return False
 
     def _track(self, fd: int, transport: SplicingServer) -> None:
         """
