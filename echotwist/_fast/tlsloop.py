@@ -217,47 +217,23 @@ def echoRead(fd: int, entry: tuple[Any, ...]) -> bool | BaseException:
         tls.dataReceived(data)
         return False
     if _lib.BIO_write(into, data, size) != size:
-        # A memory BIO takes all or nothing: pyOpenSSL's own call takes
-        # it or raises as it always would.
-        connection.bio_write(data)
+        connection.bio_write(data)  # takes it, or raises as it always would
     received = _lib.SSL_read(ssl, _PLAIN, _RECEIVE)
     if received <= 0:
-        try:
-            raiseSSLError(connection, received)
-        except (WantReadError, ZeroReturnError):
-            # A record of TLS's own (a KeyUpdate, close_notify) or an
-            # empty one, taken whole: asked again, OpenSSL says the same,
-            # and the TLS protocol answers, closes or waits as always.
-            pass
-        except Error:
-            tlsReceiveFailed(tls)
-            return False
-        tlsReceived(tls)
+        _noData(tls, connection, received)
         return False
-    # What Echo.dataReceived counts.  (Its bulk mark is for the TCP
-    # splice only, which a TLS connection never takes.)
+    # What Echo.dataReceived counts (its bulk mark is for the TCP splice).
     echo.bytesEchoed += received
     written = _lib.SSL_write(ssl, _PLAIN, received)
     if written != received:
-        # A failed SSL_write took nothing (a partial one, the start): the
-        # TLS protocol's write() makes the same call with the rest, and
-        # buffers it or ends the connection, as for any echo; then its
-        # receiving loop goes on.  What the failure left in OpenSSL's
-        # error queue goes, so that the error reported is that call's
-        # alone, as on Twisted's path.
-        _lib.ERR_clear_error()
-        plain = _ffi.buffer(_PLAIN, received)[max(written, 0) :]
-        tls.write(plain)
-        tlsReceived(tls)
+        _unwritten(tls, received, written)
         return False
     ready = _lib.BIO_read(out, _CIPHER, _FLUSH)
+    if ready <= 0:
+        return True  # nothing to send (not after an SSL_write that took a record)
+    cipher = _ffi.buffer(_CIPHER, ready)
     if ready == _FLUSH:
-        cipher = _ffi.buffer(_CIPHER, ready)[:] + _drain(connection)
-    elif ready > 0:
-        cipher = _ffi.buffer(_CIPHER, ready)
-    else:
-        # Nothing to send (not after an SSL_write that took a record).
-        return True
+        cipher = cipher[:] + _drain(connection)
     try:
         sent = os.write(fd, cipher)
     except OSError:
@@ -268,6 +244,39 @@ def echoRead(fd: int, entry: tuple[Any, ...]) -> bool | BaseException:
     # connection lost), as for any write.
     transport.write(bytes(cipher[sent:]))
     return False
+
+
+def _noData(tls: Any, connection: Any, received: int) -> None:
+    """
+    A record that gave no application data to C{SSL_read} (which returned
+    C{received}): Twisted's TLS protocol takes it from there.
+    """
+    try:
+        raiseSSLError(connection, received)
+    except (WantReadError, ZeroReturnError):
+        # A record of TLS's own (a KeyUpdate, close_notify) or an empty
+        # one, taken whole: asked again, OpenSSL says the same, and the
+        # TLS protocol answers, closes or waits as always.
+        pass
+    except Error:
+        tlsReceiveFailed(tls)
+        return
+    tlsReceived(tls)
+
+
+def _unwritten(tls: Any, received: int, written: int) -> None:
+    """
+    An C{SSL_write} of the C{received} bytes decrypted that wrote
+    C{written}: the TLS protocol writes the rest.
+    """
+    # A failed SSL_write took nothing (a partial one, the start): the TLS
+    # protocol's write() makes the same call with the rest, and buffers it
+    # or ends the connection, as for any echo; then its receiving loop
+    # goes on.  What the failure left in OpenSSL's error queue goes, so
+    # that the error reported is that call's alone, as on Twisted's path.
+    _lib.ERR_clear_error()
+    tls.write(_ffi.buffer(_PLAIN, received)[max(written, 0) :])
+    tlsReceived(tls)
 
 
 def _drain(connection: Any) -> bytes:
