@@ -10,6 +10,7 @@ Twisted's own transports and loop, and that a server can do without.
     through one shared pipe; what the loop's plain echo leaves to the
     protocol) and their transport, L{echotwist._fast.tcp.SplicingServer};
   - L{echotwist._fast.tls}: TLS's direct send, L{echotwist._fast.tls.DirectTLSServer};
+  - L{echotwist._fast.tlsloop}: the loop's echo of a whole TLS record;
   - L{echotwist._fast.udp}: the UDP port that answers the datagram echo
     in its own pass of reads, L{echotwist._fast.udp.EchoPassPort}.
 
@@ -20,9 +21,11 @@ It registers in one place, this module, and is asked from two sides:
     L{UDP}) and reactor; None means Twisted's own (C{tcp.Server},
     echotwist's TLS transport with Twisted's write, echotwist's
     L{echotwist.datagram.DatagramPort}): the fast path is on only on echotwist's reactor;
-  - the reactor asks L{loopHandlers}, once, what it does for a selectable
-    of each registered class: call its read pass instead of C{doRead},
-    or look after an ordinary event whether it echoes the next read itself.
+  - the reactor reads L{loopHandlers}, the registry each of the fast
+    path's transports enters itself in where it is defined (L{register}),
+    for what it does with a selectable of that class: call its read pass
+    instead of C{doRead}, or look after an ordinary event whether it
+    echoes the next read itself.
 
 Nothing outside this package decides by a transport's class: the stream
 echo asks its transport whether it may send to it directly (a true
