@@ -174,8 +174,8 @@ class ListenerService(Service):
     (with C{_raiseSynchronously}, as C{strports.service} uses it), and this
     is that service, kept to the part echotwist uses, for one reason: its
     module, C{twisted.application.internet}, imports C{automat} for its
-    client services, 17 ms or more of the 250 ms from C{twistd -n echo} to
-    its first echo on the benchmark's machine, which a plain Twisted
+    client services, a measurable part of the time from C{twistd -n echo}
+    to its first echo (docs/performance.rst), which a plain Twisted
     C{.tac} (through C{strports}) pays and echotwist's start need not.
     """
 

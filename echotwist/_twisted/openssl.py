@@ -7,9 +7,8 @@ runs on: C{twisted[tls]}), for the loop's TLS echo
 pyOpenSSL's C{Connection} wraps each OpenSSL call in Python (argument
 checks, a fresh buffer, a copy into C{bytes}, and an error check that
 looks at three callback helpers and compares the result with seven
-constants); at a 1 KiB echo that Python is about half of the server's
-user-space instructions (callgrind: 72,800 per message through its
-methods, 37,100 calling OpenSSL directly).  So the echo calls C{SSL_read},
+constants); at a small echo that Python is about half of the server's
+user-space instructions (docs/performance.rst).  So the echo calls C{SSL_read},
 C{SSL_write}, C{BIO_write} and C{BIO_read} itself, through the
 C{cryptography} bindings pyOpenSSL itself uses
 (L{cryptography.hazmat.bindings.openssl.binding.Binding}, documented as
