@@ -69,6 +69,16 @@ DATAGRAMS_PER_READ = 32
 # tell).  As Twisted's UDP port has it.
 _READ_DONE = frozenset({EAGAIN, EWOULDBLOCK, EINTR, ECONNREFUSED})
 
+
+def _endOfReads(error: OSError) -> None:
+    """
+    Return if C{error} (from a read) ends a pass of reads quietly; raise it
+    otherwise.
+    """
+    if error.errno not in _READ_DONE:
+        raise error
+
+
 #: Source ports below this are refused (see the module docstring).
 FIRST_UNPRIVILEGED_PORT = 1024
 
@@ -329,6 +339,18 @@ class DatagramPolicy:
         self.counts: dict[str, int] = {}
         self.bytes = {"received": 0, "sent": 0}
 
+    def countAnswers(self, received: int, sent: int, answered: int) -> None:
+        """
+        Count what a pass of reads answered itself (see
+        L{DatagramPort.readPass}): the bytes of the datagrams it did not
+        hand to the protocol, the bytes it sent, and its answers.
+        """
+        counted = self.bytes
+        counted["received"] += received
+        counted["sent"] += sent
+        if answered:
+            self.counts["answered"] = self.counts.get("answered", 0) + answered
+
     def count(self, what: str) -> None:
         """
         Count one more datagram as C{what}: answered, send failed, or a
@@ -488,7 +510,7 @@ class DatagramPort(udp.Port):
         the loop guard, then C{sendto}.  A datagram from an address the
         policy has not judged yet, or one it refuses, goes to the protocol
         (which judges, counts and logs it); so does an answer C{sendto}
-        could not send.
+        could not send.  The loop guard takes the pass's time, read once.
 
         @return: whether every datagram of the pass was answered in this
             loop (nothing was refused, logged or handed on).
@@ -508,8 +530,7 @@ class DatagramPort(udp.Port):
         limiter = policy.limiter
         isLoop = policy.loops.isLoopAt
         now = policy.clock.seconds()
-        recvfrom = self.socket.recvfrom
-        sendto = self.socket.sendto
+        recvfrom, sendto = self.socket.recvfrom, self.socket.sendto
         size = self.maxPacketSize
         received = sent = answered = 0
         clean = True
@@ -518,17 +539,12 @@ class DatagramPort(udp.Port):
                 try:
                     data, addr = recvfrom(size)
                 except OSError as e:
-                    if e.errno in _READ_DONE:
-                        break
-                    raise
+                    _endOfReads(e)
+                    break
                 host, port = addr
                 verdict = verdicts.get(host)
                 try:
-                    if (
-                        port < FIRST_UNPRIVILEGED_PORT
-                        or verdict is None
-                        or verdict[0] is not None
-                    ):
+                    if port < FIRST_UNPRIVILEGED_PORT or verdict is None or verdict[0]:
                         # Refused, or not judged yet: the protocol's to do.
                         clean = False
                         echo.datagramReceived(data, addr)
@@ -558,12 +574,7 @@ class DatagramPort(udp.Port):
                     clean = False
                     log.failure("Unhandled error in {protocol!r}", protocol=echo)
         finally:
-            counted = policy.bytes
-            counted["received"] += received
-            counted["sent"] += sent
-            if answered:
-                counts = policy.counts
-                counts["answered"] = counts.get("answered", 0) + answered
+            policy.countAnswers(received, sent, answered)
         return clean
 
     def _protocolPass(self) -> None:
@@ -579,9 +590,8 @@ class DatagramPort(udp.Port):
             try:
                 data, addr = recvfrom(size)
             except OSError as e:
-                if e.errno in _READ_DONE:
-                    return
-                raise
+                _endOfReads(e)
+                return
             if scoped:
                 addr = _withScope(addr)
             try:
