@@ -18,6 +18,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist.datagram import (
+    ASK_UP_TO,
     DATAGRAMS_PER_READ,
     LOOP_KEY_BYTES,
     LOOP_TOLERANCE,
@@ -716,6 +717,45 @@ class DatagramFastPathTests(SynchronousTestCase):
         self.assertEqual(self.policy.counts, {"answered": 1, "send failed": 1})
         self.assertEqual(len(self.policy.loops), 1)  # "hello" only
 
+    def counted(self) -> _CountingReads:
+        """
+        Count the port's reads from now on.
+        """
+        real = self.port.socket
+        counting = _CountingReads(real)
+        self.port.socket = counting  # type: ignore[assignment]
+        self.addCleanup(setattr, self.port, "socket", real)
+        return counting
+
+    def test_afterAShortPassItAsksFirst(self) -> None:
+        """
+        After a pass of L{ASK_UP_TO} datagrams or fewer, the next pass asks
+        the kernel whether a datagram is queued before each read after its
+        first, and does not read into EAGAIN; after a longer one, the next
+        pass reads until EAGAIN.
+        """
+        self.judged()  # one datagram: the next pass asks
+        reads = self.counted()
+        self.send([b"%d" % n for n in range(ASK_UP_TO + 1)])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(reads.calls, ASK_UP_TO + 1)
+        self.send([b"x"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(reads.calls, ASK_UP_TO + 1 + 2)  # and its EAGAIN
+        self.assertEqual(len(self.answers()), ASK_UP_TO + 2)
+
+    def test_anEmptyDatagramEndsAnAskingPass(self) -> None:
+        """
+        The kernel says 0 for an empty datagram at the head of the queue as
+        for none: it ends an asking pass, and the next pass reads it.
+        """
+        self.judged()
+        self.send([b"a", b"", b"b"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), [b"a"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), [b"", b"b"])
+
     def test_otherProtocols(self) -> None:
         """
         A port of any other protocol hands each datagram to it.
@@ -726,6 +766,23 @@ class DatagramFastPathTests(SynchronousTestCase):
         self.assertFalse(self.port.readPass())
         self.assertEqual([d for d, _ in protocol.received], [b"a", b"b"])
         self.assertEqual(self.answers(), [])
+
+
+class _CountingReads:
+    """
+    A socket that counts the calls of its recvfrom.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        self.calls += 1
+        return self._sock.recvfrom(size)
 
 
 class _FailingSend:
