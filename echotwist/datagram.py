@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections import OrderedDict
+from array import array
 from errno import EAGAIN, ECONNREFUSED, EINTR, EWOULDBLOCK
 from typing import Any
 
@@ -39,12 +39,14 @@ from echotwist._address import DEFAULT_IPV6_PREFIX, escape, groupOf, parseHost
 from echotwist.limits import SourceRateLimiter, ThrottledLog
 
 __all__ = [
+    "ASK_UP_TO",
     "DATAGRAMS_PER_READ",
     "DATAGRAM_REFUSALS",
     "DatagramEcho",
     "DatagramPort",
     "DatagramPolicy",
     "EchoLoopGuard",
+    "LOOP_KEY_BYTES",
     "LOOP_TOLERANCE",
     "LOOP_WINDOW",
     "MAX_DATAGRAM",
@@ -68,6 +70,26 @@ DATAGRAMS_PER_READ = 32
 # the ICMP error of an earlier answer (an unconnected port has no one to
 # tell).  As Twisted's UDP port has it.
 _READ_DONE = frozenset({EAGAIN, EWOULDBLOCK, EINTR, ECONNREFUSED})
+
+#: A pass of the echo's reads that read this many datagrams or fewer makes
+#: the next pass ask before each read after its first whether a datagram
+#: is queued (see L{echotwist._fast.udp.EchoPassPort.readPass}).
+ASK_UP_TO = 2
+
+# Where FIONREAD writes the length of the datagram at the head of a
+# socket's queue (0 if none, or if it is empty): one for every port, read
+# at once after each call.
+_QUEUED = array("i", [0])
+
+
+def _endOfReads(error: OSError) -> None:
+    """
+    Return if C{error} (from a read) ends a pass of reads quietly; raise it
+    otherwise.
+    """
+    if error.errno not in _READ_DONE:
+        raise error
+
 
 #: Source ports below this are refused (see the module docstring).
 FIRST_UNPRIVILEGED_PORT = 1024
@@ -95,6 +117,14 @@ LOOP_WINDOW = 0.15
 LOOP_TOLERANCE = 2
 
 
+#: How many bytes of a datagram the loop guard's key holds (with its
+#: length and peer).  A datagram no longer than that is compared whole by
+#: its key; a longer one is hashed whole only when its key matches an
+#: answer's (see L{EchoLoopGuard}), not every time: hashing costs about
+#: three instructions a byte, a seventh of what answering 1 KiB cost.
+LOOP_KEY_BYTES = 64
+
+
 class EchoLoopGuard:
     """
     Recognise another echo server answering us: a datagram holding the
@@ -102,11 +132,24 @@ class EchoLoopGuard:
     seconds ago.  The first C{tolerance} such echoes in a row are
     answered; the next is a loop.
 
-    What is remembered is a digest (Python's keyed, per-process hash) of
-    each answer with its peer and time, in one table kept in the order of
-    sending: entries older than C{window} are dropped as new ones come,
-    and at most C{maxEntries} are kept, the oldest going first, so a flood
-    of spoofed sources costs bounded memory.  Every answer in flight is
+    What is remembered of each answer is a digest (Python's keyed,
+    per-process hash) of its peer, its length and its first
+    L{LOOP_KEY_BYTES} bytes, with its time.  A datagram no longer than
+    that is an echo if its digest is an answer's.  A longer one whose
+    digest is an answer's is then hashed whole, and remembered by that
+    too: it is an echo of an answer with the same whole bytes if there is
+    one; if not, it may hold the bytes of the answer whose start it
+    matched (those were not hashed whole), and it counts as that answer's
+    echo.  So the same bytes coming back are counted at least as often
+    as if every datagram were compared whole, and a client sending other
+    bytes that begin alike is counted one echo early at most.
+
+    Answers are kept in two tables, the newer and the older: when the
+    newer one is C{window} seconds old or holds half of C{maxEntries}, it
+    becomes the older one and the older one is dropped, so forgetting costs
+    nothing per datagram, a flood of spoofed sources costs bounded memory
+    (C{maxEntries} entries at most), and the newest C{maxEntries} / 2
+    answers at least are remembered.  Every answer in flight is
     remembered, not only the last one per peer, so several datagrams
     looping at once are each caught.
 
@@ -120,59 +163,119 @@ class EchoLoopGuard:
         clock: IReactorTime,
         window: float = LOOP_WINDOW,
         tolerance: int = LOOP_TOLERANCE,
-        maxEntries: int = 16384,
+        maxEntries: int = 32768,
     ) -> None:
         self.window = window
         self.tolerance = tolerance
         self.maxEntries = maxEntries
         self._clock = clock
-        # (host, port, digest) -> (when answered, echoes in a row before),
-        # oldest answer first.
-        self._answers: OrderedDict[tuple[str, int, int], tuple[float, int]] = (
-            OrderedDict()
-        )
+        # digest -> (when answered, echoes in a row before); the newer
+        # answers, since _since, and the older ones.
+        self._newer: dict[int, tuple[float, int]] = {}
+        self._older: dict[int, tuple[float, int]] = {}
+        self._since = clock.seconds()
 
     def __len__(self) -> int:
-        return len(self._answers)
+        """
+        How many digests are remembered within the window (one an answer,
+        two for a long one that matched another's start).
+        """
+        horizon = self._clock.seconds() - self.window
+        return len(
+            {
+                key
+                for table in (self._older, self._newer)
+                for key, entry in table.items()
+                if entry[0] >= horizon
+            }
+        )
 
     def isLoop(self, host: str, port: int, datagram: bytes) -> bool:
         """
         Whether answering C{datagram} from C{(host, port)} would keep an
         echo loop going; if not, it is remembered as answered now.
         """
-        now = self._clock.seconds()
-        answers = self._answers
-        horizon = now - self.window
-        # Forget answers past the window: each is looked at once, so this
-        # is amortised constant time.
-        while answers:
-            oldest = next(iter(answers.values()))
-            if oldest[0] >= horizon:
-                break
-            answers.popitem(last=False)
-        key = (host, port, hash(datagram))
-        entry = answers.get(key)
-        if entry is None:
-            echoes = 0
-        else:
-            echoes = entry[1] + 1
-            if echoes > self.tolerance:
-                # Unanswered, so the loop ends here; while the window
-                # lasts, more of the same from that peer are echoes still.
-                answers[key] = (entry[0], echoes)
-                return True
-            del answers[key]
-        if len(answers) >= self.maxEntries:
-            answers.popitem(last=False)
-        answers[key] = (now, echoes)
+        return self.isLoopAt(host, port, datagram, self._clock.seconds())
+
+    def isLoopAt(self, host: str, port: int, datagram: bytes, now: float) -> bool:
+        """
+        L{isLoop} at C{now}, for a caller that has the time already.
+        """
+        newer = self._newer
+        if now - self._since >= self.window or len(newer) >= self.maxEntries // 2:
+            newer = self._turn(now)
+        key = hash((host, port, len(datagram), datagram[:LOOP_KEY_BYTES]))
+        entry = newer.get(key) or self._older.get(key)
+        if entry is None or entry[0] < now - self.window:
+            newer[key] = (now, 0)
+            return False
+        if len(datagram) > LOOP_KEY_BYTES:
+            return self._isLongLoop(key, entry, host, port, datagram, now)
+        echoes = entry[1] + 1
+        if echoes > self.tolerance:
+            # Unanswered, so the loop ends here; while the window lasts
+            # (from the last answer), more of the same are echoes still.
+            newer[key] = (entry[0], echoes)
+            return True
+        newer[key] = (now, echoes)
         return False
+
+    def _isLongLoop(
+        self,
+        key: int,
+        start: tuple[float, int],
+        host: str,
+        port: int,
+        datagram: bytes,
+        now: float,
+    ) -> bool:
+        """
+        L{isLoopAt} for a datagram longer than L{LOOP_KEY_BYTES} whose key
+        C{key} is that of an answer within the window, C{start}.
+        """
+        newer = self._newer
+        whole = hash((host, port, datagram))
+        entry = newer.get(whole) or self._older.get(whole)
+        if entry is None or entry[0] < now - self.window:
+            entry = start
+        echoes = entry[1] + 1
+        if echoes > self.tolerance:
+            newer[whole] = (entry[0], echoes)
+            return True
+        newer[whole] = (now, echoes)
+        # The start's entry stays what it is, an answer of its own (so
+        # other bytes that begin alike are not echoes of each other), and
+        # stays as long as the answers that begin so.
+        newer[key] = (now, start[1])
+        return False
+
+    def _turn(self, now: float) -> dict[int, tuple[float, int]]:
+        """
+        Start a newer table; the newer one becomes the older, unless all of
+        it is past the window.
+
+        @return: the newer table.
+        """
+        # Each call turns the tables once the newer is a window old, so
+        # what it holds was answered within a window of _since.
+        self._older = self._newer if now - self._since < 2 * self.window else {}
+        newer: dict[int, tuple[float, int]] = {}
+        self._newer = newer
+        self._since = now
+        return newer
 
     def unsent(self, host: str, port: int, datagram: bytes) -> None:
         """
         Forget the answer L{isLoop} remembered: it could not be sent, so it
         cannot come back.
         """
-        self._answers.pop((host, port, hash(datagram)), None)
+        if len(datagram) > LOOP_KEY_BYTES:
+            # Only the whole: the start's entry may stand for other answers.
+            key = hash((host, port, datagram))
+        else:
+            key = hash((host, port, len(datagram), datagram))
+        self._newer.pop(key, None)
+        self._older.pop(key, None)
 
 
 def burstFor(rate: float) -> float:
@@ -235,6 +338,7 @@ class DatagramPolicy:
             of.
         """
         self.rate = rate
+        self.clock = clock
         self.ipv6Prefix = ipv6Prefix
         self.maxSources = maxSources
         # host -> what _judgeAddress said: parsing an address costs more
@@ -247,6 +351,18 @@ class DatagramPolicy:
         self.refusals = ThrottledLog(log, clock)
         self.counts: dict[str, int] = {}
         self.bytes = {"received": 0, "sent": 0}
+
+    def countAnswers(self, received: int, sent: int, answered: int) -> None:
+        """
+        Count what a pass of reads answered itself (see
+        L{echotwist._fast.udp.EchoPassPort.readPass}): the bytes of the datagrams it did not
+        hand to the protocol, the bytes it sent, and its answers.
+        """
+        counted = self.bytes
+        counted["received"] += received
+        counted["sent"] += sent
+        if answered:
+            self.counts["answered"] = self.counts.get("answered", 0) + answered
 
     def count(self, what: str) -> None:
         """
@@ -412,9 +528,8 @@ class DatagramPort(udp.Port):
             try:
                 data, addr = recvfrom(size)
             except OSError as e:
-                if e.errno in _READ_DONE:
-                    return
-                raise
+                _endOfReads(e)
+                return
             if scoped:
                 addr = _withScope(addr)
             try:

@@ -19,7 +19,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist._fast.udp import EchoPassPort
 from echotwist.datagram import (
+    ASK_UP_TO,
     DATAGRAMS_PER_READ,
+    LOOP_KEY_BYTES,
     LOOP_TOLERANCE,
     LOOP_WINDOW,
     DatagramEcho,
@@ -425,6 +427,76 @@ class EchoLoopGuardTests(SynchronousTestCase):
         guard.isLoop("192.0.2.2", 40000, b"x")
         self.assertEqual(len(guard), 1)
 
+    def test_longDatagramsThatBeginAlike(self) -> None:
+        """
+        Datagrams longer than the key's bytes that begin alike but differ
+        further on (a fixed header, a sequence number at the end) are not
+        echoes of each other, however fast they come; the same long bytes
+        coming back are.
+        """
+        guard = EchoLoopGuard(Clock())
+        start = b"h" * LOOP_KEY_BYTES
+        for n in range(100):
+            self.assertFalse(guard.isLoop("192.0.2.1", 40000, start + b"%06d" % n))
+        again = start + b"%06d" % 7
+        # Counted one echo early (see test_oneEchoEarlyAtMost).
+        verdicts = [guard.isLoop("192.0.2.1", 40000, again) for _ in range(3)]
+        self.assertEqual(verdicts, [False, True, True])
+
+    def test_aLoopOfLongDatagramsDies(self) -> None:
+        """
+        Long bytes coming back are refused at the same echo as short ones:
+        the first match of a key is counted though not compared whole.
+        """
+        for size in (LOOP_KEY_BYTES, LOOP_KEY_BYTES + 1, 65507):
+            guard = EchoLoopGuard(Clock())
+            verdicts = [guard.isLoop("192.0.2.1", 40000, b"L" * size) for _ in range(5)]
+            self.assertEqual(verdicts, [False] * (LOOP_TOLERANCE + 1) + [True] * 2)
+
+    def test_loopsOfDatagramsThatBeginAlikeDie(self) -> None:
+        """
+        Two loops at once from one peer of datagrams that begin alike, as
+        long (two spoofed datagrams an attacker chose so), whose echoes come
+        in turn: each dies as if it were alone, however they interleave.
+        """
+        b = b"s" * LOOP_KEY_BYTES + b"B"
+        c = b"s" * LOOP_KEY_BYTES + b"C"
+        guard = EchoLoopGuard(Clock())
+        answered = [d for d in [b, c] * 20 if not guard.isLoop("192.0.2.1", 7, d)]
+        self.assertLessEqual(len(answered), 2 * (LOOP_TOLERANCE + 1))
+        guard = EchoLoopGuard(Clock())
+        answered = [d for d in [b, b, c] * 20 if not guard.isLoop("192.0.2.1", 7, d)]
+        self.assertLessEqual(len(answered), 2 * (LOOP_TOLERANCE + 1))
+
+    def test_oneEchoEarlyAtMost(self) -> None:
+        """
+        The price of not hashing every datagram whole: after a datagram,
+        one that begins alike, as long, is counted as its echo, and if it is
+        then repeated it is refused one echo earlier than if compared whole;
+        the first datagram's own echoes are counted as they come.
+        """
+        guard = EchoLoopGuard(Clock())
+        first = b"a" * LOOP_KEY_BYTES + b"1"
+        other = b"a" * LOOP_KEY_BYTES + b"2"
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, first))
+        verdicts = [guard.isLoop("192.0.2.1", 40000, other) for _ in range(3)]
+        self.assertEqual(verdicts, [False, False, True])
+        verdicts = [guard.isLoop("192.0.2.1", 40000, first) for _ in range(3)]
+        self.assertEqual(verdicts, [False, False, True])
+
+    def test_isLoopAtTakesTheTimeGiven(self) -> None:
+        """
+        L{EchoLoopGuard.isLoopAt} judges at the time it is given (a pass of
+        reads looks at the clock once), not the clock's.
+        """
+        guard = EchoLoopGuard(Clock())
+        for _ in range(LOOP_TOLERANCE + 1):
+            self.assertFalse(guard.isLoopAt("192.0.2.1", 40000, b"x", 100.0))
+        self.assertTrue(guard.isLoopAt("192.0.2.1", 40000, b"x", 100.0))
+        self.assertFalse(
+            guard.isLoopAt("192.0.2.1", 40000, b"x", 100.0 + LOOP_WINDOW * 1.01)
+        )
+
 
 class _Collect(DatagramProtocol):
     def __init__(self) -> None:
@@ -648,6 +720,45 @@ class DatagramFastPathTests(SynchronousTestCase):
         self.assertEqual(self.policy.counts, {"answered": 1, "send failed": 1})
         self.assertEqual(len(self.policy.loops), 1)  # "hello" only
 
+    def counted(self) -> _CountingReads:
+        """
+        Count the port's reads from now on.
+        """
+        real = self.port.socket
+        counting = _CountingReads(real)
+        self.port.socket = counting  # type: ignore[assignment]
+        self.addCleanup(setattr, self.port, "socket", real)
+        return counting
+
+    def test_afterAShortPassItAsksFirst(self) -> None:
+        """
+        After a pass of L{ASK_UP_TO} datagrams or fewer, the next pass asks
+        the kernel whether a datagram is queued before each read after its
+        first, and does not read into EAGAIN; after a longer one, the next
+        pass reads until EAGAIN.
+        """
+        self.judged()  # one datagram: the next pass asks
+        reads = self.counted()
+        self.send([b"%d" % n for n in range(ASK_UP_TO + 1)])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(reads.calls, ASK_UP_TO + 1)
+        self.send([b"x"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(reads.calls, ASK_UP_TO + 1 + 2)  # and its EAGAIN
+        self.assertEqual(len(self.answers()), ASK_UP_TO + 2)
+
+    def test_anEmptyDatagramEndsAnAskingPass(self) -> None:
+        """
+        The kernel says 0 for an empty datagram at the head of the queue as
+        for none: it ends an asking pass, and the next pass reads it.
+        """
+        self.judged()
+        self.send([b"a", b"", b"b"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), [b"a"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), [b"", b"b"])
+
     def test_otherProtocols(self) -> None:
         """
         A port of any other protocol hands each datagram to it.
@@ -696,6 +807,23 @@ class DatagramPlainPassTests(SynchronousTestCase):
         answers = [client.recv(100, socket.MSG_DONTWAIT) for _ in sent]
         self.assertEqual(answers, sent)
         self.assertEqual(policy.counts, {"answered": len(sent)})
+
+
+class _CountingReads:
+    """
+    A socket that counts the calls of its recvfrom.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        self.calls += 1
+        return self._sock.recvfrom(size)
 
 
 class _FailingSend:

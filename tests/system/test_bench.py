@@ -417,3 +417,33 @@ class RunningTests(SynchronousTestCase):
         with socket.create_connection(("127.0.0.1", server.port), timeout=10):
             self.assertEqual(server.process.wait(10), 0)
         self.assertEqual(server.output(), f"PORT {server.port}\naccepted\n".encode())
+
+
+UDPPASS = os.path.join(os.path.dirname(BENCH), "udppass.py")
+
+
+class UDPPassTests(SynchronousTestCase):
+    """
+    benchmarks/udppass.py, which docs/performance.rst's UDP figures come
+    from, still runs: its rounds (what it counts under callgrind) answer
+    every datagram, byte for byte, or it fails; bad arguments get a usage
+    line.
+    """
+
+    def udppass(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, UDPPASS, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def test_rounds(self) -> None:
+        for size, flows in (("64", "1"), ("8192", "10")):
+            done = self.udppass("--rounds", "30", size, flows)
+            self.assertEqual((done.returncode, done.stderr), (0, ""))
+
+    def test_badArguments(self) -> None:
+        done = self.udppass("4", "1")
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("SIZE must be 8 to 65507", done.stderr)
