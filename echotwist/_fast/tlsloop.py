@@ -13,14 +13,13 @@ protocol's C{dataReceived} and its loop of C{recv()} until OpenSSL has
 nothing more (which ends in an exception), the L{Echo}'s C{dataReceived},
 the TLS protocol's C{write()} and its loop of C{send()}, and a flush of
 the memory BIO after each (another exception when it is empty) into the
-transport's C{write()}.  For a 1 KiB echo that Python is most of the
-server's work; OpenSSL's own is about a sixth (callgrind).  L{echoRead}
-does what all of that does for one whole record, in one function: read
-the socket, C{BIO_write}, C{SSL_read}, C{SSL_write}, C{BIO_read} (through
+transport's C{write()}.  For a small echo that Python is most of the
+server's work, far more than OpenSSL's own.  L{echoRead} does what all of
+that does for one whole record, in one function: read the socket,
+C{BIO_write}, C{SSL_read}, C{SSL_write}, C{BIO_read} (through
 L{echotwist._twisted.openssl}, which also turns a failed call into the
-exception pyOpenSSL's own method would raise), write the socket.  At 1 KiB
-x 10 that is 35,200 user-space instructions per message against 120,600
-through Twisted's path, and 72,800 through pyOpenSSL's methods.
+exception pyOpenSSL's own method would raise), write the socket.  What
+that saves, measured, is in docs/performance.rst.
 
 It knows the read is one whole record, and so that OpenSSL will have
 nothing left over for a second C{SSL_read}, because it follows the record
