@@ -19,7 +19,9 @@ the fast path's L{echotwist._fast.tls.DirectTLSServer} takes its place,
 which also sends at once when nothing is queued, and pauses its producer
 as soon as the kernel refuses part of a write.  L{echoTLSProtocol} is the
 TLS layer without the aggregation of small writes: an echo writes once per
-read already.
+read already; on echotwist's reactor its subclass
+L{echotwist._fast.tlsloop.EchoTLSProtocol} takes its place, which also
+follows record boundaries so that the loop may echo whole records itself.
 
 L{HandshakeGate} stands between a TLS listening port and Twisted's TLS
 factory: a connection over its source's handshake budget (see

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import tempfile
+import types
 from collections.abc import Callable
 from select import EPOLLIN
 from typing import Any
@@ -466,6 +467,23 @@ class OpenSSLTests(_DoorTestCase):
         self.addCleanup(plain.close)
         onSocket = self.SSL.Connection(self.SSL.Context(self.SSL.TLS_METHOD), plain)
         self.assertIsNone(self.openssl.connectionParts(onSocket))
+
+    def test_connectionPartsNeedTheCalls(self) -> None:
+        """
+        Where C{cryptography}'s C{lib} lacks one of the functions the echo
+        calls, L{connectionParts} says None: Twisted's path serves, rather
+        than every echo failing on an AttributeError.
+        """
+        self.assertIsNotNone(self.openssl.connectionParts(self.server))
+        lib = self.openssl.lib
+        for missing in self.openssl.CALLS:
+            self.relies(hasattr(lib, missing), f"cryptography's lib.{missing}")
+            trimmed = types.SimpleNamespace(
+                **{name: getattr(lib, name) for name in self.openssl.CALLS}
+            )
+            delattr(trimmed, missing)
+            self.patch(self.openssl, "lib", trimmed)
+            self.assertIsNone(self.openssl.connectionParts(self.server), missing)
 
     def test_raiseSSLError(self) -> None:
         ssl, _, _ = self.openssl.connectionParts(self.server)

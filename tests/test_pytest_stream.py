@@ -88,9 +88,12 @@ async def test_ipv6Loopback(serve):
 
 @pytest_twisted.ensureDeferred
 async def test_tls(serve, tmp_path):
+    from tests._tools import requireTLS, selfSignedCertificate
+
+    # Before Twisted's ssl module, which needs what it checks.
+    requireTLS()
     from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-    from tests._tools import selfSignedCertificate
     from tests._twistedclients import reactor
 
     key, certificate = selfSignedCertificate(str(tmp_path))

@@ -10,7 +10,9 @@ Twisted's own transports and loop, and that a server can do without.
     through one shared pipe; what the loop's plain echo leaves to the
     protocol) and their transport, L{echotwist._fast.tcp.SplicingServer};
   - L{echotwist._fast.tls}: TLS's direct send, L{echotwist._fast.tls.DirectTLSServer};
-  - L{echotwist._fast.tlsloop}: the loop's echo of a whole TLS record;
+  - L{echotwist._fast.tlsloop}: the TLS echo of whole records in the
+    loop, and the TLS protocol that follows record boundaries for it,
+    L{echotwist._fast.tlsloop.EchoTLSProtocol};
   - L{echotwist._fast.udp}: the UDP port that answers the datagram echo
     in its own pass of reads, L{echotwist._fast.udp.EchoPassPort}.
 

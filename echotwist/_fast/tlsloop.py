@@ -14,11 +14,12 @@ nothing more (which ends in an exception), the L{Echo}'s C{dataReceived},
 the TLS protocol's C{write()} and its loop of C{send()}, and a flush of
 the memory BIO after each (another exception when it is empty) into the
 transport's C{write()}.  For a small echo that Python is most of the
-server's work (docs/performance.rst has the count).  L{echoRead}
-does what all of that does for one whole record, in one function: read
-the socket, C{BIO_write}, C{SSL_read}, C{SSL_write}, C{BIO_read} (through
+server's work, far more than OpenSSL's own.  L{echoRead} does what all of
+that does for one whole record, in one function: read the socket,
+C{BIO_write}, C{SSL_read}, C{SSL_write}, C{BIO_read} (through
 L{echotwist._twisted.openssl}, which also turns a failed call into the
-exception pyOpenSSL's own method would raise), write the socket.
+exception pyOpenSSL's own method would raise), write the socket.  What
+that saves, measured, is in docs/performance.rst.
 
 It knows the read is one whole record, and so that OpenSSL will have
 nothing left over for a second C{SSL_read}, because it follows the record
