@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from array import array
 from errno import EAGAIN, ECONNREFUSED, EINTR, EWOULDBLOCK
 from typing import Any
 
@@ -39,7 +38,6 @@ from echotwist._address import DEFAULT_IPV6_PREFIX, escape, groupOf, parseHost
 from echotwist.limits import SourceRateLimiter, ThrottledLog
 
 __all__ = [
-    "ASK_UP_TO",
     "DATAGRAMS_PER_READ",
     "DATAGRAM_REFUSALS",
     "DatagramEcho",
@@ -51,6 +49,8 @@ __all__ = [
     "LOOP_WINDOW",
     "MAX_DATAGRAM",
     "burstFor",
+    "endOfReads",
+    "formatSource",
 ]
 
 log = Logger()
@@ -71,21 +71,12 @@ DATAGRAMS_PER_READ = 32
 # tell).  As Twisted's UDP port has it.
 _READ_DONE = frozenset({EAGAIN, EWOULDBLOCK, EINTR, ECONNREFUSED})
 
-#: A pass of the echo's reads that read this many datagrams or fewer makes
-#: the next pass ask before each read after its first whether a datagram
-#: is queued (see L{echotwist._fast.udp.EchoPassPort.readPass}).
-ASK_UP_TO = 2
 
-# Where FIONREAD writes the length of the datagram at the head of a
-# socket's queue (0 if none, or if it is empty): one for every port, read
-# at once after each call.
-_QUEUED = array("i", [0])
-
-
-def _endOfReads(error: OSError) -> None:
+def endOfReads(error: OSError) -> None:
     """
-    Return if C{error} (from a read) ends a pass of reads quietly; raise it
-    otherwise.
+    Return if C{error} (from a read of a UDP port) ends a pass of reads
+    quietly (nothing more to read, a signal, an earlier answer's ICMP
+    error), as Twisted's UDP port has it; raise it otherwise.
     """
     if error.errno not in _READ_DONE:
         raise error
@@ -320,6 +311,12 @@ class DatagramPolicy:
 
     @ivar counts: how many datagrams were answered, and refused by reason.
     @ivar bytes: bytes received in datagrams, and sent in answers.
+    @ivar verdicts: by source address (a host as the socket gives it), the
+        policy's verdict once it has judged one: the reason it refuses the
+        address (None if it answers it) and the source group it counts it
+        in; at most C{maxSources} addresses.  The fast path's pass (see
+        L{echotwist._fast.udp}) answers an address it finds here, and hands
+        any other datagram to L{DatagramEcho}.
     """
 
     def __init__(
@@ -343,7 +340,7 @@ class DatagramPolicy:
         self.maxSources = maxSources
         # host -> what _judgeAddress said: parsing an address costs more
         # than everything else a refused datagram costs together.
-        self._addresses: dict[str, tuple[str | None, str]] = {}
+        self.verdicts: dict[str, tuple[str | None, str]] = {}
         self.limiter = (
             SourceRateLimiter(rate, burstFor(rate), clock, maxSources) if rate else None
         )
@@ -382,21 +379,21 @@ class DatagramPolicy:
             an IPv4 address or an IPv6 network).
         """
         if port < FIRST_UNPRIVILEGED_PORT:
-            return "privileged source port", _formatSource(host, port)
-        judged = self._addresses.get(host)
+            return "privileged source port", formatSource(host, port)
+        judged = self.verdicts.get(host)
         if judged is None:
             judged = self._judgeAddress(host)
             # Bounded: a flood from spoofed addresses starts it afresh.
-            if len(self._addresses) >= self.maxSources:
-                self._addresses.clear()
-            self._addresses[host] = judged
+            if len(self.verdicts) >= self.maxSources:
+                self.verdicts.clear()
+            self.verdicts[host] = judged
         why, source = judged
         if why is not None:
-            return why, escape(_formatSource(host, port))
+            return why, escape(formatSource(host, port))
         if self.limiter is not None and not self.limiter.allow(source):
             return "over the rate limit", source
         if self.loops.isLoop(host, port, datagram):
-            return "echo loop", escape(_formatSource(host, port))
+            return "echo loop", escape(formatSource(host, port))
         return None, ""
 
     def _judgeAddress(self, host: str) -> tuple[str | None, str]:
@@ -474,7 +471,7 @@ class DatagramEcho(DatagramProtocol):
                 "send failed",
                 "Could not answer UDP datagram from {peer}: {error}",
                 event="datagram.send_failed",
-                peer=_formatSource(host, port),
+                peer=formatSource(host, port),
                 error=str(e),
             )
             return
@@ -528,7 +525,7 @@ class DatagramPort(udp.Port):
             try:
                 data, addr = recvfrom(size)
             except OSError as e:
-                _endOfReads(e)
+                endOfReads(e)
                 return
             if scoped:
                 addr = _withScope(addr)
@@ -554,5 +551,9 @@ def _withScope(
     return host, port, flow, scope
 
 
-def _formatSource(host: str, port: int) -> str:
+def formatSource(host: str, port: int) -> str:
+    """
+    How a datagram's source reads in a log: C{192.0.2.1:5000},
+    C{[2001:db8::1]:5000} (not escaped: see L{echotwist._address.escape}).
+    """
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

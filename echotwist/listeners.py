@@ -35,6 +35,7 @@ __all__ = [
     "DatagramListener",
     "Listener",
     "MissingExtra",
+    "descriptionFields",
     "installExtra",
     "listenBacklog",
     "parseDatagramListener",
@@ -120,7 +121,7 @@ def _tlsFilesHint(description: str, text: str) -> str | None:
     when C{certKey=} is not given.
     """
     inner = text[len(_PROXY_PREFIX) :] if text.startswith(_PROXY_PREFIX) else text
-    fields = _fields(inner)
+    fields = descriptionFields(inner)
     if fields[0] != "ssl":
         return None
     keywords = _keywords(fields[1:])
@@ -181,7 +182,7 @@ def listenBacklog(somaxconn: str = _SOMAXCONN) -> int:
     return max(1, min(_MAX_BACKLOG, cap))
 
 
-def _fields(description: str) -> list[str]:
+def descriptionFields(description: str) -> list[str]:
     """
     The colon-separated fields of an endpoint description, as Twisted splits
     them (a backslash escapes the next character), escapes kept.
@@ -251,7 +252,7 @@ def _checkNumbers(text: str) -> None:
 
     @raise ValueError: with a one-line message naming the argument.
     """
-    fields = _fields(
+    fields = descriptionFields(
         text[len(_PROXY_PREFIX) :] if text.startswith(_PROXY_PREFIX) else text
     )
     kind, arguments = fields[0], fields[1:]
@@ -286,7 +287,7 @@ def _withBacklog(description: str, backlog: int) -> str:
     C{description} with C{backlog=} added, if it is of a type that takes
     one and sets none.
     """
-    fields = _fields(description)
+    fields = descriptionFields(description)
     if fields[0] not in _BACKLOG_TYPES or any(
         field.startswith("backlog=") for field in fields[1:]
     ):

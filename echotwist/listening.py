@@ -33,7 +33,7 @@ from echotwist._fast import PROXIED, TCP, TLS, TLS_PROTOCOL, UDP, transportFor
 from echotwist._twisted import datagramPortFromDescriptor, setAcceptLogObserver
 from echotwist.connections import EchoFactory
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy, DatagramPort
-from echotwist.listeners import DatagramListener, Listener, _fields
+from echotwist.listeners import DatagramListener, Listener, descriptionFields
 from echotwist.sockets import clampSocketBuffers, setKeepalive
 from echotwist.stream import Echo
 
@@ -54,7 +54,7 @@ def _missingDirectory(description: str) -> str | None:
     """
     The directory of a C{unix:} listener's path, if it does not exist.
     """
-    fields = _fields(description)
+    fields = descriptionFields(description)
     if fields[0] == "haproxy":
         fields = fields[1:]
     if fields[0] != "unix" or len(fields) < 2:

@@ -13,23 +13,32 @@ serves on any other reactor.
 from __future__ import annotations
 
 import socket
+from array import array
 from fcntl import ioctl
 from termios import FIONREAD
 
 from echotwist._address import escape
 from echotwist._fast import LoopHandler, register
 from echotwist.datagram import (
-    _QUEUED,
-    ASK_UP_TO,
     FIRST_UNPRIVILEGED_PORT,
     DatagramEcho,
     DatagramPort,
-    _endOfReads,
-    _formatSource,
+    endOfReads,
+    formatSource,
     log,
 )
 
-__all__ = ["EchoPassPort"]
+__all__ = ["ASK_UP_TO", "EchoPassPort"]
+
+#: A pass of the echo's reads that read this many datagrams or fewer makes
+#: the next pass ask before each read after its first whether a datagram
+#: is queued (see L{EchoPassPort.readPass}).
+ASK_UP_TO = 2
+
+# Where FIONREAD writes the length of the datagram at the head of a
+# socket's queue (0 if none, or if it is empty): one for every port, read
+# at once after each call.
+_QUEUED = array("i", [0])
 
 
 class EchoPassPort(DatagramPort):
@@ -84,7 +93,7 @@ class EchoPassPort(DatagramPort):
     def _echoPass(self, echo: DatagramEcho) -> bool:
         """The pass of L{readPass} for the datagram echo over IPv4."""
         policy = echo.policy
-        verdicts, limiter = policy._addresses, policy.limiter
+        verdicts, limiter = policy.verdicts, policy.limiter
         isLoop = policy.loops.isLoopAt
         now = policy.clock.seconds()
         recvfrom, sendto = self.socket.recvfrom, self.socket.sendto
@@ -102,7 +111,7 @@ class EchoPassPort(DatagramPort):
                 try:
                     data, addr = recvfrom(size)
                 except OSError as e:
-                    _endOfReads(e)
+                    endOfReads(e)
                     break
                 host, port = addr
                 verdict = verdicts.get(host)
@@ -120,7 +129,7 @@ class EchoPassPort(DatagramPort):
                         continue
                     if isLoop(host, port, data, now):
                         clean = False
-                        echo.refused("echo loop", escape(_formatSource(host, port)))
+                        echo.refused("echo loop", escape(formatSource(host, port)))
                         continue
                     try:
                         sendto(data, addr)
