@@ -175,7 +175,7 @@ def tlsReceived(protocol: Any) -> None:
 
 def tlsReceiveFailed(protocol: Any) -> None:
     """
-    Called while handling the L{OpenSSL.SSL.Error} that a
+    Called while handling the C{OpenSSL.SSL.Error} that a
     L{twisted.protocols.tls.TLSMemoryBIOProtocol}'s C{recv()} raised, do
     what its receiving loop (C{_flushReceiveBIO}) does with it: end the TLS
     connection with that failure (the private C{_tlsShutdownFinished}),

@@ -11,7 +11,7 @@ constants); at a small echo that Python is about half of the server's
 user-space instructions (measured in docs/performance.rst).  So the echo
 calls C{SSL_read}, C{SSL_write}, C{BIO_write} and C{BIO_read} itself
 (and C{ERR_clear_error}), through the C{cryptography} bindings pyOpenSSL
-itself uses (L{cryptography.hazmat.bindings.openssl.binding.Binding},
+itself uses (C{cryptography.hazmat.bindings.openssl.binding.Binding},
 documented as their public API, though not which of OpenSSL's functions
 its C{lib} offers), on the C{SSL} object and the memory BIOs of the
 C{Connection}: its private C{_ssl}, C{_into_ssl} and C{_from_ssl}.  Any
@@ -34,7 +34,7 @@ _binding = Binding()
 ffi: Any = _binding.ffi
 lib: Any = _binding.lib
 
-#: The functions of L{lib} the loop's TLS echo calls.
+#: The functions of C{lib} the loop's TLS echo calls.
 CALLS = ("BIO_write", "SSL_read", "SSL_write", "BIO_read", "ERR_clear_error")
 
 
@@ -44,7 +44,7 @@ def connectionParts(connection: Any) -> tuple[Any, Any, Any] | None:
     BIO OpenSSL reads from and the BIO it writes to: its private C{_ssl},
     C{_into_ssl} and C{_from_ssl}.  None if it has not got them, or has
     no memory BIOs (a C{Connection} on a socket), or C{_raise_ssl_error} is
-    not there, or L{lib} lacks one of the L{CALLS} (C{cryptography} trims
+    not there, or C{lib} lacks one of the L{CALLS} (C{cryptography} trims
     its bindings now and then).  Checked with pyOpenSSL 26.4.0.
     """
     if not all(hasattr(lib, name) for name in CALLS):
