@@ -26,8 +26,6 @@ WITHOUT_OWN_MODULE = {
     "echotwist": "re-exports the public names, which every unit module imports",
     "echotwist._twisted.haproxy": "a part of the door: tests.test__twisted",
     "echotwist._twisted.openssl": "a part of the door: tests.test__twisted",
-    "echotwist._fast.tls": "tests.test_tls (DirectTLSServer), tests.test__fast_tlsloop",
-    "echotwist._fast.udp": "tests.test_datagram (DatagramFastPathTests)",
     "echotwist.reactor": "a subclass and install(), which installs a reactor:"
     " tests.system.test_reactor, in the real twistd",
     "echotwist.probe.__main__": "one call to main: tests.system.test_probe_command",

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.test__fast_tls,tests.test__fast_tlsloop -*-
 """
 TLS's direct send: the TCP transport under a TLS echo connection, on
 echotwist's reactor, sends at once when nothing is queued before (as the

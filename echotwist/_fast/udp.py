@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_datagram,tests.test__fast_reactor -*-
+# -*- test-case-name: tests.test__fast_udp,tests.test__fast_reactor -*-
 """
 The fast path of the datagram echo: a UDP port that answers the datagram
 echo in its own pass of reads, and that echotwist's reactor calls

@@ -1,0 +1,273 @@
+"""
+The fast path's UDP port (L{echotwist._fast.udp.EchoPassPort}): the
+datagram echo's own pass of reads on a real loopback socket, what it
+answers in its loop, and that every guard holds there.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from echotwist._fast.udp import ASK_UP_TO, EchoPassPort
+from echotwist.datagram import (
+    DATAGRAMS_PER_READ,
+    LOOP_TOLERANCE,
+    DatagramEcho,
+    DatagramPolicy,
+    DatagramPort,
+)
+from tests._tools import requireRoot
+from tests.test_datagram import _Collect
+
+
+class DatagramFastPathTests(SynchronousTestCase):
+    """
+    The datagram echo's own pass of reads (L{EchoPassPort.readPass}, the
+    fast path's UDP port), on a real loopback socket: what it answers in its loop, and that every
+    guard holds there, each refusal counted and logged as the protocol
+    would.
+    """
+
+    portType: type[DatagramPort] = EchoPassPort
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.listen(rate=0)
+        self.client = self.clientSocket(0)
+
+    def listen(self, rate: float) -> None:
+        self.policy = DatagramPolicy(rate=rate, clock=self.clock)
+        self.port = self.portType(
+            0, DatagramEcho(self.policy), "127.0.0.1", 65536, MemoryReactorClock()
+        )
+        self.port.startListening()
+        self.addCleanup(self.port.socket.close)
+
+    def clientSocket(self, port: int) -> socket.socket:
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(client.close)
+        client.bind(("127.0.0.1", port))
+        return client
+
+    def send(self, datagrams: list[bytes], client: socket.socket | None = None) -> None:
+        # Linux queues a loopback datagram at the receiver within sendto.
+        for datagram in datagrams:
+            (client or self.client).sendto(
+                datagram, ("127.0.0.1", self.port.getHost().port)
+            )
+
+    def answers(self, client: socket.socket | None = None) -> list[bytes]:
+        """
+        Every answer queued at C{client}.
+        """
+        found = []
+        while True:
+            try:
+                found.append((client or self.client).recv(65536, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                return found
+
+    def judged(self) -> None:
+        """
+        A first datagram from the client, which the protocol judges.
+        """
+        self.send([b"hello"])
+        self.assertFalse(self.port.readPass())
+        self.assertEqual(self.answers(), [b"hello"])
+
+    def test_answersInItsLoop(self) -> None:
+        """
+        Once the client's address is judged, a pass answers every datagram
+        itself, of any size, and counts them and their bytes.
+        """
+        self.judged()
+        sizes = [0, 1, 1024, 8193, 65507]
+        self.send([bytes([n]) * size for n, size in enumerate(sizes)])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(
+            self.answers(), [bytes([n]) * size for n, size in enumerate(sizes)]
+        )
+        self.assertEqual(self.policy.counts, {"answered": 6})
+        total = 5 + sum(sizes)
+        self.assertEqual(self.policy.bytes, {"received": total, "sent": total})
+
+    def test_overTheRate(self) -> None:
+        """
+        A datagram past its source's rate is refused in the pass, counted
+        and logged; the rest of the pass goes on.
+        """
+        self.listen(rate=10)
+        self.judged()  # the bucket's one token
+        self.clock.advance(0.1)  # one more
+        with capturedLogs() as events:
+            self.send([b"a", b"b", b"c"])
+            self.assertFalse(self.port.readPass())
+        self.assertEqual(self.answers(), [b"a"])
+        self.assertEqual(self.policy.counts, {"answered": 2, "over the rate limit": 2})
+        self.assertEqual(self.policy.bytes, {"received": 8, "sent": 6})
+        refused = [e for e in events if e.get("log_namespace") == "echotwist.datagram"]
+        self.assertEqual(refused[0]["reason"], "over the rate limit")
+        self.assertEqual(refused[0]["peer"], "127.0.0.1")
+
+    def test_fromAPrivilegedPort(self) -> None:
+        """
+        A datagram from a port below 1024 is refused, even from an address
+        already judged fit.
+        """
+        requireRoot("binding a source port below 1024")
+        self.judged()
+        low = self.lowPortClient()
+        self.send([b"storm"], low)
+        self.send([b"fine"])
+        with capturedLogs() as events:
+            self.assertFalse(self.port.readPass())
+        self.assertEqual(self.answers(low), [])
+        self.assertEqual(self.answers(), [b"fine"])
+        self.assertEqual(
+            self.policy.counts, {"answered": 2, "privileged source port": 1}
+        )
+        self.assertIn("privileged source port", [e.get("reason") for e in events])
+
+    def lowPortClient(self) -> socket.socket:
+        for port in range(1023, 900, -1):
+            try:
+                return self.clientSocket(port)
+            except OSError:
+                continue
+        raise AssertionError("no free port between 901 and 1023")
+
+    def test_echoLoop(self) -> None:
+        """
+        The same bytes back from the same peer within the window: answered
+        L{LOOP_TOLERANCE} more times, then refused as an echo loop, in the
+        pass.
+        """
+        self.judged()
+        self.send([b"ping"] * (LOOP_TOLERANCE + 3))
+        with capturedLogs() as events:
+            self.assertFalse(self.port.readPass())
+        self.assertEqual(self.answers(), [b"ping"] * (LOOP_TOLERANCE + 1))
+        self.assertEqual(
+            self.policy.counts, {"answered": LOOP_TOLERANCE + 2, "echo loop": 2}
+        )
+        self.assertIn("echo loop", [e.get("reason") for e in events])
+
+    def test_aPassReadsAtMostTheBound(self) -> None:
+        """
+        A pass answers at most L{DATAGRAMS_PER_READ} datagrams; the rest
+        wait for the next.
+        """
+        self.judged()
+        self.send([b"%d" % n for n in range(DATAGRAMS_PER_READ + 10)])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), [b"%d" % n for n in range(DATAGRAMS_PER_READ)])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(
+            self.answers(),
+            [b"%d" % n for n in range(DATAGRAMS_PER_READ, DATAGRAMS_PER_READ + 10)],
+        )
+
+    def test_sendFailed(self) -> None:
+        """
+        An answer C{sendto} cannot send goes through the transport's write,
+        and fails as the protocol counts it: not answered, forgotten by the
+        loop guard.
+        """
+        self.judged()
+        self.send([b"x"])
+        real = self.port.socket
+        self.port.socket = _FailingSend(real)  # type: ignore[assignment]
+        self.addCleanup(setattr, self.port, "socket", real)
+        with capturedLogs():
+            self.assertFalse(self.port.readPass())
+        self.assertEqual(self.policy.counts, {"answered": 1, "send failed": 1})
+        self.assertEqual(len(self.policy.loops), 1)  # "hello" only
+
+    def counted(self) -> _CountingReads:
+        """
+        Count the port's reads from now on.
+        """
+        real = self.port.socket
+        counting = _CountingReads(real)
+        self.port.socket = counting  # type: ignore[assignment]
+        self.addCleanup(setattr, self.port, "socket", real)
+        return counting
+
+    def test_afterAShortPassItAsksFirst(self) -> None:
+        """
+        After a pass of L{ASK_UP_TO} datagrams or fewer, the next pass asks
+        the kernel whether a datagram is queued before each read after its
+        first, and does not read into EAGAIN; after a longer one, the next
+        pass reads until EAGAIN.
+        """
+        self.judged()  # one datagram: the next pass asks
+        reads = self.counted()
+        self.send([b"%d" % n for n in range(ASK_UP_TO + 1)])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(reads.calls, ASK_UP_TO + 1)
+        self.send([b"x"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(reads.calls, ASK_UP_TO + 1 + 2)  # and its EAGAIN
+        self.assertEqual(len(self.answers()), ASK_UP_TO + 2)
+
+    def test_anEmptyDatagramEndsAnAskingPass(self) -> None:
+        """
+        The kernel says 0 for an empty datagram at the head of the queue as
+        for none: it ends an asking pass, and the next pass reads it.
+        """
+        self.judged()
+        self.send([b"a", b"", b"b"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), [b"a"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), [b"", b"b"])
+
+    def test_otherProtocols(self) -> None:
+        """
+        A port of any other protocol hands each datagram to it.
+        """
+        protocol = _Collect()
+        self.port.protocol = protocol
+        self.send([b"a", b"b"])
+        self.assertFalse(self.port.readPass())
+        self.assertEqual([d for d, _ in protocol.received], [b"a", b"b"])
+        self.assertEqual(self.answers(), [])
+
+
+class _CountingReads:
+    """
+    A socket that counts the calls of its recvfrom.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        self.calls += 1
+        return self._sock.recvfrom(size)
+
+
+class _FailingSend:
+    """
+    A socket whose sendto fails with ENOBUFS.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        raise OSError(errno.ENOBUFS, "No buffer space available")
