@@ -52,9 +52,13 @@ def corrupt(connection: socket.socket) -> None:
         connection.sendall(bytes(data))
 
 
+#: What the C{http} server answers to anything.
+HTTP_ANSWER = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+
+
 def http(connection: socket.socket) -> None:
     connection.recv(65536)
-    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    connection.sendall(HTTP_ANSWER)
 
 
 def discard(connection: socket.socket) -> None:
