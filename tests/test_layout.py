@@ -111,7 +111,7 @@ def _testBodies(path: str) -> Iterator[tuple[str, str]]:
                 yield ast.dump(ast.Module(body, [])), f"{node.name}.{member.name}"
 
 
-def testsWrittenTwice(root: str) -> list[list[str]]:
+def duplicatedTests(root: str) -> list[list[str]]:
     """
     The test methods under C{root} whose bodies are the same code, in
     groups, each as C{path:Class.method}.
@@ -228,7 +228,7 @@ class LayoutTests(SynchronousTestCase):
         self.assertEqual(reusedClassNames(TESTS), {})
 
     def test_noTestWrittenTwice(self) -> None:
-        self.assertEqual(testsWrittenTwice(TESTS), [])
+        self.assertEqual(duplicatedTests(TESTS), [])
 
     def test_theCheckSeesATestWrittenTwice(self) -> None:
         """
@@ -249,7 +249,7 @@ class LayoutTests(SynchronousTestCase):
                 "        self.f(1)\n"
             )
         self.assertEqual(
-            testsWrittenTwice(root), [["test_a.py:A.test_x", "test_a.py:B.test_z"]]
+            duplicatedTests(root), [["test_a.py:A.test_x", "test_a.py:B.test_z"]]
         )
 
     def test_theCheckSeesAReusedName(self) -> None:
