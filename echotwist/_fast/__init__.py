@@ -48,6 +48,7 @@ L{echotwist.reactor.EchotwistEPollReactor}.
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -70,38 +71,15 @@ TLS_PROTOCOL = "tls-protocol"
 UDP = "udp"
 
 
-def _splicingServer() -> type[Any]:
-    from echotwist._fast.tcp import SplicingServer
-
-    return SplicingServer
-
-
-def _directTLSServer() -> type[Any]:
-    # Imported only for a TLS listener: TLS is an extra.
-    from echotwist._fast.tls import DirectTLSServer
-
-    return DirectTLSServer
-
-
-def _recordFollowingTLS() -> type[Any]:
-    from echotwist._fast.tlsloop import EchoTLSProtocol
-
-    return EchoTLSProtocol
-
-
-def _echoPassPort() -> type[Any]:
-    from echotwist._fast.udp import EchoPassPort
-
-    return EchoPassPort
-
-
-#: The registrations: a listener's kind, and what gives its class.
-_TRANSPORTS: dict[str, Callable[[], type[Any]]] = {
-    TCP: _splicingServer,
-    PROXIED: _splicingServer,
-    TLS: _directTLSServer,
-    TLS_PROTOCOL: _recordFollowingTLS,
-    UDP: _echoPassPort,
+#: The registrations: a listener's kind, and the module of this package
+#: and the name of its class.  Each is imported only when asked for: TLS's
+#: need the tls extra.
+_TRANSPORTS: dict[str, tuple[str, str]] = {
+    TCP: ("tcp", "SplicingServer"),
+    PROXIED: ("tcp", "SplicingServer"),
+    TLS: ("tls", "DirectTLSServer"),
+    TLS_PROTOCOL: ("tlsloop", "EchoTLSProtocol"),
+    UDP: ("udp", "EchoPassPort"),
 }
 
 
@@ -121,10 +99,12 @@ def transportFor(reactor: object, kind: str) -> type[Any] | None:
     C{reactor}, or None: the fast path is off on that reactor, or has
     nothing for that kind, and the listener keeps Twisted's own.
     """
-    make = _TRANSPORTS.get(kind)
-    if make is None or not fastPathOn(reactor):
+    where = _TRANSPORTS.get(kind)
+    if where is None or not fastPathOn(reactor):
         return None
-    return make()
+    module, name = where
+    found: type[Any] = getattr(import_module(f"{__name__}.{module}"), name)
+    return found
 
 
 class LoopHandler(NamedTuple):

@@ -321,16 +321,7 @@ class ProbeTransportTests(ProbeTestCase):
         SIGINT ends an unbounded run with the summary, exit 0, as ping.
         """
         port = self.start().port
-        process = subprocess.Popen(
-            [command("echotwist-probe"), f"tcp:127.0.0.1:{port}", "-i", "0.05"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=_defaultSignals,
-        )
-        self.addCleanup(process.wait, WAIT)
-        self.addCleanup(lambda: process.poll() is None and process.kill())
+        process = self.interruptible(f"tcp:127.0.0.1:{port}", "-i", "0.05")
         assert process.stdout is not None
         seen = 0
         deadline = time.monotonic() + WAIT
