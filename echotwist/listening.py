@@ -3,7 +3,7 @@
 The services that run one listener each, stream or UDP: listening (a
 failure ends start-up with one line), the socket options of a TCP
 listener, the transports of TLS and, on echotwist's reactor, of the fast
-path (asked of L{echotwist._fast.transportFor}), and a log line when it
+path (asked of L{echotwist._fast.classFor}), and a log line when it
 starts and stops.
 
 What a listener description means, and how it is parsed, is
@@ -29,7 +29,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 
 from echotwist._address import formatAddress
-from echotwist._fast import PROXIED, TCP, TLS, TLS_PROTOCOL, UDP, transportFor
+from echotwist._fast import PROXIED, TCP, TLS, TLS_PROTOCOL, UDP, classFor
 from echotwist._twisted import datagramPortFromDescriptor, setAcceptLogObserver
 from echotwist.connections import EchoFactory
 from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy, DatagramPort
@@ -298,9 +298,9 @@ class ListenerService(Service):
 
                 # (Twisted before 26 types it as BufferingTLSTransport.)
                 tls.protocol = (  # type: ignore[assignment, unused-ignore]
-                    transportFor(port.reactor, TLS_PROTOCOL) or echoTLSProtocol
+                    classFor(port.reactor, TLS_PROTOCOL) or echoTLSProtocol
                 )
-                port.transport = transportFor(port.reactor, TLS) or TLSServer
+                port.transport = classFor(port.reactor, TLS) or TLSServer
                 if factory.shared.admission.tlsHandshakesPerSource or (
                     factory.shared.admission.tlsHandshakeRate
                 ):
@@ -311,7 +311,7 @@ class ListenerService(Service):
                 # TCP to Echo, directly or under the PROXY wrapper: on the
                 # fast path its connections may echo in the kernel;
                 # elsewhere they keep Twisted's tcp.Server.
-                fast = transportFor(port.reactor, PROXIED if self.proxied else TCP)
+                fast = classFor(port.reactor, PROXIED if self.proxied else TCP)
                 if fast is not None:
                     port.transport = fast
         return port
@@ -373,7 +373,7 @@ class DatagramListenerService(Service):
         # port (see DatagramPort; the fast path's on its reactor) in place
         # of Twisted's.
         listener = self.listener
-        portType: type[DatagramPort] = transportFor(self._reactor, UDP) or DatagramPort
+        portType: type[DatagramPort] = classFor(self._reactor, UDP) or DatagramPort
         if listener.fileno is not None:
             family = socket.socket(fileno=listener.fileno)
             try:

@@ -16,9 +16,9 @@ from echotwist._fast import (
     TLS,
     UDP,
     LoopHandler,
+    classFor,
     fastPathOn,
     loopHandlers,
-    transportFor,
 )
 from echotwist._fast.tcp import SplicingServer
 from echotwist._fast.udp import EchoPassPort
@@ -67,9 +67,9 @@ class RegistrationTests(SynchronousTestCase):
         the PROXY wrapper, and the UDP port that answers in its own pass.
         """
         reactor = self.echotwistReactor()
-        self.assertIs(transportFor(reactor, TCP), SplicingServer)
-        self.assertIs(transportFor(reactor, PROXIED), SplicingServer)
-        self.assertIs(transportFor(reactor, UDP), EchoPassPort)
+        self.assertIs(classFor(reactor, TCP), SplicingServer)
+        self.assertIs(classFor(reactor, PROXIED), SplicingServer)
+        self.assertIs(classFor(reactor, UDP), EchoPassPort)
 
     def test_tlsTransportOn(self) -> None:
         """
@@ -79,7 +79,7 @@ class RegistrationTests(SynchronousTestCase):
         requireTLS()
         from echotwist._fast.tls import DirectTLSServer
 
-        self.assertIs(transportFor(self.echotwistReactor(), TLS), DirectTLSServer)
+        self.assertIs(classFor(self.echotwistReactor(), TLS), DirectTLSServer)
 
     def test_nothingOff(self) -> None:
         """
@@ -87,8 +87,8 @@ class RegistrationTests(SynchronousTestCase):
         listener keeps Twisted's own.
         """
         for kind in (TCP, PROXIED, TLS, UDP):
-            self.assertIsNone(transportFor(MemoryReactorClock(), kind), kind)
-        self.assertIsNone(transportFor(self.echotwistReactor(), "sctp"))
+            self.assertIsNone(classFor(MemoryReactorClock(), kind), kind)
+        self.assertIsNone(classFor(self.echotwistReactor(), "sctp"))
 
     def test_loopHandlers(self) -> None:
         """

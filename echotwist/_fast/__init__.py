@@ -18,11 +18,13 @@ Twisted's own transports and loop, and that a server can do without.
 
 It registers in one place, this module, and is asked from two sides:
 
-  - a listener asks L{transportFor} which transport class (or UDP port
-    class) the fast path has for it, by kind (L{TCP}, L{PROXIED}, L{TLS},
-    L{UDP}) and reactor; None means Twisted's own (C{tcp.Server},
-    echotwist's TLS transport with Twisted's write, echotwist's
-    L{echotwist.datagram.DatagramPort}): the fast path is on only on echotwist's reactor;
+  - a listener asks L{classFor} which class the fast path has for it, by
+    kind (the transport for L{TCP}, L{PROXIED}, L{TLS}, the TLS protocol
+    for L{TLS_PROTOCOL}, the port for L{UDP}) and reactor; None means
+    Twisted's own (C{tcp.Server}, echotwist's TLS transport with Twisted's
+    write under C{TLSMemoryBIOProtocol}, echotwist's
+    L{echotwist.datagram.DatagramPort}): the fast path is on only on
+    echotwist's reactor;
   - the reactor reads L{loopHandlers}, the registry each of the fast
     path's transports enters itself in where it is defined (L{register}),
     for what it does with a selectable of that class: call its read pass
@@ -61,7 +63,7 @@ __all__ = [
     "fastPathOn",
     "loopHandlers",
     "register",
-    "transportFor",
+    "classFor",
 ]
 
 TCP = "tcp"
@@ -93,10 +95,10 @@ def fastPathOn(reactor: object) -> bool:
     return getattr(type(reactor), "echoFastPath", False) is True
 
 
-def transportFor(reactor: object, kind: str) -> type[Any] | None:
+def classFor(reactor: object, kind: str) -> type[Any] | None:
     """
-    The fast path's transport class for a listener of C{kind} served by
-    C{reactor}, or None: the fast path is off on that reactor, or has
+    The fast path's class for a listener's part of C{kind} (its transport,
+    TLS protocol or port) served by C{reactor}, or None: the fast path is off on that reactor, or has
     nothing for that kind, and the listener keeps Twisted's own.
     """
     where = _TRANSPORTS.get(kind)
@@ -140,7 +142,7 @@ def register(kind: type, handler: LoopHandler) -> None:
     Say what the loop does with a readable selectable of class C{kind}
     (its exact class: a subclass may read otherwise).  Each of the fast
     path's transports registers itself where it is defined, so it is
-    registered before a listener can be given it (see L{transportFor}),
+    registered before a listener can be given it (see L{classFor}),
     and TLS's, an extra, is imported only for a TLS listener.
     """
     _HANDLERS[kind] = handler
