@@ -60,10 +60,10 @@ __all__ = [
     "TLS_PROTOCOL",
     "UDP",
     "LoopHandler",
+    "classFor",
     "fastPathOn",
     "loopHandlers",
     "register",
-    "classFor",
 ]
 
 TCP = "tcp"

@@ -64,19 +64,35 @@ def jsonEvents(output: str) -> list[dict[str, object]]:
     return events
 
 
-class ScrapeTests(ServerTestCase):
-    def test_countsMatchTheTraffic(self) -> None:
-        udp = freePort(socket.SOCK_DGRAM)
+class MetricsTestCase(ServerTestCase):
+    """
+    A real twistd with an echo port and a metrics listener.
+    """
+
+    def startMetrics(self, *extra: str, **kwargs: Any) -> tuple[Server, int]:
         server = self.start(
             "--port",
             f"tcp:0:interface={LOOPBACK}",
-            "--udp",
-            f"udp:{udp}:interface={LOOPBACK}",
             "--metrics",
             f"tcp:0:interface={LOOPBACK}",
+            *extra,
+            **kwargs,
+        )
+        port = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
+        if "--workers" in extra:
+            # Both: workers start in either order, and a late one's start
+            # lines would land among the lines a test expects none in.
+            server.waitForCount(r"Worker \d serving", 2)
+        return server, port
+
+
+class ScrapeTests(MetricsTestCase):
+    def test_countsMatchTheTraffic(self) -> None:
+        udp = freePort(socket.SOCK_DGRAM)
+        server, metricsPort = self.startMetrics(
+            "--udp", f"udp:{udp}:interface={LOOPBACK}"
         )
         echoPort = server.port
-        metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
         for _ in range(20):
             payload = os.urandom(1000)
             self.assertEqual(echoOnce((LOOPBACK, echoPort), payload), payload)
@@ -113,13 +129,7 @@ class ScrapeTests(ServerTestCase):
 
         from echotwist import __version__
 
-        server = self.start(
-            "--port",
-            f"tcp:0:interface={LOOPBACK}",
-            "--metrics",
-            f"tcp:0:interface={LOOPBACK}",
-        )
-        metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
+        server, metricsPort = self.startMetrics()
         reactor = server.waitFor(r"Serving on the (\S+) reactor").group(1)
         info = {
             labels: value
@@ -175,15 +185,7 @@ class ScrapeTests(ServerTestCase):
             self.assertEqual(response.status, 200)
 
     def test_refusalsAreCounted(self) -> None:
-        server = self.start(
-            "--port",
-            f"tcp:0:interface={LOOPBACK}",
-            "--max-connections",
-            "1",
-            "--metrics",
-            f"tcp:0:interface={LOOPBACK}",
-        )
-        metricsPort = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
+        server, metricsPort = self.startMetrics("--max-connections", "1")
         held = socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
         self.addCleanup(held.close)
         server.waitFor(r" connected$")
@@ -205,27 +207,11 @@ class ScrapeTests(ServerTestCase):
         self.assertEqual(found[("echotwist_connections_open", ())], 1)
 
 
-class AbuseTests(ServerTestCase):
+class AbuseTests(MetricsTestCase):
     """
     The metrics listener of the real twistd against scrapers that leave
     early, crowd in, dawdle or post.
     """
-
-    def startMetrics(self, *extra: str, **kwargs: Any) -> tuple[Server, int]:
-        server = self.start(
-            "--port",
-            f"tcp:0:interface={LOOPBACK}",
-            "--metrics",
-            f"tcp:0:interface={LOOPBACK}",
-            *extra,
-            **kwargs,
-        )
-        port = int(server.waitFor(r"Serving metrics on \S+:(\d+)").group(1))
-        if "--workers" in extra:
-            # Both: workers start in either order, and a late one's start
-            # lines would land among the lines a test expects none in.
-            server.waitForCount(r"Worker \d serving", 2)
-        return server, port
 
     def earlyClosedScrapes(self, *extra: str) -> None:
         """
