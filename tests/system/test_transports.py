@@ -24,7 +24,7 @@ from tests._tools import (
     startHAProxy,
     withoutTLS,
 )
-from tests._twistd import LOOPBACK, WAIT, ServerTestCase, command
+from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 
 KiB = 1024
 
@@ -304,24 +304,34 @@ class IPv6Tests(ServerTestCase):
 
 
 class SystemdSocketTests(ServerTestCase):
-    def test_socketActivation(self) -> None:
-        activate = requireTool("systemd-socket-activate", "systemd")
-        port = freePort()
-        # --fdname: Twisted adopts a socket only when LISTEN_FDNAMES names
-        # it, as systemd 227 and later always do.
-        server = self.start(
+    def activated(self, description: str, address: str, *activate: str) -> Server:
+        """
+        twistd echo with C{--listen description}, started by
+        systemd-socket-activate listening on C{address} (with its options
+        C{activate}), as a systemd socket unit would.
+        """
+        tool = requireTool("systemd-socket-activate", "systemd")
+        return self.start(
             "echo",
             "--listen",
-            "systemd:domain=INET:name=echo",
+            description,
             runner=[
-                activate,
-                "--fdname=echo",
+                tool,
+                *activate,
                 "--listen",
-                f"{LOOPBACK}:{port}",
+                address,
                 command("twistd"),
                 "-n",
                 "--pidfile=",
             ],
+        )
+
+    def test_socketActivation(self) -> None:
+        port = freePort()
+        # --fdname: Twisted adopts a socket only when LISTEN_FDNAMES names
+        # it, as systemd 227 and later always do.
+        server = self.activated(
+            "systemd:domain=INET:name=echo", f"{LOOPBACK}:{port}", "--fdname=echo"
         )
         server.waitFor(r"Listening on ")
         payload = os.urandom(256 * KiB)
@@ -334,21 +344,8 @@ class SystemdSocketTests(ServerTestCase):
         LISTEN_PID but no LISTEN_FDNAMES, as sd_listen_fds(3) allows:
         index=0 still adopts the socket.
         """
-        activate = requireTool("systemd-socket-activate", "systemd")
         port = freePort()
-        server = self.start(
-            "echo",
-            "--listen",
-            "systemd:domain=INET:index=0",
-            runner=[
-                activate,
-                "--listen",
-                f"{LOOPBACK}:{port}",
-                command("twistd"),
-                "-n",
-                "--pidfile=",
-            ],
-        )
+        server = self.activated("systemd:domain=INET:index=0", f"{LOOPBACK}:{port}")
         server.waitFor(r"Listening on ")
         payload = os.urandom(256 * KiB)
         self.assertEqual(echoOnce((LOOPBACK, port), payload), payload)
@@ -363,23 +360,10 @@ class SystemdSocketTests(ServerTestCase):
         [::]; here [::1]) with domain=INET is adopted as IPv6, so the log
         shows real addresses, with a warning that the domain is wrong.
         """
-        activate = requireTool("systemd-socket-activate", "systemd")
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
             probe.bind(("::1", 0))
             port = probe.getsockname()[1]
-        server = self.start(
-            "echo",
-            "--listen",
-            "systemd:domain=INET:index=0",
-            runner=[
-                activate,
-                "--listen",
-                f"[::1]:{port}",
-                command("twistd"),
-                "-n",
-                "--pidfile=",
-            ],
-        )
+        server = self.activated("systemd:domain=INET:index=0", f"[::1]:{port}")
         server.waitFor(r"Listening on ")
         self.assertEqual(echoOnce(("::1", port), b"six"), b"six")
         server.waitFor(rf"Listening on \[::1\]:{port} \(systemd:domain=INET:index=0\)")
