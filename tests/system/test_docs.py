@@ -91,10 +91,9 @@ def builtSite() -> str:
     return html
 
 
-def helpOptions() -> list[str]:
+def helpText() -> str:
     """
-    Every option C{twistd echo --help} lists, short forms included, as
-    typed (C{-p}, C{--port}), sorted.
+    What C{twistd echo --help} prints.
     """
     result = subprocess.run(
         [command("twistd"), "echo", "--help"],
@@ -104,10 +103,18 @@ def helpOptions() -> list[str]:
         cwd=tempfile.gettempdir(),
     )
     assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def helpOptions() -> list[str]:
+    """
+    Every option C{twistd echo --help} lists, short forms included, as
+    typed (C{-p}, C{--port}), sorted.
+    """
     names = []
     # An option's own line is indented by two to six spaces; its help text
     # wraps at a deeper indent, and may start with an option name too.
-    for line in result.stdout.splitlines():
+    for line in helpText().splitlines():
         found = re.match(r"^ {2,6}(?:(-\w), )?(--[\w-]+)", line)
         if found:
             names.extend(name for name in found.groups() if name)
@@ -257,15 +264,8 @@ class ReadmeTests(SynchronousTestCase):
         README and C{twistd echo --help} give one figure for the kernel
         memory a client that never reads can pin at the defaults.
         """
-        result = subprocess.run(
-            [command("twistd"), "echo", "--help"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=tempfile.gettempdir(),
-        )
-        helpText = " ".join(result.stdout.split())
-        (fromHelp,) = re.findall(r"about (\d+) KiB of kernel memory", helpText)
+        help = " ".join(helpText().split())
+        (fromHelp,) = re.findall(r"about (\d+) KiB of kernel memory", help)
         readme = " ".join(self.text.split())
         (fromReadme,) = re.findall(r"about (\d+) KiB of kernel socket memory", readme)
         self.assertEqual(fromHelp, fromReadme)

@@ -298,7 +298,11 @@ class FreshInstallTests(SynchronousTestCase):
         )
         self.assertIn(os.path.dirname(self.bin), output)
 
-    def test_installedServerEchoes(self) -> None:
+    def installedServer(self) -> Server:
+        """
+        The installed twistd echo, on a free loopback port, without the
+        checkout on its path; killed at the end.
+        """
         server = Server(
             ("echo", "--port", "tcp:0:interface=127.0.0.1"),
             cwd=self.directory,
@@ -306,6 +310,10 @@ class FreshInstallTests(SynchronousTestCase):
             env={name: None for name in _LEAKS},
         )
         self.addCleanup(server.kill)
+        return server
+
+    def test_installedServerEchoes(self) -> None:
+        server = self.installedServer()
         self.assertEqual(
             echoOnce(("127.0.0.1", server.port), b"installed"), b"installed"
         )
@@ -317,13 +325,7 @@ class FreshInstallTests(SynchronousTestCase):
         The wheel installs the echotwist-probe command, and it measures the
         installed server.
         """
-        server = Server(
-            ("echo", "--port", "tcp:0:interface=127.0.0.1"),
-            cwd=self.directory,
-            runner=[os.path.join(self.bin, "twistd"), "-n", "--pidfile="],
-            env={name: None for name in _LEAKS},
-        )
-        self.addCleanup(server.kill)
+        server = self.installedServer()
         output = self.run_(
             os.path.join(self.bin, "echotwist-probe"),
             f"127.0.0.1:{server.port}",
