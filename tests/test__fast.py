@@ -22,6 +22,7 @@ from echotwist._fast import (
 )
 from echotwist._fast.tcp import SplicingServer
 from echotwist._fast.udp import EchoPassPort
+from echotwist._twisted import closeEpoll
 from echotwist.datagram import DatagramPort
 from echotwist.reactor import EchotwistEPollReactor
 from tests._tools import requireTLS
@@ -46,7 +47,7 @@ class _SaysSomething:
 class RegistrationTests(SynchronousTestCase):
     def echotwistReactor(self) -> EchotwistEPollReactor:
         reactor = EchotwistEPollReactor()
-        self.addCleanup(reactor._poller.close)
+        self.addCleanup(closeEpoll, reactor)
         return reactor
 
     def test_onlyOnAReactorThatSaysSo(self) -> None:

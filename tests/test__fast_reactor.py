@@ -34,6 +34,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from echotwist import Echo
 from echotwist._fast.tcp import SplicingServer
 from echotwist._fast.udp import EchoPassPort
+from echotwist._twisted import closeEpoll, epollParts, justStopped
 from echotwist.datagram import LOOP_TOLERANCE, DatagramEcho, DatagramPolicy
 from echotwist.reactor import EchotwistEPollReactor
 from tests._twistd import WAIT
@@ -369,7 +370,7 @@ class _Readable(FileDescriptor):
 class PollTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = EchotwistEPollReactor()
-        self.addCleanup(self.reactor._poller.close)
+        self.addCleanup(closeEpoll, self.reactor)
 
     def readable(self, fail: bool) -> _Readable:
         ours, theirs = socket.socketpair()
@@ -378,7 +379,9 @@ class PollTests(SynchronousTestCase):
         theirs.sendall(b"x")
         selectable = _Readable(self.reactor, ours, fail)
         self.reactor.addReader(selectable)
-        self.addCleanup(lambda: self.reactor._selectables.pop(ours.fileno(), None))
+        self.addCleanup(
+            lambda: epollParts(self.reactor).selectables.pop(ours.fileno(), None)
+        )
         return selectable
 
     def test_readsAndSurvivesAnError(self) -> None:
@@ -407,7 +410,7 @@ class DatagramPollTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = EchotwistEPollReactor()
-        self.addCleanup(self.reactor._poller.close)
+        self.addCleanup(closeEpoll, self.reactor)
         self.policy = DatagramPolicy(rate=0, clock=Clock())
         self.port = EchoPassPort(
             0, DatagramEcho(self.policy), "127.0.0.1", 65536, self.reactor
@@ -497,11 +500,11 @@ class PlainPollTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.reactor = EchotwistEPollReactor()
-        self.addCleanup(self.reactor._poller.close)
+        self.addCleanup(closeEpoll, self.reactor)
         self.echo = _PlainEcho()
         self.transport = object()
         # fd 1000: a plain echo; fd 1001: anything else (counts its reads).
-        self.reactor._selectables[1000] = self.transport
+        epollParts(self.reactor).selectables[1000] = self.transport
         self.reactor._plainEchoes[1000] = (
             self.transport,
             self.echo,
@@ -509,8 +512,8 @@ class PlainPollTests(SynchronousTestCase):
             self.echo.write,
         )
         self.otherReads: list[int] = []
-        self.reactor._selectables[1001] = _Counting(self.otherReads)
-        self.addCleanup(self.reactor._selectables.clear)
+        epollParts(self.reactor).selectables[1001] = _Counting(self.otherReads)
+        self.addCleanup(epollParts(self.reactor).selectables.clear)
 
     def script(self, *polls: list[tuple[int, int]]) -> _ScriptedPoller:
         poller = _ScriptedPoller(self.reactor, list(polls))
@@ -577,7 +580,7 @@ class PlainPollTests(SynchronousTestCase):
         # As if running (stop() refuses otherwise); it never runs here.
         self.reactor._stopped = False
         self.reactor.doPoll(None)
-        self.assertTrue(self.reactor._justStopped)
+        self.assertTrue(justStopped(self.reactor))
         self.assertEqual(len(poller.timeouts), 2)
 
     def test_callFromThreadReturns(self) -> None:

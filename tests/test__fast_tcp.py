@@ -28,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo, EchoService, stream
 from echotwist._fast import tcp as fastpath
+from echotwist._twisted import closeEpoll
 from echotwist.listening import ListenerFactory
 from echotwist.reactor import EchotwistEPollReactor
 from tests._tools import scratchDirectory, selfSignedCertificate
@@ -123,7 +124,7 @@ class Loopback:
         reactor.disconnectAll()
         for call in reactor.getDelayedCalls():
             call.cancel()
-        reactor._poller.close()
+        closeEpoll(reactor)
 
     def iterate(self) -> None:
         self.reactor.iterate(0)
@@ -501,7 +502,7 @@ class NotSplicedTests(SynchronousTestCase):
             logConnections=False,
         )
         service.privilegedStartService()
-        self.addCleanup(reactor._poller.close)
+        self.addCleanup(closeEpoll, reactor)
         self.addCleanup(reactor.disconnectAll)
         ports = [listener.port for listener in service.listeners]  # type: ignore[attr-defined]
         self.assertEqual(len(ports), 2)

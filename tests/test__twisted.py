@@ -32,6 +32,7 @@ from twisted.web.http import HTTPChannel, Request
 
 from echotwist._twisted import (
     FOREGROUND_REPORT,
+    closeEpoll,
     datagramPortFromDescriptor,
     epollParts,
     exitSignal,
@@ -548,9 +549,15 @@ class ReactorTests(_DoorTestCase):
             "_disconnectSelectable removing the reader and losing it",
         )
 
+    def test_closeEpoll(self) -> None:
+        reactor = EPollReactor()
+        epoll = epollParts(reactor).poll.__self__
+        self.call(lambda: closeEpoll(reactor), "EPollReactor._poller")
+        self.relies(epoll.closed, "EPollReactor._poller being its epoll object")
+
     def test_justStopped(self) -> None:
         reactor = EPollReactor()
-        self.addCleanup(epollParts(reactor).poll.__self__.close)
+        self.addCleanup(closeEpoll, reactor)
         seen: list[bool] = []
 
         def stop() -> None:
@@ -566,7 +573,7 @@ class ReactorTests(_DoorTestCase):
 
     def test_exitSignal(self) -> None:
         reactor = EPollReactor()
-        self.addCleanup(epollParts(reactor).poll.__self__.close)
+        self.addCleanup(closeEpoll, reactor)
         self.assertIsNone(exitSignal(reactor))
         reactor.sigTerm(signal.SIGTERM)
         self.relies(

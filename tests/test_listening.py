@@ -21,6 +21,7 @@ from zope.interface import implementer
 from echotwist import EchoService, Listener
 from echotwist._fast.tcp import SplicingServer
 from echotwist._fast.udp import EchoPassPort
+from echotwist._twisted import closeEpoll
 from echotwist.datagram import DatagramPort
 from echotwist.proxy import parseNetwork
 from echotwist.reactor import EchotwistEPollReactor
@@ -153,7 +154,7 @@ class RealListenerTests(TestCase):
         echotwist's reactor, not run, for listeners on the fast path.
         """
         reactor = EchotwistEPollReactor()
-        self.addCleanup(reactor._poller.close)
+        self.addCleanup(closeEpoll, reactor)
         self.addCleanup(reactor.disconnectAll)
         return reactor
 
