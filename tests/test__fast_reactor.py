@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import sys
 from dataclasses import replace
 from select import EPOLLIN
 from typing import Any
@@ -37,6 +38,7 @@ from echotwist._fast.udp import EchoPassPort
 from echotwist._twisted import closeEpoll, epollParts, justStopped
 from echotwist.datagram import LOOP_TOLERANCE, DatagramEcho, DatagramPolicy
 from echotwist.reactor import EchotwistEPollReactor
+from echotwist.stream import SPLICE_FROM
 from tests._twistd import WAIT
 from tests.test__fast_tcp import Loopback, pattern
 
@@ -429,7 +431,7 @@ class DatagramPollTests(SynchronousTestCase):
         """
         for datagram in datagrams:
             self.client.sendto(datagram, ("127.0.0.1", self.port.getHost().port))
-        return self.reactor._pollOnce(WAIT)
+        return self.reactor._poll(WAIT, False)
 
     def test_answeredInTheLoop(self) -> None:
         # The first datagram from an address is judged by the protocol.
@@ -482,8 +484,10 @@ class _PlainEcho:
     def __init__(self, message: bytes = b"ping") -> None:
         self.message = message
         self.sent: list[bytes] = []
+        self.sizes: list[int] = []
 
     def read(self, fd: int, size: int) -> bytes:
+        self.sizes.append(size)
         return self.message
 
     def write(self, fd: int, data: bytes) -> int:
@@ -533,6 +537,21 @@ class PlainPollTests(SynchronousTestCase):
         self.assertEqual(self.echo.sent, [b"ping"] * 3)
         self.assertEqual(self.echo.bytesEchoed, 12)
         self.assertEqual(self.otherReads, [1])
+
+    def test_readsUnderTheMmapThreshold(self) -> None:
+        """
+        The plain echo reads enough for a read to reach L{SPLICE_FROM}
+        (and leave the plain echo for the splice), and allocates less than
+        glibc's first mmap() threshold per read (128 KiB, with the bytes
+        object's header): above it, until the allocator raises its
+        threshold, every read would map and unmap its buffer.
+        """
+        plain = [(1000, EPOLLIN)]
+        self.script(plain, [])
+        self.reactor.doPoll(None)
+        [size] = self.echo.sizes
+        self.assertGreater(size, SPLICE_FROM)
+        self.assertLess(sys.getsizeof(b"") + size, 128 * 1024)
 
     def test_returnsWhenNothingHappened(self) -> None:
         """

@@ -565,11 +565,14 @@ class ReactorTests(_DoorTestCase):
             seen.append(
                 self.call(lambda: justStopped(reactor), "ReactorBase._justStopped")
             )
+            # The poll loop's C getter reads the same.
+            seen.append(epollParts(reactor).justStopped(reactor))
 
         reactor.callWhenRunning(stop)
         reactor.run(installSignalHandlers=False)
-        self.relies(seen == [True], "ReactorBase.stop() setting _justStopped")
+        self.relies(seen == [True, True], "ReactorBase.stop() setting _justStopped")
         self.assertFalse(justStopped(reactor))
+        self.assertFalse(epollParts(reactor).justStopped(reactor))
 
     def test_exitSignal(self) -> None:
         reactor = EPollReactor()

@@ -93,7 +93,7 @@ from echotwist._fast.tcp import (
     plainEcho,
     plainRead,
 )
-from echotwist._twisted import epollParts, justStopped
+from echotwist._twisted import epollParts
 from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM, Echo
 
 __all__ = ["FastEPollReactor"]
@@ -101,6 +101,15 @@ __all__ = ["FastEPollReactor"]
 # The reactor's events keep the namespace they had before the fast path
 # moved here: operators filter on it.
 log = Logger(namespace="echotwist.reactor")
+
+#: What the loop's plain echo reads at a time.  A read of L{SPLICE_FROM} or
+#: more leaves the plain echo anyway, so reading more buys nothing; and
+#: C{os.read} allocates its whole size first, which at
+#: L{DIRECT_READ_SIZE} is above glibc's first threshold for allocating
+#: with mmap() (128 KiB): until the allocator happens to raise it, each
+#: read would cost an mmap(), a munmap() and a page fault (3.5 times
+#: the cost of a 64-byte echo on a socketpair, measured).
+PLAIN_READ_SIZE = 2 * SPLICE_FROM
 
 
 class FastEPollReactor(EPollReactor):
@@ -149,51 +158,49 @@ class FastEPollReactor(EPollReactor):
     def doPoll(self, timeout: float | None) -> None:
         """
         Poll and handle the events; poll again at once while every event
-        was a plain echo, until C{timeout}.
+        was an echo in this loop, until C{timeout}.
         """
-        if timeout is None:
-            timeout = -1  # wait indefinitely
-        deadline = self.seconds() + timeout if timeout > 0 else 0.0
-        while self._pollOnce(timeout):
-            # Only plain echoes ran (see the module docstring); the checks
-            # are for what a signal handler may have done meanwhile.
-            if justStopped(self) or self.threadCallQueue or not timeout:
-                return
-            if timeout > 0:
-                timeout = deadline - self.seconds()
-                if timeout <= 0:
-                    return
+        self._poll(-1 if timeout is None else timeout, True)
 
-    def _pollOnce(self, timeout: float) -> bool:
+    def _poll(self, timeout: float, again: bool) -> bool:
         """
-        Poll once and handle the events.
+        Poll and handle the events, the plain echo's here and the others'
+        in L{_event}; with C{again}, poll again at once while every event
+        was an echo in this loop (see the module docstring), until
+        C{timeout} has passed, the reactor is stopped or a thread queued a
+        call (the checks are for what a signal handler may have done
+        meanwhile).  What the polls use is looked up once a call, not once
+        a poll: on one busy connection every message is a poll.
 
-        @return: whether there were events and every one was a plain echo.
+        @param timeout: seconds to wait for events; -1 to wait until some
+            come.
+        @return: whether the last poll had events and every one was an
+            echo in this loop.
         """
         parts = self._parts
-        selectables = parts.selectables
-        try:
-            events = parts.poll(timeout, len(selectables))
-        except OSError as err:
-            if err.errno == errno.EINTR:
-                return False
-            raise
-        if not events:
-            return False
-        allPlain = True
-        doReadOrWrite = parts.doReadOrWrite
+        poll, selectables, stopped = parts.poll, parts.selectables, parts.justStopped
         plainEchoes = self._plainEchoes
-        readSize = DIRECT_READ_SIZE
-        spliceFrom = SPLICE_FROM
-        bulkEchoes = self._bulkEchoes
-        for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is None:
-                continue
+        threadCalls, seconds = self.threadCallQueue, self.seconds
+        readSize, spliceFrom = PLAIN_READ_SIZE, SPLICE_FROM
+        deadline = seconds() + timeout if timeout > 0.0 else 0.0
+        while True:
             try:
-                if event == EPOLLIN:
+                events = poll(timeout, len(selectables))
+            except OSError as err:
+                if err.errno == errno.EINTR:
+                    return False
+                raise
+            if not events:
+                return False
+            allPlain = True
+            for fd, event in events:
+                try:
                     entry = plainEchoes.get(fd)
-                    if entry is not None and entry[0] is selectable:
+                    if (
+                        entry is not None
+                        and event == EPOLLIN
+                        and entry[0] is selectables.get(fd)
+                    ):
                         # What tcp.Connection.doRead and Echo.dataReceived
                         # do, for a plain echo (see plainEcho), without a
                         # call: most events of a busy server are these.
@@ -217,67 +224,98 @@ class FastEPollReactor(EPollReactor):
                                         echo.bytesEchoed += size
                                         continue
                         allPlain = False
-                        # Anything else is the protocol's to finish; it
-                        # may pause, close or turn to bulk, so this
-                        # connection goes back to the ordinary path.
-                        del plainEchoes[fd]
-                        try:
-                            why = finishRead(echo, data, sent)
-                        except KeyboardInterrupt:
-                            raise
-                        except BaseException as e:
-                            self._failed(selectable, e)
-                            continue
-                        if why:
-                            self._parts.disconnectSelectable(selectable, why, True)
-                        continue
-                    bulk = bulkEchoes.get(fd)
-                    pipe = _SharedPipe.fds
-                    if bulk is not None and bulk[0] is selectable and pipe:
-                        # What SplicingServer.doRead does for a bulk echo
-                        # (see bulkEcho), without a call to it.
-                        try:
-                            if self._spliceEcho(fd, selectable, bulk[1], pipe):
-                                continue
-                        except KeyboardInterrupt:
-                            raise
-                        except BaseException as e:
-                            # The pipe may hold its bytes: it goes too.
-                            _SharedPipe.discard()
-                            self._failed(selectable, e)
+                        self._finishPlain(fd, entry[0], echo, data, sent)
+                    elif not self._event(fd, event):
                         allPlain = False
-                        self._track(fd, selectable)
-                        continue
-                    other = self._loopEchoes.get(fd)
-                    if other is not None and other[0] is selectable:
-                        # A TLS echo's read (see echotwist._fast.tlsloop).
-                        if not self._loopEcho(fd, selectable, other):
-                            allPlain = False
-                        continue
-                    # Looked up here, not once a poll: most polls hold
-                    # only plain echoes, and a local more costs each.
-                    handler = self._handlers.get(type(selectable))
-                    if handler is not None and handler.readPass is not None:
-                        # A UDP port's pass of reads, without the wrapper
-                        # of doReadOrWrite; its echoes are answered in it
-                        # (see EchoPassPort.readPass).
-                        if not self._readPass(selectable, handler.readPass):
-                            allPlain = False
-                        continue
-                allPlain = False
-                doReadOrWrite(selectable, fd, event)
-                handler = self._handlers.get(type(selectable))
-                if handler is not None:
-                    if handler.tracked:
-                        self._track(fd, selectable)
-                    elif handler.loopEcho is not None:
-                        self._trackLoopEcho(fd, selectable)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:
-                allPlain = False
-                log.failure("Unhandled error in {selectable!r}", selectable=selectable)
-        return allPlain
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    allPlain = False
+                    log.failure(
+                        "Unhandled error in {selectable!r}",
+                        selectable=selectables.get(fd),
+                    )
+            if not (allPlain and again) or stopped(self) or threadCalls:
+                return allPlain
+            # Float constants: a float compared with a float is the
+            # interpreter's specialised compare, with an int a call.
+            if timeout > 0.0:
+                timeout = deadline - seconds()
+                if timeout <= 0.0:
+                    return True
+            elif timeout == 0:
+                return True
+
+    def _finishPlain(
+        self,
+        fd: int,
+        transport: Any,
+        echo: Echo,
+        data: bytes | None,
+        sent: int | OSError | None,
+    ) -> None:
+        """
+        Finish a plain echo's read that L{_poll} could not end the plain
+        way: the protocol's to finish (see L{finishRead}); it may pause,
+        close or turn to bulk, so the connection goes back to the
+        ordinary path.
+        """
+        del self._plainEchoes[fd]
+        try:
+            why = finishRead(echo, data, sent)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            self._failed(transport, e)
+            return
+        if why:
+            self._parts.disconnectSelectable(transport, why, True)
+
+    def _event(self, fd: int, event: int) -> bool:
+        """
+        Handle an event of L{_poll} that is not a plain echo's read.
+
+        @return: whether it was an echo in this loop (spliced, TLS or a
+            port's pass of datagrams, every one answered), or nothing.
+        """
+        selectable = self._parts.selectables.get(fd)
+        if selectable is None:
+            return True
+        if event == EPOLLIN:
+            bulk = self._bulkEchoes.get(fd)
+            pipe = _SharedPipe.fds
+            if bulk is not None and bulk[0] is selectable and pipe:
+                # What SplicingServer.doRead does for a bulk echo (see
+                # bulkEcho), without a call to it.
+                try:
+                    if self._spliceEcho(fd, selectable, bulk[1], pipe):
+                        return True
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as e:
+                    # The pipe may hold its bytes: it goes too.
+                    _SharedPipe.discard()
+                    self._failed(selectable, e)
+                self._track(fd, selectable)
+                return False
+            other = self._loopEchoes.get(fd)
+            if other is not None and other[0] is selectable:
+                # A TLS echo's read (see echotwist._fast.tlsloop).
+                return self._loopEcho(fd, selectable, other)
+            handler = self._handlers.get(type(selectable))
+            if handler is not None and handler.readPass is not None:
+                # A UDP port's pass of reads, without the wrapper of
+                # doReadOrWrite; its echoes are answered in it (see
+                # EchoPassPort.readPass).
+                return self._readPass(selectable, handler.readPass)
+        self._parts.doReadOrWrite(selectable, fd, event)
+        handler = self._handlers.get(type(selectable))
+        if handler is not None:
+            if handler.tracked:
+                self._track(fd, selectable)
+            elif handler.loopEcho is not None:
+                self._trackLoopEcho(fd, selectable)
+        return False
 
     def _failed(self, selectable: Any, e: BaseException) -> None:
         """

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.logger import ILogObserver, Logger
@@ -205,12 +206,16 @@ class EPollParts:
     @ivar disconnectSelectable: C{(selectable, why, isRead)}: what the
         reactor does with a selectable whose read or write returned a
         reason to disconnect.
+    @ivar justStopped: C{(reactor)}: L{justStopped}, a C function where
+        that is a Python one, for a loop that asks once a poll (a Python
+        call costs it several hundred instructions a message).
     """
 
     poll: Callable[[float, int], list[tuple[int, int]]]
     selectables: dict[int, Any]
     doReadOrWrite: Callable[[Any, int, int], None]
     disconnectSelectable: Callable[[Any, BaseException, bool], None]
+    justStopped: Callable[[Any], bool]
 
 
 def epollParts(reactor: EPollReactor) -> EPollParts:
@@ -227,6 +232,7 @@ def epollParts(reactor: EPollReactor) -> EPollParts:
         selectables=reactor._selectables,
         doReadOrWrite=reactor._doReadOrWrite,
         disconnectSelectable=reactor._disconnectSelectable,
+        justStopped=_justStopped,
     )
 
 
@@ -247,7 +253,11 @@ def justStopped(reactor: Any) -> bool:
     which a loop that polls more than once per pass must check to return
     in time.  Checked with Twisted 24.3.0 and 26.10.0.
     """
-    return bool(reactor._justStopped)
+    return bool(_justStopped(reactor))
+
+
+# What justStopped reads, as a C function (see EPollParts.justStopped).
+_justStopped = attrgetter("_justStopped")
 
 
 def exitSignal(reactor: Any) -> int | None:
