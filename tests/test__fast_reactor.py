@@ -441,6 +441,42 @@ class DatagramPollTests(SynchronousTestCase):
         self.assertEqual([self.client.recv(100) for _ in range(2)], [b"a", b"b"])
         self.assertEqual(self.policy.counts, {"answered": 3})
 
+    def test_laterPassesDirectly(self) -> None:
+        """
+        After its first event, the loop calls a port's pass itself, not
+        through L{FastEPollReactor._event}; once the port stops reading,
+        no more.
+        """
+        self.exchange([b"hello"])
+        self.client.recv(100)
+        events: list[int] = []
+        self.patch(self.reactor, "_event", lambda fd, event: events.append(fd))
+        self.assertTrue(self.exchange([b"a"]))
+        self.assertEqual((self.client.recv(100), events), (b"a", []))
+        self.reactor.removeReader(self.port)
+        self.assertEqual(self.reactor._passes, {})
+
+    def test_aPassThatRaises(self) -> None:
+        """
+        A pass called directly that raises is logged and its port lost, as
+        Twisted's loop loses a selectable whose doRead raised.
+        """
+        self.exchange([b"hello"])
+        self.client.recv(100)
+
+        def raising(port: EchoPassPort) -> bool:
+            raise RuntimeError("boom")
+
+        [fd] = self.reactor._passes
+        self.reactor._passes[fd] = (self.port, raising)
+        with capturedLogs() as events:
+            self.assertFalse(self.exchange([b"a"]))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        ours = [e for e in events if e["log_namespace"] == "echotwist.reactor"]
+        self.assertEqual(len(ours), 1)
+        self.assertNotIn(fd, epollParts(self.reactor).selectables)
+        self.assertEqual(self.reactor._passes, {})
+
     def test_aRefusalIsNotAPlainEcho(self) -> None:
         self.exchange([b"hello"])
         self.client.recv(100)

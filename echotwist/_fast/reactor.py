@@ -142,6 +142,9 @@ class FastEPollReactor(EPollReactor):
         # echotwist._fast.tlsloop): what their handler's loopEcho returned,
         # the transport first and the function that echoes a read second.
         self._loopEchoes: dict[int, tuple[Any, ...]] = {}
+        # Ports whose pass of reads this loop calls directly, by
+        # descriptor: the port and its handler's readPass (see _event).
+        self._passes: dict[int, tuple[Any, Any]] = {}
 
     def removeReader(self, reader: IReadDescriptor) -> None:
         """
@@ -153,6 +156,7 @@ class FastEPollReactor(EPollReactor):
         self._plainEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         self._bulkEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         self._loopEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
+        self._passes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         super().removeReader(reader)
 
     def doPoll(self, timeout: float | None) -> None:
@@ -179,7 +183,7 @@ class FastEPollReactor(EPollReactor):
         """
         parts = self._parts
         poll, selectables, stopped = parts.poll, parts.selectables, parts.justStopped
-        plainEchoes = self._plainEchoes
+        plainEchoes, passes = self._plainEchoes, self._passes
         threadCalls, seconds = self.threadCallQueue, self.seconds
         readSize, spliceFrom = PLAIN_READ_SIZE, SPLICE_FROM
         deadline = seconds() + timeout if timeout > 0.0 else 0.0
@@ -225,6 +229,24 @@ class FastEPollReactor(EPollReactor):
                                         continue
                         allPlain = False
                         self._finishPlain(fd, entry[0], echo, data, sent)
+                        continue
+                    port = passes.get(fd)
+                    if (
+                        port is not None
+                        and event == EPOLLIN
+                        and port[0] is selectables.get(fd)
+                    ):
+                        # A UDP port's pass of reads, its echoes answered in
+                        # it (see EchoPassPort.readPass): on a busy port
+                        # nearly every pass is an event of its own.
+                        try:
+                            if not port[1](port[0]):
+                                allPlain = False
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException as e:
+                            allPlain = False
+                            self._failed(port[0], e)
                     elif not self._event(fd, event):
                         allPlain = False
                 except KeyboardInterrupt:
@@ -306,7 +328,8 @@ class FastEPollReactor(EPollReactor):
             if handler is not None and handler.readPass is not None:
                 # A UDP port's pass of reads, without the wrapper of
                 # doReadOrWrite; its echoes are answered in it (see
-                # EchoPassPort.readPass).
+                # EchoPassPort.readPass).  _poll calls the next ones.
+                self._passes[fd] = (selectable, handler.readPass)
                 return self._readPass(selectable, handler.readPass)
         self._parts.doReadOrWrite(selectable, fd, event)
         handler = self._handlers.get(type(selectable))
