@@ -806,8 +806,15 @@ def main() -> None:
         dest="startOnly",
         action="store_true",
         help="measure only start to first echo and resident memory (best of"
-        f" {STARTS} starts) of the servers --only names: no cells, no idle"
-        " connections, no workers, no UDP or TLS",
+        " --starts starts) of every server, or those --only names: no cells, no"
+        " idle connections, no workers, no UDP or TLS",
+    )
+    parser.add_argument(
+        "--starts",
+        type=int,
+        default=STARTS,
+        help="starts per server for start to first echo, taking turns; the"
+        f" quickest counts (default {STARTS})",
     )
     parser.add_argument(
         "--socket-buffer",
@@ -877,7 +884,7 @@ def main() -> None:
     starting = [fromInstall(p, install) if install else p for p in servers]
     # Taking turns, so that a burst of load elsewhere on the machine
     # does not fall on one server's three starts.
-    for _ in range(STARTS):
+    for _ in range(args.starts):
         for peer in starting:
             took, rss = firstEcho(peer, directory)
             startup[peer.name] = min(took, startup.get(peer.name, took))
@@ -1232,7 +1239,8 @@ def report(
                 print(f"  {name:15} {per:7.0f} bytes")
     if startup:
         print(
-            f"\nstart to first echo (best of {STARTS}), and resident memory idle after it:"
+            f"\nstart to first echo (best of {args.starts}),"
+            " and resident memory idle after it:"
         )
         for name, seconds in startup.items():
             rss = resident.get(name)

@@ -139,8 +139,15 @@ class BenchTests(SynchronousTestCase):
         (the test extra) has the TLS extra.
         """
         out = runBench(
-            "--start-only", "--start-install", "default", "--only", "echotwist,twisted"
+            "--start-only",
+            "--start-install",
+            "default",
+            "--only",
+            "echotwist,twisted",
+            "--starts",
+            "2",
         )
+        self.assertIn("\nstart to first echo (best of 2), and resident memory", out)
         self.assertIn(
             "(twistd servers from the default install: this checkout installed"
             " without extras in a venv of this run (",
@@ -229,7 +236,13 @@ def reportOf(
     bench = loadBench()
     medians = [found[len(found) // 2] for found in runs.values()]
     args = argparse.Namespace(
-        client="c", seconds=1.0, repeat=3, idle=0, plot=plot, asTyped=False
+        client="c",
+        seconds=1.0,
+        repeat=3,
+        idle=0,
+        plot=plot,
+        asTyped=False,
+        starts=5,
     )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
