@@ -22,8 +22,10 @@ from zope.interface import implementer
 
 from echotwist import Echo, EchoService, Listener
 from echotwist.datagram import DATAGRAMS_PER_READ, DatagramPort
+from echotwist.identity import Identity, identityFor
 from echotwist.proxy import parseNetwork
 from echotwist.service import CannotListen
+from echotwist.settings import Settings
 
 
 @implementer(IListeningPort)
@@ -309,6 +311,31 @@ class StartWeightTests(SynchronousTestCase):
             ),
             [],
         )
+
+    def test_startWithoutIdentityOptionsImportsNoIdentity(self) -> None:
+        """
+        Without C{--identify}, C{--identify-udp}, C{--metrics} or
+        C{--health}, nothing shows the server's identity, and a start does
+        not import L{echotwist.identity}.
+        """
+        self.assertEqual(self.importedAtStart(("echotwist.identity",)), [])
+
+    def test_identityWorkedOutWhenFirstAskedFor(self) -> None:
+        """
+        L{EchoService.identity} is the one given, or else
+        L{identityFor}'s for C{--instance-name}, the same object each time.
+        """
+        given = Identity("h", "i", "1")
+        self.assertIs(
+            EchoService([], reactor=MemoryReactorClock(), identity=given).identity,
+            given,
+        )
+        service = EchoService(
+            [], settings=Settings(instanceName="echo-7"), reactor=MemoryReactorClock()
+        )
+        found = service.identity
+        self.assertEqual(found, identityFor("echo-7"))
+        self.assertIs(service.identity, found)
 
     def test_defaultInstallStartImportsNoPolicies(self) -> None:
         """
