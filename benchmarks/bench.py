@@ -5,6 +5,8 @@ echotwist's benchmark: echotwist against its peers, in one run, on loopback.
     python benchmarks/bench.py --quick         # 1 KiB and 100 KiB x 10, 64 B x 1
     python benchmarks/bench.py --client c      # the independent C load generator
     python benchmarks/bench.py --client c --as-typed   # twistd -n echo --port P
+    python benchmarks/bench.py --start-only --as-typed --only echotwist,twisted
+                                               # start and memory rows alone
 
 echotwist runs as a user types it (twistd -n echo: echotwist's reactor), and
 as echotwist-epoll under twistd --reactor epoll, Twisted's default reactor.
