@@ -1,7 +1,7 @@
 """
 The benchmark still runs as docs/performance.rst says: a very short run of it, with
 the C load generator and with the Python client, against the installed
-twistd.  Its figures are not checked here (speed is the benchmark's
+twistd; and its start rows alone from a default install it builds.  Its figures are not checked here (speed is the benchmark's
 business, not the test suite's); that every server answered, every byte
 checked, and the report came out, is.
 """
