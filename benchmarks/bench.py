@@ -685,29 +685,36 @@ def defaultInstall(directory: str) -> str | None:
     venv = os.path.join(directory, "default-install")
     python = os.path.join(venv, "bin", "python")
     steps = [
-        [sys.executable, "-m", "venv", venv],
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--cache-dir",
-            os.path.join(directory, "pip-cache"),
-            source,
-        ],
+        ("python -m venv", [sys.executable, "-m", "venv", venv]),
+        (
+            "pip install",
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--cache-dir",
+                os.path.join(directory, "pip-cache"),
+                source,
+            ],
+        ),
         # Twisted's plugin cache, written once after the install as
-        # docs/install.rst says to (otherwise the first start writes it,
-        # and takes longer than the others).
-        [
-            python,
-            "-c",
-            "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))",
-        ],
+        # docs/deployment.rst says to (otherwise the first start writes
+        # it, and takes longer than the others).
+        (
+            "the plugin cache",
+            [
+                python,
+                "-c",
+                "from twisted.plugin import IPlugin, getPlugins;"
+                " list(getPlugins(IPlugin))",
+            ],
+        ),
     ]
     deadline = time.monotonic() + INSTALL_TIMEOUT
-    for argv in steps:
+    for step, argv in steps:
         try:
             subprocess.run(
                 argv,
@@ -717,11 +724,15 @@ def defaultInstall(directory: str) -> str | None:
                 timeout=max(1.0, deadline - time.monotonic()),
             )
         except subprocess.CalledProcessError as e:
-            lines = (e.stderr or e.stdout or "").strip().splitlines()
-            why = f"{os.path.basename(argv[0])} {argv[1]} ...: {lines[-1] if lines else f'exit status {e.returncode}'}"
+            # pip's own "ERROR: ..." line says why; its last line is a
+            # general note.
+            lines = [line.strip() for line in (e.stderr or e.stdout or "").splitlines()]
+            errors = [line for line in lines if line.startswith("ERROR:")]
+            last = (errors or [line for line in lines if line] or [""])[-1]
+            why = f"{step}: {last or f'exit status {e.returncode}'}"
             break
         except (OSError, subprocess.TimeoutExpired) as e:
-            why = str(e)
+            why = f"{step}: {e}"
             break
     else:
         return os.path.join(venv, "bin")

@@ -519,7 +519,7 @@ class DefaultInstallTests(SynchronousTestCase):
         self.assertEqual(len(lines), 1, lines)
         self.assertRegex(
             lines[0],
-            r"^default install not built \(python -m \.\.\.: .+\); the start and"
+            r"^default install not built \(pip install: ERROR: .+\); the start and"
             r" resident rows are this install's \(",
         )
 
