@@ -891,7 +891,8 @@ def main() -> None:
     # twistd servers run from a venv with just that, whatever this one has.
     install = (
         defaultInstall(directory)
-        if servers and args.startInstall == "default"
+        if args.startInstall == "default"
+        and any(p.argv[0] == os.path.join(BIN, "twistd") for p in servers)
         else None
     )
     starting = [fromInstall(p, install) if install else p for p in servers]
