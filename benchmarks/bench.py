@@ -5,6 +5,8 @@ echotwist's benchmark: echotwist against its peers, in one run, on loopback.
     python benchmarks/bench.py --quick         # 1 KiB and 100 KiB x 10, 64 B x 1
     python benchmarks/bench.py --client c      # the independent C load generator
     python benchmarks/bench.py --client c --as-typed   # twistd -n echo --port P
+    python benchmarks/bench.py --start-only --as-typed --only echotwist,twisted
+                                               # start and memory rows alone
 
 echotwist runs as a user types it (twistd -n echo: echotwist's reactor), and
 as echotwist-epoll under twistd --reactor epoll, Twisted's default reactor.
@@ -21,7 +23,9 @@ after round, and a ratio between two servers is the median of the rounds'
 ratios, printed with their range.  The 64 B x 1 cell is the latency cell: one
 connection's round trip, p50, against the C echo's.  Also measured: memory
 per idle connection (5000 connections, idle timeout on), time from start to
-first echo, and the resident memory of each server idle after that echo.
+first echo, and the resident memory of each server idle after that echo:
+those two rows are the default install's (pip install echotwist, no
+extras), from a venv the run builds with this checkout (--start-install).
 With --as-typed, echotwist is exactly "twistd -n echo --port P" (all
 interfaces, default limits, connection logs on), so only the cells its
 default limits admit are run.
@@ -43,6 +47,7 @@ Every load loop is bounded in time and talks to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -59,6 +64,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: The checkout the benchmark is part of: what the default install installs.
+CHECKOUT = os.path.dirname(HERE)
 BIN = os.path.dirname(sys.executable)
 LOOPBACK = "127.0.0.1"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -72,6 +79,12 @@ LATENCY = (64, 1)
 #: Starts per server; the quickest counts (start-up is a few hundred
 #: milliseconds, and a shared machine's noise is tens).
 STARTS = 5
+#: How often a start's log is read for its port: a millisecond, where the
+#: load cells' servers are read every 10 ms (a start of ~150 ms measured to
+#: the next 10 ms is up to 7% off, more than the target's margin).
+START_POLL = 0.001
+#: Seconds for building the default install's venv, pip's download included.
+INSTALL_TIMEOUT = 300
 
 
 def pin(cpu: int) -> None:
@@ -309,8 +322,11 @@ def makeCertificate(directory: str) -> tuple[str, str] | None:
 
 
 class Running:
-    def __init__(self, peer: Peer, directory: str, pinned: bool = True) -> None:
+    def __init__(
+        self, peer: Peer, directory: str, pinned: bool = True, poll: float = 0.01
+    ) -> None:
         self.peer = peer
+        self.poll = poll
         path = os.path.join(directory, f"{peer.name}.log")
         # A directory each: twistd without --pidfile= writes twistd.pid there.
         cwd = os.path.join(directory, peer.name)
@@ -351,7 +367,7 @@ class Running:
                 return int(match.group(1))
             if self.process.poll() is not None:
                 break
-            time.sleep(0.01)
+            time.sleep(self.poll)
         self.stop()
         raise SystemExit(f"{self.peer.name} did not start:\n{self.output().decode()}")
 
@@ -610,7 +626,7 @@ def firstEcho(peer: Peer, directory: str) -> tuple[float, int]:
     memory, idle, once that echo is back.
     """
     started = time.monotonic()
-    server = Running(peer, directory)
+    server = Running(peer, directory, poll=START_POLL)
     try:
         with socket.create_connection((LOOPBACK, server.port)) as sock:
             sock.sendall(b"first")
@@ -621,14 +637,122 @@ def firstEcho(peer: Peer, directory: str) -> tuple[float, int]:
         server.stop()
 
 
-def tlsInstalled() -> bool:
+def tlsInstalled(binDirectory: str | None = None) -> bool:
     """
-    Whether pyOpenSSL is installed here (echotwist's tls extra): with it,
-    Twisted's TCP module loads OpenSSL into every server.
+    Whether pyOpenSSL is installed here, or in the install whose C{bin}
+    directory is C{binDirectory} (echotwist's tls extra): with it, Twisted's
+    TCP module loads OpenSSL into every server.
     """
+    if binDirectory is not None:
+        found = subprocess.run(
+            [
+                os.path.join(binDirectory, "python"),
+                "-c",
+                "import importlib.util, sys;"
+                " sys.exit(importlib.util.find_spec('OpenSSL') is None)",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        return found.returncode == 0
     import importlib.util
 
     return importlib.util.find_spec("OpenSSL") is not None
+
+
+def defaultInstall(directory: str) -> str | None:
+    """
+    Build, in C{directory}, a venv with this checkout installed as C{pip
+    install echotwist} installs it: no extras, so no pyOpenSSL (which
+    Twisted's TCP module would load into every server, echotwist's and the
+    plain C{.tac}'s alike).  pip fetches Twisted and its dependencies
+    (from PyPI, or wherever pip is configured to look), caching them in
+    C{directory}; the whole build is bounded by L{INSTALL_TIMEOUT}.
+
+    @return: the venv's C{bin} directory; or None, when it cannot be built,
+        having printed one line saying why.
+    """
+    # pip builds from a copy: a build in the checkout itself would leave
+    # build/ and *.egg-info there.
+    source = os.path.join(directory, "default-install-source")
+    shutil.copytree(
+        CHECKOUT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".*", "build", "dist", "*.egg-info", "__pycache__", "dropin.cache", "*.whl"
+        ),
+    )
+    venv = os.path.join(directory, "default-install")
+    python = os.path.join(venv, "bin", "python")
+    steps = [
+        ("python -m venv", [sys.executable, "-m", "venv", venv]),
+        (
+            "pip install",
+            [
+                python,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--cache-dir",
+                os.path.join(directory, "pip-cache"),
+                source,
+            ],
+        ),
+        # Twisted's plugin cache, written once after the install as
+        # docs/deployment.rst says to (otherwise the first start writes
+        # it, and takes longer than the others).
+        (
+            "the plugin cache",
+            [
+                python,
+                "-c",
+                "from twisted.plugin import IPlugin, getPlugins;"
+                " list(getPlugins(IPlugin))",
+            ],
+        ),
+    ]
+    deadline = time.monotonic() + INSTALL_TIMEOUT
+    for step, argv in steps:
+        try:
+            subprocess.run(
+                argv,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+        except subprocess.CalledProcessError as e:
+            # pip's own "ERROR: ..." line says why; its last line is a
+            # general note.
+            lines = [line.strip() for line in (e.stderr or e.stdout or "").splitlines()]
+            errors = [line for line in lines if line.startswith("ERROR:")]
+            last = (errors or [line for line in lines if line] or [""])[-1]
+            why = f"{step}: {last or f'exit status {e.returncode}'}"
+            break
+        except (OSError, subprocess.TimeoutExpired) as e:
+            why = f"{step}: {e}"
+            break
+    else:
+        return os.path.join(venv, "bin")
+    print(
+        f"default install not built ({why}); the start and resident rows are"
+        f" this install's ({sys.prefix})"
+    )
+    return None
+
+
+def fromInstall(peer: Peer, binDirectory: str) -> Peer:
+    """
+    C{peer} started by the twistd in C{binDirectory} if it is a twistd
+    server (echotwist, the plain C{.tac}); the others as they are.
+    """
+    if peer.argv[0] != os.path.join(BIN, "twistd"):
+        return peer
+    return dataclasses.replace(
+        peer, argv=[os.path.join(binDirectory, "twistd"), *peer.argv[1:]]
+    )
 
 
 # --- the run -----------------------------------------------------------------
@@ -679,6 +803,33 @@ def main() -> None:
         " cell, and the latency cell (needs matplotlib)",
     )
     parser.add_argument(
+        "--start-install",
+        dest="startInstall",
+        choices=["default", "this"],
+        default="default",
+        help="where the start-to-first-echo and resident-memory rows' twistd"
+        " servers come from: default, a venv this run builds in its temporary"
+        " directory with the checkout installed without extras, as 'pip install"
+        " echotwist' installs it (pip fetches Twisted; if that fails the run"
+        " says so and uses this install); or this, the benchmark's own install"
+        " (with whatever extras it has)",
+    )
+    parser.add_argument(
+        "--start-only",
+        dest="startOnly",
+        action="store_true",
+        help="measure only start to first echo and resident memory (best of"
+        " --starts starts) of every server, or those --only names: no cells, no"
+        " idle connections, no workers, no UDP or TLS",
+    )
+    parser.add_argument(
+        "--starts",
+        type=int,
+        default=STARTS,
+        help="starts per server for start to first echo, taking turns; the"
+        f" quickest counts (default {STARTS})",
+    )
+    parser.add_argument(
         "--socket-buffer",
         type=int,
         help="run echotwist with this --socket-buffer (0: kernel autotuning);"
@@ -693,8 +844,13 @@ def main() -> None:
     unknown = set(transports) - {TCP, UDP, TLS}
     if unknown:
         parser.error(f"--transports: unknown {', '.join(sorted(unknown))}")
+    if args.startOnly:
+        args.idle, args.workers = 0, False
+        transports = [TCP]
     loadgen = (
-        buildLoadgen(directory) if args.client == "c" and TCP in transports else None
+        buildLoadgen(directory)
+        if args.client == "c" and TCP in transports and not args.startOnly
+        else None
     )
     servers = peers(directory, echotwistOptions(args), args.asTyped)
     if args.only:
@@ -714,6 +870,8 @@ def main() -> None:
     if args.asTyped:
         # As typed, --max-per-source is 100 and every client is 127.0.0.1.
         cellSpecs = [(size, conns) for size, conns in cellSpecs if conns <= 100]
+    if args.startOnly:
+        cellSpecs = []
 
     runs = takeTurns(servers, cellSpecs, args, directory, loadgen, TCP)
     cells = medians(runs)
@@ -729,10 +887,19 @@ def main() -> None:
                 memory[peer.name] = idleMemory(server, args.idle)
             finally:
                 server.stop()
-        # Taking turns, so that a burst of load elsewhere on the machine
-        # does not fall on one server's three starts.
-    for _ in range(STARTS):
-        for peer in servers:
+    # The start and resident rows are the default install's (no extras):
+    # twistd servers run from a venv with just that, whatever this one has.
+    install = (
+        defaultInstall(directory)
+        if args.startInstall == "default"
+        and any(p.argv[0] == os.path.join(BIN, "twistd") for p in servers)
+        else None
+    )
+    starting = [fromInstall(p, install) if install else p for p in servers]
+    # Taking turns, so that a burst of load elsewhere on the machine
+    # does not fall on one server's three starts.
+    for _ in range(args.starts):
+        for peer in starting:
             took, rss = firstEcho(peer, directory)
             startup[peer.name] = min(took, startup.get(peer.name, took))
             resident.setdefault(peer.name, rss)
@@ -742,7 +909,7 @@ def main() -> None:
         if args.workers and not args.asTyped and TCP in transports
         else None
     )
-    report(cells, runs, memory, startup, args, resident, others)
+    report(cells, runs, memory, startup, args, resident, others, install)
     if spread is not None:
         reportWorkers(*spread)
     shutil.rmtree(directory, ignore_errors=True)
@@ -1013,7 +1180,15 @@ def report(
     args: argparse.Namespace,
     resident: dict[str, int] | None = None,
     others: dict[str, dict[tuple[str, int, int], list[Cell]]] | None = None,
+    install: str | None = None,
 ) -> None:
+    """
+    Print the tables and the targets.
+
+    @param install: the C{bin} directory of the default install the start
+        and resident rows' twistd servers ran from (L{defaultInstall}); None
+        when they ran from this one.
+    """
     by = {(c.server, c.size, c.conns): c for c in cells}
     resident = resident or {}
 
@@ -1033,7 +1208,7 @@ def report(
         """
         return paired((name, size, 10), (name, size, 1000))
 
-    tls = tlsInstalled()
+    tls = tlsInstalled(install)
     if cells:
         typed = " as typed (twistd -n echo --port P)" if args.asTyped else ""
         print(
@@ -1076,20 +1251,31 @@ def report(
             )
             for name, per in memory.items():
                 print(f"  {name:15} {per:7.0f} bytes")
+    if startup:
         print(
-            f"\nstart to first echo (best of {STARTS}), and resident memory idle after it:"
+            f"\nstart to first echo (best of {args.starts}),"
+            " and resident memory idle after it:"
         )
         for name, seconds in startup.items():
             rss = resident.get(name)
             shown = f" {rss / 2**20:7.1f} MiB" if rss else ""
             print(f"  {name:15} {seconds * 1000:7.0f} ms{shown}")
-        print(
-            "  (TLS extra installed here: Twisted loads OpenSSL into every Twisted"
-            " server; the default install leaves it out)"
-            if tls
-            else "  (TLS extra not installed here, as in the default install:"
-            " no OpenSSL in the servers)"
-        )
+        if install is not None:
+            print(
+                "  (twistd servers from the default install: this checkout"
+                " installed without extras in a venv of this run"
+                f" ({os.path.dirname(install)}), as pip install echotwist;"
+                f" {'OpenSSL installed there all the same' if tls else 'no OpenSSL'})"
+            )
+        else:
+            print(
+                "  (twistd servers from this install, not a default one: the TLS"
+                " extra installed here, so Twisted loads OpenSSL into every Twisted"
+                " server; the default install leaves it out)"
+                if tls
+                else "  (twistd servers from this install, not a default one; no TLS"
+                " extra here, as in the default install: no OpenSSL in the servers)"
+            )
 
     # (what, value, bound, spread): a positive bound is a floor, a negative
     # one a ceiling; the spread is the rounds' lowest and highest ratio.
@@ -1146,7 +1332,8 @@ def report(
     if OURS in startup and "twisted" in startup:
         checks.append(
             (
-                f"{OURS} start to first echo vs a plain Twisted .tac <= 1.0",
+                f"{OURS} start to first echo vs a plain Twisted .tac <= 1.0"
+                f" ({'default install' if install else 'this install'})",
                 startup[OURS] / startup["twisted"],
                 -1.0,
                 "",
@@ -1156,7 +1343,8 @@ def report(
         checks.append(
             (
                 f"{OURS} resident memory idle, MiB <= 36"
-                f" ({'with' if tls else 'without'} the TLS extra)",
+                f" ({'default install' if install else 'this install'},"
+                f" {'with' if tls else 'without'} the TLS extra)",
                 resident[OURS] / 2**20,
                 -36,
                 "",

@@ -25,7 +25,6 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.logger import ILogObserver, Logger
-from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 
 from echotwist._address import formatAddress
@@ -282,10 +281,17 @@ class ListenerService(Service):
         tls: Any = None
         # An ssl: listener's port holds Twisted's TLS factory, over the
         # PROXY wrapper's factory under haproxy:ssl:, over ours.
-        if self.tls and isinstance(factory, WrappingFactory):
-            tls, factory = factory, factory.wrappedFactory
-        if self.proxied and isinstance(factory, WrappingFactory):
-            factory = factory.wrappedFactory
+        if self.tls or self.proxied:
+            # Imported here, for the listeners that have one: a plain tcp:
+            # listener never meets a WrappingFactory, and without the TLS
+            # extra nothing else imports twisted.protocols.policies, so
+            # every start would pay for it (docs/performance.rst).
+            from twisted.protocols.policies import WrappingFactory
+
+            if self.tls and isinstance(factory, WrappingFactory):
+                tls, factory = factory, factory.wrappedFactory
+            if self.proxied and isinstance(factory, WrappingFactory):
+                factory = factory.wrappedFactory
         if (
             type(port) is tcp.Port
             and port.transport is tcp.Server

@@ -20,12 +20,6 @@ from twisted.logger import Logger, globalLogPublisher
 from echotwist._address import DEFAULT_IPV6_PREFIX, Network, escape, parseNetwork
 from echotwist.connections import DEFAULT_DRAIN_QUIET, EchoFactory
 from echotwist.datagram import DatagramPolicy
-from echotwist.identity import (
-    IdentifyDatagram,
-    IdentifyFactory,
-    Identity,
-    identityFor,
-)
 from echotwist.limits import ThrottledObserver
 from echotwist.listeners import (
     DatagramListener,
@@ -44,6 +38,7 @@ from echotwist.settings import MIN_SOCKET_BUFFER, Settings
 from echotwist.signals import SignalHandlers
 
 if TYPE_CHECKING:
+    from echotwist.identity import Identity
     from echotwist.supervisor import SupervisorService
 
 __all__ = [
@@ -200,9 +195,7 @@ class EchoService(MultiService):
         self._warnOpenProxy = warnOpenProxy
         self.socketBuffer = settings.socketBuffer
         self.draining = False
-        self.identity = (
-            identity if identity is not None else identityFor(settings.instanceName)
-        )
+        self._identity = identity
         self.listeners = self._group("listeners")
         self.datagrams = self._group("datagrams")
         self.identifiers = self._group("identify")
@@ -259,6 +252,24 @@ class EchoService(MultiService):
                 datagramItem, self.datagramPolicy, reactor
             ).setServiceParent(self.datagrams)
 
+    @property
+    def identity(self) -> Identity:
+        """
+        What the identity line and C{/info} say: the C{identity} given, or
+        else L{echotwist.identity.identityFor}'s, for
+        C{settings.instanceName}, worked out when first asked for (in
+        C{__init__}, where C{--identify}, C{--identify-udp}, C{--metrics}
+        or C{--health} show it).
+        """
+        if self._identity is None:
+            # Imported here: only the options above show an identity, and
+            # a start without them need not import echotwist.identity
+            # (docs/performance.rst).
+            from echotwist.identity import identityFor
+
+            self._identity = identityFor(self.settings.instanceName)
+        return self._identity
+
     def _listenIdentify(
         self,
         identify: Listener | str | None,
@@ -268,6 +279,11 @@ class EchoService(MultiService):
         Add the identity line's stream and UDP listeners, where asked for.
         """
         settings, reactor = self.settings, self.reactor
+        if identify is None and identifyUDP is None:
+            return
+        # Imported here, for these listeners only (see identity).
+        from echotwist.identity import IdentifyDatagram, IdentifyFactory
+
         if identify is not None:
             if isinstance(identify, str):
                 identify = parseListener(identify, reactor)

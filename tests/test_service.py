@@ -22,8 +22,10 @@ from zope.interface import implementer
 
 from echotwist import Echo, EchoService, Listener
 from echotwist.datagram import DATAGRAMS_PER_READ, DatagramPort
+from echotwist.identity import Identity, identityFor
 from echotwist.proxy import parseNetwork
 from echotwist.service import CannotListen
+from echotwist.settings import Settings
 
 
 @implementer(IListeningPort)
@@ -263,12 +265,22 @@ class StartWeightTests(SynchronousTestCase):
     listeners need, which cost every start time (docs/performance.rst).
     """
 
-    def test_startImportsNeitherAutomatNorThePROXYParsers(self) -> None:
-        # (Nor twisted.protocols.policies, without the TLS extra; with it,
-        # twisted.internet.tcp imports it through twisted.protocols.tls.)
+    def importedAtStart(
+        self, prefixes: tuple[str, ...], withoutOpenSSL: bool = False
+    ) -> list[str]:
+        """
+        Compose and start C{twistd echo --port tcp:0} in a fresh interpreter
+        as twistd does, and list the modules it imported that start with
+        one of C{prefixes}.
+
+        @param withoutOpenSSL: start as the default install does, which has
+            no pyOpenSSL (the tests' install has the TLS extra): Twisted's
+            TCP module, finding none, loads no TLS.
+        """
         code = (
             "import sys\n"
-            "import echotwist.reactor, echotwist.tap\n"
+            + ("sys.modules['OpenSSL'] = None\n" if withoutOpenSSL else "")
+            + "import echotwist.reactor, echotwist.tap\n"
             "from twisted.plugins.echotwist_plugin import echo\n"
             "options = echo.options()\n"
             "options.parseOptions(['--port', 'tcp:0:interface=127.0.0.1'])\n"
@@ -276,9 +288,7 @@ class StartWeightTests(SynchronousTestCase):
             "service.privilegedStartService()\n"
             "service.startService()\n"
             "service.stopService()\n"
-            "print(' '.join(sorted(m for m in sys.modules if m.startswith(("
-            "'automat', 'twisted.application.internet',"
-            " 'twisted.protocols.haproxy', 'echotwist.proxy')))))\n"
+            f"print(' '.join(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))\n"
         )
         out = subprocess.run(
             [sys.executable, "-c", code],
@@ -287,4 +297,58 @@ class StartWeightTests(SynchronousTestCase):
             timeout=60,
             check=True,
         ).stdout
-        self.assertEqual(out.strip(), "")
+        return out.split()
+
+    def test_startImportsNeitherAutomatNorThePROXYParsers(self) -> None:
+        self.assertEqual(
+            self.importedAtStart(
+                (
+                    "automat",
+                    "twisted.application.internet",
+                    "twisted.protocols.haproxy",
+                    "echotwist.proxy",
+                )
+            ),
+            [],
+        )
+
+    def test_startWithoutIdentityOptionsImportsNoIdentity(self) -> None:
+        """
+        Without C{--identify}, C{--identify-udp}, C{--metrics} or
+        C{--health}, nothing shows the server's identity, and a start does
+        not import L{echotwist.identity}.
+        """
+        self.assertEqual(self.importedAtStart(("echotwist.identity",)), [])
+
+    def test_identityWorkedOutWhenFirstAskedFor(self) -> None:
+        """
+        L{EchoService.identity} is the one given, or else
+        L{identityFor}'s for C{--instance-name}, the same object each time.
+        """
+        given = Identity("h", "i", "1")
+        self.assertIs(
+            EchoService([], reactor=MemoryReactorClock(), identity=given).identity,
+            given,
+        )
+        service = EchoService(
+            [], settings=Settings(instanceName="echo-7"), reactor=MemoryReactorClock()
+        )
+        found = service.identity
+        self.assertEqual(found, identityFor("echo-7"))
+        self.assertIs(service.identity, found)
+
+    def test_defaultInstallStartImportsNoPolicies(self) -> None:
+        """
+        Without the TLS extra, a start on a tcp: listener does not import
+        L{twisted.protocols.policies} (only ssl: and haproxy: listeners
+        unwrap a C{WrappingFactory}); with it, Twisted's TCP module imports
+        it anyway, through L{twisted.protocols.tls}.  Nor any TLS.
+        """
+        self.assertEqual(
+            self.importedAtStart(
+                ("twisted.protocols.policies", "twisted.protocols.tls", "OpenSSL"),
+                withoutOpenSSL=True,
+            ),
+            # sys.modules["OpenSSL"] is the None that blocks it.
+            ["OpenSSL"],
+        )

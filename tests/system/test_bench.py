@@ -1,7 +1,7 @@
 """
 The benchmark still runs as docs/performance.rst says: a very short run of it, with
 the C load generator and with the Python client, against the installed
-twistd.  Its figures are not checked here (speed is the benchmark's
+twistd; and its start rows alone from a default install it builds.  Its figures are not checked here (speed is the benchmark's
 business, not the test suite's); that every server answered, every byte
 checked, and the report came out, is.
 """
@@ -38,6 +38,9 @@ def runBench(*args: str) -> str:
             # TCP alone unless a test asks for more: each transport is a
             # run of its own.
             *(() if "--transports" in args else ("--transports", "tcp")),
+            # The start rows from the test's own install unless a test asks
+            # for the default install's (building it takes a pip install).
+            *(() if "--start-install" in args else ("--start-install", "this")),
             *args,
         ],
         capture_output=True,
@@ -74,8 +77,11 @@ class BenchTests(SynchronousTestCase):
             r" \d+\.\d\d \(rounds",
         )
         self.assertRegex(
-            out, r"(MET |MISS) echotwist resident memory idle, MiB <= 36 \(with"
+            out,
+            r"(MET |MISS) echotwist resident memory idle, MiB <= 36"
+            r" \(this install, with the TLS extra\): \d+\.\d\d\n",
         )
+        self.assertIn("(twistd servers from this install, not a default one:", out)
         self.assertRegex(out, r"msg/CPU-s +usr us +sys us +ours is x\n")
 
     def test_pythonClient(self) -> None:
@@ -124,6 +130,45 @@ class BenchTests(SynchronousTestCase):
         )
         # asyncio and uvloop were left out: their targets are not misses.
         self.assertNotIn("vs asyncio, TLS", out)
+
+    def test_startRowsFromTheDefaultInstall(self) -> None:
+        """
+        --start-only measures start to first echo and resident memory alone,
+        and by default from a venv the run builds with the checkout
+        installed without extras: no OpenSSL there, though this install
+        (the test extra) has the TLS extra.
+        """
+        out = runBench(
+            "--start-only",
+            "--start-install",
+            "default",
+            "--only",
+            "echotwist,twisted",
+            "--starts",
+            "2",
+        )
+        self.assertIn("\nstart to first echo (best of 2), and resident memory", out)
+        self.assertIn(
+            "(twistd servers from the default install: this checkout installed"
+            " without extras in a venv of this run (",
+            out,
+        )
+        self.assertIn("as pip install echotwist; no OpenSSL)", out)
+        for server in ("echotwist", "twisted"):
+            self.assertRegex(out, rf"\n  {server} +\d+ ms +[\d.]+ MiB\n")
+        self.assertRegex(
+            out,
+            r"(MET |MISS) echotwist start to first echo vs a plain Twisted .tac"
+            r" <= 1\.0 \(default install\): \d+\.\d\d\n",
+        )
+        self.assertRegex(
+            out,
+            r"(MET |MISS) echotwist resident memory idle, MiB <= 36"
+            r" \(default install, without the TLS extra\): \d+\.\d\d\n",
+        )
+        # Nothing but the start rows: no cells, no idle connections.
+        self.assertNotIn("msg/CPU-s", out)
+        self.assertNotIn("bytes per idle connection", out)
 
     def test_asTyped(self) -> None:
         """
@@ -191,7 +236,13 @@ def reportOf(
     bench = loadBench()
     medians = [found[len(found) // 2] for found in runs.values()]
     args = argparse.Namespace(
-        client="c", seconds=1.0, repeat=3, idle=0, plot=plot, asTyped=False
+        client="c",
+        seconds=1.0,
+        repeat=3,
+        idle=0,
+        plot=plot,
+        asTyped=False,
+        starts=5,
     )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -447,3 +498,44 @@ class UDPPassTests(SynchronousTestCase):
         done = self.udppass("4", "1")
         self.assertEqual(done.returncode, 2)
         self.assertIn("SIZE must be 8 to 65507", done.stderr)
+
+
+class DefaultInstallTests(SynchronousTestCase):
+    def test_whenItCannotBeBuilt(self) -> None:
+        """
+        When the default install cannot be built (here: the checkout is no
+        Python project, so pip refuses it), L{defaultInstall} says so in one
+        line, naming the install the start rows then come from, and returns
+        None: the run goes on from this install.
+        """
+        bench = loadBench()
+        empty = scratchDirectory(self)
+        self.patch(bench, "CHECKOUT", empty)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            found = bench.defaultInstall(scratchDirectory(self))
+        self.assertIsNone(found)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(
+            lines[0],
+            r"^default install not built \(pip install: ERROR: .+\); the start and"
+            r" resident rows are this install's \(",
+        )
+
+    def test_twistdServersFromTheInstall(self) -> None:
+        """
+        L{fromInstall} starts the twistd servers (echotwist, the plain
+        C{.tac}) with the default install's twistd, and leaves the others.
+        """
+        bench = loadBench()
+        directory = scratchDirectory(self)
+        servers = {p.name: p for p in bench.peers(directory, [])}
+        moved = {
+            name: bench.fromInstall(peer, "/elsewhere/bin")
+            for name, peer in servers.items()
+        }
+        for name in ("echotwist", "echotwist-epoll", "twisted"):
+            self.assertEqual(moved[name].argv[0], "/elsewhere/bin/twistd")
+            self.assertEqual(moved[name].argv[1:], servers[name].argv[1:])
+        self.assertEqual(moved["asyncio"], servers["asyncio"])
