@@ -27,6 +27,7 @@ from echotwist.datagram import (
     formatSource,
     log,
 )
+from echotwist.datagram import LOOP_KEY_BYTES as KEY
 
 __all__ = ["ASK_UP_TO", "EchoPassPort"]
 
@@ -69,7 +70,10 @@ class EchoPassPort(DatagramPort):
         the loop guard, then C{sendto}.  A datagram from an address the
         policy has not judged yet, or one it refuses, goes to the protocol
         (which judges, counts and logs it); so does an answer C{sendto}
-        could not send.  The loop guard takes the pass's time, read once.
+        could not send.  The loop guard takes the pass's time, read once,
+        and is called only for a datagram whose digest it holds (see
+        L{echotwist.datagram.EchoLoopGuard.tablesFor}), unless the pass
+        handed one to the protocol, which checks at its own time.
 
         After a pass that read L{ASK_UP_TO} datagrams or fewer, the next
         one asks the kernel (C{FIONREAD}) before each read after its first
@@ -93,15 +97,17 @@ class EchoPassPort(DatagramPort):
     def _echoPass(self, echo: DatagramEcho) -> bool:
         """The pass of L{readPass} for the datagram echo over IPv4."""
         policy = echo.policy
-        verdicts, limiter = policy.verdicts, policy.limiter
-        isLoop = policy.loops.isLoopAt
+        verdicts, limiter, loops = policy.verdicts, policy.limiter, policy.loops
         now = policy.clock.seconds()
         recvfrom, sendto = self.socket.recvfrom, self.socket.sendto
         size, reads = self.maxPacketSize, self.maxDatagramsPerRead
         # Ask before the second read on, or never (no read is the reads'th).
         ask, fd = (1, self.socket.fileno()) if self._asking else (reads, -1)
-        received = sent = answered = n = 0
-        clean = True
+        # The loop guard is called only for a digest it holds (see tablesFor).
+        tables = loops.tablesFor(now, reads)
+        newer, older = tables or ({}, {})
+        clean, fast, first = True, tables is not None, (now, 0)
+        sent = answered = n = 0
         try:
             for n in range(reads):
                 if n >= ask:
@@ -117,38 +123,54 @@ class EchoPassPort(DatagramPort):
                 verdict = verdicts.get(host)
                 try:
                     if port < FIRST_UNPRIVILEGED_PORT or verdict is None or verdict[0]:
-                        # Refused, or not judged yet: the protocol's to do.
-                        clean = False
+                        # Refused, or not judged yet: the protocol's (see tablesFor).
+                        clean = fast = False
                         echo.datagramReceived(data, addr)
                         continue
-                    length = len(data)
-                    received += length
+                    key, why = hash((host, port, len(data), data[:KEY])), ""
                     if limiter is not None and not limiter.allow(verdict[1]):
-                        clean = False
-                        echo.refused("over the rate limit", verdict[1])
-                        continue
-                    if isLoop(host, port, data, now):
-                        clean = False
-                        echo.refused("echo loop", escape(formatSource(host, port)))
-                        continue
-                    try:
-                        sendto(data, addr)
-                    except OSError:
-                        # The transport's write, again: it retries on
-                        # EINTR, takes ECONNREFUSED as sent, and raises
-                        # what the protocol counts as a failed answer.
-                        clean = False
-                        echo.answer(data, addr, host, port)
-                        continue
-                    sent += length
-                    answered += 1
+                        why = "over the rate limit"
+                    elif fast and key not in older and key not in newer:
+                        newer[key] = first
+                    elif loops.isLoopAt(host, port, data, now):
+                        why = "echo loop"
+                    if not why:
+                        try:
+                            sendto(data, addr)
+                            sent += len(data)
+                            answered += 1
+                            continue
+                        except OSError:
+                            pass
+                    clean = False
+                    _unanswered(echo, why, data, addr, verdict[1])
                 except Exception:
                     clean = False
                     log.failure("Unhandled error in {protocol!r}", protocol=echo)
         finally:
-            policy.countAnswers(received, sent, answered)
+            policy.countAnswers(sent, sent, answered)
             self._asking = n <= ASK_UP_TO
         return clean
+
+
+def _unanswered(
+    echo: DatagramEcho, why: str, data: bytes, addr: tuple[str, int], group: str
+) -> None:
+    """
+    What the datagram echo does with a datagram from C{addr}, whose source
+    group is C{group}, that a pass did not answer: refuse it for C{why}, or
+    if C{why} is empty, answer it through the transport's write, as
+    C{sendto} could not (the write retries on EINTR, takes ECONNREFUSED as
+    sent, and raises what the protocol counts as a failed answer).
+    """
+    host, port = addr
+    echo.policy.bytes["received"] += len(data)
+    if not why:
+        echo.answer(data, addr, host, port)
+    elif why == "echo loop":
+        echo.refused(why, escape(formatSource(host, port)))
+    else:
+        echo.refused(why, group)
 
 
 # The loop calls the port's pass of reads instead of its doRead.
