@@ -211,6 +211,33 @@ class EchoLoopGuard:
         newer[key] = (now, echoes)
         return False
 
+    def tablesFor(
+        self, now: float, checks: int
+    ) -> tuple[dict[int, tuple[float, int]], dict[int, tuple[float, int]]] | None:
+        """
+        The newer and the older table as L{isLoopAt} at C{now} finds them
+        (turned first if due), for a caller about to check up to C{checks}
+        datagrams at C{now} that would skip the call for a datagram whose
+        digest neither table holds: L{isLoopAt} would answer that it is no
+        loop, and remember it in the newer table as C{(now, 0)}, which the
+        caller does instead.  The digest of a datagram C{d} from C{(host,
+        port)} is C{hash((host, port, len(d), d[:LOOP_KEY_BYTES]))}.
+
+        The tables hold while nothing else checks a datagram at another
+        time (which may turn them) and these checks cannot fill the newer
+        one (L{isLoopAt} would turn it; each check adds two entries at most).
+
+        @return: the newer and the older table, or None if C{checks}
+            checks could fill the newer one: then call L{isLoopAt} for each.
+        """
+        newer = self._newer
+        half = self.maxEntries // 2
+        if now - self._since >= self.window or len(newer) >= half:
+            newer = self._turn(now)
+        if len(newer) + 2 * checks >= half:
+            return None
+        return newer, self._older
+
     def _isLongLoop(
         self,
         key: int,
@@ -352,8 +379,8 @@ class DatagramPolicy:
     def countAnswers(self, received: int, sent: int, answered: int) -> None:
         """
         Count what a pass of reads answered itself (see
-        L{echotwist._fast.udp.EchoPassPort.readPass}): the bytes of the datagrams it did not
-        hand to the protocol, the bytes it sent, and its answers.
+        L{echotwist._fast.udp.EchoPassPort.readPass}): the bytes of the
+        datagrams it answered, the bytes it sent, and its answers.
         """
         counted = self.bytes
         counted["received"] += received

@@ -19,6 +19,7 @@ from echotwist._fast.udp import ASK_UP_TO, EchoPassPort
 from echotwist.datagram import (
     DATAGRAMS_PER_READ,
     LOOP_TOLERANCE,
+    LOOP_WINDOW,
     DatagramEcho,
     DatagramPolicy,
     DatagramPort,
@@ -159,6 +160,48 @@ class DatagramFastPathTests(SynchronousTestCase):
         )
         self.assertIn("echo loop", [e.get("reason") for e in events])
 
+    def test_echoLoopOfLongDatagrams(self) -> None:
+        """
+        Long datagrams (past the loop guard's key bytes) coming back are
+        refused in the pass as short ones are, after L{LOOP_TOLERANCE}
+        more answers; other long ones that begin alike are answered.
+        """
+        self.judged()
+        loop = b"L" * 1024
+        self.send([loop] * (LOOP_TOLERANCE + 3))
+        with capturedLogs():
+            self.assertFalse(self.port.readPass())
+        self.assertEqual(self.answers(), [loop] * (LOOP_TOLERANCE + 1))
+        self.assertEqual(
+            self.policy.counts, {"answered": LOOP_TOLERANCE + 2, "echo loop": 2}
+        )
+        self.clock.advance(LOOP_WINDOW * 3)
+        others = [b"%04d" % n + b"L" * 1020 for n in range(DATAGRAMS_PER_READ)]
+        self.send(others)
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), others)
+
+    def test_loopGuardStaysBounded(self) -> None:
+        """
+        A pass remembers at most as many answers as the loop guard holds
+        when every datagram is checked by its call: when the pass's answers
+        could fill its newer table, the pass calls it for each, and it
+        turns its tables; a loop is caught then too.
+        """
+        self.judged()
+        loops = self.policy.loops
+        loops.maxEntries = 8
+        for start in range(0, 3 * DATAGRAMS_PER_READ, DATAGRAMS_PER_READ):
+            self.send([b"%d" % n for n in range(start, start + DATAGRAMS_PER_READ)])
+            self.assertTrue(self.port.readPass())
+            self.assertLessEqual(len(loops), loops.maxEntries)
+        self.send([b"again"] * (LOOP_TOLERANCE + 2))
+        with capturedLogs():
+            self.port.readPass()
+        self.assertEqual(
+            len(self.answers()), 3 * DATAGRAMS_PER_READ + LOOP_TOLERANCE + 1
+        )
+
     def test_aPassReadsAtMostTheBound(self) -> None:
         """
         A pass answers at most L{DATAGRAMS_PER_READ} datagrams; the rest
@@ -217,17 +260,18 @@ class DatagramFastPathTests(SynchronousTestCase):
         self.assertEqual(reads.calls, ASK_UP_TO + 1 + 2)  # and its EAGAIN
         self.assertEqual(len(self.answers()), ASK_UP_TO + 2)
 
-    def test_anEmptyDatagramEndsAnAskingPass(self) -> None:
+    def test_anAskingPassReadsEmptyDatagrams(self) -> None:
         """
-        The kernel says 0 for an empty datagram at the head of the queue as
-        for none: it ends an asking pass, and the next pass reads it.
+        An empty datagram is a queued datagram to an asking pass (C{FIONREAD}
+        would say 0 for it, as for none): the pass reads and answers it and
+        the ones behind it, and then asks once more.
         """
         self.judged()
+        reads = self.counted()
         self.send([b"a", b"", b"b"])
         self.assertTrue(self.port.readPass())
-        self.assertEqual(self.answers(), [b"a"])
-        self.assertTrue(self.port.readPass())
-        self.assertEqual(self.answers(), [b"", b"b"])
+        self.assertEqual(self.answers(), [b"a", b"", b"b"])
+        self.assertEqual(reads.calls, 3)
 
     def test_otherProtocols(self) -> None:
         """

@@ -494,6 +494,53 @@ class EchoLoopGuardTests(SynchronousTestCase):
             guard.isLoopAt("192.0.2.1", 40000, b"x", 100.0 + LOOP_WINDOW * 1.01)
         )
 
+    def test_tablesForSkippingTheCall(self) -> None:
+        """
+        L{EchoLoopGuard.tablesFor} gives the tables in which a caller that
+        finds no digest remembers a datagram as L{EchoLoopGuard.isLoopAt}
+        would: its echoes are then counted from the first, short or long.
+        """
+        for datagram in (b"x", b"L" * (LOOP_KEY_BYTES + 1)):
+            guard = EchoLoopGuard(Clock())
+            tables = guard.tablesFor(100.0, 1)
+            assert tables is not None
+            newer, older = tables
+            key = hash(("192.0.2.1", 40000, len(datagram), datagram[:LOOP_KEY_BYTES]))
+            self.assertNotIn(key, newer)
+            self.assertNotIn(key, older)
+            newer[key] = (100.0, 0)
+            verdicts = [
+                guard.isLoopAt("192.0.2.1", 40000, datagram, 100.0) for _ in range(3)
+            ]
+            self.assertEqual(verdicts, [False] * LOOP_TOLERANCE + [True])
+
+    def test_tablesForTurnsAsIsLoopAtWould(self) -> None:
+        """
+        L{EchoLoopGuard.tablesFor} turns the tables when L{isLoopAt} would
+        at that time: an answer a window old is found in the older table,
+        and forgotten a window later.
+        """
+        guard = EchoLoopGuard(Clock())
+        guard.isLoopAt("192.0.2.1", 40000, b"x", 0.0)
+        tables = guard.tablesFor(LOOP_WINDOW, 1)
+        assert tables is not None
+        self.assertEqual((len(tables[0]), len(tables[1])), (0, 1))
+        tables = guard.tablesFor(3 * LOOP_WINDOW, 1)
+        assert tables is not None
+        self.assertEqual((len(tables[0]), len(tables[1])), (0, 0))
+
+    def test_tablesForNotWhenTheChecksCouldFillIt(self) -> None:
+        """
+        No tables when the checks to come could fill the newer one (each
+        adds two entries at most): L{isLoopAt} turns it then, and the
+        caller calls it for each.
+        """
+        guard = EchoLoopGuard(Clock(), maxEntries=100)
+        for n in range(40):
+            guard.isLoopAt("192.0.2.1", 40000 + n, b"x", 0.0)
+        self.assertIsNotNone(guard.tablesFor(0.0, 4))
+        self.assertIsNone(guard.tablesFor(0.0, 5))
+
 
 class _Collect(DatagramProtocol):
     def __init__(self) -> None:
