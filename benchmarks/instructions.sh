@@ -9,11 +9,18 @@
 #   bash benchmarks/instructions.sh 1024 10 [twistd echo options...]
 #   bash benchmarks/instructions.sh udp 1024 10 [twistd echo options...]
 #   bash benchmarks/instructions.sh tls 1024 10 [twistd echo options...]
+#   bash benchmarks/instructions.sh tls handshakes 4 [twistd echo options...]
 #
 # With "udp" first it counts per UDP datagram: the server listens on
 # --udp udp:PORT:interface=127.0.0.1 at --udp-rate 0 (the load comes from
 # one address), and cudp.c's load mode drives CONNS flows, one datagram in
 # flight each.
+#
+# With "tls handshakes CLIENTS" it counts per new TLS connection: tlsload's
+# handshakes mode, CLIENTS threads each connecting, handshaking (no session
+# reuse), echoing 64 bytes and closing.  For TLS, PEER=plain counts a plain
+# Twisted echo on listenSSL (plain.tac) and PEER=uvloop (or asyncio) the
+# Protocol echo of peers.py, under the same count, instead of echotwist.
 #
 # Needs valgrind, a C compiler and twistd on PATH (or TWISTD=...).
 set -eu
@@ -24,6 +31,7 @@ if [ "${1:-}" = udp ] || [ "${1:-}" = tls ]; then
 fi
 size=${1:?SIZE}; conns=${2:?CONNS}; shift 2
 extra=("$@")
+peer=${PEER:-echotwist}
 here=$(cd "$(dirname "$0")" && pwd)
 twistd=${TWISTD:-$(command -v twistd)}
 work=$(mktemp -d)
@@ -48,26 +56,47 @@ run() {  # run SECONDS: prints "messages instructions"
         listen=(--port "ssl:$port:interface=127.0.0.1:privateKey=$work/key.pem:certKey=$work/cert.pem"
             --max-connections 0 --max-per-source 0
             --tls-handshake-rate 0 --tls-handshakes-per-source 0)
+        if [ "$peer" = plain ]; then
+            export PLAIN_ECHO_PORT="ssl:$port:interface=127.0.0.1:privateKey=$work/key.pem:certKey=$work/cert.pem"
+        fi
     else
         port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         listen=(--port "tcp:$port:interface=127.0.0.1" --max-connections 0 --max-per-source 0)
     fi
+    python=$(head -1 "$twistd" | sed 's/^#!//')
+    if [ "$transport" = tls ] && [ "$peer" = plain ]; then
+        server=("$python" "$twistd" -n --pidfile= -y "$here/plain.tac")
+        ready="starting on $port"
+    elif [ "$transport" = tls ] && [ "$peer" != echotwist ]; then
+        # peers.py binds a port of its own and prints it.
+        server=("$python" "$here/peers.py" "$peer" tls "$work/cert.pem" "$work/key.pem")
+        ready="PORT [0-9]"
+    else
+        server=("$python" "$twistd" -n --pidfile= echo
+            "${listen[@]}" --no-connection-logs ${extra[@]+"${extra[@]}"})
+        ready="Listening on 127.0.0.1:$port"
+    fi
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
-        "$(head -1 "$twistd" | sed 's/^#!//')" "$twistd" -n --pidfile= echo \
-        "${listen[@]}" --no-connection-logs ${extra[@]+"${extra[@]}"} >"$work/server.log" 2>&1 &
+        "${server[@]}" >"$work/server.log" 2>&1 &
     pid=$!
     for i in $(seq 600); do
-        grep -qs "Listening on 127.0.0.1:$port" "$work/server.log" && break
+        grep -qs "$ready" "$work/server.log" && break
         sleep 0.1
     done
+    if [ "$transport" = tls ] && [ "$peer" != echotwist ] && [ "$peer" != plain ]; then
+        port=$(sed -n 's/^PORT \([0-9]*\).*/\1/p' "$work/server.log")
+    fi
     if [ "$transport" = udp ]; then
         out=$(taskset -c 1 "$work/cudp" load "$port" "$conns" "$size" "$1")
+    elif [ "$transport" = tls ] && [ "$size" = handshakes ]; then
+        out=$(taskset -c 1 "$work/tlsload" handshakes "$port" "$conns" "$1")
     elif [ "$transport" = tls ]; then
         out=$(taskset -c 1 "$work/tlsload" echo "$port" "$conns" "$size" "$1")
     else
         out=$(taskset -c 1 "$work/loadgen" "$port" "$conns" "$size" "$1")
     fi
     kill "$pid"; wait "$pid" 2>/dev/null || true
+    [ -n "${KEEP:-}" ] && cp "$work"/cg.* "$KEEP"/ 2>/dev/null
     echo "$(echo "$out" | sed 's/.*messages=\([0-9]*\).*/\1/') $(awk '/Collected :/ {print $NF}' "$work/server.log")"
 }
 
@@ -75,4 +104,8 @@ read -r m1 i1 < <(run 2)
 read -r m2 i2 < <(run 8)
 per=message
 [ "$transport" = udp ] && per="UDP datagram"
+if [ "$size" = handshakes ]; then
+    echo "$peer, TLS handshakes x ${conns}: $(( (i2 - i1) / (m2 - m1) )) user-space instructions per handshake ($m1 and $m2 connections)"
+    exit 0
+fi
 echo "${size} B x ${conns}: $(( (i2 - i1) / (m2 - m1) )) user-space instructions per $per ($m1 and $m2 messages)"
