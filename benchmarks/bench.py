@@ -675,13 +675,26 @@ def defaultInstall(directory: str) -> str | None:
     # pip builds from a copy: a build in the checkout itself would leave
     # build/ and *.egg-info there.
     source = os.path.join(directory, "default-install-source")
-    shutil.copytree(
-        CHECKOUT,
-        source,
-        ignore=shutil.ignore_patterns(
-            ".*", "build", "dist", "*.egg-info", "__pycache__", "dropin.cache", "*.whl"
-        ),
-    )
+    try:
+        # Symbolic links as links: trial's _trial_temp.lock, in a checkout
+        # where trial runs this, is one that points nowhere.
+        shutil.copytree(
+            CHECKOUT,
+            source,
+            symlinks=True,
+            ignore=shutil.ignore_patterns(
+                ".*",
+                "build",
+                "dist",
+                "*.egg-info",
+                "__pycache__",
+                "dropin.cache",
+                "*.whl",
+                "_trial_temp*",
+            ),
+        )
+    except OSError as e:  # shutil.Error is one
+        return _notBuilt(f"copying the checkout: {str(e)[:200]}")
     venv = os.path.join(directory, "default-install")
     python = os.path.join(venv, "bin", "python")
     steps = [
@@ -736,11 +749,17 @@ def defaultInstall(directory: str) -> str | None:
             break
     else:
         return os.path.join(venv, "bin")
+    return _notBuilt(why)
+
+
+def _notBuilt(why: str) -> None:
+    """
+    Say in one line that the default install was not built, and why.
+    """
     print(
         f"default install not built ({why}); the start and resident rows are"
         f" this install's ({sys.prefix})"
     )
-    return None
 
 
 def fromInstall(peer: Peer, binDirectory: str) -> Peer:

@@ -523,6 +523,42 @@ class DefaultInstallTests(SynchronousTestCase):
             r" resident rows are this install's \(",
         )
 
+    def test_copiesACheckoutWhereTrialRuns(self) -> None:
+        """
+        The checkout is copied for pip without trial's working directory,
+        and a symbolic link that points nowhere (trial's
+        C{_trial_temp.lock} while it runs) is copied as a link, not
+        followed: either used to stop the run with a traceback.
+        """
+        bench = loadBench()
+        checkout = scratchDirectory(self)
+        os.mkdir(os.path.join(checkout, "_trial_temp"))
+        os.symlink("nowhere", os.path.join(checkout, "_trial_temp.lock"))
+        self.patch(bench, "CHECKOUT", checkout)
+        directory = scratchDirectory(self)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            bench.defaultInstall(directory)
+        source = os.path.join(directory, "default-install-source")
+        self.assertEqual(os.listdir(source), [])
+        # And pip, given no project, refuses it in one line.
+        self.assertRegex(out.getvalue(), r"^default install not built \(pip install: ")
+
+    def test_whenTheCopyFails(self) -> None:
+        """
+        A checkout that cannot be copied is one line too.
+        """
+        bench = loadBench()
+        self.patch(bench, "CHECKOUT", os.path.join(scratchDirectory(self), "gone"))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertIsNone(bench.defaultInstall(scratchDirectory(self)))
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(
+            lines[0], r"^default install not built \(copying the checkout: .+\); the"
+        )
+
     def test_twistdServersFromTheInstall(self) -> None:
         """
         L{fromInstall} starts the twistd servers (echotwist, the plain
