@@ -675,14 +675,12 @@ def defaultInstall(directory: str) -> str | None:
     # pip builds from a copy: a build in the checkout itself would leave
     # build/ and *.egg-info there.
     source = os.path.join(directory, "default-install-source")
-    shutil.copytree(
-        CHECKOUT,
-        source,
-        ignore=shutil.ignore_patterns(
-            ".*", "build", "dist", "*.egg-info", "__pycache__", "dropin.cache", "*.whl"
-        ),
-    )
     venv = os.path.join(directory, "default-install")
+    # pip's own temporary directories (the build's isolated environment,
+    # unpacked downloads) go under the run's directory too: pip removes
+    # them when it ends, but not when the deadline kills it.
+    temporary = os.path.join(directory, "default-install-tmp")
+    environ = {**os.environ, "TMPDIR": temporary}
     python = os.path.join(venv, "bin", "python")
     steps = [
         ("python -m venv", [sys.executable, "-m", "venv", venv]),
@@ -714,13 +712,34 @@ def defaultInstall(directory: str) -> str | None:
         ),
     ]
     deadline = time.monotonic() + INSTALL_TIMEOUT
-    for step, argv in steps:
+    why = ""
+    try:
+        # In the steps' error handling: a checkout that cannot be copied
+        # (a disk full, an unreadable file) is one line, as a failed step.
+        shutil.copytree(
+            CHECKOUT,
+            source,
+            ignore=shutil.ignore_patterns(
+                ".*",
+                "build",
+                "dist",
+                "*.egg-info",
+                "__pycache__",
+                "dropin.cache",
+                "*.whl",
+            ),
+        )
+        os.makedirs(temporary, exist_ok=True)
+    except OSError as e:
+        why = f"copying the checkout: {e}"
+    for step, argv in [] if why else steps:
         try:
             subprocess.run(
                 argv,
                 check=True,
                 capture_output=True,
                 text=True,
+                env=environ,
                 timeout=max(1.0, deadline - time.monotonic()),
             )
         except subprocess.CalledProcessError as e:
@@ -734,7 +753,7 @@ def defaultInstall(directory: str) -> str | None:
         except (OSError, subprocess.TimeoutExpired) as e:
             why = f"{step}: {e}"
             break
-    else:
+    if not why:
         return os.path.join(venv, "bin")
     print(
         f"default install not built ({why}); the start and resident rows are"

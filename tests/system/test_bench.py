@@ -523,6 +523,52 @@ class DefaultInstallTests(SynchronousTestCase):
             r" resident rows are this install's \(",
         )
 
+    def test_everyStepsTemporaryFilesInTheRunsDirectory(self) -> None:
+        """
+        Every step of L{defaultInstall} runs with C{TMPDIR} inside the
+        run's directory: pip's temporary directories, which a step the
+        deadline kills leaves behind, go where the run removes them.
+        """
+        bench = loadBench()
+        self.patch(bench, "CHECKOUT", scratchDirectory(self))
+        directory = scratchDirectory(self)
+        seen: list[str] = []
+
+        def run(argv: list[str], **kwargs: object) -> object:
+            environ = kwargs.get("env")
+            assert isinstance(environ, dict), "the step has an environment"
+            seen.append(environ["TMPDIR"])
+            return subprocess.CompletedProcess(argv, 0)
+
+        self.patch(bench.subprocess, "run", run)
+        with contextlib.redirect_stdout(io.StringIO()):
+            found = bench.defaultInstall(directory)
+        self.assertEqual(found, os.path.join(directory, "default-install", "bin"))
+        self.assertEqual(len(seen), 3)
+        for temporary in seen:
+            self.assertEqual(os.path.dirname(temporary), directory)
+            self.assertTrue(os.path.isdir(temporary))
+
+    def test_aCheckoutThatCannotBeCopied(self) -> None:
+        """
+        A checkout L{defaultInstall} cannot copy is one line too, not a
+        traceback, and no step runs.
+        """
+        bench = loadBench()
+        self.patch(bench, "CHECKOUT", os.path.join(scratchDirectory(self), "gone"))
+        self.patch(bench.subprocess, "run", lambda *a, **k: self.fail("a step ran"))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            found = bench.defaultInstall(scratchDirectory(self))
+        self.assertIsNone(found)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(
+            lines[0],
+            r"^default install not built \(copying the checkout: .*gone.*\); the"
+            r" start and resident rows are this install's \(",
+        )
+
     def test_twistdServersFromTheInstall(self) -> None:
         """
         L{fromInstall} starts the twistd servers (echotwist, the plain
