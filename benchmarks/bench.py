@@ -859,6 +859,20 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     directory = tempfile.mkdtemp(prefix="echotwist-bench-")
+    # Removed however the run ends: a usage error, a server that does not
+    # start, an interrupt (the default install's venv is tens of MiB).
+    try:
+        run(parser, args, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, directory: str
+) -> None:
+    """
+    The run L{main} parsed C{args} for, in the temporary C{directory}.
+    """
     transports = args.transports.split(",")
     unknown = set(transports) - {TCP, UDP, TLS}
     if unknown:
@@ -931,7 +945,6 @@ def main() -> None:
     report(cells, runs, memory, startup, args, resident, others, install)
     if spread is not None:
         reportWorkers(*spread)
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def takeTurns(

@@ -569,6 +569,23 @@ class DefaultInstallTests(SynchronousTestCase):
             r" start and resident rows are this install's \(",
         )
 
+    def test_aRunThatEndsEarlyLeavesNothing(self) -> None:
+        """
+        A run that ends before its report (here: a usage error) removes its
+        temporary directory all the same.
+        """
+        temporary = scratchDirectory(self)
+        done = subprocess.run(
+            [sys.executable, BENCH, "--transports", "bogus"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "TMPDIR": temporary},
+        )
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("--transports: unknown bogus", done.stderr)
+        self.assertEqual(os.listdir(temporary), [])
+
     def test_twistdServersFromTheInstall(self) -> None:
         """
         L{fromInstall} starts the twistd servers (echotwist, the plain
