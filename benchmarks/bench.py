@@ -85,6 +85,8 @@ STARTS = 5
 START_POLL = 0.001
 #: Seconds for building the default install's venv, pip's download included.
 INSTALL_TIMEOUT = 300
+#: Seconds a started server has to echo its first message.
+FIRST_ECHO_TIMEOUT = 30.0
 
 
 def pin(cpu: int) -> None:
@@ -628,11 +630,28 @@ def firstEcho(peer: Peer, directory: str) -> tuple[float, int]:
     started = time.monotonic()
     server = Running(peer, directory, poll=START_POLL)
     try:
-        with socket.create_connection((LOOPBACK, server.port)) as sock:
-            sock.sendall(b"first")
-            sock.recv(10)
-            took = time.monotonic() - started
-            return took, server.rss()
+        echoed = b""
+        try:
+            with socket.create_connection(
+                (LOOPBACK, server.port), timeout=FIRST_ECHO_TIMEOUT
+            ) as sock:
+                sock.sendall(b"first")
+                while len(echoed) < len(b"first"):
+                    more = sock.recv(10)
+                    if not more:
+                        break
+                    echoed += more
+                took = time.monotonic() - started
+        except OSError as e:
+            raise SystemExit(
+                f"{peer.name} did not echo its first message: {e}"
+            ) from None
+        if echoed != b"first":
+            raise SystemExit(
+                f"{peer.name} did not echo its first message: it closed the"
+                f" connection after {echoed!r}"
+            )
+        return took, server.rss()
     finally:
         server.stop()
 

@@ -500,6 +500,55 @@ class UDPPassTests(SynchronousTestCase):
         self.assertIn("SIZE must be 8 to 65507", done.stderr)
 
 
+#: A server for the benchmark that listens, says its port, and takes a
+#: connection without echoing: it waits (bounded), or closes it once the
+#: message is in.
+_MUTE_SERVER = """
+import socket, sys, time
+server = socket.create_server(("127.0.0.1", 0))
+print("port", server.getsockname()[1], flush=True)
+client, _ = server.accept()
+if sys.argv[1] == "wait":
+    time.sleep(20)
+else:
+    # Read the message first: a close with bytes unread would be a reset.
+    read = b""
+    while len(read) < 5:
+        read += client.recv(5)
+client.close()
+"""
+
+
+class FirstEchoTests(SynchronousTestCase):
+    """
+    L{firstEcho} is bounded, and a server that does not echo ends the run
+    with one line, not a wait without end or a time measured to nothing.
+    """
+
+    def firstEcho(self, how: str) -> str:
+        bench = loadBench()
+        self.patch(bench, "FIRST_ECHO_TIMEOUT", 0.5)
+        peer = bench.Peer(
+            "mute", [sys.executable, "-c", _MUTE_SERVER, how], r"port (\d+)"
+        )
+        with self.assertRaises(SystemExit) as caught:
+            bench.firstEcho(peer, scratchDirectory(self))
+        line = str(caught.exception.code)
+        self.assertEqual(len(line.splitlines()), 1, line)
+        return line
+
+    def test_aServerThatDoesNotAnswer(self) -> None:
+        self.assertRegex(
+            self.firstEcho("wait"), r"^mute did not echo its first message: .*timed out"
+        )
+
+    def test_aServerThatCloses(self) -> None:
+        self.assertEqual(
+            self.firstEcho("close"),
+            "mute did not echo its first message: it closed the connection after b''",
+        )
+
+
 class DefaultInstallTests(SynchronousTestCase):
     def test_whenItCannotBeBuilt(self) -> None:
         """
