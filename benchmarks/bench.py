@@ -735,9 +735,12 @@ def defaultInstall(directory: str) -> str | None:
     try:
         # In the steps' error handling: a checkout that cannot be copied
         # (a disk full, an unreadable file) is one line, as a failed step.
+        # Not trial's working directory of a test run in the checkout,
+        # nor its lock, a symbolic link to nothing (copied as a link).
         shutil.copytree(
             CHECKOUT,
             source,
+            symlinks=True,
             ignore=shutil.ignore_patterns(
                 ".*",
                 "build",
@@ -746,6 +749,7 @@ def defaultInstall(directory: str) -> str | None:
                 "__pycache__",
                 "dropin.cache",
                 "*.whl",
+                "_trial_temp*",
             ),
         )
         os.makedirs(temporary, exist_ok=True)

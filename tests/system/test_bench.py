@@ -598,6 +598,33 @@ class DefaultInstallTests(SynchronousTestCase):
             self.assertEqual(os.path.dirname(temporary), directory)
             self.assertTrue(os.path.isdir(temporary))
 
+    def test_aTestRunInTheCheckout(self) -> None:
+        """
+        A test run in the checkout (trial's C{_trial_temp} and its lock, a
+        symbolic link to nothing while the run holds it) neither stops the
+        copy that pip builds from nor is copied.
+        """
+        bench = loadBench()
+        checkout = scratchDirectory(self)
+        os.mkdir(os.path.join(checkout, "_trial_temp"))
+        os.symlink("12345", os.path.join(checkout, "_trial_temp.lock"))
+        with open(os.path.join(checkout, "setup.cfg"), "w") as f:
+            f.write("[metadata]\n")
+        self.patch(bench, "CHECKOUT", checkout)
+        self.patch(
+            bench.subprocess,
+            "run",
+            lambda argv, **kwargs: subprocess.CompletedProcess(argv, 0),
+        )
+        directory = scratchDirectory(self)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            found = bench.defaultInstall(directory)
+        self.assertEqual(out.getvalue(), "")
+        self.assertEqual(found, os.path.join(directory, "default-install", "bin"))
+        copied = os.path.join(directory, "default-install-source")
+        self.assertEqual(os.listdir(copied), ["setup.cfg"])
+
     def test_aCheckoutThatCannotBeCopied(self) -> None:
         """
         A checkout L{defaultInstall} cannot copy is one line too, not a
