@@ -398,6 +398,8 @@ class PollTests(SynchronousTestCase):
         self.assertEqual((failing.reads, fine.reads), (1, 1))
         ours = [e for e in events if e.get("log_namespace") == "echotwist.reactor"]
         self.assertEqual(len(ours), 1)
+        # Named, though its disconnection took it out of the reactor.
+        self.assertIs(ours[0]["selectable"], failing)
         self.assertEqual(
             len(self.flushLoggedErrors(RuntimeError)), 2, "both errors logged"
         )
