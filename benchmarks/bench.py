@@ -85,6 +85,8 @@ STARTS = 5
 START_POLL = 0.001
 #: Seconds for building the default install's venv, pip's download included.
 INSTALL_TIMEOUT = 300
+#: Seconds a started server has to echo its first message.
+FIRST_ECHO_TIMEOUT = 30.0
 
 
 def pin(cpu: int) -> None:
@@ -628,11 +630,28 @@ def firstEcho(peer: Peer, directory: str) -> tuple[float, int]:
     started = time.monotonic()
     server = Running(peer, directory, poll=START_POLL)
     try:
-        with socket.create_connection((LOOPBACK, server.port)) as sock:
-            sock.sendall(b"first")
-            sock.recv(10)
-            took = time.monotonic() - started
-            return took, server.rss()
+        echoed = b""
+        try:
+            with socket.create_connection(
+                (LOOPBACK, server.port), timeout=FIRST_ECHO_TIMEOUT
+            ) as sock:
+                sock.sendall(b"first")
+                while len(echoed) < len(b"first"):
+                    more = sock.recv(10)
+                    if not more:
+                        break
+                    echoed += more
+                took = time.monotonic() - started
+        except OSError as e:
+            raise SystemExit(
+                f"{peer.name} did not echo its first message: {e}"
+            ) from None
+        if echoed != b"first":
+            raise SystemExit(
+                f"{peer.name} did not echo its first message: it closed the"
+                f" connection after {echoed!r}"
+            )
+        return took, server.rss()
     finally:
         server.stop()
 
@@ -675,27 +694,12 @@ def defaultInstall(directory: str) -> str | None:
     # pip builds from a copy: a build in the checkout itself would leave
     # build/ and *.egg-info there.
     source = os.path.join(directory, "default-install-source")
-    try:
-        # Symbolic links as links: trial's _trial_temp.lock, in a checkout
-        # where trial runs this, is one that points nowhere.
-        shutil.copytree(
-            CHECKOUT,
-            source,
-            symlinks=True,
-            ignore=shutil.ignore_patterns(
-                ".*",
-                "build",
-                "dist",
-                "*.egg-info",
-                "__pycache__",
-                "dropin.cache",
-                "*.whl",
-                "_trial_temp*",
-            ),
-        )
-    except OSError as e:  # shutil.Error is one
-        return _notBuilt(f"copying the checkout: {str(e)[:200]}")
     venv = os.path.join(directory, "default-install")
+    # pip's own temporary directories (the build's isolated environment,
+    # unpacked downloads) go under the run's directory too: pip removes
+    # them when it ends, but not when the deadline kills it.
+    temporary = os.path.join(directory, "default-install-tmp")
+    environ = {**os.environ, "TMPDIR": temporary}
     python = os.path.join(venv, "bin", "python")
     steps = [
         ("python -m venv", [sys.executable, "-m", "venv", venv]),
@@ -727,13 +731,38 @@ def defaultInstall(directory: str) -> str | None:
         ),
     ]
     deadline = time.monotonic() + INSTALL_TIMEOUT
-    for step, argv in steps:
+    why = ""
+    try:
+        # In the steps' error handling: a checkout that cannot be copied
+        # (a disk full, an unreadable file) is one line, as a failed step.
+        # Not trial's working directory of a test run in the checkout,
+        # nor its lock, a symbolic link to nothing (copied as a link).
+        shutil.copytree(
+            CHECKOUT,
+            source,
+            symlinks=True,
+            ignore=shutil.ignore_patterns(
+                ".*",
+                "build",
+                "dist",
+                "*.egg-info",
+                "__pycache__",
+                "dropin.cache",
+                "*.whl",
+                "_trial_temp*",
+            ),
+        )
+        os.makedirs(temporary, exist_ok=True)
+    except OSError as e:
+        why = f"copying the checkout: {e}"
+    for step, argv in [] if why else steps:
         try:
             subprocess.run(
                 argv,
                 check=True,
                 capture_output=True,
                 text=True,
+                env=environ,
                 timeout=max(1.0, deadline - time.monotonic()),
             )
         except subprocess.CalledProcessError as e:
@@ -747,19 +776,13 @@ def defaultInstall(directory: str) -> str | None:
         except (OSError, subprocess.TimeoutExpired) as e:
             why = f"{step}: {e}"
             break
-    else:
+    if not why:
         return os.path.join(venv, "bin")
-    return _notBuilt(why)
-
-
-def _notBuilt(why: str) -> None:
-    """
-    Say in one line that the default install was not built, and why.
-    """
     print(
         f"default install not built ({why}); the start and resident rows are"
         f" this install's ({sys.prefix})"
     )
+    return None
 
 
 def fromInstall(peer: Peer, binDirectory: str) -> Peer:
@@ -859,6 +882,20 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     directory = tempfile.mkdtemp(prefix="echotwist-bench-")
+    # Removed however the run ends: a usage error, a server that does not
+    # start, an interrupt (the default install's venv is tens of MiB).
+    try:
+        run(parser, args, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, directory: str
+) -> None:
+    """
+    The run L{main} parsed C{args} for, in the temporary C{directory}.
+    """
     transports = args.transports.split(",")
     unknown = set(transports) - {TCP, UDP, TLS}
     if unknown:
@@ -931,7 +968,6 @@ def main() -> None:
     report(cells, runs, memory, startup, args, resident, others, install)
     if spread is not None:
         reportWorkers(*spread)
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def takeTurns(

@@ -398,6 +398,8 @@ class PollTests(SynchronousTestCase):
         self.assertEqual((failing.reads, fine.reads), (1, 1))
         ours = [e for e in events if e.get("log_namespace") == "echotwist.reactor"]
         self.assertEqual(len(ours), 1)
+        # Named, though its disconnection took it out of the reactor.
+        self.assertIs(ours[0]["selectable"], failing)
         self.assertEqual(
             len(self.flushLoggedErrors(RuntimeError)), 2, "both errors logged"
         )
@@ -476,6 +478,36 @@ class DatagramPollTests(SynchronousTestCase):
         self.assertEqual(len(ours), 1)
         self.assertNotIn(fd, epollParts(self.reactor).selectables)
         self.assertEqual(self.reactor._passes, {})
+
+    def test_aNewPortOnTheSameDescriptor(self) -> None:
+        """
+        A port stopped and another listening on its descriptor: the new
+        port's datagrams are its own, answered and counted by its protocol,
+        even if an entry of the old port's were left behind.
+        """
+        self.exchange([b"hello"])
+        self.client.recv(100)
+        [fd] = self.reactor._passes
+        old = self.port
+        self.reactor.removeReader(old)
+        old.socket.close()
+        policy = DatagramPolicy(rate=0, clock=Clock())
+        new = EchoPassPort(0, DatagramEcho(policy), "127.0.0.1", 65536, self.reactor)
+        new.startListening()
+        self.addCleanup(new.socket.close)
+        self.addCleanup(self.reactor.removeReader, new)
+        self.assertEqual(new.fileno(), fd)
+        self.port = new
+        stale: list[object] = []
+        self.reactor._passes[fd] = (old, lambda port: stale.append(port) or True)
+        self.assertFalse(self.exchange([b"new"]))  # the new port judges it
+        self.assertEqual(self.client.recv(100), b"new")
+        self.assertTrue(self.exchange([b"again"]))
+        self.assertEqual(self.client.recv(100), b"again")
+        self.assertEqual(stale, [])
+        self.assertIs(self.reactor._passes[fd][0], new)
+        self.assertEqual(policy.counts, {"answered": 2})
+        self.assertEqual(self.policy.counts, {"answered": 1})
 
     def test_aRefusalIsNotAPlainEcho(self) -> None:
         self.exchange([b"hello"])

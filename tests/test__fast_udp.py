@@ -315,3 +315,75 @@ class _FailingSend:
 
     def sendto(self, data: bytes, addr: Any) -> int:
         raise OSError(errno.ENOBUFS, "No buffer space available")
+
+
+class AsTheProtocolCountsTests(SynchronousTestCase):
+    """
+    The same traffic through the fast path's port (its pass of reads) and
+    through the datagram echo's own port (every datagram to the protocol):
+    the same answers, and the same counts of answers, refusals and bytes.
+    """
+
+    def traffic(
+        self, portType: type[DatagramPort], rate: float
+    ) -> tuple[dict[str, int], dict[str, int], list[tuple[int, bytes]], int]:
+        """
+        Run a script of traffic through a port of C{portType}: the policy's
+        counts and bytes, the answers (by client) and the loop guard's size.
+        """
+        clock = Clock()
+        policy = DatagramPolicy(rate=rate, clock=clock)
+        port = portType(
+            0, DatagramEcho(policy), "127.0.0.1", 65536, MemoryReactorClock()
+        )
+        port.startListening()
+        self.addCleanup(port.socket.close)
+        one, two = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in "12")
+        for client in (one, two):
+            self.addCleanup(client.close)
+            client.bind(("127.0.0.1", 0))
+        to = ("127.0.0.1", port.getHost().port)
+        long = b"L" * 1024
+        script: list[tuple[socket.socket, list[bytes]] | float] = [
+            (one, [b"hello"]),
+            (one, [b"ping"] * (LOOP_TOLERANCE + 3)),
+            (two, [b"ping"] * 2 + [b""] * 3),
+            (
+                one,
+                [long] * (LOOP_TOLERANCE + 2) + [b"%04d" % n + long for n in range(9)],
+            ),
+            LOOP_WINDOW * 3,
+            (one, [b"ping", b"x" * 65507, b"ping"]),
+            (two, [b"%d" % n for n in range(DATAGRAMS_PER_READ)]),
+            1.0,
+            (one, [b"ping"] * (LOOP_TOLERANCE + 3)),
+        ]
+        answers: list[tuple[int, bytes]] = []
+        with capturedLogs():
+            for step in script:
+                if isinstance(step, float):
+                    clock.advance(step)
+                    continue
+                client, datagrams = step
+                for datagram in datagrams:
+                    client.sendto(datagram, to)
+                port.doRead()
+                for which, client in enumerate((one, two)):
+                    while True:
+                        try:
+                            answer = client.recv(65536, socket.MSG_DONTWAIT)
+                        except BlockingIOError:
+                            break
+                        answers.append((which, answer))
+        return policy.counts, policy.bytes, answers, len(policy.loops)
+
+    def test_noRateLimit(self) -> None:
+        fast = self.traffic(EchoPassPort, 0)
+        self.assertEqual(fast, self.traffic(DatagramPort, 0))
+        self.assertIn("echo loop", fast[0])
+
+    def test_rateLimit(self) -> None:
+        fast = self.traffic(EchoPassPort, 100)
+        self.assertEqual(fast, self.traffic(DatagramPort, 100))
+        self.assertIn("over the rate limit", fast[0])
+        self.assertIn("echo loop", fast[0])

@@ -303,42 +303,51 @@ class FastEPollReactor(EPollReactor):
         selectable = self._parts.selectables.get(fd)
         if selectable is None:
             return True
-        if event == EPOLLIN:
-            bulk = self._bulkEchoes.get(fd)
-            pipe = _SharedPipe.fds
-            if bulk is not None and bulk[0] is selectable and pipe:
-                # What SplicingServer.doRead does for a bulk echo (see
-                # bulkEcho), without a call to it.
-                try:
-                    if self._spliceEcho(fd, selectable, bulk[1], pipe):
-                        return True
-                except KeyboardInterrupt:
-                    raise
-                except BaseException as e:
-                    # The pipe may hold its bytes: it goes too.
-                    _SharedPipe.discard()
-                    self._failed(selectable, e)
-                self._track(fd, selectable)
-                return False
-            other = self._loopEchoes.get(fd)
-            if other is not None and other[0] is selectable:
-                # A TLS echo's read (see echotwist._fast.tlsloop).
-                return self._loopEcho(fd, selectable, other)
+        # Here, where the selectable is at hand: what raises past Twisted's
+        # own handling (a connectionLost, as its loop lets it) is logged
+        # naming it, though its disconnection took it out of the reactor.
+        try:
+            if event == EPOLLIN:
+                bulk = self._bulkEchoes.get(fd)
+                pipe = _SharedPipe.fds
+                if bulk is not None and bulk[0] is selectable and pipe:
+                    # What SplicingServer.doRead does for a bulk echo (see
+                    # bulkEcho), without a call to it.
+                    try:
+                        if self._spliceEcho(fd, selectable, bulk[1], pipe):
+                            return True
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException as e:
+                        # The pipe may hold its bytes: it goes too.
+                        _SharedPipe.discard()
+                        self._failed(selectable, e)
+                    self._track(fd, selectable)
+                    return False
+                other = self._loopEchoes.get(fd)
+                if other is not None and other[0] is selectable:
+                    # A TLS echo's read (see echotwist._fast.tlsloop).
+                    return self._loopEcho(fd, selectable, other)
+                handler = self._handlers.get(type(selectable))
+                if handler is not None and handler.readPass is not None:
+                    # A UDP port's pass of reads, without the wrapper of
+                    # doReadOrWrite; its echoes are answered in it (see
+                    # EchoPassPort.readPass).  _poll calls the next ones.
+                    self._passes[fd] = (selectable, handler.readPass)
+                    return self._readPass(selectable, handler.readPass)
+            self._parts.doReadOrWrite(selectable, fd, event)
             handler = self._handlers.get(type(selectable))
-            if handler is not None and handler.readPass is not None:
-                # A UDP port's pass of reads, without the wrapper of
-                # doReadOrWrite; its echoes are answered in it (see
-                # EchoPassPort.readPass).  _poll calls the next ones.
-                self._passes[fd] = (selectable, handler.readPass)
-                return self._readPass(selectable, handler.readPass)
-        self._parts.doReadOrWrite(selectable, fd, event)
-        handler = self._handlers.get(type(selectable))
-        if handler is not None:
-            if handler.tracked:
-                self._track(fd, selectable)
-            elif handler.loopEcho is not None:
-                self._trackLoopEcho(fd, selectable)
-        return False
+            if handler is not None:
+                if handler.tracked:
+                    self._track(fd, selectable)
+                elif handler.loopEcho is not None:
+                    self._trackLoopEcho(fd, selectable)
+            return False
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            log.failure("Unhandled error in {selectable!r}", selectable=selectable)
+            return False
 
     def _failed(self, selectable: Any, e: BaseException) -> None:
         """

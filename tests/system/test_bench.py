@@ -500,6 +500,55 @@ class UDPPassTests(SynchronousTestCase):
         self.assertIn("SIZE must be 8 to 65507", done.stderr)
 
 
+#: A server for the benchmark that listens, says its port, and takes a
+#: connection without echoing: it waits (bounded), or closes it once the
+#: message is in.
+_MUTE_SERVER = """
+import socket, sys, time
+server = socket.create_server(("127.0.0.1", 0))
+print("port", server.getsockname()[1], flush=True)
+client, _ = server.accept()
+if sys.argv[1] == "wait":
+    time.sleep(20)
+else:
+    # Read the message first: a close with bytes unread would be a reset.
+    read = b""
+    while len(read) < 5:
+        read += client.recv(5)
+client.close()
+"""
+
+
+class FirstEchoTests(SynchronousTestCase):
+    """
+    L{firstEcho} is bounded, and a server that does not echo ends the run
+    with one line, not a wait without end or a time measured to nothing.
+    """
+
+    def firstEcho(self, how: str) -> str:
+        bench = loadBench()
+        self.patch(bench, "FIRST_ECHO_TIMEOUT", 0.5)
+        peer = bench.Peer(
+            "mute", [sys.executable, "-c", _MUTE_SERVER, how], r"port (\d+)"
+        )
+        with self.assertRaises(SystemExit) as caught:
+            bench.firstEcho(peer, scratchDirectory(self))
+        line = str(caught.exception.code)
+        self.assertEqual(len(line.splitlines()), 1, line)
+        return line
+
+    def test_aServerThatDoesNotAnswer(self) -> None:
+        self.assertRegex(
+            self.firstEcho("wait"), r"^mute did not echo its first message: .*timed out"
+        )
+
+    def test_aServerThatCloses(self) -> None:
+        self.assertEqual(
+            self.firstEcho("close"),
+            "mute did not echo its first message: it closed the connection after b''",
+        )
+
+
 class DefaultInstallTests(SynchronousTestCase):
     def test_whenItCannotBeBuilt(self) -> None:
         """
@@ -523,41 +572,95 @@ class DefaultInstallTests(SynchronousTestCase):
             r" resident rows are this install's \(",
         )
 
-    def test_copiesACheckoutWhereTrialRuns(self) -> None:
+    def test_everyStepsTemporaryFilesInTheRunsDirectory(self) -> None:
         """
-        The checkout is copied for pip without trial's working directory,
-        and a symbolic link that points nowhere (trial's
-        C{_trial_temp.lock} while it runs) is copied as a link, not
-        followed: either used to stop the run with a traceback.
+        Every step of L{defaultInstall} runs with C{TMPDIR} inside the
+        run's directory: pip's temporary directories, which a step the
+        deadline kills leaves behind, go where the run removes them.
+        """
+        bench = loadBench()
+        self.patch(bench, "CHECKOUT", scratchDirectory(self))
+        directory = scratchDirectory(self)
+        seen: list[str] = []
+
+        def run(argv: list[str], **kwargs: object) -> object:
+            environ = kwargs.get("env")
+            assert isinstance(environ, dict), "the step has an environment"
+            seen.append(environ["TMPDIR"])
+            return subprocess.CompletedProcess(argv, 0)
+
+        self.patch(bench.subprocess, "run", run)
+        with contextlib.redirect_stdout(io.StringIO()):
+            found = bench.defaultInstall(directory)
+        self.assertEqual(found, os.path.join(directory, "default-install", "bin"))
+        self.assertEqual(len(seen), 3)
+        for temporary in seen:
+            self.assertEqual(os.path.dirname(temporary), directory)
+            self.assertTrue(os.path.isdir(temporary))
+
+    def test_aTestRunInTheCheckout(self) -> None:
+        """
+        A test run in the checkout (trial's C{_trial_temp} and its lock, a
+        symbolic link to nothing while the run holds it) neither stops the
+        copy that pip builds from nor is copied.
         """
         bench = loadBench()
         checkout = scratchDirectory(self)
         os.mkdir(os.path.join(checkout, "_trial_temp"))
-        os.symlink("nowhere", os.path.join(checkout, "_trial_temp.lock"))
+        os.symlink("12345", os.path.join(checkout, "_trial_temp.lock"))
+        with open(os.path.join(checkout, "setup.cfg"), "w") as f:
+            f.write("[metadata]\n")
         self.patch(bench, "CHECKOUT", checkout)
+        self.patch(
+            bench.subprocess,
+            "run",
+            lambda argv, **kwargs: subprocess.CompletedProcess(argv, 0),
+        )
         directory = scratchDirectory(self)
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            bench.defaultInstall(directory)
-        source = os.path.join(directory, "default-install-source")
-        self.assertEqual(os.listdir(source), [])
-        # And pip, given no project, refuses it in one line.
-        self.assertRegex(out.getvalue(), r"^default install not built \(pip install: ")
+            found = bench.defaultInstall(directory)
+        self.assertEqual(out.getvalue(), "")
+        self.assertEqual(found, os.path.join(directory, "default-install", "bin"))
+        copied = os.path.join(directory, "default-install-source")
+        self.assertEqual(os.listdir(copied), ["setup.cfg"])
 
-    def test_whenTheCopyFails(self) -> None:
+    def test_aCheckoutThatCannotBeCopied(self) -> None:
         """
-        A checkout that cannot be copied is one line too.
+        A checkout L{defaultInstall} cannot copy is one line too, not a
+        traceback, and no step runs.
         """
         bench = loadBench()
         self.patch(bench, "CHECKOUT", os.path.join(scratchDirectory(self), "gone"))
+        self.patch(bench.subprocess, "run", lambda *a, **k: self.fail("a step ran"))
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            self.assertIsNone(bench.defaultInstall(scratchDirectory(self)))
+            found = bench.defaultInstall(scratchDirectory(self))
+        self.assertIsNone(found)
         lines = out.getvalue().splitlines()
         self.assertEqual(len(lines), 1, lines)
         self.assertRegex(
-            lines[0], r"^default install not built \(copying the checkout: .+\); the"
+            lines[0],
+            r"^default install not built \(copying the checkout: .*gone.*\); the"
+            r" start and resident rows are this install's \(",
         )
+
+    def test_aRunThatEndsEarlyLeavesNothing(self) -> None:
+        """
+        A run that ends before its report (here: a usage error) removes its
+        temporary directory all the same.
+        """
+        temporary = scratchDirectory(self)
+        done = subprocess.run(
+            [sys.executable, BENCH, "--transports", "bogus"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "TMPDIR": temporary},
+        )
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("--transports: unknown bogus", done.stderr)
+        self.assertEqual(os.listdir(temporary), [])
 
     def test_twistdServersFromTheInstall(self) -> None:
         """
