@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-import sys
 from dataclasses import replace
 from select import EPOLLIN
 from typing import Any
@@ -38,7 +37,6 @@ from echotwist._fast.udp import EchoPassPort
 from echotwist._twisted import closeEpoll, epollParts, justStopped
 from echotwist.datagram import LOOP_TOLERANCE, DatagramEcho, DatagramPolicy
 from echotwist.reactor import EchotwistEPollReactor
-from echotwist.stream import SPLICE_FROM
 from tests._twistd import WAIT
 from tests.test__fast_tcp import Loopback, pattern
 
@@ -552,10 +550,8 @@ class _PlainEcho:
     def __init__(self, message: bytes = b"ping") -> None:
         self.message = message
         self.sent: list[bytes] = []
-        self.sizes: list[int] = []
 
     def read(self, fd: int, size: int) -> bytes:
-        self.sizes.append(size)
         return self.message
 
     def write(self, fd: int, data: bytes) -> int:
@@ -605,21 +601,6 @@ class PlainPollTests(SynchronousTestCase):
         self.assertEqual(self.echo.sent, [b"ping"] * 3)
         self.assertEqual(self.echo.bytesEchoed, 12)
         self.assertEqual(self.otherReads, [1])
-
-    def test_readsUnderTheMmapThreshold(self) -> None:
-        """
-        The plain echo reads enough for a read to reach L{SPLICE_FROM}
-        (and leave the plain echo for the splice), and allocates less than
-        glibc's first mmap() threshold per read (128 KiB, with the bytes
-        object's header): above it, until the allocator raises its
-        threshold, every read would map and unmap its buffer.
-        """
-        plain = [(1000, EPOLLIN)]
-        self.script(plain, [])
-        self.reactor.doPoll(None)
-        [size] = self.echo.sizes
-        self.assertGreater(size, SPLICE_FROM)
-        self.assertLess(sys.getsizeof(b"") + size, 128 * 1024)
 
     def test_returnsWhenNothingHappened(self) -> None:
         """

@@ -102,15 +102,6 @@ __all__ = ["FastEPollReactor"]
 # moved here: operators filter on it.
 log = Logger(namespace="echotwist.reactor")
 
-#: What the loop's plain echo reads at a time.  A read of L{SPLICE_FROM} or
-#: more leaves the plain echo anyway, so reading more buys nothing; and
-#: C{os.read} allocates its whole size first, which at
-#: L{DIRECT_READ_SIZE} is above glibc's first threshold for allocating
-#: with mmap() (128 KiB): until the allocator happens to raise it, each
-#: read would cost an mmap(), a munmap() and a page fault (3.5 times
-#: the cost of a 64-byte echo on a socketpair, measured).
-PLAIN_READ_SIZE = 2 * SPLICE_FROM
-
 
 class FastEPollReactor(EPollReactor):
     """
@@ -185,7 +176,7 @@ class FastEPollReactor(EPollReactor):
         poll, selectables, stopped = parts.poll, parts.selectables, parts.justStopped
         plainEchoes, passes = self._plainEchoes, self._passes
         threadCalls, seconds = self.threadCallQueue, self.seconds
-        readSize, spliceFrom = PLAIN_READ_SIZE, SPLICE_FROM
+        readSize, spliceFrom = DIRECT_READ_SIZE, SPLICE_FROM
         deadline = seconds() + timeout if timeout > 0.0 else 0.0
         while True:
             try:
