@@ -33,7 +33,13 @@ size=${1:?SIZE}; conns=${2:?CONNS}; shift 2
 extra=("$@")
 peer=${PEER:-echotwist}
 here=$(cd "$(dirname "$0")" && pwd)
-twistd=${TWISTD:-$(command -v twistd)}
+twistd=${TWISTD:-$(command -v twistd || true)}
+if [ ! -x "$twistd" ]; then
+    # Every server runs on twistd's Python (the peers too): say so, rather
+    # than let set -e end the run without a word.
+    echo "instructions.sh: no twistd: put one on PATH or set TWISTD=/path/to/twistd" >&2
+    exit 2
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 if [ "$transport" = udp ]; then

@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -471,6 +472,42 @@ class RunningTests(SynchronousTestCase):
 
 
 UDPPASS = os.path.join(os.path.dirname(BENCH), "udppass.py")
+
+
+class InstructionsScriptTests(SynchronousTestCase):
+    def test_noTwistd(self) -> None:
+        """
+        benchmarks/instructions.sh without a twistd (none on PATH, no
+        TWISTD) says so in one line and exits 2; it used to end without a
+        word, set -e stopping it at the failed lookup.
+        """
+        bare = scratchDirectory(self)
+        # What the script runs before it looks for twistd, and nothing else.
+        os.symlink(
+            shutil.which("dirname") or "/usr/bin/dirname", os.path.join(bare, "dirname")
+        )
+        env = {k: v for k, v in os.environ.items() if k != "TWISTD"}
+        env["PATH"] = bare
+        result = subprocess.run(
+            [
+                "/bin/bash",
+                os.path.join(CHECKOUT, "benchmarks", "instructions.sh"),
+                "64",
+                "1",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertEqual(
+            result.stderr.splitlines(),
+            [
+                "instructions.sh: no twistd: put one on PATH or set"
+                " TWISTD=/path/to/twistd"
+            ],
+        )
 
 
 class UDPPassTests(SynchronousTestCase):
