@@ -34,7 +34,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from echotwist import Echo
 from echotwist._fast.tcp import SplicingServer
 from echotwist._fast.udp import EchoPassPort
-from echotwist._twisted import closeEpoll, epollParts, justStopped
+from echotwist._twisted import closeEpoll, epollParts
 from echotwist.datagram import LOOP_TOLERANCE, DatagramEcho, DatagramPolicy
 from echotwist.reactor import EchotwistEPollReactor
 from tests._twistd import WAIT
@@ -648,7 +648,7 @@ class PlainPollTests(SynchronousTestCase):
         # As if running (stop() refuses otherwise); it never runs here.
         self.reactor._stopped = False
         self.reactor.doPoll(None)
-        self.assertTrue(justStopped(self.reactor))
+        self.assertTrue(epollParts(self.reactor).justStopped(self.reactor))
         self.assertEqual(len(poller.timeouts), 2)
 
     def test_callFromThreadReturns(self) -> None:

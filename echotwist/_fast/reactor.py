@@ -228,7 +228,8 @@ class FastEPollReactor(EPollReactor):
                         and port[0] is selectables.get(fd)
                     ):
                         # A UDP port's pass of reads, its echoes answered in
-                        # it (see EchoPassPort.readPass): on a busy port
+                        # it (see EchoPassPort.readPass): what _readPass
+                        # does, without its call, since on a busy port
                         # nearly every pass is an event of its own.
                         try:
                             if not port[1](port[0]):

@@ -45,7 +45,6 @@ __all__ = [
     "epollParts",
     "exitSignal",
     "handReactorToTwist",
-    "justStopped",
     "nothingQueued",
     "orGlobalReactor",
     "reportFailedStart",
@@ -206,9 +205,11 @@ class EPollParts:
     @ivar disconnectSelectable: C{(selectable, why, isRead)}: what the
         reactor does with a selectable whose read or write returned a
         reason to disconnect.
-    @ivar justStopped: C{(reactor)}: L{justStopped}, a C function where
-        that is a Python one, for a loop that asks once a poll (a Python
-        call costs it several hundred instructions a message).
+    @ivar justStopped: C{(reactor)}: whether C{reactor.stop()} was called
+        since the main loop's last pass, which a loop that polls more than
+        once per pass must check to return in time; a C function, since
+        the loop asks once a poll (a Python call costs it several hundred
+        instructions a message).
     """
 
     poll: Callable[[float, int], list[tuple[int, int]]]
@@ -224,7 +225,8 @@ def epollParts(reactor: EPollReactor) -> EPollParts:
     its private C{_poller} and C{_selectables}, both made once in
     C{__init__} and never replaced, and its private methods
     C{_doReadOrWrite} (of C{posixbase._PollLikeMixin}) and
-    C{_disconnectSelectable} (of C{posixbase._DisconnectSelectableMixin}).
+    C{_disconnectSelectable} (of C{posixbase._DisconnectSelectableMixin});
+    and the private C{_justStopped} of L{twisted.internet.base.ReactorBase}.
     Checked with Twisted 24.3.0 and 26.10.0.
     """
     return EPollParts(
@@ -232,7 +234,7 @@ def epollParts(reactor: EPollReactor) -> EPollParts:
         selectables=reactor._selectables,
         doReadOrWrite=reactor._doReadOrWrite,
         disconnectSelectable=reactor._disconnectSelectable,
-        justStopped=_justStopped,
+        justStopped=attrgetter("_justStopped"),
     )
 
 
@@ -244,20 +246,6 @@ def closeEpoll(reactor: EPollReactor) -> None:
     24.3.0 and 26.10.0.
     """
     reactor._poller.close()
-
-
-def justStopped(reactor: Any) -> bool:
-    """
-    Whether C{reactor.stop()} was called since the main loop's last pass:
-    the private C{_justStopped} of L{twisted.internet.base.ReactorBase},
-    which a loop that polls more than once per pass must check to return
-    in time.  Checked with Twisted 24.3.0 and 26.10.0.
-    """
-    return bool(_justStopped(reactor))
-
-
-# What justStopped reads, as a C function (see EPollParts.justStopped).
-_justStopped = attrgetter("_justStopped")
 
 
 def exitSignal(reactor: Any) -> int | None:
