@@ -785,12 +785,20 @@ def defaultInstall(directory: str) -> str | None:
     return None
 
 
+def isTwistd(peer: Peer) -> bool:
+    """
+    Whether C{peer} is started by this install's twistd (echotwist, the
+    plain C{.tac}).
+    """
+    return peer.argv[0] == os.path.join(BIN, "twistd")
+
+
 def fromInstall(peer: Peer, binDirectory: str) -> Peer:
     """
     C{peer} started by the twistd in C{binDirectory} if it is a twistd
-    server (echotwist, the plain C{.tac}); the others as they are.
+    server (see L{isTwistd}); the others as they are.
     """
-    if peer.argv[0] != os.path.join(BIN, "twistd"):
+    if not isTwistd(peer):
         return peer
     return dataclasses.replace(
         peer, argv=[os.path.join(binDirectory, "twistd"), *peer.argv[1:]]
@@ -947,8 +955,7 @@ def run(
     # twistd servers run from a venv with just that, whatever this one has.
     install = (
         defaultInstall(directory)
-        if args.startInstall == "default"
-        and any(p.argv[0] == os.path.join(BIN, "twistd") for p in servers)
+        if args.startInstall == "default" and any(isTwistd(p) for p in servers)
         else None
     )
     starting = [fromInstall(p, install) if install else p for p in servers]

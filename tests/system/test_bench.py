@@ -597,17 +597,24 @@ class DefaultInstallTests(SynchronousTestCase):
         bench = loadBench()
         empty = scratchDirectory(self)
         self.patch(bench, "CHECKOUT", empty)
+        self.assertRegex(
+            self.notBuilt(bench),
+            r"^default install not built \(pip install: ERROR: .+\); the start and"
+            r" resident rows are this install's \(",
+        )
+
+    def notBuilt(self, bench) -> str:  # type: ignore[no-untyped-def]
+        """
+        Build the default install where it cannot be built: it returns
+        None, having printed one line, returned here.
+        """
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             found = bench.defaultInstall(scratchDirectory(self))
         self.assertIsNone(found)
         lines = out.getvalue().splitlines()
         self.assertEqual(len(lines), 1, lines)
-        self.assertRegex(
-            lines[0],
-            r"^default install not built \(pip install: ERROR: .+\); the start and"
-            r" resident rows are this install's \(",
-        )
+        return lines[0]
 
     def test_everyStepsTemporaryFilesInTheRunsDirectory(self) -> None:
         """
@@ -670,14 +677,8 @@ class DefaultInstallTests(SynchronousTestCase):
         bench = loadBench()
         self.patch(bench, "CHECKOUT", os.path.join(scratchDirectory(self), "gone"))
         self.patch(bench.subprocess, "run", lambda *a, **k: self.fail("a step ran"))
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            found = bench.defaultInstall(scratchDirectory(self))
-        self.assertIsNone(found)
-        lines = out.getvalue().splitlines()
-        self.assertEqual(len(lines), 1, lines)
         self.assertRegex(
-            lines[0],
+            self.notBuilt(bench),
             r"^default install not built \(copying the checkout: .*gone.*\); the"
             r" start and resident rows are this install's \(",
         )
