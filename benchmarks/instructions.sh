@@ -21,6 +21,7 @@
 # reuse), echoing 64 bytes and closing.  For TLS, PEER=plain counts a plain
 # Twisted echo on listenSSL (plain.tac) and PEER=uvloop (or asyncio) the
 # Protocol echo of peers.py, under the same count, instead of echotwist.
+# For UDP, PEER=plain counts plain.tac's five-line DatagramProtocol echo.
 #
 # Needs valgrind, a C compiler and twistd on PATH (or TWISTD=...).
 set -eu
@@ -73,6 +74,11 @@ run() {  # run SECONDS: prints "messages instructions"
     if [ "$transport" = tls ] && [ "$peer" = plain ]; then
         server=("$python" "$twistd" -n --pidfile= -y "$here/plain.tac")
         ready="starting on $port"
+    elif [ "$transport" = udp ] && [ "$peer" = plain ]; then
+        # plain.tac's DatagramProtocol echo binds a port of its own.
+        export PLAIN_ECHO_UDP=1
+        server=("$python" "$twistd" -n --pidfile= -y "$here/plain.tac")
+        ready="starting on [0-9]"
     elif [ "$transport" = tls ] && [ "$peer" != echotwist ]; then
         # peers.py binds a port of its own and prints it.
         server=("$python" "$here/peers.py" "$peer" tls "$work/cert.pem" "$work/key.pem")
@@ -91,6 +97,8 @@ run() {  # run SECONDS: prints "messages instructions"
     done
     if [ "$transport" = tls ] && [ "$peer" != echotwist ] && [ "$peer" != plain ]; then
         port=$(sed -n 's/^PORT \([0-9]*\).*/\1/p' "$work/server.log")
+    elif [ "$transport" = udp ] && [ "$peer" = plain ]; then
+        port=$(sed -n 's/.*starting on \([0-9]*\).*/\1/p' "$work/server.log" | head -1)
     fi
     if [ "$transport" = udp ]; then
         out=$(taskset -c 1 "$work/cudp" load "$port" "$conns" "$size" "$1")
