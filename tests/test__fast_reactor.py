@@ -645,8 +645,9 @@ class PlainPollTests(SynchronousTestCase):
         plain = [(1000, EPOLLIN)]
         poller = self.script(plain, plain, plain)
         poller.onPoll = [None, self.reactor.stop]
-        # As if running (stop() refuses otherwise); it never runs here.
-        self.reactor._stopped = False
+        # Started by its public step (stop() refuses a reactor that never
+        # started), without signal handlers; its main loop never runs here.
+        self.reactor.startRunning(installSignalHandlers=False)
         self.reactor.doPoll(None)
         self.assertTrue(epollParts(self.reactor).justStopped(self.reactor))
         self.assertEqual(len(poller.timeouts), 2)
