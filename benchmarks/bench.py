@@ -13,10 +13,10 @@ as echotwist-epoll under twistd --reactor epoll, Twisted's default reactor.
 Peers: a plain Twisted echo (twisted.protocols.wire.Echo, default reactor),
 the stdlib asyncio Protocol echo, and uvloop's when it is installed; and,
 as yardsticks, python-floor, the least a Python loop can do (peers.py's
-floor: epoll, os.read, os.write, no framework), and a C epoll echo (cecho.c)
-when a C compiler is there.  Each
-server runs as its own process; closed-loop clients (send a message, wait
-for all of it back, check every byte, repeat) run for --seconds per cell.
+floor: epoll, os.read, os.write, no framework), and a C epoll echo
+(cecho.c) when a C compiler is there.  Each server runs as its own
+process; closed-loop clients (send a message, wait for all of it back,
+check every byte, repeat) run for --seconds per cell.
 The figure that matters on a shared two-core machine is messages per server
 CPU-second (utime + stime from /proc), which does not depend on how fast the
 client is; the table also splits it into user and kernel time per message.
@@ -36,13 +36,14 @@ UDP and TLS have tables of their own, driven by C clients (cudp.c's load
 mode, tlsload.c with OpenSSL): UDP at 64 B x 1, 1 KiB x 10 and 8 KiB x 10
 flows (one datagram in flight per flow, matched by sequence number) against
 echotwist at --udp-rate 0, a plain Twisted DatagramProtocol echo, asyncio's,
-uvloop's, python-floor's recvfrom/sendto loop and a C one; TLS (an RSA-2048 certificate made in a
-temporary directory) at 1 KiB x 10 and in new handshakes (4 clients, each
-connecting, echoing 64 B and closing, over and over: a "message" is one such
-connection) against echotwist's ssl: listener (no per-source handshake
-limits: the clients share one address), a plain Twisted listenSSL echo,
-asyncio's ssl and uvloop's.  --transports picks among tcp, udp and tls.
-With --quick, UDP runs 1 KiB x 10 and 64 B x 1.
+uvloop's, python-floor's recvfrom/sendto loop and a C one; TLS (an RSA-2048
+certificate made in a temporary directory) at 1 KiB x 10 and in new
+handshakes (4 clients, each connecting, echoing 64 B and closing, over and
+over: a "message" is one such connection) against echotwist's ssl:
+listener (no per-source handshake limits: the clients share one address),
+a plain Twisted listenSSL echo, asyncio's ssl and uvloop's.  --transports
+picks among tcp, udp and tls.  With --quick, UDP runs 1 KiB x 10 and 64 B
+x 1.
 Every load loop is bounded in time and talks to 127.0.0.1 only.
 """
 
