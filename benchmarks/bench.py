@@ -12,9 +12,11 @@ echotwist runs as a user types it (twistd -n echo: echotwist's reactor), and
 as echotwist-epoll under twistd --reactor epoll, Twisted's default reactor.
 Peers: a plain Twisted echo (twisted.protocols.wire.Echo, default reactor),
 the stdlib asyncio Protocol echo, and uvloop's when it is installed; and,
-as a yardstick, a C epoll echo (cecho.c) when a C compiler is there.  Each
-server runs as its own process; closed-loop clients (send a message, wait
-for all of it back, check every byte, repeat) run for --seconds per cell.
+as yardsticks, python-floor, the least a Python loop can do (peers.py's
+floor: epoll, os.read, os.write, no framework), and a C epoll echo
+(cecho.c) when a C compiler is there.  Each server runs as its own
+process; closed-loop clients (send a message, wait for all of it back,
+check every byte, repeat) run for --seconds per cell.
 The figure that matters on a shared two-core machine is messages per server
 CPU-second (utime + stime from /proc), which does not depend on how fast the
 client is; the table also splits it into user and kernel time per message.
@@ -34,13 +36,14 @@ UDP and TLS have tables of their own, driven by C clients (cudp.c's load
 mode, tlsload.c with OpenSSL): UDP at 64 B x 1, 1 KiB x 10 and 8 KiB x 10
 flows (one datagram in flight per flow, matched by sequence number) against
 echotwist at --udp-rate 0, a plain Twisted DatagramProtocol echo, asyncio's,
-uvloop's and a C recvfrom/sendto echo; TLS (an RSA-2048 certificate made in a
-temporary directory) at 1 KiB x 10 and in new handshakes (4 clients, each
-connecting, echoing 64 B and closing, over and over: a "message" is one such
-connection) against echotwist's ssl: listener (no per-source handshake
-limits: the clients share one address), a plain Twisted listenSSL echo,
-asyncio's ssl and uvloop's.  --transports picks among tcp, udp and tls.
-With --quick, UDP runs 1 KiB x 10 and 64 B x 1.
+uvloop's, python-floor's recvfrom/sendto loop and a C one; TLS (an RSA-2048
+certificate made in a temporary directory) at 1 KiB x 10 and in new
+handshakes (4 clients, each connecting, echoing 64 B and closing, over and
+over: a "message" is one such connection) against echotwist's ssl:
+listener (no per-source handshake limits: the clients share one address),
+a plain Twisted listenSSL echo, asyncio's ssl and uvloop's.  --transports
+picks among tcp, udp and tls.  With --quick, UDP runs 1 KiB x 10 and 64 B
+x 1.
 Every load loop is bounded in time and talks to 127.0.0.1 only.
 """
 
@@ -60,8 +63,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: The checkout the benchmark is part of: what the default install installs.
@@ -180,6 +184,7 @@ def peers(directory: str, options: list[str], asTyped: bool = False) -> list[Pee
             r"starting on (\d+)",
         ),
         *pythonPeers([]),
+        floor([]),
     ]
     # The yardstick, not a peer to beat: a C epoll echo (benchmarks/cecho.c).
     cecho = buildC("cecho", directory)
@@ -198,13 +203,16 @@ HANDSHAKES = (0, 4)
 TLS_CELLS = [(1024, 10), HANDSHAKES]
 #: The UDP yardstick's name: cudp.c's recvfrom/sendto echo.
 C_UDP = "c-udp"
+#: The pure-Python floor's name: peers.py's floor, for TCP and UDP.
+FLOOR = "python-floor"
 
 
 def udpPeers(directory: str) -> list[Peer]:
     """
     UDP echo servers on 127.0.0.1: echotwist with no per-source rate (the
     load comes from one address), a plain Twisted C{DatagramProtocol}
-    echo, asyncio's and uvloop's, and C's C{recvfrom}/C{sendto} loop.
+    echo, asyncio's and uvloop's, and Python's and C's bare
+    C{recvfrom}/C{sendto} loops.
     """
     twistd = os.path.join(BIN, "twistd")
     found = [
@@ -230,6 +238,7 @@ def udpPeers(directory: str) -> list[Peer]:
             {"PLAIN_ECHO_UDP": "1"},
         ),
         *pythonPeers(["udp"]),
+        floor(["udp"]),
     ]
     cudp = buildC("cudp", directory)
     if cudp is not None:
@@ -287,6 +296,19 @@ def pythonPeers(arguments: list[str]) -> list[Peer]:
         )
         for loop in loops
     ]
+
+
+def floor(arguments: list[str]) -> Peer:
+    """
+    The pure-Python floor of peers.py with C{arguments}: what any Python
+    echo loop costs (epoll, a read, a write, no framework), beside which
+    the peers' and echotwist's figures can be read.
+    """
+    return Peer(
+        FLOOR,
+        [sys.executable, os.path.join(HERE, "peers.py"), "floor", *arguments],
+        r"PORT (\d+)",
+    )
 
 
 def makeCertificate(directory: str) -> tuple[str, str] | None:
@@ -1147,10 +1169,65 @@ def summary(ratios: list[float]) -> tuple[float, float, float]:
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
+#: Figures shown beside a target, not judged: (what, (median, lowest,
+#: highest)) of the rounds' ratios.
+Beside = Sequence[tuple[str, tuple[float, float, float]]]
+
+
+class Check(Protocol):
+    """
+    What records a target: its text, the rounds' ratio (median, lowest,
+    highest), its bound (a floor when positive, a ceiling when negative),
+    and figures to show beside it.
+    """
+
+    def __call__(
+        self,
+        text: str,
+        found: tuple[float, float, float],
+        bound: float,
+        beside: Beside = (),
+    ) -> None: ...
+
+
+def spread(low: float, high: float) -> str:
+    """
+    The rounds' range, as a target line ends.
+    """
+    return f" (rounds {low:.2f}-{high:.2f})"
+
+
+def besideFloor(
+    runs: dict[tuple[str, int, int], list[Cell]],
+    peer: str,
+    size: int,
+    conns: int,
+    figure: str = "msg/CPU-s",
+) -> Beside:
+    """
+    The pure-Python floor beside a target against C{peer} in one cell: the
+    floor's ratio to that peer, and echotwist's to the floor, each the
+    median of the same rounds' ratios.  (What a Python loop can do at all
+    on this machine: a target beyond the floor's own ratio is beyond any
+    Python loop here.)
+    """
+    cell = f"{size} B x {conns}"
+    return [
+        (
+            f"{FLOOR} vs {peer}, {figure}, {cell}",
+            summary(pairedRatios(runs, (FLOOR, size, conns), (peer, size, conns))),
+        ),
+        (
+            f"{OURS} vs {FLOOR}, {figure}, {cell}",
+            summary(pairedRatios(runs, (OURS, size, conns), (FLOOR, size, conns))),
+        ),
+    ]
+
+
 def reportTransport(
     transport: str,
     runs: dict[tuple[str, int, int], list[Cell]],
-    check: Callable[[str, tuple[float, float, float], float], None],
+    check: Check,
 ) -> None:
     """
     The UDP or TLS table, and C{check} called with each target of issue 25
@@ -1199,12 +1276,14 @@ def reportTransport(
             f"{OURS} vs twisted, UDP msg/CPU-s, 1024 B x 10 >= 1.2",
             ratio((OURS, 1024, 10), ("twisted", 1024, 10)),
             1.2,
+            besideFloor(runs, "twisted", 1024, 10, "UDP msg/CPU-s"),
         )
         for size, conns in ((1024, 10), LATENCY):
             check(
                 f"{OURS} vs uvloop, UDP msg/CPU-s, {size} B x {conns} >= 1.0 (moonshot)",
                 ratio((OURS, size, conns), ("uvloop", size, conns)),
                 1.0,
+                besideFloor(runs, "uvloop", size, conns, "UDP msg/CPU-s"),
             )
         check(
             f"{OURS} vs {C_UDP}, UDP p50 round trip, {LATENCY[0]} B x {LATENCY[1]}"
@@ -1339,13 +1418,19 @@ def report(
                 " extra here, as in the default install: no OpenSSL in the servers)"
             )
 
-    # (what, value, bound, spread): a positive bound is a floor, a negative
-    # one a ceiling; the spread is the rounds' lowest and highest ratio.
-    checks: list[tuple[str, float, float, str]] = []
+    # (what, value, bound, spread, beside): a positive bound is a floor, a
+    # negative one a ceiling; the spread is the rounds' lowest and highest
+    # ratio; beside, figures shown under the target, not judged.
+    checks: list[tuple[str, float, float, str, Beside]] = []
 
-    def check(text: str, found: tuple[float, float, float], bound: float) -> None:
+    def check(
+        text: str,
+        found: tuple[float, float, float],
+        bound: float,
+        beside: Beside = (),
+    ) -> None:
         value, low, high = found
-        checks.append((text, value, bound, f" (rounds {low:.2f}-{high:.2f})"))
+        checks.append((text, value, bound, spread(low, high), beside))
 
     for size in (1024, 102400):
         check(
@@ -1357,12 +1442,14 @@ def report(
         f"{OURS} vs uvloop, msg/CPU-s, 1024 B x 10 >= 1.0 (moonshot)",
         ratio((OURS, 1024, 10), ("uvloop", 1024, 10)),
         1.0,
+        besideFloor(runs, "uvloop", 1024, 10),
     )
     for size, conns in ((64, 1), (1024, 1000)):
         check(
             f"{OURS} vs uvloop, msg/CPU-s, {size} B x {conns} >= 1.0",
             ratio((OURS, size, conns), ("uvloop", size, conns)),
             1.0,
+            besideFloor(runs, "uvloop", size, conns),
         )
     check(
         f"{OURS} vs c-epoll, msg/CPU-s, 1024 B x 10 >= 0.85 (moonshot)",
@@ -1376,20 +1463,30 @@ def report(
     )
     for size in (64, 1024, 102400):
         ours, theirs = growth(OURS, size), growth("c-epoll", size)
+        floors = growth(FLOOR, size)
         if ours and theirs:
             check(
                 f"{OURS} cost growth 10 -> 1000 conns vs c-epoll's, {size} B <= 1.15",
                 summary([a / b for a, b in zip(ours, theirs, strict=True)]),
                 -1.15,
+                [
+                    (
+                        f"{FLOOR} cost growth 10 -> 1000 conns vs c-epoll's, {size} B",
+                        summary([a / b for a, b in zip(floors, theirs, strict=True)]),
+                    )
+                ]
+                if floors
+                else [],
             )
     check(
         f"{OURS} vs twisted, msg/CPU-s, 1024 B x 10 >= 1.6",
         ratio((OURS, 1024, 10), ("twisted", 1024, 10)),
         1.6,
+        besideFloor(runs, "twisted", 1024, 10),
     )
     if OURS in memory:
         checks.append(
-            (f"{OURS} bytes per idle connection <= 1536", memory[OURS], -1536, "")
+            (f"{OURS} bytes per idle connection <= 1536", memory[OURS], -1536, "", ())
         )
     if OURS in startup and "twisted" in startup:
         checks.append(
@@ -1399,6 +1496,7 @@ def report(
                 startup[OURS] / startup["twisted"],
                 -1.0,
                 "",
+                (),
             )
         )
     if OURS in resident:
@@ -1410,16 +1508,20 @@ def report(
                 resident[OURS] / 2**20,
                 -36,
                 "",
+                (),
             )
         )
     for transport, found in (others or {}).items():
         reportTransport(transport, found, check)
     print("\ntargets:")
-    for text, value, bound, spread in checks:
+    for text, value, bound, rounds, beside in checks:
         if math.isnan(value):
             continue  # a server or cell this run left out
         ok = value >= bound if bound > 0 else value <= -bound
-        print(f"  {'MET ' if ok else 'MISS'} {text}: {value:.2f}{spread}")
+        print(f"  {'MET ' if ok else 'MISS'} {text}: {value:.2f}{rounds}")
+        for note, (noted, low, high) in beside:
+            if not math.isnan(noted):
+                print(f"       {note}: {noted:.2f}{spread(low, high)}")
     print(f"  ({OURS} is the command as typed: twistd -n echo)")
 
     # What the flat-scaling target is up against: how every server's cost

@@ -6,9 +6,14 @@ that prints "PORT n" once it listens on 127.0.0.1.
     python peers.py uvloop                  # the same on uvloop
     python peers.py asyncio udp             # asyncio's DatagramProtocol echo
     python peers.py asyncio tls CERT KEY    # the Protocol echo over asyncio's ssl
+    python peers.py floor                   # the pure-Python floor, TCP
+    python peers.py floor udp               # the pure-Python floor, UDP
 """
 
 import asyncio
+import os
+import select
+import socket
 import ssl
 import sys
 
@@ -49,7 +54,122 @@ async def main(transport, tlsFiles):
     await asyncio.Event().wait()
 
 
+#: The floor's read size: 64 KiB, not 128.  glibc's initial mmap threshold
+#: is 128 KiB, so a 128 KiB read buffer would be mapped and unmapped on
+#: every read, a cost of the allocator, not of the loop.
+FLOOR_READ = 65536
+
+
+def floorTCP():
+    """
+    The pure-Python floor for TCP: the least a Python echo can do per
+    message, with no framework at all.  A level-triggered C{select.epoll}
+    loop over a non-blocking listener; C{os.read}, then C{os.write} of
+    what was read; close on end of file or error.
+
+    A yardstick, not a server: no limits, no logs.  The one guard is what
+    keeps it correct for the benchmark's closed-loop clients, which read
+    while they send: what the kernel does not take at once is kept, the
+    connection stops being read, and the rest goes when it is writable.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    listener.setblocking(False)
+    listening = listener.fileno()
+    poller = select.epoll()
+    poller.register(listening, select.EPOLLIN)
+    connections = {}
+    #: Bytes the kernel did not take yet, by descriptor.
+    unsent = {}
+    print("PORT", listener.getsockname()[1], flush=True)
+    poll, read, write = poller.poll, os.read, os.write
+
+    def close(fd):
+        unsent.pop(fd, None)
+        poller.unregister(fd)
+        connections.pop(fd).close()
+
+    while True:
+        for fd, _ in poll():
+            if fd == listening:
+                try:
+                    connection, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                connection.setblocking(False)
+                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connections[connection.fileno()] = connection
+                poller.register(connection.fileno(), select.EPOLLIN)
+                continue
+            # Writable again (or an error) with bytes kept: send them, and
+            # read again once they are all gone.
+            if fd in unsent:
+                data = unsent.pop(fd)
+                try:
+                    sent = write(fd, data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    close(fd)
+                    continue
+                if sent < len(data):
+                    unsent[fd] = data[sent:]
+                else:
+                    poller.modify(fd, select.EPOLLIN)
+                continue
+            try:
+                data = read(fd, FLOOR_READ)
+            except BlockingIOError:
+                continue
+            except OSError:
+                close(fd)
+                continue
+            if not data:
+                close(fd)
+                continue
+            try:
+                sent = write(fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                close(fd)
+                continue
+            if sent < len(data):
+                unsent[fd] = data[sent:]
+                poller.modify(fd, select.EPOLLOUT)
+
+
+def floorUDP():
+    """
+    The pure-Python floor for UDP: C{recvfrom} and C{sendto} in a
+    level-triggered C{select.epoll} loop, reading until the socket has no
+    more.  No guards at all (a yardstick, not a server): the benchmark's
+    closed-loop flows have one datagram in flight each, which the socket's
+    buffer always takes.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    poller = select.epoll()
+    poller.register(sock.fileno(), select.EPOLLIN)
+    print("PORT", sock.getsockname()[1], flush=True)
+    poll, recvfrom, sendto = poller.poll, sock.recvfrom, sock.sendto
+    while True:
+        poll()
+        while True:
+            try:
+                data, address = recvfrom(65535)
+            except BlockingIOError:
+                break
+            sendto(data, address)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "floor":
+        if sys.argv[2:] == ["udp"]:
+            floorUDP()
+        floorTCP()
     if sys.argv[1] == "uvloop":
         import uvloop
 

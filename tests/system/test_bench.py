@@ -13,10 +13,13 @@ import contextlib
 import importlib.util
 import io
 import os
+import select
+import selectors
 import shutil
 import socket
 import subprocess
 import sys
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -131,6 +134,49 @@ class BenchTests(SynchronousTestCase):
         )
         # asyncio and uvloop were left out: their targets are not misses.
         self.assertNotIn("vs asyncio, TLS", out)
+
+    def test_pythonFloor(self) -> None:
+        """
+        The pure-Python floor runs as python-floor in the TCP cells and the
+        UDP cells, every byte checked, in the tables; and beside each
+        target against plain Twisted, its ratio to Twisted and echotwist's
+        to it, from the same rounds.
+        """
+        requireTool("cc", "gcc")
+        out = runBench(
+            "--transports",
+            "tcp,udp",
+            "--only",
+            "echotwist,twisted,python-floor",
+            "--idle",
+            "0",
+            "--client",
+            "c",
+        )
+        tcp, udp = out.split("\nUDP:\n")
+        for size, conns in ((1024, 10), (102400, 10), (64, 1)):
+            self.assertRegex(tcp, rf"\npython-floor +{size} +{conns} +\d+")
+        for size, conns in ((1024, 10), (64, 1)):
+            self.assertRegex(udp, rf"\npython-floor +{size} +{conns} +\d+ .* 0\n")
+        rounds = r": \d+\.\d\d \(rounds \d+\.\d\d-\d+\.\d\d\)\n"
+        self.assertRegex(
+            out,
+            r"(MET |MISS) echotwist vs twisted, msg/CPU-s, 1024 B x 10 >= 1\.6"
+            + rounds
+            + r" {7}python-floor vs twisted, msg/CPU-s, 1024 B x 10"
+            + rounds
+            + r" {7}echotwist vs python-floor, msg/CPU-s, 1024 B x 10"
+            + rounds,
+        )
+        self.assertRegex(
+            out,
+            r"(MET |MISS) echotwist vs twisted, UDP msg/CPU-s, 1024 B x 10 >= 1\.2"
+            + rounds
+            + r" {7}python-floor vs twisted, UDP msg/CPU-s, 1024 B x 10"
+            + rounds
+            + r" {7}echotwist vs python-floor, UDP msg/CPU-s, 1024 B x 10"
+            + rounds,
+        )
 
     def test_startRowsFromTheDefaultInstall(self) -> None:
         """
@@ -383,6 +429,78 @@ class BenchReportTests(SynchronousTestCase):
         )
         self.assertRegex(out, r"\nuvloop +connect +4 +\d+")
 
+    def test_floorBesideTheTargets(self) -> None:
+        """
+        Beside each target against uvloop or plain Twisted, the pure-Python
+        floor's ratio to the same peer and echotwist's to the floor, each
+        the median of the same rounds' ratios, not judged (no MET or MISS);
+        beside each cost growth target, the floor's growth against the C
+        echo's.  The target itself is judged as before.
+        """
+        bench = loadBench()
+        runs = {
+            ("echotwist", 64, 1): cellsOf(bench, "echotwist", 64, 1, [38, 40, 36]),
+            ("uvloop", 64, 1): cellsOf(bench, "uvloop", 64, 1, [40, 40, 40]),
+            ("python-floor", 64, 1): cellsOf(
+                bench, "python-floor", 64, 1, [38, 44, 30]
+            ),
+            ("echotwist", 64, 10): cellsOf(bench, "echotwist", 64, 10, [130] * 3),
+            ("echotwist", 64, 1000): cellsOf(bench, "echotwist", 64, 1000, [100] * 3),
+            ("c-epoll", 64, 10): cellsOf(bench, "c-epoll", 64, 10, [120] * 3),
+            ("c-epoll", 64, 1000): cellsOf(bench, "c-epoll", 64, 1000, [100] * 3),
+            ("python-floor", 64, 10): cellsOf(bench, "python-floor", 64, 10, [126] * 3),
+            ("python-floor", 64, 1000): cellsOf(
+                bench, "python-floor", 64, 1000, [100] * 3
+            ),
+        }
+        udp = {
+            ("echotwist", 1024, 10): cellsOf(bench, "echotwist", 1024, 10, [120] * 3),
+            ("twisted", 1024, 10): cellsOf(bench, "twisted", 1024, 10, [100] * 3),
+            ("python-floor", 1024, 10): cellsOf(
+                bench, "python-floor", 1024, 10, [150] * 3
+            ),
+        }
+        targets = reportOf(runs, others={"udp": udp}).split("\ntargets:\n")[1]
+        # Ratios to uvloop by round 0.95, 1.10, 0.75; echotwist's to the
+        # floor 1.00, 0.91, 1.20.
+        self.assertIn(
+            "  MISS echotwist vs uvloop, msg/CPU-s, 64 B x 1 >= 1.0: 0.95"
+            " (rounds 0.90-1.00)\n"
+            "       python-floor vs uvloop, msg/CPU-s, 64 B x 1: 0.95"
+            " (rounds 0.75-1.10)\n"
+            "       echotwist vs python-floor, msg/CPU-s, 64 B x 1: 1.00"
+            " (rounds 0.91-1.20)\n",
+            targets,
+        )
+        # Growth 1.30 and 1.26 against C's 1.20.
+        self.assertIn(
+            "  MET  echotwist cost growth 10 -> 1000 conns vs c-epoll's, 64 B <= 1.15:"
+            " 1.08 (rounds 1.08-1.08)\n"
+            "       python-floor cost growth 10 -> 1000 conns vs c-epoll's, 64 B:"
+            " 1.05 (rounds 1.05-1.05)\n",
+            targets,
+        )
+        self.assertIn(
+            "  MET  echotwist vs twisted, UDP msg/CPU-s, 1024 B x 10 >= 1.2: 1.20"
+            " (rounds 1.20-1.20)\n"
+            "       python-floor vs twisted, UDP msg/CPU-s, 1024 B x 10: 1.50"
+            " (rounds 1.50-1.50)\n"
+            "       echotwist vs python-floor, UDP msg/CPU-s, 1024 B x 10: 0.80"
+            " (rounds 0.80-0.80)\n",
+            targets,
+        )
+        # Every floor line follows its target: none is judged.
+        self.assertNotRegex(targets, r"(MET |MISS) python-floor")
+        # And the growth table has the floor's row.
+        self.assertRegex(targets, r"\n  python-floor +1\.26\n")
+        # A run that leaves the floor out (--only) has no floor lines.
+        del runs[("python-floor", 64, 1)]
+        self.assertIn(
+            "  MISS echotwist vs uvloop, msg/CPU-s, 64 B x 1 >= 1.0: 0.95"
+            " (rounds 0.90-1.00)\n  MET  echotwist",
+            reportOf(runs),
+        )
+
     def test_plot(self) -> None:
         """
         The plot is written: msg per CPU-second per server by cell, and the
@@ -469,6 +587,110 @@ class RunningTests(SynchronousTestCase):
         with socket.create_connection(("127.0.0.1", server.port), timeout=10):
             self.assertEqual(server.process.wait(10), 0)
         self.assertEqual(server.output(), f"PORT {server.port}\naccepted\n".encode())
+
+
+class FloorTests(SynchronousTestCase):
+    """
+    The pure-Python floor (peers.py's floor, bench.py's python-floor) is
+    an echo: real clients on loopback get back every byte they sent, over
+    TCP and UDP.
+    """
+
+    def start(self, arguments: list[str]):  # type: ignore[no-untyped-def]
+        bench = loadBench()
+        server = bench.Running(
+            bench.floor(arguments), scratchDirectory(self), pinned=False
+        )
+        self.addCleanup(server.log.close)
+        self.addCleanup(server.stop)
+        self.assertEqual(server.peer.name, "python-floor")
+        return server
+
+    def test_tcp(self) -> None:
+        """
+        Three connections at once each send 32 MiB, the first part without
+        reading a byte, until the floor stops reading (its writes to the
+        connection fall short: the kernel's buffers are full), and get all
+        of it back in order; a connection's end of file closes it.
+        """
+        server = self.start([])
+        size = 32 * 2**20
+        message = os.urandom(size)
+        connections = []
+        for _ in range(3):
+            connection = socket.socket()
+            self.addCleanup(connection.close)
+            # A small receive buffer (no autotuning): the floor's writes
+            # fall short after a few MiB, not tens.
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            connection.settimeout(10)
+            connection.connect(("127.0.0.1", server.port))
+            connection.setblocking(False)
+            connections.append(connection)
+        sent = [0] * len(connections)
+        echoed = [0] * len(connections)
+        deadline = time.monotonic() + 60
+
+        def send(n: int) -> None:
+            try:
+                sent[n] += connections[n].send(message[sent[n] : sent[n] + 65536])
+            except BlockingIOError:
+                pass
+
+        # Send without reading.  A floor that keeps reading (one that drops
+        # what its writes leave) takes all 32 MiB; this one stops reading
+        # once a write falls short, after some 8 MiB here, and the
+        # connection stays unwritable (a second's wait for it is generous:
+        # a false stop only shortens this part).
+        for n, connection in enumerate(connections):
+            while sent[n] < size and time.monotonic() < deadline:
+                send(n)
+                if not select.select([], [connection], [], 1.0)[1]:
+                    break
+        self.assertTrue(all(0 < s < size for s in sent), sent)
+        with selectors.DefaultSelector() as selector:
+            for n, connection in enumerate(connections):
+                selector.register(
+                    connection, selectors.EVENT_READ | selectors.EVENT_WRITE, n
+                )
+            while echoed != [size] * len(connections):
+                self.assertLess(time.monotonic(), deadline, (sent, echoed))
+                for key, events in selector.select(1):
+                    n = key.data
+                    if events & selectors.EVENT_READ:
+                        chunk = connections[n].recv(2**20)
+                        self.assertTrue(chunk, "the floor closed a connection")
+                        self.assertTrue(
+                            chunk == message[echoed[n] : echoed[n] + len(chunk)],
+                            f"connection {n}: the echo differs after {echoed[n]} B",
+                        )
+                        echoed[n] += len(chunk)
+                    if events & selectors.EVENT_WRITE:
+                        if sent[n] < size:
+                            send(n)
+                        else:
+                            selector.modify(connections[n], selectors.EVENT_READ, n)
+        connection = connections[0]
+        connection.setblocking(True)
+        connection.settimeout(10)
+        connection.shutdown(socket.SHUT_WR)
+        self.assertEqual(connection.recv(1), b"")
+
+    def test_udp(self) -> None:
+        """
+        Each datagram, of 1 byte to the largest IPv4 UDP payload, comes back
+        whole as one datagram, to its sender.
+        """
+        server = self.start(["udp"])
+        for size in (1, 1024, 8192, 65507):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.settimeout(10)
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2**18)
+                message = os.urandom(size)
+                client.sendto(message, ("127.0.0.1", server.port))
+                back, source = client.recvfrom(70000)
+                self.assertEqual(source, ("127.0.0.1", server.port))
+                self.assertTrue(back == message, f"{size} B came back as {len(back)} B")
 
 
 UDPPASS = os.path.join(os.path.dirname(BENCH), "udppass.py")
