@@ -341,9 +341,13 @@ class DatagramPolicy:
     @ivar verdicts: by source address (a host as the socket gives it), the
         policy's verdict once it has judged one: the reason it refuses the
         address (None if it answers it) and the source group it counts it
-        in; at most C{maxSources} addresses.  The fast path's pass (see
-        L{echotwist._fast.udp}) answers an address it finds here, and hands
-        any other datagram to L{DatagramEcho}.
+        in; at most C{maxSources} addresses.  A verdict is judged from the
+        address alone, so it never changes once given; only L{refusal}
+        adds one, or forgets them all at the bound.  The fast path's pass
+        (see L{echotwist._fast.udp}) answers an address it finds here, and
+        hands any other datagram to L{DatagramEcho}; until it hands one
+        on, it may take the verdict of the last address it answered
+        without looking it up again.
     """
 
     def __init__(
