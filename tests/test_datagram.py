@@ -440,6 +440,32 @@ class EchoLoopGuardTests(SynchronousTestCase):
         verdicts = [guard.isLoop("192.0.2.1", 40000, again) for _ in range(3)]
         self.assertEqual(verdicts, [False, True, True])
 
+    def test_theKeysBytesAndALongerDatagramThatBeginsWithThem(self) -> None:
+        """
+        A datagram of L{LOOP_KEY_BYTES} answered up to the tolerance does
+        not make a longer one that begins with its bytes an echo: the key
+        holds no length, and the longer one is compared whole.
+        """
+        guard = EchoLoopGuard(Clock())
+        start = b"k" * LOOP_KEY_BYTES
+        verdicts = [guard.isLoop("192.0.2.1", 40000, start) for _ in range(3)]
+        self.assertEqual(verdicts, [False] * (LOOP_TOLERANCE + 1))
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, start + b"tail"))
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, start[:-1]))
+
+    def test_anUnsentLongAnswerIsForgotten(self) -> None:
+        """
+        A long answer that could not be sent is forgotten whole: its echoes
+        are counted from the next one sent.
+        """
+        guard = EchoLoopGuard(Clock())
+        long = b"u" * (LOOP_KEY_BYTES + 1)
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, long))
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, long))
+        guard.unsent("192.0.2.1", 40000, long)
+        verdicts = [guard.isLoop("192.0.2.1", 40000, long) for _ in range(3)]
+        self.assertEqual(verdicts, [False] * LOOP_TOLERANCE + [True])
+
     def test_aLoopOfLongDatagramsDies(self) -> None:
         """
         Long bytes coming back are refused at the same echo as short ones:
@@ -505,7 +531,7 @@ class EchoLoopGuardTests(SynchronousTestCase):
             tables = guard.tablesFor(100.0, 1)
             assert tables is not None
             newer, older = tables
-            key = hash(("192.0.2.1", 40000, len(datagram), datagram[:LOOP_KEY_BYTES]))
+            key = hash(("192.0.2.1", 40000, datagram[:LOOP_KEY_BYTES]))
             self.assertNotIn(key, newer)
             self.assertNotIn(key, older)
             newer[key] = (100.0, 0)

@@ -146,8 +146,8 @@ class EchoPassPort(DatagramPort):
                         answerable = None
                         echo.datagramReceived(data, addr)
                         continue
-                    length, why = len(data), ""
-                    key = hash((host, port, length, data[:KEY]))
+                    why = ""
+                    key = hash((host, port, data[:KEY]))
                     if limiter is not None and not limiter.allow(group):
                         why = "over the rate limit"
                     elif fast and key not in older and key not in newer:
@@ -156,8 +156,8 @@ class EchoPassPort(DatagramPort):
                         why = "echo loop"
                     if not why:
                         try:
-                            sendto(data, addr)
-                            sent += length
+                            # All of it, or OSError: a datagram is whole.
+                            sent += sendto(data, addr)
                             answered += 1
                             continue
                         except OSError:
