@@ -120,10 +120,7 @@ class EchoPassPort(DatagramPort):
         tables = loops.tablesFor(now, reads)
         newer, older = tables or ({}, {})
         clean, fast, first = True, tables is not None, (now, 0)
-        # The pass's last address the policy answers, and its source group:
-        # a str compare costs less than the dict's look-up (see verdicts).
-        answerable: str | None = None
-        group = ""
+        answerable, group = None, ""  # the last answered, compared (see readPass)
         sent = answered = n = 0
         try:
             for n in range(reads):
@@ -136,16 +133,15 @@ class EchoPassPort(DatagramPort):
                     break
                 host, port = addr
                 try:
-                    if host != answerable:
+                    if host != answerable or port < FIRST_UNPRIVILEGED_PORT:
                         verdict = verdicts.get(host)
-                        if verdict is not None and verdict[0] is None:
-                            answerable, group = host, verdict[1]
-                    if port < FIRST_UNPRIVILEGED_PORT or host != answerable:
-                        # Refused, or not judged yet: the protocol's (see tablesFor).
-                        clean = fast = False
-                        answerable = None
-                        echo.datagramReceived(data, addr)
-                        continue
+                        if port < FIRST_UNPRIVILEGED_PORT or not verdict or verdict[0]:
+                            # Refused, or not judged yet: the protocol's (see tablesFor).
+                            clean = fast = False
+                            answerable = None
+                            echo.datagramReceived(data, addr)
+                            continue
+                        answerable, group = host, verdict[1]
                     why = ""
                     key = hash((host, port, data[:KEY]))
                     if limiter is not None and not limiter.allow(group):
@@ -156,8 +152,7 @@ class EchoPassPort(DatagramPort):
                         why = "echo loop"
                     if not why:
                         try:
-                            # All of it, or OSError: a datagram is whole.
-                            sent += sendto(data, addr)
+                            sent += sendto(data, addr)  # whole, or OSError
                             answered += 1
                             continue
                         except OSError:
