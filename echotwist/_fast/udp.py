@@ -120,7 +120,7 @@ class EchoPassPort(DatagramPort):
         tables = loops.tablesFor(now, reads)
         newer, older = tables or ({}, {})
         clean, fast, first = True, tables is not None, (now, 0)
-        answerable, group = None, ""  # the last answered, compared (see readPass)
+        answerable = group = ""  # the last answered, compared (see readPass)
         sent = answered = n = 0
         try:
             for n in range(reads):
@@ -138,7 +138,7 @@ class EchoPassPort(DatagramPort):
                         if port < FIRST_UNPRIVILEGED_PORT or not verdict or verdict[0]:
                             # Refused, or not judged yet: the protocol's (see tablesFor).
                             clean = fast = False
-                            answerable = None
+                            answerable = ""
                             echo.datagramReceived(data, addr)
                             continue
                         answerable, group = host, verdict[1]
