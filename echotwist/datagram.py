@@ -133,9 +133,10 @@ class EchoLoopGuard:
     then hashed whole, and remembered by that too: it is an echo of an
     answer with the same whole bytes if there is one; if not, it may hold
     the bytes of the answer whose start it matched (those were not hashed
-    whole), and it counts as that answer's echo.  So the same bytes coming back are counted at least as often
-    as if every datagram were compared whole, and a client sending other
-    bytes that begin alike is counted one echo early at most.
+    whole), and it counts as that answer's echo.  So the same bytes coming
+    back are counted at least as often as if every datagram were compared
+    whole, and a client sending other bytes that begin alike is counted
+    one echo early at most.
 
     Answers are kept in two tables, the newer and the older: when the
     newer one is C{window} seconds old or holds half of C{maxEntries}, it

@@ -507,6 +507,23 @@ class EchoLoopGuardTests(SynchronousTestCase):
         verdicts = [guard.isLoop("192.0.2.1", 40000, first) for _ in range(3)]
         self.assertEqual(verdicts, [False, False, True])
 
+    def test_otherLengthsThatBeginAlikeAreOneEchoEarly(self) -> None:
+        """
+        The price of a digest without the length: after a long datagram,
+        a longer one that begins alike is counted as its echo, as one as
+        long is (see test_oneEchoEarlyAtMost), and if repeated is refused
+        one echo earlier than if compared whole; the first datagram's own
+        echoes are counted as they come.
+        """
+        guard = EchoLoopGuard(Clock())
+        first = b"a" * LOOP_KEY_BYTES + b"1"
+        other = b"a" * LOOP_KEY_BYTES + b"22"
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, first))
+        verdicts = [guard.isLoop("192.0.2.1", 40000, other) for _ in range(3)]
+        self.assertEqual(verdicts, [False, False, True])
+        verdicts = [guard.isLoop("192.0.2.1", 40000, first) for _ in range(3)]
+        self.assertEqual(verdicts, [False, False, True])
+
     def test_isLoopAtTakesTheTimeGiven(self) -> None:
         """
         L{EchoLoopGuard.isLoopAt} judges at the time it is given (a pass of
