@@ -109,10 +109,13 @@ LOOP_TOLERANCE = 2
 
 
 #: How many bytes of a datagram the loop guard's key holds (with its
-#: length and peer).  A datagram no longer than that is compared whole by
-#: its key; a longer one is hashed whole only when its key matches an
+#: peer).  A datagram shorter than that is compared whole by its key; one
+#: as long or longer is hashed whole only when its key matches an
 #: answer's (see L{EchoLoopGuard}), not every time: hashing costs about
 #: three instructions a byte, a seventh of what answering 1 KiB cost.
+#: The key holds no length: a shorter datagram's bytes are never a
+#: longer one's first L{LOOP_KEY_BYTES}, and the pass of reads saves a
+#: C{len} call and an item to hash.
 LOOP_KEY_BYTES = 64
 
 
@@ -124,16 +127,16 @@ class EchoLoopGuard:
     answered; the next is a loop.
 
     What is remembered of each answer is a digest (Python's keyed,
-    per-process hash) of its peer, its length and its first
-    L{LOOP_KEY_BYTES} bytes, with its time.  A datagram no longer than
-    that is an echo if its digest is an answer's.  A longer one whose
-    digest is an answer's is then hashed whole, and remembered by that
-    too: it is an echo of an answer with the same whole bytes if there is
-    one; if not, it may hold the bytes of the answer whose start it
-    matched (those were not hashed whole), and it counts as that answer's
-    echo.  So the same bytes coming back are counted at least as often
-    as if every datagram were compared whole, and a client sending other
-    bytes that begin alike is counted one echo early at most.
+    per-process hash) of its peer and its first L{LOOP_KEY_BYTES} bytes,
+    with its time.  A datagram shorter than that is an echo if its digest
+    is an answer's.  One as long or longer whose digest is an answer's is
+    then hashed whole, and remembered by that too: it is an echo of an
+    answer with the same whole bytes if there is one; if not, it may hold
+    the bytes of the answer whose start it matched (those were not hashed
+    whole), and it counts as that answer's echo.  So the same bytes coming
+    back are counted at least as often as if every datagram were compared
+    whole, and a client sending other bytes that begin alike is counted
+    one echo early at most.
 
     Answers are kept in two tables, the newer and the older: when the
     newer one is C{window} seconds old or holds half of C{maxEntries}, it
@@ -195,12 +198,12 @@ class EchoLoopGuard:
         newer = self._newer
         if now - self._since >= self.window or len(newer) >= self.maxEntries // 2:
             newer = self._turn(now)
-        key = hash((host, port, len(datagram), datagram[:LOOP_KEY_BYTES]))
+        key = hash((host, port, datagram[:LOOP_KEY_BYTES]))
         entry = newer.get(key) or self._older.get(key)
         if entry is None or entry[0] < now - self.window:
             newer[key] = (now, 0)
             return False
-        if len(datagram) > LOOP_KEY_BYTES:
+        if len(datagram) >= LOOP_KEY_BYTES:
             return self._isLongLoop(key, entry, host, port, datagram, now)
         echoes = entry[1] + 1
         if echoes > self.tolerance:
@@ -221,7 +224,7 @@ class EchoLoopGuard:
         digest neither table holds: L{isLoopAt} would answer that it is no
         loop, and remember it in the newer table as C{(now, 0)}, which the
         caller does instead.  The digest of a datagram C{d} from C{(host,
-        port)} is C{hash((host, port, len(d), d[:LOOP_KEY_BYTES]))}.
+        port)} is C{hash((host, port, d[:LOOP_KEY_BYTES]))}.
 
         The tables hold while nothing else checks a datagram at another
         time (which may turn them) and these checks cannot fill the newer
@@ -248,11 +251,12 @@ class EchoLoopGuard:
         now: float,
     ) -> bool:
         """
-        L{isLoopAt} for a datagram longer than L{LOOP_KEY_BYTES} whose key
+        L{isLoopAt} for a datagram of L{LOOP_KEY_BYTES} or more whose key
         C{key} is that of an answer within the window, C{start}.
         """
         newer = self._newer
-        whole = hash((host, port, datagram))
+        # Not the key's order: a datagram of LOOP_KEY_BYTES has both.
+        whole = hash((datagram, host, port))
         entry = newer.get(whole) or self._older.get(whole)
         if entry is None or entry[0] < now - self.window:
             entry = start
@@ -287,11 +291,11 @@ class EchoLoopGuard:
         Forget the answer L{isLoop} remembered: it could not be sent, so it
         cannot come back.
         """
-        if len(datagram) > LOOP_KEY_BYTES:
+        if len(datagram) >= LOOP_KEY_BYTES:
             # Only the whole: the start's entry may stand for other answers.
-            key = hash((host, port, datagram))
+            key = hash((datagram, host, port))
         else:
-            key = hash((host, port, len(datagram), datagram))
+            key = hash((host, port, datagram))
         self._newer.pop(key, None)
         self._older.pop(key, None)
 
@@ -341,9 +345,13 @@ class DatagramPolicy:
     @ivar verdicts: by source address (a host as the socket gives it), the
         policy's verdict once it has judged one: the reason it refuses the
         address (None if it answers it) and the source group it counts it
-        in; at most C{maxSources} addresses.  The fast path's pass (see
-        L{echotwist._fast.udp}) answers an address it finds here, and hands
-        any other datagram to L{DatagramEcho}.
+        in; at most C{maxSources} addresses.  A verdict is judged from the
+        address alone, so it never changes once given; only L{refusal}
+        adds one, or forgets them all at the bound.  The fast path's pass
+        (see L{echotwist._fast.udp}) answers an address it finds here, and
+        hands any other datagram to L{DatagramEcho}; until it hands one
+        on, it may take the verdict of the last address it answered
+        without looking it up again.
     """
 
     def __init__(

@@ -117,6 +117,29 @@ class DatagramFastPathTests(SynchronousTestCase):
         self.assertEqual(refused[0]["reason"], "over the rate limit")
         self.assertEqual(refused[0]["peer"], "127.0.0.1")
 
+    def test_addressesTakeTurns(self) -> None:
+        """
+        Datagrams from two addresses in turn in one pass are each counted
+        against their own source's rate: the pass does not take one
+        address's verdict, nor its source, for the other's.
+        """
+        self.listen(rate=10)
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(other.close)
+        other.bind(("127.0.0.2", 0))
+        self.judged()
+        self.send([b"hi"], other)
+        self.assertFalse(self.port.readPass())  # judged: each bucket is empty
+        self.clock.advance(0.1)  # one more token each
+        with capturedLogs():
+            for datagram in (b"a", b"b"):
+                self.send([datagram])
+                self.send([datagram], other)
+            self.assertFalse(self.port.readPass())
+        self.assertEqual(self.answers(), [b"a"])
+        self.assertEqual(self.answers(other), [b"hi", b"a"])
+        self.assertEqual(self.policy.counts, {"answered": 4, "over the rate limit": 2})
+
     def test_fromAPrivilegedPort(self) -> None:
         """
         A datagram from a port below 1024 is refused, even from an address

@@ -440,6 +440,32 @@ class EchoLoopGuardTests(SynchronousTestCase):
         verdicts = [guard.isLoop("192.0.2.1", 40000, again) for _ in range(3)]
         self.assertEqual(verdicts, [False, True, True])
 
+    def test_theKeysBytesAndALongerDatagramThatBeginsWithThem(self) -> None:
+        """
+        A datagram of L{LOOP_KEY_BYTES} answered up to the tolerance does
+        not make a longer one that begins with its bytes an echo: the key
+        holds no length, and the longer one is compared whole.
+        """
+        guard = EchoLoopGuard(Clock())
+        start = b"k" * LOOP_KEY_BYTES
+        verdicts = [guard.isLoop("192.0.2.1", 40000, start) for _ in range(3)]
+        self.assertEqual(verdicts, [False] * (LOOP_TOLERANCE + 1))
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, start + b"tail"))
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, start[:-1]))
+
+    def test_anUnsentLongAnswerIsForgotten(self) -> None:
+        """
+        A long answer that could not be sent is forgotten whole: its echoes
+        are counted from the next one sent.
+        """
+        guard = EchoLoopGuard(Clock())
+        long = b"u" * (LOOP_KEY_BYTES + 1)
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, long))
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, long))
+        guard.unsent("192.0.2.1", 40000, long)
+        verdicts = [guard.isLoop("192.0.2.1", 40000, long) for _ in range(3)]
+        self.assertEqual(verdicts, [False] * LOOP_TOLERANCE + [True])
+
     def test_aLoopOfLongDatagramsDies(self) -> None:
         """
         Long bytes coming back are refused at the same echo as short ones:
@@ -481,6 +507,23 @@ class EchoLoopGuardTests(SynchronousTestCase):
         verdicts = [guard.isLoop("192.0.2.1", 40000, first) for _ in range(3)]
         self.assertEqual(verdicts, [False, False, True])
 
+    def test_otherLengthsThatBeginAlikeAreOneEchoEarly(self) -> None:
+        """
+        The price of a digest without the length: after a long datagram,
+        a longer one that begins alike is counted as its echo, as one as
+        long is (see test_oneEchoEarlyAtMost), and if repeated is refused
+        one echo earlier than if compared whole; the first datagram's own
+        echoes are counted as they come.
+        """
+        guard = EchoLoopGuard(Clock())
+        first = b"a" * LOOP_KEY_BYTES + b"1"
+        other = b"a" * LOOP_KEY_BYTES + b"22"
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, first))
+        verdicts = [guard.isLoop("192.0.2.1", 40000, other) for _ in range(3)]
+        self.assertEqual(verdicts, [False, False, True])
+        verdicts = [guard.isLoop("192.0.2.1", 40000, first) for _ in range(3)]
+        self.assertEqual(verdicts, [False, False, True])
+
     def test_isLoopAtTakesTheTimeGiven(self) -> None:
         """
         L{EchoLoopGuard.isLoopAt} judges at the time it is given (a pass of
@@ -505,7 +548,7 @@ class EchoLoopGuardTests(SynchronousTestCase):
             tables = guard.tablesFor(100.0, 1)
             assert tables is not None
             newer, older = tables
-            key = hash(("192.0.2.1", 40000, len(datagram), datagram[:LOOP_KEY_BYTES]))
+            key = hash(("192.0.2.1", 40000, datagram[:LOOP_KEY_BYTES]))
             self.assertNotIn(key, newer)
             self.assertNotIn(key, older)
             newer[key] = (100.0, 0)

@@ -75,12 +75,15 @@ class EchoPassPort(DatagramPort):
         pass answers in this loop what L{DatagramEcho.datagramReceived}
         would answer, with the same checks in the same order, and counts
         the bytes and answers once a pass: the privileged-port check and
-        the address's verdict (remembered by the policy), the source's rate,
-        the loop guard, then C{sendto}.  A datagram from an address the
-        policy has not judged yet, or one it refuses, goes to the protocol
-        (which judges, counts and logs it); so does an answer C{sendto}
-        could not send.  The loop guard takes the pass's time, read once,
-        and is called only for a datagram whose digest it holds (see
+        the address's verdict (remembered by the policy; the pass keeps
+        the last answered address's until it hands a datagram to the
+        protocol, the only thing that adds or forgets verdicts), the
+        source's rate, the loop guard, then C{sendto}.  A datagram from
+        an address the policy has not judged yet, or one it refuses,
+        goes to the protocol (which judges, counts and logs it); so does
+        an answer C{sendto} could not send.  The loop guard takes the
+        pass's time, read once, and is called only for a datagram whose
+        digest it holds (see
         L{echotwist.datagram.EchoLoopGuard.tablesFor}), unless the pass
         handed one to the protocol, which checks at its own time.
 
@@ -117,6 +120,7 @@ class EchoPassPort(DatagramPort):
         tables = loops.tablesFor(now, reads)
         newer, older = tables or ({}, {})
         clean, fast, first = True, tables is not None, (now, 0)
+        answerable = group = ""  # the last answered, compared (see readPass)
         sent = answered = n = 0
         try:
             for n in range(reads):
@@ -128,16 +132,19 @@ class EchoPassPort(DatagramPort):
                     endOfReads(e)
                     break
                 host, port = addr
-                verdict = verdicts.get(host)
                 try:
-                    if port < FIRST_UNPRIVILEGED_PORT or verdict is None or verdict[0]:
-                        # Refused, or not judged yet: the protocol's (see tablesFor).
-                        clean = fast = False
-                        echo.datagramReceived(data, addr)
-                        continue
-                    length, why = len(data), ""
-                    key = hash((host, port, length, data[:KEY]))
-                    if limiter is not None and not limiter.allow(verdict[1]):
+                    if host != answerable or port < FIRST_UNPRIVILEGED_PORT:
+                        verdict = verdicts.get(host)
+                        if port < FIRST_UNPRIVILEGED_PORT or not verdict or verdict[0]:
+                            # Refused, or not judged yet: the protocol's (see tablesFor).
+                            clean = fast = False
+                            answerable = ""
+                            echo.datagramReceived(data, addr)
+                            continue
+                        answerable, group = host, verdict[1]
+                    why = ""
+                    key = hash((host, port, data[:KEY]))
+                    if limiter is not None and not limiter.allow(group):
                         why = "over the rate limit"
                     elif fast and key not in older and key not in newer:
                         newer[key] = first
@@ -145,14 +152,13 @@ class EchoPassPort(DatagramPort):
                         why = "echo loop"
                     if not why:
                         try:
-                            sendto(data, addr)
-                            sent += length
+                            sent += sendto(data, addr)  # whole, or OSError
                             answered += 1
                             continue
                         except OSError:
                             pass
                     clean = False
-                    _unanswered(echo, why, data, addr, verdict[1])
+                    _unanswered(echo, why, data, addr, group)
                 except Exception:
                     clean = False
                     log.failure("Unhandled error in {protocol!r}", protocol=echo)
