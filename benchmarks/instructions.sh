@@ -22,6 +22,9 @@
 # Twisted echo on listenSSL (plain.tac) and PEER=uvloop (or asyncio) the
 # Protocol echo of peers.py, under the same count, instead of echotwist.
 # For UDP, PEER=plain counts plain.tac's five-line DatagramProtocol echo.
+# For TCP and UDP, PEER=floor counts peers.py's pure-Python floor (an epoll
+# loop of os.read/os.write, or recvfrom/sendto, no framework), and
+# PEER=uvloop or asyncio peers.py's echo on that loop.
 #
 # Needs valgrind, a C compiler and twistd on PATH (or TWISTD=...).
 set -eu
@@ -33,6 +36,10 @@ fi
 size=${1:?SIZE}; conns=${2:?CONNS}; shift 2
 extra=("$@")
 peer=${PEER:-echotwist}
+if [ "$peer" = plain ] && [ "$transport" = tcp ]; then
+    echo "instructions.sh: PEER=plain is for udp and tls" >&2
+    exit 2
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 twistd=${TWISTD:-$(command -v twistd || true)}
 if [ ! -x "$twistd" ]; then
@@ -83,6 +90,10 @@ run() {  # run SECONDS: prints "messages instructions"
         # peers.py binds a port of its own and prints it.
         server=("$python" "$here/peers.py" "$peer" tls "$work/cert.pem" "$work/key.pem")
         ready="PORT [0-9]"
+    elif [ "$peer" != echotwist ]; then
+        server=("$python" "$here/peers.py" "$peer")
+        [ "$transport" = udp ] && server+=(udp)
+        ready="PORT [0-9]"
     else
         server=("$python" "$twistd" -n --pidfile= echo
             "${listen[@]}" --no-connection-logs ${extra[@]+"${extra[@]}"})
@@ -95,7 +106,7 @@ run() {  # run SECONDS: prints "messages instructions"
         grep -qs "$ready" "$work/server.log" && break
         sleep 0.1
     done
-    if [ "$transport" = tls ] && [ "$peer" != echotwist ] && [ "$peer" != plain ]; then
+    if [ "$peer" != echotwist ] && [ "$peer" != plain ]; then
         port=$(sed -n 's/^PORT \([0-9]*\).*/\1/p' "$work/server.log")
     elif [ "$transport" = udp ] && [ "$peer" = plain ]; then
         port=$(sed -n 's/.*starting on \([0-9]*\).*/\1/p' "$work/server.log" | head -1)
