@@ -159,6 +159,28 @@ class DatagramFastPathTests(SynchronousTestCase):
         )
         self.assertIn("privileged source port", [e.get("reason") for e in events])
 
+    def test_fromAPrivilegedPortOfAnAddressItAnswered(self) -> None:
+        """
+        A datagram from a port below 1024 is refused even right after the
+        pass answered its address from another port: the verdict the pass
+        keeps for the last address it answered is the address's, not the
+        port's.
+        """
+        requireRoot("binding a source port below 1024")
+        self.judged()
+        low = self.lowPortClient()
+        self.send([b"fine"])
+        self.send([b"storm"], low)
+        self.send([b"fine again"])
+        with capturedLogs() as events:
+            self.assertFalse(self.port.readPass())
+        self.assertEqual(self.answers(low), [])
+        self.assertEqual(self.answers(), [b"fine", b"fine again"])
+        self.assertEqual(
+            self.policy.counts, {"answered": 3, "privileged source port": 1}
+        )
+        self.assertIn("privileged source port", [e.get("reason") for e in events])
+
     def lowPortClient(self) -> socket.socket:
         for port in range(1023, 900, -1):
             try:
