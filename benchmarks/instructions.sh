@@ -36,10 +36,16 @@ fi
 size=${1:?SIZE}; conns=${2:?CONNS}; shift 2
 extra=("$@")
 peer=${PEER:-echotwist}
-if [ "$peer" = plain ] && [ "$transport" = tcp ]; then
-    echo "instructions.sh: PEER=plain is for udp and tls" >&2
+refuse() {  # refuse LINE: the one line a bad PEER gets, before any work
+    echo "instructions.sh: $1" >&2
     exit 2
-fi
+}
+case "$peer" in
+    echotwist | uvloop | asyncio) ;;
+    plain) [ "$transport" != tcp ] || refuse "PEER=plain is for udp and tls" ;;
+    floor) [ "$transport" != tls ] || refuse "PEER=floor is for tcp and udp" ;;
+    *) refuse "PEER is echotwist, plain, floor, uvloop or asyncio, not '$peer'" ;;
+esac
 here=$(cd "$(dirname "$0")" && pwd)
 twistd=${TWISTD:-$(command -v twistd || true)}
 if [ ! -x "$twistd" ]; then
