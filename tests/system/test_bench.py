@@ -783,6 +783,37 @@ class InstructionsScriptTests(SynchronousTestCase):
             self.assertEqual(result.returncode, 2, result.stderr)
             self.assertEqual(result.stderr.splitlines(), [f"instructions.sh: {line}"])
 
+    def test_aServerThatDoesNotStart(self) -> None:
+        """
+        A server that ends before it listens (here twistd refusing an
+        option; a peer whose loop is not installed alike) ends the script
+        at once with its own last line, exit 2: the script used to wait a
+        minute for it, then end with status 1 and no word of why.
+        """
+        requireTool("valgrind", "valgrind")
+        requireTool("cc", "gcc")
+        result = subprocess.run(
+            [
+                "/bin/bash",
+                os.path.join(CHECKOUT, "benchmarks", "instructions.sh"),
+                *["udp", "64", "1", "--udp-rate", "nonsense"],
+            ],
+            env={
+                **os.environ,
+                "PEER": "echotwist",
+                "TWISTD": os.path.join(os.path.dirname(sys.executable), "twistd"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        self.assertEqual(result.returncode, 2, result.stderr)
+        [line] = result.stderr.splitlines()
+        self.assertRegex(
+            line,
+            r"^instructions\.sh: the server did not start: .*--udp-rate: 'nonsense'",
+        )
+
 
 class UDPPassTests(SynchronousTestCase):
     """
