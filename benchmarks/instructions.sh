@@ -36,10 +36,16 @@ fi
 size=${1:?SIZE}; conns=${2:?CONNS}; shift 2
 extra=("$@")
 peer=${PEER:-echotwist}
-if [ "$peer" = plain ] && [ "$transport" = tcp ]; then
-    echo "instructions.sh: PEER=plain is for udp and tls" >&2
+refuse() {  # refuse LINE: the one line a bad PEER gets, before any work
+    echo "instructions.sh: $1" >&2
     exit 2
-fi
+}
+case "$peer" in
+    echotwist | uvloop | asyncio) ;;
+    plain) [ "$transport" != tcp ] || refuse "PEER=plain is for udp and tls" ;;
+    floor) [ "$transport" != tls ] || refuse "PEER=floor is for tcp and udp" ;;
+    *) refuse "PEER is echotwist, plain, floor, uvloop or asyncio, not '$peer'" ;;
+esac
 here=$(cd "$(dirname "$0")" && pwd)
 twistd=${TWISTD:-$(command -v twistd || true)}
 if [ ! -x "$twistd" ]; then
@@ -104,8 +110,17 @@ run() {  # run SECONDS: prints "messages instructions"
     pid=$!
     for i in $(seq 600); do
         grep -qs "$ready" "$work/server.log" && break
+        # A server that ended (a peer's loop not installed, a bad option)
+        # is not waited for.
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
+    if ! grep -qs "$ready" "$work/server.log"; then
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        # Its last line of its own (valgrind's start with ==PID==).
+        refuse "the server did not start: $(grep -v '^==' "$work/server.log" | tail -1)"
+    fi
     if [ "$peer" != echotwist ] && [ "$peer" != plain ]; then
         port=$(sed -n 's/^PORT \([0-9]*\).*/\1/p' "$work/server.log")
     elif [ "$transport" = udp ] && [ "$peer" = plain ]; then
@@ -125,8 +140,9 @@ run() {  # run SECONDS: prints "messages instructions"
     echo "$(echo "$out" | sed 's/.*messages=\([0-9]*\).*/\1/') $(awk '/Collected :/ {print $NF}' "$work/server.log")"
 }
 
-read -r m1 i1 < <(run 2)
-read -r m2 i2 < <(run 8)
+# A run that ended with a line of its own ends the script (exit 2).
+read -r m1 i1 < <(run 2) || exit 2
+read -r m2 i2 < <(run 8) || exit 2
 per=message
 [ "$transport" = udp ] && per="UDP datagram"
 if [ "$size" = handshakes ]; then

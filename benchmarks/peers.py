@@ -165,7 +165,31 @@ def floorUDP():
             sendto(data, address)
 
 
+def usageError(arguments):
+    """
+    Why C{arguments} name no peer, in one line, or None.  A peer that is
+    not the one asked for would be measured under the wrong name (the
+    floor has no TLS; a misspelt loop would be asyncio).
+    """
+    plain = [[], ["tcp"], ["udp"]]
+    if arguments[:1] == ["floor"] and arguments[1:] in plain:
+        return None
+    if arguments[:1] in (["asyncio"], ["uvloop"]):
+        if arguments[1:] in plain or (
+            arguments[1:2] == ["tls"] and len(arguments) == 4
+        ):
+            return None
+    return (
+        "usage: peers.py asyncio|uvloop [tcp | udp | tls CERT KEY],"
+        " or peers.py floor [tcp | udp]"
+    )
+
+
 if __name__ == "__main__":
+    error = usageError(sys.argv[1:])
+    if error is not None:
+        print(error, file=sys.stderr)
+        sys.exit(2)
     if sys.argv[1] == "floor":
         if sys.argv[2:] == ["udp"]:
             floorUDP()

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from echotwist._fast.udp import ASK_UP_TO, EchoPassPort
 from echotwist.datagram import (
     DATAGRAMS_PER_READ,
+    LOOP_KEY_BYTES,
     LOOP_TOLERANCE,
     LOOP_WINDOW,
     DatagramEcho,
@@ -156,6 +157,28 @@ class DatagramFastPathTests(SynchronousTestCase):
         self.assertEqual(self.answers(), [b"fine"])
         self.assertEqual(
             self.policy.counts, {"answered": 2, "privileged source port": 1}
+        )
+        self.assertIn("privileged source port", [e.get("reason") for e in events])
+
+    def test_fromAPrivilegedPortOfAnAddressItAnswered(self) -> None:
+        """
+        A datagram from a port below 1024 is refused even right after the
+        pass answered its address from another port: the verdict the pass
+        keeps for the last address it answered is the address's, not the
+        port's.
+        """
+        requireRoot("binding a source port below 1024")
+        self.judged()
+        low = self.lowPortClient()
+        self.send([b"fine"])
+        self.send([b"storm"], low)
+        self.send([b"fine again"])
+        with capturedLogs() as events:
+            self.assertFalse(self.port.readPass())
+        self.assertEqual(self.answers(low), [])
+        self.assertEqual(self.answers(), [b"fine", b"fine again"])
+        self.assertEqual(
+            self.policy.counts, {"answered": 3, "privileged source port": 1}
         )
         self.assertIn("privileged source port", [e.get("reason") for e in events])
 
@@ -361,13 +384,29 @@ class AsTheProtocolCountsTests(SynchronousTestCase):
         )
         port.startListening()
         self.addCleanup(port.socket.close)
-        one, two = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in "12")
-        for client in (one, two):
+        # Two ports of one address, and another address (its own source).
+        clients = one, two, other = [
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in "123"
+        ]
+        for client, host in zip(
+            clients, ["127.0.0.1"] * 2 + ["127.0.0.2"], strict=True
+        ):
             self.addCleanup(client.close)
-            client.bind(("127.0.0.1", 0))
+            client.bind((host, 0))
         to = ("127.0.0.1", port.getHost().port)
         long = b"L" * 1024
-        script: list[tuple[socket.socket, list[bytes]] | float] = [
+        key = b"K" * LOOP_KEY_BYTES
+        # Addresses in turn within one pass, each past its source's burst,
+        # with datagrams of the loop guard's key bytes and one more.
+        datagrams = [key, key + b"!", key, key] + [b"%d" % n for n in range(8)]
+        turns = [(other, b"hi"), (one, b"hi")] + [
+            (client, datagram) for datagram in datagrams for client in (one, other)
+        ]
+        script: list[
+            tuple[socket.socket, list[bytes]]
+            | list[tuple[socket.socket, bytes]]
+            | float
+        ] = [
             (one, [b"hello"]),
             (one, [b"ping"] * (LOOP_TOLERANCE + 3)),
             (two, [b"ping"] * 2 + [b""] * 3),
@@ -380,6 +419,9 @@ class AsTheProtocolCountsTests(SynchronousTestCase):
             (two, [b"%d" % n for n in range(DATAGRAMS_PER_READ)]),
             1.0,
             (one, [b"ping"] * (LOOP_TOLERANCE + 3)),
+            LOOP_WINDOW * 3,
+            turns[: DATAGRAMS_PER_READ // 2],
+            turns[DATAGRAMS_PER_READ // 2 :],
         ]
         answers: list[tuple[int, bytes]] = []
         with capturedLogs():
@@ -387,11 +429,14 @@ class AsTheProtocolCountsTests(SynchronousTestCase):
                 if isinstance(step, float):
                     clock.advance(step)
                     continue
-                client, datagrams = step
-                for datagram in datagrams:
+                if isinstance(step, list):
+                    sends = step
+                else:
+                    sends = [(step[0], datagram) for datagram in step[1]]
+                for client, datagram in sends:
                     client.sendto(datagram, to)
                 port.doRead()
-                for which, client in enumerate((one, two)):
+                for which, client in enumerate(clients):
                     while True:
                         try:
                             answer = client.recv(65536, socket.MSG_DONTWAIT)

@@ -692,6 +692,25 @@ class FloorTests(SynchronousTestCase):
                 self.assertEqual(source, ("127.0.0.1", server.port))
                 self.assertTrue(back == message, f"{size} B came back as {len(back)} B")
 
+    def test_badArguments(self) -> None:
+        """
+        peers.py asked for a peer it does not have (the floor over TLS, a
+        misspelt loop, nothing) says so in one line and exits 2: it used
+        to run another peer (the floor's plain TCP, asyncio) for ever, to
+        be measured under the name asked for.
+        """
+        peers = os.path.join(os.path.dirname(BENCH), "peers.py")
+        for arguments in (["floor", "tls", "c", "k"], ["floor", "x"], ["uvlop"], []):
+            result = subprocess.run(
+                [sys.executable, peers, *arguments],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            self.assertEqual((result.returncode, result.stdout), (2, ""), arguments)
+            self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+            self.assertIn("usage: peers.py", result.stderr)
+
 
 UDPPASS = os.path.join(os.path.dirname(BENCH), "udppass.py")
 
@@ -729,6 +748,70 @@ class InstructionsScriptTests(SynchronousTestCase):
                 "instructions.sh: no twistd: put one on PATH or set"
                 " TWISTD=/path/to/twistd"
             ],
+        )
+
+    def test_badPeer(self) -> None:
+        """
+        A PEER the script cannot count over the transport asked for is
+        refused in one line, exit 2, before anything is built or started:
+        PEER=floor over TLS used to start the floor's plain TCP echo for a
+        TLS client, and a misspelt PEER ran asyncio's echo under its name.
+        """
+        env = {k: v for k, v in os.environ.items() if k != "TWISTD"}
+        # Nothing to run: a refusal must come before any look-up.
+        env["PATH"] = scratchDirectory(self)
+        for peer, arguments, line in [
+            ("floor", ["tls", "64", "1"], "PEER=floor is for tcp and udp"),
+            ("plain", ["64", "1"], "PEER=plain is for udp and tls"),
+            (
+                "uvlop",
+                ["udp", "64", "1"],
+                "PEER is echotwist, plain, floor, uvloop or asyncio, not 'uvlop'",
+            ),
+        ]:
+            result = subprocess.run(
+                [
+                    "/bin/bash",
+                    os.path.join(CHECKOUT, "benchmarks", "instructions.sh"),
+                    *arguments,
+                ],
+                env={**env, "PEER": peer},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertEqual(result.stderr.splitlines(), [f"instructions.sh: {line}"])
+
+    def test_aServerThatDoesNotStart(self) -> None:
+        """
+        A server that ends before it listens (here twistd refusing an
+        option; a peer whose loop is not installed alike) ends the script
+        at once with its own last line, exit 2: the script used to wait a
+        minute for it, then end with status 1 and no word of why.
+        """
+        requireTool("valgrind", "valgrind")
+        requireTool("cc", "gcc")
+        result = subprocess.run(
+            [
+                "/bin/bash",
+                os.path.join(CHECKOUT, "benchmarks", "instructions.sh"),
+                *["udp", "64", "1", "--udp-rate", "nonsense"],
+            ],
+            env={
+                **os.environ,
+                "PEER": "echotwist",
+                "TWISTD": os.path.join(os.path.dirname(sys.executable), "twistd"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        self.assertEqual(result.returncode, 2, result.stderr)
+        [line] = result.stderr.splitlines()
+        self.assertRegex(
+            line,
+            r"^instructions\.sh: the server did not start: .*--udp-rate: 'nonsense'",
         )
 
 

@@ -202,6 +202,46 @@ class EchoLoopPeerTests(ServerTestCase):
             servers.append(server)
         self.assertLoopDies(servers, (LOOPBACK, servers[1][1]), most=12)
 
+    def test_loopsOfDatagramsThatBeginAlike(self) -> None:
+        """
+        Four loops at once between two servers, of datagrams that begin
+        alike: 63 bytes, exactly the loop guard's 64 key bytes, 65 and
+        7,000 (its digest holds a datagram's first 64 bytes and not its
+        length).  Each dies, refused as an echo loop once, within a few
+        exchanges.
+        """
+        a = self.server("--udp-rate", "0")
+        b = self.server("--udp-rate", "0")
+        start = b"loop me " * 8
+        datagrams = [start[:63], start, start + b"!", start + b"?" * 6936]
+        for datagram in datagrams:
+            spoof(datagram, (LOOPBACK, b[1]), (LOOPBACK, a[1]))
+        metrics = (a[2], b[2])
+        deadline = time.monotonic() + WAIT
+        while True:
+            counts = [scrape(m) for m in metrics]
+            loops = sum(c.get(LOOPS, 0) for c in counts)
+            if loops >= len(datagrams):
+                break
+            self.assertLess(
+                time.monotonic(),
+                deadline,
+                f"{loops:.0f} loops dead of {len(datagrams)}\n{a[0].output}",
+            )
+            time.sleep(0.05)  # a polling interval, not a synchronisation
+        # Dead, not slowed: the answers stop growing, a second apart.
+        later = sum(c[ANSWERED] for c in counts)
+        while True:
+            time.sleep(1.0)  # the interval the count must hold over
+            counts = [scrape(m) for m in metrics]
+            first, later = later, sum(c[ANSWERED] for c in counts)
+            if later == first:
+                break
+            self.assertLess(time.monotonic(), deadline + WAIT, f"{later:.0f} answers")
+        # Each loop: A answers the spoof, then each side two echoes at most.
+        self.assertLessEqual(later, 6 * len(datagrams))
+        self.assertEqual(sum(c.get(LOOPS, 0) for c in counts), len(datagrams))
+
     def throughRelay(self, roundTrip: float) -> None:
         # At the default --udp-rate 100, which stops a loop only when its
         # round trip is under 10 ms.
