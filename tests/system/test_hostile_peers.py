@@ -131,6 +131,47 @@ class EchoLoopPeerTests(ServerTestCase):
         server.waitFor(r"Serving metrics on ")
         return server, udp, metrics
 
+    def waitForDeadLoops(
+        self, metrics: tuple[int, int], loops: int, server: Server
+    ) -> tuple[list[dict[str, float]], float]:
+        """
+        Wait until the two servers' metrics count C{loops} refused as echo
+        loops and their answers stop growing (dead, not slowed: the count
+        holds a second apart; with workers a scrape may sum a busy worker's
+        last heartbeat's counts, up to a second old, so the count settles
+        rather than being final at once, and a live loop, at 10 answers a
+        second or more, never settles).  Fail past the bound, with
+        C{server}'s output.
+
+        @return: the last scrapes and the answers they sum.
+        """
+        deadline = time.monotonic() + WAIT
+        while True:
+            counts = [scrape(m) for m in metrics]
+            dead = sum(c.get(LOOPS, 0) for c in counts)
+            if dead >= loops:
+                break
+            answered = sum(c[ANSWERED] for c in counts)
+            self.assertLess(
+                time.monotonic(),
+                deadline,
+                f"{dead:.0f} loops dead of {loops}, {answered:.0f} answers"
+                f"\n{server.output}",
+            )
+            time.sleep(0.05)  # a polling interval, not a synchronisation
+        later = sum(c[ANSWERED] for c in counts)
+        while True:
+            time.sleep(1.0)  # the interval the count must hold over
+            counts = [scrape(m) for m in metrics]
+            first, later = later, sum(c[ANSWERED] for c in counts)
+            if later == first:
+                return counts, later
+            self.assertLess(
+                time.monotonic(),
+                deadline + WAIT,
+                f"the loop is still going: {later:.0f} answers\n{server.output}",
+            )
+
     def assertLoopDies(
         self,
         servers: list[tuple[Server, int, int]],
@@ -139,34 +180,7 @@ class EchoLoopPeerTests(ServerTestCase):
     ) -> dict[str, float]:
         (a, aPort, aMetrics), (b, _, bMetrics) = servers
         spoof(b"loop me" * 1000, source, (LOOPBACK, aPort))
-        deadline = time.monotonic() + WAIT
-        while True:
-            counts = [scrape(m) for m in (aMetrics, bMetrics)]
-            if sum(c.get(LOOPS, 0) for c in counts) >= 1:
-                break
-            answered = sum(c[ANSWERED] for c in counts)
-            self.assertLess(
-                time.monotonic(),
-                deadline,
-                f"the loop is still going: {answered:.0f} answers\n{a.output}",
-            )
-            time.sleep(0.05)  # a polling interval, not a synchronisation
-        # Dead, not slowed: the answers stop growing, a second apart.  (With
-        # workers a scrape may sum a busy worker's last heartbeat's counts,
-        # up to a second old: the count settles, rather than being final at
-        # once.  A live loop, at 10 answers a second or more, never settles.)
-        later = sum(c[ANSWERED] for c in counts)
-        while True:
-            time.sleep(1.0)  # the interval the count must hold over
-            counts = [scrape(m) for m in (aMetrics, bMetrics)]
-            first, later = later, sum(c[ANSWERED] for c in counts)
-            if later == first:
-                break
-            self.assertLess(
-                time.monotonic(),
-                deadline + WAIT,
-                f"the loop is still going: {later:.0f} answers\n{a.output}",
-            )
+        counts, later = self.waitForDeadLoops((aMetrics, bMetrics), 1, a)
         # A answers the spoof, then each side answers two echoes (each
         # worker, with workers).
         self.assertLessEqual(later, most)
@@ -216,28 +230,7 @@ class EchoLoopPeerTests(ServerTestCase):
         datagrams = [start[:63], start, start + b"!", start + b"?" * 6936]
         for datagram in datagrams:
             spoof(datagram, (LOOPBACK, b[1]), (LOOPBACK, a[1]))
-        metrics = (a[2], b[2])
-        deadline = time.monotonic() + WAIT
-        while True:
-            counts = [scrape(m) for m in metrics]
-            loops = sum(c.get(LOOPS, 0) for c in counts)
-            if loops >= len(datagrams):
-                break
-            self.assertLess(
-                time.monotonic(),
-                deadline,
-                f"{loops:.0f} loops dead of {len(datagrams)}\n{a[0].output}",
-            )
-            time.sleep(0.05)  # a polling interval, not a synchronisation
-        # Dead, not slowed: the answers stop growing, a second apart.
-        later = sum(c[ANSWERED] for c in counts)
-        while True:
-            time.sleep(1.0)  # the interval the count must hold over
-            counts = [scrape(m) for m in metrics]
-            first, later = later, sum(c[ANSWERED] for c in counts)
-            if later == first:
-                break
-            self.assertLess(time.monotonic(), deadline + WAIT, f"{later:.0f} answers")
+        counts, later = self.waitForDeadLoops((a[2], b[2]), len(datagrams), a[0])
         # Each loop: A answers the spoof, then each side two echoes at most.
         self.assertLessEqual(later, 6 * len(datagrams))
         self.assertEqual(sum(c.get(LOOPS, 0) for c in counts), len(datagrams))
