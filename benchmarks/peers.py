@@ -103,31 +103,22 @@ def floorTCP():
                 poller.register(connection.fileno(), select.EPOLLIN)
                 continue
             # Writable again (or an error) with bytes kept: send them, and
-            # read again once they are all gone.
-            if fd in unsent:
+            # read again once they are all gone.  Otherwise read, and send
+            # what was read.
+            flushing = fd in unsent
+            if flushing:
                 data = unsent.pop(fd)
+            else:
                 try:
-                    sent = write(fd, data)
+                    data = read(fd, FLOOR_READ)
                 except BlockingIOError:
-                    sent = 0
+                    continue
                 except OSError:
                     close(fd)
                     continue
-                if sent < len(data):
-                    unsent[fd] = data[sent:]
-                else:
-                    poller.modify(fd, select.EPOLLIN)
-                continue
-            try:
-                data = read(fd, FLOOR_READ)
-            except BlockingIOError:
-                continue
-            except OSError:
-                close(fd)
-                continue
-            if not data:
-                close(fd)
-                continue
+                if not data:
+                    close(fd)
+                    continue
             try:
                 sent = write(fd, data)
             except BlockingIOError:
@@ -137,7 +128,10 @@ def floorTCP():
                 continue
             if sent < len(data):
                 unsent[fd] = data[sent:]
-                poller.modify(fd, select.EPOLLOUT)
+                if not flushing:
+                    poller.modify(fd, select.EPOLLOUT)
+            elif flushing:
+                poller.modify(fd, select.EPOLLIN)
 
 
 def floorUDP():
