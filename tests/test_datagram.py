@@ -491,6 +491,21 @@ class EchoLoopGuardTests(SynchronousTestCase):
         answered = [d for d in [b, b, c] * 20 if not guard.isLoop("192.0.2.1", 7, d)]
         self.assertLessEqual(len(answered), 2 * (LOOP_TOLERANCE + 1))
 
+    def assertOneEchoEarly(self, other: bytes) -> None:
+        """
+        After a datagram of C{LOOP_KEY_BYTES} + 1 bytes, C{other}, which
+        begins alike, is counted as its echo and, repeated, refused one
+        echo earlier than if compared whole; the first datagram's own
+        echoes are counted as they come.
+        """
+        guard = EchoLoopGuard(Clock())
+        first = b"a" * LOOP_KEY_BYTES + b"1"
+        self.assertFalse(guard.isLoop("192.0.2.1", 40000, first))
+        verdicts = [guard.isLoop("192.0.2.1", 40000, other) for _ in range(3)]
+        self.assertEqual(verdicts, [False, False, True])
+        verdicts = [guard.isLoop("192.0.2.1", 40000, first) for _ in range(3)]
+        self.assertEqual(verdicts, [False, False, True])
+
     def test_oneEchoEarlyAtMost(self) -> None:
         """
         The price of not hashing every datagram whole: after a datagram,
@@ -498,14 +513,7 @@ class EchoLoopGuardTests(SynchronousTestCase):
         then repeated it is refused one echo earlier than if compared whole;
         the first datagram's own echoes are counted as they come.
         """
-        guard = EchoLoopGuard(Clock())
-        first = b"a" * LOOP_KEY_BYTES + b"1"
-        other = b"a" * LOOP_KEY_BYTES + b"2"
-        self.assertFalse(guard.isLoop("192.0.2.1", 40000, first))
-        verdicts = [guard.isLoop("192.0.2.1", 40000, other) for _ in range(3)]
-        self.assertEqual(verdicts, [False, False, True])
-        verdicts = [guard.isLoop("192.0.2.1", 40000, first) for _ in range(3)]
-        self.assertEqual(verdicts, [False, False, True])
+        self.assertOneEchoEarly(b"a" * LOOP_KEY_BYTES + b"2")
 
     def test_otherLengthsThatBeginAlikeAreOneEchoEarly(self) -> None:
         """
@@ -515,14 +523,7 @@ class EchoLoopGuardTests(SynchronousTestCase):
         one echo earlier than if compared whole; the first datagram's own
         echoes are counted as they come.
         """
-        guard = EchoLoopGuard(Clock())
-        first = b"a" * LOOP_KEY_BYTES + b"1"
-        other = b"a" * LOOP_KEY_BYTES + b"22"
-        self.assertFalse(guard.isLoop("192.0.2.1", 40000, first))
-        verdicts = [guard.isLoop("192.0.2.1", 40000, other) for _ in range(3)]
-        self.assertEqual(verdicts, [False, False, True])
-        verdicts = [guard.isLoop("192.0.2.1", 40000, first) for _ in range(3)]
-        self.assertEqual(verdicts, [False, False, True])
+        self.assertOneEchoEarly(b"a" * LOOP_KEY_BYTES + b"22")
 
     def test_isLoopAtTakesTheTimeGiven(self) -> None:
         """
