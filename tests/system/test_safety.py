@@ -372,13 +372,13 @@ class ChurnTests(ServerTestCase):
             worker.join(seconds + 10 * WAIT)
         self.assertEqual(len(finished), 4)
 
-    def objects(self, server: Server) -> int:
+    def objects(self, server: Server, hook: str) -> int:
         """
         How many objects the server's garbage collector tracks once it has
-        collected: the hook L{test_soak} installs writes the figure on
-        SIGUSR2.
+        collected: the hook L{test_soak} installs in the directory C{hook}
+        writes the figure there on SIGUSR2.
         """
-        counted = os.path.join(self.hook, "objects.count")
+        counted = os.path.join(hook, "objects.count")
         if os.path.exists(counted):
             os.remove(counted)
         server.signal(signal.SIGUSR2)
@@ -411,10 +411,10 @@ class ChurnTests(ServerTestCase):
         library's, say) at 64 MiB over the soak, far above those swings
         and far below a kilobyte a connection.
         """
-        self.hook = os.path.join(self.directory, "objects")
-        os.mkdir(self.hook)
-        with open(os.path.join(self.hook, "sitecustomize.py"), "w") as hook:
-            hook.write(OBJECT_COUNT_HOOK)
+        hook = os.path.join(self.directory, "objects")
+        os.mkdir(hook)
+        with open(os.path.join(hook, "sitecustomize.py"), "w") as module:
+            module.write(OBJECT_COUNT_HOOK)
         server = self.start(
             "--port",
             f"tcp:0:interface={LOOPBACK}",
@@ -423,7 +423,7 @@ class ChurnTests(ServerTestCase):
             # The hook first, then whatever path the server had.
             env={
                 "PYTHONPATH": os.pathsep.join(
-                    filter(None, [self.hook, os.environ.get("PYTHONPATH")])
+                    filter(None, [hook, os.environ.get("PYTHONPATH")])
                 )
             },
         )
@@ -431,12 +431,12 @@ class ChurnTests(ServerTestCase):
         self.soak(address, SOAK_WARMUP_SECONDS)
         self.settle(server)
         baseline, rssBefore = descriptors(server), server.rss()
-        objectsBefore, madeBefore = self.objects(server), self.made
+        objectsBefore, madeBefore = self.objects(server, hook), self.made
         self.soak(address, SOAK_SECONDS)
         self.settle(server)
         self.assertEqual(descriptors(server), baseline)
         made = self.made - madeBefore
-        kept = self.objects(server) - objectsBefore
+        kept = self.objects(server, hook) - objectsBefore
         # One object kept for every hundred connections is a leak already.
         self.assertLess(
             kept, made // 100, f"{kept} more objects after {made} connections"
