@@ -6,6 +6,7 @@ answers in its loop, and that every guard holds there.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import socket
 from typing import Any
@@ -15,6 +16,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from echotwist._fast.mmsg import available
 from echotwist._fast.udp import ASK_UP_TO, EchoPassPort
 from echotwist.datagram import (
     DATAGRAMS_PER_READ,
@@ -29,15 +31,27 @@ from tests._tools import requireRoot
 from tests.test_datagram import _Collect
 
 
-class DatagramFastPathTests(SynchronousTestCase):
+class _PassTests:
     """
     The datagram echo's own pass of reads (L{EchoPassPort.readPass}, the
-    fast path's UDP port), on a real loopback socket: what it answers in its loop, and that every
-    guard holds there, each refusal counted and logged as the protocol
-    would.
+    fast path's UDP port), on a real loopback socket: what it answers in
+    its loop, and that every guard holds there, each refusal counted and
+    logged as the protocol would.  Run for the pass by batches
+    (C{recvmmsg}/C{sendmmsg}) and for the pass by C{recvfrom}/C{sendto}.
     """
 
     portType: type[DatagramPort] = EchoPassPort
+    #: Whether the port reads by batches (see echotwist._fast.mmsg).
+    batches = True
+
+    # SynchronousTestCase's, for the type checker.
+    addCleanup: Any
+    assertEqual: Any
+    assertTrue: Any
+    assertFalse: Any
+    assertIn: Any
+    assertLessEqual: Any
+    assertIsNotNone: Any
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -51,6 +65,10 @@ class DatagramFastPathTests(SynchronousTestCase):
         )
         self.port.startListening()
         self.addCleanup(self.port.socket.close)
+        if self.batches:
+            self.assertIsNotNone(self.port._batches)
+        else:
+            self.port._batches = None  # type: ignore[attr-defined]
 
     def clientSocket(self, port: int) -> socket.socket:
         client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -274,10 +292,32 @@ class DatagramFastPathTests(SynchronousTestCase):
         real = self.port.socket
         self.port.socket = _FailingSend(real)  # type: ignore[assignment]
         self.addCleanup(setattr, self.port, "socket", real)
+        if self.batches:
+            self.port._batches.sendmmsg = _failing(errno.ENOBUFS)  # type: ignore[attr-defined]
         with capturedLogs():
             self.assertFalse(self.port.readPass())
         self.assertEqual(self.policy.counts, {"answered": 1, "send failed": 1})
         self.assertEqual(len(self.policy.loops), 1)  # "hello" only
+
+    def test_otherProtocols(self) -> None:
+        """
+        A port of any other protocol hands each datagram to it.
+        """
+        protocol = _Collect()
+        self.port.protocol = protocol
+        self.send([b"a", b"b"])
+        self.assertFalse(self.port.readPass())
+        self.assertEqual([d for d, _ in protocol.received], [b"a", b"b"])
+        self.assertEqual(self.answers(), [])
+
+
+class RecvfromPassTests(_PassTests, SynchronousTestCase):
+    """
+    L{_PassTests} for the pass by C{recvfrom} and C{sendto} (where the C
+    library has no C{recvmmsg}, and over IPv6), and how it ends.
+    """
+
+    batches = False
 
     def counted(self) -> _CountingReads:
         """
@@ -319,16 +359,162 @@ class DatagramFastPathTests(SynchronousTestCase):
         self.assertEqual(self.answers(), [b"a", b"", b"b"])
         self.assertEqual(reads.calls, 3)
 
-    def test_otherProtocols(self) -> None:
+
+class BatchPassTests(_PassTests, SynchronousTestCase):
+    """
+    L{_PassTests} for the pass by batches (L{echotwist._fast.mmsg}), and
+    what only it does: one system call each way a pass, and a C{sendmmsg}
+    that sends in part, is interrupted, or fails for one answer.
+    """
+
+    if not available():
+        skip = "no recvmmsg/sendmmsg here"
+
+    def batchCalls(self) -> list[str]:
         """
-        A port of any other protocol hands each datagram to it.
+        Record the batches' system calls from now on.
         """
-        protocol = _Collect()
-        self.port.protocol = protocol
+        batches = self.port._batches  # type: ignore[attr-defined]
+        calls: list[str] = []
+        for name in ("recvmmsg", "sendmmsg"):
+            real = getattr(batches, name)
+
+            def call(*args: Any, real: Any = real, name: str = name) -> int:
+                calls.append(name)
+                return int(real(*args))
+
+            setattr(batches, name, call)
+        return calls
+
+    def test_oneCallEachWay(self) -> None:
+        """
+        A pass reads every queued datagram with one C{recvmmsg} and sends
+        the answers with one C{sendmmsg}.
+        """
+        self.judged()
+        calls = self.batchCalls()
+        self.send([b"%d" % n for n in range(5)])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(calls, ["recvmmsg", "sendmmsg"])
+        self.assertEqual(self.answers(), [b"%d" % n for n in range(5)])
+        self.assertEqual(self.policy.counts, {"answered": 6})
+
+    def test_nothingQueued(self) -> None:
+        """
+        A pass with nothing queued reads nothing, sends nothing, and says
+        so quietly; so does one whose read an earlier answer's ICMP error
+        or a signal ends.
+        """
+        self.judged()
+        self.assertTrue(self.port.readPass())
+        batches = self.port._batches  # type: ignore[attr-defined]
+        for error in (errno.ECONNREFUSED, errno.EINTR):
+            batches.recvmmsg = _failing(error)
+            self.assertTrue(self.port.readPass())
+        self.assertEqual(self.policy.counts, {"answered": 1})
+
+    def test_readFails(self) -> None:
+        """
+        Any other error of the read is raised, as the pass by C{recvfrom}
+        raises it, for the reactor to log.
+        """
+        self.port._batches.recvmmsg = _failing(errno.EBADF)  # type: ignore[attr-defined]
+        error = self.assertRaises(OSError, self.port.readPass)
+        self.assertEqual(error.errno, errno.EBADF)
+
+    def test_sentInPart(self) -> None:
+        """
+        A C{sendmmsg} that sends fewer answers than asked is called again
+        for the rest: every answer leaves once, in order.
+        """
+        self.judged()
+        batches = self.port._batches  # type: ignore[attr-defined]
+        real = batches.sendmmsg
+        batches.sendmmsg = lambda at, count, flags: real(at, 1, flags)
+        self.send([b"%d" % n for n in range(7)])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), [b"%d" % n for n in range(7)])
+        self.assertEqual(self.policy.counts, {"answered": 8})
+
+    def test_interrupted(self) -> None:
+        """
+        A C{sendmmsg} a signal interrupts is called again.
+        """
+        self.judged()
+        batches = self.port._batches  # type: ignore[attr-defined]
+        real, interrupted = batches.sendmmsg, _failing(errno.EINTR)
+        calls = []
+
+        def once(*args: Any) -> int:
+            calls.append(args)
+            return int((interrupted if len(calls) == 1 else real)(*args))
+
+        batches.sendmmsg = once
         self.send([b"a", b"b"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(self.answers(), [b"a", b"b"])
+        self.assertEqual(self.policy.counts, {"answered": 3})
+
+    def test_oneAnswerFails(self) -> None:
+        """
+        An answer C{sendmmsg} cannot send goes through the transport's
+        write, as one C{sendto} cannot send does; the answers after it
+        are sent on by C{sendmmsg}.
+        """
+        self.judged()
+        batches = self.port._batches  # type: ignore[attr-defined]
+        real, fails = batches.sendmmsg, _failing(errno.ENOBUFS)
+        third = batches.answersAt[2]
+
+        def failsTheThird(at: Any, count: int, flags: int) -> int:
+            # Two answers a call at most, and the third fails (the kernel
+            # reports a message's error only when it is a call's first).
+            if at is third:
+                return int(fails(at, count, flags))
+            return int(real(at, min(count, 2), flags))
+
+        batches.sendmmsg = failsTheThird
+        self.send([b"%d" % n for n in range(5)])
         self.assertFalse(self.port.readPass())
-        self.assertEqual([d for d, _ in protocol.received], [b"a", b"b"])
-        self.assertEqual(self.answers(), [])
+        self.assertEqual(self.answers(), [b"0", b"1", b"3", b"4", b"2"])
+        self.assertEqual(self.policy.counts, {"answered": 6})
+        self.assertEqual(self.policy.bytes, {"received": 10, "sent": 10})
+
+    def test_answersAroundTheProtocol(self) -> None:
+        """
+        The answers the pass has gathered are sent before a datagram goes
+        to the protocol, so each peer's answers leave in order.
+        """
+        self.judged()
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(other.close)
+        other.bind(("127.0.0.2", 0))
+        calls = self.batchCalls()
+        self.send([b"a"])
+        self.send([b"new"], other)
+        self.send([b"b"])
+        self.assertFalse(self.port.readPass())
+        self.assertEqual(calls, ["recvmmsg", "sendmmsg", "sendmmsg"])
+        self.assertEqual(self.answers(), [b"a", b"b"])
+        self.assertEqual(self.answers(other), [b"new"])
+
+    def test_manyPeers(self) -> None:
+        """
+        Past L{Batches.peerCache} peers the cache of peers' addresses
+        starts again: memory stays bounded, and each answer still goes to
+        its own peer.
+        """
+        batches = self.port._batches  # type: ignore[attr-defined]
+        batches.peerCache = 2
+        clients = [self.clientSocket(0) for _ in range(5)]
+        for round in range(2):
+            for n, client in enumerate(clients):
+                self.send([b"%d-%d" % (round, n)], client)
+            self.port.readPass()
+            for n, client in enumerate(clients):
+                self.assertEqual(self.answers(client), [b"%d-%d" % (round, n)])
+            self.assertLessEqual(len(batches.known), 2)
 
 
 class _CountingReads:
@@ -348,6 +534,19 @@ class _CountingReads:
         return self._sock.recvfrom(size)
 
 
+def _failing(error: int) -> Any:
+    """
+    A stand-in for C{recvmmsg} or C{sendmmsg} that fails with C{error},
+    as the C call does: -1, and C{errno} set (ctypes' copy of it).
+    """
+
+    def fail(*args: Any) -> int:
+        ctypes.set_errno(error)
+        return -1
+
+    return fail
+
+
 class _FailingSend:
     """
     A socket whose sendto fails with ENOBUFS.
@@ -361,6 +560,17 @@ class _FailingSend:
 
     def sendto(self, data: bytes, addr: Any) -> int:
         raise OSError(errno.ENOBUFS, "No buffer space available")
+
+
+class _RecvfromPassPort(EchoPassPort):
+    """
+    The fast path's port reading by C{recvfrom} even where it could read by
+    batches.
+    """
+
+    def startListening(self) -> None:
+        super().startListening()
+        self._batches = None
 
 
 class AsTheProtocolCountsTests(SynchronousTestCase):
@@ -449,6 +659,14 @@ class AsTheProtocolCountsTests(SynchronousTestCase):
         fast = self.traffic(EchoPassPort, 0)
         self.assertEqual(fast, self.traffic(DatagramPort, 0))
         self.assertIn("echo loop", fast[0])
+
+    def test_noRateLimitByRecvfrom(self) -> None:
+        fast = self.traffic(_RecvfromPassPort, 0)
+        self.assertEqual(fast, self.traffic(DatagramPort, 0))
+
+    def test_rateLimitByRecvfrom(self) -> None:
+        fast = self.traffic(_RecvfromPassPort, 100)
+        self.assertEqual(fast, self.traffic(DatagramPort, 100))
 
     def test_rateLimit(self) -> None:
         fast = self.traffic(EchoPassPort, 100)

@@ -18,6 +18,7 @@ from typing import Any
 
 from echotwist._address import escape
 from echotwist._fast import LoopHandler, register
+from echotwist._fast.mmsg import Batches, available
 from echotwist.datagram import (
     FIRST_UNPRIVILEGED_PORT,
     DatagramEcho,
@@ -49,16 +50,30 @@ class EchoPassPort(DatagramPort):
     # What it asks: a poll object for the port's socket, made when the
     # port starts listening (see startListening).
     _queue: Any = None
+    # Where the echo's pass reads and answers a batch of datagrams with
+    # one system call each way, over IPv4 where the C library has them.
+    _batches: Batches | None = None
 
     def startListening(self) -> None:
         """
         Start listening, and make what the echo's pass of reads asks
-        whether a datagram is queued (see L{readPass}).
+        whether a datagram is queued, or its batches (see L{readPass}).
         """
         super().startListening()
         queue = select.poll()
         queue.register(self.socket.fileno(), select.POLLIN)
         self._queue = queue
+        if self.addressFamily == socket.AF_INET and available():
+            self._batches = Batches(
+                self.socket.fileno(), self.maxDatagramsPerRead, self.maxPacketSize
+            )
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """
+        Let go of the batches' memory with the socket.
+        """
+        self._batches = None
+        super().connectionLost(reason)
 
     def doRead(self) -> None:
         """
@@ -103,9 +118,83 @@ class EchoPassPort(DatagramPort):
         """
         protocol = self.protocol
         if type(protocol) is DatagramEcho and self.addressFamily == socket.AF_INET:
+            if self._batches is not None:
+                return self._batchPass(protocol, self._batches)
             return self._echoPass(protocol)
         self._protocolPass()
         return False
+
+    def _batchPass(self, echo: DatagramEcho, batches: Batches) -> bool:
+        """
+        The pass of L{readPass} for the datagram echo over IPv4 with
+        L{Batches}: one C{recvmmsg} reads what is queued, up to the bound,
+        and each run of answers the checks let through leaves by one
+        C{sendmmsg}, sent before anything else is answered or refused, so
+        answers leave in the order their datagrams came.  The checks are
+        L{_echoPass}'s, in the same order.
+        """
+        got = batches.receive(self.maxDatagramsPerRead)
+        if not got:
+            return True
+        policy = echo.policy
+        verdicts, limiter, loops = policy.verdicts, policy.limiter, policy.loops
+        now = policy.clock.seconds()
+        tables = loops.tablesFor(now, got)
+        newer, older = tables or ({}, {})
+        clean, fast, first = True, tables is not None, (now, 0)
+        memory, size, sendLengths = batches.memory, batches.size, batches.sendLengths
+        peers, known = batches.peers, batches.known
+        answerable = group = ""  # the last answered, compared (see readPass)
+        start = sent = answered = 0  # answers from start on wait for sendmmsg
+        for i, length in enumerate(batches.lengths[:got]):
+            addr = known.get(peers[i]) or batches.peer(i)
+            host, port = addr
+            o = i * size
+            try:
+                why = ""
+                if host != answerable or port < FIRST_UNPRIVILEGED_PORT:
+                    verdict = verdicts.get(host)
+                    if port < FIRST_UNPRIVILEGED_PORT or not verdict or verdict[0]:
+                        # Refused, or not judged yet: the protocol's (see tablesFor).
+                        clean = fast = False
+                        answerable, why = "", _PROTOCOL
+                    else:
+                        answerable, group = host, verdict[1]
+                if not why:
+                    head = memory[o : o + (length if length < KEY else KEY)]
+                    key = hash((host, port, head))
+                    if limiter is not None and not limiter.allow(group):
+                        why = "over the rate limit"
+                    elif fast and key not in older and key not in newer:
+                        newer[key] = first
+                    elif loops.isLoopAt(host, port, memory[o : o + length], now):
+                        why = "echo loop"
+                if not why:
+                    sendLengths[i] = length
+                    sent += length
+                    answered += 1
+                    continue
+                failed, unsent = _sendRun(echo, batches, start, i)
+                start, clean = i + 1, False
+                answered, sent = answered - failed, sent - unsent
+                if why is _PROTOCOL:
+                    echo.datagramReceived(memory[o : o + length], addr)
+                else:
+                    _unanswered(echo, why, memory[o : o + length], addr, group)
+            except Exception:
+                clean = False
+                failed, unsent = _sendRun(echo, batches, start, i)
+                start = i + 1
+                answered, sent = answered - failed, sent - unsent
+                log.failure("Unhandled error in {protocol!r}", protocol=echo)
+        failed = unsent = 0
+        if start < got:
+            done = batches.sendmmsg(batches.answersAt[start], got - start, 0)
+            if done < got - start:
+                # Sent in part, or not at all: the rest as _sendRun sends.
+                failed, unsent = _sendRun(echo, batches, start + max(done, 0), got)
+        policy.countAnswers(sent - unsent, sent - unsent, answered - failed)
+        return clean and not failed
 
     def _echoPass(self, echo: DatagramEcho) -> bool:
         """The pass of L{readPass} for the datagram echo over IPv4."""
@@ -166,6 +255,33 @@ class EchoPassPort(DatagramPort):
             policy.countAnswers(sent, sent, answered)
             self._asking = n <= ASK_UP_TO
         return clean
+
+
+#: What the batch pass's checks say of a datagram that goes to the protocol.
+_PROTOCOL = "the protocol's"
+
+
+def _sendRun(
+    echo: DatagramEcho, batches: Batches, start: int, end: int
+) -> tuple[int, int]:
+    """
+    Send the answers from C{start} up to C{end} of a batch pass (see
+    L{EchoPassPort._batchPass}); one C{sendmmsg} could not send goes
+    through the transport's write, as one C{sendto} could not send does
+    (see L{_unanswered}).
+
+    @return: how many answers C{sendmmsg} did not send, and their bytes.
+    """
+    if start >= end:
+        return 0, 0
+    failed = batches.send(start, end)
+    unsent = 0
+    for i in failed:
+        length = batches.sendLengths[i]
+        unsent += length
+        o = i * batches.size
+        _unanswered(echo, "", batches.memory[o : o + length], batches.peer(i), "")
+    return len(failed), unsent
 
 
 def _unanswered(
