@@ -14,7 +14,9 @@ Twisted's own transports and loop, and that a server can do without.
     loop, and the TLS protocol that follows record boundaries for it,
     L{echotwist._fast.tlsloop.EchoTLSProtocol};
   - L{echotwist._fast.udp}: the UDP port that answers the datagram echo
-    in its own pass of reads, L{echotwist._fast.udp.EchoPassPort}.
+    in its own pass of reads, L{echotwist._fast.udp.EchoPassPort};
+  - L{echotwist._fast.mmsg}: C{recvmmsg} and C{sendmmsg} through ctypes,
+    with which that pass reads and answers a batch of datagrams.
 
 It registers in one place, this module, and is asked from two sides:
 

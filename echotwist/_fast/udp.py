@@ -93,17 +93,22 @@ class EchoPassPort(DatagramPort):
         the address's verdict (remembered by the policy; the pass keeps
         the last answered address's until it hands a datagram to the
         protocol, the only thing that adds or forgets verdicts), the
-        source's rate, the loop guard, then C{sendto}.  A datagram from
+        source's rate, the loop guard, then the answer.  A datagram from
         an address the policy has not judged yet, or one it refuses,
         goes to the protocol (which judges, counts and logs it); so does
-        an answer C{sendto} could not send.  The loop guard takes the
+        an answer the socket could not send.  The loop guard takes the
         pass's time, read once, and is called only for a datagram whose
         digest it holds (see
         L{echotwist.datagram.EchoLoopGuard.tablesFor}), unless the pass
         handed one to the protocol, which checks at its own time.
 
-        After a pass that read L{ASK_UP_TO} datagrams or fewer, the next
-        one asks the kernel (C{poll} with no wait, on a poll object made
+        Where the C library has C{recvmmsg} and C{sendmmsg} (see
+        L{echotwist._fast.mmsg}), the pass reads every queued datagram
+        up to the bound with one call and sends its answers with another
+        (L{_batchPass}).  Elsewhere it reads and answers one datagram at a
+        time with C{recvfrom} and C{sendto} (L{_echoPass}), where after a
+        pass that read L{ASK_UP_TO} datagrams or fewer, the next one asks
+        the kernel (C{poll} with no wait, on a poll object made
         once) before each read after its first whether a datagram is
         queued, and ends when none is: reading into C{EAGAIN} costs Python
         about 8,900 instructions (the exception, its message decoded from
