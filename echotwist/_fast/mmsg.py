@@ -184,8 +184,18 @@ class Batches:
         # writes back the length it used (16 for IPv4), so it stays room.
         got = self.recvmmsg(min(count, self.count), socket.MSG_DONTWAIT, None)
         if got < 0:
-            return _quietly(ctypes.get_errno())
+            self.failedRead()
+            return 0
         return int(got)
+
+    def failedRead(self) -> None:
+        """
+        Return if the error of the last read (C{recvmmsg} said -1) ends a
+        pass quietly, as L{echotwist.datagram.endOfReads} has it; raise
+        it otherwise.
+        """
+        error = ctypes.get_errno()
+        endOfReads(OSError(error, os.strerror(error)))
 
     def peer(self, i: int) -> tuple[str, int]:
         """
@@ -227,12 +237,3 @@ class Batches:
                 failed.append(start)
                 start += 1
         return failed
-
-
-def _quietly(errno: int) -> int:
-    """
-    0 for a read's error that ends a pass quietly (as
-    L{echotwist.datagram.endOfReads} has it); raise any other.
-    """
-    endOfReads(OSError(errno, os.strerror(errno)))
-    return 0
