@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from dataclasses import replace
 from select import EPOLLIN
 from typing import Any
 
@@ -586,7 +585,7 @@ class PlainPollTests(SynchronousTestCase):
     def script(self, *polls: list[tuple[int, int]]) -> _ScriptedPoller:
         poller = _ScriptedPoller(self.reactor, list(polls))
         parts = self.reactor._parts
-        self.reactor._parts = replace(parts, poll=poller.poll)
+        self.reactor._parts = parts._replace(poll=poller.poll)
         self.addCleanup(setattr, self.reactor, "_parts", parts)
         return poller
 

@@ -261,8 +261,9 @@ class SetUpFailureTests(SynchronousTestCase):
 
 class StartWeightTests(SynchronousTestCase):
     """
-    What starting C{twistd -n echo} imports: not the modules only some
-    listeners need, which cost every start time (docs/performance.rst).
+    What starting C{twistd -n echo} imports and builds: not the modules only
+    some listeners need, nor generated code a named tuple does without,
+    which cost every start time (docs/performance.rst).
     """
 
     def importedAtStart(
@@ -277,6 +278,19 @@ class StartWeightTests(SynchronousTestCase):
             no pyOpenSSL (the tests' install has the TLS extra): Twisted's
             TCP module, finding none, loads no TLS.
         """
+        return self.afterStart(
+            f"sorted(m for m in sys.modules if m.startswith({prefixes!r}))",
+            withoutOpenSSL,
+        )
+
+    def afterStart(self, names: str, withoutOpenSSL: bool = False) -> list[str]:
+        """
+        Compose and start C{twistd echo --port tcp:0} in a fresh interpreter
+        as twistd does, and return the strings the expression C{names}
+        gives there afterwards.
+
+        @param withoutOpenSSL: as for L{importedAtStart}.
+        """
         code = (
             "import sys\n"
             + ("sys.modules['OpenSSL'] = None\n" if withoutOpenSSL else "")
@@ -288,7 +302,7 @@ class StartWeightTests(SynchronousTestCase):
             "service.privilegedStartService()\n"
             "service.startService()\n"
             "service.stopService()\n"
-            f"print(' '.join(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))\n"
+            f"print(' '.join({names}))\n"
         )
         out = subprocess.run(
             [sys.executable, "-c", code],
@@ -310,6 +324,26 @@ class StartWeightTests(SynchronousTestCase):
                 )
             ),
             [],
+        )
+
+    def test_startBuildsNoDataclassButSettings(self) -> None:
+        """
+        Of echotwist's classes a start loads, only L{Settings}, the one
+        declaration of the options, is a dataclass: a frozen dataclass's
+        methods are generated and compiled as its module loads, which every
+        start pays (L{echotwist._twisted.EPollParts} as one cost about 2.5
+        million instructions, 0.4% of a start; docs/performance.rst).
+        """
+        self.assertEqual(
+            self.afterStart(
+                "sorted(f'{c.__module__}.{c.__qualname__}'"
+                " for m in list(sys.modules.values())"
+                " if getattr(m, '__name__', '').startswith('echotwist')"
+                " for c in vars(m).values()"
+                " if isinstance(c, type) and c.__module__ == m.__name__"
+                " and __import__('dataclasses').is_dataclass(c))"
+            ),
+            ["echotwist.settings.Settings"],
         )
 
     def test_startWithoutIdentityOptionsImportsNoIdentity(self) -> None:

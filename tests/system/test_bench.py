@@ -815,6 +815,74 @@ class InstructionsScriptTests(SynchronousTestCase):
         )
 
 
+STARTCOUNT = os.path.join(CHECKOUT, "benchmarks", "startcount.sh")
+
+
+class StartCountScriptTests(SynchronousTestCase):
+    """
+    benchmarks/startcount.sh, which docs/performance.rst's start-up
+    instruction counts come from: it counts each server's start to its
+    first echo, and refuses what it cannot count in one line, exit 2.
+    """
+
+    def startcount(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["/bin/bash", STARTCOUNT, *arguments],
+            env={
+                **os.environ,
+                "TWISTD": os.path.join(os.path.dirname(sys.executable), "twistd"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    def test_counts(self) -> None:
+        """
+        One start of each, under callgrind: a count for echotwist and one
+        for the plain C{.tac}, each ended by its first echo (a start that
+        does not echo ends the script with exit 2), and their ratio.
+        """
+        requireTool("valgrind", "valgrind")
+        result = self.startcount("1")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        ours, plain, summary = result.stdout.splitlines()
+        self.assertRegex(ours, r"^echotwist: [1-9][0-9]{7,}$")
+        self.assertRegex(plain, r"^plain \.tac: [1-9][0-9]{7,}$")
+        self.assertRegex(
+            summary,
+            r"^start to first echo, user-space instructions \(median of 1\):"
+            r" echotwist [0-9.]+ M, plain \.tac [0-9.]+ M, ratio [0-9]\.[0-9]{3}$",
+        )
+
+    def test_badRuns(self) -> None:
+        for runs in ("x", "0", "-1"):
+            result = self.startcount(runs)
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertEqual(
+                result.stderr.splitlines(),
+                [
+                    "startcount.sh: RUNS is a whole number of starts (1 or"
+                    f" more), not '{runs}'"
+                ],
+            )
+
+    def test_aServerThatDoesNotEcho(self) -> None:
+        """
+        A server that never echoes (here twistd refusing an option) ends the
+        script with its own last line, exit 2, before anything is counted.
+        """
+        requireTool("valgrind", "valgrind")
+        result = self.startcount("1", "--max-connections", "nonsense")
+        self.assertEqual(result.returncode, 2, result.stderr)
+        [line] = result.stderr.splitlines()
+        self.assertRegex(
+            line,
+            r"^startcount\.sh: echotwist did not echo its first message:"
+            r" .*--max-connections: 'nonsense'",
+        )
+
+
 class UDPPassTests(SynchronousTestCase):
     """
     benchmarks/udppass.py, which docs/performance.rst's UDP figures come
