@@ -52,6 +52,7 @@ class _PassTests:
     assertIn: Any
     assertLessEqual: Any
     assertIsNotNone: Any
+    flushLoggedErrors: Any
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -480,6 +481,58 @@ class BatchPassTests(_PassTests, SynchronousTestCase):
         self.assertEqual(self.answers(), [b"0", b"1", b"3", b"4", b"2"])
         self.assertEqual(self.policy.counts, {"answered": 6})
         self.assertEqual(self.policy.bytes, {"received": 10, "sent": 10})
+
+    def failFirstSend(self) -> None:
+        """
+        Make the port's C{sendmmsg} fail (ENOBUFS) for the pass's first
+        answer, and the transport's write raise an unexpected error for
+        it: what a bug in answering it would raise.
+        """
+        batches = self.port._batches  # type: ignore[attr-defined]
+        real, fails = batches.sendmmsg, _failing(errno.ENOBUFS)
+        first = batches.answersAt[0]
+        batches.sendmmsg = lambda at, count, flags: int(
+            (fails if at is first else real)(at, count, flags)
+        )
+        write = self.port.write
+
+        def raising(datagram: bytes, addr: Any) -> Any:
+            if datagram == b"a":
+                raise RuntimeError("a bug in answering")
+            return write(datagram, addr)
+
+        self.port.write = raising  # type: ignore[method-assign]
+
+    def test_answerRaisesMidPass(self) -> None:
+        """
+        An unexpected error in answering one datagram that C{sendmmsg}
+        could not send is logged, and the answers sent with it are not
+        sent again when the pass goes on past a datagram for the protocol.
+        """
+        self.judged()
+        other = self.clientSocket(0)
+        self.failFirstSend()
+        self.send([b"a", b"b"])
+        self.send([b"new"], other)
+        self.send([b"c"])
+        self.assertFalse(self.port.readPass())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.answers(), [b"b", b"c"])
+        self.assertEqual(self.answers(other), [b"new"])
+        self.assertEqual(self.policy.counts, {"answered": 4})
+
+    def test_answerRaisesAtTheEnd(self) -> None:
+        """
+        The same error in the pass's last run of answers is logged too:
+        the pass returns, and the reactor keeps the port.
+        """
+        self.judged()
+        self.failFirstSend()
+        self.send([b"a", b"b"])
+        self.assertFalse(self.port.readPass())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.answers(), [b"b"])
+        self.assertEqual(self.policy.counts, {"answered": 2})
 
     def test_answersAroundTheProtocol(self) -> None:
         """

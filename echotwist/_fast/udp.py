@@ -278,7 +278,9 @@ def _sendRun(
     Send the answers from C{start} up to C{end} of a batch pass (see
     L{EchoPassPort._batchPass}); one C{sendmmsg} could not send goes
     through the transport's write, as one C{sendto} could not send does
-    (see L{_unanswered}).
+    (see L{_unanswered}).  An error that write raises is logged, as the
+    other passes log it, and raises no further: the caller has counted
+    the run as sent, and would send it again.
 
     @return: how many answers C{sendmmsg} did not send, and their bytes.
     """
@@ -290,7 +292,10 @@ def _sendRun(
         length = batches.sendLengths[i]
         unsent += length
         o = i * batches.size
-        _unanswered(echo, "", batches.memory[o : o + length], batches.peer(i), "")
+        try:
+            _unanswered(echo, "", batches.memory[o : o + length], batches.peer(i), "")
+        except Exception:
+            log.failure("Unhandled error in {protocol!r}", protocol=echo)
     return len(failed), unsent
 
 
