@@ -137,7 +137,11 @@ class EchoPassPort(DatagramPort):
         and each run of answers the checks let through leaves by one
         C{sendmmsg}, sent before anything else is answered or refused, so
         answers leave in the order their datagrams came.  The checks are
-        L{_echoPass}'s, in the same order.
+        L{_echoPass}'s, in the same order.  The run is sent before the loop
+        guard is called too (for a datagram whose digest it holds, or every
+        datagram once the pass handed one to the protocol): an answer
+        C{sendmmsg} could not send is then forgotten by the guard before
+        it judges the next, as when each answer leaves at once.
         """
         # Batches.receive, inline: a Python call a pass less.
         reads = self.maxDatagramsPerRead
@@ -177,8 +181,17 @@ class EchoPassPort(DatagramPort):
                         why = "over the rate limit"
                     elif fast and key not in older and key not in newer:
                         newer[key] = first
-                    elif loops.isLoopAt(host, port, memory[o : o + length], now):
-                        why = "echo loop"
+                    else:
+                        if start < i:
+                            # The guard counts only answers that left: one
+                            # sendmmsg could not send is forgotten (see
+                            # DatagramEcho.answer) before it is asked, as
+                            # the per-datagram passes answer each at once.
+                            failed, unsent = _sendRun(echo, batches, start, i)
+                            start, clean = i, clean and not failed
+                            answered, sent = answered - failed, sent - unsent
+                        if loops.isLoopAt(host, port, memory[o : o + length], now):
+                            why = "echo loop"
                 if not why:
                     sendLengths[i] = length
                     sent += length
