@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import os
 import socket
+import weakref
 from typing import Any
 
 from hypothesis import given, settings
@@ -537,6 +539,31 @@ class BatchPassTests(_PassTests, SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.answers(), [b"b"])
         self.assertEqual(self.policy.counts, {"answered": 2})
+
+    def test_listensAgain(self) -> None:
+        """
+        A port that stops listening lets go of its batches (the buffers
+        and the descriptor they read) with its socket; listening again
+        reads its new socket, not a socket that took the old descriptor.
+        """
+        self.judged()
+        old = weakref.ref(self.port._batches)  # type: ignore[attr-defined]
+        fd = self.port.socket.fileno()
+        self.port.stopListening()
+        self.port.reactor.advance(0)  # type: ignore[attr-defined]
+        gc.collect()
+        self.assertIsNone(old())
+        squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(squatter.close)
+        self.assertEqual(squatter.fileno(), fd)
+        squatter.bind(("127.0.0.1", 0))
+        self.client.sendto(b"not yours", squatter.getsockname())
+        self.port.startListening()
+        self.addCleanup(self.port.socket.close)
+        self.send([b"again"])
+        self.assertTrue(self.port.readPass())  # the policy judged it before
+        self.assertEqual(self.answers(), [b"again"])
+        self.assertEqual(squatter.recv(100, socket.MSG_DONTWAIT), b"not yours")
 
     def test_answersAroundTheProtocol(self) -> None:
         """
