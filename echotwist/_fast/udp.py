@@ -138,8 +138,7 @@ class EchoPassPort(DatagramPort):
         C{sendmmsg}, sent before anything else is answered or refused, so
         answers leave in the order their datagrams came.  The checks are
         L{_echoPass}'s, in the same order.  The run is sent before the loop
-        guard is called too (for a datagram whose digest it holds, or every
-        datagram once the pass handed one to the protocol): an answer
+        guard is called too, if it holds an answer of the same digest: one
         C{sendmmsg} could not send is then forgotten by the guard before
         it judges the next, as when each answer leaves at once.
         """
@@ -160,6 +159,9 @@ class EchoPassPort(DatagramPort):
         peers, known = batches.peers, batches.known
         answerable = group = ""  # the last answered, compared (see readPass)
         start = sent = answered = 0  # answers from start on wait for sendmmsg
+        # The digests of answers gathered after the loop guard's call; those
+        # gathered without it have the pass's own entry, first.
+        held: set[int] | None = None
         for i, length in enumerate(batches.lengths[:got]):
             addr = known.get(peers[i]) or batches.peer(i)
             host, port = addr
@@ -182,16 +184,22 @@ class EchoPassPort(DatagramPort):
                     elif fast and key not in older and key not in newer:
                         newer[key] = first
                     else:
-                        if start < i:
+                        if start < i and (
+                            newer.get(key) is first or (held and key in held)
+                        ):
                             # The guard counts only answers that left: one
-                            # sendmmsg could not send is forgotten (see
-                            # DatagramEcho.answer) before it is asked, as
-                            # the per-datagram passes answer each at once.
+                            # of this digest that sendmmsg could not send is
+                            # forgotten (see DatagramEcho.answer) before the
+                            # guard is asked, as when each leaves at once.
                             failed, unsent = _sendRun(echo, batches, start, i)
                             start, clean = i, clean and not failed
                             answered, sent = answered - failed, sent - unsent
                         if loops.isLoopAt(host, port, memory[o : o + length], now):
                             why = "echo loop"
+                        elif held is None:
+                            held = {key}
+                        else:
+                            held.add(key)
                 if not why:
                     sendLengths[i] = length
                     sent += length
