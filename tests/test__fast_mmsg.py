@@ -62,6 +62,20 @@ class BatchesTests(SynchronousTestCase):
         self.assertEqual(self.batches.receive(10), 1)
         self.assertEqual(self.batches.receive(10), 0)
 
+    def test_truncatedAsRecvfrom(self) -> None:
+        """
+        A datagram longer than a buffer is cut to it, as C{recvfrom} with
+        that size cuts it, and writes nothing into the next datagram's
+        buffer; its length is what was read, not what was sent.
+        """
+        small = Batches(self.server.fileno(), 2, 16)
+        one = self.client("127.0.0.2")
+        one.sendto(b"A" * 100, self.server.getsockname())
+        one.sendto(b"B", self.server.getsockname())
+        self.assertEqual(small.receive(2), 2)
+        self.assertEqual(list(small.lengths[:2]), [16, 1])
+        self.assertEqual(small.memory[:], b"A" * 16 + b"B" + b"\0" * 15)
+
     def test_sendBack(self) -> None:
         """
         L{Batches.send} sends each datagram back to its peer, as long as

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
+import os
 import socket
+import weakref
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
@@ -26,6 +31,7 @@ from echotwist.datagram import (
     DatagramEcho,
     DatagramPolicy,
     DatagramPort,
+    formatSource,
 )
 from tests._tools import requireRoot
 from tests.test_datagram import _Collect
@@ -52,6 +58,7 @@ class _PassTests:
     assertIn: Any
     assertLessEqual: Any
     assertIsNotNone: Any
+    flushLoggedErrors: Any
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -481,6 +488,83 @@ class BatchPassTests(_PassTests, SynchronousTestCase):
         self.assertEqual(self.policy.counts, {"answered": 6})
         self.assertEqual(self.policy.bytes, {"received": 10, "sent": 10})
 
+    def failFirstSend(self) -> None:
+        """
+        Make the port's C{sendmmsg} fail (ENOBUFS) for the pass's first
+        answer, and the transport's write raise an unexpected error for
+        it: what a bug in answering it would raise.
+        """
+        batches = self.port._batches  # type: ignore[attr-defined]
+        real, fails = batches.sendmmsg, _failing(errno.ENOBUFS)
+        first = batches.answersAt[0]
+        batches.sendmmsg = lambda at, count, flags: int(
+            (fails if at is first else real)(at, count, flags)
+        )
+        write = self.port.write
+
+        def raising(datagram: bytes, addr: Any) -> Any:
+            if datagram == b"a":
+                raise RuntimeError("a bug in answering")
+            return write(datagram, addr)
+
+        self.port.write = raising  # type: ignore[method-assign]
+
+    def test_answerRaisesMidPass(self) -> None:
+        """
+        An unexpected error in answering one datagram that C{sendmmsg}
+        could not send is logged, and the answers sent with it are not
+        sent again when the pass goes on past a datagram for the protocol.
+        """
+        self.judged()
+        other = self.clientSocket(0)
+        self.failFirstSend()
+        self.send([b"a", b"b"])
+        self.send([b"new"], other)
+        self.send([b"c"])
+        self.assertFalse(self.port.readPass())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.answers(), [b"b", b"c"])
+        self.assertEqual(self.answers(other), [b"new"])
+        self.assertEqual(self.policy.counts, {"answered": 4})
+
+    def test_answerRaisesAtTheEnd(self) -> None:
+        """
+        The same error in the pass's last run of answers is logged too:
+        the pass returns, and the reactor keeps the port.
+        """
+        self.judged()
+        self.failFirstSend()
+        self.send([b"a", b"b"])
+        self.assertFalse(self.port.readPass())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.answers(), [b"b"])
+        self.assertEqual(self.policy.counts, {"answered": 2})
+
+    def test_listensAgain(self) -> None:
+        """
+        A port that stops listening lets go of its batches (the buffers
+        and the descriptor they read) with its socket; listening again
+        reads its new socket, not a socket that took the old descriptor.
+        """
+        self.judged()
+        old = weakref.ref(self.port._batches)  # type: ignore[attr-defined]
+        fd = self.port.socket.fileno()
+        self.port.stopListening()
+        self.port.reactor.advance(0)  # type: ignore[attr-defined]
+        gc.collect()
+        self.assertIsNone(old())
+        squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(squatter.close)
+        self.assertEqual(squatter.fileno(), fd)
+        squatter.bind(("127.0.0.1", 0))
+        self.client.sendto(b"not yours", squatter.getsockname())
+        self.port.startListening()
+        self.addCleanup(self.port.socket.close)
+        self.send([b"again"])
+        self.assertTrue(self.port.readPass())  # the policy judged it before
+        self.assertEqual(self.answers(), [b"again"])
+        self.assertEqual(squatter.recv(100, socket.MSG_DONTWAIT), b"not yours")
+
     def test_answersAroundTheProtocol(self) -> None:
         """
         The answers the pass has gathered are sent before a datagram goes
@@ -497,6 +581,27 @@ class BatchPassTests(_PassTests, SynchronousTestCase):
         self.assertFalse(self.port.readPass())
         self.assertEqual(calls, ["recvmmsg", "sendmmsg", "sendmmsg"])
         self.assertEqual(self.answers(), [b"a", b"b"])
+        self.assertEqual(self.answers(other), [b"new"])
+
+    def test_answersAfterTheProtocolInOneCall(self) -> None:
+        """
+        After a datagram went to the protocol, the pass calls the loop
+        guard for each datagram, and still gathers the answers of other
+        bytes into one C{sendmmsg}; answers of the same bytes are sent
+        before the guard judges the next of them (see
+        L{AsTheProtocolAnyTrafficTests.test_repeatsWhoseAnswersFail}).
+        """
+        self.judged()
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(other.close)
+        other.bind(("127.0.0.2", 0))
+        calls = self.batchCalls()
+        self.send([b"a"])
+        self.send([b"new"], other)
+        self.send([b"b", b"c", b"d", b"d", b"e"])
+        self.assertFalse(self.port.readPass())
+        self.assertEqual(calls, ["recvmmsg"] + ["sendmmsg"] * 3)
+        self.assertEqual(self.answers(), [b"a", b"b", b"c", b"d", b"d", b"e"])
         self.assertEqual(self.answers(other), [b"new"])
 
     def test_manyPeers(self) -> None:
@@ -673,3 +778,255 @@ class AsTheProtocolCountsTests(SynchronousTestCase):
         self.assertEqual(fast, self.traffic(DatagramPort, 100))
         self.assertIn("over the rate limit", fast[0])
         self.assertIn("echo loop", fast[0])
+
+
+#: What L{AsTheProtocolAnyTrafficTests}' clients send: empty, short,
+#: exactly the loop guard's key bytes and one more, long, long ones that
+#: begin alike, and one whose answer never leaves (see _SendsFail).
+_DATAGRAMS = [
+    b"",
+    b"a",
+    b"ping",
+    b"K" * LOOP_KEY_BYTES,
+    b"K" * LOOP_KEY_BYTES + b"!",
+    b"L" * 1024,
+    b"0001" + b"L" * 1020,
+    b"F",
+]
+#: Their clients' addresses: two ports of one address, two other
+#: addresses, and (as root) a privileged port of the first.
+_HOSTS = ["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.1"]
+_PRIVILEGED = 4
+
+
+class _SendsFail:
+    """
+    A port's socket, and its batches' C{sendmmsg}, failing with ENOBUFS to
+    send an answer starting with C{F}, every answer while C{on}, and the
+    next answer once C{once} is set (its C{sendto}, the protocol's one
+    try, or its C{sendmmsg} and then its C{sendto}, the batch pass's two).
+    """
+
+    on = once = False
+
+    def __init__(self, port: DatagramPort) -> None:
+        self.real = port.socket
+        port.socket = self  # type: ignore[assignment]
+        batches = getattr(port, "_batches", None)
+        if batches is not None:
+            self.batches = batches
+            self.answersAt = {id(at): i for i, at in enumerate(batches.answersAt)}
+            self.sendmmsg = batches.sendmmsg
+            batches.sendmmsg = self.failingSendmmsg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def fails(self, datagram: bytes) -> bool:
+        return self.on or datagram.startswith(b"F")
+
+    def sendto(self, datagram: bytes, addr: Any) -> int:
+        once, self.once = self.once, False
+        if once or self.fails(datagram):
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        return int(self.real.sendto(datagram, addr))
+
+    def failingSendmmsg(self, at: Any, count: int, flags: int) -> int:
+        # As the kernel's: the answers up to the first that fails are sent,
+        # and that one's error is reported only when it is the first.
+        batches, first = self.batches, self.answersAt[id(at)]
+        if self.once:
+            return int(_failing(errno.ENOBUFS)())
+        sent = 0
+        for i in range(first, first + count):
+            o = i * batches.size
+            if self.fails(batches.memory[o : o + batches.sendLengths[i]]):
+                break
+            sent += 1
+        if not sent:
+            return int(_failing(errno.ENOBUFS)())
+        return int(self.sendmmsg(at, sent, flags))
+
+
+_SEND = st.tuples(
+    st.just("send"),
+    st.integers(0, len(_HOSTS) - 1),
+    st.integers(0, len(_DATAGRAMS) - 1),
+    st.integers(1, LOOP_TOLERANCE + 2),
+)
+# Sends weigh most: a pass's datagrams from several clients in turn.
+_STEPS = st.one_of(
+    _SEND,
+    _SEND,
+    _SEND,
+    _SEND,
+    st.just(("pass",)),
+    st.tuples(st.just("advance"), st.sampled_from([0.01, LOOP_WINDOW, 0.5])),
+    st.tuples(st.just("fail"), st.booleans()),
+    st.just(("failOnce",)),
+)
+
+
+class AsTheProtocolAnyTrafficTests(SynchronousTestCase):
+    """
+    Any traffic through the fast path's port, by batches or by
+    C{recvfrom}, and through the datagram echo's own port (every datagram
+    to the protocol): the same answers to each client in the same order,
+    the same counts of answers, refusals and bytes, the same refusals and
+    failed sends logged in the same order, and a loop guard of the same
+    size.  The policy and the port
+    are made small, so that a few datagrams churn the verdicts, the rate
+    limiter's sources, the batches' peers and the loop guard's tables,
+    and split a burst over passes; and answers fail to be sent, some
+    always, all for a while.
+    """
+
+    def traffic(
+        self, portType: type[DatagramPort], script: list[Any], rate: float, reads: int
+    ) -> tuple[Any, ...]:
+        clock = Clock()
+        policy = DatagramPolicy(rate=rate, clock=clock, maxSources=2)
+        policy.loops.maxEntries = 24
+        port = portType(
+            0, DatagramEcho(policy), "127.0.0.1", 65536, MemoryReactorClock()
+        )
+        port.maxDatagramsPerRead = reads
+        port.startListening()
+        # Closed as each run ends: an example is a run, and there are
+        # only so many ports below 1024.
+        closing = [port.socket]
+        try:
+            return self.play(port, policy, clock, closing, script, reads)
+        finally:
+            for each in closing:
+                each.close()
+
+    def play(
+        self,
+        port: DatagramPort,
+        policy: DatagramPolicy,
+        clock: Clock,
+        closing: list[socket.socket],
+        script: list[Any],
+        reads: int,
+    ) -> tuple[Any, ...]:
+        batches = getattr(port, "_batches", None)
+        if batches is not None:
+            batches.peerCache = 2
+        sends = _SendsFail(port)
+        to = ("127.0.0.1", port.getHost().port)
+        clients = []
+        for n, host in enumerate(_HOSTS):
+            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            closing.append(client)
+            clients.append(client)
+            if n != _PRIVILEGED:
+                client.bind((host, 0))
+            elif os.geteuid() == 0:
+                _bindBelow1024(client, host)
+        names = {
+            formatSource(*client.getsockname()): f"client {n}"
+            for n, client in enumerate(clients)
+        }
+        answers = []
+        with capturedLogs() as events:
+            # The bound on a pass leaves datagrams queued: passes to end.
+            for step in script + [("pass",)] * (len(script) * 4 // reads + 1):
+                if step[0] == "send":
+                    _, n, datagram, times = step
+                    for _ in range(times):
+                        clients[n].sendto(_DATAGRAMS[datagram], to)
+                elif step[0] == "advance":
+                    clock.advance(step[1])
+                elif step[0] == "fail":
+                    sends.on = step[1]
+                elif step[0] == "failOnce":
+                    sends.once = True
+                else:
+                    port.doRead()
+                    for n, client in enumerate(clients):
+                        while True:
+                            try:
+                                answer = client.recv(65536, socket.MSG_DONTWAIT)
+                            except OSError:  # nothing queued, or unbound
+                                break
+                            answers.append((n, answer))
+        logged = [
+            (e["log_format"], names.get(str(e.get("peer")), str(e.get("peer"))))
+            for e in events
+            if e.get("log_namespace") == "echotwist.datagram"
+        ]
+        return policy.counts, policy.bytes, answers, len(policy.loops), logged
+
+    def assertAsTheProtocol(
+        self, portType: type[DatagramPort], script: list[Any], rate: float, reads: int
+    ) -> None:
+        self.assertEqual(
+            self.traffic(portType, script, rate, reads),
+            self.traffic(DatagramPort, script, rate, reads),
+        )
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        # At most 16 x 4 datagrams of 1 KiB queued: within the kernel's
+        # default receive buffer, so none is dropped.
+        st.lists(_STEPS, max_size=16),
+        st.sampled_from([0, 10, 100]),
+        st.sampled_from([4, DATAGRAMS_PER_READ]),
+        st.booleans(),
+    )
+    def test_anyTraffic(
+        self, script: list[Any], rate: float, reads: int, batches: bool
+    ) -> None:
+        """
+        Any script of sends (bursts from any client), passes, time and
+        failing sends: the fast path's port does as the protocol's.
+        """
+        if batches and not available():
+            raise self.skipTest("no recvmmsg/sendmmsg here")
+        if not batches:
+            # The pass by recvfrom tries a failed answer twice (see
+            # test_repeatAfterAnAnswerThatFailedOnce).
+            script = [step for step in script if step[0] != "failOnce"]
+        self.assertAsTheProtocol(
+            EchoPassPort if batches else _RecvfromPassPort, script, rate, reads
+        )
+
+    def test_repeatsWhoseAnswersFail(self) -> None:
+        """
+        Datagrams answered before another with the same bytes, whose
+        answers could not be sent, are no answers for the loop guard: the
+        pass by batches sends its gathered answers before it asks the loop
+        guard of a datagram whose digest it holds.
+        """
+        for portType in (EchoPassPort, _RecvfromPassPort):
+            for script in [
+                # Always failing; failing for a while.
+                [("send", 0, 1, 1), ("pass",), ("send", 0, 7, 4), ("pass",)],
+                [("send", 0, 1, 1), ("pass",), ("fail", True), ("send", 0, 2, 3)]
+                + [("fail", False), ("send", 0, 2, 1), ("pass",)],
+            ]:
+                self.assertAsTheProtocol(portType, script, 0, DATAGRAMS_PER_READ)
+
+    def test_repeatAfterAnAnswerThatFailedOnce(self) -> None:
+        """
+        A datagram whose answer, gathered without the loop guard's call,
+        fails to be sent once, and the same bytes after it: the pass by
+        batches sends the first answer before the guard judges the second,
+        which is then no echo of it.  (Not for the pass by C{recvfrom},
+        which tries a failed answer twice, and sends it the second time.)
+        """
+        script = [("send", 0, 1, 1), ("pass",), ("failOnce",), ("send", 0, 2, 2)]
+        self.assertAsTheProtocol(EchoPassPort, script + [("pass",)], 0, 32)
+        # And a loop of those bytes is caught as soon.
+        script += [("pass",), ("send", 0, 2, LOOP_TOLERANCE + 1), ("pass",)]
+        self.assertAsTheProtocol(EchoPassPort, script, 0, 32)
+
+
+def _bindBelow1024(client: socket.socket, host: str) -> None:
+    for port in range(1023, 900, -1):
+        try:
+            return client.bind((host, port))
+        except OSError:
+            continue
+    raise AssertionError("no free port between 901 and 1023")

@@ -137,7 +137,10 @@ class EchoPassPort(DatagramPort):
         and each run of answers the checks let through leaves by one
         C{sendmmsg}, sent before anything else is answered or refused, so
         answers leave in the order their datagrams came.  The checks are
-        L{_echoPass}'s, in the same order.
+        L{_echoPass}'s, in the same order.  The run is sent before the loop
+        guard is called too, if it holds an answer of the same digest: one
+        C{sendmmsg} could not send is then forgotten by the guard before
+        it judges the next, as when each answer leaves at once.
         """
         # Batches.receive, inline: a Python call a pass less.
         reads = self.maxDatagramsPerRead
@@ -156,6 +159,9 @@ class EchoPassPort(DatagramPort):
         peers, known = batches.peers, batches.known
         answerable = group = ""  # the last answered, compared (see readPass)
         start = sent = answered = 0  # answers from start on wait for sendmmsg
+        # The digests of answers gathered after the loop guard's call; those
+        # gathered without it have the pass's own entry, first.
+        held: set[int] | None = None
         for i, length in enumerate(batches.lengths[:got]):
             addr = known.get(peers[i]) or batches.peer(i)
             host, port = addr
@@ -177,8 +183,23 @@ class EchoPassPort(DatagramPort):
                         why = "over the rate limit"
                     elif fast and key not in older and key not in newer:
                         newer[key] = first
-                    elif loops.isLoopAt(host, port, memory[o : o + length], now):
-                        why = "echo loop"
+                    else:
+                        if start < i and (
+                            newer.get(key) is first or (held and key in held)
+                        ):
+                            # The guard counts only answers that left: one
+                            # of this digest that sendmmsg could not send is
+                            # forgotten (see DatagramEcho.answer) before the
+                            # guard is asked, as when each leaves at once.
+                            failed, unsent = _sendRun(echo, batches, start, i)
+                            start, clean = i, clean and not failed
+                            answered, sent = answered - failed, sent - unsent
+                        if loops.isLoopAt(host, port, memory[o : o + length], now):
+                            why = "echo loop"
+                        elif held is None:
+                            held = {key}
+                        else:
+                            held.add(key)
                 if not why:
                     sendLengths[i] = length
                     sent += length
@@ -278,7 +299,9 @@ def _sendRun(
     Send the answers from C{start} up to C{end} of a batch pass (see
     L{EchoPassPort._batchPass}); one C{sendmmsg} could not send goes
     through the transport's write, as one C{sendto} could not send does
-    (see L{_unanswered}).
+    (see L{_unanswered}).  An error that write raises is logged, as the
+    other passes log it, and raises no further: the caller has counted
+    the run as sent, and would send it again.
 
     @return: how many answers C{sendmmsg} did not send, and their bytes.
     """
@@ -290,7 +313,10 @@ def _sendRun(
         length = batches.sendLengths[i]
         unsent += length
         o = i * batches.size
-        _unanswered(echo, "", batches.memory[o : o + length], batches.peer(i), "")
+        try:
+            _unanswered(echo, "", batches.memory[o : o + length], batches.peer(i), "")
+        except Exception:
+            log.failure("Unhandled error in {protocol!r}", protocol=echo)
     return len(failed), unsent
 
 

@@ -2,8 +2,10 @@
 Hostile and unusual peers against the real twistd (issue 23): two echo
 servers made to echo each other by one spoofed datagram, straight and
 through a relay that makes the round trip long; HAProxy's bare
-C{PROXY UNKNOWN}; and link-local clients on two links.  Every wait is bounded, and all traffic stays on
-loopback or in network namespaces the test makes.
+C{PROXY UNKNOWN}; link-local clients on two links; and bursts from
+several peers at once, each answer to its own peer once.  Every wait is
+bounded, and all traffic stays on loopback or in network namespaces the
+test makes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ import uuid
 
 from tests._clients import readUntilClosed
 from tests._tools import requireRoot, requireTool, startHAProxy
-from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
+from tests._twistd import (
+    LOOPBACK,
+    SERVING_ON_ECHOTWIST,
+    WAIT,
+    Server,
+    ServerTestCase,
+    command,
+)
 from tests.system.test_transports import freePort
 from tests.test_metrics import scrape
 
@@ -432,3 +441,74 @@ class LinkLocalTests(ServerTestCase):
         server.waitFor(rf"Refused connection from fe80::%{linkA}/64: too many")
         server.waitFor(rf"Refused UDP datagram from fe80::%{linkA}/64: over the rate")
         self.assertNotIn(f"fe80::%{linkB}/64", server.output.replace("\n", " "))
+
+
+class BurstsFromManyPeersTests(ServerTestCase):
+    """
+    The real twistd, on echotwist's reactor, whose UDP echo over IPv4 reads
+    and answers by batches (C{recvmmsg} and C{sendmmsg}): bursts from
+    several peers at once (two ports of one address among them), more in
+    flight than a pass reads, each datagram naming its peer and number.
+    """
+
+    def test_eachAnswerToItsPeerOnce(self) -> None:
+        """
+        Every answer goes to the peer that sent its datagram, once, with
+        its bytes, in the order sent; the server counts each once.
+        """
+        udp, metrics = freePort(socket.SOCK_DGRAM), freePort()
+        server = self.start(
+            "--udp",
+            f"udp:{udp}:interface={LOOPBACK}",
+            "--udp-rate",
+            "0",
+            "--metrics",
+            f"tcp:{metrics}:interface={LOOPBACK}",
+        )
+        server.waitFor(SERVING_ON_ECHOTWIST)
+        server.waitFor(r"Serving metrics on ")
+        peers = []
+        for host in ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]:
+            peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.addCleanup(peer.close)
+            peer.bind((host, 0))
+            peers.append(peer)
+        rounds, burst = 5, 8
+        for round in range(rounds):
+            sent = []
+            for n, peer in enumerate(peers):
+                # Under 1 KiB each: 40 in flight fit the kernel's default
+                # receive buffer, so none is dropped.
+                datagrams = [
+                    b"%d:%d:%d|" % (n, round, k) + b"x" * (k * 100)
+                    for k in range(burst)
+                ]
+                if round == 0:
+                    # Once: the same bytes again and again from one peer
+                    # are an echo loop's (see echotwist.datagram).
+                    datagrams[3] = b""
+                for datagram in datagrams:
+                    peer.sendto(datagram, (LOOPBACK, udp))
+                sent.append(datagrams)
+            for peer, datagrams in zip(peers, sent, strict=True):
+                self.assertEqual(_answers(peer, len(datagrams)), datagrams)
+        for peer in peers:
+            # Nothing more: no answer twice, none to another peer.
+            peer.settimeout(0.2)
+            self.assertRaises(TimeoutError, peer.recv, 65536)
+        self.assertEqual(scrape(metrics)[ANSWERED], rounds * burst * len(peers))
+
+
+def _answers(peer: socket.socket, count: int) -> list[bytes]:
+    """
+    The next C{count} datagrams C{peer} receives, within L{WAIT} seconds.
+    """
+    deadline = time.monotonic() + WAIT
+    found = []
+    while len(found) < count:
+        peer.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            found.append(peer.recv(65536))
+        except TimeoutError:
+            break
+    return found
