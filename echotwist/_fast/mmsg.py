@@ -30,7 +30,7 @@ import os
 import socket
 import sys
 from errno import EINTR
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from echotwist.datagram import endOfReads
@@ -63,9 +63,10 @@ _SOCKADDR_IN = 16
 _HEADER = ctypes.sizeof(_MMsgHdr)
 
 
+@cache
 def _calls() -> tuple[Any, Any] | None:
     """
-    The C library's C{recvmmsg} and C{sendmmsg}, typed, or None where
+    The C library's C{recvmmsg} and C{sendmmsg} (looked up once), or None where
     there are none (not Linux, or a C library without them), or where
     the structures are not the 64-bit Linux layout declared here.
     """
@@ -90,14 +91,11 @@ def _calls() -> tuple[Any, Any] | None:
     return recvmmsg, sendmmsg
 
 
-_CALLS = _calls()
-
-
 def available() -> bool:
     """
     Whether L{Batches} can be made here.
     """
-    return _CALLS is not None
+    return _calls() is not None
 
 
 class Batches:
@@ -121,8 +119,9 @@ class Batches:
     peerCache = 1024
 
     def __init__(self, fd: int, count: int, size: int) -> None:
-        assert _CALLS is not None
-        recvmmsg, sendmmsg = _CALLS
+        calls = _calls()
+        assert calls is not None
+        recvmmsg, sendmmsg = calls
         self.fd, self.count, self.size = fd, count, size
         self.memory = mmap.mmap(-1, count * size)
         self._anchor = ctypes.c_char.from_buffer(self.memory)
