@@ -23,11 +23,12 @@ It also echoes small reads itself.  On a busy server most events are a
 plain TCP echo connection with a few bytes to read: for those (see
 L{echotwist._fast.tcp.plainEcho}: an L{Echo} itself, sending directly,
 nothing queued, not paused, closing or in bulk) the loop reads the
-socket and sends back what it read (os.read and os.write of its
-descriptor: recv() and send() without flags, minus the argument parsing
-of the socket object's methods, which measurably cut the server's
-user-space instructions per message, see docs/performance.rst) and
-counts the bytes, the whole of what the
+socket into one buffer it reuses and sends back what it read (the
+C{readinto} of the descriptor as a C{FileIO}, and os.write of a view of
+the buffer: recv() and send() without flags, minus the argument parsing
+of the socket object's methods and a bytes object allocated per read,
+which measurably cut the server's user-space instructions per message,
+see docs/performance.rst) and counts the bytes, the whole of what the
 transport's doRead and the protocol's dataReceived would do, without
 either call.  Anything else, a short send, a send error, end of file, a
 read of L{SPLICE_FROM} or more, goes to the protocol, and the connection
@@ -123,9 +124,14 @@ class FastEPollReactor(EPollReactor):
         # through echotwist's one door to them.
         self._parts = epollParts(self)
         # Connections whose reads this loop echoes itself, by descriptor:
-        # the transport, its Echo, and the read and write to call with the
-        # descriptor (os.read and os.write; tests put others in).
+        # the transport, its Echo, the read to call with the buffer below
+        # and the write to call with the descriptor (see tcp.plainEcho;
+        # tests put others in).
         self._plainEchoes: dict[int, tuple[Any, Echo, Any, Any]] = {}
+        # What the plain echo reads into, one read at a time: a bytes
+        # object per read would be allocated at DIRECT_READ_SIZE and shrunk.
+        self._readBuffer = bytearray(DIRECT_READ_SIZE)
+        self._readView = memoryview(self._readBuffer)
         # Connections in bulk whose reads this loop splices itself (see
         # echotwist._fast.tcp.bulkEcho): the transport and its Echo.
         self._bulkEchoes: dict[int, tuple[Any, Echo]] = {}
@@ -176,7 +182,9 @@ class FastEPollReactor(EPollReactor):
         poll, selectables, stopped = parts.poll, parts.selectables, parts.justStopped
         plainEchoes, passes = self._plainEchoes, self._passes
         threadCalls, seconds = self.threadCallQueue, self.seconds
-        readSize, spliceFrom = DIRECT_READ_SIZE, SPLICE_FROM
+        buffer, view, spliceFrom = self._readBuffer, self._readView, SPLICE_FROM
+        # The buffer's first outSize bytes.
+        out, outSize = view[:0], 0
         deadline = seconds() + timeout if timeout > 0.0 else 0.0
         while True:
             try:
@@ -199,25 +207,37 @@ class FastEPollReactor(EPollReactor):
                         # What tcp.Connection.doRead and Echo.dataReceived
                         # do, for a plain echo (see plainEcho), without a
                         # call: most events of a busy server are these.
-                        _, echo, read, write = entry
+                        _, echo, readInto, write = entry
                         sent: int | OSError | None = None
+                        data: bytes | None = None
                         try:
-                            data = read(fd, readSize)
+                            size = readInto(buffer)
                         except BlockingIOError:
                             continue
                         except OSError:
-                            data = None
+                            pass
                         else:
-                            size = len(data)
+                            if size is None:
+                                # Nothing there after all (EAGAIN).
+                                continue
                             if 0 < size < spliceFrom:
+                                if size != outSize:
+                                    # Messages come in a few sizes, mostly:
+                                    # the last size's view serves again,
+                                    # where a slice per send would cost a
+                                    # slice and a view object.
+                                    out, outSize = view[:size], size
                                 try:
-                                    sent = write(fd, data)
+                                    sent = write(fd, out)
                                 except OSError as e:
                                     sent = e
                                 else:
                                     if sent == size:
                                         echo.bytesEchoed += size
                                         continue
+                            # The protocol's, as bytes: the buffer is the
+                            # next read's.
+                            data = bytes(view[:size])
                         allPlain = False
                         self._finishPlain(fd, entry[0], echo, data, sent)
                         continue
