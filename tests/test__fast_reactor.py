@@ -306,6 +306,22 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertIs(self.plain[fd][1], secondProtocol)
         self.assertEqual(firstProtocol.bytesEchoed, 5)
 
+    def test_closedBeforeRemoved(self) -> None:
+        """
+        A reader removed once its socket is closed (its fileno() is -1
+        then) leaves the plain echo too: the next connection to get its
+        descriptor number is not read through its entry.
+        """
+        client, protocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+        fd = self.fd(protocol)
+        self.assertIn(fd, self.plain)
+        transport = protocol.transport
+        self.patch(transport, "fileno", lambda: -1)
+        self.loop.reactor.removeReader(transport)
+        self.assertNotIn(fd, self.plain)
+        self.assertNotIn(transport, self.loop.reactor.getReaders())
+
     def test_subclassesAreNotBypassed(self) -> None:
         """
         Only Echo itself is echoed by the reactor: a subclass sees every
@@ -688,6 +704,28 @@ class PlainPollTests(SynchronousTestCase):
         self.reactor.doPoll(None)
         self.assertTrue(epollParts(self.reactor).justStopped(self.reactor))
         self.assertEqual(len(poller.timeouts), 2)
+
+    def test_crashReturns(self) -> None:
+        """
+        A signal handler that crashes the reactor between polls ends the
+        repeat too.
+        """
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, plain, plain)
+        poller.onPoll = [None, self.reactor.crash]
+        self.reactor.doPoll(None)
+        self.assertEqual(len(poller.timeouts), 2)
+
+    def test_stoppedBeforeThePoll(self) -> None:
+        """
+        Stopped before the poll began (by a timed call of the same pass
+        of the main loop, say): one poll, no repeat.
+        """
+        poller = self.script([(1000, EPOLLIN)], [(1000, EPOLLIN)])
+        self.reactor.startRunning(installSignalHandlers=False)
+        self.reactor.stop()
+        self.reactor.doPoll(None)
+        self.assertEqual(len(poller.timeouts), 1)
 
     def test_callFromThreadReturns(self) -> None:
         plain = [(1000, EPOLLIN)]

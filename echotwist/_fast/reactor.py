@@ -142,6 +142,26 @@ class FastEPollReactor(EPollReactor):
         # Ports whose pass of reads this loop calls directly, by
         # descriptor: the port and its handler's readPass (see _event).
         self._passes: dict[int, tuple[Any, Any]] = {}
+        # How many times stop() and crash() were called: a repeat of polls
+        # ends when it changes (see _poll).
+        self._stops = 0
+
+    def stop(self) -> None:
+        """
+        Stop the reactor (see L{IReactorCore.stop}), and end a repeat of
+        polls under way (see L{_poll}): a signal handler may call it
+        between two polls.
+        """
+        super().stop()
+        self._stops += 1
+
+    def crash(self) -> None:
+        """
+        Stop the reactor at once (see L{IReactorCore.crash}), and end a
+        repeat of polls under way (see L{_poll}).
+        """
+        super().crash()
+        self._stops += 1
 
     def removeReader(self, reader: IReadDescriptor) -> None:
         """
@@ -150,6 +170,13 @@ class FastEPollReactor(EPollReactor):
         # Pausing, closing and losing a connection all come through here.
         # Twisted before 26 types fileno() as returning object.
         fd = reader.fileno()
+        if fd == -1:
+            # Closed before it was removed: its descriptor by the reader,
+            # as Twisted's own removal finds it, so that no entry of its
+            # outlives it (the loop trusts its plain echoes' entries).
+            fd = next(
+                (n for n, s in self._parts.selectables.items() if s is reader), -1
+            )
         self._plainEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         self._bulkEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         self._loopEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
@@ -186,6 +213,11 @@ class FastEPollReactor(EPollReactor):
         # The buffer's first outSize bytes.
         out, outSize = view[:0], 0
         deadline = seconds() + timeout if timeout > 0.0 else 0.0
+        # Stops and crashes counted (see stop): cheaper to compare than
+        # the reactor's own flag is to read, through the door, per poll.
+        stops = self._stops
+        if stopped(self):
+            again = False
         while True:
             try:
                 events = poll(timeout, len(selectables))
@@ -199,11 +231,9 @@ class FastEPollReactor(EPollReactor):
             for fd, event in events:
                 try:
                     entry = plainEchoes.get(fd)
-                    if (
-                        entry is not None
-                        and event == EPOLLIN
-                        and entry[0] is selectables.get(fd)
-                    ):
+                    # An entry is the registered selectable's: removeReader
+                    # drops it, whatever the descriptor's state.
+                    if entry is not None and event == EPOLLIN:
                         # What tcp.Connection.doRead and Echo.dataReceived
                         # do, for a plain echo (see plainEcho), without a
                         # call: most events of a busy server are these.
@@ -269,7 +299,7 @@ class FastEPollReactor(EPollReactor):
                         "Unhandled error in {selectable!r}",
                         selectable=selectables.get(fd),
                     )
-            if not (allPlain and again) or stopped(self) or threadCalls:
+            if not (allPlain and again) or self._stops != stops or threadCalls:
                 return allPlain
             # Float constants: a float compared with a float is the
             # interpreter's specialised compare, with an int a call.
