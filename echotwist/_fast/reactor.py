@@ -238,19 +238,18 @@ class FastEPollReactor(EPollReactor):
                         # do, for a plain echo (see plainEcho), without a
                         # call: most events of a busy server are these.
                         _, echo, readInto, write = entry
-                        sent: int | OSError | None = None
-                        data: bytes | None = None
+                        sent: int | OSError | None
+                        data: bytes | None
                         try:
                             size = readInto(buffer)
                         except BlockingIOError:
                             continue
                         except OSError:
-                            pass
+                            data, sent = None, None
                         else:
-                            if size is None:
-                                # Nothing there after all (EAGAIN).
-                                continue
-                            if 0 < size < spliceFrom:
+                            # Neither None (nothing there after all:
+                            # EAGAIN) nor 0 (end of file), nor bulk.
+                            if size and size < spliceFrom:
                                 if size != outSize:
                                     # Messages come in a few sizes, mostly:
                                     # the last size's view serves again,
@@ -265,6 +264,10 @@ class FastEPollReactor(EPollReactor):
                                     if sent == size:
                                         echo.bytesEchoed += size
                                         continue
+                            elif size is None:
+                                continue
+                            else:
+                                sent = None
                             # The protocol's, as bytes: the buffer is the
                             # next read's.
                             data = bytes(view[:size])
