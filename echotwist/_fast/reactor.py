@@ -148,7 +148,7 @@ class FastEPollReactor(EPollReactor):
 
     def stop(self) -> None:
         """
-        Stop the reactor (see L{IReactorCore.stop}), and end a repeat of
+        Stop the reactor (see C{IReactorCore.stop}), and end a repeat of
         polls under way (see L{_poll}): a signal handler may call it
         between two polls.
         """
@@ -157,7 +157,7 @@ class FastEPollReactor(EPollReactor):
 
     def crash(self) -> None:
         """
-        Stop the reactor at once (see L{IReactorCore.crash}), and end a
+        Stop the reactor at once (see C{IReactorCore.crash}), and end a
         repeat of polls under way (see L{_poll}).
         """
         super().crash()

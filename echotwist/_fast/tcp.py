@@ -278,7 +278,7 @@ def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
     which then reads, counts and sends in its own loop.
 
     @return: the L{Echo}, the read to call with the loop's buffer (the
-        C{readinto} of the socket's descriptor as a L{FileIO} that does
+        C{readinto} of the socket's descriptor as a C{FileIO} that does
         not close it: recv() without flags into the buffer, returning how
         many bytes it read, None if none were there) and the write to
         call with the descriptor and the bytes (C{os.write}); or None.
