@@ -77,6 +77,41 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertIs(self.plain[self.fd(protocol)][1], protocol)
         self.assertEqual(protocol.bytesEchoed, total)
 
+    def test_readsShareOneBuffer(self) -> None:
+        """
+        The reactor reads every plain echo into one buffer: each connection
+        gets back exactly its own bytes, whether the read before was longer,
+        shorter or as long, on it or on another connection in the same poll.
+        """
+        first, firstProtocol = self.loop.connect()
+        second, secondProtocol = self.loop.connect()
+        for client in (first, second):
+            self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+        sizes = [300, 40, 40, 1000, 1, 40, 40]
+        for n, size in enumerate(sizes):
+            sent = {first: pattern(size, n), second: pattern(sizes[-1 - n], 50 + n)}
+            got = {first: bytearray(), second: bytearray()}
+            # Both before the reactor looks: one poll, two reads.
+            for client, message in sent.items():
+                client.sendall(message)
+
+            def arrived(
+                got: dict[socket.socket, bytearray] = got,
+                sent: dict[socket.socket, bytes] = sent,
+            ) -> bool:
+                for client, received in got.items():
+                    try:
+                        received += client.recv(65536)
+                    except BlockingIOError:
+                        pass
+                return all(len(got[c]) >= len(sent[c]) for c in got)
+
+            self.loop.until(arrived, "both echoes")
+            self.assertEqual(got, sent)
+        self.assertEqual(self.calls, 2, "only the first reads reach Echo")
+        for protocol in (firstProtocol, secondProtocol):
+            self.assertIs(self.plain[self.fd(protocol)][1], protocol)
+
     def test_bulkReadsSkipTheTransport(self) -> None:
         """
         Once a connection is in bulk and the shared pipe exists, the
@@ -136,7 +171,8 @@ class PlainEchoTests(SynchronousTestCase):
     def injectSend(self, protocol: Echo, send: Any) -> None:
         """
         Have the reactor send this connection's echoes with C{send}, called
-        as it calls C{os.write}: with the descriptor and the bytes.
+        as it calls C{os.write}: with the descriptor and the bytes (a view
+        of the loop's buffer, good for the call only).
         """
         transport, echo, read, _ = self.plain[self.fd(protocol)]
         self.plain[self.fd(protocol)] = (transport, echo, read, send)
@@ -151,7 +187,7 @@ class PlainEchoTests(SynchronousTestCase):
         failed = []
 
         def wouldBlock(fd: int, data: bytes) -> int:
-            failed.append(data)
+            failed.append(bytes(data))
             raise BlockingIOError(errno.EAGAIN, "try again")
 
         self.injectSend(protocol, wouldBlock)
@@ -220,7 +256,7 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
         transport, echo, _, send = self.plain[self.fd(protocol)]
 
-        def reset(fd: int, size: int) -> bytes:
+        def reset(buffer: bytearray) -> int:
             raise ConnectionResetError(errno.ECONNRESET, "reset")
 
         self.plain[self.fd(protocol)] = (transport, echo, reset, send)
@@ -268,6 +304,22 @@ class PlainEchoTests(SynchronousTestCase):
             self.assertEqual(self.loop.echo(second, message), message)
         self.assertIs(self.plain[fd][1], secondProtocol)
         self.assertEqual(firstProtocol.bytesEchoed, 5)
+
+    def test_closedBeforeRemoved(self) -> None:
+        """
+        A reader removed once its socket is closed (its fileno() is -1
+        then) leaves the plain echo too: the next connection to get its
+        descriptor number is not read through its entry.
+        """
+        client, protocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+        fd = self.fd(protocol)
+        self.assertIn(fd, self.plain)
+        transport = protocol.transport
+        self.patch(transport, "fileno", lambda: -1)
+        self.loop.reactor.removeReader(transport)
+        self.assertNotIn(fd, self.plain)
+        self.assertNotIn(transport, self.loop.reactor.getReaders())
 
     def test_subclassesAreNotBypassed(self) -> None:
         """
@@ -540,8 +592,8 @@ class _ScriptedPoller:
 class _PlainEcho:
     """
     What the reactor's plain-echo entry needs of an Echo and its socket:
-    a count, and a read and a write (called as C{os.read} and C{os.write}
-    are) that hand over C{message} each time.
+    a count, and a read and a write (called as C{FileIO.readinto} and
+    C{os.write} are) that hand over C{message} each time.
     """
 
     bytesEchoed = 0
@@ -550,11 +602,12 @@ class _PlainEcho:
         self.message = message
         self.sent: list[bytes] = []
 
-    def read(self, fd: int, size: int) -> bytes:
-        return self.message
+    def readinto(self, buffer: bytearray) -> int:
+        buffer[: len(self.message)] = self.message
+        return len(self.message)
 
-    def write(self, fd: int, data: bytes) -> int:
-        self.sent.append(data)
+    def write(self, fd: int, data: memoryview) -> int:
+        self.sent.append(bytes(data))
         return len(data)
 
 
@@ -575,7 +628,7 @@ class PlainPollTests(SynchronousTestCase):
         self.reactor._plainEchoes[1000] = (
             self.transport,
             self.echo,
-            self.echo.read,
+            self.echo.readinto,
             self.echo.write,
         )
         self.otherReads: list[int] = []
@@ -650,6 +703,28 @@ class PlainPollTests(SynchronousTestCase):
         self.reactor.doPoll(None)
         self.assertTrue(epollParts(self.reactor).justStopped(self.reactor))
         self.assertEqual(len(poller.timeouts), 2)
+
+    def test_crashReturns(self) -> None:
+        """
+        A signal handler that crashes the reactor between polls ends the
+        repeat too.
+        """
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, plain, plain)
+        poller.onPoll = [None, self.reactor.crash]
+        self.reactor.doPoll(None)
+        self.assertEqual(len(poller.timeouts), 2)
+
+    def test_stoppedBeforeThePoll(self) -> None:
+        """
+        Stopped before the poll began (by a timed call of the same pass
+        of the main loop, say): one poll, no repeat.
+        """
+        poller = self.script([(1000, EPOLLIN)], [(1000, EPOLLIN)])
+        self.reactor.startRunning(installSignalHandlers=False)
+        self.reactor.stop()
+        self.reactor.doPoll(None)
+        self.assertEqual(len(poller.timeouts), 1)
 
     def test_callFromThreadReturns(self) -> None:
         plain = [(1000, EPOLLIN)]

@@ -23,11 +23,12 @@ It also echoes small reads itself.  On a busy server most events are a
 plain TCP echo connection with a few bytes to read: for those (see
 L{echotwist._fast.tcp.plainEcho}: an L{Echo} itself, sending directly,
 nothing queued, not paused, closing or in bulk) the loop reads the
-socket and sends back what it read (os.read and os.write of its
-descriptor: recv() and send() without flags, minus the argument parsing
-of the socket object's methods, which measurably cut the server's
-user-space instructions per message, see docs/performance.rst) and
-counts the bytes, the whole of what the
+socket into one buffer it reuses and sends back what it read (the
+C{readinto} of the descriptor as a C{FileIO}, and os.write of a view of
+the buffer: recv() and send() without flags, minus the argument parsing
+of the socket object's methods and a bytes object allocated per read,
+which measurably cut the server's user-space instructions per message,
+see docs/performance.rst) and counts the bytes, the whole of what the
 transport's doRead and the protocol's dataReceived would do, without
 either call.  Anything else, a short send, a send error, end of file, a
 read of L{SPLICE_FROM} or more, goes to the protocol, and the connection
@@ -123,9 +124,14 @@ class FastEPollReactor(EPollReactor):
         # through echotwist's one door to them.
         self._parts = epollParts(self)
         # Connections whose reads this loop echoes itself, by descriptor:
-        # the transport, its Echo, and the read and write to call with the
-        # descriptor (os.read and os.write; tests put others in).
+        # the transport, its Echo, the read to call with the buffer below
+        # and the write to call with the descriptor (see tcp.plainEcho;
+        # tests put others in).
         self._plainEchoes: dict[int, tuple[Any, Echo, Any, Any]] = {}
+        # What the plain echo reads into, one read at a time: a bytes
+        # object per read would be allocated at DIRECT_READ_SIZE and shrunk.
+        self._readBuffer = bytearray(DIRECT_READ_SIZE)
+        self._readView = memoryview(self._readBuffer)
         # Connections in bulk whose reads this loop splices itself (see
         # echotwist._fast.tcp.bulkEcho): the transport and its Echo.
         self._bulkEchoes: dict[int, tuple[Any, Echo]] = {}
@@ -136,6 +142,26 @@ class FastEPollReactor(EPollReactor):
         # Ports whose pass of reads this loop calls directly, by
         # descriptor: the port and its handler's readPass (see _event).
         self._passes: dict[int, tuple[Any, Any]] = {}
+        # How many times stop() and crash() were called: a repeat of polls
+        # ends when it changes (see _poll).
+        self._stops = 0
+
+    def stop(self) -> None:
+        """
+        Stop the reactor (see C{IReactorCore.stop}), and end a repeat of
+        polls under way (see L{_poll}): a signal handler may call it
+        between two polls.
+        """
+        super().stop()
+        self._stops += 1
+
+    def crash(self) -> None:
+        """
+        Stop the reactor at once (see C{IReactorCore.crash}), and end a
+        repeat of polls under way (see L{_poll}).
+        """
+        super().crash()
+        self._stops += 1
 
     def removeReader(self, reader: IReadDescriptor) -> None:
         """
@@ -144,6 +170,13 @@ class FastEPollReactor(EPollReactor):
         # Pausing, closing and losing a connection all come through here.
         # Twisted before 26 types fileno() as returning object.
         fd = reader.fileno()
+        if fd == -1:
+            # Closed before it was removed: its descriptor by the reader,
+            # as Twisted's own removal finds it, so that no entry of its
+            # outlives it (the loop trusts its plain echoes' entries).
+            fd = next(
+                (n for n, s in self._parts.selectables.items() if s is reader), -1
+            )
         self._plainEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         self._bulkEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         self._loopEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
@@ -176,8 +209,15 @@ class FastEPollReactor(EPollReactor):
         poll, selectables, stopped = parts.poll, parts.selectables, parts.justStopped
         plainEchoes, passes = self._plainEchoes, self._passes
         threadCalls, seconds = self.threadCallQueue, self.seconds
-        readSize, spliceFrom = DIRECT_READ_SIZE, SPLICE_FROM
+        buffer, view, spliceFrom = self._readBuffer, self._readView, SPLICE_FROM
+        # The buffer's first outSize bytes.
+        out, outSize = view[:0], 0
         deadline = seconds() + timeout if timeout > 0.0 else 0.0
+        # Stops and crashes counted (see stop): cheaper to compare than
+        # the reactor's own flag is to read, through the door, per poll.
+        stops = self._stops
+        if stopped(self):
+            again = False
         while True:
             try:
                 events = poll(timeout, len(selectables))
@@ -191,33 +231,46 @@ class FastEPollReactor(EPollReactor):
             for fd, event in events:
                 try:
                     entry = plainEchoes.get(fd)
-                    if (
-                        entry is not None
-                        and event == EPOLLIN
-                        and entry[0] is selectables.get(fd)
-                    ):
+                    # An entry is the registered selectable's: removeReader
+                    # drops it, whatever the descriptor's state.
+                    if entry is not None and event == EPOLLIN:
                         # What tcp.Connection.doRead and Echo.dataReceived
                         # do, for a plain echo (see plainEcho), without a
                         # call: most events of a busy server are these.
-                        _, echo, read, write = entry
-                        sent: int | OSError | None = None
+                        _, echo, readInto, write = entry
+                        sent: int | OSError | None
+                        data: bytes | None
                         try:
-                            data = read(fd, readSize)
+                            size = readInto(buffer)
                         except BlockingIOError:
                             continue
                         except OSError:
-                            data = None
+                            data, sent = None, None
                         else:
-                            size = len(data)
-                            if 0 < size < spliceFrom:
+                            # Neither None (nothing there after all:
+                            # EAGAIN) nor 0 (end of file), nor bulk.
+                            if size and size < spliceFrom:
+                                if size != outSize:
+                                    # Messages come in a few sizes, mostly:
+                                    # the last size's view serves again,
+                                    # where a slice per send would cost a
+                                    # slice and a view object.
+                                    out, outSize = view[:size], size
                                 try:
-                                    sent = write(fd, data)
+                                    sent = write(fd, out)
                                 except OSError as e:
                                     sent = e
                                 else:
                                     if sent == size:
                                         echo.bytesEchoed += size
                                         continue
+                            elif size is None:
+                                continue
+                            else:
+                                sent = None
+                            # The protocol's, as bytes: the buffer is the
+                            # next read's.
+                            data = bytes(view[:size])
                         allPlain = False
                         self._finishPlain(fd, entry[0], echo, data, sent)
                         continue
@@ -249,7 +302,7 @@ class FastEPollReactor(EPollReactor):
                         "Unhandled error in {selectable!r}",
                         selectable=selectables.get(fd),
                     )
-            if not (allPlain and again) or stopped(self) or threadCalls:
+            if not (allPlain and again) or self._stops != stops or threadCalls:
                 return allPlain
             # Float constants: a float compared with a float is the
             # interpreter's specialised compare, with an int a call.
