@@ -18,8 +18,11 @@ the connection that had it before.
 from __future__ import annotations
 
 import errno
+import os
+import random
 import socket
 import struct
+import time
 from select import EPOLLIN
 from typing import Any
 
@@ -36,6 +39,7 @@ from echotwist._fast.udp import EchoPassPort
 from echotwist._twisted import closeEpoll, epollParts
 from echotwist.datagram import LOOP_TOLERANCE, DatagramEcho, DatagramPolicy
 from echotwist.reactor import EchotwistEPollReactor
+from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM
 from tests._twistd import WAIT
 from tests.test__fast_tcp import Loopback, pattern
 
@@ -392,6 +396,147 @@ class PlainEchoTests(SynchronousTestCase):
             client.close()
             self.loop.until(lambda: self.closed(protocol), "close")
         self.assertNotIn(fd, self.plain)
+
+
+class SharedBufferTests(SynchronousTestCase):
+    """
+    The plain echo's one buffer and reused view (see
+    L{echotwist._fast.reactor.FastEPollReactor._poll}) against many real
+    loopback connections at once: each sends random bytes of its own, of
+    sizes that change from message to message (around L{SPLICE_FROM}, up
+    to a whole read, some through small buffers so that sends are cut
+    short), all before the reactor looks, so one poll reads several of
+    them; connections are closed every way (by the client: FIN, reset,
+    half-close; by the server: loseConnection, abortConnection) and
+    replaced at once, so that new connections get old descriptor numbers.
+    Every echo must be its own connection's bytes, whole and in order,
+    counted on its own protocol, and every plain entry must belong to the
+    connection open on its descriptor.
+    """
+
+    reactorType = EchotwistEPollReactor
+
+    SIZES = (
+        1,
+        2,
+        7,
+        100,
+        1024,
+        1500,
+        4096,
+        SPLICE_FROM - 1,
+        SPLICE_FROM,
+        SPLICE_FROM + 1,
+        65536,
+        DIRECT_READ_SIZE,
+    )
+
+    def setUp(self) -> None:
+        self.loop = Loopback(self)
+        self.reactor = self.loop.reactor
+        seed = int.from_bytes(os.urandom(4), "big")
+        self.random = random.Random(seed)
+        self.seed = seed
+
+    def checkEntries(self) -> None:
+        """
+        Every plain entry is the open connection's on its descriptor: what
+        the loop trusts instead of looking the selectable up per read.
+        """
+        selectables = epollParts(self.reactor).selectables
+        for fd, (transport, echo, _, _) in self.reactor._plainEchoes.items():
+            self.assertIs(selectables.get(fd), transport, f"stale entry on {fd}")
+            self.assertTrue(transport.connected, f"entry of a lost connection {fd}")
+            self.assertEqual(transport.fileno(), fd)
+            self.assertIs(transport.protocol, echo)
+
+    def exchange(self, clients: dict[socket.socket, Echo]) -> None:
+        """
+        Each client sends one message of a random size and reads its echo;
+        the reactor iterates only once every client has begun to send.
+        """
+        sent = {
+            c: self.random.randbytes(self.random.choice(self.SIZES)) for c in clients
+        }
+        before = {c: clients[c].bytesEchoed for c in clients}
+        offset = dict.fromkeys(clients, 0)
+        got = {c: bytearray() for c in clients}
+        deadline = time.monotonic() + WAIT
+        while any(len(got[c]) < len(sent[c]) for c in clients):
+            if time.monotonic() > deadline:
+                echoed = [len(got[c]) for c in clients]
+                wanted = [len(sent[c]) for c in clients]
+                self.fail(f"echoed {echoed} of {wanted} (seed {self.seed})")
+            for client in clients:
+                if offset[client] < len(sent[client]):
+                    try:
+                        offset[client] += client.send(sent[client][offset[client] :])
+                    except BlockingIOError:
+                        pass
+            self.loop.iterate()
+            self.checkEntries()
+            for client in clients:
+                try:
+                    got[client] += client.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+        for client, protocol in clients.items():
+            self.assertTrue(
+                got[client] == sent[client],
+                f"a {len(sent[client])}-byte echo differs (seed {self.seed})",
+            )
+            self.assertEqual(protocol.bytesEchoed - before[client], len(sent[client]))
+
+    def close(self, client: socket.socket, protocol: Echo, how: int) -> None:
+        """
+        End a connection one of five ways.
+        """
+        if how == 0:
+            client.close()
+        elif how == 1:
+            client.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            client.close()
+        elif how == 2:
+            client.shutdown(socket.SHUT_WR)
+        elif how == 3:
+            protocol.transport.loseConnection()
+        else:
+            protocol.transport.abortConnection()
+        closed = self.loop.service.factory.connections
+
+        def gone() -> bool:
+            self.checkEntries()
+            return protocol not in closed
+
+        self.loop.until(gone, "the close")
+        client.close()
+
+    def test_manyConnectionsTheirOwnBytes(self) -> None:
+        """
+        Many connections, random sizes, one buffer: no echo ever holds
+        another connection's bytes or an earlier message's, and a
+        descriptor number used again serves only its new connection.
+        """
+        clients: dict[socket.socket, Echo] = {}
+        seen: set[int] = set()
+        reused = plainReads = 0
+        for _ in range(12):
+            while len(clients) < 12:
+                small = self.random.random() < 0.25
+                client, protocol = self.loop.connect(buffers=8192 if small else 0)
+                fd = int(protocol.transport.fileno())
+                reused += fd in seen
+                seen.add(fd)
+                clients[client] = protocol
+            for _ in range(3):
+                self.exchange(clients)
+                plainReads += len(self.reactor._plainEchoes)
+            for client in self.random.sample(list(clients), 4):
+                self.close(client, clients.pop(client), self.random.randrange(5))
+        self.assertGreater(reused, 0, "no descriptor was used again")
+        self.assertGreater(plainReads, 0, "nothing was echoed plainly")
 
 
 class _Readable(FileDescriptor):
