@@ -20,8 +20,10 @@ from __future__ import annotations
 import errno
 import os
 import random
+import signal
 import socket
 import struct
+import threading
 import time
 from select import EPOLLIN
 from typing import Any
@@ -878,6 +880,185 @@ class PlainPollTests(SynchronousTestCase):
         self.addCleanup(self.reactor.threadCallQueue.clear)
         self.reactor.doPoll(None)
         self.assertEqual(len(poller.timeouts), 1)
+
+
+class StopWhileEchoingTests(SynchronousTestCase):
+    """
+    The real reactor runs while a client thread echoes small messages
+    without pause, so that the loop repeats its polls of plain echoes (see
+    L{echotwist._fast.reactor.FastEPollReactor._poll}); a stop or crash
+    from a timed call, a thread, a signal handler or an event handler must
+    end C{run()}.  A watchdog thread crashes the reactor after WAIT seconds
+    through callFromThread, so a loop that does not end fails the test
+    instead of hanging it.
+    """
+
+    reactorType = EchotwistEPollReactor
+
+    def setUp(self) -> None:
+        self.loop = Loopback(self)
+        self.reactor = self.loop.reactor
+        self.done = threading.Event()
+        self.echoed = 0
+        self.errors: list[BaseException] = []
+        self.sock: socket.socket | None = None
+        self.addCleanup(self.done.set)
+
+    def client(self) -> None:
+        """
+        Echo 100-byte messages until told to stop, the server closes, or
+        twice WAIT seconds pass (after the watchdog: a client that gave up
+        first would end a loop that does not end by itself); each echo is
+        checked.
+        """
+        deadline = time.monotonic() + 2 * WAIT
+        try:
+            with socket.create_connection(
+                ("127.0.0.1", self.loop.port.getHost().port), timeout=WAIT
+            ) as sock:
+                self.sock = sock
+                n = 0
+                while not self.done.is_set() and time.monotonic() < deadline:
+                    message = pattern(100, n)
+                    sock.sendall(message)
+                    got = b""
+                    while len(got) < len(message):
+                        data = sock.recv(len(message) - len(got))
+                        if not data:
+                            return
+                        got += data
+                    if got != message:
+                        raise AssertionError(f"echo {n} differs")
+                    n += 1
+                    self.echoed = n
+        except OSError:
+            # The reactor's shutdown closes the connection under it.
+            pass
+        except BaseException as e:
+            self.errors.append(e)
+
+    def runUntil(self, trigger: Any) -> None:
+        """
+        Run the reactor with the client echoing; once the client has
+        echoed plainly for a while, C{trigger()} (called from the reactor
+        thread by a timed call) is to stop the reactor in its own way.
+        """
+        reactor = self.reactor
+        fired: list[bool] = []
+
+        def bark() -> None:
+            # Noted in its own thread: a crashed reactor may never run it.
+            fired.append(True)
+            reactor.callFromThread(reactor.crash)
+
+        watchdog = threading.Timer(WAIT, bark)
+        watchdog.daemon = True
+        thread = threading.Thread(target=self.client, daemon=True)
+
+        def started() -> None:
+            thread.start()
+            reactor.callLater(0, waiting)
+
+        def waiting() -> None:
+            if self.echoed >= 200 and reactor._plainEchoes:
+                trigger()
+            else:
+                reactor.callLater(0.01, waiting)
+
+        reactor.callWhenRunning(started)
+        watchdog.start()
+        try:
+            reactor.run(installSignalHandlers=False)
+        finally:
+            watchdog.cancel()
+            self.done.set()
+            # A crash leaves the connection open: the client may wait for
+            # an echo that will not come.
+            if self.sock is not None:
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    # Closed already: the client ended on its own.
+                    pass
+            thread.join(WAIT)
+        self.assertEqual(fired, [], "the loop went on: the watchdog crashed it")
+        self.assertEqual(self.errors, [])
+        self.assertGreaterEqual(self.echoed, 200)
+
+    def stopAfter(self, how: Any) -> None:
+        """
+        Trigger with C{how} (once), which is to end C{run()} before the
+        watchdog does.
+        """
+        called: list[bool] = []
+
+        def trigger() -> None:
+            called.append(True)
+            how()
+
+        self.runUntil(trigger)
+        self.assertEqual(called, [True])
+
+    def test_timedStop(self) -> None:
+        reactor = self.reactor
+        self.stopAfter(lambda: reactor.callLater(0.05, reactor.stop))
+
+    def test_timedCrash(self) -> None:
+        reactor = self.reactor
+        self.stopAfter(lambda: reactor.callLater(0.05, reactor.crash))
+
+    def test_stopFromAThread(self) -> None:
+        reactor = self.reactor
+
+        def fromThread() -> None:
+            threading.Timer(0.05, reactor.callFromThread, (reactor.stop,)).start()
+
+        self.stopAfter(fromThread)
+
+    def signalled(self, handler: Any) -> None:
+        """
+        A Python signal handler of the process's own calls C{handler}
+        directly (not through callFromThread): it runs between two
+        bytecodes of the loop.
+        """
+        signum = signal.SIGUSR2
+        previous = signal.signal(signum, lambda *_: handler())
+        self.addCleanup(signal.signal, signum, previous)
+        pid = os.getpid()
+
+        def send() -> None:
+            threading.Timer(0.05, os.kill, (pid, signum)).start()
+
+        self.stopAfter(send)
+
+    def test_stopFromASignalHandler(self) -> None:
+        self.signalled(self.reactor.stop)
+
+    def test_crashFromASignalHandler(self) -> None:
+        self.signalled(self.reactor.crash)
+
+    def test_stopFromAnEvent(self) -> None:
+        """
+        The protocol's own code (a read that leaves the plain path: a
+        message of SPLICE_FROM bytes, here on a second connection) stops
+        the reactor.
+        """
+        reactor = self.reactor
+        original = Echo.dataReceived
+
+        def stopping(protocol: Echo, data: bytes) -> None:
+            original(protocol, data)
+            if len(data) >= SPLICE_FROM and reactor.running:
+                reactor.stop()
+
+        self.patch(Echo, "dataReceived", stopping)
+        other = socket.create_connection(("127.0.0.1", self.loop.port.getHost().port))
+        self.addCleanup(other.close)
+
+        def send() -> None:
+            other.sendall(pattern(SPLICE_FROM))
+
+        self.stopAfter(send)
 
 
 class _Counting:
