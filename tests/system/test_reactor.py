@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import random
+import selectors
 import signal
 import socket
+import struct
 import subprocess
 import time
+from typing import Any
 
 from tests._clients import echoOnce, exchange
 from tests._tools import openedBy
@@ -113,6 +116,102 @@ class RunTests(ServerTestCase):
         for client in clients:
             client.shutdown(socket.SHUT_WR)
             self.assertEqual(client.recv(1), b"")
+
+    def test_concurrentClientsTheirOwnBytes(self) -> None:
+        """
+        Forty clients at once, each sending random messages of sizes that
+        change from one to the next (small ones the reactor's plain echo
+        answers from one shared buffer, and around SPLICE_FROM, where reads
+        leave it), each waiting for its echo before the next; after a few
+        messages a client closes (FIN or reset) and a new one takes its
+        place at once, so that the server gives out descriptor numbers
+        again.  Every echo is its own connection's bytes exactly.
+        """
+        server = self.start()
+        server.waitFor(SERVING_ON_ECHOTWIST)
+        seed = int.from_bytes(os.urandom(4), "big")
+        rng = random.Random(seed)
+        sizes = (1, 7, 100, 1024, 1500, 4096, 16383, 16384, 16385, 65536, 131072)
+        selector = selectors.DefaultSelector()
+        self.addCleanup(selector.close)
+
+        def connect() -> None:
+            sock = socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
+            sock.setblocking(False)
+            state = {
+                "sock": sock,
+                "left": rng.randint(1, 6),
+                "message": b"",
+                "sent": 0,
+                "received": bytearray(),
+            }
+            nextMessage(state)
+            selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, state)
+
+        def nextMessage(state: dict[str, Any]) -> None:
+            state["message"] = rng.randbytes(rng.choice(sizes))
+            state["sent"] = 0
+            state["received"] = bytearray()
+
+        def close(state: dict[str, Any]) -> None:
+            sock = state["sock"]
+            selector.unregister(sock)
+            if rng.random() < 0.5:
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            sock.close()
+
+        for _ in range(40):
+            connect()
+        echoed = opened = 0
+        deadline = time.monotonic() + WAIT
+        while echoed < 1000:
+            left = deadline - time.monotonic()
+            self.assertGreater(left, 0, f"{echoed} echoes only (seed {seed})")
+            for key, events in selector.select(left):
+                state = key.data
+                sock, message = state["sock"], state["message"]
+                if events & selectors.EVENT_WRITE and state["sent"] < len(message):
+                    try:
+                        state["sent"] += sock.send(message[state["sent"] :])
+                    except BlockingIOError:
+                        pass
+                    if state["sent"] == len(message):
+                        selector.modify(sock, selectors.EVENT_READ, state)
+                if not events & selectors.EVENT_READ:
+                    continue
+                try:
+                    chunk = sock.recv(262144)
+                except BlockingIOError:
+                    continue
+                self.assertTrue(chunk, f"closed by the server (seed {seed})")
+                state["received"] += chunk
+                received = state["received"]
+                self.assertTrue(
+                    received[: len(message)] == message[: len(received)],
+                    f"a {len(message)}-byte echo differs (seed {seed})",
+                )
+                self.assertLessEqual(len(received), len(message), f"seed {seed}")
+                if len(received) < len(message):
+                    continue
+                echoed += 1
+                state["left"] -= 1
+                if state["left"]:
+                    nextMessage(state)
+                    selector.modify(
+                        sock, selectors.EVENT_READ | selectors.EVENT_WRITE, state
+                    )
+                else:
+                    close(state)
+                    connect()
+                    opened += 1
+        self.assertGreater(opened, 100)
+        for key in list(selector.get_map().values()):
+            close(key.data)
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"after"), b"after")
+        self.assertNotIn("Traceback", server.output)
+        self.assertNotIn("Unhandled", server.output)
 
     def assertServesOn(self, server: Server, serving: str, workers: int = 0) -> None:
         """
