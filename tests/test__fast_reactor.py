@@ -311,6 +311,24 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertIs(self.plain[fd][1], secondProtocol)
         self.assertEqual(firstProtocol.bytesEchoed, 5)
 
+    def test_idleConnectionsHaveNoFile(self) -> None:
+        """
+        A connection that has sent nothing gets neither a plain entry nor
+        the C{FileIO} the plain echo reads it through (about 340 bytes
+        with its read method): only a connection that echoes pays for one
+        (see the benchmark's bytes per idle connection).
+        """
+        idle = [self.loop.connect()[1] for _ in range(3)]
+        client, protocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+        for _ in range(5):
+            self.loop.iterate()
+        for transport in (p.transport for p in idle):
+            self.assertIsNone(transport._rawFile)
+            self.assertNotIn(transport.fileno(), self.plain)
+        self.assertIsNotNone(protocol.transport._rawFile)
+        self.assertIn(self.fd(protocol), self.plain)
+
     def test_closedBeforeRemoved(self) -> None:
         """
         A reader removed once its socket is closed (its fileno() is -1
