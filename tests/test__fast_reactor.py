@@ -1070,11 +1070,16 @@ class StopWhileEchoingTests(SynchronousTestCase):
                 reactor.stop()
 
         self.patch(Echo, "dataReceived", stopping)
-        other = socket.create_connection(("127.0.0.1", self.loop.port.getHost().port))
+        other = socket.create_connection(
+            ("127.0.0.1", self.loop.port.getHost().port), timeout=WAIT
+        )
         self.addCleanup(other.close)
 
         def send() -> None:
-            other.sendall(pattern(SPLICE_FROM))
+            # From a thread: a send that blocked here would block the loop.
+            threading.Thread(
+                target=other.sendall, args=(pattern(SPLICE_FROM),), daemon=True
+            ).start()
 
         self.stopAfter(send)
 
