@@ -213,6 +213,67 @@ class RunTests(ServerTestCase):
         self.assertNotIn("Traceback", server.output)
         self.assertNotIn("Unhandled", server.output)
 
+    def test_sigtermWhileEveryEventIsAPlainEcho(self) -> None:
+        """
+        Ten clients keep the server's loop busy with small echoes, so that
+        it repeats its polls of plain echoes without returning to Twisted's
+        main loop; SIGTERM still starts the drain, which aborts them (they
+        never go quiet) at the shutdown deadline, and the process exits by
+        the signal.  Every echo up to the end is exact.
+        """
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--shutdown-timeout",
+            "1",
+        )
+        server.waitFor(SERVING_ON_ECHOTWIST)
+        selector = selectors.DefaultSelector()
+        self.addCleanup(selector.close)
+        for n in range(10):
+            sock = socket.create_connection((LOOPBACK, server.port), timeout=WAIT)
+            self.addCleanup(sock.close)
+            sock.setblocking(False)
+            message = bytes([n]) * (64 + n)
+            sock.sendall(message)
+            selector.register(sock, selectors.EVENT_READ, [message, bytearray()])
+        echoed = 0
+        signalled = False
+        deadline = time.monotonic() + 2 * WAIT
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            self.assertGreater(left, 0, f"still open after {echoed} echoes")
+            for key, _ in selector.select(left):
+                sock = key.fileobj
+                message, received = key.data
+                try:
+                    chunk = sock.recv(65536)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    self.assertTrue(signalled, "closed before SIGTERM")
+                    selector.unregister(sock)
+                    continue
+                received += chunk
+                self.assertEqual(received, message[: len(received)])
+                if len(received) == len(message):
+                    echoed += 1
+                    del received[:]
+                    try:
+                        sock.send(message)  # type: ignore[union-attr]
+                    except OSError:
+                        selector.unregister(sock)
+                        continue
+                if echoed == 2000 and not signalled:
+                    server.signal(signal.SIGTERM)
+                    signalled = True
+        self.assertEqual(server.wait(), -signal.SIGTERM)
+        self.assertIn("Draining 10 connection(s)", server.output)
+        self.assertIn("Shutdown deadline passed: aborting", server.output)
+        self.assertNotIn("Traceback", server.output)
+
     def assertServesOn(self, server: Server, serving: str, workers: int = 0) -> None:
         """
         C{server} says it serves on the reactor C{serving} matches (and so
