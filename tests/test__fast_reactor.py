@@ -329,6 +329,30 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertIsNotNone(protocol.transport._rawFile)
         self.assertIn(self.fd(protocol), self.plain)
 
+    def test_rawFileIsSmall(self) -> None:
+        """
+        The file the plain echo reads a connection through costs under 128
+        bytes (a plain C{FileIO} kept its name in a dictionary of its own:
+        about 270).
+        """
+        import tracemalloc
+
+        from echotwist._fast.tcp import _RawSocket
+
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        before = tracemalloc.get_traced_memory()[0]
+        files = [_RawSocket(a.fileno(), "r", closefd=False) for _ in range(100)]
+        per = (tracemalloc.get_traced_memory()[0] - before) / len(files)
+        self.assertLess(per, 128)
+        b.sendall(b"ping")
+        buffer = bytearray(16)
+        self.assertEqual(files[0].readinto(buffer), 4)
+        self.assertEqual(buffer[:4], b"ping")
+
     def test_closedBeforeRemoved(self) -> None:
         """
         A reader removed once its socket is closed (its fileno() is -1
