@@ -77,10 +77,10 @@ class _PassTests:
         else:
             self.port._batches = None  # type: ignore[attr-defined]
 
-    def clientSocket(self, port: int) -> socket.socket:
+    def clientSocket(self, port: int, host: str = "127.0.0.1") -> socket.socket:
         client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(client.close)
-        client.bind(("127.0.0.1", port))
+        client.bind((host, port))
         return client
 
     def send(self, datagrams: list[bytes], client: socket.socket | None = None) -> None:
@@ -150,9 +150,7 @@ class _PassTests:
         address's verdict, nor its source, for the other's.
         """
         self.listen(rate=10)
-        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(other.close)
-        other.bind(("127.0.0.2", 0))
+        other = self.clientSocket(0, "127.0.0.2")
         self.judged()
         self.send([b"hi"], other)
         self.assertFalse(self.port.readPass())  # judged: each bucket is empty
@@ -553,10 +551,8 @@ class BatchPassTests(_PassTests, SynchronousTestCase):
         self.port.reactor.advance(0)  # type: ignore[attr-defined]
         gc.collect()
         self.assertIsNone(old())
-        squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(squatter.close)
+        squatter = self.clientSocket(0)
         self.assertEqual(squatter.fileno(), fd)
-        squatter.bind(("127.0.0.1", 0))
         self.client.sendto(b"not yours", squatter.getsockname())
         self.port.startListening()
         self.addCleanup(self.port.socket.close)
@@ -571,9 +567,7 @@ class BatchPassTests(_PassTests, SynchronousTestCase):
         to the protocol, so each peer's answers leave in order.
         """
         self.judged()
-        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(other.close)
-        other.bind(("127.0.0.2", 0))
+        other = self.clientSocket(0, "127.0.0.2")
         calls = self.batchCalls()
         self.send([b"a"])
         self.send([b"new"], other)
@@ -592,9 +586,7 @@ class BatchPassTests(_PassTests, SynchronousTestCase):
         L{AsTheProtocolAnyTrafficTests.test_repeatsWhoseAnswersFail}).
         """
         self.judged()
-        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.addCleanup(other.close)
-        other.bind(("127.0.0.2", 0))
+        other = self.clientSocket(0, "127.0.0.2")
         calls = self.batchCalls()
         self.send([b"a"])
         self.send([b"new"], other)
