@@ -12,7 +12,8 @@ address with C{inet_ntop}, which is C{sprintf}; C{sendto} parses it back
 with C{PyArg_ParseTuple} and C{inet_pton}; each releases and takes the
 GIL).  See docs/performance.rst.
 
-L{Batches.receive} fills the buffers; L{Batches.send} sends a run of
+L{Batches.recvmmsg} fills the buffers (and L{Batches.failedRead} says
+what its error does); L{Batches.send} sends a run of
 them back to where each came from, with the length the caller set in
 L{Batches.sendLengths}.  The buffers are an anonymous memory map, whose
 pages the kernel gives only as datagrams touch them.
@@ -105,11 +106,11 @@ class Batches:
 
     @ivar memory: the datagrams, the C{i}th at C{i * size}; slicing it
         gives C{bytes}.
-    @ivar lengths: the length of each datagram the last L{receive} read
+    @ivar lengths: the length of each datagram the last C{recvmmsg} read
         (a view of the kernel's C{msg_len}s).
     @ivar sendLengths: the length to send of each answer, set by the
         caller before L{send}.
-    @ivar peers: the last L{receive}'s peer of each datagram as one
+    @ivar peers: the last C{recvmmsg}'s peer of each datagram as one
         integer (a view of each C{sockaddr_in}'s first eight bytes),
         which L{peer} turns into C{(host, port)}.
     """
@@ -145,7 +146,9 @@ class Batches:
                 header.iov = ctypes.pointer(vectors[i])
                 header.iovlen = 1
         # recvmmsg(count, flags, timeout) and sendmmsg(at, count, flags),
-        # their socket (and recvmmsg's headers) bound; at is an item of
+        # their socket (and recvmmsg's headers) bound (each header's
+        # namelen is the room for the address; the kernel writes back the
+        # length it used, 16 for IPv4, so it stays room); at is an item of
         # answersAt, the headers from the ith answer on.
         fdArgument = ctypes.c_int(fd)
         self.recvmmsg = partial(
@@ -175,22 +178,6 @@ class Batches:
         #: The peers L{peer} has met, by L{peers}' integer.
         self.known: dict[int, tuple[str, int]] = {}
 
-    def receive(self, count: int) -> int:
-        """
-        Read up to C{count} queued datagrams without waiting.
-
-        @return: how many were read; 0 if none was queued (or a signal or
-            an earlier answer's ICMP error came first).
-        @raise OSError: for any other error of the read.
-        """
-        # Each header's namelen is the room for the address; the kernel
-        # writes back the length it used (16 for IPv4), so it stays room.
-        got = self.recvmmsg(min(count, self.count), socket.MSG_DONTWAIT, None)
-        if got < 0:
-            self.failedRead()
-            return 0
-        return int(got)
-
     def failedRead(self) -> None:
         """
         Return if the error of the last read (C{recvmmsg} said -1) ends a
@@ -202,7 +189,7 @@ class Batches:
 
     def peer(self, i: int) -> tuple[str, int]:
         """
-        The C{(host, port)} the C{i}th datagram of the last L{receive}
+        The C{(host, port)} the C{i}th datagram of the last C{recvmmsg}
         came from, as C{recvfrom} gives it: the same tuple for the same
         peer while it is cached.
         """

@@ -142,7 +142,6 @@ class EchoPassPort(DatagramPort):
         C{sendmmsg} could not send is then forgotten by the guard before
         it judges the next, as when each answer leaves at once.
         """
-        # Batches.receive, inline: a Python call a pass less.
         reads = self.maxDatagramsPerRead
         got = batches.recvmmsg(min(reads, batches.count), MSG_DONTWAIT, None)
         if got <= 0:
