@@ -511,7 +511,7 @@ class ReactorTests(_DoorTestCase):
         reactor = EPollReactor()
         parts = self.call(
             lambda: epollParts(reactor),
-            "EPollReactor's _poller,"
+            "EPollReactor's _poller (its poll and register),"
             " _selectables, _doReadOrWrite, _disconnectSelectable",
         )
         self.addCleanup(parts.poll.__self__.close)
@@ -540,6 +540,18 @@ class ReactorTests(_DoorTestCase):
         theirs.sendall(b"x")
         events = parts.poll(5, len(parts.selectables))
         self.relies((ours.fileno(), EPOLLIN) in events, "EPollReactor._poller.poll")
+        # A descriptor of the loop's own, not a selectable: the same epoll
+        # object reports it.
+        own, other = socket.socketpair()
+        self.addCleanup(own.close)
+        self.addCleanup(other.close)
+        parts.register(own.fileno(), EPOLLIN)
+        other.sendall(b"y")
+        events = parts.poll(5, 2)
+        self.relies(
+            (own.fileno(), EPOLLIN) in events,
+            "EPollReactor._poller.register adding to the epoll object it polls",
+        )
         parts.doReadOrWrite(readable, ours.fileno(), EPOLLIN)
         self.relies(reads == [1], "EPollReactor._doReadOrWrite calling doRead")
         parts.disconnectSelectable(readable, ConnectionDone(), True)

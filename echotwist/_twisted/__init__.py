@@ -201,6 +201,9 @@ class EPollParts(NamedTuple):
     (docs/performance.rst).
 
     @ivar poll: the epoll object's C{poll(timeout, maxevents)}.
+    @ivar register: the epoll object's C{register(fd, eventmask)}, for a
+        descriptor the loop watches itself, not a selectable of Twisted's
+        (the fast loop's alarm, see L{echotwist._fast.alarm}).
     @ivar selectables: the readers and writers by descriptor (a live dict,
         changed as they are added and removed).
     @ivar doReadOrWrite: C{(selectable, fd, event)}: handles one event as
@@ -217,6 +220,7 @@ class EPollParts(NamedTuple):
     """
 
     poll: Callable[[float, int], list[tuple[int, int]]]
+    register: Callable[[int, int], None]
     selectables: dict[int, Any]
     doReadOrWrite: Callable[[Any, int, int], None]
     disconnectSelectable: Callable[[Any, BaseException, bool], None]
@@ -235,6 +239,7 @@ def epollParts(reactor: EPollReactor) -> EPollParts:
     """
     return EPollParts(
         poll=reactor._poller.poll,
+        register=reactor._poller.register,
         selectables=reactor._selectables,
         doReadOrWrite=reactor._doReadOrWrite,
         disconnectSelectable=reactor._disconnectSelectable,
