@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import select
 import signal
 import socket
 import struct
@@ -36,6 +37,8 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo
+from echotwist._fast import reactor as reactorModule
+from echotwist._fast.alarm import makeAlarm
 from echotwist._fast.tcp import SplicingServer
 from echotwist._fast.udp import EchoPassPort
 from echotwist._twisted import closeEpoll, epollParts
@@ -611,6 +614,7 @@ class PollTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = EchotwistEPollReactor()
         self.addCleanup(closeEpoll, self.reactor)
+        self.addCleanup(self.reactor.closeAlarm)
 
     def readable(self, fail: bool) -> _Readable:
         ours, theirs = socket.socketpair()
@@ -653,6 +657,7 @@ class DatagramPollTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = EchotwistEPollReactor()
         self.addCleanup(closeEpoll, self.reactor)
+        self.addCleanup(self.reactor.closeAlarm)
         self.policy = DatagramPolicy(rate=0, clock=Clock())
         self.port = EchoPassPort(
             0, DatagramEcho(self.policy), "127.0.0.1", 65536, self.reactor
@@ -810,6 +815,7 @@ class PlainPollTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = EchotwistEPollReactor()
         self.addCleanup(closeEpoll, self.reactor)
+        self.addCleanup(self.reactor.closeAlarm)
         self.echo = _PlainEcho()
         self.transport = object()
         # fd 1000: a plain echo; fd 1001: anything else (counts its reads).
@@ -845,18 +851,21 @@ class PlainPollTests(SynchronousTestCase):
 
     def test_returnsWhenNothingHappened(self) -> None:
         """
-        A poll that timed out (no events) returns: a timed call is due.
+        Where there is no alarm (no timerfd), a poll that timed out (no
+        events) returns: a timed call is due.
         """
+        self.reactor._alarm = False
         poller = self.script([])
         self.reactor.doPoll(0.5)
         self.assertEqual(poller.timeouts, [0.5])
 
     def test_timeoutShrinksToTheDeadline(self) -> None:
         """
-        With a timed call due in C{timeout} seconds, each further poll waits
-        only what is left, and once it has passed the main loop gets the
-        call on time.
+        Where there is no alarm (no timerfd), with a timed call due in
+        C{timeout} seconds, each further poll waits only what is left, and
+        once it has passed the main loop gets the call on time.
         """
+        self.reactor._alarm = False
         now = [100.0]
         self.patch(self.reactor, "seconds", lambda: now[0])
         plain = [(1000, EPOLLIN)]
@@ -922,6 +931,179 @@ class PlainPollTests(SynchronousTestCase):
         self.addCleanup(self.reactor.threadCallQueue.clear)
         self.reactor.doPoll(None)
         self.assertEqual(len(poller.timeouts), 1)
+
+
+class AlarmPollTests(SynchronousTestCase):
+    """
+    With a timed call due, the loop's polls wait with no timeout and its
+    alarm (L{echotwist._fast.alarm}) waits for the call instead: armed once
+    per deadline, and again only for a sooner one; its going off ends the
+    repeat of polls.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = EchotwistEPollReactor()
+        self.addCleanup(closeEpoll, self.reactor)
+        self.addCleanup(self.reactor.closeAlarm)
+        self.now = [100.0]
+        self.patch(self.reactor, "seconds", lambda: self.now[0])
+        self.echo = _PlainEcho()
+        transport = object()
+        epollParts(self.reactor).selectables[1000] = transport
+        self.reactor._plainEchoes[1000] = (
+            transport,
+            self.echo,
+            self.echo.readinto,
+            self.echo.write,
+        )
+        self.addCleanup(epollParts(self.reactor).selectables.clear)
+
+    def script(self, *polls: list[tuple[int, int]]) -> _ScriptedPoller:
+        return PlainPollTests.script(self, *polls)  # type: ignore[arg-type]
+
+    def alarm(self) -> Any:
+        alarm = self.reactor._makeAlarm()
+        self.assertTrue(alarm, "no timerfd on this system")
+        return alarm
+
+    def test_pollsWaitWithoutTimeout(self) -> None:
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, plain)
+        self.reactor.doPoll(1.0)
+        self.assertEqual(poller.timeouts, [-1, -1, -1])
+        self.assertEqual(len(self.echo.sent), 2)
+        self.assertEqual(self.reactor._alarm.deadline, 101.0)
+
+    def test_goingOffReturns(self) -> None:
+        """
+        The alarm's event ends the repeat (the timed call is due) and
+        clears it, though the poll had a plain echo too.
+        """
+        alarm = self.alarm()
+        alarm.wake(self.now[0], 0.0)
+        self.assertTrue(select.select([alarm.fd], [], [], WAIT)[0])
+        plain = [(1000, EPOLLIN)]
+        poller = self.script(plain, [(alarm.fd, EPOLLIN), (1000, EPOLLIN)], plain)
+        self.reactor.doPoll(0.5)
+        self.assertEqual(len(poller.timeouts), 2)
+        self.assertEqual(len(self.echo.sent), 2)
+        self.assertFalse(select.select([alarm.fd], [], [], 0)[0])
+        # Not armed: the next pass arms it for what is due then.
+        self.reactor.doPoll(0.25)
+        self.assertEqual(alarm.deadline, 100.25)
+
+    def test_armedOncePerDeadline(self) -> None:
+        """
+        The same timed call asked for again (each pass of the main loop)
+        sets no timer; a later one neither (the alarm goes off early); a
+        sooner one does.
+        """
+        alarm = self.alarm()
+        armed: list[int] = []
+        self.patch(alarm, "_setTimer", lambda fd, ns: armed.append(ns))
+        self.script()
+        self.reactor.doPoll(1.0)
+        self.now[0] = 100.5
+        self.reactor.doPoll(0.5)
+        self.reactor.doPoll(4.0)
+        self.reactor.doPoll(0.25)
+        self.assertEqual(armed, [1_000_000_000, 250_000_000])
+
+    def test_dueNowPollsOnce(self) -> None:
+        """
+        Something due now (timeout 0) is one poll that does not wait, as
+        before: nothing to arm.
+        """
+        poller = self.script([(1000, EPOLLIN)], [(1000, EPOLLIN)])
+        self.reactor.doPoll(0)
+        self.assertEqual(poller.timeouts, [0])
+        self.assertIsNone(self.reactor._alarm)
+
+    def test_noTimerfd(self) -> None:
+        """
+        Where there is no timerfd, the polls wait with timeouts, and no
+        alarm is asked for again.
+        """
+        made: list[bool] = []
+
+        def none() -> None:
+            made.append(True)
+
+        self.patch(reactorModule, "makeAlarm", none)
+        poller = self.script([], [])
+        self.reactor.doPoll(0.5)
+        self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5, 0.5])
+        self.assertEqual(made, [True])
+        self.assertIs(self.reactor._alarm, False)
+
+    def test_registerRefused(self) -> None:
+        """
+        An epoll object that refuses the alarm's descriptor: the alarm is
+        closed, and the polls wait with timeouts.
+        """
+        made: list[Any] = []
+
+        def recording() -> Any:
+            alarm = makeAlarm()
+            made.append(alarm)
+            return alarm
+
+        def refuse(fd: int, mask: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(reactorModule, "makeAlarm", recording)
+        parts = self.reactor._parts
+        self.reactor._parts = parts._replace(register=refuse)
+        self.addCleanup(setattr, self.reactor, "_parts", parts)
+        poller = self.script([])
+        self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5])
+        self.assertEqual(made[0].fd, -1)
+
+    def test_soonerCallOnTime(self) -> None:
+        """
+        On the real reactor: a call scheduled sooner than the one the
+        alarm is armed for runs at its time, not the other's.  A watchdog
+        thread crashes the reactor after WAIT seconds, so a sooner call
+        left to the later deadline fails the test instead of hanging it.
+        """
+        reactor = EchotwistEPollReactor()
+        self.addCleanup(closeEpoll, reactor)
+        ran: list[str] = []
+        fired: list[bool] = []
+        later = reactor.callLater(10 * WAIT, ran.append, "later")
+        armedFor: list[float] = []
+
+        def schedule() -> None:
+            # From a thread, through the waker, while the loop waits with
+            # its alarm armed for "later", the one call pending.
+            armedFor.append(reactor._alarm.deadline)
+            reactor.callLater(0.05, sooner)
+
+        def sooner() -> None:
+            ran.append("sooner")
+            later.cancel()
+            reactor.stop()
+
+        def bark() -> None:
+            fired.append(True)
+            reactor.callFromThread(reactor.crash)
+
+        watchdog = threading.Timer(WAIT, bark)
+        watchdog.daemon = True
+        reactor.callWhenRunning(
+            threading.Timer(0.05, reactor.callFromThread, (schedule,)).start
+        )
+        watchdog.start()
+        try:
+            reactor.run(installSignalHandlers=False)
+        finally:
+            watchdog.cancel()
+        self.assertLess(abs(armedFor[0] - later.getTime()), 1.0)
+        self.assertEqual((ran, fired), (["sooner"], []))
+        # Closed at shutdown.
+        self.assertIsNone(reactor._alarm)
 
 
 class StopWhileEchoingTests(SynchronousTestCase):

@@ -125,6 +125,11 @@ class Loopback:
         for call in reactor.getDelayedCalls():
             call.cancel()
         closeEpoll(reactor)
+        # echotwist's reactor's alarm, if a poll made one (a run that ends
+        # in a crash never shuts down, which closes it).
+        closeAlarm = getattr(reactor, "closeAlarm", None)
+        if closeAlarm is not None:
+            closeAlarm()
 
     def iterate(self) -> None:
         self.reactor.iterate(0)

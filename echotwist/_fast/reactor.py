@@ -69,6 +69,11 @@ waker, which is not such an echo), so the loop's pass over timed and
 thread calls would find nothing to do; it costs a microsecond or so, per
 message on a single connection.  It still returns when the next timed
 call is due.
+
+Its polls wait with no timeout: a timerfd, the loop's alarm (see
+L{echotwist._fast.alarm}), goes off when the next timed call is due, and
+its event ends the repeat.  A finite epoll timeout costs the kernel a
+timer per sleep, which one message in flight pays per message.
 """
 
 from __future__ import annotations
@@ -76,7 +81,7 @@ from __future__ import annotations
 import errno
 from errno import EINVAL, ENOBUFS, ENOSYS
 from select import EPOLLIN
-from typing import Any
+from typing import Any, Literal
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.interfaces import IReadDescriptor
@@ -84,6 +89,7 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 
 from echotwist._fast import loopHandlers, tcp
+from echotwist._fast.alarm import Alarm, makeAlarm
 from echotwist._fast.tcp import (
     _SPLICE_FLAGS,
     SplicingServer,
@@ -145,6 +151,11 @@ class FastEPollReactor(EPollReactor):
         # How many times stop() and crash() were called: a repeat of polls
         # ends when it changes (see _poll).
         self._stops = 0
+        # What the polls wait on for the next timed call instead of a
+        # timeout (see echotwist._fast.alarm): made at the first poll that
+        # needs one; False where this system has none.
+        self._alarm: Alarm | None | Literal[False] = None
+        self.addSystemEventTrigger("after", "shutdown", self.closeAlarm)
 
     def stop(self) -> None:
         """
@@ -186,9 +197,52 @@ class FastEPollReactor(EPollReactor):
     def doPoll(self, timeout: float | None) -> None:
         """
         Poll and handle the events; poll again at once while every event
-        was an echo in this loop, until C{timeout}.
+        was an echo in this loop, until C{timeout}.  A timed call due in
+        C{timeout} seconds is waited for by the alarm (see
+        L{echotwist._fast.alarm}), armed only if it is not armed for then
+        already, and the polls wait with no timeout.
         """
-        self._poll(-1 if timeout is None else timeout, True)
+        if timeout is None:
+            self._poll(-1, True)
+            return
+        if timeout > 0.0:
+            alarm = self._alarm
+            if alarm is None:
+                alarm = self._makeAlarm()
+            if alarm is not False:
+                alarm.wake(self.seconds() + timeout, timeout)
+                self._poll(-1, True)
+                return
+        self._poll(timeout, True)
+
+    def _makeAlarm(self) -> Alarm | Literal[False]:
+        """
+        Make the loop's alarm and add it to the epoll object, once; False
+        where there can be none, and the polls wait with timeouts.
+        """
+        alarm = makeAlarm()
+        if alarm is None:
+            self._alarm = False
+            return False
+        try:
+            self._parts.register(alarm.fd, EPOLLIN)
+        except (OSError, ValueError):
+            # Refused (a full or closed epoll object): polls with timeouts.
+            alarm.close()
+            self._alarm = False
+            return False
+        self._alarm = alarm
+        return alarm
+
+    def closeAlarm(self) -> None:
+        """
+        Close the loop's alarm, if it made one (at shutdown; a reactor that
+        runs again makes another).
+        """
+        alarm = self._alarm
+        self._alarm = None
+        if isinstance(alarm, Alarm):
+            alarm.close()
 
     def _poll(self, timeout: float, again: bool) -> bool:
         """
@@ -347,6 +401,11 @@ class FastEPollReactor(EPollReactor):
         """
         selectable = self._parts.selectables.get(fd)
         if selectable is None:
+            alarm = self._alarm
+            if isinstance(alarm, Alarm) and fd == alarm.fd:
+                # A timed call is due: back to the main loop.
+                alarm.clear()
+                return False
             return True
         # Here, where the selectable is at hand: what raises past Twisted's
         # own handling (a connectionLost, as its loop lets it) is logged
