@@ -52,9 +52,16 @@ class _OneAtATimePort(EchoPassPort):
     """
     The fast path's port that, once a pass by batches has read one
     datagram, reads one datagram a pass from then on.
+
+    @cvar made: how many passes of one datagram ports of this class made.
     """
 
     onePasses = sys.maxsize
+    made = 0
+
+    def _onePass(self, echo: DatagramEcho) -> bool:
+        _OneAtATimePort.made += 1
+        return super()._onePass(echo)
 
 
 def _queued(port: DatagramPort) -> bool:
@@ -991,7 +998,9 @@ class AsTheProtocolCountsTests(SynchronousTestCase):
         self.assertIn("echo loop", fast[0])
 
     def test_noRateLimitOneAtATime(self) -> None:
+        made = _OneAtATimePort.made
         fast = self.traffic(_OneAtATimePort, 0)
+        self.assertGreater(_OneAtATimePort.made, made)
         self.assertEqual(fast, self.traffic(DatagramPort, 0))
         self.assertIn("echo loop", fast[0])
 
@@ -1010,7 +1019,9 @@ class AsTheProtocolCountsTests(SynchronousTestCase):
         self.assertIn("echo loop", fast[0])
 
     def test_rateLimitOneAtATime(self) -> None:
+        made = _OneAtATimePort.made
         fast = self.traffic(_OneAtATimePort, 100)
+        self.assertGreater(_OneAtATimePort.made, made)
         self.assertEqual(fast, self.traffic(DatagramPort, 100))
         self.assertIn("over the rate limit", fast[0])
         self.assertIn("echo loop", fast[0])
