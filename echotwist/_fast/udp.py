@@ -118,17 +118,19 @@ class EchoPassPort(DatagramPort):
         (L{_batchPass}); after such a pass that read one datagram, the next
         L{onePasses} passes read one datagram each, with C{recvfrom}, and
         answer it with C{sendto} (L{_onePass}), and then a pass by batches
-        looks again.  For one datagram the socket's own two calls cost
-        about 8,000 user-space instructions less than the two through
-        C{ctypes} with the batch pass's loop around them (64 B x 1, see
+        looks again.  For one datagram such a pass costs about 8,000
+        user-space instructions less than one by batches, its two
+        C{ctypes} calls and its set-up for a batch (64 B x 1, see
         docs/performance.rst); a pass that reads one datagram asks nothing
         of the kernel after it (asking is a system call, reading into
         C{EAGAIN} costlier still), so a datagram queued behind it waits for
-        the loop's next poll, which finds it at once.  Elsewhere it reads and answers one datagram at a
-        time with C{recvfrom} and C{sendto} (L{_echoPass}), where after a
-        pass that read L{ASK_UP_TO} datagrams or fewer, the next one asks
-        the kernel (C{poll} with no wait, on a poll object made
-        once) before each read after its first whether a datagram is
+        the loop's next poll, which finds it at once.
+
+        Elsewhere it reads and answers one datagram at a time with
+        C{recvfrom} and C{sendto} (L{_echoPass}), where after a pass that
+        read L{ASK_UP_TO} datagrams or fewer, the next one asks the kernel
+        (C{poll} with no wait, on a poll object made once) before each
+        read after its first whether a datagram is
         queued, and ends when none is: reading into C{EAGAIN} costs Python
         about 8,900 instructions (the exception, its message decoded from
         the locale), asking about 1,500 (C{FIONREAD} by C{fcntl.ioctl}
