@@ -687,10 +687,11 @@ class _Calls:
     """
     A port's socket, recording its calls of C{recvfrom} and C{sendto},
     and those of its batches' C{recvmmsg} and C{sendmmsg}, in C{calls};
-    its C{recvfrom} fails with C{readError} while that is set.
+    its C{recvfrom} fails with C{readError} while that is set, and its
+    C{sendto} with C{sendError}.
     """
 
-    readError = 0
+    readError = sendError = 0
 
     def __init__(self, port: EchoPassPort) -> None:
         self.calls: list[str] = []
@@ -718,6 +719,8 @@ class _Calls:
 
     def sendto(self, data: bytes, addr: Any) -> int:
         self.calls.append("sendto")
+        if self.sendError:
+            raise OSError(self.sendError, os.strerror(self.sendError))
         return self.real.sendto(data, addr)
 
 
@@ -843,11 +846,11 @@ class OnePassTests(_PassTests, SynchronousTestCase):
             return write(datagram, addr)
 
         self.port.write = raising  # type: ignore[method-assign]
-        self.recorded.sendto = _FailingSend(self.recorded.real).sendto  # type: ignore[method-assign]
+        self.recorded.sendError = errno.ENOBUFS  # so the port's write is called
         self.send([b"a"])
         self.assertFalse(self.port.readPass())
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        del self.recorded.sendto
+        self.recorded.sendError = 0
         self.send([b"b"])
         self.assertTrue(self.port.readPass())
         self.assertEqual(self.answers(), [b"b"])
