@@ -662,6 +662,10 @@ class DatagramPollTests(SynchronousTestCase):
         self.port = EchoPassPort(
             0, DatagramEcho(self.policy), "127.0.0.1", 65536, self.reactor
         )
+        # Every pass reads what is queued, whatever the last one read, so
+        # that one poll answers a burst (see test_oneAtATime for the
+        # passes of one datagram each).
+        self.port.onePasses = 0
         self.port.startListening()
         self.addCleanup(self.port.socket.close)
         self.addCleanup(self.reactor.removeReader, self.port)
@@ -685,6 +689,24 @@ class DatagramPollTests(SynchronousTestCase):
         self.assertTrue(self.exchange([b"a", b"b"]))
         self.assertEqual([self.client.recv(100) for _ in range(2)], [b"a", b"b"])
         self.assertEqual(self.policy.counts, {"answered": 3})
+
+    def test_oneAtATime(self) -> None:
+        """
+        A port reading one datagram a pass after a pass that read one (see
+        L{EchoPassPort.onePasses}) leaves the rest of a burst queued, and
+        each next poll finds the port readable at once and answers the
+        next, in the loop.
+        """
+        self.port.onePasses = 16
+        self.assertFalse(self.exchange([b"hello"]))
+        self.assertEqual(self.client.recv(100), b"hello")
+        self.assertTrue(self.exchange([b"a", b"b", b"c"]))
+        self.assertEqual(self.client.recv(100), b"a")
+        self.assertEqual(self.policy.counts, {"answered": 2})
+        for answer in (b"b", b"c"):
+            self.assertTrue(self.reactor._poll(WAIT, False))
+            self.assertEqual(self.client.recv(100), answer)
+        self.assertEqual(self.policy.counts, {"answered": 4})
 
     def test_laterPassesDirectly(self) -> None:
         """

@@ -10,7 +10,9 @@ import ctypes
 import errno
 import gc
 import os
+import select
 import socket
+import sys
 import weakref
 from typing import Any
 
@@ -37,13 +39,69 @@ from tests._tools import requireRoot
 from tests.test_datagram import _Collect
 
 
+class _BatchPassPort(EchoPassPort):
+    """
+    The fast path's port reading by batches every pass, even after a pass
+    of one datagram (see L{EchoPassPort.onePasses}).
+    """
+
+    onePasses = 0
+
+
+class _OneAtATimePort(EchoPassPort):
+    """
+    The fast path's port that, once a pass by batches has read one
+    datagram, reads one datagram a pass from then on.
+
+    @cvar made: how many passes of one datagram ports of this class made.
+    """
+
+    onePasses = sys.maxsize
+    made = 0
+
+    def _onePass(self, echo: DatagramEcho) -> bool:
+        _OneAtATimePort.made += 1
+        return super()._onePass(echo)
+
+
+def _queued(port: DatagramPort) -> bool:
+    """
+    Whether a datagram is queued at C{port}'s socket.
+    """
+    return bool(select.select([port.fileno()], [], [], 0)[0])
+
+
+def _passOf(port: DatagramPort, reads: int) -> bool:
+    """
+    One pass of C{port}'s reads, as a port that reads every queued
+    datagram up to C{reads} a pass makes it: for a port reading one
+    datagram a pass (see L{EchoPassPort.onePasses}), as many passes as
+    there are datagrams queued, up to C{reads}, at the same time.
+
+    A port of the datagram echo's own (L{DatagramPort}) makes its pass.
+
+    @return: whether every datagram of those passes was answered in them.
+    """
+    if not isinstance(port, EchoPassPort):
+        port.doRead()
+        return False
+    clean = port.readPass()
+    passes = 1
+    while passes < reads and getattr(port, "_onesLeft", 0) and _queued(port):
+        clean = port.readPass() and clean
+        passes += 1
+    return bool(clean)
+
+
 class _PassTests:
     """
     The datagram echo's own pass of reads (L{EchoPassPort.readPass}, the
     fast path's UDP port), on a real loopback socket: what it answers in
     its loop, and that every guard holds there, each refusal counted and
     logged as the protocol would.  Run for the pass by batches
-    (C{recvmmsg}/C{sendmmsg}) and for the pass by C{recvfrom}/C{sendto}.
+    (C{recvmmsg}/C{sendmmsg}), for the passes of one datagram each that
+    follow a pass by batches of one, and for the pass by
+    C{recvfrom}/C{sendto}.
     """
 
     portType: type[DatagramPort] = EchoPassPort
@@ -77,6 +135,13 @@ class _PassTests:
         else:
             self.port._batches = None  # type: ignore[attr-defined]
 
+    def aPass(self) -> bool:
+        """
+        A pass of the port's, as a port reading by batches makes it (see
+        L{_passOf}).
+        """
+        return _passOf(self.port, self.port.maxDatagramsPerRead)
+
     def clientSocket(self, port: int, host: str = "127.0.0.1") -> socket.socket:
         client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(client.close)
@@ -106,7 +171,7 @@ class _PassTests:
         A first datagram from the client, which the protocol judges.
         """
         self.send([b"hello"])
-        self.assertFalse(self.port.readPass())
+        self.assertFalse(self.aPass())
         self.assertEqual(self.answers(), [b"hello"])
 
     def test_answersInItsLoop(self) -> None:
@@ -117,7 +182,7 @@ class _PassTests:
         self.judged()
         sizes = [0, 1, 1024, 8193, 65507]
         self.send([bytes([n]) * size for n, size in enumerate(sizes)])
-        self.assertTrue(self.port.readPass())
+        self.assertTrue(self.aPass())
         self.assertEqual(
             self.answers(), [bytes([n]) * size for n, size in enumerate(sizes)]
         )
@@ -135,7 +200,7 @@ class _PassTests:
         self.clock.advance(0.1)  # one more
         with capturedLogs() as events:
             self.send([b"a", b"b", b"c"])
-            self.assertFalse(self.port.readPass())
+            self.assertFalse(self.aPass())
         self.assertEqual(self.answers(), [b"a"])
         self.assertEqual(self.policy.counts, {"answered": 2, "over the rate limit": 2})
         self.assertEqual(self.policy.bytes, {"received": 8, "sent": 6})
@@ -153,13 +218,13 @@ class _PassTests:
         other = self.clientSocket(0, "127.0.0.2")
         self.judged()
         self.send([b"hi"], other)
-        self.assertFalse(self.port.readPass())  # judged: each bucket is empty
+        self.assertFalse(self.aPass())  # judged: each bucket is empty
         self.clock.advance(0.1)  # one more token each
         with capturedLogs():
             for datagram in (b"a", b"b"):
                 self.send([datagram])
                 self.send([datagram], other)
-            self.assertFalse(self.port.readPass())
+            self.assertFalse(self.aPass())
         self.assertEqual(self.answers(), [b"a"])
         self.assertEqual(self.answers(other), [b"hi", b"a"])
         self.assertEqual(self.policy.counts, {"answered": 4, "over the rate limit": 2})
@@ -175,7 +240,7 @@ class _PassTests:
         self.send([b"storm"], low)
         self.send([b"fine"])
         with capturedLogs() as events:
-            self.assertFalse(self.port.readPass())
+            self.assertFalse(self.aPass())
         self.assertEqual(self.answers(low), [])
         self.assertEqual(self.answers(), [b"fine"])
         self.assertEqual(
@@ -197,7 +262,7 @@ class _PassTests:
         self.send([b"storm"], low)
         self.send([b"fine again"])
         with capturedLogs() as events:
-            self.assertFalse(self.port.readPass())
+            self.assertFalse(self.aPass())
         self.assertEqual(self.answers(low), [])
         self.assertEqual(self.answers(), [b"fine", b"fine again"])
         self.assertEqual(
@@ -222,7 +287,7 @@ class _PassTests:
         self.judged()
         self.send([b"ping"] * (LOOP_TOLERANCE + 3))
         with capturedLogs() as events:
-            self.assertFalse(self.port.readPass())
+            self.assertFalse(self.aPass())
         self.assertEqual(self.answers(), [b"ping"] * (LOOP_TOLERANCE + 1))
         self.assertEqual(
             self.policy.counts, {"answered": LOOP_TOLERANCE + 2, "echo loop": 2}
@@ -239,7 +304,7 @@ class _PassTests:
         loop = b"L" * 1024
         self.send([loop] * (LOOP_TOLERANCE + 3))
         with capturedLogs():
-            self.assertFalse(self.port.readPass())
+            self.assertFalse(self.aPass())
         self.assertEqual(self.answers(), [loop] * (LOOP_TOLERANCE + 1))
         self.assertEqual(
             self.policy.counts, {"answered": LOOP_TOLERANCE + 2, "echo loop": 2}
@@ -247,7 +312,7 @@ class _PassTests:
         self.clock.advance(LOOP_WINDOW * 3)
         others = [b"%04d" % n + b"L" * 1020 for n in range(DATAGRAMS_PER_READ)]
         self.send(others)
-        self.assertTrue(self.port.readPass())
+        self.assertTrue(self.aPass())
         self.assertEqual(self.answers(), others)
 
     def test_loopGuardStaysBounded(self) -> None:
@@ -262,11 +327,11 @@ class _PassTests:
         loops.maxEntries = 8
         for start in range(0, 3 * DATAGRAMS_PER_READ, DATAGRAMS_PER_READ):
             self.send([b"%d" % n for n in range(start, start + DATAGRAMS_PER_READ)])
-            self.assertTrue(self.port.readPass())
+            self.assertTrue(self.aPass())
             self.assertLessEqual(len(loops), loops.maxEntries)
         self.send([b"again"] * (LOOP_TOLERANCE + 2))
         with capturedLogs():
-            self.port.readPass()
+            self.aPass()
         self.assertEqual(
             len(self.answers()), 3 * DATAGRAMS_PER_READ + LOOP_TOLERANCE + 1
         )
@@ -278,9 +343,9 @@ class _PassTests:
         """
         self.judged()
         self.send([b"%d" % n for n in range(DATAGRAMS_PER_READ + 10)])
-        self.assertTrue(self.port.readPass())
+        self.assertTrue(self.aPass())
         self.assertEqual(self.answers(), [b"%d" % n for n in range(DATAGRAMS_PER_READ)])
-        self.assertTrue(self.port.readPass())
+        self.assertTrue(self.aPass())
         self.assertEqual(
             self.answers(),
             [b"%d" % n for n in range(DATAGRAMS_PER_READ, DATAGRAMS_PER_READ + 10)],
@@ -300,7 +365,7 @@ class _PassTests:
         if self.batches:
             self.port._batches.sendmmsg = _failing(errno.ENOBUFS)  # type: ignore[attr-defined]
         with capturedLogs():
-            self.assertFalse(self.port.readPass())
+            self.assertFalse(self.aPass())
         self.assertEqual(self.policy.counts, {"answered": 1, "send failed": 1})
         self.assertEqual(len(self.policy.loops), 1)  # "hello" only
 
@@ -311,7 +376,7 @@ class _PassTests:
         protocol = _Collect()
         self.port.protocol = protocol
         self.send([b"a", b"b"])
-        self.assertFalse(self.port.readPass())
+        self.assertFalse(self.aPass())
         self.assertEqual([d for d, _ in protocol.received], [b"a", b"b"])
         self.assertEqual(self.answers(), [])
 
@@ -369,8 +434,12 @@ class BatchPassTests(_PassTests, SynchronousTestCase):
     """
     L{_PassTests} for the pass by batches (L{echotwist._fast.mmsg}), and
     what only it does: one system call each way a pass, and a C{sendmmsg}
-    that sends in part, is interrupted, or fails for one answer.
+    that sends in part, is interrupted, or fails for one answer.  Every
+    pass is by batches here (see L{OnePassTests} for what follows a pass
+    of one datagram).
     """
+
+    portType = _BatchPassPort
 
     if not available():
         skip = "no recvmmsg/sendmmsg here"
@@ -614,6 +683,180 @@ class BatchPassTests(_PassTests, SynchronousTestCase):
             self.assertLessEqual(len(batches.known), 2)
 
 
+class _Calls:
+    """
+    A port's socket, recording its calls of C{recvfrom} and C{sendto},
+    and those of its batches' C{recvmmsg} and C{sendmmsg}, in C{calls};
+    its C{recvfrom} fails with C{readError} while that is set, and its
+    C{sendto} with C{sendError}.
+    """
+
+    readError = sendError = 0
+
+    def __init__(self, port: EchoPassPort) -> None:
+        self.calls: list[str] = []
+        self.real = port.socket
+        port.socket = self  # type: ignore[assignment]
+        batches = port._batches
+        assert batches is not None
+        for name in ("recvmmsg", "sendmmsg"):
+            real = getattr(batches, name)
+
+            def call(*args: Any, real: Any = real, name: str = name) -> int:
+                self.calls.append(name)
+                return int(real(*args))
+
+            setattr(batches, name, call)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        self.calls.append("recvfrom")
+        if self.readError:
+            raise OSError(self.readError, os.strerror(self.readError))
+        return self.real.recvfrom(size)  # type: ignore[no-any-return]
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        self.calls.append("sendto")
+        if self.sendError:
+            raise OSError(self.sendError, os.strerror(self.sendError))
+        return self.real.sendto(data, addr)
+
+
+class OnePassTests(_PassTests, SynchronousTestCase):
+    """
+    L{_PassTests} for the passes that read one datagram each, by
+    C{recvfrom} and C{sendto}, after a pass by batches that read one
+    (L{EchoPassPort.onePasses}); and when the port reads so.
+    """
+
+    if not available():
+        skip = "no recvmmsg/sendmmsg here"
+
+    portType = _OneAtATimePort
+
+    def listen(self, rate: float) -> None:
+        super().listen(rate)
+        self.recorded = _Calls(self.port)  # type: ignore[arg-type]
+        self.addCleanup(setattr, self.port, "socket", self.recorded.real)
+
+    def judged(self) -> None:
+        """
+        The first datagram, read by batches and answered by the protocol:
+        one datagram, so the port reads one a pass from then on.
+        """
+        super().judged()
+        self.assertEqual(self.recorded.calls, ["recvmmsg", "sendto"])
+        self.assertTrue(self.port._onesLeft)  # type: ignore[attr-defined]
+
+    def aPass(self) -> bool:
+        """
+        L{_PassTests.aPass}, and not a call through C{ctypes} in it once the
+        port reads one datagram a pass.
+        """
+        ones = self.port._onesLeft  # type: ignore[attr-defined]
+        before = len(self.recorded.calls)
+        clean = super().aPass()
+        if ones:
+            calls = self.recorded.calls[before:]
+            self.assertNotIn("recvmmsg", calls)
+            self.assertNotIn("sendmmsg", calls)
+        return clean
+
+    def test_oneAtATime(self) -> None:
+        """
+        After a pass by batches of one datagram, each of the next
+        L{EchoPassPort.onePasses} passes reads one datagram with
+        C{recvfrom} and answers it with C{sendto}, though more are queued
+        (they wait for the next pass); then a pass by batches reads what
+        is queued.
+        """
+        self.listen(0)
+        self.port.onePasses = 3  # type: ignore[attr-defined]
+        self.client = self.clientSocket(0)
+        self.judged()
+        calls = self.recorded.calls
+        self.send([b"a", b"b"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(calls[2:], ["recvfrom", "sendto"])
+        self.assertEqual(self.answers(), [b"a"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), [b"b"])
+        self.send([b"c", b"d", b"e"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), [b"c"])
+        self.assertEqual(calls[2:], ["recvfrom", "sendto"] * 3)
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(calls[8:], ["recvmmsg", "sendmmsg"])
+        self.assertEqual(self.answers(), [b"d", b"e"])
+        self.assertEqual(self.policy.counts, {"answered": 6})
+        self.assertEqual(self.policy.bytes, {"received": 10, "sent": 10})
+
+    def test_severalKeepTheBatches(self) -> None:
+        """
+        After a pass by batches of several datagrams, the next pass reads
+        by batches too, and after that one, if it read one datagram, the
+        passes read one each.
+        """
+        self.listen(0)
+        self.client = self.clientSocket(0)
+        self.send([b"hello", b"hi"])  # the protocol's, then the pass's
+        self.assertFalse(self.port.readPass())
+        self.send([b"a", b"b"])
+        self.assertTrue(self.port.readPass())
+        self.send([b"c"])
+        self.assertFalse(self.port._onesLeft)  # type: ignore[attr-defined]
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(
+            self.recorded.calls,
+            ["recvmmsg", "sendto", "sendmmsg"] + ["recvmmsg", "sendmmsg"] * 2,
+        )
+        self.assertEqual(self.answers(), [b"hello", b"hi", b"a", b"b", b"c"])
+        self.assertEqual(self.port._onesLeft, self.port.onePasses)  # type: ignore[attr-defined]
+
+    def test_nothingQueued(self) -> None:
+        """
+        A pass of one datagram that finds none, or whose read an earlier
+        answer's ICMP error or a signal ends, says so quietly; any other
+        error of the read is raised, for the reactor to log.
+        """
+        self.judged()
+        self.assertTrue(self.port.readPass())
+        for error in (errno.ECONNREFUSED, errno.EINTR):
+            self.recorded.readError = error
+            self.assertTrue(self.port.readPass())
+        self.recorded.readError = errno.EBADF
+        raised = self.assertRaises(OSError, self.port.readPass)
+        self.assertEqual(raised.errno, errno.EBADF)
+        self.assertEqual(self.recorded.calls[2:], ["recvfrom"] * 4)
+        self.assertEqual(self.policy.counts, {"answered": 1})
+
+    def test_answerRaises(self) -> None:
+        """
+        An unexpected error in answering the pass's datagram is logged,
+        and the next pass answers the next.
+        """
+        self.judged()
+        write = self.port.write
+
+        def raising(datagram: bytes, addr: Any) -> Any:
+            if datagram == b"a":
+                raise RuntimeError("a bug in answering")
+            return write(datagram, addr)
+
+        self.port.write = raising  # type: ignore[method-assign]
+        self.recorded.sendError = errno.ENOBUFS  # so the port's write is called
+        self.send([b"a"])
+        self.assertFalse(self.port.readPass())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.recorded.sendError = 0
+        self.send([b"b"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(self.answers(), [b"b"])
+        self.assertEqual(self.policy.counts, {"answered": 2})
+
+
 class _CountingReads:
     """
     A socket that counts the calls of its recvfrom.
@@ -742,7 +985,7 @@ class AsTheProtocolCountsTests(SynchronousTestCase):
                     sends = [(step[0], datagram) for datagram in step[1]]
                 for client, datagram in sends:
                     client.sendto(datagram, to)
-                port.doRead()
+                _passOf(port, port.maxDatagramsPerRead)
                 for which, client in enumerate(clients):
                     while True:
                         try:
@@ -753,7 +996,14 @@ class AsTheProtocolCountsTests(SynchronousTestCase):
         return policy.counts, policy.bytes, answers, len(policy.loops)
 
     def test_noRateLimit(self) -> None:
-        fast = self.traffic(EchoPassPort, 0)
+        fast = self.traffic(_BatchPassPort, 0)
+        self.assertEqual(fast, self.traffic(DatagramPort, 0))
+        self.assertIn("echo loop", fast[0])
+
+    def test_noRateLimitOneAtATime(self) -> None:
+        made = _OneAtATimePort.made
+        fast = self.traffic(_OneAtATimePort, 0)
+        self.assertGreater(_OneAtATimePort.made, made)
         self.assertEqual(fast, self.traffic(DatagramPort, 0))
         self.assertIn("echo loop", fast[0])
 
@@ -766,7 +1016,15 @@ class AsTheProtocolCountsTests(SynchronousTestCase):
         self.assertEqual(fast, self.traffic(DatagramPort, 100))
 
     def test_rateLimit(self) -> None:
-        fast = self.traffic(EchoPassPort, 100)
+        fast = self.traffic(_BatchPassPort, 100)
+        self.assertEqual(fast, self.traffic(DatagramPort, 100))
+        self.assertIn("over the rate limit", fast[0])
+        self.assertIn("echo loop", fast[0])
+
+    def test_rateLimitOneAtATime(self) -> None:
+        made = _OneAtATimePort.made
+        fast = self.traffic(_OneAtATimePort, 100)
+        self.assertGreater(_OneAtATimePort.made, made)
         self.assertEqual(fast, self.traffic(DatagramPort, 100))
         self.assertIn("over the rate limit", fast[0])
         self.assertIn("echo loop", fast[0])
@@ -935,7 +1193,7 @@ class AsTheProtocolAnyTrafficTests(SynchronousTestCase):
                 elif step[0] == "failOnce":
                     sends.once = True
                 else:
-                    port.doRead()
+                    _passOf(port, reads)
                     for n, client in enumerate(clients):
                         while True:
                             try:
@@ -965,24 +1223,28 @@ class AsTheProtocolAnyTrafficTests(SynchronousTestCase):
         st.lists(_STEPS, max_size=16),
         st.sampled_from([0, 10, 100]),
         st.sampled_from([4, DATAGRAMS_PER_READ]),
-        st.booleans(),
+        st.sampled_from([_BatchPassPort, _OneAtATimePort, _RecvfromPassPort]),
     )
     def test_anyTraffic(
-        self, script: list[Any], rate: float, reads: int, batches: bool
+        self,
+        script: list[Any],
+        rate: float,
+        reads: int,
+        portType: type[EchoPassPort],
     ) -> None:
         """
         Any script of sends (bursts from any client), passes, time and
-        failing sends: the fast path's port does as the protocol's.
+        failing sends: the fast path's port does as the protocol's, reading
+        by batches every pass, by batches and then (after a pass that read
+        one datagram) one datagram a pass, or by C{recvfrom}.
         """
-        if batches and not available():
+        if portType is not _RecvfromPassPort and not available():
             raise self.skipTest("no recvmmsg/sendmmsg here")
-        if not batches:
-            # The pass by recvfrom tries a failed answer twice (see
+        if portType is not _BatchPassPort:
+            # The passes by recvfrom try a failed answer twice (see
             # test_repeatAfterAnAnswerThatFailedOnce).
             script = [step for step in script if step[0] != "failOnce"]
-        self.assertAsTheProtocol(
-            EchoPassPort if batches else _RecvfromPassPort, script, rate, reads
-        )
+        self.assertAsTheProtocol(portType, script, rate, reads)
 
     def test_repeatsWhoseAnswersFail(self) -> None:
         """
@@ -991,7 +1253,7 @@ class AsTheProtocolAnyTrafficTests(SynchronousTestCase):
         pass by batches sends its gathered answers before it asks the loop
         guard of a datagram whose digest it holds.
         """
-        for portType in (EchoPassPort, _RecvfromPassPort):
+        for portType in (_BatchPassPort, _OneAtATimePort, _RecvfromPassPort):
             for script in [
                 # Always failing; failing for a while.
                 [("send", 0, 1, 1), ("pass",), ("send", 0, 7, 4), ("pass",)],
@@ -1009,10 +1271,10 @@ class AsTheProtocolAnyTrafficTests(SynchronousTestCase):
         which tries a failed answer twice, and sends it the second time.)
         """
         script = [("send", 0, 1, 1), ("pass",), ("failOnce",), ("send", 0, 2, 2)]
-        self.assertAsTheProtocol(EchoPassPort, script + [("pass",)], 0, 32)
+        self.assertAsTheProtocol(_BatchPassPort, script + [("pass",)], 0, 32)
         # And a loop of those bytes is caught as soon.
         script += [("pass",), ("send", 0, 2, LOOP_TOLERANCE + 1), ("pass",)]
-        self.assertAsTheProtocol(EchoPassPort, script, 0, 32)
+        self.assertAsTheProtocol(_BatchPassPort, script, 0, 32)
 
 
 def _bindBelow1024(client: socket.socket, host: str) -> None:

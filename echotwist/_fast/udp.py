@@ -44,7 +44,14 @@ class EchoPassPort(DatagramPort):
     """
     echotwist's UDP port (see L{DatagramPort}) whose pass of reads answers
     the datagram echo over IPv4 itself (see L{readPass}).
+
+    @ivar onePasses: after a pass by batches that read one datagram, how
+        many passes read one datagram each, by C{recvfrom} and C{sendto},
+        before a pass by batches looks again how many come at a time (see
+        L{readPass}).
     """
+
+    onePasses = 16
 
     # Whether the echo's next pass asks before reading (see readPass).
     _asking = False
@@ -54,6 +61,8 @@ class EchoPassPort(DatagramPort):
     # Where the echo's pass reads and answers a batch of datagrams with
     # one system call each way, over IPv4 where the C library has them.
     _batches: Batches | None = None
+    # How many of the next passes read one datagram each (see readPass).
+    _onesLeft = 0
 
     def startListening(self) -> None:
         """
@@ -106,11 +115,22 @@ class EchoPassPort(DatagramPort):
         Where the C library has C{recvmmsg} and C{sendmmsg} (see
         L{echotwist._fast.mmsg}), the pass reads every queued datagram
         up to the bound with one call and sends its answers with another
-        (L{_batchPass}).  Elsewhere it reads and answers one datagram at a
-        time with C{recvfrom} and C{sendto} (L{_echoPass}), where after a
-        pass that read L{ASK_UP_TO} datagrams or fewer, the next one asks
-        the kernel (C{poll} with no wait, on a poll object made
-        once) before each read after its first whether a datagram is
+        (L{_batchPass}); after such a pass that read one datagram, the next
+        L{onePasses} passes read one datagram each, with C{recvfrom}, and
+        answer it with C{sendto} (L{_onePass}), and then a pass by batches
+        looks again.  For one datagram such a pass costs about 8,000
+        user-space instructions less than one by batches, its two
+        C{ctypes} calls and its set-up for a batch (64 B x 1, see
+        docs/performance.rst); a pass that reads one datagram asks nothing
+        of the kernel after it (asking is a system call, reading into
+        C{EAGAIN} costlier still), so a datagram queued behind it waits for
+        the loop's next poll, which finds it at once.
+
+        Elsewhere it reads and answers one datagram at a time with
+        C{recvfrom} and C{sendto} (L{_echoPass}), where after a pass that
+        read L{ASK_UP_TO} datagrams or fewer, the next one asks the kernel
+        (C{poll} with no wait, on a poll object made once) before each
+        read after its first whether a datagram is
         queued, and ends when none is: reading into C{EAGAIN} costs Python
         about 8,900 instructions (the exception, its message decoded from
         the locale), asking about 1,500 (C{FIONREAD} by C{fcntl.ioctl}
@@ -124,9 +144,13 @@ class EchoPassPort(DatagramPort):
         """
         protocol = self.protocol
         if type(protocol) is DatagramEcho and self.addressFamily == socket.AF_INET:
-            if self._batches is not None:
-                return self._batchPass(protocol, self._batches)
-            return self._echoPass(protocol)
+            batches = self._batches
+            if batches is None:
+                return self._echoPass(protocol)
+            if self._onesLeft:
+                self._onesLeft -= 1
+                return self._onePass(protocol)
+            return self._batchPass(protocol, batches)
         self._protocolPass()
         return False
 
@@ -148,6 +172,9 @@ class EchoPassPort(DatagramPort):
             if got < 0:
                 batches.failedRead()
             return True
+        if got == 1:
+            # One at a time: the next passes read one each (see readPass).
+            self._onesLeft = self.onePasses
         policy = echo.policy
         verdicts, limiter, loops = policy.verdicts, policy.limiter, policy.loops
         now = policy.clock.seconds()
@@ -225,6 +252,44 @@ class EchoPassPort(DatagramPort):
                 failed, unsent = _sendRun(echo, batches, start + max(done, 0), got)
         policy.countAnswers(sent - unsent, sent - unsent, answered - failed)
         return clean and not failed
+
+    def _onePass(self, echo: DatagramEcho) -> bool:
+        """
+        The pass of L{readPass} for the datagram echo over IPv4 that reads
+        one datagram, with C{recvfrom}, and answers it with C{sendto}: the
+        checks of L{_echoPass} in the same order, the loop guard called
+        for it (one datagram gains nothing from its tables).
+        """
+        try:
+            data, addr = self.socket.recvfrom(self.maxPacketSize)
+        except OSError as e:
+            endOfReads(e)
+            return True
+        host, port = addr
+        policy = echo.policy
+        try:
+            verdict = policy.verdicts.get(host)
+            if port < FIRST_UNPRIVILEGED_PORT or not verdict or verdict[0]:
+                # Refused, or not judged yet: the protocol's.
+                echo.datagramReceived(data, addr)
+                return False
+            group, limiter = verdict[1], policy.limiter
+            if limiter is not None and not limiter.allow(group):
+                why = "over the rate limit"
+            elif policy.loops.isLoopAt(host, port, data, policy.clock.seconds()):
+                why = "echo loop"
+            else:
+                try:
+                    sent = self.socket.sendto(data, addr)  # whole, or OSError
+                except OSError:
+                    why = ""
+                else:
+                    policy.countAnswers(sent, sent, 1)
+                    return True
+            _unanswered(echo, why, data, addr, group)
+        except Exception:
+            log.failure("Unhandled error in {protocol!r}", protocol=echo)
+        return False
 
     def _echoPass(self, echo: DatagramEcho) -> bool:
         """The pass of L{readPass} for the datagram echo over IPv4."""
