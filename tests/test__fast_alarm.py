@@ -39,7 +39,7 @@ class _RealAlarmMixin:
     def test_goesOff(self) -> None:
         alarm = self.makeOne()
         self.assertFalse(readable(alarm.fd))  # type: ignore[attr-defined]
-        alarm.wake(time.time() + 0.01, 0.01)
+        alarm.wake(0.01)
         self.assertTrue(readable(alarm.fd, WAIT))  # type: ignore[attr-defined]
         alarm.clear()
         self.assertFalse(readable(alarm.fd))  # type: ignore[attr-defined]
@@ -51,14 +51,13 @@ class _RealAlarmMixin:
         it goes off at once.
         """
         alarm = self.makeOne()
-        alarm.wake(time.time(), 0.0)
+        alarm.wake(0.0)
         self.assertTrue(readable(alarm.fd, WAIT))  # type: ignore[attr-defined]
 
     def test_armedAgainForSooner(self) -> None:
         alarm = self.makeOne()
-        now = time.time()
-        alarm.wake(now + 3600, 3600)
-        alarm.wake(now + 0.01, 0.01)
+        alarm.wake(3600)
+        alarm.wake(0.01)
         self.assertTrue(readable(alarm.fd, WAIT))  # type: ignore[attr-defined]
 
     def test_clearedBeforeGoingOff(self) -> None:
@@ -67,7 +66,7 @@ class _RealAlarmMixin:
         read), it reads nothing and says so.
         """
         alarm = self.makeOne()
-        alarm.wake(time.time() + 3600, 3600)
+        alarm.wake(3600)
         alarm.clear()
         self.assertEqual(alarm.deadline, float("inf"))  # type: ignore[attr-defined]
 
@@ -125,15 +124,29 @@ class OsAlarmTests(_RealAlarmMixin, SynchronousTestCase):
 class WakeTests(SynchronousTestCase):
     """
     When L{Alarm.wake} sets the timer: only for a deadline earlier than
-    the one it is armed for (by more than L{SLACK}).
+    the one it is armed for (by more than L{SLACK}), on the alarm's clock.
     """
 
     def setUp(self) -> None:
         self.set: list[tuple[int, int]] = []
-        self.alarm = Alarm(7, lambda fd, ns: self.set.append((fd, ns)))
+        self.now = 100.0
+        self.alarm = Alarm(
+            7, lambda fd, ns: self.set.append((fd, ns)), lambda: self.now
+        )
+
+    def test_monotonicByDefault(self) -> None:
+        """
+        An alarm's deadlines are on the timer's own clock (monotonic), not
+        the wall clock the reactor's C{seconds} reads, which can be stepped.
+        """
+        alarm = Alarm(7, lambda fd, ns: None)
+        before = time.monotonic()
+        alarm.wake(5.0)
+        self.assertGreaterEqual(alarm.deadline, before + 5.0)
+        self.assertLessEqual(alarm.deadline, time.monotonic() + 5.0)
 
     def test_firstWake(self) -> None:
-        self.alarm.wake(101.5, 1.5)
+        self.alarm.wake(1.5)
         self.assertEqual(self.set, [(7, 1_500_000_000)])
         self.assertEqual(self.alarm.deadline, 101.5)
 
@@ -143,22 +156,23 @@ class WakeTests(SynchronousTestCase):
         sooner: it goes off early and the main loop asks again.  The same
         deadline computed again a little later is no new deadline.
         """
-        self.alarm.wake(101.0, 1.0)
-        self.alarm.wake(105.0, 5.0)
-        self.alarm.wake(101.0 - SLACK / 2, 0.9)
+        self.alarm.wake(1.0)
+        self.alarm.wake(5.0)
+        self.now += 0.1
+        self.alarm.wake(0.9 - SLACK / 2)
         self.assertEqual(len(self.set), 1)
         self.assertEqual(self.alarm.deadline, 101.0)
 
     def test_soonerArmedAgain(self) -> None:
-        self.alarm.wake(101.0, 1.0)
-        self.alarm.wake(100.5, 0.5)
+        self.alarm.wake(1.0)
+        self.alarm.wake(0.5)
         self.assertEqual(self.set, [(7, 1_000_000_000), (7, 500_000_000)])
         self.assertEqual(self.alarm.deadline, 100.5)
 
     def test_atLeastANanosecond(self) -> None:
-        self.alarm.wake(100.0, 0.0)
+        self.alarm.wake(0.0)
         self.alarm.deadline = float("inf")
-        self.alarm.wake(100.0, 1e-12)
+        self.alarm.wake(1e-12)
         self.assertEqual(self.set, [(7, 1), (7, 1)])
 
     def test_longestWait(self) -> None:
@@ -166,14 +180,15 @@ class WakeTests(SynchronousTestCase):
         A call years away arms it for L{LONGEST} seconds, and the deadline
         it keeps is then.
         """
-        self.alarm.wake(100.0 + 1e12, 1e12)
+        self.alarm.wake(1e12)
         self.assertEqual(self.set, [(7, int(LONGEST * 1e9))])
         self.assertLess(abs(self.alarm.deadline - (100.0 + LONGEST)), 1.0)
 
     def test_armedAfterGoingOff(self) -> None:
-        self.alarm.wake(101.0, 1.0)
+        self.alarm.wake(1.0)
         self.alarm.deadline = float("inf")
-        self.alarm.wake(102.0, 1.0)
+        self.now += 1.0
+        self.alarm.wake(1.0)
         self.assertEqual(len(self.set), 2)
 
 

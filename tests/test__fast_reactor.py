@@ -945,8 +945,19 @@ class AlarmPollTests(SynchronousTestCase):
         self.reactor = EchotwistEPollReactor()
         self.addCleanup(closeEpoll, self.reactor)
         self.addCleanup(self.reactor.closeAlarm)
+        # The reactor's clock (wall-clock time, as time.time) and the
+        # alarm's (monotonic, as the timerfd counts), each the test's.
         self.now = [100.0]
         self.patch(self.reactor, "seconds", lambda: self.now[0])
+        self.ticks = [5000.0]
+
+        def clocked() -> Any:
+            alarm = makeAlarm()
+            if alarm is not None:
+                alarm._clock = lambda: self.ticks[0]
+            return alarm
+
+        self.patch(reactorModule, "makeAlarm", clocked)
         self.echo = _PlainEcho()
         transport = object()
         epollParts(self.reactor).selectables[1000] = transport
@@ -972,7 +983,7 @@ class AlarmPollTests(SynchronousTestCase):
         self.reactor.doPoll(1.0)
         self.assertEqual(poller.timeouts, [-1, -1, -1])
         self.assertEqual(len(self.echo.sent), 2)
-        self.assertEqual(self.reactor._alarm.deadline, 101.0)
+        self.assertEqual(self.reactor._alarm.deadline, 5001.0)
 
     def test_goingOffReturns(self) -> None:
         """
@@ -980,7 +991,7 @@ class AlarmPollTests(SynchronousTestCase):
         clears it, though the poll had a plain echo too.
         """
         alarm = self.alarm()
-        alarm.wake(self.now[0], 0.0)
+        alarm.wake(0.0)
         self.assertTrue(select.select([alarm.fd], [], [], WAIT)[0])
         plain = [(1000, EPOLLIN)]
         poller = self.script(plain, [(alarm.fd, EPOLLIN), (1000, EPOLLIN)], plain)
@@ -990,7 +1001,7 @@ class AlarmPollTests(SynchronousTestCase):
         self.assertFalse(select.select([alarm.fd], [], [], 0)[0])
         # Not armed: the next pass arms it for what is due then.
         self.reactor.doPoll(0.25)
-        self.assertEqual(alarm.deadline, 100.25)
+        self.assertEqual(alarm.deadline, 5000.25)
 
     def test_armedOncePerDeadline(self) -> None:
         """
@@ -1003,11 +1014,49 @@ class AlarmPollTests(SynchronousTestCase):
         self.patch(alarm, "_setTimer", lambda fd, ns: armed.append(ns))
         self.script()
         self.reactor.doPoll(1.0)
-        self.now[0] = 100.5
+        self.now[0] += 0.5
+        self.ticks[0] += 0.5
         self.reactor.doPoll(0.5)
         self.reactor.doPoll(4.0)
         self.reactor.doPoll(0.25)
         self.assertEqual(armed, [1_000_000_000, 250_000_000])
+
+    def test_wallClockSteppedForward(self) -> None:
+        """
+        The reactor's clock (C{time.time}) stepped an hour forward (NTP, an
+        operator, a resumed VM) while the alarm waits for a call 8 s away:
+        a call then due in 0.2 s arms it for 0.2 s.  A deadline kept on the
+        reactor's clock would look an hour later than the one the timer is
+        armed for and leave the call to wait for the old one.
+        """
+        alarm = self.alarm()
+        armed: list[int] = []
+        self.patch(alarm, "_setTimer", lambda fd, ns: armed.append(ns))
+        self.script()
+        self.reactor.doPoll(8.0)
+        self.now[0] += 3600.0
+        self.reactor.doPoll(0.2)
+        self.assertEqual(armed, [8_000_000_000, 200_000_000])
+
+    def test_wallClockSteppedBack(self) -> None:
+        """
+        Stepped an hour back, the call 8 s away is an hour and 8 s away on
+        the reactor's clock: the alarm, armed for 8 s, goes off early, and
+        the main loop asks again for what is left, as Twisted's own
+        timeouts would.
+        """
+        alarm = self.alarm()
+        armed: list[int] = []
+        self.patch(alarm, "_setTimer", lambda fd, ns: armed.append(ns))
+        self.script()
+        self.reactor.doPoll(8.0)
+        self.now[0] -= 3600.0
+        self.reactor.doPoll(3608.0)
+        self.assertEqual(armed, [8_000_000_000])
+        alarm.deadline = float("inf")
+        self.ticks[0] += 8.0
+        self.reactor.doPoll(3600.0)
+        self.assertEqual(armed, [8_000_000_000, 3600_000_000_000])
 
     def test_dueNowPollsOnce(self) -> None:
         """
@@ -1061,6 +1110,13 @@ class AlarmPollTests(SynchronousTestCase):
         self.assertEqual(poller.timeouts, [0.5])
         self.assertEqual(made[0].fd, -1)
 
+
+class AlarmRunTests(SynchronousTestCase):
+    """
+    The real reactor, its alarm a real timerfd on the real clocks: timed
+    calls run on time while the polls wait with no timeout.
+    """
+
     def test_soonerCallOnTime(self) -> None:
         """
         On the real reactor: a call scheduled sooner than the one the
@@ -1077,8 +1133,10 @@ class AlarmPollTests(SynchronousTestCase):
 
         def schedule() -> None:
             # From a thread, through the waker, while the loop waits with
-            # its alarm armed for "later", the one call pending.
-            armedFor.append(reactor._alarm.deadline)
+            # its alarm armed for "later", the one call pending: how long
+            # each has left, on the alarm's clock and the reactor's.
+            armedFor.append(reactor._alarm.deadline - time.monotonic())
+            armedFor.append(later.getTime() - reactor.seconds())
             reactor.callLater(0.05, sooner)
 
         def sooner() -> None:
@@ -1100,10 +1158,54 @@ class AlarmPollTests(SynchronousTestCase):
             reactor.run(installSignalHandlers=False)
         finally:
             watchdog.cancel()
-        self.assertLess(abs(armedFor[0] - later.getTime()), 1.0)
+        self.assertLess(abs(armedFor[0] - armedFor[1]), 1.0)
         self.assertEqual((ran, fired), (["sooner"], []))
         # Closed at shutdown.
         self.assertIsNone(reactor._alarm)
+
+    def test_soonerCallOnTimeAfterWallClockStep(self) -> None:
+        """
+        On the real reactor: while the alarm waits for a call 10 x WAIT
+        seconds away, the reactor's clock steps an hour forward (its
+        C{seconds} reads C{time.time} plus an offset a thread sets, as NTP
+        or an operator steps the wall clock).  The call stepped over is
+        due and runs; a call then scheduled 0.05 s ahead runs at its time,
+        not at the alarm's old deadline.  A watchdog thread crashes the
+        reactor after WAIT seconds, so the late call fails the test
+        instead of hanging it.
+        """
+        reactor = EchotwistEPollReactor()
+        self.addCleanup(closeEpoll, reactor)
+        self.addCleanup(reactor.closeAlarm)
+        offset = [0.0]
+        self.patch(reactor, "seconds", lambda: time.time() + offset[0])
+        ran: list[str] = []
+        fired: list[bool] = []
+        reactor.callLater(10 * WAIT, ran.append, "stepped over")
+
+        def step() -> None:
+            offset[0] = 3600.0
+            reactor.callLater(0.05, sooner)
+
+        def sooner() -> None:
+            ran.append("sooner")
+            reactor.stop()
+
+        def bark() -> None:
+            fired.append(True)
+            reactor.callFromThread(reactor.crash)
+
+        watchdog = threading.Timer(WAIT, bark)
+        watchdog.daemon = True
+        reactor.callWhenRunning(
+            threading.Timer(0.05, reactor.callFromThread, (step,)).start
+        )
+        watchdog.start()
+        try:
+            reactor.run(installSignalHandlers=False)
+        finally:
+            watchdog.cancel()
+        self.assertEqual((ran, fired), (["stepped over", "sooner"], []))
 
 
 class StopWhileEchoingTests(SynchronousTestCase):

@@ -124,23 +124,39 @@ class Alarm:
     was last armed for has passed.
 
     @ivar fd: its descriptor, for the loop's epoll object.
-    @ivar deadline: the reactor time (its C{seconds()}) it is armed for,
-        or infinity when it is not armed (never armed, gone off, or
-        cleared).
+    @ivar deadline: when it is armed to go off, on its own clock (the
+        timer's, C{CLOCK_MONOTONIC}), or infinity when it is not armed
+        (never armed, gone off, or cleared).
     """
 
-    def __init__(self, fd: int, setTimer: Callable[[int, int], None]) -> None:
+    def __init__(
+        self,
+        fd: int,
+        setTimer: Callable[[int, int], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """
+        @param clock: the clock the timer counts on; tests give another.
+        """
         self.fd = fd
         self._setTimer = setTimer
+        self._clock = clock
         self.deadline = float("inf")
 
-    def wake(self, deadline: float, timeout: float) -> None:
+    def wake(self, timeout: float) -> None:
         """
-        Go off at C{deadline}, C{timeout} seconds from now, unless already
-        armed for it or earlier (within L{SLACK}).  Armed for later, it is
-        armed again; armed for sooner, it goes off then, early, and the
-        main loop finds nothing due and asks again.
+        Go off C{timeout} seconds from now, unless already armed for then
+        or earlier (within L{SLACK}).  Armed for later, it is armed again;
+        armed for sooner, it goes off then, early, and the main loop finds
+        nothing due and asks again.
+
+        Deadlines are compared on the timer's monotonic clock, not the
+        reactor's (C{time.time}, which an operator or NTP can step): a
+        deadline kept in wall-clock time and compared after a step forward
+        would look later than the one the timer is armed for, leave it
+        armed, and the new timed call would wait for the old one.
         """
+        deadline = self._clock() + timeout
         if deadline >= self.deadline - SLACK:
             return
         if timeout > LONGEST:

@@ -210,7 +210,7 @@ class FastEPollReactor(EPollReactor):
             if alarm is None:
                 alarm = self._makeAlarm()
             if alarm is not False:
-                alarm.wake(self.seconds() + timeout, timeout)
+                alarm.wake(timeout)
                 self._poll(-1, True)
                 return
         self._poll(timeout, True)
