@@ -6,6 +6,7 @@ library through C{ctypes}), and its arming rules with a recording timer.
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import sys
@@ -70,6 +71,24 @@ class _RealAlarmMixin:
         alarm.clear()
         self.assertEqual(alarm.deadline, float("inf"))  # type: ignore[attr-defined]
 
+    def test_closedWhenCollected(self) -> None:
+        """
+        An alarm dropped without being closed (its reactor crashed, never
+        shut down, and was let go) closes its descriptor when collected.
+        """
+        alarm = makeAlarm(self.calls())  # type: ignore[arg-type]
+        assert alarm is not None
+        path = f"/proc/self/fd/{alarm.fd}"
+        self.assertEqual(os.readlink(path), "anon_inode:[timerfd]")  # type: ignore[attr-defined]
+        del alarm
+        gc.collect()
+        # Gone, or (were the number taken again) no timerfd.
+        try:
+            target = os.readlink(path)
+        except FileNotFoundError:
+            target = None
+        self.assertNotEqual(target, "anon_inode:[timerfd]")  # type: ignore[attr-defined]
+
     def test_closeTwice(self) -> None:
         alarm = self.makeOne()
         fd = alarm.fd
@@ -130,16 +149,24 @@ class WakeTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.set: list[tuple[int, int]] = []
         self.now = 100.0
+        # A descriptor of the test's to stand for the timer's: an alarm
+        # closes its own.
+        self.fd = self.descriptor()
         self.alarm = Alarm(
-            7, lambda fd, ns: self.set.append((fd, ns)), lambda: self.now
+            self.fd, lambda fd, ns: self.set.append((fd, ns)), lambda: self.now
         )
+        self.addCleanup(self.alarm.close)
+
+    def descriptor(self) -> int:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def test_monotonicByDefault(self) -> None:
         """
         An alarm's deadlines are on the timer's own clock (monotonic), not
         the wall clock the reactor's C{seconds} reads, which can be stepped.
         """
-        alarm = Alarm(7, lambda fd, ns: None)
+        alarm = Alarm(self.descriptor(), lambda fd, ns: None)
+        self.addCleanup(alarm.close)
         before = time.monotonic()
         alarm.wake(5.0)
         self.assertGreaterEqual(alarm.deadline, before + 5.0)
@@ -147,7 +174,7 @@ class WakeTests(SynchronousTestCase):
 
     def test_firstWake(self) -> None:
         self.alarm.wake(1.5)
-        self.assertEqual(self.set, [(7, 1_500_000_000)])
+        self.assertEqual(self.set, [(self.fd, 1_500_000_000)])
         self.assertEqual(self.alarm.deadline, 101.5)
 
     def test_laterOrSameNotArmedAgain(self) -> None:
@@ -166,14 +193,14 @@ class WakeTests(SynchronousTestCase):
     def test_soonerArmedAgain(self) -> None:
         self.alarm.wake(1.0)
         self.alarm.wake(0.5)
-        self.assertEqual(self.set, [(7, 1_000_000_000), (7, 500_000_000)])
+        self.assertEqual(self.set, [(self.fd, 1_000_000_000), (self.fd, 500_000_000)])
         self.assertEqual(self.alarm.deadline, 100.5)
 
     def test_atLeastANanosecond(self) -> None:
         self.alarm.wake(0.0)
         self.alarm.deadline = float("inf")
         self.alarm.wake(1e-12)
-        self.assertEqual(self.set, [(7, 1), (7, 1)])
+        self.assertEqual(self.set, [(self.fd, 1), (self.fd, 1)])
 
     def test_longestWait(self) -> None:
         """
@@ -181,7 +208,7 @@ class WakeTests(SynchronousTestCase):
         it keeps is then.
         """
         self.alarm.wake(1e12)
-        self.assertEqual(self.set, [(7, int(LONGEST * 1e9))])
+        self.assertEqual(self.set, [(self.fd, int(LONGEST * 1e9))])
         self.assertLess(abs(self.alarm.deadline - (100.0 + LONGEST)), 1.0)
 
     def test_armedAfterGoingOff(self) -> None:

@@ -18,6 +18,7 @@ the connection that had it before.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import random
 import select
@@ -1162,6 +1163,25 @@ class AlarmRunTests(SynchronousTestCase):
         self.assertEqual((ran, fired), (["sooner"], []))
         # Closed at shutdown.
         self.assertIsNone(reactor._alarm)
+
+    def test_crashedAndLetGo(self) -> None:
+        """
+        A reactor whose run ended in crash() never shuts down, so never
+        closes its alarm: let go, it takes its alarm's descriptor with it,
+        as it does its epoll object's.
+        """
+        reactor = EchotwistEPollReactor()
+        reactor.callLater(0.01, reactor.crash)
+        reactor.run(installSignalHandlers=False)
+        path = f"/proc/self/fd/{reactor._alarm.fd}"
+        self.assertEqual(os.readlink(path), "anon_inode:[timerfd]")
+        del reactor
+        gc.collect()
+        try:
+            target = os.readlink(path)
+        except FileNotFoundError:
+            target = None
+        self.assertNotEqual(target, "anon_inode:[timerfd]")
 
     def test_soonerCallOnTimeAfterWallClockStep(self) -> None:
         """

@@ -26,6 +26,7 @@ import ctypes
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -142,6 +143,11 @@ class Alarm:
         self._setTimer = setTimer
         self._clock = clock
         self.deadline = float("inf")
+        # Its descriptor is closed with it: a reactor that never shuts
+        # down (crash() ends a run without the shutdown that calls close)
+        # would otherwise leave it open for the life of the process, where
+        # its epoll object is closed when collected.
+        self._closer = weakref.finalize(self, os.close, fd)
 
     def wake(self, timeout: float) -> None:
         """
@@ -184,7 +190,7 @@ class Alarm:
         Close its descriptor (which takes it out of any epoll object).
         """
         if self.fd >= 0:
-            os.close(self.fd)
+            self._closer()
             self.fd = -1
         self.deadline = float("inf")
 
