@@ -15,7 +15,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist._fast import alarm as alarmModule
-from echotwist._fast.alarm import LONGEST, SLACK, Alarm, makeAlarm
+from echotwist._fast.alarm import LONGEST, SHORT_OF, SLACK, Alarm, makeAlarm
 from tests._twistd import WAIT
 
 
@@ -230,6 +230,20 @@ class MakeAlarmTests(SynchronousTestCase):
             raise OSError(38, "Function not implemented")
 
         self.assertIsNone(makeAlarm((refuse, lambda fd, ns: None)))
+
+    def test_shortOfDescriptors(self) -> None:
+        """
+        Out of descriptors (or memory) is not for good: the caller hears of
+        it, to try again later, rather than being told there is no timerfd.
+        """
+        for number in sorted(SHORT_OF):
+
+            def short(number: int = number) -> int:
+                raise OSError(number, os.strerror(number))
+
+            with self.assertRaises(OSError) as caught:
+                makeAlarm((short, lambda fd, ns: None))
+            self.assertEqual(caught.exception.errno, number)
 
     def test_none(self) -> None:
         """

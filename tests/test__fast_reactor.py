@@ -38,8 +38,9 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo
+from echotwist._fast import alarm as alarmModule
 from echotwist._fast import reactor as reactorModule
-from echotwist._fast.alarm import makeAlarm
+from echotwist._fast.alarm import Alarm, makeAlarm
 from echotwist._fast.tcp import SplicingServer
 from echotwist._fast.udp import EchoPassPort
 from echotwist._twisted import closeEpoll, epollParts
@@ -1089,8 +1090,9 @@ class AlarmPollTests(SynchronousTestCase):
 
     def test_registerRefused(self) -> None:
         """
-        An epoll object that refuses the alarm's descriptor: the alarm is
-        closed, and the polls wait with timeouts.
+        An epoll object that refuses the alarm's descriptor for good: the
+        alarm is closed, the polls wait with timeouts, and no other alarm
+        is made.
         """
         made: list[Any] = []
 
@@ -1100,16 +1102,73 @@ class AlarmPollTests(SynchronousTestCase):
             return alarm
 
         def refuse(fd: int, mask: int) -> None:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(errno.EPERM, "Operation not permitted")
 
         self.patch(reactorModule, "makeAlarm", recording)
         parts = self.reactor._parts
         self.reactor._parts = parts._replace(register=refuse)
         self.addCleanup(setattr, self.reactor, "_parts", parts)
-        poller = self.script([])
+        poller = self.script([], [])
         self.reactor.doPoll(0.5)
-        self.assertEqual(poller.timeouts, [0.5])
+        self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5, 0.5])
+        self.assertEqual(len(made), 1)
         self.assertEqual(made[0].fd, -1)
+
+    def test_registerShortOfWatches(self) -> None:
+        """
+        An epoll object out of watches (or memory) for now: the alarm is
+        closed and this poll waits with a timeout; the next tries again.
+        """
+        made: list[Any] = []
+
+        def recording() -> Any:
+            alarm = makeAlarm()
+            made.append(alarm)
+            return alarm
+
+        parts = self.reactor._parts
+        refusals = [OSError(errno.ENOSPC, "No space left on device")]
+
+        def register(fd: int, mask: int) -> None:
+            if refusals:
+                raise refusals.pop()
+            parts.register(fd, mask)
+
+        self.patch(reactorModule, "makeAlarm", recording)
+        self.reactor._parts = parts._replace(register=register)
+        self.addCleanup(setattr, self.reactor, "_parts", parts)
+        poller = self.script([], [])
+        self.reactor.doPoll(0.5)
+        self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5, -1])
+        self.assertEqual(made[0].fd, -1)
+        self.assertIs(self.reactor._alarm, made[1])
+
+    def test_shortOfDescriptors(self) -> None:
+        """
+        Out of descriptors when the first timed call comes (a flood of
+        connections at RLIMIT_NOFILE): that poll waits with a timeout, and
+        a later one, descriptors freed, makes the alarm.  The loop does not
+        go without it for the rest of its life.
+        """
+        calls = alarmModule._osCalls() or alarmModule._libcCalls()
+        assert calls is not None
+        create, setTimer = calls
+        refusals = [OSError(errno.EMFILE, "Too many open files")]
+
+        def flooded() -> int:
+            if refusals:
+                raise refusals.pop()
+            return create()
+
+        self.patch(alarmModule, "_osCalls", lambda: (flooded, setTimer))
+        poller = self.script([], [])
+        self.reactor.doPoll(0.5)
+        self.assertIsNone(self.reactor._alarm)
+        self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5, -1])
+        self.assertIsInstance(self.reactor._alarm, Alarm)
 
 
 class AlarmRunTests(SynchronousTestCase):

@@ -28,10 +28,11 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
+from errno import EMFILE, ENFILE, ENOMEM, ENOSPC
 from functools import cache
 from typing import Any
 
-__all__ = ["Alarm", "makeAlarm"]
+__all__ = ["Alarm", "SHORT_OF", "makeAlarm"]
 
 #: What an alarm's deadline may be later than a newly wanted one without
 #: arming it again: the reactor's timed calls may run that late (Twisted's
@@ -44,6 +45,12 @@ SLACK = 0.001
 #: main loop finds nothing due and arms it again (a timer of years would
 #: overflow the kernel's nanoseconds).
 LONGEST = 86400.0
+
+#: The errors of making an alarm, or adding it to an epoll object, that
+#: mean "not now" rather than "never": out of descriptors (a flood of
+#: connections at the descriptor limit), of kernel memory, or of epoll
+#: watches.  A later poll tries again.
+SHORT_OF = frozenset({EMFILE, ENFILE, ENOMEM, ENOSPC})
 
 _CLOCK_MONOTONIC = 1
 _TFD_NONBLOCK = os.O_NONBLOCK
@@ -206,6 +213,8 @@ def makeAlarm(
         create taking no argument, a set taking the descriptor and
         nanoseconds from now); by default Python's own where it has them,
         else the C library's.
+    @raise OSError: when it is short of descriptors or memory for one now
+        (an errno of L{SHORT_OF}), not for good.
     """
     if calls is None:
         calls = _osCalls() or _libcCalls()
@@ -214,6 +223,8 @@ def makeAlarm(
     create, setTimer = calls
     try:
         fd = create()
-    except OSError:
+    except OSError as e:
+        if e.errno in SHORT_OF:
+            raise
         return None
     return Alarm(fd, setTimer)
