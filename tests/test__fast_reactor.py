@@ -33,7 +33,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, LoopingCall
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -1170,6 +1170,55 @@ class AlarmPollTests(SynchronousTestCase):
         self.assertEqual(poller.timeouts, [0.5, -1])
         self.assertIsInstance(self.reactor._alarm, Alarm)
 
+    def armingFails(self, number: int) -> tuple[Any, int, list[Any]]:
+        """
+        Make the alarm, whose timer then refuses to be set with C{number},
+        and poll twice with a timed call due in 0.5 s.
+
+        @return: the alarm, its descriptor, the events logged.
+        """
+        alarm = self.alarm()
+        fd = alarm.fd
+
+        def refuse(fd: int, ns: int) -> None:
+            raise OSError(number, os.strerror(number))
+
+        self.patch(alarm, "_setTimer", refuse)
+        poller = self.script([], [])
+        with capturedLogs() as events:
+            self.reactor.doPoll(0.5)
+            self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5, 0.5])
+        self.assertIs(self.reactor._alarm, False)
+        self.assertEqual(
+            [e["log_format"] for e in events if e["log_level"].name == "error"],
+            [
+                "The loop's alarm failed ({error}): its polls wait with"
+                " timeouts from now on"
+            ],
+        )
+        return alarm, fd, events
+
+    def test_armingFailsClosedUnder(self) -> None:
+        """
+        The alarm's descriptor closed under the loop (EBADF when it is
+        armed): one line logged, and the polls wait with timeouts from then
+        on, rather than the error ending every pass of the main loop before
+        its poll.  The number, maybe another's by now, is not closed again.
+        """
+        alarm, fd, events = self.armingFails(errno.EBADF)
+        self.addCleanup(os.close, fd)
+        self.assertEqual(alarm.fd, -1)
+        os.fstat(fd)
+
+    def test_armingFails(self) -> None:
+        """
+        Any other failure to arm it: the same, and its descriptor closed.
+        """
+        alarm, fd, events = self.armingFails(errno.EINVAL)
+        self.assertEqual(alarm.fd, -1)
+        self.assertRaises(OSError, os.fstat, fd)
+
 
 class AlarmRunTests(SynchronousTestCase):
     """
@@ -1241,6 +1290,61 @@ class AlarmRunTests(SynchronousTestCase):
         except FileNotFoundError:
             target = None
         self.assertNotEqual(target, "anon_inode:[timerfd]")
+
+    def test_descriptorClosedUnderTheLoop(self) -> None:
+        """
+        On the real reactor, with a timed call always pending (as the idle
+        sweep is): something closes the alarm's descriptor under the loop.
+        The loop goes on serving I/O, polling with timeouts, and its timed
+        calls run, with one line logged, not one per pass of a spinning
+        main loop.  A watchdog thread crashes the reactor after WAIT
+        seconds.
+        """
+        reactor = EchotwistEPollReactor()
+        self.addCleanup(closeEpoll, reactor)
+        self.addCleanup(reactor.closeAlarm)
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        readable = _Readable(reactor, ours, False)
+        ticks: list[bool] = []
+        sweep = LoopingCall(ticks.append, True)
+        sweep.clock = reactor
+        fired: list[bool] = []
+
+        def closeUnder() -> None:
+            os.close(reactor._alarm.fd)
+            # What the loop must still see: a read, and ticks after it.
+            theirs.sendall(b"x")
+            reactor.callLater(0.05, check)
+
+        def check() -> None:
+            if readable.reads and len(ticks) > 5:
+                reactor.stop()
+            else:
+                reactor.callLater(0.05, check)
+
+        def bark() -> None:
+            fired.append(True)
+            reactor.callFromThread(reactor.crash)
+
+        watchdog = threading.Timer(WAIT, bark)
+        watchdog.daemon = True
+        reactor.callWhenRunning(sweep.start, 0.01)
+        reactor.callWhenRunning(reactor.addReader, readable)
+        reactor.callLater(0.05, closeUnder)
+        watchdog.start()
+        with capturedLogs() as events:
+            try:
+                reactor.run(installSignalHandlers=False)
+            finally:
+                watchdog.cancel()
+                sweep.stop()
+        self.assertEqual((readable.reads, fired), (1, []))
+        self.assertEqual(
+            len([e for e in events if e["log_level"].name in ("error", "critical")]),
+            1,
+        )
 
     def test_soonerCallOnTimeAfterWallClockStep(self) -> None:
         """

@@ -192,6 +192,15 @@ class Alarm:
             # until the new deadline.
             pass
 
+    def abandon(self) -> None:
+        """
+        Let its descriptor go without closing it: it was closed under the
+        alarm, and the number may be another's now.
+        """
+        self._closer.detach()
+        self.fd = -1
+        self.deadline = float("inf")
+
     def close(self) -> None:
         """
         Close its descriptor (which takes it out of any epoll object).

@@ -211,10 +211,35 @@ class FastEPollReactor(EPollReactor):
             if alarm is None:
                 alarm = self._makeAlarm()
             if alarm is not False:
-                alarm.wake(timeout)
-                self._poll(-1, True)
-                return
+                try:
+                    alarm.wake(timeout)
+                except OSError as e:
+                    self._alarmFailed(alarm, e)
+                else:
+                    self._poll(-1, True)
+                    return
         self._poll(timeout, True)
+
+    def _alarmFailed(self, alarm: Alarm, error: OSError) -> None:
+        """
+        The alarm could not be armed (its descriptor closed under the loop,
+        say): the polls wait with timeouts from now on.  Raised from
+        L{doPoll}, the error would end every pass of the main loop that
+        should wait before its poll: the loop would spin, logging it at
+        every pass (tens of thousands a second), and poll only when a
+        timed call is due.
+        """
+        log.error(
+            "The loop's alarm failed ({error}): its polls wait with"
+            " timeouts from now on",
+            error=error,
+        )
+        self._alarm = False
+        if error.errno == errno.EBADF:
+            # Closed already: the number may be another's now.
+            alarm.abandon()
+        else:
+            alarm.close()
 
     def _makeAlarm(self) -> Alarm | Literal[False]:
         """
