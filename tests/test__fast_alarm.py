@@ -211,6 +211,17 @@ class WakeTests(SynchronousTestCase):
         self.assertEqual(self.set, [(self.fd, int(LONGEST * 1e9))])
         self.assertLess(abs(self.alarm.deadline - (100.0 + LONGEST)), 1.0)
 
+    def test_longestWaitOfAHugeTimeout(self) -> None:
+        """
+        A timeout so large that the clock's value is lost in adding it
+        still leaves the deadline at L{LONGEST} from now, so that sooner
+        calls arm it again.
+        """
+        self.alarm.wake(1e30)
+        self.assertEqual(self.alarm.deadline, 100.0 + LONGEST)
+        self.alarm.wake(LONGEST / 2)
+        self.assertEqual(self.set[-1], (self.fd, int(LONGEST / 2 * 1e9)))
+
     def test_armedAfterGoingOff(self) -> None:
         self.alarm.wake(1.0)
         self.alarm.deadline = float("inf")

@@ -169,11 +169,14 @@ class Alarm:
         would look later than the one the timer is armed for, leave it
         armed, and the new timed call would wait for the old one.
         """
-        deadline = self._clock() + timeout
+        now = self._clock()
+        deadline = now + timeout
         if deadline >= self.deadline - SLACK:
             return
         if timeout > LONGEST:
-            timeout, deadline = LONGEST, deadline - timeout + LONGEST
+            # From now, not from the deadline: now + timeout - timeout is
+            # not now once timeout dwarfs it (1e30 s, say).
+            timeout, deadline = LONGEST, now + LONGEST
         # At least a nanosecond: zero would disarm it, and the loop would
         # wait for the timed call forever.
         self._setTimer(self.fd, max(1, int(timeout * 1e9)))
