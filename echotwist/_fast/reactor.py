@@ -235,11 +235,11 @@ class FastEPollReactor(EPollReactor):
             error=error,
         )
         self._alarm = False
-        if error.errno == errno.EBADF:
-            # Closed already: the number may be another's now.
-            alarm.abandon()
-        else:
-            alarm.close()
+        # Not closed: a timer of its own that is valid takes any deadline
+        # it is given, so the descriptor is closed already (EBADF) or its
+        # number another's now (EINVAL, not a timerfd), which closing
+        # would close under its owner.
+        alarm.abandon()
 
     def _makeAlarm(self) -> Alarm | Literal[False]:
         """
