@@ -18,6 +18,7 @@ the connection that had it before.
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import random
 import select
@@ -32,13 +33,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, LoopingCall
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import Echo
+from echotwist._fast import alarm as alarmModule
 from echotwist._fast import reactor as reactorModule
-from echotwist._fast.alarm import makeAlarm
+from echotwist._fast.alarm import Alarm, makeAlarm
 from echotwist._fast.tcp import SplicingServer
 from echotwist._fast.udp import EchoPassPort
 from echotwist._twisted import closeEpoll, epollParts
@@ -967,8 +969,19 @@ class AlarmPollTests(SynchronousTestCase):
         self.reactor = EchotwistEPollReactor()
         self.addCleanup(closeEpoll, self.reactor)
         self.addCleanup(self.reactor.closeAlarm)
+        # The reactor's clock (wall-clock time, as time.time) and the
+        # alarm's (monotonic, as the timerfd counts), each the test's.
         self.now = [100.0]
         self.patch(self.reactor, "seconds", lambda: self.now[0])
+        self.ticks = [5000.0]
+
+        def clocked() -> Any:
+            alarm = makeAlarm()
+            if alarm is not None:
+                alarm._clock = lambda: self.ticks[0]
+            return alarm
+
+        self.patch(reactorModule, "makeAlarm", clocked)
         self.echo = _PlainEcho()
         transport = object()
         epollParts(self.reactor).selectables[1000] = transport
@@ -994,7 +1007,7 @@ class AlarmPollTests(SynchronousTestCase):
         self.reactor.doPoll(1.0)
         self.assertEqual(poller.timeouts, [-1, -1, -1])
         self.assertEqual(len(self.echo.sent), 2)
-        self.assertEqual(self.reactor._alarm.deadline, 101.0)
+        self.assertEqual(self.reactor._alarm.deadline, 5001.0)
 
     def test_goingOffReturns(self) -> None:
         """
@@ -1002,7 +1015,7 @@ class AlarmPollTests(SynchronousTestCase):
         clears it, though the poll had a plain echo too.
         """
         alarm = self.alarm()
-        alarm.wake(self.now[0], 0.0)
+        alarm.wake(0.0)
         self.assertTrue(select.select([alarm.fd], [], [], WAIT)[0])
         plain = [(1000, EPOLLIN)]
         poller = self.script(plain, [(alarm.fd, EPOLLIN), (1000, EPOLLIN)], plain)
@@ -1012,7 +1025,7 @@ class AlarmPollTests(SynchronousTestCase):
         self.assertFalse(select.select([alarm.fd], [], [], 0)[0])
         # Not armed: the next pass arms it for what is due then.
         self.reactor.doPoll(0.25)
-        self.assertEqual(alarm.deadline, 100.25)
+        self.assertEqual(alarm.deadline, 5000.25)
 
     def test_armedOncePerDeadline(self) -> None:
         """
@@ -1025,11 +1038,49 @@ class AlarmPollTests(SynchronousTestCase):
         self.patch(alarm, "_setTimer", lambda fd, ns: armed.append(ns))
         self.script()
         self.reactor.doPoll(1.0)
-        self.now[0] = 100.5
+        self.now[0] += 0.5
+        self.ticks[0] += 0.5
         self.reactor.doPoll(0.5)
         self.reactor.doPoll(4.0)
         self.reactor.doPoll(0.25)
         self.assertEqual(armed, [1_000_000_000, 250_000_000])
+
+    def test_wallClockSteppedForward(self) -> None:
+        """
+        The reactor's clock (C{time.time}) stepped an hour forward (NTP, an
+        operator, a resumed VM) while the alarm waits for a call 8 s away:
+        a call then due in 0.2 s arms it for 0.2 s.  A deadline kept on the
+        reactor's clock would look an hour later than the one the timer is
+        armed for and leave the call to wait for the old one.
+        """
+        alarm = self.alarm()
+        armed: list[int] = []
+        self.patch(alarm, "_setTimer", lambda fd, ns: armed.append(ns))
+        self.script()
+        self.reactor.doPoll(8.0)
+        self.now[0] += 3600.0
+        self.reactor.doPoll(0.2)
+        self.assertEqual(armed, [8_000_000_000, 200_000_000])
+
+    def test_wallClockSteppedBack(self) -> None:
+        """
+        Stepped an hour back, the call 8 s away is an hour and 8 s away on
+        the reactor's clock: the alarm, armed for 8 s, goes off early, and
+        the main loop asks again for what is left, as Twisted's own
+        timeouts would.
+        """
+        alarm = self.alarm()
+        armed: list[int] = []
+        self.patch(alarm, "_setTimer", lambda fd, ns: armed.append(ns))
+        self.script()
+        self.reactor.doPoll(8.0)
+        self.now[0] -= 3600.0
+        self.reactor.doPoll(3608.0)
+        self.assertEqual(armed, [8_000_000_000])
+        alarm.deadline = float("inf")
+        self.ticks[0] += 8.0
+        self.reactor.doPoll(3600.0)
+        self.assertEqual(armed, [8_000_000_000, 3600_000_000_000])
 
     def test_dueNowPollsOnce(self) -> None:
         """
@@ -1061,8 +1112,9 @@ class AlarmPollTests(SynchronousTestCase):
 
     def test_registerRefused(self) -> None:
         """
-        An epoll object that refuses the alarm's descriptor: the alarm is
-        closed, and the polls wait with timeouts.
+        An epoll object that refuses the alarm's descriptor for good: the
+        alarm is closed, the polls wait with timeouts, and no other alarm
+        is made.
         """
         made: list[Any] = []
 
@@ -1072,16 +1124,131 @@ class AlarmPollTests(SynchronousTestCase):
             return alarm
 
         def refuse(fd: int, mask: int) -> None:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(errno.EPERM, "Operation not permitted")
 
         self.patch(reactorModule, "makeAlarm", recording)
         parts = self.reactor._parts
         self.reactor._parts = parts._replace(register=refuse)
         self.addCleanup(setattr, self.reactor, "_parts", parts)
-        poller = self.script([])
+        poller = self.script([], [])
         self.reactor.doPoll(0.5)
-        self.assertEqual(poller.timeouts, [0.5])
+        self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5, 0.5])
+        self.assertEqual(len(made), 1)
         self.assertEqual(made[0].fd, -1)
+
+    def test_registerShortOfWatches(self) -> None:
+        """
+        An epoll object out of watches (or memory) for now: the alarm is
+        closed and this poll waits with a timeout; the next tries again.
+        """
+        made: list[Any] = []
+
+        def recording() -> Any:
+            alarm = makeAlarm()
+            made.append(alarm)
+            return alarm
+
+        parts = self.reactor._parts
+        refusals = [OSError(errno.ENOSPC, "No space left on device")]
+
+        def register(fd: int, mask: int) -> None:
+            if refusals:
+                raise refusals.pop()
+            parts.register(fd, mask)
+
+        self.patch(reactorModule, "makeAlarm", recording)
+        self.reactor._parts = parts._replace(register=register)
+        self.addCleanup(setattr, self.reactor, "_parts", parts)
+        poller = self.script([], [])
+        self.reactor.doPoll(0.5)
+        self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5, -1])
+        self.assertEqual(made[0].fd, -1)
+        self.assertIs(self.reactor._alarm, made[1])
+
+    def test_shortOfDescriptors(self) -> None:
+        """
+        Out of descriptors when the first timed call comes (a flood of
+        connections at RLIMIT_NOFILE): that poll waits with a timeout, and
+        a later one, descriptors freed, makes the alarm.  The loop does not
+        go without it for the rest of its life.
+        """
+        calls = alarmModule._osCalls() or alarmModule._libcCalls()
+        assert calls is not None
+        create, setTimer = calls
+        refusals = [OSError(errno.EMFILE, "Too many open files")]
+
+        def flooded() -> int:
+            if refusals:
+                raise refusals.pop()
+            return create()
+
+        self.patch(alarmModule, "_osCalls", lambda: (flooded, setTimer))
+        poller = self.script([], [])
+        self.reactor.doPoll(0.5)
+        self.assertIsNone(self.reactor._alarm)
+        self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5, -1])
+        self.assertIsInstance(self.reactor._alarm, Alarm)
+
+    def armingFails(self, number: int) -> tuple[Any, int, list[Any]]:
+        """
+        Make the alarm, whose timer then refuses to be set with C{number},
+        and poll twice with a timed call due in 0.5 s.
+
+        @return: the alarm, its descriptor, the events logged.
+        """
+        alarm = self.alarm()
+        fd = alarm.fd
+
+        def refuse(fd: int, ns: int) -> None:
+            raise OSError(number, os.strerror(number))
+
+        self.patch(alarm, "_setTimer", refuse)
+        poller = self.script([], [])
+        with capturedLogs() as events:
+            self.reactor.doPoll(0.5)
+            self.reactor.doPoll(0.5)
+        self.assertEqual(poller.timeouts, [0.5, 0.5])
+        self.assertIs(self.reactor._alarm, False)
+        self.assertEqual(
+            [e["log_format"] for e in events if e["log_level"].name == "error"],
+            [
+                "The loop's alarm failed ({error}): its polls wait with"
+                " timeouts from now on"
+            ],
+        )
+        return alarm, fd, events
+
+    def test_armingFailsClosedUnder(self) -> None:
+        """
+        The alarm's descriptor closed under the loop (EBADF when it is
+        armed): one line logged, and the polls wait with timeouts from then
+        on, rather than the error ending every pass of the main loop before
+        its poll.
+        """
+        alarm, fd, events = self.armingFails(errno.EBADF)
+        self.addCleanup(os.close, fd)
+        self.assertEqual(alarm.fd, -1)
+
+    def test_armingFailsNumberTaken(self) -> None:
+        """
+        The alarm's number taken by another descriptor after it was closed
+        under the loop (EINVAL: not a timerfd): the same, and the
+        descriptor, another's, is not closed.
+        """
+        alarm, fd, events = self.armingFails(errno.EINVAL)
+        self.addCleanup(os.close, fd)
+        self.assertEqual(alarm.fd, -1)
+        os.fstat(fd)
+
+
+class AlarmRunTests(SynchronousTestCase):
+    """
+    The real reactor, its alarm a real timerfd on the real clocks: timed
+    calls run on time while the polls wait with no timeout.
+    """
 
     def test_soonerCallOnTime(self) -> None:
         """
@@ -1099,8 +1266,10 @@ class AlarmPollTests(SynchronousTestCase):
 
         def schedule() -> None:
             # From a thread, through the waker, while the loop waits with
-            # its alarm armed for "later", the one call pending.
-            armedFor.append(reactor._alarm.deadline)
+            # its alarm armed for "later", the one call pending: how long
+            # each has left, on the alarm's clock and the reactor's.
+            armedFor.append(reactor._alarm.deadline - time.monotonic())
+            armedFor.append(later.getTime() - reactor.seconds())
             reactor.callLater(0.05, sooner)
 
         def sooner() -> None:
@@ -1122,10 +1291,128 @@ class AlarmPollTests(SynchronousTestCase):
             reactor.run(installSignalHandlers=False)
         finally:
             watchdog.cancel()
-        self.assertLess(abs(armedFor[0] - later.getTime()), 1.0)
+        self.assertLess(abs(armedFor[0] - armedFor[1]), 1.0)
         self.assertEqual((ran, fired), (["sooner"], []))
         # Closed at shutdown.
         self.assertIsNone(reactor._alarm)
+
+    def test_crashedAndLetGo(self) -> None:
+        """
+        A reactor whose run ended in crash() never shuts down, so never
+        closes its alarm: let go, it takes its alarm's descriptor with it,
+        as it does its epoll object's.
+        """
+        reactor = EchotwistEPollReactor()
+        reactor.callLater(0.01, reactor.crash)
+        reactor.run(installSignalHandlers=False)
+        path = f"/proc/self/fd/{reactor._alarm.fd}"
+        self.assertEqual(os.readlink(path), "anon_inode:[timerfd]")
+        del reactor
+        gc.collect()
+        try:
+            target = os.readlink(path)
+        except FileNotFoundError:
+            target = None
+        self.assertNotEqual(target, "anon_inode:[timerfd]")
+
+    def test_descriptorClosedUnderTheLoop(self) -> None:
+        """
+        On the real reactor, with a timed call always pending (as the idle
+        sweep is): something closes the alarm's descriptor under the loop.
+        The loop goes on serving I/O, polling with timeouts, and its timed
+        calls run, with one line logged, not one per pass of a spinning
+        main loop.  A watchdog thread crashes the reactor after WAIT
+        seconds.
+        """
+        reactor = EchotwistEPollReactor()
+        self.addCleanup(closeEpoll, reactor)
+        self.addCleanup(reactor.closeAlarm)
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        readable = _Readable(reactor, ours, False)
+        ticks: list[bool] = []
+        sweep = LoopingCall(ticks.append, True)
+        sweep.clock = reactor
+        fired: list[bool] = []
+
+        def closeUnder() -> None:
+            os.close(reactor._alarm.fd)
+            # What the loop must still see: a read, and ticks after it.
+            theirs.sendall(b"x")
+            reactor.callLater(0.05, check)
+
+        def check() -> None:
+            if readable.reads and len(ticks) > 5:
+                reactor.stop()
+            else:
+                reactor.callLater(0.05, check)
+
+        def bark() -> None:
+            fired.append(True)
+            reactor.callFromThread(reactor.crash)
+
+        watchdog = threading.Timer(WAIT, bark)
+        watchdog.daemon = True
+        reactor.callWhenRunning(sweep.start, 0.01)
+        reactor.callWhenRunning(reactor.addReader, readable)
+        reactor.callLater(0.05, closeUnder)
+        watchdog.start()
+        with capturedLogs() as events:
+            try:
+                reactor.run(installSignalHandlers=False)
+            finally:
+                watchdog.cancel()
+                sweep.stop()
+        self.assertEqual((readable.reads, fired), (1, []))
+        self.assertEqual(
+            len([e for e in events if e["log_level"].name in ("error", "critical")]),
+            1,
+        )
+
+    def test_soonerCallOnTimeAfterWallClockStep(self) -> None:
+        """
+        On the real reactor: while the alarm waits for a call 10 x WAIT
+        seconds away, the reactor's clock steps an hour forward (its
+        C{seconds} reads C{time.time} plus an offset a thread sets, as NTP
+        or an operator steps the wall clock).  The call stepped over is
+        due and runs; a call then scheduled 0.05 s ahead runs at its time,
+        not at the alarm's old deadline.  A watchdog thread crashes the
+        reactor after WAIT seconds, so the late call fails the test
+        instead of hanging it.
+        """
+        reactor = EchotwistEPollReactor()
+        self.addCleanup(closeEpoll, reactor)
+        self.addCleanup(reactor.closeAlarm)
+        offset = [0.0]
+        self.patch(reactor, "seconds", lambda: time.time() + offset[0])
+        ran: list[str] = []
+        fired: list[bool] = []
+        reactor.callLater(10 * WAIT, ran.append, "stepped over")
+
+        def step() -> None:
+            offset[0] = 3600.0
+            reactor.callLater(0.05, sooner)
+
+        def sooner() -> None:
+            ran.append("sooner")
+            reactor.stop()
+
+        def bark() -> None:
+            fired.append(True)
+            reactor.callFromThread(reactor.crash)
+
+        watchdog = threading.Timer(WAIT, bark)
+        watchdog.daemon = True
+        reactor.callWhenRunning(
+            threading.Timer(0.05, reactor.callFromThread, (step,)).start
+        )
+        watchdog.start()
+        try:
+            reactor.run(installSignalHandlers=False)
+        finally:
+            watchdog.cancel()
+        self.assertEqual((ran, fired), (["stepped over", "sooner"], []))
 
 
 class StopWhileEchoingTests(SynchronousTestCase):

@@ -26,11 +26,13 @@ import ctypes
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable
+from errno import EMFILE, ENFILE, ENOMEM, ENOSPC
 from functools import cache
 from typing import Any
 
-__all__ = ["Alarm", "makeAlarm"]
+__all__ = ["Alarm", "SHORT_OF", "makeAlarm"]
 
 #: What an alarm's deadline may be later than a newly wanted one without
 #: arming it again: the reactor's timed calls may run that late (Twisted's
@@ -43,6 +45,12 @@ SLACK = 0.001
 #: main loop finds nothing due and arms it again (a timer of years would
 #: overflow the kernel's nanoseconds).
 LONGEST = 86400.0
+
+#: The errors of making an alarm, or adding it to an epoll object, that
+#: mean "not now" rather than "never": out of descriptors (a flood of
+#: connections at the descriptor limit), of kernel memory, or of epoll
+#: watches.  A later poll tries again.
+SHORT_OF = frozenset({EMFILE, ENFILE, ENOMEM, ENOSPC})
 
 _CLOCK_MONOTONIC = 1
 _TFD_NONBLOCK = os.O_NONBLOCK
@@ -124,27 +132,51 @@ class Alarm:
     was last armed for has passed.
 
     @ivar fd: its descriptor, for the loop's epoll object.
-    @ivar deadline: the reactor time (its C{seconds()}) it is armed for,
-        or infinity when it is not armed (never armed, gone off, or
-        cleared).
+    @ivar deadline: when it is armed to go off, on its own clock (the
+        timer's, C{CLOCK_MONOTONIC}), or infinity when it is not armed
+        (never armed, gone off, or cleared).
     """
 
-    def __init__(self, fd: int, setTimer: Callable[[int, int], None]) -> None:
+    def __init__(
+        self,
+        fd: int,
+        setTimer: Callable[[int, int], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """
+        @param clock: the clock the timer counts on; tests give another.
+        """
         self.fd = fd
         self._setTimer = setTimer
+        self._clock = clock
         self.deadline = float("inf")
+        # Its descriptor is closed with it: a reactor that never shuts
+        # down (crash() ends a run without the shutdown that calls close)
+        # would otherwise leave it open for the life of the process, where
+        # its epoll object is closed when collected.
+        self._closer = weakref.finalize(self, os.close, fd)
 
-    def wake(self, deadline: float, timeout: float) -> None:
+    def wake(self, timeout: float) -> None:
         """
-        Go off at C{deadline}, C{timeout} seconds from now, unless already
-        armed for it or earlier (within L{SLACK}).  Armed for later, it is
-        armed again; armed for sooner, it goes off then, early, and the
-        main loop finds nothing due and asks again.
+        Go off C{timeout} seconds from now, unless already armed for then
+        or earlier (within L{SLACK}).  Armed for later, it is armed again;
+        armed for sooner, it goes off then, early, and the main loop finds
+        nothing due and asks again.
+
+        Deadlines are compared on the timer's monotonic clock, not the
+        reactor's (C{time.time}, which an operator or NTP can step): a
+        deadline kept in wall-clock time and compared after a step forward
+        would look later than the one the timer is armed for, leave it
+        armed, and the new timed call would wait for the old one.
         """
+        now = self._clock()
+        deadline = now + timeout
         if deadline >= self.deadline - SLACK:
             return
         if timeout > LONGEST:
-            timeout, deadline = LONGEST, deadline - timeout + LONGEST
+            # From now, not from the deadline: now + timeout - timeout is
+            # not now once timeout dwarfs it (1e30 s, say).
+            timeout, deadline = LONGEST, now + LONGEST
         # At least a nanosecond: zero would disarm it, and the loop would
         # wait for the timed call forever.
         self._setTimer(self.fd, max(1, int(timeout * 1e9)))
@@ -163,12 +195,21 @@ class Alarm:
             # until the new deadline.
             pass
 
+    def abandon(self) -> None:
+        """
+        Let its descriptor go without closing it: it was closed under the
+        alarm, and the number may be another's now.
+        """
+        self._closer.detach()
+        self.fd = -1
+        self.deadline = float("inf")
+
     def close(self) -> None:
         """
         Close its descriptor (which takes it out of any epoll object).
         """
         if self.fd >= 0:
-            os.close(self.fd)
+            self._closer()
             self.fd = -1
         self.deadline = float("inf")
 
@@ -184,6 +225,8 @@ def makeAlarm(
         create taking no argument, a set taking the descriptor and
         nanoseconds from now); by default Python's own where it has them,
         else the C library's.
+    @raise OSError: when it is short of descriptors or memory for one now
+        (an errno of L{SHORT_OF}), not for good.
     """
     if calls is None:
         calls = _osCalls() or _libcCalls()
@@ -192,6 +235,8 @@ def makeAlarm(
     create, setTimer = calls
     try:
         fd = create()
-    except OSError:
+    except OSError as e:
+        if e.errno in SHORT_OF:
+            raise
         return None
     return Alarm(fd, setTimer)

@@ -89,7 +89,7 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.logger import Logger
 
 from echotwist._fast import loopHandlers, tcp
-from echotwist._fast.alarm import Alarm, makeAlarm
+from echotwist._fast.alarm import SHORT_OF, Alarm, makeAlarm
 from echotwist._fast.tcp import (
     _SPLICE_FLAGS,
     SplicingServer,
@@ -153,7 +153,8 @@ class FastEPollReactor(EPollReactor):
         self._stops = 0
         # What the polls wait on for the next timed call instead of a
         # timeout (see echotwist._fast.alarm): made at the first poll that
-        # needs one; False where this system has none.
+        # needs one; False where this system has none.  None again after
+        # shutdown, or while the system is short of descriptors for one.
         self._alarm: Alarm | None | Literal[False] = None
         self.addSystemEventTrigger("after", "shutdown", self.closeAlarm)
 
@@ -210,26 +211,60 @@ class FastEPollReactor(EPollReactor):
             if alarm is None:
                 alarm = self._makeAlarm()
             if alarm is not False:
-                alarm.wake(self.seconds() + timeout, timeout)
-                self._poll(-1, True)
-                return
+                try:
+                    alarm.wake(timeout)
+                except OSError as e:
+                    self._alarmFailed(alarm, e)
+                else:
+                    self._poll(-1, True)
+                    return
         self._poll(timeout, True)
+
+    def _alarmFailed(self, alarm: Alarm, error: OSError) -> None:
+        """
+        The alarm could not be armed (its descriptor closed under the loop,
+        say): the polls wait with timeouts from now on.  Raised from
+        L{doPoll}, the error would end every pass of the main loop that
+        should wait before its poll: the loop would spin, logging it at
+        every pass (tens of thousands a second), and poll only when a
+        timed call is due.
+        """
+        log.error(
+            "The loop's alarm failed ({error}): its polls wait with"
+            " timeouts from now on",
+            error=error,
+        )
+        self._alarm = False
+        # Not closed: a timer of its own that is valid takes any deadline
+        # it is given, so the descriptor is closed already (EBADF) or its
+        # number another's now (EINVAL, not a timerfd), which closing
+        # would close under its owner.
+        alarm.abandon()
 
     def _makeAlarm(self) -> Alarm | Literal[False]:
         """
         Make the loop's alarm and add it to the epoll object, once; False
-        where there can be none, and the polls wait with timeouts.
+        where there can be none, and the polls wait with timeouts.  Short
+        of descriptors or memory for one (see L{SHORT_OF}), this poll waits
+        with a timeout and the next that needs the alarm tries again: a
+        flood of connections at the descriptor limit when the first timed
+        call came must not cost the loop its alarm for good.
         """
-        alarm = makeAlarm()
+        try:
+            alarm = makeAlarm()
+        except OSError:
+            return False
         if alarm is None:
             self._alarm = False
             return False
         try:
             self._parts.register(alarm.fd, EPOLLIN)
-        except (OSError, ValueError):
-            # Refused (a full or closed epoll object): polls with timeouts.
+        except (OSError, ValueError) as e:
+            # Refused (a closed epoll object, or one out of watches or
+            # memory for now): polls with timeouts.
             alarm.close()
-            self._alarm = False
+            if getattr(e, "errno", None) not in SHORT_OF:
+                self._alarm = False
             return False
         self._alarm = alarm
         return alarm

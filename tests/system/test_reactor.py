@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import selectors
 import signal
 import socket
@@ -389,3 +390,73 @@ class RunTests(ServerTestCase):
             ]
         )
         self.assertServesOn(named, SERVING_ON_ECHOTWIST)
+
+
+class AlarmTests(ServerTestCase):
+    """
+    The loop's alarm (L{echotwist._fast.alarm}) in the real twistd.
+    """
+
+    def test_alarmAfterDescriptorExhaustion(self) -> None:
+        """
+        A hundred connections queued while the server is stopped (SIGSTOP)
+        and let in at once (SIGCONT) take every descriptor it may have
+        (RLIMIT_NOFILE 64) in one pass of accepts, before its first timed
+        call (the idle sweep) asks for the loop's alarm.  Once they are
+        closed, the loop makes its alarm after all (a timerfd among its
+        descriptors) instead of polling with timeouts for the rest of its
+        life.
+        """
+
+        def lowLimit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}:backlog=200",
+            "--idle-timeout",
+            "3",
+            "--max-connections",
+            "0",
+            "--max-per-source",
+            "0",
+            "--no-connection-logs",
+            preexec=lowLimit,
+        )
+        address = (LOOPBACK, server.port)
+        pid = server.process.pid
+        self.assertNotIn("anon_inode:[timerfd]", openedBy(pid))
+        server.signal(signal.SIGSTOP)
+        self.addCleanup(server.signal, signal.SIGCONT)
+        selector = selectors.DefaultSelector()
+        self.addCleanup(selector.close)
+        flood = []
+        for _ in range(100):
+            client = socket.socket()
+            self.addCleanup(client.close)
+            client.setblocking(False)
+            client.connect_ex(address)
+            selector.register(client, selectors.EVENT_WRITE)
+            flood.append(client)
+        # Every handshake done by the kernel, the server still stopped.
+        deadline = time.monotonic() + WAIT
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            self.assertGreater(left, 0, "connections never established")
+            for key, _ in selector.select(left):
+                selector.unregister(key.fileobj)
+        server.signal(signal.SIGCONT)
+        server.waitFor(r"EMFILE|Could not accept")
+        for client in flood:
+            client.close()
+        # A connection at a time, for a timed call (its idle sweep) for the
+        # loop to wait on, until the alarm is there.
+        deadline = time.monotonic() + WAIT
+        while "anon_inode:[timerfd]" not in openedBy(pid):
+            self.assertLess(time.monotonic(), deadline, "the loop has no alarm")
+            try:
+                self.assertEqual(echoOnce(address, b"again"), b"again")
+            except (OSError, AssertionError):
+                # Still out of descriptors: the flood's not all closed yet.
+                pass
+        self.assertNotIn("Traceback", server.output)
