@@ -6,7 +6,9 @@
 # changed), and once twistd has started the application and its reactor
 # runs, a client thread of that process connects to the server's port on
 # 127.0.0.1, sends "first", reads it back and ends the process at once
-# (os._exit), so neither the log reading nor a shutdown is counted.
+# (os._exit), so neither the log reading nor a shutdown is counted
+# (benchmarks/firstecho.py; startsys.sh counts the same starts' system
+# calls, page faults and CPU time).
 #
 #   bash benchmarks/startcount.sh [RUNS] [twistd echo options...]
 #
@@ -38,48 +40,6 @@ command -v valgrind >/dev/null || refuse "no valgrind (Debian: apt-get install v
 python=$(head -1 "$twistd" | sed 's/^#!//')
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cat >"$work/firstecho.py" <<'EOF'
-import os
-import socket
-import sys
-import threading
-
-from twisted.application import app
-
-port = int(os.environ["FIRST_ECHO_PORT"])
-startApplication = app.startApplication
-
-
-def firstEcho():
-    echoed = b""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-            s.sendall(b"first")
-            while len(echoed) < len(b"first"):
-                more = s.recv(10)
-                if not more:
-                    break
-                echoed += more
-    except OSError as e:
-        os.write(2, f"no first echo: {e}\n".encode())
-    os._exit(0 if echoed == b"first" else 3)
-
-
-def started(application, save):
-    # twistd's own step (the services start, the ports listen), then the
-    # client once the reactor runs, as a client outside would find it.
-    startApplication(application, save)
-    from twisted.internet import reactor
-
-    reactor.callWhenRunning(threading.Thread(target=firstEcho, daemon=True).start)
-
-
-app.startApplication = started
-sys.argv = [os.environ["FIRST_ECHO_TWISTD"], *sys.argv[1:]]
-from twisted.scripts.twistd import run
-
-run()
-EOF
 unset PYTHONDONTWRITEBYTECODE
 export PYTHONHASHSEED=0 FIRST_ECHO_TWISTD="$twistd"
 
@@ -93,7 +53,7 @@ start() {  # start NAME [valgrind...]: runs one start; prints its count
         server=(-n --pidfile= echo --port "tcp:$port:interface=127.0.0.1" ${extra[@]+"${extra[@]}"})
     fi
     if ! FIRST_ECHO_PORT=$port PLAIN_ECHO_PORT="tcp:$port:interface=127.0.0.1" \
-        timeout 300 "$@" "$python" "$work/firstecho.py" "${server[@]}" \
+        timeout 300 "$@" "$python" "$here/firstecho.py" "${server[@]}" \
         >"$work/server.log" 2>&1; then
         refuse "$name did not echo its first message: $(grep -v '^==' "$work/server.log" | tail -1)"
     fi

@@ -16,7 +16,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet import tcp
@@ -31,10 +31,12 @@ from echotwist._address import formatAddress
 from echotwist._fast import PROXIED, TCP, TLS, TLS_PROTOCOL, UDP, classFor
 from echotwist._twisted import datagramPortFromDescriptor, setAcceptLogObserver
 from echotwist.connections import EchoFactory
-from echotwist.datagram import MAX_DATAGRAM, DatagramEcho, DatagramPolicy, DatagramPort
 from echotwist.listeners import DatagramListener, Listener, descriptionFields
 from echotwist.sockets import clampSocketBuffers, setKeepalive
 from echotwist.stream import Echo
+
+if TYPE_CHECKING:
+    from echotwist.datagram import DatagramPolicy, DatagramPort
 
 __all__ = [
     "CannotListen",
@@ -359,6 +361,10 @@ class DatagramListenerService(Service):
             C{policy}.
         @param logKind: what its log line says it serves.
         """
+        # Imported here, as the UDP echo's other modules are: a start
+        # without a UDP listener need not load them (docs/performance.rst).
+        from echotwist.datagram import DatagramEcho
+
         self.listener = listener
         self.description = listener.description
         self.protocol = protocol if protocol is not None else DatagramEcho(policy)
@@ -378,6 +384,8 @@ class DatagramListenerService(Service):
         # What reactor.listenUDP and adoptDatagramPort do, with echotwist's
         # port (see DatagramPort; the fast path's on its reactor) in place
         # of Twisted's.
+        from echotwist.datagram import MAX_DATAGRAM, DatagramPort
+
         listener = self.listener
         portType: type[DatagramPort] = classFor(self._reactor, UDP) or DatagramPort
         if listener.fileno is not None:

@@ -19,7 +19,6 @@ from twisted.logger import Logger, globalLogPublisher
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, Network, escape, parseNetwork
 from echotwist.connections import DEFAULT_DRAIN_QUIET, EchoFactory
-from echotwist.datagram import DatagramPolicy
 from echotwist.limits import ThrottledObserver
 from echotwist.listeners import (
     DatagramListener,
@@ -38,6 +37,7 @@ from echotwist.settings import MIN_SOCKET_BUFFER, Settings
 from echotwist.signals import SignalHandlers
 
 if TYPE_CHECKING:
+    from echotwist.datagram import DatagramPolicy
     from echotwist.identity import Identity
     from echotwist.supervisor import SupervisorService
 
@@ -184,9 +184,7 @@ class EchoService(MultiService):
         self.logFiles = logFiles if logFiles is not None else LogFiles()
         self.signals = SignalHandlers(reactor)
         self.factory = _echoFactory(settings, reactor)
-        self.datagramPolicy = DatagramPolicy(
-            settings.udpRate, reactor, ipv6Prefix=settings.ipv6Prefix
-        )
+        self._datagramPolicy: DatagramPolicy | None = None
         self.shutdownTimeout = settings.shutdownTimeout
         self.proxyFrom: list[Network] | None = None
         if settings.proxyFrom is not None:
@@ -253,6 +251,24 @@ class EchoService(MultiService):
             ).setServiceParent(self.datagrams)
 
     @property
+    def datagramPolicy(self) -> DatagramPolicy:
+        """
+        The UDP echo's policy and books, which every C{--udp} listener
+        shares and the statistics report: made when first asked for, by the
+        first UDP listener or the statistics.
+        """
+        if self._datagramPolicy is None:
+            # Imported here: a start without a UDP listener need not load
+            # the UDP echo (docs/performance.rst).
+            from echotwist.datagram import DatagramPolicy
+
+            settings = self.settings
+            self._datagramPolicy = DatagramPolicy(
+                settings.udpRate, self.reactor, ipv6Prefix=settings.ipv6Prefix
+            )
+        return self._datagramPolicy
+
+    @property
     def identity(self) -> Identity:
         """
         What the identity line and C{/info} say: the C{identity} given, or
@@ -295,6 +311,8 @@ class EchoService(MultiService):
             if isinstance(identifyUDP, str):
                 identifyUDP = parseDatagramListener(identifyUDP)
             # Books of its own: the echo's metrics count echoes only.
+            from echotwist.datagram import DatagramPolicy
+
             identifyPolicy = DatagramPolicy(
                 settings.udpRate, reactor, ipv6Prefix=settings.ipv6Prefix
             )

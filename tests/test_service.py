@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from echotwist import Echo, EchoService, Listener
-from echotwist.datagram import DATAGRAMS_PER_READ, DatagramPort
+from echotwist.datagram import DATAGRAMS_PER_READ, DatagramPolicy, DatagramPort
 from echotwist.identity import Identity, identityFor
 from echotwist.proxy import parseNetwork
 from echotwist.service import CannotListen
@@ -370,6 +370,46 @@ class StartWeightTests(SynchronousTestCase):
         found = service.identity
         self.assertEqual(found, identityFor("echo-7"))
         self.assertIs(service.identity, found)
+
+    def test_startWithoutUDPImportsNoUDPEcho(self) -> None:
+        """
+        A start without a C{--udp} listener does not import
+        L{echotwist.datagram}, the UDP echo (its module and its policy cost
+        every start a few hundred microseconds; docs/performance.rst).
+        """
+        self.assertEqual(self.importedAtStart(("echotwist.datagram",)), [])
+
+    def test_datagramPolicyMadeWhenFirstAskedFor(self) -> None:
+        """
+        L{EchoService.datagramPolicy} is made when first asked for, under
+        C{--udp-rate} and C{--ipv6-prefix}, and is the same object each
+        time: every UDP listener and the statistics share one set of books.
+        """
+        service = EchoService(
+            [],
+            settings=Settings(udpRate=7.0, ipv6Prefix=48),
+            reactor=MemoryReactorClock(),
+        )
+        policy = service.datagramPolicy
+        self.assertIsInstance(policy, DatagramPolicy)
+        self.assertEqual((policy.rate, policy.ipv6Prefix), (7.0, 48))
+        self.assertIs(service.datagramPolicy, policy)
+
+    def test_udpListenersShareTheServicePolicy(self) -> None:
+        """
+        Each C{--udp} listener echoes under the service's one
+        L{EchoService.datagramPolicy}, the books the statistics report.
+        """
+        service = EchoService(
+            [],
+            udp=["udp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.2"],
+            reactor=MemoryReactorClock(),
+        )
+        policies = [
+            listener.protocol.policy
+            for listener in service.getServiceNamed("datagrams")
+        ]
+        self.assertEqual(policies, [service.datagramPolicy] * 2)
 
     def test_defaultInstallStartImportsNoPolicies(self) -> None:
         """

@@ -883,6 +883,88 @@ class StartCountScriptTests(SynchronousTestCase):
         )
 
 
+STARTSYS = os.path.join(CHECKOUT, "benchmarks", "startsys.sh")
+
+
+class StartSysScriptTests(SynchronousTestCase):
+    """
+    benchmarks/startsys.sh, which docs/performance.rst's start-up system
+    call, page fault and CPU figures come from: it measures the same starts
+    as startcount.sh, and refuses what it cannot measure in one line, exit 2.
+    """
+
+    def startsys(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["/bin/bash", STARTSYS, *arguments],
+            env={
+                **os.environ,
+                "TWISTD": os.path.join(os.path.dirname(sys.executable), "twistd"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    def test_counts(self) -> None:
+        """
+        One start of each: for echotwist and for the plain C{.tac} the
+        system calls, page faults and CPU time of a start ended by its first
+        echo; the kinds of system call whose counts differ, each with both
+        counts and the difference; and a summary of the two.
+        """
+        requireTool("strace", "strace")
+        result = self.startsys("1")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        ours, plain, heading, *kinds, summary = result.stdout.splitlines()
+        each = r" [1-9][0-9]{2,} system calls, [1-9][0-9]{2,} page faults, [0-9]+\.[0-9] ms CPU$"
+        self.assertRegex(ours, "^echotwist:" + each)
+        self.assertRegex(plain, r"^plain \.tac:" + each)
+        self.assertEqual(
+            heading, "system calls that differ (echotwist, plain .tac, difference):"
+        )
+        # echotwist imports modules the .tac does not: each is opened.
+        self.assertIn("openat", [kind.split()[0] for kind in kinds])
+        for kind in kinds:
+            name, a, b, difference = kind.split()
+            self.assertRegex(name, r"^[a-z_0-9]+$")
+            self.assertEqual(int(difference), int(a) - int(b))
+            self.assertNotEqual(int(difference), 0)
+        self.assertRegex(
+            summary,
+            r"^start to first echo \(least CPU of 1, median faults\):"
+            r" echotwist [0-9.]+ ms, plain \.tac [0-9.]+ ms, ratio [0-9]\.[0-9]{3};"
+            r" [-+][0-9]+ system calls, [-+][0-9]+ page faults$",
+        )
+
+    def test_badRuns(self) -> None:
+        for runs in ("x", "0", "-1"):
+            result = self.startsys(runs)
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertEqual(
+                result.stderr.splitlines(),
+                [
+                    "startsys.sh: RUNS is a whole number of starts (1 or"
+                    f" more), not '{runs}'"
+                ],
+            )
+
+    def test_aServerThatDoesNotEcho(self) -> None:
+        """
+        A server that never echoes (here twistd refusing an option) ends the
+        script with its own last line, exit 2, before anything is reported.
+        """
+        requireTool("strace", "strace")
+        result = self.startsys("1", "--max-connections", "nonsense")
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertEqual(result.stdout, "")
+        [line] = result.stderr.splitlines()
+        self.assertRegex(
+            line,
+            r"^startsys\.sh: echotwist did not echo its first message:"
+            r" .*--max-connections: 'nonsense'",
+        )
+
+
 class UDPPassTests(SynchronousTestCase):
     """
     benchmarks/udppass.py, which docs/performance.rst's UDP figures come
