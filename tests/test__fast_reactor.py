@@ -1244,6 +1244,30 @@ class AlarmPollTests(SynchronousTestCase):
         os.fstat(fd)
 
 
+def runWatched(reactor: EchotwistEPollReactor) -> list[bool]:
+    """
+    Run C{reactor} until it stops, with a watchdog thread that crashes it
+    (through callFromThread) after WAIT seconds, so that a loop that never
+    ends fails the test instead of hanging it.
+
+    @return: C{[True]} if the watchdog had to crash it, else C{[]}.
+    """
+    fired: list[bool] = []
+
+    def bark() -> None:
+        fired.append(True)
+        reactor.callFromThread(reactor.crash)
+
+    watchdog = threading.Timer(WAIT, bark)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        watchdog.cancel()
+    return fired
+
+
 class AlarmRunTests(SynchronousTestCase):
     """
     The real reactor, its alarm a real timerfd on the real clocks: timed
@@ -1260,7 +1284,6 @@ class AlarmRunTests(SynchronousTestCase):
         reactor = EchotwistEPollReactor()
         self.addCleanup(closeEpoll, reactor)
         ran: list[str] = []
-        fired: list[bool] = []
         later = reactor.callLater(10 * WAIT, ran.append, "later")
         armedFor: list[float] = []
 
@@ -1277,20 +1300,10 @@ class AlarmRunTests(SynchronousTestCase):
             later.cancel()
             reactor.stop()
 
-        def bark() -> None:
-            fired.append(True)
-            reactor.callFromThread(reactor.crash)
-
-        watchdog = threading.Timer(WAIT, bark)
-        watchdog.daemon = True
         reactor.callWhenRunning(
             threading.Timer(0.05, reactor.callFromThread, (schedule,)).start
         )
-        watchdog.start()
-        try:
-            reactor.run(installSignalHandlers=False)
-        finally:
-            watchdog.cancel()
+        fired = runWatched(reactor)
         self.assertLess(abs(armedFor[0] - armedFor[1]), 1.0)
         self.assertEqual((ran, fired), (["sooner"], []))
         # Closed at shutdown.
@@ -1334,7 +1347,6 @@ class AlarmRunTests(SynchronousTestCase):
         ticks: list[bool] = []
         sweep = LoopingCall(ticks.append, True)
         sweep.clock = reactor
-        fired: list[bool] = []
 
         def closeUnder() -> None:
             os.close(reactor._alarm.fd)
@@ -1348,21 +1360,13 @@ class AlarmRunTests(SynchronousTestCase):
             else:
                 reactor.callLater(0.05, check)
 
-        def bark() -> None:
-            fired.append(True)
-            reactor.callFromThread(reactor.crash)
-
-        watchdog = threading.Timer(WAIT, bark)
-        watchdog.daemon = True
         reactor.callWhenRunning(sweep.start, 0.01)
         reactor.callWhenRunning(reactor.addReader, readable)
         reactor.callLater(0.05, closeUnder)
-        watchdog.start()
         with capturedLogs() as events:
             try:
-                reactor.run(installSignalHandlers=False)
+                fired = runWatched(reactor)
             finally:
-                watchdog.cancel()
                 sweep.stop()
         self.assertEqual((readable.reads, fired), (1, []))
         self.assertEqual(
@@ -1387,7 +1391,6 @@ class AlarmRunTests(SynchronousTestCase):
         offset = [0.0]
         self.patch(reactor, "seconds", lambda: time.time() + offset[0])
         ran: list[str] = []
-        fired: list[bool] = []
         reactor.callLater(10 * WAIT, ran.append, "stepped over")
 
         def step() -> None:
@@ -1398,20 +1401,10 @@ class AlarmRunTests(SynchronousTestCase):
             ran.append("sooner")
             reactor.stop()
 
-        def bark() -> None:
-            fired.append(True)
-            reactor.callFromThread(reactor.crash)
-
-        watchdog = threading.Timer(WAIT, bark)
-        watchdog.daemon = True
         reactor.callWhenRunning(
             threading.Timer(0.05, reactor.callFromThread, (step,)).start
         )
-        watchdog.start()
-        try:
-            reactor.run(installSignalHandlers=False)
-        finally:
-            watchdog.cancel()
+        fired = runWatched(reactor)
         self.assertEqual((ran, fired), (["stepped over", "sooner"], []))
 
 
