@@ -93,6 +93,21 @@ def _passOf(port: DatagramPort, reads: int) -> bool:
     return bool(clean)
 
 
+def _writeRaisesFor(port: DatagramPort, datagram: bytes) -> None:
+    """
+    Make C{port}'s write raise, for C{datagram}, what a bug in answering it
+    would raise; other datagrams it writes as before.
+    """
+    write = port.write
+
+    def raising(data: bytes, addr: Any) -> Any:
+        if data == datagram:
+            raise RuntimeError("a bug in answering")
+        return write(data, addr)
+
+    port.write = raising  # type: ignore[method-assign]
+
+
 class _PassTests:
     """
     The datagram echo's own pass of reads (L{EchoPassPort.readPass}, the
@@ -567,14 +582,7 @@ class BatchPassTests(_PassTests, SynchronousTestCase):
         batches.sendmmsg = lambda at, count, flags: int(
             (fails if at is first else real)(at, count, flags)
         )
-        write = self.port.write
-
-        def raising(datagram: bytes, addr: Any) -> Any:
-            if datagram == b"a":
-                raise RuntimeError("a bug in answering")
-            return write(datagram, addr)
-
-        self.port.write = raising  # type: ignore[method-assign]
+        _writeRaisesFor(self.port, b"a")
 
     def test_answerRaisesMidPass(self) -> None:
         """
@@ -838,14 +846,7 @@ class OnePassTests(_PassTests, SynchronousTestCase):
         and the next pass answers the next.
         """
         self.judged()
-        write = self.port.write
-
-        def raising(datagram: bytes, addr: Any) -> Any:
-            if datagram == b"a":
-                raise RuntimeError("a bug in answering")
-            return write(datagram, addr)
-
-        self.port.write = raising  # type: ignore[method-assign]
+        _writeRaisesFor(self.port, b"a")
         self.recorded.sendError = errno.ENOBUFS  # so the port's write is called
         self.send([b"a"])
         self.assertFalse(self.port.readPass())
