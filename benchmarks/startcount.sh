@@ -25,36 +25,12 @@
 # twistd (pip install of the checkout, no extras) measures what bench.py's
 # row measures.
 set -eu
-runs=${1:-3}
-[ $# -gt 0 ] && shift
-extra=("$@")
-refuse() {  # refuse LINE: the one line a bad argument gets, before any work
-    echo "startcount.sh: $1" >&2
-    exit 2
-}
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] || refuse "RUNS is a whole number of starts (1 or more), not '$runs'"
-here=$(cd "$(dirname "$0")" && pwd)
-twistd=${TWISTD:-$(command -v twistd || true)}
-[ -x "$twistd" ] || refuse "no twistd: put one on PATH or set TWISTD=/path/to/twistd"
-command -v valgrind >/dev/null || refuse "no valgrind (Debian: apt-get install valgrind)"
-python=$(head -1 "$twistd" | sed 's/^#!//')
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-unset PYTHONDONTWRITEBYTECODE
-export PYTHONHASHSEED=0 FIRST_ECHO_TWISTD="$twistd"
+. "$(dirname "$0")/firststart.sh" valgrind 3 "$@"
 
 start() {  # start NAME [valgrind...]: runs one start; prints its count
-    local name=$1 port out
+    local name=$1
     shift
-    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    if [ "$name" = plain ]; then
-        server=(-n --pidfile= -y "$here/plain.tac")
-    else
-        server=(-n --pidfile= echo --port "tcp:$port:interface=127.0.0.1" ${extra[@]+"${extra[@]}"})
-    fi
-    if ! FIRST_ECHO_PORT=$port PLAIN_ECHO_PORT="tcp:$port:interface=127.0.0.1" \
-        timeout 300 "$@" "$python" "$here/firstecho.py" "${server[@]}" \
-        >"$work/server.log" 2>&1; then
+    if ! firstStart "$name" "$@"; then
         refuse "$name did not echo its first message: $(grep -v '^==' "$work/server.log" | tail -1)"
     fi
     awk '/Collected :/ {print $NF}' "$work/server.log"

@@ -24,38 +24,14 @@
 # twistd (pip install of the checkout, no extras) measures what bench.py's
 # start row measures.
 set -eu
-runs=${1:-5}
-[ $# -gt 0 ] && shift
-extra=("$@")
-refuse() {  # refuse LINE: the one line a bad argument gets, before any work
-    echo "startsys.sh: $1" >&2
-    exit 2
-}
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] || refuse "RUNS is a whole number of starts (1 or more), not '$runs'"
-here=$(cd "$(dirname "$0")" && pwd)
-twistd=${TWISTD:-$(command -v twistd || true)}
-[ -x "$twistd" ] || refuse "no twistd: put one on PATH or set TWISTD=/path/to/twistd"
-command -v strace >/dev/null || refuse "no strace (Debian: apt-get install strace)"
-python=$(head -1 "$twistd" | sed 's/^#!//')
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-unset PYTHONDONTWRITEBYTECODE
-export PYTHONHASHSEED=0 FIRST_ECHO_TWISTD="$twistd"
+. "$(dirname "$0")/firststart.sh" strace 5 "$@"
+export FIRST_ECHO_USAGE="$work/usage"
 
 start() {  # start NAME [strace...]: runs one start, leaving $work/usage
-    local name=$1 port
+    local name=$1
     shift
-    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    if [ "$name" = plain ]; then
-        server=(-n --pidfile= -y "$here/plain.tac")
-    else
-        server=(-n --pidfile= echo --port "tcp:$port:interface=127.0.0.1" ${extra[@]+"${extra[@]}"})
-    fi
     rm -f "$work/usage"
-    if ! FIRST_ECHO_PORT=$port PLAIN_ECHO_PORT="tcp:$port:interface=127.0.0.1" \
-        FIRST_ECHO_USAGE="$work/usage" \
-        timeout 300 "$@" "$python" "$here/firstecho.py" "${server[@]}" \
-        >"$work/server.log" 2>&1 || [ ! -s "$work/usage" ]; then
+    if ! firstStart "$name" "$@" || [ ! -s "$work/usage" ]; then
         refuse "$name did not echo its first message: $(tail -1 "$work/server.log")"
     fi
 }
