@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import re
 import select
 import selectors
 import shutil
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import cast
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -815,19 +817,25 @@ class InstructionsScriptTests(SynchronousTestCase):
         )
 
 
-STARTCOUNT = os.path.join(CHECKOUT, "benchmarks", "startcount.sh")
-
-
-class StartCountScriptTests(SynchronousTestCase):
+class _StartScriptTests:
     """
-    benchmarks/startcount.sh, which docs/performance.rst's start-up
-    instruction counts come from: it counts each server's start to its
-    first echo, and refuses what it cannot count in one line, exit 2.
+    What benchmarks/startcount.sh and benchmarks/startsys.sh share (their
+    arguments and starts come from benchmarks/firststart.sh): one line and
+    exit 2 for a bad RUNS or a server that does not echo, before anything
+    is reported.
     """
 
-    def startcount(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+    #: The script's file name in benchmarks/, and the tool it measures with.
+    script: str
+    tool: str
+
+    def runScript(self, *arguments: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["/bin/bash", STARTCOUNT, *arguments],
+            [
+                "/bin/bash",
+                os.path.join(CHECKOUT, "benchmarks", self.script),
+                *arguments,
+            ],
             env={
                 **os.environ,
                 "TWISTD": os.path.join(os.path.dirname(sys.executable), "twistd"),
@@ -837,6 +845,46 @@ class StartCountScriptTests(SynchronousTestCase):
             timeout=600,
         )
 
+    def test_badRuns(self) -> None:
+        case = cast(SynchronousTestCase, self)
+        for runs in ("x", "0", "-1"):
+            result = self.runScript(runs)
+            case.assertEqual(result.returncode, 2, result.stderr)
+            case.assertEqual(
+                result.stderr.splitlines(),
+                [
+                    f"{self.script}: RUNS is a whole number of starts (1 or"
+                    f" more), not '{runs}'"
+                ],
+            )
+
+    def test_aServerThatDoesNotEcho(self) -> None:
+        """
+        A server that never echoes (here twistd refusing an option) ends the
+        script with its own last line, exit 2, before anything is reported.
+        """
+        case = cast(SynchronousTestCase, self)
+        requireTool(self.tool, self.tool)
+        result = self.runScript("1", "--max-connections", "nonsense")
+        case.assertEqual(result.returncode, 2, result.stderr)
+        case.assertEqual(result.stdout, "")
+        [line] = result.stderr.splitlines()
+        case.assertRegex(
+            line,
+            rf"^{re.escape(self.script)}: echotwist did not echo its first message:"
+            r" .*--max-connections: 'nonsense'",
+        )
+
+
+class StartCountScriptTests(_StartScriptTests, SynchronousTestCase):
+    """
+    benchmarks/startcount.sh, which docs/performance.rst's start-up
+    instruction counts come from: it counts each server's start to its
+    first echo, and refuses what it cannot count in one line, exit 2.
+    """
+
+    script, tool = "startcount.sh", "valgrind"
+
     def test_counts(self) -> None:
         """
         One start of each, under callgrind: a count for echotwist and one
@@ -844,7 +892,7 @@ class StartCountScriptTests(SynchronousTestCase):
         does not echo ends the script with exit 2), and their ratio.
         """
         requireTool("valgrind", "valgrind")
-        result = self.startcount("1")
+        result = self.runScript("1")
         self.assertEqual(result.returncode, 0, result.stderr)
         ours, plain, summary = result.stdout.splitlines()
         self.assertRegex(ours, r"^echotwist: [1-9][0-9]{7,}$")
@@ -855,55 +903,15 @@ class StartCountScriptTests(SynchronousTestCase):
             r" echotwist [0-9.]+ M, plain \.tac [0-9.]+ M, ratio [0-9]\.[0-9]{3}$",
         )
 
-    def test_badRuns(self) -> None:
-        for runs in ("x", "0", "-1"):
-            result = self.startcount(runs)
-            self.assertEqual(result.returncode, 2, result.stderr)
-            self.assertEqual(
-                result.stderr.splitlines(),
-                [
-                    "startcount.sh: RUNS is a whole number of starts (1 or"
-                    f" more), not '{runs}'"
-                ],
-            )
 
-    def test_aServerThatDoesNotEcho(self) -> None:
-        """
-        A server that never echoes (here twistd refusing an option) ends the
-        script with its own last line, exit 2, before anything is counted.
-        """
-        requireTool("valgrind", "valgrind")
-        result = self.startcount("1", "--max-connections", "nonsense")
-        self.assertEqual(result.returncode, 2, result.stderr)
-        [line] = result.stderr.splitlines()
-        self.assertRegex(
-            line,
-            r"^startcount\.sh: echotwist did not echo its first message:"
-            r" .*--max-connections: 'nonsense'",
-        )
-
-
-STARTSYS = os.path.join(CHECKOUT, "benchmarks", "startsys.sh")
-
-
-class StartSysScriptTests(SynchronousTestCase):
+class StartSysScriptTests(_StartScriptTests, SynchronousTestCase):
     """
     benchmarks/startsys.sh, which docs/performance.rst's start-up system
     call, page fault and CPU figures come from: it measures the same starts
     as startcount.sh, and refuses what it cannot measure in one line, exit 2.
     """
 
-    def startsys(self, *arguments: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["/bin/bash", STARTSYS, *arguments],
-            env={
-                **os.environ,
-                "TWISTD": os.path.join(os.path.dirname(sys.executable), "twistd"),
-            },
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+    script, tool = "startsys.sh", "strace"
 
     def test_counts(self) -> None:
         """
@@ -913,7 +921,7 @@ class StartSysScriptTests(SynchronousTestCase):
         counts and the difference; and a summary of the two.
         """
         requireTool("strace", "strace")
-        result = self.startsys("1")
+        result = self.runScript("1")
         self.assertEqual(result.returncode, 0, result.stderr)
         ours, plain, heading, *kinds, summary = result.stdout.splitlines()
         each = r" [1-9][0-9]{2,} system calls, [1-9][0-9]{2,} page faults, [0-9]+\.[0-9] ms CPU$"
@@ -934,34 +942,6 @@ class StartSysScriptTests(SynchronousTestCase):
             r"^start to first echo \(least CPU of 1, median faults\):"
             r" echotwist [0-9.]+ ms, plain \.tac [0-9.]+ ms, ratio [0-9]\.[0-9]{3};"
             r" [-+][0-9]+ system calls, [-+][0-9]+ page faults$",
-        )
-
-    def test_badRuns(self) -> None:
-        for runs in ("x", "0", "-1"):
-            result = self.startsys(runs)
-            self.assertEqual(result.returncode, 2, result.stderr)
-            self.assertEqual(
-                result.stderr.splitlines(),
-                [
-                    "startsys.sh: RUNS is a whole number of starts (1 or"
-                    f" more), not '{runs}'"
-                ],
-            )
-
-    def test_aServerThatDoesNotEcho(self) -> None:
-        """
-        A server that never echoes (here twistd refusing an option) ends the
-        script with its own last line, exit 2, before anything is reported.
-        """
-        requireTool("strace", "strace")
-        result = self.startsys("1", "--max-connections", "nonsense")
-        self.assertEqual(result.returncode, 2, result.stderr)
-        self.assertEqual(result.stdout, "")
-        [line] = result.stderr.splitlines()
-        self.assertRegex(
-            line,
-            r"^startsys\.sh: echotwist did not echo its first message:"
-            r" .*--max-connections: 'nonsense'",
         )
 
 
