@@ -350,6 +350,27 @@ class StartWeightTests(SynchronousTestCase):
             ["echotwist.settings.Settings"],
         )
 
+    def test_startBuildsNoNamedTupleButTheListeners(self) -> None:
+        """
+        Of echotwist's classes a start loads, only the public L{Listener}
+        and L{DatagramListener} are named tuples: a typed named tuple's
+        class is built by C{typing} and C{collections} as its module loads,
+        which every start pays (L{echotwist._twisted.EPollParts} and
+        L{echotwist._fast.LoopHandler} as named tuples cost about 2.2
+        million instructions, 0.3% of a start; docs/performance.rst).
+        """
+        self.assertEqual(
+            self.afterStart(
+                "sorted(f'{c.__module__}.{c.__qualname__}'"
+                " for m in list(sys.modules.values())"
+                " if getattr(m, '__name__', '').startswith('echotwist')"
+                " for c in vars(m).values()"
+                " if isinstance(c, type) and c.__module__ == m.__name__"
+                " and issubclass(c, tuple) and hasattr(c, '_fields'))"
+            ),
+            ["echotwist.listeners.DatagramListener", "echotwist.listeners.Listener"],
+        )
+
     def test_startCompilesNoPatternOnlyRefusalsUse(self) -> None:
         """
         A default start compiles none of the regular expressions that only
