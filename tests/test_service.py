@@ -415,6 +415,22 @@ class StartWeightTests(SynchronousTestCase):
             [],
         )
 
+    def test_startNotAsPidOneImportsNoExitStatus(self) -> None:
+        """
+        A start that is not PID 1 does not import L{echotwist.exitstatus},
+        neither as the service is made nor once the reactor runs
+        (L{echotwist.process.watchExitStatus}): only PID 1 needs it.
+        """
+        self.assertEqual(
+            self.afterStart(
+                "(getattr(__import__('echotwist.process').process,"
+                " 'watchExitStatus', lambda: None)(),"
+                " sorted(m for m in sys.modules"
+                " if m.startswith('echotwist.exitstatus')))[1]"
+            ),
+            [],
+        )
+
     def test_startWithoutIdentityOptionsImportsNoIdentity(self) -> None:
         """
         Without C{--identify}, C{--identify-udp}, C{--metrics} or
