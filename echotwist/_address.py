@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import cache
 from typing import TypeAlias
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -20,9 +21,17 @@ from twisted.internet.interfaces import IAddress
 #: owns one can use any of its 2**64 addresses.
 DEFAULT_IPV6_PREFIX = 64
 
-# Anything but printable ASCII: control bytes, DEL, and every non-ASCII
-# character (a terminal can be told things by more than C0 controls).
-_UNSAFE = re.compile(r"[^\x20-\x7e]")
+
+@cache
+def _unsafe() -> re.Pattern[str]:
+    """
+    Anything but printable ASCII: control bytes, DEL, and every non-ASCII
+    character (a terminal can be told things by more than C0 controls).
+    Compiled when first needed: most text is printable ASCII, which
+    L{escape} returns as it is, and a start need not pay for it
+    (docs/performance.rst).
+    """
+    return re.compile(r"[^\x20-\x7e]")
 
 
 def _escapeOne(match: re.Match[str]) -> str:
@@ -40,7 +49,7 @@ def escape(text: str) -> str:
     """
     if text.isascii() and text.isprintable() and "\\" not in text:
         return text
-    return _UNSAFE.sub(_escapeOne, text.replace("\\", "\\\\"))
+    return _unsafe().sub(_escapeOne, text.replace("\\", "\\\\"))
 
 
 def formatAddress(address: IAddress | None) -> str:

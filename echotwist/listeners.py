@@ -21,6 +21,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping
+from functools import cache
 from typing import Any, NamedTuple
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -77,12 +78,16 @@ def installExtra(extra: str) -> str:
     return f"install echotwist with its {extra} extra (pip install '.[{extra}]' from a checkout)"
 
 
-#: An interface= whose value goes on past an unescaped colon: an IPv6
-#: address written as is, which the description splits into pieces.
-#: An IPv4 address before the colon is one field and the next.
-_UNESCAPED_IPV6 = re.compile(
-    r"(?<!\\)interface=(?!\d+\.\d+\.\d+\.\d+:)[0-9A-Fa-f.]*(?<!\\):"
-)
+@cache
+def _unescapedIPv6() -> re.Pattern[str]:
+    """
+    An interface= whose value goes on past an unescaped colon: an IPv6
+    address written as is, which the description splits into pieces.  An
+    IPv4 address before the colon is one field and the next.  Compiled
+    when first needed: only a refusal and a UDP listener look for it, and a
+    start need not pay for it (docs/performance.rst).
+    """
+    return re.compile(r"(?<!\\)interface=(?!\d+\.\d+\.\d+\.\d+:)[0-9A-Fa-f.]*(?<!\\):")
 
 
 def _ipv6Hint(description: str) -> str | None:
@@ -90,7 +95,7 @@ def _ipv6Hint(description: str) -> str | None:
     If C{description} has an IPv6 address with unescaped colons, a message
     saying how to escape them.
     """
-    if not _UNESCAPED_IPV6.search(description):
+    if not _unescapedIPv6().search(description):
         return None
     return (
         f"{description!r}: escape each colon of an IPv6 address with a"

@@ -10,6 +10,7 @@ start to the foreground.
 from __future__ import annotations
 
 import faulthandler
+import os
 import re
 import select
 import sys
@@ -27,6 +28,7 @@ __all__ = [
     "prepareProcess",
     "reactorName",
     "twistdLeavesStatus0",
+    "watchExitStatus",
 ]
 
 
@@ -116,16 +118,34 @@ def prepareProcess() -> None:
     # object, hence the original.
     if sys.__stderr__ is not None and not faulthandler.is_enabled():
         faulthandler.enable(sys.__stderr__, all_threads=True)
-    # As PID 1 (a container without --init) the signal twistd re-sends
-    # itself after the drain cannot kill it: end with 128 + its number all
-    # the same.  Once the reactor runs, its own handlers are there to wrap.
+    # Once the reactor runs, its own handlers are there to wrap.
     from twisted.internet.interfaces import IReactorCore
 
     from echotwist._twisted import orGlobalReactor
-    from echotwist.exitstatus import ExitStatus
 
     reactor: IReactorCore | None = None
-    orGlobalReactor(reactor).callWhenRunning(ExitStatus().watch)
+    orGlobalReactor(reactor).callWhenRunning(watchExitStatus)
+
+
+def watchExitStatus(getpid: Callable[[], int] = os.getpid) -> bool:
+    """
+    As PID 1 (a container without C{--init}), where the signal twistd
+    re-sends itself after the drain cannot kill it, have the process end
+    with 128 + its number all the same (L{echotwist.exitstatus}).  Called
+    once the reactor runs, after twistd has daemonized if it does: a
+    process's id does not change while it runs, so anywhere else there is
+    nothing to watch, and L{echotwist.exitstatus} is not even imported
+    (docs/performance.rst).
+
+    @param getpid: this process's id (for tests).
+    @return: whether it watches.
+    """
+    if getpid() != 1:
+        return False
+    from echotwist.exitstatus import ExitStatus
+
+    ExitStatus(getpid=getpid).watch()
+    return True
 
 
 def _briefly(message: str, limit: int = FOREGROUND_REPORT) -> str:

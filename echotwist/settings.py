@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from echotwist._address import DEFAULT_IPV6_PREFIX, Network, parseNetwork
@@ -44,7 +45,15 @@ MIN_SOCKET_BUFFER = 4096
 #: spaces around, exponents, C{"nan"}), none of which a user means to type,
 #: and some of which hide a mistake.
 _WHOLE = re.compile(r"[0-9]+")
-_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
+@cache
+def _decimal() -> re.Pattern[str]:
+    """
+    A decimal number (see above), compiled when first needed: a start that
+    gives no option takes no decimal (docs/performance.rst).
+    """
+    return re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
 
 def wholeNumber(text: str, what: str = "a whole number") -> int:
@@ -68,7 +77,7 @@ def decimalNumber(text: str, what: str) -> float:
     @param what: what it counts, for the error (e.g. C{"seconds"}).
     @raise ValueError: naming C{text} and C{what}.
     """
-    if not _DECIMAL.fullmatch(text):
+    if not _decimal().fullmatch(text):
         raise ValueError(
             f"{text!r} is not a number of {what} (0 or more, in digits 0-9)"
         )

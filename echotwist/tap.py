@@ -85,6 +85,14 @@ def versionLine() -> str:
     )
 
 
+#: Each parsed option's default, as a user types it (and --help shows it).
+_TYPED_DEFAULTS = {
+    f.metadata["option"]: _typed(f.default)
+    for f in optionFields()
+    if "parse" in f.metadata and f.default is not None
+}
+
+
 def _repeats(listener: Listener, seen: list[Listener]) -> bool:
     """
     Whether C{listener} is one of C{seen} again.  Port 0 means a fresh free
@@ -129,7 +137,7 @@ class Options(usage.Options):
         [
             f.metadata["option"],
             None,
-            None if f.default is None else _typed(f.default),
+            _TYPED_DEFAULTS.get(f.metadata["option"]),
             f.metadata["help"],
         ]
         for f in optionFields()
@@ -287,6 +295,14 @@ class Options(usage.Options):
         for f in optionFields():
             name = f.metadata["option"]
             if "parse" in f.metadata and isinstance(self[name], str):
+                if self[name] == _TYPED_DEFAULTS.get(name):
+                    # The default as --help shows it parses to the field's
+                    # own value (tests.test_tap checks each): take that, and
+                    # spare every start the parsers' work (a regular
+                    # expression to compile, the CPUs to count for
+                    # --workers; docs/performance.rst).
+                    self[name] = f.default
+                    continue
                 try:
                     self[name] = f.metadata["parse"](self[name])
                 except ValueError as e:

@@ -43,12 +43,21 @@ from echotwist._fast import reactor as reactorModule
 from echotwist._fast.alarm import Alarm, makeAlarm
 from echotwist._fast.tcp import SplicingServer
 from echotwist._fast.udp import EchoPassPort
-from echotwist._twisted import closeEpoll, epollParts
+from echotwist._twisted import EPollParts, closeEpoll, epollParts
 from echotwist.datagram import LOOP_TOLERANCE, DatagramEcho, DatagramPolicy
 from echotwist.reactor import EchotwistEPollReactor
 from echotwist.stream import DIRECT_READ_SIZE, SPLICE_FROM
 from tests._twistd import WAIT
 from tests.test__fast_tcp import Loopback, pattern
+
+
+def _replaced(parts: EPollParts, **changed: Any) -> EPollParts:
+    """
+    C{parts} with some of them changed (a test's scripted poll, or a
+    register that refuses).
+    """
+    kept = {name: getattr(parts, name) for name in EPollParts.__slots__}
+    return EPollParts(**{**kept, **changed})
 
 
 class PlainEchoTests(SynchronousTestCase):
@@ -857,7 +866,7 @@ class PlainPollTests(SynchronousTestCase):
     def script(self, *polls: list[tuple[int, int]]) -> _ScriptedPoller:
         poller = _ScriptedPoller(self.reactor, list(polls))
         parts = self.reactor._parts
-        self.reactor._parts = parts._replace(poll=poller.poll)
+        self.reactor._parts = _replaced(parts, poll=poller.poll)
         self.addCleanup(setattr, self.reactor, "_parts", parts)
         return poller
 
@@ -1128,7 +1137,7 @@ class AlarmPollTests(SynchronousTestCase):
 
         self.patch(reactorModule, "makeAlarm", recording)
         parts = self.reactor._parts
-        self.reactor._parts = parts._replace(register=refuse)
+        self.reactor._parts = _replaced(parts, register=refuse)
         self.addCleanup(setattr, self.reactor, "_parts", parts)
         poller = self.script([], [])
         self.reactor.doPoll(0.5)
@@ -1158,7 +1167,7 @@ class AlarmPollTests(SynchronousTestCase):
             parts.register(fd, mask)
 
         self.patch(reactorModule, "makeAlarm", recording)
-        self.reactor._parts = parts._replace(register=register)
+        self.reactor._parts = _replaced(parts, register=register)
         self.addCleanup(setattr, self.reactor, "_parts", parts)
         poller = self.script([], [])
         self.reactor.doPoll(0.5)

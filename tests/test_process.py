@@ -5,9 +5,11 @@ reactor it serves on.
 
 from __future__ import annotations
 
+import signal
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist.process import installDefaultReactor
+from echotwist.process import installDefaultReactor, watchExitStatus
 
 
 class DefaultReactorTests(SynchronousTestCase):
@@ -66,3 +68,26 @@ class DefaultReactorTests(SynchronousTestCase):
         del select.epoll  # type: ignore[attr-defined]
         self.assertFalse(installDefaultReactor(None, {}, self.install))
         self.assertEqual(self.installed, [])
+
+
+class WatchExitStatusTests(SynchronousTestCase):
+    """
+    L{watchExitStatus} watches the stopping signals as PID 1 only.  (As
+    PID 1 for real, in a PID namespace: tests.system.test_exitstatus.)
+    """
+
+    def test_notPidOne(self) -> None:
+        """
+        Anywhere but PID 1 the signal twistd re-sends itself kills the
+        process: the reactor's handlers are left as they are.
+        """
+
+        def handler(signum: int, frame: object) -> None:
+            pass
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+            signal.signal(signum, handler)
+        self.assertFalse(watchExitStatus(lambda: 4242))
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.assertIs(signal.getsignal(signum), handler)

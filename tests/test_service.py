@@ -283,16 +283,20 @@ class StartWeightTests(SynchronousTestCase):
             withoutOpenSSL,
         )
 
-    def afterStart(self, names: str, withoutOpenSSL: bool = False) -> list[str]:
+    def afterStart(
+        self, names: str, withoutOpenSSL: bool = False, before: str = ""
+    ) -> list[str]:
         """
         Compose and start C{twistd echo --port tcp:0} in a fresh interpreter
         as twistd does, and return the strings the expression C{names}
         gives there afterwards.
 
         @param withoutOpenSSL: as for L{importedAtStart}.
+        @param before: code to run first, before echotwist is imported.
         """
         code = (
             "import sys\n"
+            + before
             + ("sys.modules['OpenSSL'] = None\n" if withoutOpenSSL else "")
             + "import echotwist.reactor, echotwist.tap\n"
             "from twisted.plugins.echotwist_plugin import echo\n"
@@ -344,6 +348,87 @@ class StartWeightTests(SynchronousTestCase):
                 " and __import__('dataclasses').is_dataclass(c))"
             ),
             ["echotwist.settings.Settings"],
+        )
+
+    def test_startBuildsNoNamedTupleButTheListeners(self) -> None:
+        """
+        Of echotwist's classes a start loads, only the public L{Listener}
+        and L{DatagramListener} are named tuples: a typed named tuple's
+        class is built by C{typing} and C{collections} as its module loads,
+        which every start pays (L{echotwist._twisted.EPollParts} and
+        L{echotwist._fast.LoopHandler} as named tuples cost about 2.2
+        million instructions, 0.3% of a start; docs/performance.rst).
+        """
+        self.assertEqual(
+            self.afterStart(
+                "sorted(f'{c.__module__}.{c.__qualname__}'"
+                " for m in list(sys.modules.values())"
+                " if getattr(m, '__name__', '').startswith('echotwist')"
+                " for c in vars(m).values()"
+                " if isinstance(c, type) and c.__module__ == m.__name__"
+                " and issubclass(c, tuple) and hasattr(c, '_fields'))"
+            ),
+            ["echotwist.listeners.DatagramListener", "echotwist.listeners.Listener"],
+        )
+
+    def test_startCompilesNoPatternOnlyRefusalsUse(self) -> None:
+        """
+        A default start compiles none of the regular expressions that only
+        a refusal, a UDP listener, a decimal option or a peer's unprintable
+        text needs (the unescaped IPv6 address of a listener, a decimal
+        number, what L{echotwist._address.escape} escapes): compiling them
+        costs every start a few hundred microseconds (docs/performance.rst).
+        """
+        self.assertEqual(
+            self.afterStart(
+                "[p for p in compiled"
+                " if any(k in p for k in ('interface=', 'x20-', '[0-9]*)?'))]",
+                before="import re\n"
+                "compiled = []\n"
+                "_compile = re.compile\n"
+                "def recording(pattern, flags=0):\n"
+                "    compiled.append(str(pattern))\n"
+                "    return _compile(pattern, flags)\n"
+                "re.compile = recording\n",
+            ),
+            [],
+        )
+
+    def test_defaultStartParsesNoDefault(self) -> None:
+        """
+        A start that gives no option but C{--port} runs none of the options'
+        parsers on their defaults, which parse to the fields' own values
+        (L{tests.test_tap.OptionsTests.test_defaultsParseToTheirValues}):
+        not even C{--workers}', which counts the CPUs this process may use.
+        """
+        self.assertEqual(
+            self.afterStart(
+                "asked",
+                before="import os\n"
+                "asked = []\n"
+                "_affinity = os.sched_getaffinity\n"
+                "def recording(pid):\n"
+                "    asked.append('sched_getaffinity')\n"
+                "    return _affinity(pid)\n"
+                "os.sched_getaffinity = recording\n",
+            ),
+            [],
+        )
+
+    def test_startNotAsPidOneImportsNoExitStatus(self) -> None:
+        """
+        A start that is not PID 1 does not import L{echotwist.exitstatus},
+        neither as the service is made nor once the reactor runs
+        (L{echotwist.process.watchExitStatus}): only PID 1 needs it.
+        """
+        self.assertEqual(
+            self.afterStart(
+                "(getattr(__import__('echotwist.process').process,"
+                " 'watchExitStatus', lambda: None)(),"
+                " sorted(m for m in sys.modules"
+                " if m.startswith('echotwist.exitstatus')))[1]"
+            ),
+            [],
         )
 
     def test_startWithoutIdentityOptionsImportsNoIdentity(self) -> None:

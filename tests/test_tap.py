@@ -151,6 +151,27 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["max-per-source"], 100)
         self.assertEqual(parse("--idle-timeout", "0.5")["idle-timeout"], 0.5)
 
+    def test_defaultsParseToTheirValues(self) -> None:
+        """
+        Each option's default as C{--help} shows it parses to its field's
+        own value, of the same type: what lets a start take the field's
+        value for an option left at its default, without parsing it.
+        """
+        typed = {p[0]: p[2] for p in Options.optParameters}
+        checked = []
+        for f in optionFields():
+            name = f.metadata["option"]
+            if "parse" not in f.metadata or f.default is None:
+                continue
+            value = f.metadata["parse"](typed[name])
+            self.assertEqual((value, type(value)), (f.default, type(f.default)), name)
+            # Given as typed, or left alone, it is the same value.
+            self.assertEqual(parse(f"--{name}", typed[name])[name], value, name)
+            self.assertEqual(parse()[name], value, name)
+            checked.append(name)
+        self.assertIn("workers", checked)
+        self.assertIn("keepalive", checked)
+
 
 class BadValueTests(SynchronousTestCase):
     """

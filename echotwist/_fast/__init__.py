@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import import_module
-from typing import Any, NamedTuple
+from typing import Any
 
 __all__ = [
     "PROXIED",
@@ -111,9 +111,14 @@ def classFor(reactor: object, kind: str) -> type[Any] | None:
     return found
 
 
-class LoopHandler(NamedTuple):
+class LoopHandler:
     """
     What the reactor's loop does with a readable selectable of one class.
+
+    A plain class with slots, not a typed named tuple: the loop only reads
+    its attributes, and a named tuple's class is built by C{typing} and
+    C{collections} as its module loads, which every start does (about 1
+    million instructions, 0.15% of a start; docs/performance.rst).
 
     @ivar readPass: called with the selectable instead of its C{doRead};
         returns whether everything it read was echoed in the pass (so the
@@ -130,9 +135,17 @@ class LoopHandler(NamedTuple):
         whatever that function needs (see L{echotwist._fast.tlsloop}).
     """
 
-    readPass: Callable[[Any], bool] | None = None
-    tracked: bool = False
-    loopEcho: Callable[[Any], tuple[Any, ...] | None] | None = None
+    __slots__ = ("readPass", "tracked", "loopEcho")
+
+    def __init__(
+        self,
+        readPass: Callable[[Any], bool] | None = None,
+        tracked: bool = False,
+        loopEcho: Callable[[Any], tuple[Any, ...] | None] | None = None,
+    ) -> None:
+        self.readPass = readPass
+        self.tracked = tracked
+        self.loopEcho = loopEcho
 
 
 #: The loop's handlers, by the selectable's exact class.

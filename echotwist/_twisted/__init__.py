@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, MutableMapping
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
@@ -189,16 +189,18 @@ def tlsReceiveFailed(protocol: Any) -> None:
 # -- the reactor -------------------------------------------------------------
 
 
-class EPollParts(NamedTuple):
+class EPollParts:
     """
     What a subclass of Twisted's epoll reactor needs of its internals to
     run its own poll loop, as Twisted's C{EPollReactor.doPoll} does.
 
-    A named tuple, not a frozen dataclass: as immutable, and lighter to
-    load, which every start does (the echotwist reactor builds one): a
-    frozen dataclass's methods are generated and compiled as its module
-    loads, 2.5 million instructions more, 0.4% of a start
-    (docs/performance.rst).
+    A plain class with slots, not a named tuple or a frozen dataclass: the
+    loop only reads its attributes, and it is the lightest to load, which
+    every start does (the echotwist reactor builds one): a frozen
+    dataclass's methods are generated and compiled as its module loads (2.5
+    million instructions, 0.4% of a start), and a typed named tuple's class
+    is built by C{typing} and C{collections} as it loads (1.2 million,
+    0.2%; docs/performance.rst).
 
     @ivar poll: the epoll object's C{poll(timeout, maxevents)}.
     @ivar register: the epoll object's C{register(fd, eventmask)}, for a
@@ -219,12 +221,30 @@ class EPollParts(NamedTuple):
         instructions a message).
     """
 
-    poll: Callable[[float, int], list[tuple[int, int]]]
-    register: Callable[[int, int], None]
-    selectables: dict[int, Any]
-    doReadOrWrite: Callable[[Any, int, int], None]
-    disconnectSelectable: Callable[[Any, BaseException, bool], None]
-    justStopped: Callable[[Any], bool]
+    __slots__ = (
+        "poll",
+        "register",
+        "selectables",
+        "doReadOrWrite",
+        "disconnectSelectable",
+        "justStopped",
+    )
+
+    def __init__(
+        self,
+        poll: Callable[[float, int], list[tuple[int, int]]],
+        register: Callable[[int, int], None],
+        selectables: dict[int, Any],
+        doReadOrWrite: Callable[[Any, int, int], None],
+        disconnectSelectable: Callable[[Any, BaseException, bool], None],
+        justStopped: Callable[[Any], bool],
+    ) -> None:
+        self.poll = poll
+        self.register = register
+        self.selectables = selectables
+        self.doReadOrWrite = doReadOrWrite
+        self.disconnectSelectable = disconnectSelectable
+        self.justStopped = justStopped
 
 
 def epollParts(reactor: EPollReactor) -> EPollParts:
