@@ -59,9 +59,10 @@ class _OneAtATimePort(EchoPassPort):
     onePasses = sys.maxsize
     made = 0
 
-    def _onePass(self, echo: DatagramEcho) -> bool:
-        _OneAtATimePort.made += 1
-        return super()._onePass(echo)
+    def readPass(self) -> bool:
+        if self._onesLeft:
+            _OneAtATimePort.made += 1
+        return super().readPass()
 
 
 def _queued(port: DatagramPort) -> bool:
@@ -856,6 +857,28 @@ class OnePassTests(_PassTests, SynchronousTestCase):
         self.assertTrue(self.port.readPass())
         self.assertEqual(self.answers(), [b"b"])
         self.assertEqual(self.policy.counts, {"answered": 2})
+
+    def test_listensAgain(self) -> None:
+        """
+        A port that stops listening while it reads one datagram a pass,
+        and listens again, reads by batches first, as a port that starts
+        does: its new socket's datagrams may come several at a time.
+        """
+        self.judged()
+        self.port.stopListening()
+        self.port.reactor.advance(0)  # type: ignore[attr-defined]
+        self.port.startListening()
+        self.addCleanup(self.port.socket.close)
+        again = _Calls(self.port)  # type: ignore[arg-type]
+        self.send([b"again"])
+        self.assertTrue(self.port.readPass())  # the policy judged it before
+        self.assertEqual(again.calls, ["recvmmsg", "sendmmsg"])
+        self.assertEqual(self.answers(), [b"again"])
+        # And after that pass of one, one a pass again.
+        self.send([b"more"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(again.calls[2:], ["recvfrom", "sendto"])
+        self.assertEqual(self.answers(), [b"more"])
 
 
 class _CountingReads:
