@@ -128,13 +128,13 @@ class EchoPassPort(DatagramPort):
         guard called for it (one datagram gains nothing from its tables),
         and then a pass by batches looks again.  Those passes are made
         here, with what they use bound once when they start (L{_ones}),
-        rather than in a method of their own.  For one datagram such a pass costs about 8,000
-        user-space instructions less than one by batches, its two
-        C{ctypes} calls and its set-up for a batch (64 B x 1, see
-        docs/performance.rst); a pass that reads one datagram asks nothing
-        of the kernel after it (asking is a system call, reading into
-        C{EAGAIN} costlier still), so a datagram queued behind it waits for
-        the loop's next poll, which finds it at once.
+        rather than in a method of their own.  For one datagram such a
+        pass costs about 8,000 user-space instructions less than one by
+        batches, its two C{ctypes} calls and its set-up for a batch (64 B
+        x 1, see docs/performance.rst); a pass that reads one datagram
+        asks nothing of the kernel after it (asking is a system call,
+        reading into C{EAGAIN} costlier still), so a datagram queued
+        behind it waits for the loop's next poll, which finds it at once.
 
         Elsewhere it reads and answers one datagram at a time with
         C{recvfrom} and C{sendto} (L{_echoPass}), where after a pass that
