@@ -1298,10 +1298,11 @@ class AsTheProtocolAnyTrafficTests(SynchronousTestCase):
         self, script: list[Any], rate: float, reads: int
     ) -> None:
         """
-        L{test_anyTraffic} for a port that reads one datagram a pass from
-        its first pass on (L{_OnesPort}): there, a pass by batches reads
-        exactly one datagram in few scripts, so few of its datagrams would
-        take the passes of one datagram, and their checks.
+        L{test_anyTraffic} for a port that reads one datagram a pass after
+        every pass by batches that left none queued (L{_OnesPort}): there,
+        a pass by batches reads exactly one datagram in few scripts, so few
+        of its datagrams would take the passes of one datagram, and their
+        checks.
         """
         if not available():
             raise self.skipTest("no recvmmsg/sendmmsg here")
