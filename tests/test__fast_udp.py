@@ -59,9 +59,28 @@ class _OneAtATimePort(EchoPassPort):
     onePasses = sys.maxsize
     made = 0
 
-    def _onePass(self, echo: DatagramEcho) -> bool:
-        _OneAtATimePort.made += 1
-        return super()._onePass(echo)
+    def readPass(self) -> bool:
+        if self._onesLeft:
+            _OneAtATimePort.made += 1
+        return super().readPass()
+
+
+class _OnesPort(_OneAtATimePort):
+    """
+    The fast path's port that reads one datagram a pass after any pass by
+    batches that left none queued, whatever it read: nearly every datagram
+    after the first takes the passes of one datagram, for the tests that
+    compare them with the protocol's own path over any traffic (a pass by
+    batches reads exactly one datagram in few scripts).  Not after a pass
+    that read its bound: what is left is the next pass's, as for a port
+    that reads every queued datagram up to the bound (see L{_passOf}).
+    """
+
+    def _batchPass(self, echo: DatagramEcho, batches: Any) -> bool:
+        clean = super()._batchPass(echo, batches)
+        if not self._onesLeft and not _queued(self):
+            self._ones(echo)
+        return clean
 
 
 def _queued(port: DatagramPort) -> bool:
@@ -857,6 +876,28 @@ class OnePassTests(_PassTests, SynchronousTestCase):
         self.assertEqual(self.answers(), [b"b"])
         self.assertEqual(self.policy.counts, {"answered": 2})
 
+    def test_listensAgain(self) -> None:
+        """
+        A port that stops listening while it reads one datagram a pass,
+        and listens again, reads by batches first, as a port that starts
+        does: its new socket's datagrams may come several at a time.
+        """
+        self.judged()
+        self.port.stopListening()
+        self.port.reactor.advance(0)  # type: ignore[attr-defined]
+        self.port.startListening()
+        self.addCleanup(self.port.socket.close)
+        again = _Calls(self.port)  # type: ignore[arg-type]
+        self.send([b"again"])
+        self.assertTrue(self.port.readPass())  # the policy judged it before
+        self.assertEqual(again.calls, ["recvmmsg", "sendmmsg"])
+        self.assertEqual(self.answers(), [b"again"])
+        # And after that pass of one, one a pass again.
+        self.send([b"more"])
+        self.assertTrue(self.port.readPass())
+        self.assertEqual(again.calls[2:], ["recvfrom", "sendto"])
+        self.assertEqual(self.answers(), [b"more"])
+
 
 class _CountingReads:
     """
@@ -1247,6 +1288,28 @@ class AsTheProtocolAnyTrafficTests(SynchronousTestCase):
             script = [step for step in script if step[0] != "failOnce"]
         self.assertAsTheProtocol(portType, script, rate, reads)
 
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(_STEPS, max_size=16),
+        st.sampled_from([0, 10, 100]),
+        st.sampled_from([4, DATAGRAMS_PER_READ]),
+    )
+    def test_anyTrafficOneAtATime(
+        self, script: list[Any], rate: float, reads: int
+    ) -> None:
+        """
+        L{test_anyTraffic} for a port that reads one datagram a pass after
+        every pass by batches that left none queued (L{_OnesPort}): there,
+        a pass by batches reads exactly one datagram in few scripts, so few
+        of its datagrams would take the passes of one datagram, and their
+        checks.
+        """
+        if not available():
+            raise self.skipTest("no recvmmsg/sendmmsg here")
+        # They try a failed answer twice (see test_anyTraffic).
+        script = [step for step in script if step[0] != "failOnce"]
+        self.assertAsTheProtocol(_OnesPort, script, rate, reads)
+
     def test_repeatsWhoseAnswersFail(self) -> None:
         """
         Datagrams answered before another with the same bytes, whose
@@ -1254,7 +1317,12 @@ class AsTheProtocolAnyTrafficTests(SynchronousTestCase):
         pass by batches sends its gathered answers before it asks the loop
         guard of a datagram whose digest it holds.
         """
-        for portType in (_BatchPassPort, _OneAtATimePort, _RecvfromPassPort):
+        for portType in (
+            _BatchPassPort,
+            _OneAtATimePort,
+            _OnesPort,
+            _RecvfromPassPort,
+        ):
             for script in [
                 # Always failing; failing for a while.
                 [("send", 0, 1, 1), ("pass",), ("send", 0, 7, 4), ("pass",)],

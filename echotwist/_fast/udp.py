@@ -63,6 +63,10 @@ class EchoPassPort(DatagramPort):
     _batches: Batches | None = None
     # How many of the next passes read one datagram each (see readPass).
     _onesLeft = 0
+    # What those passes use, bound once when they start (see _ones): the
+    # read's size, and the policy's verdicts, rate limiter, loop guard,
+    # clock, byte counts and counts.
+    _one: tuple[Any, ...] = ()
 
     def startListening(self) -> None:
         """
@@ -70,6 +74,8 @@ class EchoPassPort(DatagramPort):
         whether a datagram is queued, or its batches (see L{readPass}).
         """
         super().startListening()
+        # Passes of one datagram start again from a pass by batches.
+        self._onesLeft, self._one = 0, ()
         queue = select.poll()
         queue.register(self.socket.fileno(), select.POLLIN)
         self._queue = queue
@@ -83,6 +89,7 @@ class EchoPassPort(DatagramPort):
         Let go of the batches' memory with the socket.
         """
         self._batches = None
+        self._onesLeft, self._one = 0, ()
         super().connectionLost(reason)
 
     def doRead(self) -> None:
@@ -117,14 +124,17 @@ class EchoPassPort(DatagramPort):
         up to the bound with one call and sends its answers with another
         (L{_batchPass}); after such a pass that read one datagram, the next
         L{onePasses} passes read one datagram each, with C{recvfrom}, and
-        answer it with C{sendto} (L{_onePass}), and then a pass by batches
-        looks again.  For one datagram such a pass costs about 8,000
-        user-space instructions less than one by batches, its two
-        C{ctypes} calls and its set-up for a batch (64 B x 1, see
-        docs/performance.rst); a pass that reads one datagram asks nothing
-        of the kernel after it (asking is a system call, reading into
-        C{EAGAIN} costlier still), so a datagram queued behind it waits for
-        the loop's next poll, which finds it at once.
+        answer it with C{sendto}, the checks in the same order, the loop
+        guard called for it (one datagram gains nothing from its tables),
+        and then a pass by batches looks again.  Those passes are made
+        here, with what they use bound once when they start (L{_ones}),
+        rather than in a method of their own.  For one datagram such a
+        pass costs about 8,000 user-space instructions less than one by
+        batches, its two C{ctypes} calls and its set-up for a batch (64 B
+        x 1, see docs/performance.rst); a pass that reads one datagram
+        asks nothing of the kernel after it (asking is a system call,
+        reading into C{EAGAIN} costlier still), so a datagram queued
+        behind it waits for the loop's next poll, which finds it at once.
 
         Elsewhere it reads and answers one datagram at a time with
         C{recvfrom} and C{sendto} (L{_echoPass}), where after a pass that
@@ -142,17 +152,75 @@ class EchoPassPort(DatagramPort):
         @return: whether every datagram of the pass was answered in this
             loop (nothing was refused, logged or handed on).
         """
-        protocol = self.protocol
-        if type(protocol) is DatagramEcho and self.addressFamily == socket.AF_INET:
-            batches = self._batches
-            if batches is None:
-                return self._echoPass(protocol)
-            if self._onesLeft:
-                self._onesLeft -= 1
-                return self._onePass(protocol)
-            return self._batchPass(protocol, batches)
-        self._protocolPass()
+        left = self._onesLeft
+        if not left:
+            protocol = self.protocol
+            if type(protocol) is DatagramEcho and self.addressFamily == socket.AF_INET:
+                batches = self._batches
+                if batches is None:
+                    return self._echoPass(protocol)
+                return self._batchPass(protocol, batches)
+            self._protocolPass()
+            return False
+        # A pass of one datagram (only ever set for the datagram echo over
+        # IPv4, see _ones), here rather than in a method of its own: at
+        # one datagram in flight it is a pass a datagram, and the call
+        # and the look-ups of what it uses cost more than its checks.
+        self._onesLeft = left - 1
+        size, verdicts, limiter, loops, seconds, counted, counts = self._one
+        sock = self.socket
+        try:
+            data, addr = sock.recvfrom(size)
+        except OSError as e:
+            endOfReads(e)
+            return True
+        host, port = addr
+        try:
+            verdict = verdicts.get(host)
+            if port < FIRST_UNPRIVILEGED_PORT or not verdict or verdict[0]:
+                # Refused, or not judged yet: the protocol's.
+                self.protocol.datagramReceived(data, addr)
+                return False
+            if limiter is not None and not limiter.allow(verdict[1]):
+                why = "over the rate limit"
+            elif loops.isLoopAt(host, port, data, seconds()):
+                why = "echo loop"
+            else:
+                try:
+                    sent = sock.sendto(data, addr)  # whole, or OSError
+                except OSError:
+                    why = ""
+                else:
+                    # What DatagramPolicy.countAnswers(sent, sent, 1) counts,
+                    # without its call.
+                    counted["received"] += sent
+                    counted["sent"] += sent
+                    counts["answered"] = counts.get("answered", 0) + 1
+                    return True
+            _unanswered(self.protocol, why, data, addr, verdict[1])
+        except Exception:
+            log.failure("Unhandled error in {protocol!r}", protocol=self.protocol)
         return False
+
+    def _ones(self, echo: DatagramEcho) -> None:
+        """
+        Make the next L{onePasses} passes read one datagram each (see
+        L{readPass}), and bind what they use of the policy of C{echo}, the
+        port's datagram echo, whose parts are made with it and stay (its
+        tables change in place).  Not the socket's methods: the port's
+        socket is looked up each pass, as every other pass does.
+        """
+        policy = echo.policy
+        self._one = (
+            self.maxPacketSize,
+            policy.verdicts,
+            policy.limiter,
+            policy.loops,
+            policy.clock.seconds,
+            policy.bytes,
+            policy.counts,
+        )
+        self._onesLeft = self.onePasses
 
     def _batchPass(self, echo: DatagramEcho, batches: Batches) -> bool:
         """
@@ -174,7 +242,7 @@ class EchoPassPort(DatagramPort):
             return True
         if got == 1:
             # One at a time: the next passes read one each (see readPass).
-            self._onesLeft = self.onePasses
+            self._ones(echo)
         policy = echo.policy
         verdicts, limiter, loops = policy.verdicts, policy.limiter, policy.loops
         now = policy.clock.seconds()
@@ -252,44 +320,6 @@ class EchoPassPort(DatagramPort):
                 failed, unsent = _sendRun(echo, batches, start + max(done, 0), got)
         policy.countAnswers(sent - unsent, sent - unsent, answered - failed)
         return clean and not failed
-
-    def _onePass(self, echo: DatagramEcho) -> bool:
-        """
-        The pass of L{readPass} for the datagram echo over IPv4 that reads
-        one datagram, with C{recvfrom}, and answers it with C{sendto}: the
-        checks of L{_echoPass} in the same order, the loop guard called
-        for it (one datagram gains nothing from its tables).
-        """
-        try:
-            data, addr = self.socket.recvfrom(self.maxPacketSize)
-        except OSError as e:
-            endOfReads(e)
-            return True
-        host, port = addr
-        policy = echo.policy
-        try:
-            verdict = policy.verdicts.get(host)
-            if port < FIRST_UNPRIVILEGED_PORT or not verdict or verdict[0]:
-                # Refused, or not judged yet: the protocol's.
-                echo.datagramReceived(data, addr)
-                return False
-            group, limiter = verdict[1], policy.limiter
-            if limiter is not None and not limiter.allow(group):
-                why = "over the rate limit"
-            elif policy.loops.isLoopAt(host, port, data, policy.clock.seconds()):
-                why = "echo loop"
-            else:
-                try:
-                    sent = self.socket.sendto(data, addr)  # whole, or OSError
-                except OSError:
-                    why = ""
-                else:
-                    policy.countAnswers(sent, sent, 1)
-                    return True
-            _unanswered(echo, why, data, addr, group)
-        except Exception:
-            log.failure("Unhandled error in {protocol!r}", protocol=echo)
-        return False
 
     def _echoPass(self, echo: DatagramEcho) -> bool:
         """The pass of L{readPass} for the datagram echo over IPv4."""
