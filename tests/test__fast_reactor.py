@@ -85,7 +85,7 @@ class PlainEchoTests(SynchronousTestCase):
             self.assertEqual(self.loop.echo(client, message), message)
             total += len(message)
         self.assertEqual(self.calls, 1)
-        self.assertIs(self.plain[self.fd(protocol)][1], protocol)
+        self.assertIs(self.plain[self.fd(protocol)], protocol)
         self.assertEqual(protocol.bytesEchoed, total)
 
     def test_readsShareOneBuffer(self) -> None:
@@ -121,7 +121,7 @@ class PlainEchoTests(SynchronousTestCase):
             self.assertEqual(got, sent)
         self.assertEqual(self.calls, 2, "only the first reads reach Echo")
         for protocol in (firstProtocol, secondProtocol):
-            self.assertIs(self.plain[self.fd(protocol)][1], protocol)
+            self.assertIs(self.plain[self.fd(protocol)], protocol)
 
     def test_bulkReadsSkipTheTransport(self) -> None:
         """
@@ -181,12 +181,20 @@ class PlainEchoTests(SynchronousTestCase):
 
     def injectSend(self, protocol: Echo, send: Any) -> None:
         """
-        Have the reactor send this connection's echoes with C{send}, called
-        as it calls C{os.write}: with the descriptor and the bytes (a view
-        of the loop's buffer, good for the call only).
+        Have the reactor send this connection's next echo with C{send},
+        called as it calls C{os.write}: with the descriptor and the bytes
+        (a view of the loop's buffer, good for the call only).  Once:
+        every C{send} here leaves the plain echo at its first call, as the
+        loop's own write does when it fails or sends short.
         """
-        transport, echo, read, _ = self.plain[self.fd(protocol)]
-        self.plain[self.fd(protocol)] = (transport, echo, read, send)
+        self.assertIn(self.fd(protocol), self.plain)
+        reactor = self.loop.reactor
+
+        def once(fd: int, data: memoryview) -> Any:
+            reactor._plainWrite = os.write
+            return send(fd, data)
+
+        reactor._plainWrite = once
 
     def test_sendWouldBlock(self) -> None:
         """
@@ -265,12 +273,11 @@ class PlainEchoTests(SynchronousTestCase):
         """
         client, protocol = self.loop.connect()
         self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
-        transport, echo, _, send = self.plain[self.fd(protocol)]
 
         def reset(buffer: bytearray) -> int:
             raise ConnectionResetError(errno.ECONNRESET, "reset")
 
-        self.plain[self.fd(protocol)] = (transport, echo, reset, send)
+        protocol.loopRead = reset
         client.sendall(b"more")
         self.loop.until(lambda: self.closed(protocol), "the loss")
         self.assertEqual(self.flushLoggedErrors(), [])
@@ -313,7 +320,7 @@ class PlainEchoTests(SynchronousTestCase):
         for n in range(5):
             message = pattern(200, n)
             self.assertEqual(self.loop.echo(second, message), message)
-        self.assertIs(self.plain[fd][1], secondProtocol)
+        self.assertIs(self.plain[fd], secondProtocol)
         self.assertEqual(firstProtocol.bytesEchoed, 5)
 
     def test_idleConnectionsHaveNoFile(self) -> None:
@@ -357,6 +364,25 @@ class PlainEchoTests(SynchronousTestCase):
         buffer = bytearray(16)
         self.assertEqual(files[0].readinto(buffer), 4)
         self.assertEqual(buffer[:4], b"ping")
+
+    def test_entryIsTheEcho(self) -> None:
+        """
+        A plain echo's entry in the loop is its Echo, holding what the loop
+        reads it with (the C{readinto} of the connection's file): no tuple
+        beside it, and no look at the transport per message.  At a
+        thousand connections every object a message touches is out of the
+        CPU's caches by the connection's next message (see
+        docs/performance.rst).
+        """
+        client, protocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+        self.assertIs(self.plain[self.fd(protocol)], protocol)
+        self.assertIs(protocol.loopRead.__self__, protocol.transport._rawFile)
+        read = protocol.loopRead
+        self.assertEqual(self.loop.echo(client, b"again"), b"again")
+        self.assertIs(self.plain[self.fd(protocol)], protocol)
+        self.assertIs(protocol.loopRead, read, "one bound read a connection")
+        self.assertEqual(protocol.bytesEchoed, 9)
 
     def test_closedBeforeRemoved(self) -> None:
         """
@@ -493,7 +519,8 @@ class SharedBufferTests(SynchronousTestCase):
         the loop trusts instead of looking the selectable up per read.
         """
         selectables = epollParts(self.reactor).selectables
-        for fd, (transport, echo, _, _) in self.reactor._plainEchoes.items():
+        for fd, echo in self.reactor._plainEchoes.items():
+            transport = echo.transport
             self.assertIs(selectables.get(fd), transport, f"stale entry on {fd}")
             self.assertTrue(transport.connected, f"entry of a lost connection {fd}")
             self.assertEqual(transport.fileno(), fd)
@@ -809,14 +836,16 @@ class _ScriptedPoller:
 
 class _PlainEcho:
     """
-    What the reactor's plain-echo entry needs of an Echo and its socket:
-    a count, and a read and a write (called as C{FileIO.readinto} and
-    C{os.write} are) that hand over C{message} each time.
+    What the reactor's plain echo needs of an Echo and its socket (a
+    count, and its C{loopRead}, called as C{FileIO.readinto} is), and a
+    write for the reactor to send with (called as C{os.write} is): they
+    hand over C{message} each time.
     """
 
     bytesEchoed = 0
 
     def __init__(self, message: bytes = b"ping") -> None:
+        self.loopRead = self.readinto
         self.message = message
         self.sent: list[bytes] = []
 
@@ -844,12 +873,8 @@ class PlainPollTests(SynchronousTestCase):
         self.transport = object()
         # fd 1000: a plain echo; fd 1001: anything else (counts its reads).
         epollParts(self.reactor).selectables[1000] = self.transport
-        self.reactor._plainEchoes[1000] = (
-            self.transport,
-            self.echo,
-            self.echo.readinto,
-            self.echo.write,
-        )
+        self.reactor._plainEchoes[1000] = self.echo
+        self.reactor._plainWrite = self.echo.write
         self.otherReads: list[int] = []
         epollParts(self.reactor).selectables[1001] = _Counting(self.otherReads)
         self.addCleanup(epollParts(self.reactor).selectables.clear)
@@ -985,12 +1010,8 @@ class AlarmPollTests(SynchronousTestCase):
         self.echo = _PlainEcho()
         transport = object()
         epollParts(self.reactor).selectables[1000] = transport
-        self.reactor._plainEchoes[1000] = (
-            transport,
-            self.echo,
-            self.echo.readinto,
-            self.echo.write,
-        )
+        self.reactor._plainEchoes[1000] = self.echo
+        self.reactor._plainWrite = self.echo.write
         self.addCleanup(epollParts(self.reactor).selectables.clear)
 
     def script(self, *polls: list[tuple[int, int]]) -> _ScriptedPoller:

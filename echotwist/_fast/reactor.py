@@ -79,6 +79,7 @@ timer per sleep, which one message in flight pays per message.
 from __future__ import annotations
 
 import errno
+import os
 from errno import EINVAL, ENOBUFS, ENOSYS
 from select import EPOLLIN
 from typing import Any, Literal
@@ -130,10 +131,13 @@ class FastEPollReactor(EPollReactor):
         # through echotwist's one door to them.
         self._parts = epollParts(self)
         # Connections whose reads this loop echoes itself, by descriptor:
-        # the transport, its Echo, the read to call with the buffer below
-        # and the write to call with the descriptor (see tcp.plainEcho;
-        # tests put others in).
-        self._plainEchoes: dict[int, tuple[Any, Echo, Any, Any]] = {}
+        # each one's Echo, whose loopRead the loop reads it with (see
+        # tcp.plainEcho; tests put others in).  Nothing more a connection:
+        # at a thousand connections each object of one is out of the
+        # caches when its next message comes, and one more is a miss more.
+        self._plainEchoes: dict[int, Echo] = {}
+        # What the plain echo sends with (tests put others in).
+        self._plainWrite = os.write
         # What the plain echo reads into, one read at a time: a bytes
         # object per read would be allocated at DIRECT_READ_SIZE and shrunk.
         self._readBuffer = bytearray(DIRECT_READ_SIZE)
@@ -296,7 +300,7 @@ class FastEPollReactor(EPollReactor):
         """
         parts = self._parts
         poll, selectables, stopped = parts.poll, parts.selectables, parts.justStopped
-        plainEchoes, passes = self._plainEchoes, self._passes
+        plainEchoes, passes, write = self._plainEchoes, self._passes, self._plainWrite
         threadCalls, seconds = self.threadCallQueue, self.seconds
         buffer, view, spliceFrom = self._readBuffer, self._readView, SPLICE_FROM
         # The buffer's first outSize bytes.
@@ -319,18 +323,20 @@ class FastEPollReactor(EPollReactor):
             allPlain = True
             for fd, event in events:
                 try:
-                    entry = plainEchoes.get(fd)
+                    echo = plainEchoes.get(fd)
                     # An entry is the registered selectable's: removeReader
                     # drops it, whatever the descriptor's state.
-                    if entry is not None and event == EPOLLIN:
+                    if echo is not None and event == EPOLLIN:
                         # What tcp.Connection.doRead and Echo.dataReceived
                         # do, for a plain echo (see plainEcho), without a
                         # call: most events of a busy server are these.
-                        _, echo, readInto, write = entry
                         sent: int | OSError | None
                         data: bytes | None
+                        # A bound method's call is specialised; looking
+                        # the method up on the file per call is not.
+                        read = echo.loopRead
                         try:
-                            size = readInto(buffer)
+                            size = read(buffer)
                         except BlockingIOError:
                             continue
                         except OSError:
@@ -361,7 +367,7 @@ class FastEPollReactor(EPollReactor):
                             # next read's.
                             data = bytes(view[:size])
                         allPlain = False
-                        self._finishPlain(fd, entry[0], echo, data, sent)
+                        self._finishPlain(fd, echo, data, sent)
                         continue
                     port = passes.get(fd)
                     if (
@@ -405,7 +411,6 @@ class FastEPollReactor(EPollReactor):
     def _finishPlain(
         self,
         fd: int,
-        transport: Any,
         echo: Echo,
         data: bytes | None,
         sent: int | OSError | None,
@@ -417,6 +422,7 @@ class FastEPollReactor(EPollReactor):
         ordinary path.
         """
         del self._plainEchoes[fd]
+        transport = echo.transport
         try:
             why = finishRead(echo, data, sent)
         except KeyboardInterrupt:
@@ -545,7 +551,7 @@ class FastEPollReactor(EPollReactor):
         """
         found = plainEcho(transport)
         if found is not None:
-            self._plainEchoes[fd] = (transport, *found)
+            self._plainEchoes[fd] = found
             self._bulkEchoes.pop(fd, None)
             return
         self._plainEchoes.pop(fd, None)
