@@ -56,7 +56,6 @@ class PlainEchoTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.loop = Loopback(self)
-        self.plain = self.loop.reactor._plainEchoes
         self.calls = 0
         original = Echo.dataReceived
 
@@ -65,6 +64,13 @@ class PlainEchoTests(SynchronousTestCase):
             original(protocol, data)
 
         self.patch(Echo, "dataReceived", counting)
+
+    @property
+    def plain(self) -> dict[int, Echo]:
+        """
+        The reactor's plain echoes, by descriptor, now.
+        """
+        return self.loop.reactor.plainEchoes()
 
     def fd(self, protocol: Echo) -> int:
         return int(protocol.transport.fileno())
@@ -425,7 +431,7 @@ class PlainEchoTests(SynchronousTestCase):
         for n in range(5):
             message = pattern(300, n)
             self.assertEqual(loop.echo(client, message), message)
-        self.assertEqual(loop.reactor._plainEchoes, {})
+        self.assertEqual(loop.reactor.plainEchoes(), {})
         self.assertEqual(protocol.bytesEchoed, 1500)
 
     @settings(
@@ -519,7 +525,7 @@ class SharedBufferTests(SynchronousTestCase):
         the loop trusts instead of looking the selectable up per read.
         """
         selectables = epollParts(self.reactor).selectables
-        for fd, echo in self.reactor._plainEchoes.items():
+        for fd, echo in self.reactor.plainEchoes().items():
             transport = echo.transport
             self.assertIs(selectables.get(fd), transport, f"stale entry on {fd}")
             self.assertTrue(transport.connected, f"entry of a lost connection {fd}")
@@ -608,7 +614,7 @@ class SharedBufferTests(SynchronousTestCase):
                 clients[client] = protocol
             for _ in range(3):
                 self.exchange(clients)
-                plainReads += len(self.reactor._plainEchoes)
+                plainReads += len(self.reactor.plainEchoes())
             for client in self.random.sample(list(clients), 4):
                 self.close(client, clients.pop(client), self.random.randrange(5))
         self.assertGreater(reused, 0, "no descriptor was used again")
@@ -873,7 +879,7 @@ class PlainPollTests(SynchronousTestCase):
         self.transport = object()
         # fd 1000: a plain echo; fd 1001: anything else (counts its reads).
         epollParts(self.reactor).selectables[1000] = self.transport
-        self.reactor._plainEchoes[1000] = self.echo
+        self.reactor._setPlain(1000, self.echo)  # type: ignore[arg-type]
         self.reactor._plainWrite = self.echo.write
         self.otherReads: list[int] = []
         epollParts(self.reactor).selectables[1001] = _Counting(self.otherReads)
@@ -1010,7 +1016,7 @@ class AlarmPollTests(SynchronousTestCase):
         self.echo = _PlainEcho()
         transport = object()
         epollParts(self.reactor).selectables[1000] = transport
-        self.reactor._plainEchoes[1000] = self.echo
+        self.reactor._setPlain(1000, self.echo)  # type: ignore[arg-type]
         self.reactor._plainWrite = self.echo.write
         self.addCleanup(epollParts(self.reactor).selectables.clear)
 
@@ -1507,7 +1513,7 @@ class StopWhileEchoingTests(SynchronousTestCase):
             reactor.callLater(0, waiting)
 
         def waiting() -> None:
-            if self.echoed >= 200 and reactor._plainEchoes:
+            if self.echoed >= 200 and reactor.plainEchoes():
                 trigger()
             else:
                 reactor.callLater(0.01, waiting)
