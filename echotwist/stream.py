@@ -173,6 +173,14 @@ class Echo(Protocol):
     #: change, C{openedAt} stands for it).
     idleMark = 0
     idleSince = 0.0
+    #: What echotwist's own loop reads this connection with while it echoes
+    #: it without this protocol's code (see
+    #: L{echotwist._fast.tcp.plainEcho}), set by that loop: the
+    #: C{readinto} of the socket's file.  Kept here, beside the count the
+    #: loop adds to, so that a message touches as few of the connection's
+    #: objects as can be: at a thousand connections each is out of the
+    #: CPU's caches by the connection's next message.
+    loopRead: Any = None
     #: Over TLS (an C{ssl:} listener): the handshake is still to finish
     #: when the connection is made, and counts against the source's
     #: handshake budget until it does.

@@ -65,7 +65,6 @@ class PlainEchoTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.loop = Loopback(self)
-        self.plain = self.loop.reactor._plainEchoes
         self.calls = 0
         original = Echo.dataReceived
 
@@ -74,6 +73,13 @@ class PlainEchoTests(SynchronousTestCase):
             original(protocol, data)
 
         self.patch(Echo, "dataReceived", counting)
+
+    @property
+    def plain(self) -> dict[int, Echo]:
+        """
+        The reactor's plain echoes, by descriptor, now.
+        """
+        return self.loop.reactor.plainEchoes()
 
     def fd(self, protocol: Echo) -> int:
         return int(protocol.transport.fileno())
@@ -94,7 +100,7 @@ class PlainEchoTests(SynchronousTestCase):
             self.assertEqual(self.loop.echo(client, message), message)
             total += len(message)
         self.assertEqual(self.calls, 1)
-        self.assertIs(self.plain[self.fd(protocol)][1], protocol)
+        self.assertIs(self.plain[self.fd(protocol)], protocol)
         self.assertEqual(protocol.bytesEchoed, total)
 
     def test_readsShareOneBuffer(self) -> None:
@@ -130,7 +136,7 @@ class PlainEchoTests(SynchronousTestCase):
             self.assertEqual(got, sent)
         self.assertEqual(self.calls, 2, "only the first reads reach Echo")
         for protocol in (firstProtocol, secondProtocol):
-            self.assertIs(self.plain[self.fd(protocol)][1], protocol)
+            self.assertIs(self.plain[self.fd(protocol)], protocol)
 
     def test_bulkReadsSkipTheTransport(self) -> None:
         """
@@ -190,12 +196,20 @@ class PlainEchoTests(SynchronousTestCase):
 
     def injectSend(self, protocol: Echo, send: Any) -> None:
         """
-        Have the reactor send this connection's echoes with C{send}, called
-        as it calls C{os.write}: with the descriptor and the bytes (a view
-        of the loop's buffer, good for the call only).
+        Have the reactor send this connection's next echo with C{send},
+        called as it calls C{os.write}: with the descriptor and the bytes
+        (a view of the loop's buffer, good for the call only).  Once:
+        every C{send} here leaves the plain echo at its first call, as the
+        loop's own write does when it fails or sends short.
         """
-        transport, echo, read, _ = self.plain[self.fd(protocol)]
-        self.plain[self.fd(protocol)] = (transport, echo, read, send)
+        self.assertIn(self.fd(protocol), self.plain)
+        reactor = self.loop.reactor
+
+        def once(fd: int, data: memoryview) -> Any:
+            reactor._plainWrite = os.write
+            return send(fd, data)
+
+        reactor._plainWrite = once
 
     def test_sendWouldBlock(self) -> None:
         """
@@ -274,12 +288,11 @@ class PlainEchoTests(SynchronousTestCase):
         """
         client, protocol = self.loop.connect()
         self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
-        transport, echo, _, send = self.plain[self.fd(protocol)]
 
         def reset(buffer: bytearray) -> int:
             raise ConnectionResetError(errno.ECONNRESET, "reset")
 
-        self.plain[self.fd(protocol)] = (transport, echo, reset, send)
+        protocol.loopRead = reset
         client.sendall(b"more")
         self.loop.until(lambda: self.closed(protocol), "the loss")
         self.assertEqual(self.flushLoggedErrors(), [])
@@ -322,7 +335,7 @@ class PlainEchoTests(SynchronousTestCase):
         for n in range(5):
             message = pattern(200, n)
             self.assertEqual(self.loop.echo(second, message), message)
-        self.assertIs(self.plain[fd][1], secondProtocol)
+        self.assertIs(self.plain[fd], secondProtocol)
         self.assertEqual(firstProtocol.bytesEchoed, 5)
 
     def test_idleConnectionsHaveNoFile(self) -> None:
@@ -367,6 +380,25 @@ class PlainEchoTests(SynchronousTestCase):
         self.assertEqual(files[0].readinto(buffer), 4)
         self.assertEqual(buffer[:4], b"ping")
 
+    def test_entryIsTheEcho(self) -> None:
+        """
+        A plain echo's entry in the loop is its Echo, holding what the loop
+        reads it with (the C{readinto} of the connection's file): no tuple
+        beside it, and no look at the transport per message.  At a
+        thousand connections every object a message touches is out of the
+        CPU's caches by the connection's next message (see
+        docs/performance.rst).
+        """
+        client, protocol = self.loop.connect()
+        self.assertEqual(self.loop.echo(client, b"warm"), b"warm")
+        self.assertIs(self.plain[self.fd(protocol)], protocol)
+        self.assertIs(protocol.loopRead.__self__, protocol.transport._rawFile)
+        read = protocol.loopRead
+        self.assertEqual(self.loop.echo(client, b"again"), b"again")
+        self.assertIs(self.plain[self.fd(protocol)], protocol)
+        self.assertIs(protocol.loopRead, read, "one bound read a connection")
+        self.assertEqual(protocol.bytesEchoed, 9)
+
     def test_closedBeforeRemoved(self) -> None:
         """
         A reader removed once its socket is closed (its fileno() is -1
@@ -408,7 +440,7 @@ class PlainEchoTests(SynchronousTestCase):
         for n in range(5):
             message = pattern(300, n)
             self.assertEqual(loop.echo(client, message), message)
-        self.assertEqual(loop.reactor._plainEchoes, {})
+        self.assertEqual(loop.reactor.plainEchoes(), {})
         self.assertEqual(protocol.bytesEchoed, 1500)
 
     @settings(
@@ -502,7 +534,8 @@ class SharedBufferTests(SynchronousTestCase):
         the loop trusts instead of looking the selectable up per read.
         """
         selectables = epollParts(self.reactor).selectables
-        for fd, (transport, echo, _, _) in self.reactor._plainEchoes.items():
+        for fd, echo in self.reactor.plainEchoes().items():
+            transport = echo.transport
             self.assertIs(selectables.get(fd), transport, f"stale entry on {fd}")
             self.assertTrue(transport.connected, f"entry of a lost connection {fd}")
             self.assertEqual(transport.fileno(), fd)
@@ -590,7 +623,7 @@ class SharedBufferTests(SynchronousTestCase):
                 clients[client] = protocol
             for _ in range(3):
                 self.exchange(clients)
-                plainReads += len(self.reactor._plainEchoes)
+                plainReads += len(self.reactor.plainEchoes())
             for client in self.random.sample(list(clients), 4):
                 self.close(client, clients.pop(client), self.random.randrange(5))
         self.assertGreater(reused, 0, "no descriptor was used again")
@@ -818,14 +851,16 @@ class _ScriptedPoller:
 
 class _PlainEcho:
     """
-    What the reactor's plain-echo entry needs of an Echo and its socket:
-    a count, and a read and a write (called as C{FileIO.readinto} and
-    C{os.write} are) that hand over C{message} each time.
+    What the reactor's plain echo needs of an Echo and its socket (a
+    count, and its C{loopRead}, called as C{FileIO.readinto} is), and a
+    write for the reactor to send with (called as C{os.write} is): they
+    hand over C{message} each time.
     """
 
     bytesEchoed = 0
 
     def __init__(self, message: bytes = b"ping") -> None:
+        self.loopRead = self.readinto
         self.message = message
         self.sent: list[bytes] = []
 
@@ -853,12 +888,8 @@ class PlainPollTests(SynchronousTestCase):
         self.transport = object()
         # fd 1000: a plain echo; fd 1001: anything else (counts its reads).
         epollParts(self.reactor).selectables[1000] = self.transport
-        self.reactor._plainEchoes[1000] = (
-            self.transport,
-            self.echo,
-            self.echo.readinto,
-            self.echo.write,
-        )
+        self.reactor._setPlain(1000, self.echo)  # type: ignore[arg-type]
+        self.reactor._plainWrite = self.echo.write
         self.otherReads: list[int] = []
         epollParts(self.reactor).selectables[1001] = _Counting(self.otherReads)
         self.addCleanup(epollParts(self.reactor).selectables.clear)
@@ -994,12 +1025,8 @@ class AlarmPollTests(SynchronousTestCase):
         self.echo = _PlainEcho()
         transport = object()
         epollParts(self.reactor).selectables[1000] = transport
-        self.reactor._plainEchoes[1000] = (
-            transport,
-            self.echo,
-            self.echo.readinto,
-            self.echo.write,
-        )
+        self.reactor._setPlain(1000, self.echo)  # type: ignore[arg-type]
+        self.reactor._plainWrite = self.echo.write
         self.addCleanup(epollParts(self.reactor).selectables.clear)
 
     def script(self, *polls: list[tuple[int, int]]) -> _ScriptedPoller:
@@ -1495,7 +1522,7 @@ class StopWhileEchoingTests(SynchronousTestCase):
             reactor.callLater(0, waiting)
 
         def waiting() -> None:
-            if self.echoed >= 200 and reactor._plainEchoes:
+            if self.echoed >= 200 and reactor.plainEchoes():
                 trigger()
             else:
                 reactor.callLater(0.01, waiting)

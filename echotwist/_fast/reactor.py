@@ -79,6 +79,7 @@ timer per sleep, which one message in flight pays per message.
 from __future__ import annotations
 
 import errno
+import os
 from errno import EINVAL, ENOBUFS, ENOSYS
 from select import EPOLLIN
 from typing import Any, Literal
@@ -129,11 +130,20 @@ class FastEPollReactor(EPollReactor):
         # What the poll loop uses of Twisted's epoll reactor's internals,
         # through echotwist's one door to them.
         self._parts = epollParts(self)
-        # Connections whose reads this loop echoes itself, by descriptor:
-        # the transport, its Echo, the read to call with the buffer below
-        # and the write to call with the descriptor (see tcp.plainEcho;
-        # tests put others in).
-        self._plainEchoes: dict[int, tuple[Any, Echo, Any, Any]] = {}
+        # Connections whose reads this loop echoes itself, indexed by
+        # descriptor (None where there is none; see _setPlain): each one's
+        # Echo, whose loopRead the loop reads it with (see tcp.plainEcho;
+        # tests put others in).  Nothing more a connection: at a thousand
+        # connections each object of one is out of the caches when its
+        # next message comes, and one more is a miss more.  A list, not a
+        # dictionary: indexing it costs fewer instructions than hashing,
+        # and it touches neither a dictionary entry nor the key's int
+        # object, which the lookup compares.  Descriptors are small
+        # numbers, the lowest free ones, so it is about as long as the
+        # highest descriptor a plain echo had (8 bytes each).
+        self._plainEchoes: list[Echo | None] = []
+        # What the plain echo sends with (tests put others in).
+        self._plainWrite = os.write
         # What the plain echo reads into, one read at a time: a bytes
         # object per read would be allocated at DIRECT_READ_SIZE and shrunk.
         self._readBuffer = bytearray(DIRECT_READ_SIZE)
@@ -189,7 +199,7 @@ class FastEPollReactor(EPollReactor):
             fd = next(
                 (n for n, s in self._parts.selectables.items() if s is reader), -1
             )
-        self._plainEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
+        self._dropPlain(fd)  # type: ignore[arg-type, unused-ignore]
         self._bulkEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         self._loopEchoes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
         self._passes.pop(fd, None)  # type: ignore[call-overload, unused-ignore]
@@ -296,7 +306,7 @@ class FastEPollReactor(EPollReactor):
         """
         parts = self._parts
         poll, selectables, stopped = parts.poll, parts.selectables, parts.justStopped
-        plainEchoes, passes = self._plainEchoes, self._passes
+        plainEchoes, passes, write = self._plainEchoes, self._passes, self._plainWrite
         threadCalls, seconds = self.threadCallQueue, self.seconds
         buffer, view, spliceFrom = self._readBuffer, self._readView, SPLICE_FROM
         # The buffer's first outSize bytes.
@@ -319,18 +329,23 @@ class FastEPollReactor(EPollReactor):
             allPlain = True
             for fd, event in events:
                 try:
-                    entry = plainEchoes.get(fd)
+                    try:
+                        echo = plainEchoes[fd]
+                    except IndexError:
+                        echo = None
                     # An entry is the registered selectable's: removeReader
                     # drops it, whatever the descriptor's state.
-                    if entry is not None and event == EPOLLIN:
+                    if echo is not None and event == EPOLLIN:
                         # What tcp.Connection.doRead and Echo.dataReceived
                         # do, for a plain echo (see plainEcho), without a
                         # call: most events of a busy server are these.
-                        _, echo, readInto, write = entry
                         sent: int | OSError | None
                         data: bytes | None
+                        # A bound method's call is specialised; looking
+                        # the method up on the file per call is not.
+                        read = echo.loopRead
                         try:
-                            size = readInto(buffer)
+                            size = read(buffer)
                         except BlockingIOError:
                             continue
                         except OSError:
@@ -361,7 +376,7 @@ class FastEPollReactor(EPollReactor):
                             # next read's.
                             data = bytes(view[:size])
                         allPlain = False
-                        self._finishPlain(fd, entry[0], echo, data, sent)
+                        self._finishPlain(fd, echo, data, sent)
                         continue
                     port = passes.get(fd)
                     if (
@@ -405,7 +420,6 @@ class FastEPollReactor(EPollReactor):
     def _finishPlain(
         self,
         fd: int,
-        transport: Any,
         echo: Echo,
         data: bytes | None,
         sent: int | OSError | None,
@@ -416,7 +430,8 @@ class FastEPollReactor(EPollReactor):
         close or turn to bulk, so the connection goes back to the
         ordinary path.
         """
-        del self._plainEchoes[fd]
+        self._plainEchoes[fd] = None
+        transport = echo.transport
         try:
             why = finishRead(echo, data, sent)
         except KeyboardInterrupt:
@@ -545,15 +560,39 @@ class FastEPollReactor(EPollReactor):
         """
         found = plainEcho(transport)
         if found is not None:
-            self._plainEchoes[fd] = (transport, *found)
+            self._setPlain(fd, found)
             self._bulkEchoes.pop(fd, None)
             return
-        self._plainEchoes.pop(fd, None)
+        self._dropPlain(fd)
         echo = bulkEcho(transport)
         if echo is None:
             self._bulkEchoes.pop(fd, None)
         else:
             self._bulkEchoes[fd] = (transport, echo)
+
+    def _setPlain(self, fd: int, echo: Echo) -> None:
+        """
+        Echo C{fd}'s reads in this loop, with C{echo}'s C{loopRead} (see
+        L{echotwist._fast.tcp.plainEcho}).
+        """
+        entries = self._plainEchoes
+        if fd >= len(entries):
+            entries.extend([None] * (fd + 1 - len(entries)))
+        entries[fd] = echo
+
+    def _dropPlain(self, fd: int) -> None:
+        """
+        No longer echo C{fd}'s reads in this loop, if it did.
+        """
+        if 0 <= fd < len(self._plainEchoes):
+            self._plainEchoes[fd] = None
+
+    def plainEchoes(self) -> dict[int, Echo]:
+        """
+        The connections whose reads this loop echoes itself, by descriptor:
+        their L{Echo}s (for tests and a look from a debugger).
+        """
+        return {fd: e for fd, e in enumerate(self._plainEchoes) if e is not None}
 
     def _trackLoopEcho(self, fd: int, transport: Any) -> None:
         """

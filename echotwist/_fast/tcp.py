@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 from errno import EINVAL, ENOBUFS, ENOSYS
 from io import FileIO
-from typing import Any
 
 from twisted.internet import main, tcp
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -280,7 +279,7 @@ class SplicingServer(tcp.Server):
         return plainRead(self)
 
 
-def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
+def plainEcho(transport: object) -> Echo | None:
     """
     Whether a transport's next read can be echoed without any of the
     protocol's code: an L{Echo} itself (no subclass, no wrapper) on a
@@ -288,11 +287,10 @@ def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
     closing, not in bulk.  For L{echotwist._fast.reactor.FastEPollReactor},
     which then reads, counts and sends in its own loop.
 
-    @return: the L{Echo}, the read to call with the loop's buffer (the
-        C{readinto} of the socket's descriptor as a C{FileIO} that does
-        not close it: recv() without flags into the buffer, returning how
-        many bytes it read, None if none were there) and the write to
-        call with the descriptor and the bytes (C{os.write}); or None.
+    @return: the L{Echo}, its C{loopRead} set: the C{readinto} of the
+        socket's descriptor as a C{FileIO} that does not close it, recv()
+        without flags into the loop's buffer, returning how many bytes it
+        read, None if none were there; or None.
     """
     if (
         type(transport) is not SplicingServer
@@ -308,18 +306,20 @@ def plainEcho(transport: object) -> tuple[Echo, Any, Any] | None:
         and protocol.undisturbed
         and nothingQueued(transport)
     ):
-        # Reading into one reused buffer spares the allocation of a
-        # DIRECT_READ_SIZE bytes object and its shrinking to the read's
-        # size, per message; FileIO.readinto and os.write cost less per
-        # call than the socket object's methods (no argument tuple to
-        # parse).  The file never closes the descriptor: the transport
-        # does.
-        raw = transport._rawFile
-        if raw is None:
-            raw = transport._rawFile = _RawSocket(
-                transport.fileno(), "r", closefd=False
-            )
-        return protocol, raw.readinto, os.write
+        if protocol.loopRead is None:
+            # Reading into one reused buffer spares the allocation of a
+            # DIRECT_READ_SIZE bytes object and its shrinking to the
+            # read's size, per message; FileIO.readinto costs less per
+            # call than the socket object's recv_into (no argument tuple
+            # to parse).  The file never closes the descriptor: the
+            # transport does.
+            raw = transport._rawFile
+            if raw is None:
+                raw = transport._rawFile = _RawSocket(
+                    transport.fileno(), "r", closefd=False
+                )
+            protocol.loopRead = raw.readinto
+        return protocol
     return None
 
 
