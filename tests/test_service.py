@@ -330,6 +330,21 @@ class StartWeightTests(SynchronousTestCase):
             [],
         )
 
+    def classesAfterStart(self, test: str) -> list[str]:
+        """
+        The classes of echotwist's modules, by module and name, for which
+        the expression C{test} (of C{c}, the class) is true after a start
+        (see L{afterStart}).
+        """
+        return self.afterStart(
+            "sorted(f'{c.__module__}.{c.__qualname__}'"
+            " for m in list(sys.modules.values())"
+            " if getattr(m, '__name__', '').startswith('echotwist')"
+            " for c in vars(m).values()"
+            " if isinstance(c, type) and c.__module__ == m.__name__"
+            f" and {test})"
+        )
+
     def test_startBuildsNoDataclassButSettings(self) -> None:
         """
         Of echotwist's classes a start loads, only L{Settings}, the one
@@ -339,14 +354,7 @@ class StartWeightTests(SynchronousTestCase):
         million instructions, 0.4% of a start; docs/performance.rst).
         """
         self.assertEqual(
-            self.afterStart(
-                "sorted(f'{c.__module__}.{c.__qualname__}'"
-                " for m in list(sys.modules.values())"
-                " if getattr(m, '__name__', '').startswith('echotwist')"
-                " for c in vars(m).values()"
-                " if isinstance(c, type) and c.__module__ == m.__name__"
-                " and __import__('dataclasses').is_dataclass(c))"
-            ),
+            self.classesAfterStart("__import__('dataclasses').is_dataclass(c)"),
             ["echotwist.settings.Settings"],
         )
 
@@ -360,14 +368,7 @@ class StartWeightTests(SynchronousTestCase):
         million instructions, 0.3% of a start; docs/performance.rst).
         """
         self.assertEqual(
-            self.afterStart(
-                "sorted(f'{c.__module__}.{c.__qualname__}'"
-                " for m in list(sys.modules.values())"
-                " if getattr(m, '__name__', '').startswith('echotwist')"
-                " for c in vars(m).values()"
-                " if isinstance(c, type) and c.__module__ == m.__name__"
-                " and issubclass(c, tuple) and hasattr(c, '_fields'))"
-            ),
+            self.classesAfterStart("issubclass(c, tuple) and hasattr(c, '_fields')"),
             ["echotwist.listeners.DatagramListener", "echotwist.listeners.Listener"],
         )
 
