@@ -691,6 +691,20 @@ class PollTests(SynchronousTestCase):
         )
 
 
+class _PastTheEnd(list[Any]):
+    """
+    The reactor's list of plain echoes, counting the look-ups past its end
+    (each raises C{IndexError}).
+    """
+
+    pastTheEnd = 0
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, int) and index >= len(self):
+            self.pastTheEnd += 1
+        return super().__getitem__(index)
+
+
 class DatagramPollTests(SynchronousTestCase):
     """
     The loop calls a UDP port of the datagram echo's pass of reads itself
@@ -733,6 +747,25 @@ class DatagramPollTests(SynchronousTestCase):
         self.assertTrue(self.exchange([b"a", b"b"]))
         self.assertEqual([self.client.recv(100) for _ in range(2)], [b"a", b"b"])
         self.assertEqual(self.policy.counts, {"answered": 3})
+
+    def test_noPlainEchoRaisesOnce(self) -> None:
+        """
+        Where no plain TCP echo has a descriptor above the port's (a
+        UDP-only server has none), the loop's look-up of a plain echo for
+        the port's events goes past the end of its list, which raises
+        C{IndexError}, once: the list then reaches the port's descriptor,
+        and later datagrams raise nothing on the way to their pass.
+        """
+        entries = _PastTheEnd(self.reactor._plainEchoes)
+        self.reactor._plainEchoes = entries
+        self.assertFalse(self.exchange([b"hello"]))  # judged by the protocol
+        self.assertEqual(self.client.recv(100), b"hello")
+        for n in range(5):
+            self.assertTrue(self.exchange([b"%d" % n]))
+            self.assertEqual(self.client.recv(100), b"%d" % n)
+        self.assertEqual(entries.pastTheEnd, 1)
+        self.assertEqual(self.reactor.plainEchoes(), {})
+        self.assertEqual(self.policy.counts, {"answered": 6})
 
     def test_oneAtATime(self) -> None:
         """

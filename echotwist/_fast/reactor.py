@@ -140,7 +140,8 @@ class FastEPollReactor(EPollReactor):
         # and it touches neither a dictionary entry nor the key's int
         # object, which the lookup compares.  Descriptors are small
         # numbers, the lowest free ones, so it is about as long as the
-        # highest descriptor a plain echo had (8 bytes each).
+        # highest descriptor the loop had an event of (8 bytes each; see
+        # _reach).
         self._plainEchoes: list[Echo | None] = []
         # What the plain echo sends with (tests put others in).
         self._plainWrite = os.write
@@ -332,6 +333,14 @@ class FastEPollReactor(EPollReactor):
                     try:
                         echo = plainEchoes[fd]
                     except IndexError:
+                        # Past the list's end: no plain echo had so high a
+                        # descriptor (a UDP port or a TLS connection on a
+                        # server without plain echoes above it).  Raised
+                        # and caught at each of its events, an IndexError
+                        # cost every datagram of a UDP-only server about
+                        # 1,900 instructions (docs/performance.rst): the
+                        # list reaches it from now on.
+                        self._reach(fd)
                         echo = None
                     # An entry is the registered selectable's: removeReader
                     # drops it, whatever the descriptor's state.
@@ -575,10 +584,19 @@ class FastEPollReactor(EPollReactor):
         Echo C{fd}'s reads in this loop, with C{echo}'s C{loopRead} (see
         L{echotwist._fast.tcp.plainEcho}).
         """
+        self._reach(fd)
+        self._plainEchoes[fd] = echo
+
+    def _reach(self, fd: int) -> None:
+        """
+        Make the list of plain echoes long enough to index C{fd} (an
+        epoll event's descriptor, 0 or more), with None up to it: the list
+        is never longer than the highest descriptor the loop saw, which the
+        process's descriptor limit bounds.
+        """
         entries = self._plainEchoes
         if fd >= len(entries):
             entries.extend([None] * (fd + 1 - len(entries)))
-        entries[fd] = echo
 
     def _dropPlain(self, fd: int) -> None:
         """
