@@ -1324,6 +1324,7 @@ def runWatched(reactor: EchotwistEPollReactor) -> list[bool]:
     fired: list[bool] = []
 
     def bark() -> None:
+        # Noted in its own thread: a crashed reactor may never run it.
         fired.append(True)
         reactor.callFromThread(reactor.crash)
 
@@ -1539,15 +1540,6 @@ class StopWhileEchoingTests(SynchronousTestCase):
         thread by a timed call) is to stop the reactor in its own way.
         """
         reactor = self.reactor
-        fired: list[bool] = []
-
-        def bark() -> None:
-            # Noted in its own thread: a crashed reactor may never run it.
-            fired.append(True)
-            reactor.callFromThread(reactor.crash)
-
-        watchdog = threading.Timer(WAIT, bark)
-        watchdog.daemon = True
         thread = threading.Thread(target=self.client, daemon=True)
 
         def started() -> None:
@@ -1561,11 +1553,10 @@ class StopWhileEchoingTests(SynchronousTestCase):
                 reactor.callLater(0.01, waiting)
 
         reactor.callWhenRunning(started)
-        watchdog.start()
+        fired: list[bool] = []
         try:
-            reactor.run(installSignalHandlers=False)
+            fired = runWatched(reactor)
         finally:
-            watchdog.cancel()
             self.done.set()
             # A crash leaves the connection open: the client may wait for
             # an echo that will not come.
