@@ -1349,6 +1349,15 @@ def report(
         """
         return paired((name, size, 10), (name, size, 1000))
 
+    def fastestGrowth(name: str, size: int) -> float:
+        """
+        The same growth from each of the two cells' fastest round.
+        """
+        fastest = [
+            max(c.perCPU for c in runs[name, size, conns]) for conns in (10, 1000)
+        ]
+        return fastest[0] / fastest[1]
+
     tls = tlsInstalled(install)
     if cells:
         typed = " as typed (twistd -n echo --port P)" if args.asTyped else ""
@@ -1465,18 +1474,32 @@ def report(
         ours, theirs = growth(OURS, size), growth("c-epoll", size)
         floors = growth(FLOOR, size)
         if ours and theirs:
-            check(
-                f"{OURS} cost growth 10 -> 1000 conns vs c-epoll's, {size} B <= 1.15",
-                summary([a / b for a, b in zip(ours, theirs, strict=True)]),
-                -1.15,
-                [
+            beside: list[tuple[str, tuple[float, float, float]]] = []
+            if floors:
+                beside.append(
                     (
                         f"{FLOOR} cost growth 10 -> 1000 conns vs c-epoll's, {size} B",
                         summary([a / b for a, b in zip(floors, theirs, strict=True)]),
                     )
-                ]
-                if floors
-                else [],
+                )
+            # On this project's VM the kernel's copy of a sent message into
+            # socket memory runs at half speed for seconds at a time, which
+            # halves a copying server's big-message cells in some rounds and
+            # not others (docs/performance.rst, "The C echo's slow rounds at
+            # 100 KiB"); a slow-down only adds cost, so each cell's fastest
+            # round is its least disturbed.  Shown, not judged.
+            fastest = fastestGrowth(OURS, size) / fastestGrowth("c-epoll", size)
+            beside.append(
+                (
+                    f"{OURS} cost growth vs c-epoll's, {size} B, each cell's fastest round",
+                    (fastest, math.nan, math.nan),
+                )
+            )
+            check(
+                f"{OURS} cost growth 10 -> 1000 conns vs c-epoll's, {size} B <= 1.15",
+                summary([a / b for a, b in zip(ours, theirs, strict=True)]),
+                -1.15,
+                beside,
             )
     check(
         f"{OURS} vs twisted, msg/CPU-s, 1024 B x 10 >= 1.6",
@@ -1521,7 +1544,9 @@ def report(
         print(f"  {'MET ' if ok else 'MISS'} {text}: {value:.2f}{rounds}")
         for note, (noted, low, high) in beside:
             if not math.isnan(noted):
-                print(f"       {note}: {noted:.2f}{spread(low, high)}")
+                # A figure with no rounds' range is one figure, not a median.
+                rounds = "" if math.isnan(low) else spread(low, high)
+                print(f"       {note}: {noted:.2f}{rounds}")
     print(f"  ({OURS} is the command as typed: twistd -n echo)")
 
     # What the flat-scaling target is up against: how every server's cost
