@@ -107,6 +107,25 @@ class Peer:
     portPattern: str
     #: Variables added to the server's environment.
     env: dict[str, str] | None = None
+    #: Whether it runs without this process's module paths (see
+    #: L{ownEnvironment}): a server of the default install.
+    isolated: bool = False
+
+
+#: Variables that put modules on an interpreter's path from outside it.
+FOREIGN_PATHS = ("PYTHONPATH", "PYTHONHOME")
+
+
+def ownEnvironment() -> dict[str, str]:
+    """
+    This process's environment less L{FOREIGN_PATHS}: for the default
+    install (L{defaultInstall}), built and run as on a machine with nothing
+    else.  With this install's paths in PYTHONPATH (trial's C{-j} workers
+    run with their C{sys.path} there), pip took Twisted for installed
+    already, the default install had no C{twistd}, and its servers would
+    have imported this install's modules.
+    """
+    return {k: v for k, v in os.environ.items() if k not in FOREIGN_PATHS}
 
 
 def echotwist(
@@ -345,6 +364,16 @@ def makeCertificate(directory: str) -> tuple[str, str] | None:
     return certificate, key
 
 
+def environmentOf(peer: Peer) -> dict[str, str] | None:
+    """
+    The environment C{peer}'s server runs in: this process's, less
+    L{FOREIGN_PATHS} if it is isolated, with its own variables added.
+    """
+    if peer.isolated:
+        return {**ownEnvironment(), **(peer.env or {})}
+    return {**os.environ, **peer.env} if peer.env else None
+
+
 class Running:
     def __init__(
         self, peer: Peer, directory: str, pinned: bool = True, poll: float = 0.01
@@ -369,7 +398,7 @@ class Running:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 preexec_fn=(lambda: pin(SERVER_CPU)) if pinned else None,
-                env={**os.environ, **peer.env} if peer.env else None,
+                env=environmentOf(peer),
             )
         finally:
             os.close(out)
@@ -694,6 +723,8 @@ def tlsInstalled(binDirectory: str | None = None) -> bool:
             ],
             capture_output=True,
             timeout=60,
+            # As its servers run (see fromInstall).
+            env=ownEnvironment(),
         )
         return found.returncode == 0
     import importlib.util
@@ -721,7 +752,7 @@ def defaultInstall(directory: str) -> str | None:
     # unpacked downloads) go under the run's directory too: pip removes
     # them when it ends, but not when the deadline kills it.
     temporary = os.path.join(directory, "default-install-tmp")
-    environ = {**os.environ, "TMPDIR": temporary}
+    environ = {**ownEnvironment(), "TMPDIR": temporary}
     python = os.path.join(venv, "bin", "python")
     steps = [
         ("python -m venv", [sys.executable, "-m", "venv", venv]),
@@ -823,7 +854,9 @@ def fromInstall(peer: Peer, binDirectory: str) -> Peer:
     if not isTwistd(peer):
         return peer
     return dataclasses.replace(
-        peer, argv=[os.path.join(binDirectory, "twistd"), *peer.argv[1:]]
+        peer,
+        argv=[os.path.join(binDirectory, "twistd"), *peer.argv[1:]],
+        isolated=True,
     )
 
 
