@@ -53,6 +53,7 @@ quiet (see L{Echo.drain}), and aborts what is left at a deadline.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -195,6 +196,9 @@ class EchoFactory(Factory):
         self._idleOrder: deque[Echo] = deque()
         # The same, per source: where the fair-share step finds its victim.
         self._idleBySource: dict[str, deque[Echo]] = {}
+        #: Called with no arguments whenever L{open} changes, or None (see
+        #: L{echotwist.worker.AcceptInTurn}).
+        self.openChanged: Callable[[], object] | None = None
 
     @property
     def open(self) -> int:
@@ -293,6 +297,8 @@ class EchoFactory(Factory):
             return False
         self.awaiting.add(protocol)
         self._startSweeping()
+        if self.openChanged is not None:
+            self.openChanged()
         return True
 
     def _book(self, protocol: Echo) -> bool:
@@ -333,6 +339,8 @@ class EchoFactory(Factory):
         if self.admission.sourceFull(source):
             self._refuse(protocol, TOO_MANY_FROM_SOURCE)
             self._stopSweepingIfEmpty()
+            if self.openChanged is not None:
+                self.openChanged()
             return False
         self.admission.count(protocol)
         self._admit(protocol)
@@ -347,6 +355,8 @@ class EchoFactory(Factory):
             self.awaiting.discard(protocol)
             self.admission.uncount(protocol)
             self._stopSweepingIfEmpty()
+            if self.openChanged is not None:
+                self.openChanged()
             self._checkDrained()
 
     def _admit(self, protocol: Echo) -> None:
@@ -363,6 +373,8 @@ class EchoFactory(Factory):
         if self._drained is not None:
             protocol.drain()
         self._startSweeping()
+        if self.openChanged is not None:
+            self.openChanged()
 
     def connectionClosed(self, protocol: Echo, reason: str) -> None:
         """
@@ -378,6 +390,8 @@ class EchoFactory(Factory):
         self.bytesOfClosed += protocol.bytesEchoed
         self.admission.uncount(protocol)
         self._stopSweepingIfEmpty()
+        if self.openChanged is not None:
+            self.openChanged()
         if self.logConnections:
             log.info(
                 "{peer} disconnected after {duration:.3f}s, {bytesIn} bytes"
@@ -521,6 +535,8 @@ class EchoFactory(Factory):
             self.awaiting.discard(protocol)
             self.admission.uncount(protocol)
             protocol.abandonHeader()
+            if self.openChanged is not None:
+                self.openChanged()
             return
         # Let it go from the books now, so that the newcomer has its place
         # at once (its transport reports the loss on a later iteration).
