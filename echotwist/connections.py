@@ -43,8 +43,11 @@ however fast it connects.
 
 Under echotwist's PROXY wrapper a connection is in the books from the moment
 it is accepted, as the proxy's: a peer that never sends a header still
-counts against both limits (and, being idle, can be evicted).  Once the
-header is in, the client's own source takes its place.
+counts against C{maxConnections} and, as its proxy's, towards eviction's fair
+shares (and, being idle, can be evicted).  Once the header is in, the
+client's own source takes its place, and is held to C{maxPerSource}: the
+proxy's is not, or a proxy's burst of connects would be refused before a
+header was read.
 
 On shutdown, L{EchoFactory.drain} has every connection close once it is
 quiet (see L{Echo.drain}), and aborts what is left at a deadline.
@@ -220,9 +223,14 @@ class EchoFactory(Factory):
 
     def _refusal(self, protocol: Echo) -> str | None:
         # The per-source limits first: a client they refuse must not cost an
-        # idle connection its place.
+        # idle connection its place.  Not yet for a connection whose PROXY
+        # header is to come: it counts as its proxy's, whose bursts carry
+        # many clients and outrun the reading of their headers (a pass of
+        # accepts takes 100 and more), while a peer held back here could
+        # claim a new client in each header anyway.  Its client's source
+        # is held to the limit when the header names it (headerReceived).
         source = protocol.source
-        if self.admission.sourceFull(source):
+        if not protocol.awaitingHeader and self.admission.sourceFull(source):
             return TOO_MANY_FROM_SOURCE
         if self.admission.full(self.open) and not self._evictOne(source):
             return TOO_MANY
