@@ -205,8 +205,10 @@ class AcceptInTurn:
                 port.numberAccepts = TAKE_AT_ONCE
             else:
                 room = self.factory.admission.maxConnections - self.factory.open
-                # At least one: Twisted's port never tries fewer.
-                port.numberAccepts = max(1, room)
+                # Twisted's own pace (it grows and shrinks the batch with
+                # what each pass found), held to the room; at least one, as
+                # Twisted's port never tries fewer.
+                port.numberAccepts = max(1, min(port.numberAccepts, room))
             return accept()
 
         # An attribute of this port alone: the reactor calls its doRead.

@@ -129,6 +129,17 @@ class AcceptInTurnTests(SynchronousTestCase):
         self.assertEqual(self.factory.refused, {})
         self.assertFalse(self.port.reading)
 
+    def test_twistedsPaceWithRoomToSpare(self) -> None:
+        """
+        With room for more than Twisted's own batch, a pass takes Twisted's
+        batch: a server with room for 1000 does not accept 1000 at once.
+        """
+        self.factory.admission.maxConnections = 1000
+        self.port.queued[:] = [f"192.0.2.{n}" for n in range(1, 251)]
+        self.port.numberAccepts = 100
+        self.port.doRead()
+        self.assertEqual(self.port.passes, [100])
+
     def test_whatSiblingsLeftIsTakenAfterTheGrace(self) -> None:
         self.port.doRead()
         self.clock.advance(0.2)
