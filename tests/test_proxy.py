@@ -423,6 +423,22 @@ class CountedFromAcceptTests(SynchronousTestCase):
         self.assertEqual(self.echoes.connections, set())
         self.assertEqual((self.echoes.accepted, self.echoes.closed), (2, 2))
 
+    def test_openChangedIsToldOfEveryChange(self) -> None:
+        """
+        L{EchoFactory.openChanged} hears of each connection counted or let
+        go, before its header and after (a worker's accepts follow it, see
+        L{echotwist.worker.AcceptInTurn}).
+        """
+        seen: list[int] = []
+        self.echoes.openChanged = lambda: seen.append(self.echoes.open)
+        first, _ = self.connect()
+        second, _ = self.connect("10.0.0.2")
+        first.dataReceived(self.header("203.0.113.7"))
+        self.assertEqual(seen, [1, 2, 2])
+        second.connectionLost(Failure(ConnectionDone()))
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(seen, [1, 2, 2, 1, 0])
+
     def test_everyEndBeforeTheHeaderReturnsTheCount(self) -> None:
         lost, _ = self.connect()
         timedOut, _ = self.connect()
