@@ -43,8 +43,11 @@ however fast it connects.
 
 Under echotwist's PROXY wrapper a connection is in the books from the moment
 it is accepted, as the proxy's: a peer that never sends a header still
-counts against both limits (and, being idle, can be evicted).  Once the
-header is in, the client's own source takes its place.
+counts against C{maxConnections} and, as its proxy's, towards eviction's fair
+shares (and, being idle, can be evicted).  Once the header is in, the
+client's own source takes its place, and is held to C{maxPerSource}: the
+proxy's is not, or a proxy's burst of connects would be refused before a
+header was read.
 
 On shutdown, L{EchoFactory.drain} has every connection close once it is
 quiet (see L{Echo.drain}), and aborts what is left at a deadline.
@@ -53,6 +56,7 @@ quiet (see L{Echo.drain}), and aborts what is left at a deadline.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -195,6 +199,9 @@ class EchoFactory(Factory):
         self._idleOrder: deque[Echo] = deque()
         # The same, per source: where the fair-share step finds its victim.
         self._idleBySource: dict[str, deque[Echo]] = {}
+        #: Called with no arguments whenever L{open} changes, or None (see
+        #: L{echotwist.worker.AcceptInTurn}).
+        self.openChanged: Callable[[], object] | None = None
 
     @property
     def open(self) -> int:
@@ -216,9 +223,14 @@ class EchoFactory(Factory):
 
     def _refusal(self, protocol: Echo) -> str | None:
         # The per-source limits first: a client they refuse must not cost an
-        # idle connection its place.
+        # idle connection its place.  Not yet for a connection whose PROXY
+        # header is to come: it counts as its proxy's, whose bursts carry
+        # many clients and outrun the reading of their headers (a pass of
+        # accepts takes 100 and more), while a peer held back here could
+        # claim a new client in each header anyway.  Its client's source
+        # is held to the limit when the header names it (headerReceived).
         source = protocol.source
-        if self.admission.sourceFull(source):
+        if not protocol.awaitingHeader and self.admission.sourceFull(source):
             return TOO_MANY_FROM_SOURCE
         if self.admission.full(self.open) and not self._evictOne(source):
             return TOO_MANY
@@ -293,6 +305,8 @@ class EchoFactory(Factory):
             return False
         self.awaiting.add(protocol)
         self._startSweeping()
+        if self.openChanged is not None:
+            self.openChanged()
         return True
 
     def _book(self, protocol: Echo) -> bool:
@@ -333,6 +347,8 @@ class EchoFactory(Factory):
         if self.admission.sourceFull(source):
             self._refuse(protocol, TOO_MANY_FROM_SOURCE)
             self._stopSweepingIfEmpty()
+            if self.openChanged is not None:
+                self.openChanged()
             return False
         self.admission.count(protocol)
         self._admit(protocol)
@@ -347,6 +363,8 @@ class EchoFactory(Factory):
             self.awaiting.discard(protocol)
             self.admission.uncount(protocol)
             self._stopSweepingIfEmpty()
+            if self.openChanged is not None:
+                self.openChanged()
             self._checkDrained()
 
     def _admit(self, protocol: Echo) -> None:
@@ -363,6 +381,8 @@ class EchoFactory(Factory):
         if self._drained is not None:
             protocol.drain()
         self._startSweeping()
+        if self.openChanged is not None:
+            self.openChanged()
 
     def connectionClosed(self, protocol: Echo, reason: str) -> None:
         """
@@ -378,6 +398,8 @@ class EchoFactory(Factory):
         self.bytesOfClosed += protocol.bytesEchoed
         self.admission.uncount(protocol)
         self._stopSweepingIfEmpty()
+        if self.openChanged is not None:
+            self.openChanged()
         if self.logConnections:
             log.info(
                 "{peer} disconnected after {duration:.3f}s, {bytesIn} bytes"
@@ -521,6 +543,8 @@ class EchoFactory(Factory):
             self.awaiting.discard(protocol)
             self.admission.uncount(protocol)
             protocol.abandonHeader()
+            if self.openChanged is not None:
+                self.openChanged()
             return
         # Let it go from the books now, so that the newcomer has its place
         # at once (its transport reports the loss on a later iteration).

@@ -583,8 +583,13 @@ class SupervisorService(Service):
 
     def _roll(self, numbers: list[int]) -> Deferred[None]:
         done: Deferred[None] = Deferred()
+        # Those whose replacement serves: a round that kept an old worker
+        # (its replacement failed) must not say it replaced it.
+        replaced = 0
 
-        def step(_: object = None) -> None:
+        def step(one: bool = False) -> None:
+            nonlocal replaced
+            replaced += one
             while numbers:
                 number = numbers.pop(0)
                 old = self.workers.get(number)
@@ -602,7 +607,7 @@ class SupervisorService(Service):
             log.info(
                 "SIGHUP: {count} worker(s) replaced",
                 event="workers.reloaded",
-                count=len(self.workers),
+                count=replaced,
             )
             done.callback(None)
             if self._rollAgain:
@@ -612,11 +617,12 @@ class SupervisorService(Service):
         step()
         return done
 
-    def _replace(self, old: _Worker) -> Deferred[None]:
+    def _replace(self, old: _Worker) -> Deferred[bool]:
         """
         Start a worker in C{old}'s place; once it serves, drain C{old}.
 
-        @return: fires once C{old} has exited, or the replacement failed.
+        @return: fires once C{old} has exited (with True), or the
+            replacement failed (with False).
         """
         old.retiring = True
         self._retiring.append(old)
@@ -624,14 +630,14 @@ class SupervisorService(Service):
         if new is None:
             self._unretire(old)
             self._keepServing(old, "cannot start worker {worker}'s replacement")
-            return succeed(None)
-        result: Deferred[None] = Deferred()
+            return succeed(False)
+        result: Deferred[bool] = Deferred()
         giveUp = self.reactor.callLater(START_TIMEOUT, new.kill)
         new.serving.addCallback(lambda _: self._replaced(old, result, giveUp))
         new.ended.addCallback(lambda _: self._notReplaced(old, new, result, giveUp))
         return result
 
-    def _replaced(self, old: _Worker, result: Deferred[None], giveUp: Any) -> None:
+    def _replaced(self, old: _Worker, result: Deferred[bool], giveUp: Any) -> None:
         """
         C{old}'s replacement serves: drain C{old}, and fire C{result} once
         it has exited (killed if it outlives the shutdown timeout).
@@ -648,12 +654,12 @@ class SupervisorService(Service):
         def oldEnded(_: object) -> None:
             if killer.active():
                 killer.cancel()
-            result.callback(None)
+            result.callback(True)
 
         old.ended.addCallback(oldEnded)
 
     def _notReplaced(
-        self, old: _Worker, new: _Worker, result: Deferred[None], giveUp: Any
+        self, old: _Worker, new: _Worker, result: Deferred[bool], giveUp: Any
     ) -> None:
         """
         C{old}'s replacement exited before it served: the new code does not
@@ -665,15 +671,15 @@ class SupervisorService(Service):
             giveUp.cancel()
         self._unretire(old)
         if old.ended.called or self._stopping:
-            result.callback(None)
+            result.callback(False)
             return
         if old.number > self.wanted:
             # SIGTTOU took this worker's place away meanwhile.
             old.signal(signal.SIGTERM)
-            result.callback(None)
+            result.callback(False)
             return
         self._keepServing(old, "worker {worker}'s replacement exited before serving")
-        result.callback(None)
+        result.callback(False)
 
     def _unretire(self, old: _Worker) -> None:
         """

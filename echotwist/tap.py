@@ -104,6 +104,14 @@ def _repeats(listener: Listener, seen: list[Listener]) -> bool:
     return any(listener.description == other.description for other in seen)
 
 
+def _datagramRepeats(datagram: DatagramListener, seen: list[DatagramListener]) -> bool:
+    """
+    Whether C{datagram} is one of C{seen} again.  Port 0 means a fresh free
+    port each time, as for L{_repeats}.
+    """
+    return datagram.port != 0 and datagram in seen
+
+
 class Options(usage.Options):
     """
     The options of C{twistd echo} and C{twist echo}: their docstrings and
@@ -346,7 +354,7 @@ class Options(usage.Options):
                 datagram = parseDatagramListener(description)
             except ValueError as e:
                 raise usage.UsageError(f"{self.label('udp')}: {e}") from None
-            if datagram in datagramListeners:
+            if _datagramRepeats(datagram, datagramListeners):
                 raise usage.UsageError(
                     f"{self.label('udp')}: {datagram.description} is given twice"
                 )
@@ -391,7 +399,7 @@ class Options(usage.Options):
                 identifyUDP = parseDatagramListener(self["identify-udp"])
             except ValueError as e:
                 raise usage.UsageError(f"{self.label('identify-udp')}: {e}") from None
-            if identifyUDP in datagramListeners:
+            if _datagramRepeats(identifyUDP, datagramListeners):
                 raise usage.UsageError(
                     f"{self.label('identify-udp')}: {identifyUDP.description} is also"
                     " a --udp"

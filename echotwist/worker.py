@@ -37,6 +37,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import implementer
 
 from echotwist._twisted import exitSignal
+from echotwist.connections import EchoFactory
 from echotwist.listeners import DatagramListener, Listener, parseListener
 from echotwist.logs import LogFiles, jsonLinesObserver
 from echotwist.service import EchoService
@@ -53,6 +54,16 @@ HEARTBEAT_INTERVAL = 1.0
 
 #: The most a configuration line may hold before it is given up.
 MAX_CONFIGURATION = 1 << 20
+
+#: How long a full worker leaves a new connection to its siblings before it
+#: takes it itself (see L{AcceptInTurn}): far longer than a sibling with
+#: room takes to accept (the kernel wakes every worker at once), and short
+#: beside what a client waits for once every worker is full.
+ACCEPT_GRACE = 0.25
+
+#: How many connections a full worker accepts at most in one pass over
+#: what its siblings left: Twisted's port's first pass.
+TAKE_AT_ONCE = 100
 
 
 def heartbeatInterval(settings: Settings) -> float:
@@ -148,6 +159,105 @@ def _tagged(observer: ILogObserver, worker: int) -> ILogObserver:
         observer(event)
 
     return tag  # type: ignore[no-any-return]
+
+
+class AcceptInTurn:
+    """
+    A worker's share of a burst of connects: no more than it has room for.
+
+    Every worker accepts from the same listening sockets, and C{--max-
+    connections} holds for each.  Twisted's port accepts up to
+    C{numberAccepts} connections (100 at first) each time its socket is
+    readable, so the worker the kernel woke first took a whole burst and
+    refused what was over its own limit, while its siblings had room: two
+    workers of 20 refused 10 to 18 of a burst of 36.  So a worker accepts
+    at most as many connections a pass as it has room for; once full, it
+    stops reading its listeners, and what is still queued after
+    C{grace} seconds, which no sibling took (they are full too, or stuck),
+    it accepts and admits by eviction or refuses, as one process does,
+    before it waits again.  It reads again as soon as it has room.
+
+    @ivar ports: the listening ports of the echo, as Twisted made them.
+    """
+
+    def __init__(
+        self, factory: EchoFactory, reactor: Any, grace: float = ACCEPT_GRACE
+    ) -> None:
+        self.factory = factory
+        self.reactor = reactor
+        self.grace = grace
+        self.ports: list[Any] = []
+        self.full = False
+        self._leftovers: Any = None
+        # While it takes what its siblings left (see TAKE_AT_ONCE).
+        self._taking = False
+        factory.openChanged = self.changed
+
+    def watch(self, port: Any) -> None:
+        """
+        Share the accepts of C{port} (a C{tcp.Port}, or a C{unix.Port}):
+        each pass of its accepts is held to the room left.
+        """
+        accept = port.doRead
+
+        def doRead() -> object:
+            if self._taking:
+                port.numberAccepts = TAKE_AT_ONCE
+            else:
+                room = self.factory.admission.maxConnections - self.factory.open
+                # Twisted's own pace (it grows and shrinks the batch with
+                # what each pass found), held to the room; at least one, as
+                # Twisted's port never tries fewer.
+                port.numberAccepts = max(1, min(port.numberAccepts, room))
+            return accept()
+
+        # An attribute of this port alone: the reactor calls its doRead.
+        port.doRead = doRead
+        self.ports.append(port)
+
+    def _listening(self) -> list[Any]:
+        return [
+            port
+            for port in self.ports
+            if getattr(port, "connected", False) and not port.disconnecting
+        ]
+
+    def changed(self) -> None:
+        """
+        The count of open connections changed: stop reading once full,
+        read again once not.
+        """
+        full = self.factory.admission.full(self.factory.open)
+        if full == self.full:
+            return
+        self.full = full
+        for port in self._listening():
+            if full:
+                port.stopReading()
+            else:
+                port.startReading()
+        if full:
+            if self._leftovers is None:
+                self._leftovers = self.reactor.callLater(self.grace, self._take)
+        elif self._leftovers is not None:
+            self._leftovers.cancel()
+            self._leftovers = None
+
+    def _take(self) -> None:
+        """
+        Accept what the siblings left for C{grace} seconds: each evicts or
+        is refused as a full server's newcomer is.
+        """
+        self._leftovers = None
+        ports = self._listening()
+        self._taking = True
+        try:
+            for port in ports:
+                port.doRead()
+        finally:
+            self._taking = False
+        if self.full and ports and self._leftovers is None:
+            self._leftovers = self.reactor.callLater(self.grace, self._take)
 
 
 class _Control(LineOnlyReceiver):
@@ -272,6 +382,12 @@ def main() -> None:
         reactor=reactor,
     )
     service.startService()
+    if settings.maxConnections:
+        turns = AcceptInTurn(service.factory, reactor)
+        for listener in service.listeners:
+            port = getattr(listener, "port", None)
+            if port is not None:
+                turns.watch(port)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     control: Protocol = _Control(service, reactor, heartbeatInterval(settings))
     StandardIO(control, stdin=0, stdout=config["controlFileno"], reactor=reactor)  # type: ignore[call-arg]

@@ -376,12 +376,28 @@ class CountedFromAcceptTests(SynchronousTestCase):
             wrapper.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(len(self.echoes.awaiting), 4)
 
-    def test_perSourceOfTheProxyBeforeTheHeader(self) -> None:
+    def test_perSourceLimitWaitsForTheHeader(self) -> None:
+        """
+        Before their headers, a proxy's connections count as its own, but
+        are not held to the per-source limit: a proxy's burst carries many
+        clients.  The headers name them, and each client's source is held
+        to it; C{maxConnections} holds from the accept on.
+        """
+        held = [self.connect() for _ in range(3)]
+        self.assertEqual([t.disconnecting for _, t in held], [False] * 3)
+        self.assertEqual(self.echoes.perSource, {"10.0.0.1": 3})
+        self.assertEqual(self.echoes.refused, {})
+        for n, (wrapper, _) in enumerate(held):
+            wrapper.dataReceived(self.header(f"203.0.113.{n + 1}"))
+        self.assertEqual(len(self.echoes.connections), 3)
+        self.assertEqual(
+            self.echoes.perSource,
+            {"203.0.113.1": 1, "203.0.113.2": 1, "203.0.113.3": 1},
+        )
         self.connect()
-        self.connect()
-        _, third = self.connect()
-        self.assertTrue(third.disconnecting)
-        self.assertEqual(self.echoes.perSource, {"10.0.0.1": 2})
+        _, fifth = self.connect()
+        self.assertTrue(fifth.disconnecting)
+        self.assertEqual(self.echoes.refused, {"too many connections": 1})
 
     def test_headerMovesTheCountToTheClient(self) -> None:
         first, _ = self.connect()
@@ -406,6 +422,22 @@ class CountedFromAcceptTests(SynchronousTestCase):
         self.assertEqual(self.echoes.perSource, {})
         self.assertEqual(self.echoes.connections, set())
         self.assertEqual((self.echoes.accepted, self.echoes.closed), (2, 2))
+
+    def test_openChangedIsToldOfEveryChange(self) -> None:
+        """
+        L{EchoFactory.openChanged} hears of each connection counted or let
+        go, before its header and after (a worker's accepts follow it, see
+        L{echotwist.worker.AcceptInTurn}).
+        """
+        seen: list[int] = []
+        self.echoes.openChanged = lambda: seen.append(self.echoes.open)
+        first, _ = self.connect()
+        second, _ = self.connect("10.0.0.2")
+        first.dataReceived(self.header("203.0.113.7"))
+        self.assertEqual(seen, [1, 2, 2])
+        second.connectionLost(Failure(ConnectionDone()))
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(seen, [1, 2, 2, 1, 0])
 
     def test_everyEndBeforeTheHeaderReturnsTheCount(self) -> None:
         lost, _ = self.connect()

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -421,6 +421,25 @@ class RollingRestartTests(SynchronousTestCase):
         self.assertEqual(first.transport.signals, [])
         self.clock.advance(100)
         self.assertIs(self.worker(1), first, "no restart in its place")
+
+    def test_theEndOfARoundCountsWhatWasReplaced(self) -> None:
+        """
+        A round whose first replacement dies says it replaced one worker of
+        two, not two: the operator deploying new code learns it did not
+        start everywhere.
+        """
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        first, second = self.worker(1), self.worker(2)
+        self.service.reload()
+        self.worker(1).processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertIs(self.worker(1), first)
+        self.serve(self.worker(2))
+        with capturedLogs() as events:
+            second.processEnded(Failure(ProcessTerminated(signal=15)))
+        (reloaded,) = [e for e in events if e.get("event") == "workers.reloaded"]
+        self.assertEqual(reloaded["count"], 1)
+        self.assertEqual(formatEvent(reloaded), "SIGHUP: 1 worker(s) replaced")
 
     def test_ttouDuringARoll(self) -> None:
         """

@@ -235,6 +235,31 @@ class BadValueTests(SynchronousTestCase):
             "not a number of datagrams a second", self.refused("--udp-rate", "fast")
         )
 
+    def test_udpPortZeroIsNeverARepeat(self) -> None:
+        """
+        Port 0 is a fresh free port each time, for UDP as for TCP: two of
+        them, or one for the echo and one for the identity line on one
+        interface, are two listeners, not one given twice.
+        """
+        self.assertEqual(
+            [
+                d.description
+                for d in parse("--udp", "0", "--udp", "0")["datagramListeners"]
+            ],
+            ["udp:0", "udp:0"],
+        )
+        options = parse(
+            "--udp",
+            "udp:0:interface=127.0.0.1",
+            "--identify-udp",
+            "udp:0:interface=127.0.0.1",
+        )
+        self.assertEqual(options["identify-udp"].port, 0)
+        self.assertIn(
+            "is also a --udp listener",
+            self.refused("--udp", "udp:7", "--identify-udp", "7"),
+        )
+
     def test_badWorkers(self) -> None:
         self.assertIn("0 is not a number of workers", self.refused("--workers", "0"))
         self.assertIn("'two' is not a whole number", self.refused("--workers", "two"))

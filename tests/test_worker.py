@@ -69,3 +69,104 @@ class WorkerControlTests(SynchronousTestCase):
         self.assertEqual(json.loads(transport.value())["accepted"], 0)
         control.connectionLost()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class _QueuedPort:
+    """
+    What L{AcceptInTurn} uses of a listening C{tcp.Port}, over a queue of
+    connects: each C{doRead} accepts up to C{numberAccepts} of them, as
+    Twisted's does, and gives each to C{factory} as a connection.
+    """
+
+    def __init__(self, factory: object, queued: list[str]) -> None:
+        self.factory = factory
+        self.queued = queued
+        self.numberAccepts = 100
+        self.connected = True
+        self.disconnecting = False
+        self.reading = True
+        self.passes: list[int] = []
+
+    def doRead(self) -> None:
+        from tests.test_connections import connectFrom
+
+        taken = self.queued[: self.numberAccepts]
+        del self.queued[: len(taken)]
+        self.passes.append(len(taken))
+        for host in taken:
+            connectFrom(self.factory, host)  # type: ignore[arg-type]
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+class AcceptInTurnTests(SynchronousTestCase):
+    """
+    A worker accepts no more of a burst than it has room for, leaves the
+    rest to its siblings for a grace period, then takes what is left.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from echotwist.connections import EchoFactory
+        from echotwist.worker import AcceptInTurn
+
+        self.clock = MemoryReactorClock()
+        self.factory = EchoFactory(self.clock, maxConnections=2)
+        self.turns = AcceptInTurn(self.factory, self.clock, grace=0.25)
+        self.port = _QueuedPort(self.factory, [f"192.0.2.{n}" for n in range(1, 6)])
+        self.turns.watch(self.port)
+
+    def test_aPassTakesNoMoreThanTheRoomLeft(self) -> None:
+        self.port.doRead()
+        self.assertEqual(self.port.passes, [2])
+        self.assertEqual(len(self.factory.connections), 2)
+        self.assertEqual(len(self.port.queued), 3)
+        self.assertEqual(self.factory.refused, {})
+        self.assertFalse(self.port.reading)
+
+    def test_twistedsPaceWithRoomToSpare(self) -> None:
+        """
+        With room for more than Twisted's own batch, a pass takes Twisted's
+        batch: a server with room for 1000 does not accept 1000 at once.
+        """
+        self.factory.admission.maxConnections = 1000
+        self.port.queued[:] = [f"192.0.2.{n}" for n in range(1, 251)]
+        self.port.numberAccepts = 100
+        self.port.doRead()
+        self.assertEqual(self.port.passes, [100])
+
+    def test_whatSiblingsLeftIsTakenAfterTheGrace(self) -> None:
+        self.port.doRead()
+        self.clock.advance(0.2)
+        self.assertEqual(len(self.port.queued), 3)
+        self.clock.advance(0.05)
+        # Twisted's own batch: each is refused, as a full server refuses.
+        self.assertEqual(self.port.queued, [])
+        self.assertEqual(self.factory.refused, {"too many connections": 3})
+        self.assertFalse(self.port.reading)
+        # Still full: it looks again after another grace period.
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_roomAgainReadsAgain(self) -> None:
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        self.port.doRead()
+        next(iter(self.factory.connections)).connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(self.port.reading)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.port.doRead()
+        self.assertEqual(self.port.passes, [2, 1])
+        self.assertEqual(self.factory.refused, {})
+
+    def test_aStoppedPortIsLeftAlone(self) -> None:
+        self.port.doRead()
+        self.port.connected = False
+        self.clock.advance(0.25)
+        self.assertEqual(len(self.port.queued), 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

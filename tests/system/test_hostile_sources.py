@@ -20,6 +20,8 @@ import tempfile
 import time
 import uuid
 
+import psutil
+
 from tests._clients import readUntilClosed
 from tests._tools import openedBy, requireRoot, requireTool
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
@@ -342,6 +344,57 @@ class ProxyTrustTests(ServerTestCase):
         server.waitFor(r"Worker 2 serving")
         server.waitFor(r"can claim any client address")
         self.assertEqual(server.output.count("can claim any client address"), 1)
+
+
+class ProxyBurstTests(ServerTestCase):
+    """
+    A real proxy's burst: each connection sends its header at once, every
+    one naming another client.
+    """
+
+    def test_aBurstFromOneProxyIsServed(self) -> None:
+        """
+        300 connections from one trusted proxy, at the default
+        --max-per-source (100), each with its header sent at once, while
+        the server is held for a moment (a pause, a busy loop): every one
+        is served.  The server accepts its queue 100 and more at a time
+        before it reads any header, and counted each as the proxy's
+        against --max-per-source: 120 of 300 were refused as "too many
+        connections from this source", and 11 to 50 of 300 in bursts
+        without the pause.
+        """
+        server = self.start(
+            "--port",
+            f"haproxy:tcp:0:interface={LOOPBACK}",
+            "--proxy-from",
+            "127.0.0.0/8",
+            "--no-connection-logs",
+        )
+        port = server.port
+        clients: list[socket.socket] = []
+        self.addCleanup(lambda: [client.close() for client in clients])
+        held = psutil.Process(server.process.pid)
+        held.suspend()
+        try:
+            for n in range(300):
+                client = _connect(port)
+                client.sendall(
+                    f"PROXY TCP4 198.51.{n // 200}.{n % 200 + 1} 192.0.2.1"
+                    f" 40000 7\r\n".encode()
+                )
+                clients.append(client)
+        finally:
+            held.resume()
+        refused = 0
+        for client in clients:
+            client.settimeout(WAIT)
+            try:
+                client.sendall(b"x")
+                refused += client.recv(1) != b"x"
+            except (ConnectionResetError, BrokenPipeError):
+                refused += 1
+        self.assertEqual(refused, 0, server.output)
+        self.assertNotIn("too many connections", server.output)
 
 
 # --- a full server ------------------------------------------------------------

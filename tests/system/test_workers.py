@@ -446,3 +446,118 @@ class ForkFailureTests(ServerTestCase):
         self.assertNotIn(victim.pid, [w.pid for w in workerProcesses(server, 2)])
         self.assertEqual(server.output.count("failed attempt(s)"), 2)
         self.assertNotIn("Traceback", server.output)
+
+
+def _burst(port: int, count: int) -> list[socket.socket]:
+    """
+    C{count} connections to C{port}, all opened before any is used.
+    """
+    clients = []
+    for _ in range(count):
+        client = socket.create_connection((LOOPBACK, port), timeout=WAIT)
+        clients.append(client)
+    return clients
+
+
+def _answered(client: socket.socket) -> bool:
+    """
+    Whether C{client}'s connection echoes a byte (not closed unanswered, as
+    a limit closes it).
+    """
+    try:
+        client.sendall(b"x")
+        return readExactly(client, 1) == b"x"
+    except (ConnectionResetError, BrokenPipeError):
+        return False
+
+
+def readExactly(client: socket.socket, size: int) -> bytes:
+    """
+    Up to C{size} bytes from C{client}: fewer only if it closed first.
+    """
+    client.settimeout(WAIT)
+    data = b""
+    while len(data) < size:
+        chunk = client.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class FullWorkerTests(ServerTestCase):
+    """
+    C{--max-connections} holds for each worker, so two workers of 20 hold
+    40: a burst of connects that two workers have room for is served,
+    however the kernel hands it out; a worker that is full leaves new
+    connections to a sibling with room, and refuses (or evicts for) only
+    what no sibling took.
+    """
+
+    def startWorkers(self, *more: str) -> Server:
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--workers",
+            "2",
+            "--max-per-source",
+            "0",
+            *more,
+        )
+        waitServing(server, 2)
+        return server
+
+    def test_aBurstTwoWorkersHaveRoomForIsServed(self) -> None:
+        """
+        Three bursts of 36 connects at two workers of 20: every connection
+        echoes, and none is refused.  (Each worker took a burst in a few
+        accepts of up to 100 and refused what was over its own 20: 10 to
+        18 of 36 here.)
+        """
+        server = self.startWorkers("--max-connections", "20", "--evict-idle-after", "0")
+        for round in range(3):
+            clients = _burst(server.port, 36)
+            try:
+                answered = [_answered(client) for client in clients]
+            finally:
+                for client in clients:
+                    client.close()
+            self.assertEqual(answered.count(False), 0, server.output)
+            server.waitForCount(r" disconnected after ", 36 * (round + 1))
+        self.assertNotIn("too many connections", server.output)
+
+    def test_whatNoWorkerHasRoomForIsRefused(self) -> None:
+        """
+        Two workers of 5, full: one more connection is refused, unanswered,
+        by one of them, and logged; the 10 are untouched.
+        """
+        server = self.startWorkers("--max-connections", "5", "--evict-idle-after", "0")
+        clients = _burst(server.port, 10)
+        self.addCleanup(lambda: [client.close() for client in clients])
+        self.assertTrue(all(_answered(client) for client in clients))
+        with socket.create_connection((LOOPBACK, server.port), timeout=WAIT) as late:
+            self.assertEqual(readUntilClosed(late)[0], b"")
+        server.waitFor(r"Refused connection from \S+: too many connections$")
+        self.assertTrue(all(_answered(client) for client in clients))
+
+    def test_whatNoWorkerHasRoomForEvicts(self) -> None:
+        """
+        Two workers of 5, full of idle connections: a newcomer is admitted
+        by evicting one of them, as one process would.
+        """
+        server = self.startWorkers("--max-connections", "5", "--evict-idle-after", "1")
+        clients = _burst(server.port, 10)
+        self.addCleanup(lambda: [client.close() for client in clients])
+        self.assertTrue(all(_answered(client) for client in clients))
+        # Eviction's second step takes a connection idle a second or more,
+        # as of the last idle sweep: a newcomer before that is refused.
+        deadline = time.monotonic() + WAIT
+        while True:
+            with socket.create_connection(
+                (LOOPBACK, server.port), timeout=WAIT
+            ) as late:
+                if _answered(late):
+                    break
+            self.assertLess(time.monotonic(), deadline, server.output)
+            time.sleep(0.25)  # the idle time to pass, not a synchronisation
+        server.waitFor(r"to admit a new client: the server is full")
