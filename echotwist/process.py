@@ -2,13 +2,15 @@
 """
 What the C{twistd echo} process needs besides its service, which a library
 must not do to its host: the reactor it serves on, start-up errors in one
-line, a Python stack on a segfault, its exit status as PID 1, a usage
-error's exit status on an older twistd, and a daemon's report of a failed
-start to the foreground.
+line, twistd's pidfile and log file checked before it writes them, a
+Python stack on a segfault, its exit status as PID 1, a usage error's exit
+status on an older twistd, and a daemon's report of a failed start to the
+foreground.
 """
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import os
 import re
@@ -19,11 +21,13 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService
 
+from echotwist._address import escape
 from echotwist._twisted import FOREGROUND_REPORT, handReactorToTwist, reportFailedStart
 from echotwist.listening import CannotListen
 
 __all__ = [
     "ReportsToForeground",
+    "checkRunnerFiles",
     "installDefaultReactor",
     "prepareProcess",
     "reactorName",
@@ -78,6 +82,82 @@ def twistdLeavesStatus0(parent: object) -> bool:
 
     major = twisted.version.major  # type: ignore[attr-defined]
     return isinstance(parent, ServerOptions) and isinstance(major, int) and major < 26
+
+
+def _cannotWrite(path: str) -> str | None:
+    """
+    Why a file at C{path} cannot be opened for writing, as twistd opens its
+    pidfile and its log file (creating it if missing), or None if it can.
+    """
+    if os.path.isdir(path):
+        return "it is a directory"
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        return f"its directory {directory} does not exist"
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:
+        return f"{os.strerror(errno.EROFS).lower()} at {directory}"
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            return os.strerror(errno.EACCES)
+        return None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{os.strerror(errno.EACCES)} to create a file in {directory}"
+    return None
+
+
+#: What to do instead, for the files twistd writes unless told otherwise.
+_DEFAULT_FILES = [
+    (
+        "--pidfile",
+        "twistd.pid",
+        "twistd's default: --pidfile=PATH for another, --pidfile= for none",
+    ),
+    (
+        "--logfile",
+        "twistd.log",
+        "twistd's default when it daemonizes: --logfile=PATH for another,"
+        " -n for standard output",
+    ),
+]
+
+
+def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
+    """
+    End start-up with one line, exit status 1, if twistd could not write its
+    pidfile (C{--pidfile}, C{twistd.pid} unless given) or its log file
+    (C{--logfile}, C{twistd.log} when it daemonizes without one): twistd
+    opens them after the service is made, and a failure there is a
+    traceback.  As the user twistd runs as; it opens both before any
+    C{--uid} takes effect.  Not under C{--chroot} (the paths are the
+    chroot's), nor under C{twist} (which has no pidfile and reports its own
+    C{--log-file} in one line), nor for a log file a C{--logger} or
+    C{--syslog} replaces.
+
+    @param runner: twistd's or twist's options, or None.
+    @raise SystemExit: naming the option, the path and what is wrong.
+    """
+    if runner is None or "pidfile" not in runner or runner.get("chroot"):
+        return
+    wanted = []
+    if runner["pidfile"]:
+        wanted.append(("--pidfile", runner["pidfile"]))
+    logfile = runner.get("logfile")
+    if not (runner.get("logger") or runner.get("syslog") or logfile == "-"):
+        if logfile:
+            wanted.append(("--logfile", logfile))
+        elif not runner.get("nodaemon"):
+            wanted.append(("--logfile", "twistd.log"))
+    for option, path in wanted:
+        path = os.path.abspath(path)
+        why = _cannotWrite(path)
+        if why is None:
+            continue
+        for defaultOption, default, hint in _DEFAULT_FILES:
+            if option == defaultOption and path == os.path.abspath(default):
+                why = f"{why} ({hint})"
+        # Escaped: the path is the user's, but a terminal need not show its
+        # control characters raw.
+        raise SystemExit(escape(f"echotwist: {option}: cannot write {path}: {why}"))
 
 
 def reactorName() -> str | None:

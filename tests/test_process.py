@@ -1,15 +1,16 @@
 """
 The process around C{twistd echo}'s service (L{echotwist.process}): the
-reactor it serves on.
+reactor it serves on, the files twistd will write.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist.process import installDefaultReactor, watchExitStatus
+from echotwist.process import checkRunnerFiles, installDefaultReactor, watchExitStatus
 
 
 class DefaultReactorTests(SynchronousTestCase):
@@ -91,3 +92,100 @@ class WatchExitStatusTests(SynchronousTestCase):
         self.assertFalse(watchExitStatus(lambda: 4242))
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.assertIs(signal.getsignal(signum), handler)
+
+
+class CheckRunnerFilesTests(SynchronousTestCase):
+    """
+    Which of twistd's files L{checkRunnerFiles} looks at, from twistd's
+    options as parsed.  (Unwritable and read-only paths given to the real
+    twistd are in tests.system.test_integration.RefusalTests.)
+    """
+
+    def setUp(self) -> None:
+        self.missing = os.path.abspath(self.mktemp())
+
+    def runner(self, **options: object) -> dict[str, object]:
+        """
+        twistd's options, with a writable pidfile and no log file (C{-n}),
+        then C{options}.
+        """
+        return {
+            "pidfile": os.path.abspath(self.mktemp()),
+            "logfile": None,
+            "nodaemon": True,
+            **options,
+        }
+
+    def refusal(self, runner: dict[str, object]) -> str:
+        with self.assertRaises(SystemExit) as e:
+            checkRunnerFiles(runner)
+        return str(e.exception.code)
+
+    def test_writable(self) -> None:
+        checkRunnerFiles(self.runner())
+
+    def test_pidfile(self) -> None:
+        path = os.path.join(self.missing, "p.pid")
+        self.assertEqual(
+            self.refusal(self.runner(pidfile=path)),
+            f"echotwist: --pidfile: cannot write {path}: its directory"
+            f" {self.missing} does not exist",
+        )
+
+    def test_noPidfile(self) -> None:
+        checkRunnerFiles(self.runner(pidfile=""))
+
+    def test_logfile(self) -> None:
+        path = os.path.join(self.missing, "echo.log")
+        self.assertIn(
+            "echotwist: --logfile: cannot write",
+            self.refusal(self.runner(logfile=path)),
+        )
+
+    def test_daemonDefaultLogfile(self) -> None:
+        """
+        Daemonizing without C{--logfile}, twistd writes C{twistd.log} in its
+        directory; with C{-n}, standard output.
+        """
+        os.mkdir(self.missing)
+        os.mkdir(os.path.join(self.missing, "twistd.log"))
+        cwd = os.getcwd()
+        os.chdir(self.missing)
+        self.addCleanup(os.chdir, cwd)
+        self.assertIn(
+            "twistd.log: it is a directory (twistd's default when it daemonizes",
+            self.refusal(self.runner(nodaemon=False)),
+        )
+        checkRunnerFiles(self.runner())
+
+    def test_logfileReplaced(self) -> None:
+        """
+        Standard output, C{--syslog} or a C{--logger}: no log file of
+        twistd's to check.
+        """
+        path = os.path.join(self.missing, "echo.log")
+        for replaced in (
+            {"logfile": "-"},
+            {"syslog": True, "logfile": path},
+            {"logger": "x.y", "logfile": path},
+        ):
+            checkRunnerFiles(self.runner(nodaemon=False, **replaced))
+
+    def test_chroot(self) -> None:
+        """
+        Under C{--chroot} the paths are the chroot's: not checked here.
+        """
+        path = os.path.join(self.missing, "p.pid")
+        checkRunnerFiles(self.runner(pidfile=path, chroot="/srv/jail"))
+
+    def test_notTwistd(self) -> None:
+        """
+        twist's options have no pidfile, and twist reports its own log
+        file; without a parent, nothing to look at.
+        """
+        checkRunnerFiles({"logFile": None})
+        checkRunnerFiles(None)
+
+    def test_escaped(self) -> None:
+        path = os.path.join(self.missing, "a\x1b[2J.pid")
+        self.assertIn("a\\x1b[2J.pid", self.refusal(self.runner(pidfile=path)))

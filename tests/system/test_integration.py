@@ -32,6 +32,8 @@ KiB = 1024
 MiB = 1024 * 1024
 _PR_CAPBSET_DROP = 24
 _CAP_NET_BIND_SERVICE = 10
+_CAP_DAC_OVERRIDE = 1
+_CAP_DAC_READ_SEARCH = 2
 
 
 def timeWaitPorts() -> set[int]:
@@ -415,6 +417,88 @@ class RefusalTests(ServerTestCase):
             output,
         )
         self.assertNotIn(".lock", output)
+
+    def readOnlyDirectory(self, path: str) -> object:
+        """
+        Make C{path} a directory nobody may write, root included: the
+        preexec function to run twistd with, which takes from root the
+        capabilities that would override the mode.
+        """
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o555)
+        self.addCleanup(os.chmod, path, 0o700)
+        if os.geteuid() != 0:
+            return None
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def preexec() -> None:
+            for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+                if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0):
+                    raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+        return preexec
+
+    def test_pidfileInAReadOnlyDirectory(self) -> None:
+        """
+        A pidfile twistd could not create was a PermissionError traceback
+        after the service was made; now one line, before anything starts.
+        """
+        directory = os.path.join(self.directory, "run")
+        preexec = self.readOnlyDirectory(directory)
+        output = self.failedStart(
+            runner=[command("twistd"), "-n", f"--pidfile={directory}/echo.pid", "echo"],
+            preexec=preexec,
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --pidfile: cannot write {directory}/echo.pid: Permission"
+            f" denied to create a file in {directory}",
+        )
+
+    def test_defaultPidfileInAReadOnlyDirectory(self) -> None:
+        """
+        Without C{--pidfile}, twistd writes C{twistd.pid} where it was
+        started: the line says so, and how to do otherwise.
+        """
+        preexec = self.readOnlyDirectory(self.directory)
+        output = self.failedStart(
+            runner=[command("twistd"), "-n", "echo"], preexec=preexec
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --pidfile: cannot write {self.directory}/twistd.pid:"
+            f" Permission denied to create a file in {self.directory} (twistd's"
+            " default: --pidfile=PATH for another, --pidfile= for none)",
+        )
+
+    def test_pidfileIsADirectory(self) -> None:
+        output = self.failedStart(
+            runner=[command("twistd"), "-n", f"--pidfile={self.directory}", "echo"]
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --pidfile: cannot write {self.directory}: it is a directory",
+        )
+
+    def test_logfileInAMissingDirectory(self) -> None:
+        """
+        A log file twistd could not open was a FileNotFoundError traceback;
+        daemonizing, it is refused before the fork, in the foreground.
+        """
+        missing = os.path.join(self.directory, "log", "echotwist")
+        output = self.failedStart(
+            runner=[
+                command("twistd"),
+                "--pidfile=",
+                f"--logfile={missing}/echo.log",
+                "echo",
+            ]
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --logfile: cannot write {missing}/echo.log: its directory"
+            f" {missing} does not exist",
+        )
 
     def test_privilegedPortWithoutPermission(self) -> None:
         with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
