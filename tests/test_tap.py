@@ -264,6 +264,23 @@ class BadValueTests(SynchronousTestCase):
             self.refused("--proxy-from", "proxy"),
         )
 
+    def test_socketBufferTooLarge(self) -> None:
+        """
+        A size setsockopt(2) cannot take (over a C int) was accepted, and
+        every listener then failed to listen with "a bytes-like object is
+        required"; the largest it can take is accepted (the kernel caps it,
+        and says so at start).
+        """
+        for value in (str(2**31), "9" * 26):
+            self.assertIn(
+                f"--socket-buffer: '{value}' is too large a socket buffer (at"
+                " most 2147483647 bytes",
+                self.refused("--socket-buffer", value),
+            )
+        self.assertEqual(
+            parse("--socket-buffer", str(2**31 - 1))["socket-buffer"], 2**31 - 1
+        )
+
     def test_socketBufferTooSmall(self) -> None:
         message = self.refused("--socket-buffer", "100")
         self.assertIn("--socket-buffer: '100' is too small a socket buffer", message)
