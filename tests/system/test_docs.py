@@ -207,6 +207,26 @@ class SignalTests(SynchronousTestCase):
         self.assertEqual(handled - entries, set())
 
 
+class LogEventTests(SynchronousTestCase):
+    """
+    Every event name the server logs has its entry in the operations
+    page's list of events, where a log reader looks its fields up.
+    """
+
+    def test_everyLoggedEventIsDocumented(self) -> None:
+        logged = set()
+        pattern = os.path.join(ROOT, "echotwist", "**", "*.py")
+        for path in glob.glob(pattern, recursive=True):
+            with open(path, encoding="utf-8") as f:
+                logged.update(re.findall(r'\bevent="([a-z_]+\.[a-z_]+)"', f.read()))
+        self.assertIn("connection.closed", logged)
+        with open(os.path.join(DOCS, "operations.rst"), encoding="utf-8") as f:
+            page = f.read()
+        section = page[page.index("\nLogs\n") : page.index("\nMetrics\n")]
+        documented = set(re.findall(r"``([a-z_]+\.[a-z_]+)``", section))
+        self.assertEqual(sorted(logged - documented), [])
+
+
 class ReadmeTests(SynchronousTestCase):
     """
     README.rst, which is also the package's long description on PyPI.
