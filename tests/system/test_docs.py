@@ -1,8 +1,9 @@
 """
 The documentation: the Sphinx site builds with warnings as errors, its
 options reference lists exactly the options C{twistd echo --help} lists,
-every signal the server handles has its entry, and README.rst stays a valid
-front page whose links lead somewhere.
+every signal the server handles and every event it logs has its entry, the
+environment example for a repeated option starts a server, and README.rst
+stays a valid front page whose links lead somewhere.
 
 Building the site needs the C{docs} extra (Sphinx, pydoctor), which the
 C{test} extra leaves out; without it the build tests skip, and with
@@ -17,6 +18,8 @@ import glob
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +28,8 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._tools import CHECKOUT, REQUIRE
-from tests._twistd import command
+from tests._twistd import ServerTestCase, command
+from tests.system.test_transports import freePort
 
 ROOT = CHECKOUT
 DOCS = os.path.join(ROOT, "docs")
@@ -309,6 +313,32 @@ class ReadmeTests(SynchronousTestCase):
                 os.path.exists(os.path.join(ROOT, path)) or os.path.exists(inDocs),
                 path,
             )
+
+
+class EnvironmentExampleTests(ServerTestCase):
+    """
+    The environment example docs/options.rst gives for a repeated option
+    starts a server, on a free port in place of its 5000.
+    """
+
+    def test_repeatedOptionExampleListens(self) -> None:
+        """
+        It was a pair that cannot coexist on a Linux host at its default
+        net.ipv6.bindv6only=0 (UDP on 0.0.0.0 and on the dual-stack
+        C{::}): the second failed with "Address already in use".
+        """
+        with open(os.path.join(DOCS, "options.rst"), encoding="utf-8") as f:
+            text = f.read()
+        ((name, value),) = re.findall(r'``(ECHOTWIST_UDP)="([^"]+)"``', text)
+        self.assertEqual(len(value.split()), 2, value)
+        port = str(freePort(socket.SOCK_DGRAM))
+        server = self.start(
+            runner=[command("twistd"), "-n", "--pidfile=", "echo"],
+            env={name: value.replace("5000", port)},
+        )
+        server.waitForCount(rf"Listening on \S+ \(udp:{port}:", 2)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
 
 
 class QuotedMessageTests(SynchronousTestCase):
