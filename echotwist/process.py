@@ -10,7 +10,6 @@ foreground.
 
 from __future__ import annotations
 
-import errno
 import faulthandler
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 
 from echotwist._address import escape
+from echotwist._files import whyCannotWrite
 from echotwist._twisted import FOREGROUND_REPORT, handReactorToTwist, reportFailedStart
 from echotwist.listening import CannotListen
 
@@ -84,27 +84,6 @@ def twistdLeavesStatus0(parent: object) -> bool:
     return isinstance(parent, ServerOptions) and isinstance(major, int) and major < 26
 
 
-def _cannotWrite(path: str) -> str | None:
-    """
-    Why a file at C{path} cannot be opened for writing, as twistd opens its
-    pidfile and its log file (creating it if missing), or None if it can.
-    """
-    if os.path.isdir(path):
-        return "it is a directory"
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        return f"its directory {directory} does not exist"
-    if os.statvfs(directory).f_flag & os.ST_RDONLY:
-        return f"{os.strerror(errno.EROFS).lower()} at {directory}"
-    if os.path.exists(path):
-        if not os.access(path, os.W_OK):
-            return os.strerror(errno.EACCES)
-        return None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        return f"{os.strerror(errno.EACCES)} to create a file in {directory}"
-    return None
-
-
 #: What to do instead, for the files twistd writes unless told otherwise.
 _DEFAULT_FILES = [
     (
@@ -149,7 +128,7 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
             wanted.append(("--logfile", "twistd.log"))
     for option, path in wanted:
         path = os.path.abspath(path)
-        why = _cannotWrite(path)
+        why = whyCannotWrite(path)
         if why is None:
             continue
         for defaultOption, default, hint in _DEFAULT_FILES:

@@ -500,6 +500,22 @@ class RefusalTests(ServerTestCase):
             f" {missing} does not exist",
         )
 
+    def test_unixSocketInAReadOnlyDirectory(self) -> None:
+        """
+        A UNIX socket in a directory not ours to write: the line said
+        "[Errno 13] Permission denied: '1234' -> b'.../echo.sock.lock'",
+        Twisted's lock file, a symbolic link named by a pid.
+        """
+        directory = os.path.join(self.directory, "run")
+        preexec = self.readOnlyDirectory(directory)
+        description = f"unix:{directory}/echo.sock"
+        output = self.failedStart("--port", description, preexec=preexec)
+        self.assertEqual(
+            output.splitlines()[-1].split("] ", 1)[-1],
+            f"echotwist: cannot listen on {description}: Permission denied to"
+            f" create a file in {directory}",
+        )
+
     def test_privilegedPortWithoutPermission(self) -> None:
         with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
             if int(f.read()) <= 7:
