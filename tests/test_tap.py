@@ -5,6 +5,7 @@ The tap configuration: what "twistd echo" accepts, refuses, and makes.
 from __future__ import annotations
 
 import io
+import os
 import re
 import signal
 import sys
@@ -17,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from echotwist import EchoService
 from echotwist.settings import optionFields
 from echotwist.tap import Options, makeService
-from tests._tools import requireTLS
+from tests._tools import requireTLS, selfSignedCertificate
 
 
 def parse(*argv: str) -> Options:
@@ -213,6 +214,35 @@ class BadValueTests(SynchronousTestCase):
             "the TLS private key file (privateKey=) '/nonexistent/key.pem'"
             " does not exist",
             message,
+        )
+
+    def test_keyFileIsADirectory(self) -> None:
+        """
+        It was said not to exist.
+        """
+        requireTLS()
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        self.assertIn(
+            f"the TLS private key file (privateKey=) {directory!r} is a directory",
+            self.refused("--listen", f"ssl:0:privateKey={directory}"),
+        )
+
+    def test_keyFileHoldsNoKey(self) -> None:
+        """
+        A certificate given as the key was OpenSSL's "[('DECODER routines',
+        '', 'unsupported')]" inside "is neither a port number nor ...".
+        """
+        requireTLS()
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        _, certificate = selfSignedCertificate(directory)
+        self.assertIn(
+            f"the TLS private key file (privateKey=) {certificate!r} holds no PEM"
+            " private key",
+            self.refused(
+                "--listen", f"ssl:0:privateKey={certificate}:certKey={certificate}"
+            ),
         )
 
     def test_givenTwice(self) -> None:

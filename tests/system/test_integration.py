@@ -36,6 +36,24 @@ _CAP_DAC_OVERRIDE = 1
 _CAP_DAC_READ_SEARCH = 2
 
 
+def asFileModesSay() -> object:
+    """
+    A preexec function that takes from root the capabilities that override
+    file modes, so that twistd meets a mode as any other user would; None
+    when not root.
+    """
+    if os.geteuid() != 0:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+            if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0):
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    return preexec
+
+
 def timeWaitPorts() -> set[int]:
     """
     Local ports of loopback TCP sockets in TIME_WAIT.
@@ -421,22 +439,12 @@ class RefusalTests(ServerTestCase):
     def readOnlyDirectory(self, path: str) -> object:
         """
         Make C{path} a directory nobody may write, root included: the
-        preexec function to run twistd with, which takes from root the
-        capabilities that would override the mode.
+        preexec function to run twistd with (L{asFileModesSay}).
         """
         os.makedirs(path, exist_ok=True)
         os.chmod(path, 0o555)
         self.addCleanup(os.chmod, path, 0o700)
-        if os.geteuid() != 0:
-            return None
-        libc = ctypes.CDLL(None, use_errno=True)
-
-        def preexec() -> None:
-            for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
-                if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0):
-                    raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-        return preexec
+        return asFileModesSay()
 
     def test_pidfileInAReadOnlyDirectory(self) -> None:
         """
@@ -498,6 +506,27 @@ class RefusalTests(ServerTestCase):
             output.splitlines()[-1],
             f"echotwist: --logfile: cannot write {missing}/echo.log: its directory"
             f" {missing} does not exist",
+        )
+
+    def test_unreadableKeyFile(self) -> None:
+        """
+        A key file this user may not read was "is neither a port number nor
+        a usable server endpoint description ([Errno 13] ...)".
+        """
+        directory = os.path.join(self.directory, "tls")
+        os.mkdir(directory)
+        key, certificate = selfSignedCertificate(directory)
+        os.chmod(key, 0)
+        description = (
+            f"ssl:0:interface={LOOPBACK}:privateKey={key}:certKey={certificate}"
+        )
+        output = self.failedStart("--port", description, preexec=asFileModesSay())
+        self.assertTrue(
+            output.splitlines()[-1].endswith(
+                f"--port: {description!r}: the TLS private key file (privateKey=)"
+                f" {key!r} cannot be read: Permission denied"
+            ),
+            output,
         )
 
     def test_unixSocketInAReadOnlyDirectory(self) -> None:
