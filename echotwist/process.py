@@ -2,10 +2,10 @@
 """
 What the C{twistd echo} process needs besides its service, which a library
 must not do to its host: the reactor it serves on, start-up errors in one
-line, twistd's pidfile and log file checked before it writes them, a
-Python stack on a segfault, its exit status as PID 1, a usage error's exit
-status on an older twistd, and a daemon's report of a failed start to the
-foreground.
+line, twistd's pidfile and log file checked before it writes them (and its
+JSON logs before they go nowhere), a Python stack on a segfault, its exit
+status as PID 1, a usage error's exit status on an older twistd, and a
+daemon's report of a failed start to the foreground.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from echotwist.listening import CannotListen
 
 __all__ = [
     "ReportsToForeground",
+    "JSON_OBSERVER",
+    "checkJSONLogger",
     "checkRunnerFiles",
     "installDefaultReactor",
     "prepareProcess",
@@ -137,6 +139,42 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
         # Escaped: the path is the user's, but a terminal need not show its
         # control characters raw.
         raise SystemExit(escape(f"echotwist: {option}: cannot write {path}: {why}"))
+
+
+#: The observer twistd's C{--logger} names for echotwist's JSON lines.
+JSON_OBSERVER = "echotwist.logs.jsonObserver"
+
+
+def checkJSONLogger(runner: Mapping[str, Any] | None) -> None:
+    """
+    End start-up with one line, exit status 1, where twistd would log
+    through echotwist's JSON observer (C{--logger} L{JSON_OBSERVER}) and
+    lose every line: the observer writes to standard output, which a
+    daemonizing twistd points at /dev/null, and twistd ignores C{--logfile}
+    once C{--logger} is given.
+
+    @param runner: twistd's or twist's options, or None.
+    @raise SystemExit: saying what to do instead.
+    """
+    if runner is None or "pidfile" not in runner:
+        return  # not twistd: twist has --log-format json
+    from echotwist.logs import jsonObserver
+
+    # A name until twistd's own postOptions, after ours, imports it.
+    if runner.get("logger") not in (JSON_OBSERVER, jsonObserver):
+        return
+    logfile = runner.get("logfile")
+    if logfile and logfile != "-":
+        raise SystemExit(
+            f"echotwist: --logger {JSON_OBSERVER} writes to standard output, and"
+            " twistd ignores --logfile with --logger: drop --logfile and"
+            " redirect standard output (with -n)"
+        )
+    if not (runner.get("nodaemon") or runner.get("debug")):
+        raise SystemExit(
+            f"echotwist: --logger {JSON_OBSERVER} writes to standard output,"
+            " which a daemonizing twistd points at /dev/null: add -n"
+        )
 
 
 def reactorName() -> str | None:

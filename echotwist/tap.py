@@ -26,6 +26,7 @@ from echotwist.listeners import (
 )
 from echotwist.process import (
     ReportsToForeground,
+    checkJSONLogger,
     checkRunnerFiles,
     installDefaultReactor,
     prepareProcess,
@@ -292,10 +293,12 @@ class Options(usage.Options):
         Parse the values given, install the default reactor unless one was
         named, then parse the stream, UDP and metrics listeners; a bad
         value, or a bad or repeated listener, is a usage error.  A pidfile
-        or log file twistd could not write ends start-up in one line
-        (L{checkRunnerFiles}).
+        or log file twistd could not write, or JSON logs that would go
+        nowhere, end start-up in one line (L{checkRunnerFiles},
+        L{checkJSONLogger}).
         """
         checkRunnerFiles(self.parent)
+        checkJSONLogger(self.parent)
         for f in optionFields():
             name = f.metadata["option"]
             if "parse" in f.metadata and isinstance(self[name], str):

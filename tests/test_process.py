@@ -10,7 +10,14 @@ import signal
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist.process import checkRunnerFiles, installDefaultReactor, watchExitStatus
+from echotwist.logs import jsonObserver
+from echotwist.process import (
+    JSON_OBSERVER,
+    checkJSONLogger,
+    checkRunnerFiles,
+    installDefaultReactor,
+    watchExitStatus,
+)
 
 
 class DefaultReactorTests(SynchronousTestCase):
@@ -189,3 +196,52 @@ class CheckRunnerFilesTests(SynchronousTestCase):
     def test_escaped(self) -> None:
         path = os.path.join(self.missing, "a\x1b[2J.pid")
         self.assertIn("a\\x1b[2J.pid", self.refusal(self.runner(pidfile=path)))
+
+
+class CheckJSONLoggerTests(SynchronousTestCase):
+    """
+    L{checkJSONLogger} refuses only where echotwist's JSON observer would
+    write to nowhere.  (The real twistd: tests.system.test_integration.)
+    """
+
+    def runner(self, **options: object) -> dict[str, object]:
+        return {
+            "pidfile": "",
+            "logfile": None,
+            "nodaemon": True,
+            "logger": JSON_OBSERVER,
+            **options,
+        }
+
+    def refusal(self, runner: dict[str, object]) -> str:
+        with self.assertRaises(SystemExit) as e:
+            checkJSONLogger(runner)
+        return str(e.exception.code)
+
+    def test_toStandardOutput(self) -> None:
+        checkJSONLogger(self.runner())
+        checkJSONLogger(self.runner(logfile="-"))
+        checkJSONLogger(self.runner(logger=jsonObserver))
+        # -b runs in the foreground whatever -n says.
+        checkJSONLogger(self.runner(nodaemon=False, debug=True))
+
+    def test_daemonizing(self) -> None:
+        for logger in (JSON_OBSERVER, jsonObserver):
+            self.assertIn(
+                "which a daemonizing twistd points at /dev/null: add -n",
+                self.refusal(self.runner(nodaemon=False, logger=logger)),
+            )
+
+    def test_logfileIgnored(self) -> None:
+        self.assertIn(
+            "twistd ignores --logfile with --logger",
+            self.refusal(self.runner(logfile="/var/log/echo.log")),
+        )
+
+    def test_otherLoggers(self) -> None:
+        checkJSONLogger(self.runner(logger=None, nodaemon=False))
+        checkJSONLogger(self.runner(logger="my.observer", logfile="x.log"))
+
+    def test_notTwistd(self) -> None:
+        checkJSONLogger({"logFile": None, "logger": JSON_OBSERVER})
+        checkJSONLogger(None)

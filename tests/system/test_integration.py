@@ -508,6 +508,30 @@ class RefusalTests(ServerTestCase):
             f" {missing} does not exist",
         )
 
+    def test_jsonLogsWhenDaemonizing(self) -> None:
+        """
+        Daemonizing, twistd points standard output, where echotwist's JSON
+        observer writes, at /dev/null: it started, and every line after the
+        fork was lost.
+        """
+        output = self.failedStart(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[
+                command("twistd"),
+                f"--pidfile={self.directory}/twistd.pid",
+                "--logger",
+                "echotwist.logs.jsonObserver",
+                "echo",
+            ],
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            "echotwist: --logger echotwist.logs.jsonObserver writes to standard"
+            " output, which a daemonizing twistd points at /dev/null: add -n",
+        )
+        self.assertFalse(os.path.exists(f"{self.directory}/twistd.pid"))
+
     def test_unreadableKeyFile(self) -> None:
         """
         A key file this user may not read was "is neither a port number nor
