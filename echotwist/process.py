@@ -3,7 +3,7 @@
 What the C{twistd echo} process needs besides its service, which a library
 must not do to its host: the reactor it serves on, start-up errors in one
 line, twistd's pidfile and log file checked before it writes them (and its
-JSON logs before they go nowhere), a Python stack on a segfault, its exit
+log's destination, that it is not nowhere), a Python stack on a segfault, its exit
 status as PID 1, a usage error's exit status on an older twistd, and a
 daemon's report of a failed start to the foreground.
 """
@@ -14,6 +14,7 @@ import faulthandler
 import os
 import re
 import select
+import stat
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
@@ -28,7 +29,7 @@ from echotwist.listening import CannotListen
 __all__ = [
     "ReportsToForeground",
     "JSON_OBSERVER",
-    "checkJSONLogger",
+    "checkLogDestination",
     "checkRunnerFiles",
     "installDefaultReactor",
     "prepareProcess",
@@ -145,36 +146,56 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
 JSON_OBSERVER = "echotwist.logs.jsonObserver"
 
 
-def checkJSONLogger(runner: Mapping[str, Any] | None) -> None:
+def checkLogDestination(
+    runner: Mapping[str, Any] | None, devLog: str = "/dev/log"
+) -> None:
     """
-    End start-up with one line, exit status 1, where twistd would log
-    through echotwist's JSON observer (C{--logger} L{JSON_OBSERVER}) and
-    lose every line: the observer writes to standard output, which a
-    daemonizing twistd points at /dev/null, and twistd ignores C{--logfile}
-    once C{--logger} is given.
+    End start-up with one line, exit status 1, where twistd's log would go
+    nowhere, without a word:
+
+      - through echotwist's JSON observer (C{--logger} L{JSON_OBSERVER}),
+        which writes to standard output, daemonizing (twistd points standard
+        output at /dev/null) or with C{--logfile} (which twistd ignores
+        once C{--logger} is given);
+      - to syslog (C{--syslog}) on a Linux host where nothing listens at
+        C{devLog}, as in most containers: the C library drops each line.
 
     @param runner: twistd's or twist's options, or None.
+    @param devLog: where the C library sends syslog lines on Linux.
     @raise SystemExit: saying what to do instead.
     """
     if runner is None or "pidfile" not in runner:
-        return  # not twistd: twist has --log-format json
+        return  # not twistd: twist has --log-format json, and no syslog
     from echotwist.logs import jsonObserver
 
     # A name until twistd's own postOptions, after ours, imports it.
-    if runner.get("logger") not in (JSON_OBSERVER, jsonObserver):
-        return
-    logfile = runner.get("logfile")
-    if logfile and logfile != "-":
-        raise SystemExit(
-            f"echotwist: --logger {JSON_OBSERVER} writes to standard output, and"
-            " twistd ignores --logfile with --logger: drop --logfile and"
-            " redirect standard output (with -n)"
-        )
-    if not (runner.get("nodaemon") or runner.get("debug")):
-        raise SystemExit(
-            f"echotwist: --logger {JSON_OBSERVER} writes to standard output,"
-            " which a daemonizing twistd points at /dev/null: add -n"
-        )
+    if runner.get("logger") in (JSON_OBSERVER, jsonObserver):
+        logfile = runner.get("logfile")
+        if logfile and logfile != "-":
+            raise SystemExit(
+                f"echotwist: --logger {JSON_OBSERVER} writes to standard output,"
+                " and twistd ignores --logfile with --logger: drop --logfile and"
+                " redirect standard output (with -n)"
+            )
+        if not (runner.get("nodaemon") or runner.get("debug")):
+            raise SystemExit(
+                f"echotwist: --logger {JSON_OBSERVER} writes to standard output,"
+                " which a daemonizing twistd points at /dev/null: add -n"
+            )
+    elif runner.get("syslog") and sys.platform.startswith("linux"):
+        if not _isSocket(devLog):
+            raise SystemExit(
+                f"echotwist: --syslog: no syslog daemon listens at {devLog} here,"
+                " and every line would be lost; log to a file (--logfile) or"
+                " to standard output (-n)"
+            )
+
+
+def _isSocket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def reactorName() -> str | None:

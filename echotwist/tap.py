@@ -26,7 +26,7 @@ from echotwist.listeners import (
 )
 from echotwist.process import (
     ReportsToForeground,
-    checkJSONLogger,
+    checkLogDestination,
     checkRunnerFiles,
     installDefaultReactor,
     prepareProcess,
@@ -293,12 +293,12 @@ class Options(usage.Options):
         Parse the values given, install the default reactor unless one was
         named, then parse the stream, UDP and metrics listeners; a bad
         value, or a bad or repeated listener, is a usage error.  A pidfile
-        or log file twistd could not write, or JSON logs that would go
-        nowhere, end start-up in one line (L{checkRunnerFiles},
-        L{checkJSONLogger}).
+        or log file twistd could not write, or a log that would go nowhere,
+        ends start-up in one line (L{checkRunnerFiles},
+        L{checkLogDestination}).
         """
         checkRunnerFiles(self.parent)
-        checkJSONLogger(self.parent)
+        checkLogDestination(self.parent)
         for f in optionFields():
             name = f.metadata["option"]
             if "parse" in f.metadata and isinstance(self[name], str):

@@ -6,14 +6,18 @@ reactor it serves on, the files twistd will write.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
+import sys
+import tempfile
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from echotwist.logs import jsonObserver
 from echotwist.process import (
     JSON_OBSERVER,
-    checkJSONLogger,
+    checkLogDestination,
     checkRunnerFiles,
     installDefaultReactor,
     watchExitStatus,
@@ -198,10 +202,12 @@ class CheckRunnerFilesTests(SynchronousTestCase):
         self.assertIn("a\\x1b[2J.pid", self.refusal(self.runner(pidfile=path)))
 
 
-class CheckJSONLoggerTests(SynchronousTestCase):
+class CheckLogDestinationTests(SynchronousTestCase):
     """
-    L{checkJSONLogger} refuses only where echotwist's JSON observer would
-    write to nowhere.  (The real twistd: tests.system.test_integration.)
+    L{checkLogDestination} refuses only where twistd's log would go to
+    nowhere: echotwist's JSON observer daemonizing or beside C{--logfile},
+    C{--syslog} with no syslog socket.  (The real twistd:
+    tests.system.test_integration.)
     """
 
     def runner(self, **options: object) -> dict[str, object]:
@@ -215,15 +221,15 @@ class CheckJSONLoggerTests(SynchronousTestCase):
 
     def refusal(self, runner: dict[str, object]) -> str:
         with self.assertRaises(SystemExit) as e:
-            checkJSONLogger(runner)
+            checkLogDestination(runner)
         return str(e.exception.code)
 
     def test_toStandardOutput(self) -> None:
-        checkJSONLogger(self.runner())
-        checkJSONLogger(self.runner(logfile="-"))
-        checkJSONLogger(self.runner(logger=jsonObserver))
+        checkLogDestination(self.runner())
+        checkLogDestination(self.runner(logfile="-"))
+        checkLogDestination(self.runner(logger=jsonObserver))
         # -b runs in the foreground whatever -n says.
-        checkJSONLogger(self.runner(nodaemon=False, debug=True))
+        checkLogDestination(self.runner(nodaemon=False, debug=True))
 
     def test_daemonizing(self) -> None:
         for logger in (JSON_OBSERVER, jsonObserver):
@@ -239,9 +245,43 @@ class CheckJSONLoggerTests(SynchronousTestCase):
         )
 
     def test_otherLoggers(self) -> None:
-        checkJSONLogger(self.runner(logger=None, nodaemon=False))
-        checkJSONLogger(self.runner(logger="my.observer", logfile="x.log"))
+        checkLogDestination(self.runner(logger=None, nodaemon=False))
+        checkLogDestination(self.runner(logger="my.observer", logfile="x.log"))
 
     def test_notTwistd(self) -> None:
-        checkJSONLogger({"logFile": None, "logger": JSON_OBSERVER})
-        checkJSONLogger(None)
+        checkLogDestination({"logFile": None, "logger": JSON_OBSERVER})
+        checkLogDestination(None)
+
+    def test_syslogWithoutADaemon(self) -> None:
+        """
+        C{--syslog} where nothing listens at /dev/log (a container, say):
+        the C library drops every line without a word.
+        """
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("where syslog(3) sends its lines is Linux's /dev/log")
+        missing = os.path.abspath(self.mktemp())
+        runner = self.runner(logger=None, syslog=True, nodaemon=False)
+        with self.assertRaises(SystemExit) as e:
+            checkLogDestination(runner, devLog=missing)
+        self.assertEqual(
+            e.exception.code,
+            f"echotwist: --syslog: no syslog daemon listens at {missing} here,"
+            " and every line would be lost; log to a file (--logfile) or to"
+            " standard output (-n)",
+        )
+        # A plain file is not a syslog daemon either.
+        with open(missing, "w"):
+            pass
+        self.assertRaises(SystemExit, checkLogDestination, runner, devLog=missing)
+
+    def test_syslogWithADaemon(self) -> None:
+        # A short path: a UNIX socket's must fit in 108 bytes.
+        directory = tempfile.mkdtemp(prefix="echotwist-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        listening = os.path.join(directory, "log")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.bind(listening)
+            checkLogDestination(
+                self.runner(logger=None, syslog=True, nodaemon=False),
+                devLog=listening,
+            )

@@ -15,7 +15,7 @@ from twisted.python.usage import UsageError
 from twisted.python.versions import Version
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist import EchoService
+from echotwist import EchoService, process
 from echotwist.settings import optionFields
 from echotwist.tap import Options, makeService
 from tests._tools import requireTLS, selfSignedCertificate
@@ -540,6 +540,9 @@ class LogFileSearchTests(SynchronousTestCase):
         self.assertEqual(self.decide("-n", "--logfile=-"), (False, False))
 
     def test_notToSyslog(self) -> None:
+        # As on a host with a syslog daemon: where there is none, --syslog
+        # is refused (tests.test_process.CheckLogDestinationTests).
+        self.patch(process, "_isSocket", lambda path: True)
         self.assertEqual(self.decide("--syslog"), (False, False))
 
     def test_aLogFile(self) -> None:

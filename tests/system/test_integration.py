@@ -532,6 +532,25 @@ class RefusalTests(ServerTestCase):
         )
         self.assertFalse(os.path.exists(f"{self.directory}/twistd.pid"))
 
+    def test_syslogWithNoSyslogDaemon(self) -> None:
+        """
+        C{--syslog} where nothing listens at /dev/log: twistd served, and
+        logged nothing anywhere.
+        """
+        if os.path.exists("/dev/log"):
+            raise SkipTest("a syslog socket is there (/dev/log)")
+        output = self.failedStart(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[command("twistd"), "-n", "--pidfile=", "--syslog", "echo"],
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            "echotwist: --syslog: no syslog daemon listens at /dev/log here, and"
+            " every line would be lost; log to a file (--logfile) or to standard"
+            " output (-n)",
+        )
+
     def test_unreadableKeyFile(self) -> None:
         """
         A key file this user may not read was "is neither a port number nor
