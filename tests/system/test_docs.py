@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import functools
 import glob
+import inspect
 import os
 import re
 import shutil
@@ -339,6 +340,30 @@ class EnvironmentExampleTests(ServerTestCase):
         server.waitForCount(rf"Listening on \S+ \(udp:{port}:", 2)
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
+
+
+class APIPageTests(SynchronousTestCase):
+    def test_echoServiceSignature(self) -> None:
+        """
+        docs/api.rst gives EchoService's parameters as the class takes
+        them, in order; it left six out.
+        """
+        from echotwist import EchoService
+
+        with open(os.path.join(DOCS, "api.rst"), encoding="utf-8") as f:
+            text = " ".join(f.read().split())
+        (documented,) = re.findall(r"``EchoService\((listen=.*?)\)``", text)
+        # Defaults in parentheses hold commas of their own.
+        documented = re.sub(r"\([^()]*\)", "", documented)
+        names = [
+            p.strip().split("=")[0].lstrip("*")
+            for p in documented.split(",")
+            if p.strip() not in ("*", "")
+        ]
+        actual = [
+            name for name in inspect.signature(EchoService).parameters if name != "self"
+        ]
+        self.assertEqual(names, actual)
 
 
 class QuotedMessageTests(SynchronousTestCase):
