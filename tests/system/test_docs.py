@@ -343,27 +343,36 @@ class EnvironmentExampleTests(ServerTestCase):
 
 
 class APIPageTests(SynchronousTestCase):
-    def test_echoServiceSignature(self) -> None:
+    def documented(self, name: str) -> list[str]:
         """
-        docs/api.rst gives EchoService's parameters as the class takes
-        them, in order; it left six out.
+        The parameters docs/api.rst gives class C{name}, in order.
         """
-        from echotwist import EchoService
-
         with open(os.path.join(DOCS, "api.rst"), encoding="utf-8") as f:
             text = " ".join(f.read().split())
-        (documented,) = re.findall(r"``EchoService\((listen=.*?)\)``", text)
+        # The first mention is the signature; later ones are examples.
+        documented = re.findall(rf"``{name}\(((?:\([^()]*\)|[^()])*)\)``", text)[0]
         # Defaults in parentheses hold commas of their own.
         documented = re.sub(r"\([^()]*\)", "", documented)
-        names = [
+        return [
             p.strip().split("=")[0].lstrip("*")
             for p in documented.split(",")
             if p.strip() not in ("*", "")
         ]
-        actual = [
-            name for name in inspect.signature(EchoService).parameters if name != "self"
-        ]
-        self.assertEqual(names, actual)
+
+    def test_signatures(self) -> None:
+        """
+        docs/api.rst gives EchoService's and EchoFactory's parameters as the
+        classes take them, in order; it left out six of one and every limit
+        of the other.
+        """
+        from echotwist import EchoFactory, EchoService
+
+        for cls in (EchoService, EchoFactory):
+            self.assertEqual(
+                self.documented(cls.__name__),
+                list(inspect.signature(cls).parameters),
+                cls.__name__,
+            )
 
 
 class QuotedMessageTests(SynchronousTestCase):
