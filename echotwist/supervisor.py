@@ -109,6 +109,10 @@ class _Worker(ProcessProtocol):
         self.serving: Deferred[None] = Deferred()
         #: Being replaced (SIGHUP): not to be restarted when it exits.
         self.retiring = False
+        #: The worker this one replaces (SIGHUP), if any: until this one
+        #: serves, its exit leaves that one in its place, if alive, and is
+        #: no reason to start another.
+        self.replacing: _Worker | None = None
         self._buffers: dict[int, bytes] = {}
         self._waiting: list[Deferred[dict[str, Any]]] = []
         self.lastStats: dict[str, Any] = {}
@@ -494,6 +498,9 @@ class SupervisorService(Service):
         )
         if self._stopping or worker.retiring or worker.number > self.wanted:
             return
+        old = worker.replacing
+        if old is not None and not worker.serving.called and not old.ended.called:
+            return  # the rolling restart keeps the old worker (_notReplaced)
         if lived >= STABLE_AFTER:
             self._quickDeaths = 0
             delay = 0.0
@@ -583,8 +590,11 @@ class SupervisorService(Service):
 
     def _roll(self, numbers: list[int]) -> Deferred[None]:
         done: Deferred[None] = Deferred()
+        replaced = 0
 
-        def step(_: object = None) -> None:
+        def step(wasReplaced: bool = False) -> None:
+            nonlocal replaced
+            replaced += wasReplaced
             while numbers:
                 number = numbers.pop(0)
                 old = self.workers.get(number)
@@ -600,8 +610,9 @@ class SupervisorService(Service):
                 done.callback(None)
                 return
             log.info(
-                "SIGHUP: {count} worker(s) replaced",
+                "SIGHUP: {replaced} of {count} worker(s) replaced",
                 event="workers.reloaded",
+                replaced=replaced,
                 count=len(self.workers),
             )
             done.callback(None)
@@ -612,11 +623,12 @@ class SupervisorService(Service):
         step()
         return done
 
-    def _replace(self, old: _Worker) -> Deferred[None]:
+    def _replace(self, old: _Worker) -> Deferred[bool]:
         """
         Start a worker in C{old}'s place; once it serves, drain C{old}.
 
-        @return: fires once C{old} has exited, or the replacement failed.
+        @return: fires with True once C{old} has exited, or False if the
+            replacement failed and C{old} serves on.
         """
         old.retiring = True
         self._retiring.append(old)
@@ -624,14 +636,20 @@ class SupervisorService(Service):
         if new is None:
             self._unretire(old)
             self._keepServing(old, "cannot start worker {worker}'s replacement")
-            return succeed(None)
-        result: Deferred[None] = Deferred()
+            return succeed(False)
+        new.replacing = old
+        result: Deferred[bool] = Deferred()
         giveUp = self.reactor.callLater(START_TIMEOUT, new.kill)
-        new.serving.addCallback(lambda _: self._replaced(old, result, giveUp))
+
+        def served(_: object) -> None:
+            new.replacing = None  # a worker like any other from now on
+            self._replaced(old, result, giveUp)
+
+        new.serving.addCallback(served)
         new.ended.addCallback(lambda _: self._notReplaced(old, new, result, giveUp))
         return result
 
-    def _replaced(self, old: _Worker, result: Deferred[None], giveUp: Any) -> None:
+    def _replaced(self, old: _Worker, result: Deferred[bool], giveUp: Any) -> None:
         """
         C{old}'s replacement serves: drain C{old}, and fire C{result} once
         it has exited (killed if it outlives the shutdown timeout).
@@ -648,32 +666,33 @@ class SupervisorService(Service):
         def oldEnded(_: object) -> None:
             if killer.active():
                 killer.cancel()
-            result.callback(None)
+            result.callback(True)
 
         old.ended.addCallback(oldEnded)
 
     def _notReplaced(
-        self, old: _Worker, new: _Worker, result: Deferred[None], giveUp: Any
+        self, old: _Worker, new: _Worker, result: Deferred[bool], giveUp: Any
     ) -> None:
         """
         C{old}'s replacement exited before it served: the new code does not
         start, so C{old} keeps serving (unless it is gone or unwanted).
         """
+        new.replacing = None
         if result.called or new.serving.called:
             return
         if giveUp.active():
             giveUp.cancel()
         self._unretire(old)
         if old.ended.called or self._stopping:
-            result.callback(None)
+            result.callback(False)
             return
         if old.number > self.wanted:
             # SIGTTOU took this worker's place away meanwhile.
             old.signal(signal.SIGTERM)
-            result.callback(None)
+            result.callback(False)
             return
         self._keepServing(old, "worker {worker}'s replacement exited before serving")
-        result.callback(None)
+        result.callback(False)
 
     def _unretire(self, old: _Worker) -> None:
         """
