@@ -357,7 +357,7 @@ class LogrotateTests(ServerTestCase):
         ]
         waitInFile(self, logPath, r"SIGHUP: reopened the log file")
         # The rolling restart the same SIGHUP began ends in the new file.
-        waitInFile(self, logPath, r"SIGHUP: 2 worker\(s\) replaced")
+        waitInFile(self, logPath, r"SIGHUP: 2 of 2 worker\(s\) replaced")
         self.assertEqual(echoOnce((LOOPBACK, port), b"after!!"), b"after!!")
         new = waitInFile(
             self, logPath, r"worker \d\] \S+ disconnected after .* 7 bytes"
