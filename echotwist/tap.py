@@ -5,6 +5,7 @@ The tap configuration of C{twistd echo}: options, and the service they make.
 
 from __future__ import annotations
 
+import getopt
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -37,6 +38,15 @@ from echotwist.service import EchoService, LogFiles
 from echotwist.settings import Settings, optionFields
 
 DEFAULT_PORT = "tcp:5000"
+
+#: The options that name one listener, and what to do for more than one.
+_ONE_LISTENER = {
+    "port": "--listen adds more listeners",
+    "metrics": "the metrics are served on one listener",
+    "health": "the health pages are served on one listener",
+    "identify": "the identity line is served on one stream listener",
+    "identify-udp": "the identity line is served on one UDP port",
+}
 
 _F = TypeVar("_F", bound=Callable[..., object])
 
@@ -277,6 +287,7 @@ class Options(usage.Options):
         if options is None:
             options = sys.argv[1:]
         try:
+            self._refuseListenerTwice(options)
             options = self.environmentArguments(options) + list(options)
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -287,6 +298,30 @@ class Options(usage.Options):
             print(self.parent)
             print(f"{' '.join(sys.argv[0:2])}: {e}")
             sys.exit(1)
+
+    def _refuseListenerTwice(self, argv: list[str]) -> None:
+        """
+        Refuse an option that names one listener (C{--port}, C{--metrics},
+        ...) given twice: as for any option, the last would win, and the
+        listener the first named would silently not be opened.
+
+        @raise usage.UsageError: naming the option and both values.
+        """
+        try:
+            named, _ = getopt.getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError:
+            return  # the command line's own error is the one to see
+        seen: dict[str, str] = {}
+        for flag, value in named:
+            name = self.synonyms[flag.lstrip("-")]
+            if name not in _ONE_LISTENER:
+                continue
+            if name in seen:
+                raise usage.UsageError(
+                    f"--{name}: given twice ({seen[name]!r}, then {value!r});"
+                    f" {_ONE_LISTENER[name]}"
+                )
+            seen[name] = value
 
     def postOptions(self) -> None:
         """

@@ -245,6 +245,33 @@ class BadValueTests(SynchronousTestCase):
             ),
         )
 
+    def test_oneListenerOptionGivenTwice(self) -> None:
+        """
+        An option naming one listener, given twice, took the last value and
+        silently opened no listener for the first.
+        """
+        self.assertEqual(
+            self.refused("--port", "5000", "-p", "5001"),
+            "--port: given twice ('5000', then '5001'); --listen adds more listeners",
+        )
+        for name in ("metrics", "health", "identify"):
+            message = self.refused(f"--{name}", "tcp:9100", f"--{name}=tcp:9101")
+            self.assertTrue(
+                message.startswith(
+                    f"--{name}: given twice ('tcp:9100', then 'tcp:9101'); the"
+                ),
+                message,
+            )
+        self.assertIn(
+            "--identify-udp: given twice",
+            self.refused("--identify-udp", "5001", "--identify-udp", "5002"),
+        )
+        # Repeatable options stay repeatable.
+        self.assertEqual(
+            descriptions("--listen", "tcp:5000", "--listen", "tcp:5001"),
+            ["tcp:5000", "tcp:5001"],
+        )
+
     def test_givenTwice(self) -> None:
         self.assertEqual(
             self.refused("--port", "5000", "--listen", "tcp:5000"),

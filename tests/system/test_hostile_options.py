@@ -96,3 +96,12 @@ class FuzzedOptionTests(ServerTestCase):
             "--socket-buffer", str(2**31), "--port", "tcp:0:interface=127.0.0.1"
         )
         self.assertIn("is too large a socket buffer", line)
+
+    def test_portGivenTwice(self) -> None:
+        """
+        C{--port A --port B} served on B alone, saying nothing of A.
+        """
+        line = self.refusedLine(
+            "--port", "tcp:0:interface=127.0.0.1", "--port", "tcp:0:interface=127.0.0.2"
+        )
+        self.assertIn("given twice", line)
