@@ -23,6 +23,7 @@ from echotwist.probe.payload import Payloads
 from tests._badservers import HTTP_ANSWER
 from tests._tools import (
     CHECKOUT,
+    requireModule,
     requireRoot,
     requireTool,
     scratchDirectory,
@@ -294,6 +295,9 @@ class ProbeTransportTests(ProbeTestCase):
         self.assertEqual(bulk["lost_per_second"], [0])
 
     def test_histogramAndPlot(self) -> None:
+        # --plot draws with matplotlib, the plot (or bench) extra's; the test
+        # extra leaves it out, and this test failed where it was missing.
+        requireModule("matplotlib", "plot")
         port = self.start().port
         path = os.path.join(self.directory, "rtt.png")
         result = self.ok(
