@@ -419,6 +419,9 @@ class Options(usage.Options):
                     " echo listener"
                 )
             self["metrics"] = metrics
+        sides: dict[str, Listener] = {}
+        if self["metrics"] is not None:
+            sides["metrics"] = self["metrics"]
         for option in ("health", "identify"):
             if self[option] is None:
                 continue
@@ -427,6 +430,20 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"{self.label(option)}: {side.description} is also an echo listener"
                 )
+            for other, otherSide in sides.items():
+                # Both would listen there, and the second fail as if another
+                # process held the port.
+                if _repeats(side, [otherSide]):
+                    raise usage.UsageError(
+                        f"{self.label(option)}: {side.description} is also the"
+                        f" {self.label(other)} listener"
+                        + (
+                            " (which serves the health pages too)"
+                            if other == "metrics" and option == "health"
+                            else ""
+                        )
+                    )
+            sides[option] = side
             self[option] = side
         if self["identify-udp"] is not None:
             try:

@@ -272,6 +272,28 @@ class BadValueTests(SynchronousTestCase):
             ["tcp:5000", "tcp:5001"],
         )
 
+    def test_sideListenersShareNoEndpoint(self) -> None:
+        """
+        C{--metrics}, C{--health} and C{--identify} on one endpoint passed
+        the options, and the second to listen failed with "Address already
+        in use (another process is listening there)".
+        """
+        self.assertEqual(
+            self.refused("--metrics", "tcp:9100", "--health", "tcp:9100"),
+            "--health: tcp:9100 is also the --metrics listener (which serves"
+            " the health pages too)",
+        )
+        self.assertEqual(
+            self.refused("--health", "tcp:8080", "--identify", "tcp:8080"),
+            "--identify: tcp:8080 is also the --health listener",
+        )
+        self.assertEqual(
+            self.refused("--metrics", "9100", "--identify", "tcp:9100"),
+            "--identify: tcp:9100 is also the --metrics listener",
+        )
+        # Port 0 is a fresh port each time.
+        parse("--metrics", "tcp:0", "--health", "tcp:0", "--identify", "tcp:0")
+
     def test_givenTwice(self) -> None:
         self.assertEqual(
             self.refused("--port", "5000", "--listen", "tcp:5000"),
