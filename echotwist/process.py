@@ -2,10 +2,10 @@
 """
 What the C{twistd echo} process needs besides its service, which a library
 must not do to its host: the reactor it serves on, start-up errors in one
-line, twistd's pidfile and log file checked before it writes them (and its
-log's destination, that it is not nowhere), a Python stack on a segfault, its exit
-status as PID 1, a usage error's exit status on an older twistd, and a
-daemon's report of a failed start to the foreground.
+line, twistd's pidfile and log file checked before it writes them and its
+log checked to go somewhere, a Python stack on a segfault, its exit status
+as PID 1, a usage error's exit status on an older twistd, and a daemon's
+report of a failed start to the foreground.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from echotwist._twisted import FOREGROUND_REPORT, handReactorToTwist, reportFail
 from echotwist.listening import CannotListen
 
 __all__ = [
-    "ReportsToForeground",
     "JSON_OBSERVER",
+    "ReportsToForeground",
     "checkLogDestination",
     "checkRunnerFiles",
     "installDefaultReactor",
