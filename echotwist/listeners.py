@@ -132,17 +132,30 @@ def _tlsFilesHint(description: str, text: str) -> str | None:
     keywords = _keywords(fields[1:])
     privateKey = keywords.get("privateKey", "server.pem")
     certKey = keywords.get("certKey")
+    pems = {}
     for path, what in (
         (certKey, "certificate file (certKey=)"),
         (privateKey, "private key file (privateKey=)"),
     ):
-        if path is not None and not os.path.isfile(path):
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            return f"{description!r}: the TLS {what} {path!r} is a directory"
+        if not os.path.isfile(path):
             return f"{description!r}: the TLS {what} {path!r} does not exist"
-    try:
-        with open(certKey or privateKey, "rb") as f:
-            pem = f.read()
-    except OSError as e:
-        return f"{description!r}: cannot read {e.filename!r}: {e.strerror}"
+        try:
+            with open(path, "rb") as f:
+                pems[path] = f.read()
+        except OSError as e:
+            return (
+                f"{description!r}: the TLS {what} {path!r} cannot be read: {e.strerror}"
+            )
+    if b"PRIVATE KEY-----" not in pems[privateKey]:
+        return (
+            f"{description!r}: the TLS private key file (privateKey=)"
+            f" {privateKey!r} holds no PEM private key"
+        )
+    pem = pems[certKey or privateKey]
     if b"-----BEGIN CERTIFICATE-----" not in pem:
         if certKey is None:
             return (

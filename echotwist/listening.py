@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from echotwist._address import formatAddress
 from echotwist._fast import PROXIED, TCP, TLS, TLS_PROTOCOL, UDP, classFor
+from echotwist._files import whyCannotCreateIn
 from echotwist._twisted import datagramPortFromDescriptor, setAcceptLogObserver
 from echotwist.connections import EchoFactory
 from echotwist.listeners import DatagramListener, Listener, descriptionFields
@@ -51,9 +52,10 @@ log = Logger(namespace="echotwist.service")
 _T = TypeVar("_T")
 
 
-def _missingDirectory(description: str) -> str | None:
+def _unixDirectoryProblem(description: str) -> str | None:
     """
-    The directory of a C{unix:} listener's path, if it does not exist.
+    Why no socket can be made in the directory of a C{unix:} listener's
+    path (missing, read-only, not ours to write), if that is why.
     """
     fields = descriptionFields(description)
     if fields[0] == "haproxy":
@@ -64,16 +66,15 @@ def _missingDirectory(description: str) -> str | None:
         (f[len("address=") :] for f in fields[1:] if f.startswith("address=")),
         fields[1],
     )
-    directory = os.path.dirname(os.path.abspath(path.replace("\\", "")))
-    return None if os.path.isdir(directory) else directory
+    return whyCannotCreateIn(os.path.dirname(os.path.abspath(path.replace("\\", ""))))
 
 
 def _whyNotListening(error: Exception, description: str = "") -> str:
-    directory = _missingDirectory(description)
-    if directory is not None:
+    problem = _unixDirectoryProblem(description)
+    if problem is not None:
         # Twisted's UNIX listener fails on its lock file first, and names
-        # that, not the directory.
-        return f"its directory {directory} does not exist"
+        # that (a symbolic link named by a pid), not the directory.
+        return problem
     socketError = getattr(error, "socketError", None)
     if isinstance(error, CannotListenError) and isinstance(socketError, OSError):
         why = socketError.strerror or str(socketError)

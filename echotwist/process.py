@@ -2,9 +2,10 @@
 """
 What the C{twistd echo} process needs besides its service, which a library
 must not do to its host: the reactor it serves on, start-up errors in one
-line, a Python stack on a segfault, its exit status as PID 1, a usage
-error's exit status on an older twistd, and a daemon's report of a failed
-start to the foreground.
+line, twistd's pidfile and log file checked before it writes them and its
+log checked to go somewhere, a Python stack on a segfault, its exit status
+as PID 1, a usage error's exit status on an older twistd, and a daemon's
+report of a failed start to the foreground.
 """
 
 from __future__ import annotations
@@ -13,17 +14,23 @@ import faulthandler
 import os
 import re
 import select
+import stat
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from twisted.application.service import IService, MultiService
 
+from echotwist._address import escape
+from echotwist._files import whyCannotWrite
 from echotwist._twisted import FOREGROUND_REPORT, handReactorToTwist, reportFailedStart
 from echotwist.listening import CannotListen
 
 __all__ = [
+    "JSON_OBSERVER",
     "ReportsToForeground",
+    "checkLogDestination",
+    "checkRunnerFiles",
     "installDefaultReactor",
     "prepareProcess",
     "reactorName",
@@ -78,6 +85,117 @@ def twistdLeavesStatus0(parent: object) -> bool:
 
     major = twisted.version.major  # type: ignore[attr-defined]
     return isinstance(parent, ServerOptions) and isinstance(major, int) and major < 26
+
+
+#: What to do instead, for the files twistd writes unless told otherwise.
+_DEFAULT_FILES = [
+    (
+        "--pidfile",
+        "twistd.pid",
+        "twistd's default: --pidfile=PATH for another, --pidfile= for none",
+    ),
+    (
+        "--logfile",
+        "twistd.log",
+        "twistd's default when it daemonizes: --logfile=PATH for another,"
+        " -n for standard output",
+    ),
+]
+
+
+def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
+    """
+    End start-up with one line, exit status 1, if twistd could not write its
+    pidfile (C{--pidfile}, C{twistd.pid} unless given) or its log file
+    (C{--logfile}, C{twistd.log} when it daemonizes without one): twistd
+    opens them after the service is made, and a failure there is a
+    traceback.  As the user twistd runs as; it opens both before any
+    C{--uid} takes effect.  Not under C{--chroot} (the paths are the
+    chroot's), nor under C{twist} (which has no pidfile and reports its own
+    C{--log-file} in one line), nor for a log file a C{--logger} or
+    C{--syslog} replaces.
+
+    @param runner: twistd's or twist's options, or None.
+    @raise SystemExit: naming the option, the path and what is wrong.
+    """
+    if runner is None or "pidfile" not in runner or runner.get("chroot"):
+        return
+    wanted = []
+    if runner["pidfile"]:
+        wanted.append(("--pidfile", runner["pidfile"]))
+    logfile = runner.get("logfile")
+    if not (runner.get("logger") or runner.get("syslog") or logfile == "-"):
+        if logfile:
+            wanted.append(("--logfile", logfile))
+        elif not runner.get("nodaemon"):
+            wanted.append(("--logfile", "twistd.log"))
+    for option, path in wanted:
+        path = os.path.abspath(path)
+        why = whyCannotWrite(path)
+        if why is None:
+            continue
+        for defaultOption, default, hint in _DEFAULT_FILES:
+            if option == defaultOption and path == os.path.abspath(default):
+                why = f"{why} ({hint})"
+        # Escaped: the path is the user's, but a terminal need not show its
+        # control characters raw.
+        raise SystemExit(escape(f"echotwist: {option}: cannot write {path}: {why}"))
+
+
+#: The observer twistd's C{--logger} names for echotwist's JSON lines.
+JSON_OBSERVER = "echotwist.logs.jsonObserver"
+
+
+def checkLogDestination(
+    runner: Mapping[str, Any] | None, devLog: str = "/dev/log"
+) -> None:
+    """
+    End start-up with one line, exit status 1, where twistd's log would go
+    nowhere, without a word:
+
+      - through echotwist's JSON observer (C{--logger} L{JSON_OBSERVER}),
+        which writes to standard output, daemonizing (twistd points standard
+        output at /dev/null) or with C{--logfile} (which twistd ignores
+        once C{--logger} is given);
+      - to syslog (C{--syslog}) on a Linux host where nothing listens at
+        C{devLog}, as in most containers: the C library drops each line.
+
+    @param runner: twistd's or twist's options, or None.
+    @param devLog: where the C library sends syslog lines on Linux.
+    @raise SystemExit: saying what to do instead.
+    """
+    if runner is None or "pidfile" not in runner:
+        return  # not twistd: twist has --log-format json, and no syslog
+    from echotwist.logs import jsonObserver
+
+    # A name until twistd's own postOptions, after ours, imports it.
+    if runner.get("logger") in (JSON_OBSERVER, jsonObserver):
+        logfile = runner.get("logfile")
+        if logfile and logfile != "-":
+            raise SystemExit(
+                f"echotwist: --logger {JSON_OBSERVER} writes to standard output,"
+                " and twistd ignores --logfile with --logger: drop --logfile and"
+                " redirect standard output (with -n)"
+            )
+        if not (runner.get("nodaemon") or runner.get("debug")):
+            raise SystemExit(
+                f"echotwist: --logger {JSON_OBSERVER} writes to standard output,"
+                " which a daemonizing twistd points at /dev/null: add -n"
+            )
+    elif runner.get("syslog") and sys.platform.startswith("linux"):
+        if not _isSocket(devLog):
+            raise SystemExit(
+                f"echotwist: --syslog: no syslog daemon listens at {devLog} here,"
+                " and every line would be lost; log to a file (--logfile) or"
+                " to standard output (-n)"
+            )
+
+
+def _isSocket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def reactorName() -> str | None:

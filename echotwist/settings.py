@@ -38,6 +38,10 @@ __all__ = [
 #: Below this the kernel would round up anyway (Linux: SOCK_MIN_SNDBUF).
 MIN_SOCKET_BUFFER = 4096
 
+#: setsockopt(2) takes the size as a C int: a larger one cannot even be
+#: passed (Python's socket.setsockopt fails on it).
+_MAX_SOCKET_BUFFER = 2**31 - 1
+
 
 #: What a number given on the command line may look like: ASCII digits,
 #: with a decimal fraction where one makes sense.  Python's own C{int()} and
@@ -167,6 +171,12 @@ def _socketBuffer(text: str) -> int:
         raise ValueError(
             f"{text!r} is too small a socket buffer (0 for"
             f" the kernel's autotuning, or {MIN_SOCKET_BUFFER} bytes or more)"
+        )
+    if size > _MAX_SOCKET_BUFFER:
+        raise ValueError(
+            f"{text!r} is too large a socket buffer (at most {_MAX_SOCKET_BUFFER}"
+            " bytes; the kernel caps it lower, at net.core.wmem_max and"
+            " net.core.rmem_max)"
         )
     return size
 

@@ -109,6 +109,10 @@ class _Worker(ProcessProtocol):
         self.serving: Deferred[None] = Deferred()
         #: Being replaced (SIGHUP): not to be restarted when it exits.
         self.retiring = False
+        #: The worker this one replaces (SIGHUP), if any: until this one
+        #: serves, its exit leaves that one in its place, if alive, and is
+        #: no reason to start another.
+        self.replacing: _Worker | None = None
         self._buffers: dict[int, bytes] = {}
         self._waiting: list[Deferred[dict[str, Any]]] = []
         self.lastStats: dict[str, Any] = {}
@@ -494,6 +498,9 @@ class SupervisorService(Service):
         )
         if self._stopping or worker.retiring or worker.number > self.wanted:
             return
+        old = worker.replacing
+        if old is not None and not worker.serving.called and not old.ended.called:
+            return  # the rolling restart keeps the old worker (_notReplaced)
         if lived >= STABLE_AFTER:
             self._quickDeaths = 0
             delay = 0.0
@@ -583,13 +590,11 @@ class SupervisorService(Service):
 
     def _roll(self, numbers: list[int]) -> Deferred[None]:
         done: Deferred[None] = Deferred()
-        # Those whose replacement serves: a round that kept an old worker
-        # (its replacement failed) must not say it replaced it.
         replaced = 0
 
-        def step(one: bool = False) -> None:
+        def step(wasReplaced: bool = False) -> None:
             nonlocal replaced
-            replaced += one
+            replaced += wasReplaced
             while numbers:
                 number = numbers.pop(0)
                 old = self.workers.get(number)
@@ -605,9 +610,10 @@ class SupervisorService(Service):
                 done.callback(None)
                 return
             log.info(
-                "SIGHUP: {count} worker(s) replaced",
+                "SIGHUP: {replaced} of {count} worker(s) replaced",
                 event="workers.reloaded",
-                count=replaced,
+                replaced=replaced,
+                count=len(self.workers),
             )
             done.callback(None)
             if self._rollAgain:
@@ -621,8 +627,8 @@ class SupervisorService(Service):
         """
         Start a worker in C{old}'s place; once it serves, drain C{old}.
 
-        @return: fires once C{old} has exited (with True), or the
-            replacement failed (with False).
+        @return: fires with True once C{old} has exited, or False if the
+            replacement failed and C{old} serves on.
         """
         old.retiring = True
         self._retiring.append(old)
@@ -631,9 +637,15 @@ class SupervisorService(Service):
             self._unretire(old)
             self._keepServing(old, "cannot start worker {worker}'s replacement")
             return succeed(False)
+        new.replacing = old
         result: Deferred[bool] = Deferred()
         giveUp = self.reactor.callLater(START_TIMEOUT, new.kill)
-        new.serving.addCallback(lambda _: self._replaced(old, result, giveUp))
+
+        def served(_: object) -> None:
+            new.replacing = None  # a worker like any other from now on
+            self._replaced(old, result, giveUp)
+
+        new.serving.addCallback(served)
         new.ended.addCallback(lambda _: self._notReplaced(old, new, result, giveUp))
         return result
 
@@ -665,6 +677,7 @@ class SupervisorService(Service):
         C{old}'s replacement exited before it served: the new code does not
         start, so C{old} keeps serving (unless it is gone or unwanted).
         """
+        new.replacing = None
         if result.called or new.serving.called:
             return
         if giveUp.active():

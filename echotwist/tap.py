@@ -5,6 +5,7 @@ The tap configuration of C{twistd echo}: options, and the service they make.
 
 from __future__ import annotations
 
+import getopt
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -26,6 +27,8 @@ from echotwist.listeners import (
 )
 from echotwist.process import (
     ReportsToForeground,
+    checkLogDestination,
+    checkRunnerFiles,
     installDefaultReactor,
     prepareProcess,
     reactorName,
@@ -35,6 +38,15 @@ from echotwist.service import EchoService, LogFiles
 from echotwist.settings import Settings, optionFields
 
 DEFAULT_PORT = "tcp:5000"
+
+#: The options that name one listener, and what to do for more than one.
+_ONE_LISTENER = {
+    "port": "--listen adds more listeners",
+    "metrics": "the metrics are served on one listener",
+    "health": "the health pages are served on one listener",
+    "identify": "the identity line is served on one stream listener",
+    "identify-udp": "the identity line is served on one UDP port",
+}
 
 _F = TypeVar("_F", bound=Callable[..., object])
 
@@ -283,6 +295,7 @@ class Options(usage.Options):
         if options is None:
             options = sys.argv[1:]
         try:
+            self._refuseListenerTwice(options)
             options = self.environmentArguments(options) + list(options)
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -294,12 +307,41 @@ class Options(usage.Options):
             print(f"{' '.join(sys.argv[0:2])}: {e}")
             sys.exit(1)
 
+    def _refuseListenerTwice(self, argv: list[str]) -> None:
+        """
+        Refuse an option that names one listener (C{--port}, C{--metrics},
+        ...) given twice: as for any option, the last would win, and the
+        listener the first named would silently not be opened.
+
+        @raise usage.UsageError: naming the option and both values.
+        """
+        try:
+            named, _ = getopt.getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.GetoptError:
+            return  # the command line's own error is the one to see
+        seen: dict[str, str] = {}
+        for flag, value in named:
+            name = self.synonyms[flag.lstrip("-")]
+            if name not in _ONE_LISTENER:
+                continue
+            if name in seen:
+                raise usage.UsageError(
+                    f"--{name}: given twice ({seen[name]!r}, then {value!r});"
+                    f" {_ONE_LISTENER[name]}"
+                )
+            seen[name] = value
+
     def postOptions(self) -> None:
         """
         Parse the values given, install the default reactor unless one was
         named, then parse the stream, UDP and metrics listeners; a bad
-        value, or a bad or repeated listener, is a usage error.
+        value, or a bad or repeated listener, is a usage error.  A pidfile
+        or log file twistd could not write, or a log that would go nowhere,
+        ends start-up in one line (L{checkRunnerFiles},
+        L{checkLogDestination}).
         """
+        checkRunnerFiles(self.parent)
+        checkLogDestination(self.parent)
         for f in optionFields():
             name = f.metadata["option"]
             if "parse" in f.metadata and isinstance(self[name], str):
@@ -385,6 +427,9 @@ class Options(usage.Options):
                     " echo listener"
                 )
             self["metrics"] = metrics
+        sides: dict[str, Listener] = {}
+        if self["metrics"] is not None:
+            sides["metrics"] = self["metrics"]
         for option in ("health", "identify"):
             if self[option] is None:
                 continue
@@ -393,6 +438,20 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"{self.label(option)}: {side.description} is also an echo listener"
                 )
+            for other, otherSide in sides.items():
+                # Both would listen there, and the second fail as if another
+                # process held the port.
+                if _repeats(side, [otherSide]):
+                    raise usage.UsageError(
+                        f"{self.label(option)}: {side.description} is also the"
+                        f" {self.label(other)} listener"
+                        + (
+                            " (which serves the health pages too)"
+                            if other == "metrics" and option == "health"
+                            else ""
+                        )
+                    )
+            sides[option] = side
             self[option] = side
         if self["identify-udp"] is not None:
             try:

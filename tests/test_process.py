@@ -1,15 +1,27 @@
 """
 The process around C{twistd echo}'s service (L{echotwist.process}): the
-reactor it serves on.
+reactor it serves on, the files twistd will write.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import socket
+import sys
+import tempfile
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from echotwist.process import installDefaultReactor, watchExitStatus
+from echotwist.logs import jsonObserver
+from echotwist.process import (
+    JSON_OBSERVER,
+    checkLogDestination,
+    checkRunnerFiles,
+    installDefaultReactor,
+    watchExitStatus,
+)
 
 
 class DefaultReactorTests(SynchronousTestCase):
@@ -91,3 +103,185 @@ class WatchExitStatusTests(SynchronousTestCase):
         self.assertFalse(watchExitStatus(lambda: 4242))
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.assertIs(signal.getsignal(signum), handler)
+
+
+class CheckRunnerFilesTests(SynchronousTestCase):
+    """
+    Which of twistd's files L{checkRunnerFiles} looks at, from twistd's
+    options as parsed.  (Unwritable and read-only paths given to the real
+    twistd are in tests.system.test_integration.RefusalTests.)
+    """
+
+    def setUp(self) -> None:
+        self.missing = os.path.abspath(self.mktemp())
+
+    def runner(self, **options: object) -> dict[str, object]:
+        """
+        twistd's options, with a writable pidfile and no log file (C{-n}),
+        then C{options}.
+        """
+        return {
+            "pidfile": os.path.abspath(self.mktemp()),
+            "logfile": None,
+            "nodaemon": True,
+            **options,
+        }
+
+    def refusal(self, runner: dict[str, object]) -> str:
+        with self.assertRaises(SystemExit) as e:
+            checkRunnerFiles(runner)
+        return str(e.exception.code)
+
+    def test_writable(self) -> None:
+        checkRunnerFiles(self.runner())
+
+    def test_pidfile(self) -> None:
+        path = os.path.join(self.missing, "p.pid")
+        self.assertEqual(
+            self.refusal(self.runner(pidfile=path)),
+            f"echotwist: --pidfile: cannot write {path}: its directory"
+            f" {self.missing} does not exist",
+        )
+
+    def test_noPidfile(self) -> None:
+        checkRunnerFiles(self.runner(pidfile=""))
+
+    def test_logfile(self) -> None:
+        path = os.path.join(self.missing, "echo.log")
+        self.assertIn(
+            "echotwist: --logfile: cannot write",
+            self.refusal(self.runner(logfile=path)),
+        )
+
+    def test_daemonDefaultLogfile(self) -> None:
+        """
+        Daemonizing without C{--logfile}, twistd writes C{twistd.log} in its
+        directory; with C{-n}, standard output.
+        """
+        os.mkdir(self.missing)
+        os.mkdir(os.path.join(self.missing, "twistd.log"))
+        cwd = os.getcwd()
+        os.chdir(self.missing)
+        self.addCleanup(os.chdir, cwd)
+        self.assertIn(
+            "twistd.log: it is a directory (twistd's default when it daemonizes",
+            self.refusal(self.runner(nodaemon=False)),
+        )
+        checkRunnerFiles(self.runner())
+
+    def test_logfileReplaced(self) -> None:
+        """
+        Standard output, C{--syslog} or a C{--logger}: no log file of
+        twistd's to check.
+        """
+        path = os.path.join(self.missing, "echo.log")
+        for replaced in (
+            {"logfile": "-"},
+            {"syslog": True, "logfile": path},
+            {"logger": "x.y", "logfile": path},
+        ):
+            checkRunnerFiles(self.runner(nodaemon=False, **replaced))
+
+    def test_chroot(self) -> None:
+        """
+        Under C{--chroot} the paths are the chroot's: not checked here.
+        """
+        path = os.path.join(self.missing, "p.pid")
+        checkRunnerFiles(self.runner(pidfile=path, chroot="/srv/jail"))
+
+    def test_notTwistd(self) -> None:
+        """
+        twist's options have no pidfile, and twist reports its own log
+        file; without a parent, nothing to look at.
+        """
+        checkRunnerFiles({"logFile": None})
+        checkRunnerFiles(None)
+
+    def test_escaped(self) -> None:
+        path = os.path.join(self.missing, "a\x1b[2J.pid")
+        self.assertIn("a\\x1b[2J.pid", self.refusal(self.runner(pidfile=path)))
+
+
+class CheckLogDestinationTests(SynchronousTestCase):
+    """
+    L{checkLogDestination} refuses only where twistd's log would go to
+    nowhere: echotwist's JSON observer daemonizing or beside C{--logfile},
+    C{--syslog} with no syslog socket.  (The real twistd:
+    tests.system.test_integration.)
+    """
+
+    def runner(self, **options: object) -> dict[str, object]:
+        return {
+            "pidfile": "",
+            "logfile": None,
+            "nodaemon": True,
+            "logger": JSON_OBSERVER,
+            **options,
+        }
+
+    def refusal(self, runner: dict[str, object]) -> str:
+        with self.assertRaises(SystemExit) as e:
+            checkLogDestination(runner)
+        return str(e.exception.code)
+
+    def test_toStandardOutput(self) -> None:
+        checkLogDestination(self.runner())
+        checkLogDestination(self.runner(logfile="-"))
+        checkLogDestination(self.runner(logger=jsonObserver))
+        # -b runs in the foreground whatever -n says.
+        checkLogDestination(self.runner(nodaemon=False, debug=True))
+
+    def test_daemonizing(self) -> None:
+        for logger in (JSON_OBSERVER, jsonObserver):
+            self.assertIn(
+                "which a daemonizing twistd points at /dev/null: add -n",
+                self.refusal(self.runner(nodaemon=False, logger=logger)),
+            )
+
+    def test_logfileIgnored(self) -> None:
+        self.assertIn(
+            "twistd ignores --logfile with --logger",
+            self.refusal(self.runner(logfile="/var/log/echo.log")),
+        )
+
+    def test_otherLoggers(self) -> None:
+        checkLogDestination(self.runner(logger=None, nodaemon=False))
+        checkLogDestination(self.runner(logger="my.observer", logfile="x.log"))
+
+    def test_notTwistd(self) -> None:
+        checkLogDestination({"logFile": None, "logger": JSON_OBSERVER})
+        checkLogDestination(None)
+
+    def test_syslogWithoutADaemon(self) -> None:
+        """
+        C{--syslog} where nothing listens at /dev/log (a container, say):
+        the C library drops every line without a word.
+        """
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("where syslog(3) sends its lines is Linux's /dev/log")
+        missing = os.path.abspath(self.mktemp())
+        runner = self.runner(logger=None, syslog=True, nodaemon=False)
+        with self.assertRaises(SystemExit) as e:
+            checkLogDestination(runner, devLog=missing)
+        self.assertEqual(
+            e.exception.code,
+            f"echotwist: --syslog: no syslog daemon listens at {missing} here,"
+            " and every line would be lost; log to a file (--logfile) or to"
+            " standard output (-n)",
+        )
+        # A plain file is not a syslog daemon either.
+        with open(missing, "w"):
+            pass
+        self.assertRaises(SystemExit, checkLogDestination, runner, devLog=missing)
+
+    def test_syslogWithADaemon(self) -> None:
+        # A short path: a UNIX socket's must fit in 108 bytes.
+        directory = tempfile.mkdtemp(prefix="echotwist-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        listening = os.path.join(directory, "log")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.bind(listening)
+            checkLogDestination(
+                self.runner(logger=None, syslog=True, nodaemon=False),
+                devLog=listening,
+            )

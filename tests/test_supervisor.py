@@ -391,7 +391,8 @@ class RollingRestartTests(SynchronousTestCase):
         self.assertEqual(second.transport.signals, [signal.SIGTERM])
         with capturedLogs() as events:
             second.processEnded(Failure(ProcessTerminated(signal=15)))
-        self.assertIn("workers.reloaded", [e.get("event") for e in events])
+        (reloaded,) = [e for e in events if e.get("event") == "workers.reloaded"]
+        self.assertEqual((reloaded["replaced"], reloaded["count"]), (2, 2))
         self.clock.advance(100)
         self.assertEqual(len(self.spawned), 4, "nothing else started")
         self.assertEqual([self.worker(1), self.worker(2)], [newFirst, newSecond])
@@ -438,8 +439,52 @@ class RollingRestartTests(SynchronousTestCase):
         with capturedLogs() as events:
             second.processEnded(Failure(ProcessTerminated(signal=15)))
         (reloaded,) = [e for e in events if e.get("event") == "workers.reloaded"]
-        self.assertEqual(reloaded["count"], 1)
-        self.assertEqual(formatEvent(reloaded), "SIGHUP: 1 worker(s) replaced")
+        self.assertEqual((reloaded["replaced"], reloaded["count"]), (1, 2))
+        self.assertEqual(formatEvent(reloaded), "SIGHUP: 1 of 2 worker(s) replaced")
+
+    def test_failedRoundSaysNoneReplaced(self) -> None:
+        """
+        When no replacement serves (a broken upgrade), the round ends
+        saying none was replaced, where it said "2 worker(s) replaced"; and
+        a replacement's exit is no worker dying: no back-off is logged
+        ("keeps dying: restarting it"), and the old worker stays alone.
+        """
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        first, second = self.worker(1), self.worker(2)
+        self.service.reload()
+        with capturedLogs() as events:
+            self.worker(1).processEnded(Failure(ProcessTerminated(exitCode=1)))
+            self.worker(2).processEnded(Failure(ProcessTerminated(exitCode=1)))
+        names = [e.get("event") for e in events]
+        self.assertNotIn("worker.backoff", names)
+        self.assertEqual(names.count("workers.reload_failed"), 2)
+        (reloaded,) = [e for e in events if e.get("event") == "workers.reloaded"]
+        self.assertEqual((reloaded["replaced"], reloaded["count"]), (0, 2))
+        self.clock.advance(100)
+        self.assertEqual([self.worker(1), self.worker(2)], [first, second])
+        self.assertEqual(len(self.spawned), 4, "no restart in their place")
+
+    def test_replacementDiesAfterTheOldOne(self) -> None:
+        """
+        The old worker dies (killed) while its replacement starts, then the
+        replacement exits before serving: the place is empty, so a worker
+        is started in it after the back-off, as for any quick death.
+        """
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        first = self.worker(1)
+        self.service.reload()
+        broken = self.worker(1)
+        first.processEnded(Failure(ProcessTerminated(signal=9)))
+        with capturedLogs() as events:
+            broken.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        self.assertIn("worker.backoff", [e.get("event") for e in events])
+        self.clock.advance(100)
+        self.assertNotIn(self.worker(1), (first, broken))
+        # Two at start, the broken replacement, the restart in its place,
+        # and the round's next replacement, for worker 2.
+        self.assertEqual(len(self.spawned), 5)
 
     def test_ttouDuringARoll(self) -> None:
         """

@@ -5,6 +5,7 @@ The tap configuration: what "twistd echo" accepts, refuses, and makes.
 from __future__ import annotations
 
 import io
+import os
 import re
 import signal
 import sys
@@ -14,10 +15,10 @@ from twisted.python.usage import UsageError
 from twisted.python.versions import Version
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist import EchoService
+from echotwist import EchoService, process
 from echotwist.settings import optionFields
 from echotwist.tap import Options, makeService
-from tests._tools import requireTLS
+from tests._tools import requireTLS, selfSignedCertificate
 
 
 def parse(*argv: str) -> Options:
@@ -215,6 +216,84 @@ class BadValueTests(SynchronousTestCase):
             message,
         )
 
+    def test_keyFileIsADirectory(self) -> None:
+        """
+        It was said not to exist.
+        """
+        requireTLS()
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        self.assertIn(
+            f"the TLS private key file (privateKey=) {directory!r} is a directory",
+            self.refused("--listen", f"ssl:0:privateKey={directory}"),
+        )
+
+    def test_keyFileHoldsNoKey(self) -> None:
+        """
+        A certificate given as the key was OpenSSL's "[('DECODER routines',
+        '', 'unsupported')]" inside "is neither a port number nor ...".
+        """
+        requireTLS()
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        _, certificate = selfSignedCertificate(directory)
+        self.assertIn(
+            f"the TLS private key file (privateKey=) {certificate!r} holds no PEM"
+            " private key",
+            self.refused(
+                "--listen", f"ssl:0:privateKey={certificate}:certKey={certificate}"
+            ),
+        )
+
+    def test_oneListenerOptionGivenTwice(self) -> None:
+        """
+        An option naming one listener, given twice, took the last value and
+        silently opened no listener for the first.
+        """
+        self.assertEqual(
+            self.refused("--port", "5000", "-p", "5001"),
+            "--port: given twice ('5000', then '5001'); --listen adds more listeners",
+        )
+        for name in ("metrics", "health", "identify"):
+            message = self.refused(f"--{name}", "tcp:9100", f"--{name}=tcp:9101")
+            self.assertTrue(
+                message.startswith(
+                    f"--{name}: given twice ('tcp:9100', then 'tcp:9101'); the"
+                ),
+                message,
+            )
+        self.assertIn(
+            "--identify-udp: given twice",
+            self.refused("--identify-udp", "5001", "--identify-udp", "5002"),
+        )
+        # Repeatable options stay repeatable.
+        self.assertEqual(
+            descriptions("--listen", "tcp:5000", "--listen", "tcp:5001"),
+            ["tcp:5000", "tcp:5001"],
+        )
+
+    def test_sideListenersShareNoEndpoint(self) -> None:
+        """
+        C{--metrics}, C{--health} and C{--identify} on one endpoint passed
+        the options, and the second to listen failed with "Address already
+        in use (another process is listening there)".
+        """
+        self.assertEqual(
+            self.refused("--metrics", "tcp:9100", "--health", "tcp:9100"),
+            "--health: tcp:9100 is also the --metrics listener (which serves"
+            " the health pages too)",
+        )
+        self.assertEqual(
+            self.refused("--health", "tcp:8080", "--identify", "tcp:8080"),
+            "--identify: tcp:8080 is also the --health listener",
+        )
+        self.assertEqual(
+            self.refused("--metrics", "9100", "--identify", "tcp:9100"),
+            "--identify: tcp:9100 is also the --metrics listener",
+        )
+        # Port 0 is a fresh port each time.
+        parse("--metrics", "tcp:0", "--health", "tcp:0", "--identify", "tcp:0")
+
     def test_givenTwice(self) -> None:
         self.assertEqual(
             self.refused("--port", "5000", "--listen", "tcp:5000"),
@@ -287,6 +366,23 @@ class BadValueTests(SynchronousTestCase):
         self.assertIn(
             "--proxy-from: 'proxy' is not an IP address or network",
             self.refused("--proxy-from", "proxy"),
+        )
+
+    def test_socketBufferTooLarge(self) -> None:
+        """
+        A size setsockopt(2) cannot take (over a C int) was accepted, and
+        every listener then failed to listen with "a bytes-like object is
+        required"; the largest it can take is accepted (the kernel caps it,
+        and says so at start).
+        """
+        for value in (str(2**31), "9" * 26):
+            self.assertIn(
+                f"--socket-buffer: '{value}' is too large a socket buffer (at"
+                " most 2147483647 bytes",
+                self.refused("--socket-buffer", value),
+            )
+        self.assertEqual(
+            parse("--socket-buffer", str(2**31 - 1))["socket-buffer"], 2**31 - 1
         )
 
     def test_socketBufferTooSmall(self) -> None:
@@ -518,6 +614,9 @@ class LogFileSearchTests(SynchronousTestCase):
         self.assertEqual(self.decide("-n", "--logfile=-"), (False, False))
 
     def test_notToSyslog(self) -> None:
+        # As on a host with a syslog daemon: where there is none, --syslog
+        # is refused (tests.test_process.CheckLogDestinationTests).
+        self.patch(process, "_isSocket", lambda path: True)
         self.assertEqual(self.decide("--syslog"), (False, False))
 
     def test_aLogFile(self) -> None:

@@ -1,7 +1,7 @@
 """
 What deploy/ ships, exercised: the systemd units (verified, and run from
-their own ExecStart and ExecReload lines with a socket passed as systemd
-passes it), a restart behind a held socket that refuses nobody, the HAProxy
+their own ExecStart and ExecReload lines, with a socket passed as systemd
+passes it or binding their own), a restart behind a held socket that refuses nobody, the HAProxy
 configuration in front of two echotwist instances, and the logrotate
 snippet run by the real logrotate against a daemonized twistd.
 """
@@ -17,11 +17,13 @@ import subprocess
 import threading
 import time
 
+from twisted.trial.unittest import SkipTest
+
 from tests._clients import echoOnce
 from tests._tools import CHECKOUT, readText, requireTool, startHAProxy
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.system.test_signals import logPort, startDaemon, waitInFile
-from tests.system.test_transports import freePort, sendThenRead
+from tests.system.test_transports import ask, freePort, sendThenRead
 
 DEPLOY = os.path.join(CHECKOUT, "deploy")
 UNITS = os.path.join(DEPLOY, "systemd")
@@ -206,6 +208,36 @@ class SystemdUnitTests(ServerTestCase):
         self.assertEqual(set(outcomes), {"ok"}, [o for o in outcomes if o != "ok"][:5])
 
 
+class PlainUnitTests(ServerTestCase):
+    def test_plainServiceServesTCPAndUDPOverBothFamilies(self) -> None:
+        """
+        echotwist-plain.service's own ExecStart, port 7 moved to a free
+        port: it serves TCP and UDP to IPv4 and IPv6 clients.  It asked
+        for UDP port 7 twice (C{--udp 7} and C{udp:7:interface=\\:\\:}),
+        which a Linux host refuses at its default net.ipv6.bindv6only=0 (a
+        wildcard IPv6 socket is IPv4's too): "Address already in use", and
+        the unit never started.
+        """
+        with open("/proc/sys/net/ipv6/bindv6only") as f:
+            if f.read().strip() != "0":
+                raise SkipTest("IPv6 sockets here are IPv6-only (bindv6only)")
+        port = freePort()
+        argv = []
+        for arg in execStart("echotwist-plain.service"):
+            if arg == "7":
+                arg = str(port)
+            argv.append(re.sub(r"^(\w+):7:", rf"\1:{port}:", arg))
+        self.assertNotIn("7", argv)
+        server = self.start(runner=argv)
+        server.waitFor(r"Serving on the ")
+        for host in (LOOPBACK, "::1"):
+            payload = os.urandom(10_000)
+            self.assertEqual(echoOnce((host, port), payload), payload, host)
+            self.assertEqual(ask(b"datagram", port, source=(host, 0)), b"datagram")
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
+
+
 class HAProxyFleetTests(ServerTestCase):
     def test_shippedConfiguration(self) -> None:
         requireTool("haproxy", "haproxy")
@@ -325,7 +357,7 @@ class LogrotateTests(ServerTestCase):
         ]
         waitInFile(self, logPath, r"SIGHUP: reopened the log file")
         # The rolling restart the same SIGHUP began ends in the new file.
-        waitInFile(self, logPath, r"SIGHUP: 2 worker\(s\) replaced")
+        waitInFile(self, logPath, r"SIGHUP: 2 of 2 worker\(s\) replaced")
         self.assertEqual(echoOnce((LOOPBACK, port), b"after!!"), b"after!!")
         new = waitInFile(
             self, logPath, r"worker \d\] \S+ disconnected after .* 7 bytes"

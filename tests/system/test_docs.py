@@ -1,8 +1,9 @@
 """
 The documentation: the Sphinx site builds with warnings as errors, its
 options reference lists exactly the options C{twistd echo --help} lists,
-every signal the server handles has its entry, and README.rst stays a valid
-front page whose links lead somewhere.
+every signal the server handles and every event it logs has its entry, the
+environment example for a repeated option starts a server, and README.rst
+stays a valid front page whose links lead somewhere.
 
 Building the site needs the C{docs} extra (Sphinx, pydoctor), which the
 C{test} extra leaves out; without it the build tests skip, and with
@@ -14,9 +15,12 @@ from __future__ import annotations
 import atexit
 import functools
 import glob
+import inspect
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +29,8 @@ from typing import Any
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from tests._tools import CHECKOUT, REQUIRE
-from tests._twistd import command
+from tests._twistd import ServerTestCase, command
+from tests.system.test_transports import freePort
 
 ROOT = CHECKOUT
 DOCS = os.path.join(ROOT, "docs")
@@ -207,6 +212,26 @@ class SignalTests(SynchronousTestCase):
         self.assertEqual(handled - entries, set())
 
 
+class LogEventTests(SynchronousTestCase):
+    """
+    Every event name the server logs has its entry in the operations
+    page's list of events, where a log reader looks its fields up.
+    """
+
+    def test_everyLoggedEventIsDocumented(self) -> None:
+        logged = set()
+        pattern = os.path.join(ROOT, "echotwist", "**", "*.py")
+        for path in glob.glob(pattern, recursive=True):
+            with open(path, encoding="utf-8") as f:
+                logged.update(re.findall(r'\bevent="([a-z_]+\.[a-z_]+)"', f.read()))
+        self.assertIn("connection.closed", logged)
+        with open(os.path.join(DOCS, "operations.rst"), encoding="utf-8") as f:
+            page = f.read()
+        section = page[page.index("\nLogs\n") : page.index("\nMetrics\n")]
+        documented = set(re.findall(r"``([a-z_]+\.[a-z_]+)``", section))
+        self.assertEqual(sorted(logged - documented), [])
+
+
 class ReadmeTests(SynchronousTestCase):
     """
     README.rst, which is also the package's long description on PyPI.
@@ -288,6 +313,65 @@ class ReadmeTests(SynchronousTestCase):
             self.assertTrue(
                 os.path.exists(os.path.join(ROOT, path)) or os.path.exists(inDocs),
                 path,
+            )
+
+
+class EnvironmentExampleTests(ServerTestCase):
+    """
+    The environment example docs/options.rst gives for a repeated option
+    starts a server, on a free port in place of its 5000.
+    """
+
+    def test_repeatedOptionExampleListens(self) -> None:
+        """
+        It was a pair that cannot coexist on a Linux host at its default
+        net.ipv6.bindv6only=0 (UDP on 0.0.0.0 and on the dual-stack
+        C{::}): the second failed with "Address already in use".
+        """
+        with open(os.path.join(DOCS, "options.rst"), encoding="utf-8") as f:
+            text = f.read()
+        ((name, value),) = re.findall(r'``(ECHOTWIST_UDP)="([^"]+)"``', text)
+        self.assertEqual(len(value.split()), 2, value)
+        port = str(freePort(socket.SOCK_DGRAM))
+        server = self.start(
+            runner=[command("twistd"), "-n", "--pidfile=", "echo"],
+            env={name: value.replace("5000", port)},
+        )
+        server.waitForCount(rf"Listening on \S+ \(udp:{port}:", 2)
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
+
+
+class APIPageTests(SynchronousTestCase):
+    def documented(self, name: str) -> list[str]:
+        """
+        The parameters docs/api.rst gives class C{name}, in order.
+        """
+        with open(os.path.join(DOCS, "api.rst"), encoding="utf-8") as f:
+            text = " ".join(f.read().split())
+        # The first mention is the signature; later ones are examples.
+        documented = re.findall(rf"``{name}\(((?:\([^()]*\)|[^()])*)\)``", text)[0]
+        # Defaults in parentheses hold commas of their own.
+        documented = re.sub(r"\([^()]*\)", "", documented)
+        return [
+            p.strip().split("=")[0].lstrip("*")
+            for p in documented.split(",")
+            if p.strip() not in ("*", "")
+        ]
+
+    def test_signatures(self) -> None:
+        """
+        docs/api.rst gives EchoService's and EchoFactory's parameters as the
+        classes take them, in order; it left out six of one and every limit
+        of the other.
+        """
+        from echotwist import EchoFactory, EchoService
+
+        for cls in (EchoService, EchoFactory):
+            self.assertEqual(
+                self.documented(cls.__name__),
+                list(inspect.signature(cls).parameters),
+                cls.__name__,
             )
 
 

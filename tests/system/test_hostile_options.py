@@ -85,3 +85,23 @@ class FuzzedOptionTests(ServerTestCase):
     def test_unixModeInOctal(self) -> None:
         line = self.refusedLine("--listen", f"unix:{self.directory}/echo.sock:mode=999")
         self.assertTrue(re.search(r"mode: '999' is not a file mode", line), line)
+
+    def test_socketBufferOverACInt(self) -> None:
+        """
+        C{--socket-buffer} over what setsockopt(2) takes passed the option
+        check and failed at listen: "cannot listen on tcp:...: a bytes-like
+        object is required, not 'int'", naming no option.
+        """
+        line = self.refusedLine(
+            "--socket-buffer", str(2**31), "--port", "tcp:0:interface=127.0.0.1"
+        )
+        self.assertIn("is too large a socket buffer", line)
+
+    def test_portGivenTwice(self) -> None:
+        """
+        C{--port A --port B} served on B alone, saying nothing of A.
+        """
+        line = self.refusedLine(
+            "--port", "tcp:0:interface=127.0.0.1", "--port", "tcp:0:interface=127.0.0.2"
+        )
+        self.assertIn("given twice", line)

@@ -32,6 +32,26 @@ KiB = 1024
 MiB = 1024 * 1024
 _PR_CAPBSET_DROP = 24
 _CAP_NET_BIND_SERVICE = 10
+_CAP_DAC_OVERRIDE = 1
+_CAP_DAC_READ_SEARCH = 2
+
+
+def asFileModesSay() -> object:
+    """
+    A preexec function that takes from root the capabilities that override
+    file modes, so that twistd meets a mode as any other user would; None
+    when not root.
+    """
+    if os.geteuid() != 0:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        for capability in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+            if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0):
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    return preexec
 
 
 def timeWaitPorts() -> set[int]:
@@ -415,6 +435,158 @@ class RefusalTests(ServerTestCase):
             output,
         )
         self.assertNotIn(".lock", output)
+
+    def readOnlyDirectory(self, path: str) -> object:
+        """
+        Make C{path} a directory nobody may write, root included: the
+        preexec function to run twistd with (L{asFileModesSay}).
+        """
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o555)
+        self.addCleanup(os.chmod, path, 0o700)
+        return asFileModesSay()
+
+    def test_pidfileInAReadOnlyDirectory(self) -> None:
+        """
+        A pidfile twistd could not create was a PermissionError traceback
+        after the service was made; now one line, before anything starts.
+        """
+        directory = os.path.join(self.directory, "run")
+        preexec = self.readOnlyDirectory(directory)
+        output = self.failedStart(
+            runner=[command("twistd"), "-n", f"--pidfile={directory}/echo.pid", "echo"],
+            preexec=preexec,
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --pidfile: cannot write {directory}/echo.pid: Permission"
+            f" denied to create a file in {directory}",
+        )
+
+    def test_defaultPidfileInAReadOnlyDirectory(self) -> None:
+        """
+        Without C{--pidfile}, twistd writes C{twistd.pid} where it was
+        started: the line says so, and how to do otherwise.
+        """
+        preexec = self.readOnlyDirectory(self.directory)
+        output = self.failedStart(
+            runner=[command("twistd"), "-n", "echo"], preexec=preexec
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --pidfile: cannot write {self.directory}/twistd.pid:"
+            f" Permission denied to create a file in {self.directory} (twistd's"
+            " default: --pidfile=PATH for another, --pidfile= for none)",
+        )
+
+    def test_pidfileIsADirectory(self) -> None:
+        output = self.failedStart(
+            runner=[command("twistd"), "-n", f"--pidfile={self.directory}", "echo"]
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --pidfile: cannot write {self.directory}: it is a directory",
+        )
+
+    def test_logfileInAMissingDirectory(self) -> None:
+        """
+        A log file twistd could not open was a FileNotFoundError traceback;
+        daemonizing, it is refused before the fork, in the foreground.
+        """
+        missing = os.path.join(self.directory, "log", "echotwist")
+        output = self.failedStart(
+            runner=[
+                command("twistd"),
+                "--pidfile=",
+                f"--logfile={missing}/echo.log",
+                "echo",
+            ]
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --logfile: cannot write {missing}/echo.log: its directory"
+            f" {missing} does not exist",
+        )
+
+    def test_jsonLogsWhenDaemonizing(self) -> None:
+        """
+        Daemonizing, twistd points standard output, where echotwist's JSON
+        observer writes, at /dev/null: it started, and every line after the
+        fork was lost.
+        """
+        output = self.failedStart(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[
+                command("twistd"),
+                f"--pidfile={self.directory}/twistd.pid",
+                "--logger",
+                "echotwist.logs.jsonObserver",
+                "echo",
+            ],
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            "echotwist: --logger echotwist.logs.jsonObserver writes to standard"
+            " output, which a daemonizing twistd points at /dev/null: add -n",
+        )
+        self.assertFalse(os.path.exists(f"{self.directory}/twistd.pid"))
+
+    def test_syslogWithNoSyslogDaemon(self) -> None:
+        """
+        C{--syslog} where nothing listens at /dev/log: twistd served, and
+        logged nothing anywhere.
+        """
+        if os.path.exists("/dev/log"):
+            raise SkipTest("a syslog socket is there (/dev/log)")
+        output = self.failedStart(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[command("twistd"), "-n", "--pidfile=", "--syslog", "echo"],
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            "echotwist: --syslog: no syslog daemon listens at /dev/log here, and"
+            " every line would be lost; log to a file (--logfile) or to standard"
+            " output (-n)",
+        )
+
+    def test_unreadableKeyFile(self) -> None:
+        """
+        A key file this user may not read was "is neither a port number nor
+        a usable server endpoint description ([Errno 13] ...)".
+        """
+        directory = os.path.join(self.directory, "tls")
+        os.mkdir(directory)
+        key, certificate = selfSignedCertificate(directory)
+        os.chmod(key, 0)
+        description = (
+            f"ssl:0:interface={LOOPBACK}:privateKey={key}:certKey={certificate}"
+        )
+        output = self.failedStart("--port", description, preexec=asFileModesSay())
+        self.assertTrue(
+            output.splitlines()[-1].endswith(
+                f"--port: {description!r}: the TLS private key file (privateKey=)"
+                f" {key!r} cannot be read: Permission denied"
+            ),
+            output,
+        )
+
+    def test_unixSocketInAReadOnlyDirectory(self) -> None:
+        """
+        A UNIX socket in a directory not ours to write: the line said
+        "[Errno 13] Permission denied: '1234' -> b'.../echo.sock.lock'",
+        Twisted's lock file, a symbolic link named by a pid.
+        """
+        directory = os.path.join(self.directory, "run")
+        preexec = self.readOnlyDirectory(directory)
+        description = f"unix:{directory}/echo.sock"
+        output = self.failedStart("--port", description, preexec=preexec)
+        self.assertEqual(
+            output.splitlines()[-1].split("] ", 1)[-1],
+            f"echotwist: cannot listen on {description}: Permission denied to"
+            f" create a file in {directory}",
+        )
 
     def test_privilegedPortWithoutPermission(self) -> None:
         with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:

@@ -251,7 +251,7 @@ class TwistdRollingRestartTests(ServerTestCase):
         for round in (1, 2):
             server.signal(signal.SIGHUP)
             atSignal = clients.ok
-            waitForCount(self, server, r"SIGHUP: 2 worker\(s\) replaced", round)
+            waitForCount(self, server, r"SIGHUP: 2 of 2 worker\(s\) replaced", round)
             # Exchanges went on while the workers were being replaced.
             self.assertGreater(clients.ok, atSignal)
             clients.waitForMore(50)

@@ -226,7 +226,7 @@ class WorkerTests(ServerTestCase):
             self.assertEqual(received, payload)
         # SIGHUP's rolling restart works under twist as under twistd.
         server.signal(signal.SIGHUP)
-        server.waitFor(r"SIGHUP: 2 worker\(s\) replaced", WAIT * 2)
+        server.waitFor(r"SIGHUP: 2 of 2 worker\(s\) replaced", WAIT * 2)
         fresh = workerProcesses(server, 2)
         self.assertFalse({w.pid for w in workers} & {w.pid for w in fresh})
         self.assertEqual(echoOnce((LOOPBACK, server.port), b"new"), b"new")

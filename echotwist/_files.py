@@ -1,0 +1,45 @@
+# -*- test-case-name: tests.test__files -*-
+"""
+Why a file could not be made where a user asked for one (a pidfile, a log
+file, a UNIX socket), in words a user can act on, not an OSError about the
+first helper file that failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+__all__ = ["whyCannotCreateIn", "whyCannotWrite"]
+
+
+def whyCannotCreateIn(directory: str) -> str | None:
+    """
+    Why no file can be created in C{directory} by this process, or None if
+    one can: it does not exist, its file system is read-only, or its
+    permissions refuse this user.
+    """
+    if not os.path.isdir(directory):
+        return f"its directory {directory} does not exist"
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:
+        return f"{os.strerror(errno.EROFS).lower()} at {directory}"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{os.strerror(errno.EACCES)} to create a file in {directory}"
+    return None
+
+
+def whyCannotWrite(path: str) -> str | None:
+    """
+    Why C{path} cannot be opened for writing, created if missing (as twistd
+    opens its pidfile and its log file), or None if it can.
+    """
+    if os.path.isdir(path):
+        return "it is a directory"
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path):
+        if os.path.isdir(directory) and os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return f"{os.strerror(errno.EROFS).lower()} at {directory}"
+        if not os.access(path, os.W_OK):
+            return os.strerror(errno.EACCES)
+        return None
+    return whyCannotCreateIn(directory)

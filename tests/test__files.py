@@ -1,0 +1,51 @@
+"""
+Why a file could not be made (L{echotwist._files}), from real directories
+under a temporary one.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from echotwist._files import whyCannotCreateIn, whyCannotWrite
+
+
+class WhyCannotTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.mkdir(self.directory)
+
+    def test_writable(self) -> None:
+        self.assertIsNone(whyCannotCreateIn(self.directory))
+        path = os.path.join(self.directory, "new.pid")
+        self.assertIsNone(whyCannotWrite(path))
+        with open(path, "w"):
+            pass
+        self.assertIsNone(whyCannotWrite(path))
+
+    def test_missingDirectory(self) -> None:
+        missing = os.path.join(self.directory, "run", "echotwist")
+        self.assertEqual(
+            whyCannotWrite(os.path.join(missing, "echo.pid")),
+            f"its directory {missing} does not exist",
+        )
+
+    def test_aDirectory(self) -> None:
+        self.assertEqual(whyCannotWrite(self.directory), "it is a directory")
+
+    def test_notOurs(self) -> None:
+        """
+        Permissions that refuse this user (checked where they would: not as
+        root, whom they do not stop; tests.system.test_integration drops
+        root's override for the real twistd).
+        """
+        if os.geteuid() == 0:
+            raise SkipTest("root writes whatever the mode says")
+        os.chmod(self.directory, 0o555)
+        self.addCleanup(os.chmod, self.directory, 0o700)
+        self.assertEqual(
+            whyCannotCreateIn(self.directory),
+            f"Permission denied to create a file in {self.directory}",
+        )
