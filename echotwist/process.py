@@ -115,11 +115,24 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
     C{--log-file} in one line), nor for a log file a C{--logger} or
     C{--syslog} replaces.
 
+    A C{--rundir} that is not a directory is named too: twistd changes to
+    it after the service is made, and that was a traceback.  (The paths
+    are the directory twistd was started in's: twistd makes the pidfile's
+    absolute before it changes directory.)
+
     @param runner: twistd's or twist's options, or None.
     @raise SystemExit: naming the option, the path and what is wrong.
     """
     if runner is None or "pidfile" not in runner or runner.get("chroot"):
         return
+    rundir = os.path.abspath(runner.get("rundir") or ".")
+    if not os.path.isdir(rundir):
+        wrong = (
+            "it is not a directory" if os.path.exists(rundir) else "it does not exist"
+        )
+        raise SystemExit(
+            escape(f"echotwist: --rundir: cannot change to {rundir}: {wrong}")
+        )
     wanted = []
     if runner["pidfile"]:
         wanted.append(("--pidfile", runner["pidfile"]))

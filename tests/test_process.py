@@ -146,6 +146,32 @@ class CheckRunnerFilesTests(SynchronousTestCase):
     def test_noPidfile(self) -> None:
         checkRunnerFiles(self.runner(pidfile=""))
 
+    def test_rundirMissing(self) -> None:
+        """
+        A C{--rundir} that does not exist, or is a file, is named in one
+        line: twistd's C{chdir} there was a traceback.
+        """
+        self.assertEqual(
+            self.refusal(self.runner(rundir=self.missing)),
+            f"echotwist: --rundir: cannot change to {self.missing}: it does not exist",
+        )
+        with open(self.missing, "w"):
+            pass
+        self.assertEqual(
+            self.refusal(self.runner(rundir=self.missing)),
+            f"echotwist: --rundir: cannot change to {self.missing}: it is not a"
+            " directory",
+        )
+
+    def test_rundirGiven(self) -> None:
+        """
+        A C{--rundir} that is a directory is taken; the pidfile is checked
+        where twistd started, which twistd makes its path relative to.
+        """
+        rundir = os.path.abspath(self.mktemp())
+        os.makedirs(rundir)
+        checkRunnerFiles(self.runner(rundir=rundir))
+
     def test_logfile(self) -> None:
         path = os.path.join(self.missing, "echo.log")
         self.assertIn(
