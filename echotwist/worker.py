@@ -175,7 +175,8 @@ class AcceptInTurn:
     stops reading its listeners, and what is still queued after
     C{grace} seconds, which no sibling took (they are full too, or stuck),
     it accepts and admits by eviction or refuses, as one process does,
-    before it waits again.  It reads again as soon as it has room.
+    pass after pass while each finds connections queued, before it waits
+    again.  It reads again as soon as it has room.
 
     @ivar ports: the listening ports of the echo, as Twisted made them.
     """
@@ -250,14 +251,27 @@ class AcceptInTurn:
         """
         self._leftovers = None
         ports = self._listening()
+        # Twisted's port numbers each connection it gives a protocol.
+        before = sum(port.sessionno for port in ports)
         self._taking = True
         try:
             for port in ports:
                 port.doRead()
         finally:
             self._taking = False
-        if self.full and ports and self._leftovers is None:
-            self._leftovers = self.reactor.callLater(self.grace, self._take)
+        if not (self.full and ports):
+            return
+        # A pass that found connections queued (no sibling took them for
+        # the grace period, or they kept coming) looks again on the next
+        # iteration, until one finds none: a pass each grace period alone
+        # answered 400 connects a second a worker, and a flood at a full
+        # server waited in the kernel's queue for seconds, newcomers who
+        # would evict an idle connection with it.
+        took = sum(port.sessionno for port in ports) > before
+        if self._leftovers is not None:
+            # An eviction in the pass made room and took it again.
+            self._leftovers.cancel()
+        self._leftovers = self.reactor.callLater(0 if took else self.grace, self._take)
 
 
 class _Control(LineOnlyReceiver):

@@ -86,6 +86,8 @@ class _QueuedPort:
         self.disconnecting = False
         self.reading = True
         self.passes: list[int] = []
+        # As Twisted's port numbers the connections it gives a protocol.
+        self.sessionno = 0
 
     def doRead(self) -> None:
         from tests.test_connections import connectFrom
@@ -94,6 +96,7 @@ class _QueuedPort:
         del self.queued[: len(taken)]
         self.passes.append(len(taken))
         for host in taken:
+            self.sessionno += 1
             connectFrom(self.factory, host)  # type: ignore[arg-type]
 
     def stopReading(self) -> None:
@@ -150,6 +153,28 @@ class AcceptInTurnTests(SynchronousTestCase):
         self.assertEqual(self.factory.refused, {"too many connections": 3})
         self.assertFalse(self.port.reading)
         # Still full: it looks again after another grace period.
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_aFloodIsTakenPassAfterPass(self) -> None:
+        """
+        Connects that keep coming at a full worker are taken pass after
+        pass, each on the next iteration, while a pass finds some: not 100
+        each grace period, which left a flood waiting in the kernel's
+        queue for seconds.  A pass that finds none waits the grace again.
+        """
+        self.port.doRead()
+        self.port.queued[:] = [f"198.51.100.{n}" for n in range(1, 251)]
+        self.clock.advance(0.2)
+        self.assertEqual(self.port.passes, [2])
+        # The clock runs each call of the next iteration in this advance.
+        self.clock.advance(0.05)
+        self.assertEqual(self.port.passes, [2, 100, 100, 50, 0])
+        self.assertEqual(self.factory.refused, {"too many connections": 250})
+        self.clock.advance(0.2)
+        self.assertEqual(len(self.port.passes), 5)
+        self.clock.advance(0.05)
+        self.assertEqual(len(self.port.passes), 6)
+        self.assertFalse(self.port.reading)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
     def test_roomAgainReadsAgain(self) -> None:
