@@ -248,6 +248,8 @@ class EchoFactory(Factory):
         """
         if not self.admission.sourceFull(source):
             return False
+        if not self.awaiting:
+            return True  # no PROXY header is to come (every plain listener)
         assert source is not None
         # Looked at only at the limit, and no more than the source holds.
         waiting = sum(
