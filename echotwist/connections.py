@@ -230,11 +230,32 @@ class EchoFactory(Factory):
         # claim a new client in each header anyway.  Its client's source
         # is held to the limit when the header names it (headerReceived).
         source = protocol.source
-        if not protocol.awaitingHeader and self.admission.sourceFull(source):
+        if not protocol.awaitingHeader and self._sourceFull(source):
             return TOO_MANY_FROM_SOURCE
         if self.admission.full(self.open) and not self._evictOne(source):
             return TOO_MANY
         return None
+
+    def _sourceFull(self, source: str | None) -> bool:
+        """
+        Whether C{source} holds as many connections as it may, those of it
+        still waiting for their PROXY header left out: they count as their
+        proxy's, but are for the clients their headers will name.  Without
+        that, a proxy's own connection (HAProxy's health check, with a
+        LOCAL header; a client of its UNIX-socket frontend, UNKNOWN) was
+        refused whenever a burst it carried for others had C{maxPerSource}
+        headers still to come.
+        """
+        if not self.admission.sourceFull(source):
+            return False
+        if not self.awaiting:
+            return True  # no PROXY header is to come (every plain listener)
+        assert source is not None
+        # Looked at only at the limit, and no more than the source holds.
+        waiting = sum(
+            1 for protocol in self.admission.members[source] if protocol.awaitingHeader
+        )
+        return self.perSource[source] - waiting >= self.admission.maxPerSource
 
     def admitHandshake(self, host: str | None) -> bool:
         """
@@ -344,7 +365,7 @@ class EchoFactory(Factory):
         self.awaiting.discard(protocol)
         self.admission.uncount(protocol)
         protocol.source = source
-        if self.admission.sourceFull(source):
+        if self._sourceFull(source):
             self._refuse(protocol, TOO_MANY_FROM_SOURCE)
             self._stopSweepingIfEmpty()
             if self.openChanged is not None:

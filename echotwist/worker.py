@@ -175,7 +175,8 @@ class AcceptInTurn:
     stops reading its listeners, and what is still queued after
     C{grace} seconds, which no sibling took (they are full too, or stuck),
     it accepts and admits by eviction or refuses, as one process does,
-    before it waits again.  It reads again as soon as it has room.
+    pass after pass while each takes all it asked for, before it waits
+    again.  It reads again as soon as it has room.
 
     @ivar ports: the listening ports of the echo, as Twisted made them.
     """
@@ -256,8 +257,21 @@ class AcceptInTurn:
                 port.doRead()
         finally:
             self._taking = False
-        if self.full and ports and self._leftovers is None:
-            self._leftovers = self.reactor.callLater(self.grace, self._take)
+        if not (self.full and ports):
+            return
+        # A pass that took all it asked for left more queued, as Twisted's
+        # port judges it too (it asks for 20 more next time): no sibling
+        # drains the queue, so look again on the next iteration, not after
+        # another grace period.  A pass each grace period alone answered
+        # 400 connects a second a worker, and a flood at a full server
+        # waited in the kernel's queue for seconds, with it newcomers who
+        # would evict an idle connection.  A shorter pass waits the grace:
+        # what comes meanwhile is for a sibling with room, if there is one.
+        more = any(port.numberAccepts > TAKE_AT_ONCE for port in ports)
+        if self._leftovers is not None:
+            # An eviction in the pass made room and took it again.
+            self._leftovers.cancel()
+        self._leftovers = self.reactor.callLater(0 if more else self.grace, self._take)
 
 
 class _Control(LineOnlyReceiver):

@@ -399,6 +399,39 @@ class CountedFromAcceptTests(SynchronousTestCase):
         self.assertTrue(fifth.disconnecting)
         self.assertEqual(self.echoes.refused, {"too many connections": 1})
 
+    def test_theProxysOwnConnectionsBesideABurst(self) -> None:
+        """
+        A proxy's own connections (a LOCAL header: HAProxy's health check;
+        UNKNOWN: a client of its UNIX-socket frontend) are held to the
+        per-source limit among themselves: a burst's connections still
+        waiting for their headers count as the proxy's, but are for the
+        clients the headers will name.  (A health check was refused while
+        2 of a burst's headers were still to come.)
+        """
+        burst = [self.connect() for _ in range(2)]
+        check, checkTransport = self.connect()
+        check.dataReceived(v2("0.0.0.0", 0, command=0x20) + b"hc")
+        self.assertFalse(checkTransport.disconnecting)
+        self.assertEqual(checkTransport.value(), b"hc")
+        burst[0][0].dataReceived(self.header("203.0.113.1"))
+        unknown, unknownTransport = self.connect()
+        unknown.dataReceived(b"PROXY UNKNOWN\r\n")
+        self.assertFalse(unknownTransport.disconnecting)
+        burst[1][0].dataReceived(self.header("203.0.113.2"))
+        self.assertEqual(self.echoes.refused, {})
+        self.assertEqual(
+            self.echoes.perSource,
+            {"10.0.0.1": 2, "203.0.113.1": 1, "203.0.113.2": 1},
+        )
+        # Its own two are its limit.
+        burst[0][0].connectionLost(Failure(ConnectionDone()))
+        third, thirdTransport = self.connect()
+        third.dataReceived(b"PROXY UNKNOWN\r\n")
+        self.assertTrue(thirdTransport.disconnecting)
+        self.assertEqual(
+            self.echoes.refused, {"too many connections from this source": 1}
+        )
+
     def test_headerMovesTheCountToTheClient(self) -> None:
         first, _ = self.connect()
         second, _ = self.connect()

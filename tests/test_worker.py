@@ -95,6 +95,11 @@ class _QueuedPort:
         self.passes.append(len(taken))
         for host in taken:
             connectFrom(self.factory, host)  # type: ignore[arg-type]
+        # Twisted's pace: 20 more after a pass that took all it asked for.
+        if len(taken) == self.numberAccepts:
+            self.numberAccepts += 20
+        else:
+            self.numberAccepts = max(1, len(taken))
 
     def stopReading(self) -> None:
         self.reading = False
@@ -150,6 +155,30 @@ class AcceptInTurnTests(SynchronousTestCase):
         self.assertEqual(self.factory.refused, {"too many connections": 3})
         self.assertFalse(self.port.reading)
         # Still full: it looks again after another grace period.
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+    def test_aFloodIsTakenPassAfterPass(self) -> None:
+        """
+        Connects queued deeper than a pass at a full worker are taken pass
+        after pass, each on the next iteration, while a pass takes all it
+        asked for: not 100 each grace period, which left a flood waiting in
+        the kernel's queue for seconds.  A shorter pass (what a sibling
+        with room leaves, draining the queue) waits the grace again.
+        """
+        self.port.doRead()
+        self.port.queued[:] = [f"198.51.100.{n}" for n in range(1, 251)]
+        self.clock.advance(0.2)
+        self.assertEqual(self.port.passes, [2])
+        # The clock runs each call of the next iteration in this advance.
+        self.clock.advance(0.05)
+        self.assertEqual(self.port.passes, [2, 100, 100, 50])
+        self.assertEqual(self.factory.refused, {"too many connections": 250})
+        self.port.queued[:] = ["203.0.113.1"]
+        self.clock.advance(0.2)
+        self.assertEqual(self.port.passes, [2, 100, 100, 50])
+        self.clock.advance(0.05)
+        self.assertEqual(self.port.passes, [2, 100, 100, 50, 1])
+        self.assertFalse(self.port.reading)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
     def test_roomAgainReadsAgain(self) -> None:
