@@ -32,14 +32,22 @@ def whyCannotWrite(path: str) -> str | None:
     """
     Why C{path} cannot be opened for writing, created if missing (as twistd
     opens its pidfile and its log file), or None if it can.
+
+    A symbolic link is looked at where C{open} would write: its target (a
+    pidfile linked from a read-only directory into C{/run}, created there
+    if missing).  A file that exists is writable if its own file system is
+    (a log file bind-mounted into a read-only root), whatever its
+    directory's is.
     """
+    given = os.path.abspath(path)
+    path = os.path.realpath(given)
     if os.path.isdir(path):
         return "it is a directory"
-    directory = os.path.dirname(os.path.abspath(path))
     if os.path.exists(path):
-        if os.path.isdir(directory) and os.statvfs(directory).f_flag & os.ST_RDONLY:
-            return f"{os.strerror(errno.EROFS).lower()} at {directory}"
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            where = "" if path == given else f" at {path}"
+            return f"{os.strerror(errno.EROFS).lower()}{where}"
         if not os.access(path, os.W_OK):
             return os.strerror(errno.EACCES)
         return None
-    return whyCannotCreateIn(directory)
+    return whyCannotCreateIn(os.path.dirname(path))

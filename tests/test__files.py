@@ -35,6 +35,22 @@ class WhyCannotTests(SynchronousTestCase):
     def test_aDirectory(self) -> None:
         self.assertEqual(whyCannotWrite(self.directory), "it is a directory")
 
+    def test_danglingLink(self) -> None:
+        """
+        A link to a file not there yet: twistd's C{open} creates the
+        target, so the target's directory is the one that must exist; the
+        link's own directory was looked at, and the start ended in a
+        FileNotFoundError traceback.
+        """
+        missing = os.path.join(self.directory, "run", "echotwist")
+        link = os.path.join(self.directory, "echo.pid")
+        os.symlink(os.path.join(missing, "echo.pid"), link)
+        self.assertEqual(
+            whyCannotWrite(link), f"its directory {missing} does not exist"
+        )
+        os.makedirs(missing)
+        self.assertIsNone(whyCannotWrite(link))
+
     def test_notOurs(self) -> None:
         """
         Permissions that refuse this user (checked where they would: not as

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SkipTest
 
 from echotwist.connections import DEFAULT_DRAIN_QUIET
 from tests._clients import echoOnce, exchange, readUntilClosed
-from tests._tools import CHECKOUT, selfSignedCertificate
+from tests._tools import CHECKOUT, requireRoot, requireTool, selfSignedCertificate
 from tests._twistd import (
     LOOPBACK,
     WAIT,
@@ -27,6 +27,7 @@ from tests._twistd import (
     TwistedReactorMixin,
     command,
 )
+from tests.system.test_signals import logPort, waitInFile
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -610,6 +611,66 @@ class RefusalTests(ServerTestCase):
             " denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
             output,
         )
+
+
+#: Run by C{unshare -m}: a read-only tmpfs at $1 holding a symbolic link to
+#: the writable file $2 and the writable file $3 bind-mounted, then the
+#: command after them.  The mounts end with the namespace.
+_READ_ONLY_DIRECTORY = (
+    'set -e; mount -t tmpfs -o mode=0755 echotwist-test "$1";'
+    ' ln -s "$2" "$1/echo.pid"; : > "$1/echo.log";'
+    ' mount --bind "$3" "$1/echo.log"; mount -o remount,bind,ro "$1";'
+    ' shift 3; exec "$@"'
+)
+
+
+class ReadOnlyDirectoryTests(ServerTestCase):
+    """
+    twistd's files named in a read-only directory but written elsewhere,
+    as a read-only root file system has them: checked where C{open}
+    writes, not refused for their directory's file system.
+    """
+
+    def test_linkedPidfileAndMountedLogfile(self) -> None:
+        """
+        A pidfile that is a symbolic link to a writable file, and a log file
+        bind-mounted from a writable file system: twistd writes both (the
+        check said "read-only file system" and twistd did not start).
+        """
+        requireRoot("mounts in a mount namespace of its own (unshare -m)")
+        unshare = requireTool("unshare", "util-linux")
+        readOnly = os.path.join(self.directory, "ro")
+        os.mkdir(readOnly)
+        pidfile = os.path.join(self.directory, "echo.pid")
+        logfile = os.path.join(self.directory, "echo.log")
+        with open(logfile, "w"):
+            pass
+        server = self.start(
+            runner=[
+                unshare,
+                "-m",
+                "sh",
+                "-c",
+                _READ_ONLY_DIRECTORY,
+                "sh",
+                readOnly,
+                pidfile,
+                logfile,
+                command("twistd"),
+                "-n",
+                f"--pidfile={readOnly}/echo.pid",
+                f"--logfile={readOnly}/echo.log",
+                "echo",
+                "--port",
+                f"tcp:0:interface={LOOPBACK}",
+            ]
+        )
+        port = logPort(waitInFile(self, logfile, r"Listening on "))
+        self.assertEqual(echoOnce((LOOPBACK, port), b"ro"), b"ro")
+        with open(pidfile) as f:
+            self.assertEqual(f.read(), str(server.process.pid))
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
 
 
 class OtherRunnersTests(ServerTestCase):
