@@ -170,8 +170,9 @@ def checkLogDestination(
         which writes to standard output, daemonizing (twistd points standard
         output at /dev/null) or with C{--logfile} (which twistd ignores
         once C{--logger} is given);
-      - to syslog (C{--syslog}) on a Linux host where nothing listens at
-        C{devLog}, as in most containers: the C library drops each line.
+      - to syslog (C{--syslog}, unless a C{--logger} replaces it) on a
+        Linux host where nothing listens at C{devLog}, as in most
+        containers: the C library drops each line.
 
     @param runner: twistd's or twist's options, or None.
     @param devLog: where the C library sends syslog lines on Linux.
@@ -195,7 +196,12 @@ def checkLogDestination(
                 f"echotwist: --logger {JSON_OBSERVER} writes to standard output,"
                 " which a daemonizing twistd points at /dev/null: add -n"
             )
-    elif runner.get("syslog") and sys.platform.startswith("linux"):
+    elif (
+        runner.get("syslog")
+        # twistd logs to a --logger's observer, and ignores --syslog then.
+        and not runner.get("logger")
+        and sys.platform.startswith("linux")
+    ):
         if not _isSocket(devLog):
             raise SystemExit(
                 f"echotwist: --syslog: no syslog daemon listens at {devLog} here,"

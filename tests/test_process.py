@@ -300,6 +300,17 @@ class CheckLogDestinationTests(SynchronousTestCase):
             pass
         self.assertRaises(SystemExit, checkLogDestination, runner, devLog=missing)
 
+    def test_syslogBesideALogger(self) -> None:
+        """
+        twistd logs to a C{--logger}'s observer and ignores C{--syslog}
+        beside it: no syslog daemon is needed then.
+        """
+        missing = os.path.abspath(self.mktemp())
+        checkLogDestination(
+            self.runner(logger="my.observer", syslog=True, nodaemon=False),
+            devLog=missing,
+        )
+
     def test_syslogWithADaemon(self) -> None:
         # A short path: a UNIX socket's must fit in 108 bytes.
         directory = tempfile.mkdtemp(prefix="echotwist-")

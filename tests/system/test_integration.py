@@ -552,6 +552,39 @@ class RefusalTests(ServerTestCase):
             " output (-n)",
         )
 
+    def test_syslogBesideALogger(self) -> None:
+        """
+        C{--syslog} beside a C{--logger}: twistd logs to the logger's
+        observer and ignores C{--syslog}, so no syslog daemon is needed;
+        it was refused for the missing /dev/log.
+        """
+        if os.path.exists("/dev/log"):
+            raise SkipTest("a syslog socket is there (/dev/log)")
+        with open(os.path.join(self.directory, "stdoutlog.py"), "w") as f:
+            f.write(
+                "import sys\n"
+                "from twisted.logger import textFileLogObserver\n"
+                "def observer():\n"
+                "    return textFileLogObserver(sys.__stdout__)\n"
+            )
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                "--syslog",
+                "--logger",
+                "stdoutlog.observer",
+                "echo",
+            ],
+            env={"PYTHONPATH": self.directory},
+        )
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"logged"), b"logged")
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
+
     def test_unreadableKeyFile(self) -> None:
         """
         A key file this user may not read was "is neither a port number nor
