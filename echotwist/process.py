@@ -110,23 +110,28 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
     (C{--logfile}, C{twistd.log} when it daemonizes without one): twistd
     opens them after the service is made, and a failure there is a
     traceback.  As the user twistd runs as; it opens both before any
-    C{--uid} takes effect.  Not under C{--chroot} (the paths are the
-    chroot's), nor under C{twist} (which has no pidfile and reports its own
-    C{--log-file} in one line), nor for a log file a C{--logger} or
-    C{--syslog} replaces.
+    C{--uid} takes effect.  Not under C{twist} (which has no pidfile and
+    reports its own C{--log-file} in one line), nor for a log file a
+    C{--logger} or C{--syslog} replaces.
 
     A C{--rundir} that is not a directory is named too: twistd changes to
     it after the service is made, and that was a traceback.  (The paths
     are the directory twistd was started in's: twistd makes the pidfile's
-    absolute before it changes directory.)
+    absolute before it changes directory, and opens its log file before
+    that.)
+
+    Under C{--chroot} only the log file is checked: twistd opens it before
+    it changes root, but writes the pidfile and changes to C{--rundir}
+    after, at paths that are the chroot's.
 
     @param runner: twistd's or twist's options, or None.
     @raise SystemExit: naming the option, the path and what is wrong.
     """
-    if runner is None or "pidfile" not in runner or runner.get("chroot"):
+    if runner is None or "pidfile" not in runner:
         return
+    chroot = runner.get("chroot")
     rundir = os.path.abspath(runner.get("rundir") or ".")
-    if not os.path.isdir(rundir):
+    if not chroot and not os.path.isdir(rundir):
         wrong = (
             "it is not a directory" if os.path.exists(rundir) else "it does not exist"
         )
@@ -134,7 +139,7 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
             escape(f"echotwist: --rundir: cannot change to {rundir}: {wrong}")
         )
     wanted = []
-    if runner["pidfile"]:
+    if runner["pidfile"] and not chroot:
         wanted.append(("--pidfile", runner["pidfile"]))
     logfile = runner.get("logfile")
     if not (runner.get("logger") or runner.get("syslog") or logfile == "-"):

@@ -210,10 +210,20 @@ class CheckRunnerFilesTests(SynchronousTestCase):
 
     def test_chroot(self) -> None:
         """
-        Under C{--chroot} the paths are the chroot's: not checked here.
+        Under C{--chroot} the pidfile and C{--rundir} are the chroot's: not
+        checked here.  The log file is checked: twistd opens it before it
+        changes root (it was a FileNotFoundError traceback).
         """
         path = os.path.join(self.missing, "p.pid")
-        checkRunnerFiles(self.runner(pidfile=path, chroot="/srv/jail"))
+        checkRunnerFiles(
+            self.runner(pidfile=path, rundir="/var/echo", chroot="/srv/jail")
+        )
+        logfile = os.path.join(self.missing, "echo.log")
+        self.assertEqual(
+            self.refusal(self.runner(logfile=logfile, chroot="/srv/jail")),
+            f"echotwist: --logfile: cannot write {logfile}: its directory"
+            f" {self.missing} does not exist",
+        )
 
     def test_notTwistd(self) -> None:
         """

@@ -509,6 +509,30 @@ class RefusalTests(ServerTestCase):
             f" {missing} does not exist",
         )
 
+    def test_logfileUnderChroot(self) -> None:
+        """
+        twistd opens its log file before it changes root: under
+        C{--chroot}, one that cannot be opened was a FileNotFoundError
+        traceback.
+        """
+        requireRoot("chroot(2)")
+        missing = os.path.join(self.directory, "log")
+        output = self.failedStart(
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                "--chroot=/",
+                f"--logfile={missing}/echo.log",
+                "echo",
+            ]
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --logfile: cannot write {missing}/echo.log: its directory"
+            f" {missing} does not exist",
+        )
+
     def test_jsonLogsWhenDaemonizing(self) -> None:
         """
         Daemonizing, twistd points standard output, where echotwist's JSON
