@@ -22,7 +22,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 
 from echotwist._address import escape
-from echotwist._files import whyCannotWrite
+from echotwist._files import whyCannotCreateIn, whyCannotWrite
 from echotwist._twisted import FOREGROUND_REPORT, handReactorToTwist, reportFailedStart
 from echotwist.listening import CannotListen
 
@@ -150,7 +150,7 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
     for option, path in wanted:
         path = os.path.abspath(path)
         why = whyCannotWrite(path)
-        if why is None:
+        if why is None or (option == "--pidfile" and _replacedAsStale(path)):
             continue
         for defaultOption, default, hint in _DEFAULT_FILES:
             if option == defaultOption and path == os.path.abspath(default):
@@ -158,6 +158,34 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
         # Escaped: the path is the user's, but a terminal need not show its
         # control characters raw.
         raise SystemExit(escape(f"echotwist: {option}: cannot write {path}: {why}"))
+
+
+def _replacedAsStale(pidfile: str) -> bool:
+    """
+    Whether twistd would remove C{pidfile} as stale and write a new one in
+    its place, as its C{checkPID} does before anything starts: it names no
+    running process, and this user may remove it and create a file in its
+    directory.  Then a pidfile this user may not write (left by root, say)
+    is no reason to refuse.
+    """
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read())
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pass  # stale
+    except (OSError, ValueError):
+        return False  # unreadable, not a pid, or another user's live process
+    else:
+        return False  # a running process: twistd refuses to start beside it
+    directory = os.path.dirname(pidfile)
+    if whyCannotCreateIn(directory) is not None:
+        return False
+    owners = (os.stat(directory).st_uid, os.lstat(pidfile).st_uid)
+    # In a sticky directory (/tmp) only the file's or the directory's owner
+    # may remove a file.
+    sticky = os.stat(directory).st_mode & stat.S_ISVTX
+    return not sticky or os.geteuid() in (0, *owners)
 
 
 #: The observer twistd's C{--logger} names for echotwist's JSON lines.

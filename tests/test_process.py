@@ -17,6 +17,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from echotwist.logs import jsonObserver
 from echotwist.process import (
     JSON_OBSERVER,
+    _replacedAsStale,
     checkLogDestination,
     checkRunnerFiles,
     installDefaultReactor,
@@ -236,6 +237,52 @@ class CheckRunnerFilesTests(SynchronousTestCase):
     def test_escaped(self) -> None:
         path = os.path.join(self.missing, "a\x1b[2J.pid")
         self.assertIn("a\\x1b[2J.pid", self.refusal(self.runner(pidfile=path)))
+
+
+class ReplacedAsStaleTests(SynchronousTestCase):
+    """
+    L{_replacedAsStale}: whether twistd removes a pidfile as stale and
+    writes its own.  (Refused or not by the real twistd:
+    tests.system.test_integration.RefusalTests.test_stalePidfileNotOurs.)
+    """
+
+    def pidfile(self, text: str) -> str:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        path = os.path.join(directory, "echo.pid")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_stale(self) -> None:
+        with open("/proc/sys/kernel/pid_max") as f:
+            self.assertTrue(_replacedAsStale(self.pidfile(str(int(f.read()) + 1))))
+
+    def test_notStale(self) -> None:
+        """
+        A running process's pid, or no pid at all: twistd does not remove
+        it.
+        """
+        self.assertFalse(_replacedAsStale(self.pidfile(str(os.getpid()))))
+        self.assertFalse(_replacedAsStale(self.pidfile("x")))
+
+    def test_stickyDirectory(self) -> None:
+        """
+        In a sticky directory (/tmp) a file only its owner or the
+        directory's may remove stays, and twistd's removal would fail.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("giving the files to another user takes root")
+        with open("/proc/sys/kernel/pid_max") as f:
+            path = self.pidfile(str(int(f.read()) + 1))
+        directory = os.path.dirname(path)
+        os.chmod(directory, 0o1777)
+        os.chown(directory, 1, 1)
+        os.chown(path, 2, 2)
+        self.patch(os, "geteuid", lambda: 3)
+        self.assertFalse(_replacedAsStale(path))
+        self.patch(os, "geteuid", lambda: 2)
+        self.assertTrue(_replacedAsStale(path))
 
 
 class CheckLogDestinationTests(SynchronousTestCase):

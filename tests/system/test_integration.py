@@ -480,6 +480,30 @@ class RefusalTests(ServerTestCase):
             " default: --pidfile=PATH for another, --pidfile= for none)",
         )
 
+    def test_stalePidfileNotOurs(self) -> None:
+        """
+        A pidfile this user may not write, naming no running process, in a
+        directory where it may: twistd removes it as stale and writes its
+        own (a root-owned file left by an earlier run, say).  The check
+        refused it ("Permission denied").  One that names a running
+        process is still refused.
+        """
+        pidfile = os.path.join(self.directory, "echo.pid")
+        with open("/proc/sys/kernel/pid_max") as f:
+            noProcess = int(f.read()) + 1
+        with open(pidfile, "w") as f:
+            f.write(str(noProcess))
+        os.chmod(pidfile, 0o444)
+        runner = [command("twistd"), "-n", f"--pidfile={pidfile}", "echo"]
+        server = self.start(runner=runner, preexec=asFileModesSay())
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"stale"), b"stale")
+        with open(pidfile) as f:
+            self.assertEqual(f.read(), str(server.process.pid))
+        os.chmod(pidfile, 0o444)
+        self.failedStart(runner=runner, preexec=asFileModesSay())
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
+
     def test_pidfileIsADirectory(self) -> None:
         output = self.failedStart(
             runner=[command("twistd"), "-n", f"--pidfile={self.directory}", "echo"]
