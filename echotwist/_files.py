@@ -28,10 +28,12 @@ def whyCannotCreateIn(directory: str) -> str | None:
     return None
 
 
-def whyCannotWrite(path: str) -> str | None:
+def whyCannotWrite(path: str, alsoRead: bool = False) -> str | None:
     """
     Why C{path} cannot be opened for writing, created if missing (as twistd
-    opens its pidfile and its log file), or None if it can.
+    opens its pidfile and its log file), or None if it can.  With
+    C{alsoRead}, for reading too, if it exists (as twistd opens its log
+    file: C{rb+}).
 
     A symbolic link is looked at where C{open} would write: its target (a
     pidfile linked from a read-only directory into C{/run}, created there
@@ -49,5 +51,7 @@ def whyCannotWrite(path: str) -> str | None:
             return f"{os.strerror(errno.EROFS).lower()}{where}"
         if not os.access(path, os.W_OK):
             return os.strerror(errno.EACCES)
+        if alsoRead and not os.access(path, os.R_OK):
+            return f"{os.strerror(errno.EACCES)} to read it (it is opened to read and write)"
         return None
     return whyCannotCreateIn(os.path.dirname(path))

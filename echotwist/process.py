@@ -149,7 +149,8 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
             wanted.append(("--logfile", "twistd.log"))
     for option, path in wanted:
         path = os.path.abspath(path)
-        why = whyCannotWrite(path)
+        # twistd's LogFile opens an existing log file to read and write.
+        why = whyCannotWrite(path, alsoRead=option == "--logfile")
         if why is None or (option == "--pidfile" and _replacedAsStale(path)):
             continue
         for defaultOption, default, hint in _DEFAULT_FILES:

@@ -51,6 +51,23 @@ class WhyCannotTests(SynchronousTestCase):
         os.makedirs(missing)
         self.assertIsNone(whyCannotWrite(link))
 
+    def test_writeOnly(self) -> None:
+        """
+        A file this user may write but not read: twistd's log file, which
+        it opens to read and write (C{rb+}), cannot be opened.
+        """
+        if os.geteuid() == 0:
+            raise SkipTest("root reads whatever the mode says")
+        path = os.path.join(self.directory, "echo.log")
+        with open(path, "w"):
+            pass
+        os.chmod(path, 0o200)
+        self.assertIsNone(whyCannotWrite(path))
+        self.assertEqual(
+            whyCannotWrite(path, alsoRead=True),
+            "Permission denied to read it (it is opened to read and write)",
+        )
+
     def test_notOurs(self) -> None:
         """
         Permissions that refuse this user (checked where they would: not as

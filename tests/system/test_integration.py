@@ -557,6 +557,25 @@ class RefusalTests(ServerTestCase):
             f" {missing} does not exist",
         )
 
+    def test_writeOnlyLogfile(self) -> None:
+        """
+        twistd opens a log file that exists to read and write: one this
+        user may only write was a PermissionError traceback.
+        """
+        logfile = os.path.join(self.directory, "echo.log")
+        with open(logfile, "w"):
+            pass
+        os.chmod(logfile, 0o200)
+        output = self.failedStart(
+            runner=[command("twistd"), "--pidfile=", f"--logfile={logfile}", "echo"],
+            preexec=asFileModesSay(),
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --logfile: cannot write {logfile}: Permission denied to"
+            " read it (it is opened to read and write)",
+        )
+
     def test_jsonLogsWhenDaemonizing(self) -> None:
         """
         Daemonizing, twistd points standard output, where echotwist's JSON
