@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 __all__ = ["whyCannotCreateIn", "whyCannotWrite"]
 
@@ -16,10 +17,18 @@ __all__ = ["whyCannotCreateIn", "whyCannotWrite"]
 def whyCannotCreateIn(directory: str) -> str | None:
     """
     Why no file can be created in C{directory} by this process, or None if
-    one can: it does not exist, its file system is read-only, or its
-    permissions refuse this user.
+    one can: it does not exist, this user may not reach it, its file
+    system is read-only, or its permissions refuse this user.
     """
-    if not os.path.isdir(directory):
+    try:
+        isDirectory = stat.S_ISDIR(os.stat(directory).st_mode)
+    except PermissionError:
+        # A directory on the way that this user may not search: the one
+        # asked for may well exist.
+        return f"{os.strerror(errno.EACCES)} to reach {directory}"
+    except OSError:
+        isDirectory = False
+    if not isDirectory:
         return f"its directory {directory} does not exist"
     if os.statvfs(directory).f_flag & os.ST_RDONLY:
         return f"{os.strerror(errno.EROFS).lower()} at {directory}"

@@ -82,3 +82,19 @@ class WhyCannotTests(SynchronousTestCase):
             whyCannotCreateIn(self.directory),
             f"Permission denied to create a file in {self.directory}",
         )
+
+    def test_notReachable(self) -> None:
+        """
+        A directory behind one this user may not search was said not to
+        exist.
+        """
+        if os.geteuid() == 0:
+            raise SkipTest("root searches whatever the mode says")
+        run = os.path.join(self.directory, "run")
+        os.mkdir(run)
+        os.chmod(self.directory, 0o600)
+        self.addCleanup(os.chmod, self.directory, 0o700)
+        self.assertEqual(
+            whyCannotWrite(os.path.join(run, "echo.pid")),
+            f"Permission denied to reach {run}",
+        )

@@ -464,6 +464,30 @@ class RefusalTests(ServerTestCase):
             f" denied to create a file in {directory}",
         )
 
+    def test_pidfileBehindADirectoryNotOurs(self) -> None:
+        """
+        A pidfile in a directory behind one this user may not search: the
+        line said that directory did not exist.
+        """
+        locked = os.path.join(self.directory, "locked")
+        run = os.path.join(locked, "run")
+        os.makedirs(run)
+        os.chmod(locked, 0o700)
+        if os.geteuid() == 0:
+            os.chown(locked, 1, 1)
+        else:
+            os.chmod(locked, 0o600)
+            self.addCleanup(os.chmod, locked, 0o700)
+        output = self.failedStart(
+            runner=[command("twistd"), "-n", f"--pidfile={run}/echo.pid", "echo"],
+            preexec=asFileModesSay(),
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --pidfile: cannot write {run}/echo.pid: Permission"
+            f" denied to reach {run}",
+        )
+
     def test_defaultPidfileInAReadOnlyDirectory(self) -> None:
         """
         Without C{--pidfile}, twistd writes C{twistd.pid} where it was
