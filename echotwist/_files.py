@@ -41,8 +41,8 @@ def whyCannotWrite(path: str, alsoRead: bool = False) -> str | None:
     """
     Why C{path} cannot be opened for writing, created if missing (as twistd
     opens its pidfile and its log file), or None if it can.  With
-    C{alsoRead}, for reading too, if it exists (as twistd opens its log
-    file: C{rb+}).
+    C{alsoRead}, for reading too, if it exists (twistd reads a pidfile
+    that exists before it writes one, and opens its log file C{rb+}).
 
     A symbolic link is looked at where C{open} would write: its target (a
     pidfile linked from a read-only directory into C{/run}, created there
@@ -61,6 +61,6 @@ def whyCannotWrite(path: str, alsoRead: bool = False) -> str | None:
         if not os.access(path, os.W_OK):
             return os.strerror(errno.EACCES)
         if alsoRead and not os.access(path, os.R_OK):
-            return f"{os.strerror(errno.EACCES)} to read it (it is opened to read and write)"
+            return f"{os.strerror(errno.EACCES)} to read it, which twistd does too"
         return None
     return whyCannotCreateIn(os.path.dirname(path))

@@ -149,8 +149,10 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
             wanted.append(("--logfile", "twistd.log"))
     for option, path in wanted:
         path = os.path.abspath(path)
-        # twistd's LogFile opens an existing log file to read and write.
-        why = whyCannotWrite(path, alsoRead=option == "--logfile")
+        # twistd reads a pidfile that is there (for a running process's
+        # pid), and its LogFile opens a log file that is there to read and
+        # write.
+        why = whyCannotWrite(path, alsoRead=True)
         if why is None or (option == "--pidfile" and _replacedAsStale(path)):
             continue
         for defaultOption, default, hint in _DEFAULT_FILES:

@@ -65,7 +65,7 @@ class WhyCannotTests(SynchronousTestCase):
         self.assertIsNone(whyCannotWrite(path))
         self.assertEqual(
             whyCannotWrite(path, alsoRead=True),
-            "Permission denied to read it (it is opened to read and write)",
+            "Permission denied to read it, which twistd does too",
         )
 
     def test_notOurs(self) -> None:

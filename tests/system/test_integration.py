@@ -597,7 +597,26 @@ class RefusalTests(ServerTestCase):
         self.assertEqual(
             output.splitlines()[-1],
             f"echotwist: --logfile: cannot write {logfile}: Permission denied to"
-            " read it (it is opened to read and write)",
+            " read it, which twistd does too",
+        )
+
+    def test_writeOnlyPidfile(self) -> None:
+        """
+        twistd reads a pidfile that is there before it writes its own: one
+        this user may only write was a PermissionError traceback.
+        """
+        pidfile = os.path.join(self.directory, "echo.pid")
+        with open(pidfile, "w") as f:
+            f.write("1")
+        os.chmod(pidfile, 0o200)
+        output = self.failedStart(
+            runner=[command("twistd"), "-n", f"--pidfile={pidfile}", "echo"],
+            preexec=asFileModesSay(),
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --pidfile: cannot write {pidfile}: Permission denied to"
+            " read it, which twistd does too",
         )
 
     def test_jsonLogsWhenDaemonizing(self) -> None:
