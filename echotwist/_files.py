@@ -14,6 +14,17 @@ import stat
 __all__ = ["whyCannotCreateIn", "whyCannotWrite"]
 
 
+def _may(path: str, mode: int) -> bool:
+    """
+    Whether this process may open C{path} for C{mode} as C{open} would:
+    with its effective ids and capabilities.  A plain C{os.access} asks
+    for the real ids, and for any user but root drops every capability:
+    it said no where a user with CAP_DAC_OVERRIDE (systemd's
+    C{AmbientCapabilities=}) writes.
+    """
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
 def whyCannotCreateIn(directory: str) -> str | None:
     """
     Why no file can be created in C{directory} by this process, or None if
@@ -32,7 +43,7 @@ def whyCannotCreateIn(directory: str) -> str | None:
         return f"its directory {directory} does not exist"
     if os.statvfs(directory).f_flag & os.ST_RDONLY:
         return f"{os.strerror(errno.EROFS).lower()} at {directory}"
-    if not os.access(directory, os.W_OK | os.X_OK):
+    if not _may(directory, os.W_OK | os.X_OK):
         return f"{os.strerror(errno.EACCES)} to create a file in {directory}"
     return None
 
@@ -58,9 +69,9 @@ def whyCannotWrite(path: str, alsoRead: bool = False) -> str | None:
         if os.statvfs(path).f_flag & os.ST_RDONLY:
             where = "" if path == given else f" at {path}"
             return f"{os.strerror(errno.EROFS).lower()}{where}"
-        if not os.access(path, os.W_OK):
+        if not _may(path, os.W_OK):
             return os.strerror(errno.EACCES)
-        if alsoRead and not os.access(path, os.R_OK):
+        if alsoRead and not _may(path, os.R_OK):
             return f"{os.strerror(errno.EACCES)} to read it, which twistd does too"
         return None
     return whyCannotCreateIn(os.path.dirname(path))

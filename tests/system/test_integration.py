@@ -816,6 +816,47 @@ class ReadOnlyDirectoryTests(ServerTestCase):
         self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
 
 
+class CapabilityTests(ServerTestCase):
+    """
+    twistd's files checked as C{open} will meet them: with the process's
+    effective ids and capabilities.
+    """
+
+    def test_pidfileWithDacOverride(self) -> None:
+        """
+        A user with CAP_DAC_OVERRIDE (systemd's C{AmbientCapabilities=})
+        writes a pidfile in a directory only root may write; the check
+        asked C{os.access}, which drops the capabilities of any user but
+        root, and refused it ("Permission denied to create a file in").
+        """
+        requireRoot("a user with a capability (setpriv)")
+        setpriv = requireTool("setpriv", "util-linux")
+        run = os.path.join(self.directory, "run")
+        os.mkdir(run, 0o700)
+        pidfile = os.path.join(run, "echo.pid")
+        server = self.start(
+            runner=[
+                setpriv,
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=+dac_override",
+                "--ambient-caps=+dac_override",
+                command("twistd"),
+                "-n",
+                f"--pidfile={pidfile}",
+                "echo",
+                "--port",
+                f"tcp:0:interface={LOOPBACK}",
+            ]
+        )
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"cap"), b"cap")
+        with open(pidfile) as f:
+            self.assertEqual(f.read(), str(server.process.pid))
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
+
+
 class OtherRunnersTests(ServerTestCase):
     def test_tacFile(self) -> None:
         example = os.path.join(CHECKOUT, "examples", "echo.tac")
