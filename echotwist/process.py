@@ -10,10 +10,12 @@ report of a failed start to the foreground.
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import os
 import re
 import select
+import socket
 import stat
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
@@ -238,7 +240,7 @@ def checkLogDestination(
         and not runner.get("logger")
         and sys.platform.startswith("linux")
     ):
-        if not _isSocket(devLog):
+        if not _takesLines(devLog):
             raise SystemExit(
                 f"echotwist: --syslog: no syslog daemon listens at {devLog} here,"
                 " and every line would be lost; log to a file (--logfile) or"
@@ -246,11 +248,23 @@ def checkLogDestination(
             )
 
 
-def _isSocket(path: str) -> bool:
-    try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
-    except OSError:
-        return False
+def _takesLines(path: str) -> bool:
+    """
+    Whether a syslog daemon takes lines at C{path}: a socket that accepts
+    a connection as syslog(3) makes one, a datagram one, or a stream one
+    where the daemon listens on a stream socket (syslog-ng can).  A socket
+    file left by a daemon that has gone takes none.
+    """
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(path)
+            except OSError as e:
+                if e.errno == errno.EPROTOTYPE:
+                    continue  # the other kind, as syslog(3) tries it
+                return False
+            return True
+    return False
 
 
 def reactorName() -> str | None:

@@ -368,6 +368,39 @@ class CheckLogDestinationTests(SynchronousTestCase):
             devLog=missing,
         )
 
+    def test_syslogDaemonGone(self) -> None:
+        """
+        A socket file left at /dev/log by a syslog daemon that has gone
+        takes no line: it was taken for a daemon, being a socket.
+        """
+        directory = tempfile.mkdtemp(prefix="echotwist-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        left = os.path.join(directory, "log")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.bind(left)
+        self.assertRaises(
+            SystemExit,
+            checkLogDestination,
+            self.runner(logger=None, syslog=True, nodaemon=False),
+            devLog=left,
+        )
+
+    def test_syslogDaemonOnAStreamSocket(self) -> None:
+        """
+        A daemon listening on a stream socket (syslog-ng can) takes lines:
+        syslog(3) connects with a stream socket there.
+        """
+        directory = tempfile.mkdtemp(prefix="echotwist-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        listening = os.path.join(directory, "log")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.bind(listening)
+            s.listen(1)
+            checkLogDestination(
+                self.runner(logger=None, syslog=True, nodaemon=False),
+                devLog=listening,
+            )
+
     def test_syslogWithADaemon(self) -> None:
         # A short path: a UNIX socket's must fit in 108 bytes.
         directory = tempfile.mkdtemp(prefix="echotwist-")
