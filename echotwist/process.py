@@ -256,14 +256,16 @@ def _takesLines(path: str) -> bool:
     file left by a daemon that has gone takes none.
     """
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_UNIX, kind) as probe:
-            try:
+        try:
+            # socket() fails too where UNIX sockets are not allowed
+            # (systemd's RestrictAddressFamilies=), as syslog(3) would.
+            with socket.socket(socket.AF_UNIX, kind) as probe:
                 probe.connect(path)
-            except OSError as e:
-                if e.errno == errno.EPROTOTYPE:
-                    continue  # the other kind, as syslog(3) tries it
-                return False
-            return True
+        except OSError as e:
+            if e.errno == errno.EPROTOTYPE:
+                continue  # the other kind, as syslog(3) tries it
+            return False
+        return True
     return False
 
 

@@ -401,6 +401,24 @@ class CheckLogDestinationTests(SynchronousTestCase):
                 devLog=listening,
             )
 
+    def test_syslogWithoutUnixSockets(self) -> None:
+        """
+        Where this process may not make a UNIX socket (systemd's
+        C{RestrictAddressFamilies=}), syslog(3) cannot either: refused in
+        one line, not a traceback from the check's own socket.
+        """
+
+        def refused(*args: object) -> object:
+            raise PermissionError(1, "Operation not permitted")
+
+        self.patch(socket, "socket", refused)
+        self.assertRaises(
+            SystemExit,
+            checkLogDestination,
+            self.runner(logger=None, syslog=True, nodaemon=False),
+            devLog="/dev/log",
+        )
+
     def test_syslogWithADaemon(self) -> None:
         # A short path: a UNIX socket's must fit in 108 bytes.
         directory = tempfile.mkdtemp(prefix="echotwist-")
