@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 
-__all__ = ["whyCannotCreateIn", "whyCannotWrite"]
+__all__ = ["whyCannotChangeTo", "whyCannotCreateIn", "whyCannotWrite"]
 
 
 def _may(path: str, mode: int) -> bool:
@@ -23,6 +23,25 @@ def _may(path: str, mode: int) -> bool:
     C{AmbientCapabilities=}) writes.
     """
     return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
+def whyCannotChangeTo(directory: str) -> str | None:
+    """
+    Why this process could not make C{directory} its working directory, or
+    None if it could: it does not exist, is not a directory, or this user
+    may not enter it.
+    """
+    try:
+        isDirectory = stat.S_ISDIR(os.stat(directory).st_mode)
+    except PermissionError:
+        return f"{os.strerror(errno.EACCES)} to reach it"
+    except OSError:
+        return "it does not exist"
+    if not isDirectory:
+        return "it is not a directory"
+    if not _may(directory, os.X_OK):
+        return f"{os.strerror(errno.EACCES)} to enter it"
+    return None
 
 
 def whyCannotCreateIn(directory: str) -> str | None:

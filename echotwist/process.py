@@ -24,7 +24,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 
 from echotwist._address import escape
-from echotwist._files import whyCannotCreateIn, whyCannotWrite
+from echotwist._files import whyCannotChangeTo, whyCannotCreateIn, whyCannotWrite
 from echotwist._twisted import FOREGROUND_REPORT, handReactorToTwist, reportFailedStart
 from echotwist.listening import CannotListen
 
@@ -116,8 +116,9 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
     reports its own C{--log-file} in one line), nor for a log file a
     C{--logger} or C{--syslog} replaces.
 
-    A C{--rundir} that is not a directory is named too: twistd changes to
-    it after the service is made, and that was a traceback.  (The paths
+    A C{--rundir} that is not a directory, or not this user's to enter, is
+    named too: twistd changes to it after the service is made, and that
+    was a traceback.  (The paths
     are the directory twistd was started in's: twistd makes the pidfile's
     absolute before it changes directory, and opens its log file before
     that.)
@@ -133,10 +134,8 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
         return
     chroot = runner.get("chroot")
     rundir = os.path.abspath(runner.get("rundir") or ".")
-    if not chroot and not os.path.isdir(rundir):
-        wrong = (
-            "it is not a directory" if os.path.exists(rundir) else "it does not exist"
-        )
+    wrong = None if chroot else whyCannotChangeTo(rundir)
+    if wrong is not None:
         raise SystemExit(
             escape(f"echotwist: --rundir: cannot change to {rundir}: {wrong}")
         )

@@ -9,7 +9,7 @@ import os
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from echotwist._files import whyCannotCreateIn, whyCannotWrite
+from echotwist._files import whyCannotChangeTo, whyCannotCreateIn, whyCannotWrite
 
 
 class WhyCannotTests(SynchronousTestCase):
@@ -97,4 +97,25 @@ class WhyCannotTests(SynchronousTestCase):
         self.assertEqual(
             whyCannotWrite(os.path.join(run, "echo.pid")),
             f"Permission denied to reach {run}",
+        )
+
+    def test_changeTo(self) -> None:
+        self.assertIsNone(whyCannotChangeTo(self.directory))
+        missing = os.path.join(self.directory, "missing")
+        self.assertEqual(whyCannotChangeTo(missing), "it does not exist")
+        with open(missing, "w"):
+            pass
+        self.assertEqual(whyCannotChangeTo(missing), "it is not a directory")
+
+    def test_changeToNotOurs(self) -> None:
+        """
+        A directory this user may not enter: twistd's C{chdir} there was a
+        PermissionError traceback.
+        """
+        if os.geteuid() == 0:
+            raise SkipTest("root enters whatever the mode says")
+        os.chmod(self.directory, 0o600)
+        self.addCleanup(os.chmod, self.directory, 0o700)
+        self.assertEqual(
+            whyCannotChangeTo(self.directory), "Permission denied to enter it"
         )

@@ -528,6 +528,34 @@ class RefusalTests(ServerTestCase):
         server.signal(signal.SIGTERM)
         self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
 
+    def test_rundirNotOurs(self) -> None:
+        """
+        A C{--rundir} this user may not enter: twistd's C{chdir} there,
+        after the service was made, was a PermissionError traceback.
+        """
+        rundir = os.path.join(self.directory, "rundir")
+        os.mkdir(rundir, 0o700)
+        if os.geteuid() == 0:
+            os.chown(rundir, 1, 1)
+        else:
+            os.chmod(rundir, 0o600)
+            self.addCleanup(os.chmod, rundir, 0o700)
+        output = self.failedStart(
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                f"--rundir={rundir}",
+                "echo",
+            ],
+            preexec=asFileModesSay(),
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --rundir: cannot change to {rundir}: Permission denied"
+            " to enter it",
+        )
+
     def test_pidfileIsADirectory(self) -> None:
         output = self.failedStart(
             runner=[command("twistd"), "-n", f"--pidfile={self.directory}", "echo"]
