@@ -10,10 +10,12 @@ report of a failed start to the foreground.
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import os
 import re
 import select
+import socket
 import stat
 import sys
 from collections.abc import Callable, Mapping, MutableMapping
@@ -22,7 +24,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 
 from echotwist._address import escape
-from echotwist._files import whyCannotWrite
+from echotwist._files import whyCannotChangeTo, whyCannotCreateIn, whyCannotWrite
 from echotwist._twisted import FOREGROUND_REPORT, handReactorToTwist, reportFailedStart
 from echotwist.listening import CannotListen
 
@@ -110,31 +112,35 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
     (C{--logfile}, C{twistd.log} when it daemonizes without one): twistd
     opens them after the service is made, and a failure there is a
     traceback.  As the user twistd runs as; it opens both before any
-    C{--uid} takes effect.  Not under C{--chroot} (the paths are the
-    chroot's), nor under C{twist} (which has no pidfile and reports its own
-    C{--log-file} in one line), nor for a log file a C{--logger} or
-    C{--syslog} replaces.
+    C{--uid} takes effect.  Not under C{twist} (which has no pidfile and
+    reports its own C{--log-file} in one line), nor for a log file a
+    C{--logger} or C{--syslog} replaces.
 
-    A C{--rundir} that is not a directory is named too: twistd changes to
-    it after the service is made, and that was a traceback.  (The paths
+    A C{--rundir} that is not a directory, or not this user's to enter, is
+    named too: twistd changes to it after the service is made, and that
+    was a traceback.  (The paths
     are the directory twistd was started in's: twistd makes the pidfile's
-    absolute before it changes directory.)
+    absolute before it changes directory, and opens its log file before
+    that.)
+
+    Under C{--chroot} only the log file is checked: twistd opens it before
+    it changes root, but writes the pidfile and changes to C{--rundir}
+    after, at paths that are the chroot's.
 
     @param runner: twistd's or twist's options, or None.
     @raise SystemExit: naming the option, the path and what is wrong.
     """
-    if runner is None or "pidfile" not in runner or runner.get("chroot"):
+    if runner is None or "pidfile" not in runner:
         return
+    chroot = runner.get("chroot")
     rundir = os.path.abspath(runner.get("rundir") or ".")
-    if not os.path.isdir(rundir):
-        wrong = (
-            "it is not a directory" if os.path.exists(rundir) else "it does not exist"
-        )
+    wrong = None if chroot else whyCannotChangeTo(rundir)
+    if wrong is not None:
         raise SystemExit(
             escape(f"echotwist: --rundir: cannot change to {rundir}: {wrong}")
         )
     wanted = []
-    if runner["pidfile"]:
+    if runner["pidfile"] and not chroot:
         wanted.append(("--pidfile", runner["pidfile"]))
     logfile = runner.get("logfile")
     if not (runner.get("logger") or runner.get("syslog") or logfile == "-"):
@@ -144,8 +150,11 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
             wanted.append(("--logfile", "twistd.log"))
     for option, path in wanted:
         path = os.path.abspath(path)
-        why = whyCannotWrite(path)
-        if why is None:
+        # twistd reads a pidfile that is there (for a running process's
+        # pid), and its LogFile opens a log file that is there to read and
+        # write.
+        why = whyCannotWrite(path, alsoRead=True)
+        if why is None or (option == "--pidfile" and _replacedAsStale(path)):
             continue
         for defaultOption, default, hint in _DEFAULT_FILES:
             if option == defaultOption and path == os.path.abspath(default):
@@ -153,6 +162,34 @@ def checkRunnerFiles(runner: Mapping[str, Any] | None) -> None:
         # Escaped: the path is the user's, but a terminal need not show its
         # control characters raw.
         raise SystemExit(escape(f"echotwist: {option}: cannot write {path}: {why}"))
+
+
+def _replacedAsStale(pidfile: str) -> bool:
+    """
+    Whether twistd would remove C{pidfile} as stale and write a new one in
+    its place, as its C{checkPID} does before anything starts: it names no
+    running process, and this user may remove it and create a file in its
+    directory.  Then a pidfile this user may not write (left by root, say)
+    is no reason to refuse.
+    """
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read())
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pass  # stale
+    except (OSError, ValueError):
+        return False  # unreadable, not a pid, or another user's live process
+    else:
+        return False  # a running process: twistd refuses to start beside it
+    directory = os.path.dirname(pidfile)
+    if whyCannotCreateIn(directory) is not None:
+        return False
+    owners = (os.stat(directory).st_uid, os.lstat(pidfile).st_uid)
+    # In a sticky directory (/tmp) only the file's or the directory's owner
+    # may remove a file.
+    sticky = os.stat(directory).st_mode & stat.S_ISVTX
+    return not sticky or os.geteuid() in (0, *owners)
 
 
 #: The observer twistd's C{--logger} names for echotwist's JSON lines.
@@ -170,8 +207,9 @@ def checkLogDestination(
         which writes to standard output, daemonizing (twistd points standard
         output at /dev/null) or with C{--logfile} (which twistd ignores
         once C{--logger} is given);
-      - to syslog (C{--syslog}) on a Linux host where nothing listens at
-        C{devLog}, as in most containers: the C library drops each line.
+      - to syslog (C{--syslog}, unless a C{--logger} replaces it) on a
+        Linux host where nothing listens at C{devLog}, as in most
+        containers: the C library drops each line.
 
     @param runner: twistd's or twist's options, or None.
     @param devLog: where the C library sends syslog lines on Linux.
@@ -195,8 +233,13 @@ def checkLogDestination(
                 f"echotwist: --logger {JSON_OBSERVER} writes to standard output,"
                 " which a daemonizing twistd points at /dev/null: add -n"
             )
-    elif runner.get("syslog") and sys.platform.startswith("linux"):
-        if not _isSocket(devLog):
+    elif (
+        runner.get("syslog")
+        # twistd logs to a --logger's observer, and ignores --syslog then.
+        and not runner.get("logger")
+        and sys.platform.startswith("linux")
+    ):
+        if not _takesLines(devLog):
             raise SystemExit(
                 f"echotwist: --syslog: no syslog daemon listens at {devLog} here,"
                 " and every line would be lost; log to a file (--logfile) or"
@@ -204,11 +247,25 @@ def checkLogDestination(
             )
 
 
-def _isSocket(path: str) -> bool:
-    try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
-    except OSError:
-        return False
+def _takesLines(path: str) -> bool:
+    """
+    Whether a syslog daemon takes lines at C{path}: a socket that accepts
+    a connection as syslog(3) makes one, a datagram one, or a stream one
+    where the daemon listens on a stream socket (syslog-ng can).  A socket
+    file left by a daemon that has gone takes none.
+    """
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        try:
+            # socket() fails too where UNIX sockets are not allowed
+            # (systemd's RestrictAddressFamilies=), as syslog(3) would.
+            with socket.socket(socket.AF_UNIX, kind) as probe:
+                probe.connect(path)
+        except OSError as e:
+            if e.errno == errno.EPROTOTYPE:
+                continue  # the other kind, as syslog(3) tries it
+            return False
+        return True
+    return False
 
 
 def reactorName() -> str | None:

@@ -9,7 +9,7 @@ import os
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from echotwist._files import whyCannotCreateIn, whyCannotWrite
+from echotwist._files import whyCannotChangeTo, whyCannotCreateIn, whyCannotWrite
 
 
 class WhyCannotTests(SynchronousTestCase):
@@ -35,6 +35,39 @@ class WhyCannotTests(SynchronousTestCase):
     def test_aDirectory(self) -> None:
         self.assertEqual(whyCannotWrite(self.directory), "it is a directory")
 
+    def test_danglingLink(self) -> None:
+        """
+        A link to a file not there yet: twistd's C{open} creates the
+        target, so the target's directory is the one that must exist; the
+        link's own directory was looked at, and the start ended in a
+        FileNotFoundError traceback.
+        """
+        missing = os.path.join(self.directory, "run", "echotwist")
+        link = os.path.join(self.directory, "echo.pid")
+        os.symlink(os.path.join(missing, "echo.pid"), link)
+        self.assertEqual(
+            whyCannotWrite(link), f"its directory {missing} does not exist"
+        )
+        os.makedirs(missing)
+        self.assertIsNone(whyCannotWrite(link))
+
+    def test_writeOnly(self) -> None:
+        """
+        A file this user may write but not read: twistd's log file, which
+        it opens to read and write (C{rb+}), cannot be opened.
+        """
+        if os.geteuid() == 0:
+            raise SkipTest("root reads whatever the mode says")
+        path = os.path.join(self.directory, "echo.log")
+        with open(path, "w"):
+            pass
+        os.chmod(path, 0o200)
+        self.assertIsNone(whyCannotWrite(path))
+        self.assertEqual(
+            whyCannotWrite(path, alsoRead=True),
+            "Permission denied to read it, which twistd does too",
+        )
+
     def test_notOurs(self) -> None:
         """
         Permissions that refuse this user (checked where they would: not as
@@ -48,4 +81,41 @@ class WhyCannotTests(SynchronousTestCase):
         self.assertEqual(
             whyCannotCreateIn(self.directory),
             f"Permission denied to create a file in {self.directory}",
+        )
+
+    def test_notReachable(self) -> None:
+        """
+        A directory behind one this user may not search was said not to
+        exist.
+        """
+        if os.geteuid() == 0:
+            raise SkipTest("root searches whatever the mode says")
+        run = os.path.join(self.directory, "run")
+        os.mkdir(run)
+        os.chmod(self.directory, 0o600)
+        self.addCleanup(os.chmod, self.directory, 0o700)
+        self.assertEqual(
+            whyCannotWrite(os.path.join(run, "echo.pid")),
+            f"Permission denied to reach {run}",
+        )
+
+    def test_changeTo(self) -> None:
+        self.assertIsNone(whyCannotChangeTo(self.directory))
+        missing = os.path.join(self.directory, "missing")
+        self.assertEqual(whyCannotChangeTo(missing), "it does not exist")
+        with open(missing, "w"):
+            pass
+        self.assertEqual(whyCannotChangeTo(missing), "it is not a directory")
+
+    def test_changeToNotOurs(self) -> None:
+        """
+        A directory this user may not enter: twistd's C{chdir} there was a
+        PermissionError traceback.
+        """
+        if os.geteuid() == 0:
+            raise SkipTest("root enters whatever the mode says")
+        os.chmod(self.directory, 0o600)
+        self.addCleanup(os.chmod, self.directory, 0o700)
+        self.assertEqual(
+            whyCannotChangeTo(self.directory), "Permission denied to enter it"
         )

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from echotwist.logs import jsonObserver
 from echotwist.process import (
     JSON_OBSERVER,
+    _replacedAsStale,
     checkLogDestination,
     checkRunnerFiles,
     installDefaultReactor,
@@ -210,10 +211,20 @@ class CheckRunnerFilesTests(SynchronousTestCase):
 
     def test_chroot(self) -> None:
         """
-        Under C{--chroot} the paths are the chroot's: not checked here.
+        Under C{--chroot} the pidfile and C{--rundir} are the chroot's: not
+        checked here.  The log file is checked: twistd opens it before it
+        changes root (it was a FileNotFoundError traceback).
         """
         path = os.path.join(self.missing, "p.pid")
-        checkRunnerFiles(self.runner(pidfile=path, chroot="/srv/jail"))
+        checkRunnerFiles(
+            self.runner(pidfile=path, rundir="/var/echo", chroot="/srv/jail")
+        )
+        logfile = os.path.join(self.missing, "echo.log")
+        self.assertEqual(
+            self.refusal(self.runner(logfile=logfile, chroot="/srv/jail")),
+            f"echotwist: --logfile: cannot write {logfile}: its directory"
+            f" {self.missing} does not exist",
+        )
 
     def test_notTwistd(self) -> None:
         """
@@ -226,6 +237,52 @@ class CheckRunnerFilesTests(SynchronousTestCase):
     def test_escaped(self) -> None:
         path = os.path.join(self.missing, "a\x1b[2J.pid")
         self.assertIn("a\\x1b[2J.pid", self.refusal(self.runner(pidfile=path)))
+
+
+class ReplacedAsStaleTests(SynchronousTestCase):
+    """
+    L{_replacedAsStale}: whether twistd removes a pidfile as stale and
+    writes its own.  (Refused or not by the real twistd:
+    tests.system.test_integration.RefusalTests.test_stalePidfileNotOurs.)
+    """
+
+    def pidfile(self, text: str) -> str:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        path = os.path.join(directory, "echo.pid")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_stale(self) -> None:
+        with open("/proc/sys/kernel/pid_max") as f:
+            self.assertTrue(_replacedAsStale(self.pidfile(str(int(f.read()) + 1))))
+
+    def test_notStale(self) -> None:
+        """
+        A running process's pid, or no pid at all: twistd does not remove
+        it.
+        """
+        self.assertFalse(_replacedAsStale(self.pidfile(str(os.getpid()))))
+        self.assertFalse(_replacedAsStale(self.pidfile("x")))
+
+    def test_stickyDirectory(self) -> None:
+        """
+        In a sticky directory (/tmp) a file only its owner or the
+        directory's may remove stays, and twistd's removal would fail.
+        """
+        if os.geteuid() != 0:
+            raise SkipTest("giving the files to another user takes root")
+        with open("/proc/sys/kernel/pid_max") as f:
+            path = self.pidfile(str(int(f.read()) + 1))
+        directory = os.path.dirname(path)
+        os.chmod(directory, 0o1777)
+        os.chown(directory, 1, 1)
+        os.chown(path, 2, 2)
+        self.patch(os, "geteuid", lambda: 3)
+        self.assertFalse(_replacedAsStale(path))
+        self.patch(os, "geteuid", lambda: 2)
+        self.assertTrue(_replacedAsStale(path))
 
 
 class CheckLogDestinationTests(SynchronousTestCase):
@@ -299,6 +356,68 @@ class CheckLogDestinationTests(SynchronousTestCase):
         with open(missing, "w"):
             pass
         self.assertRaises(SystemExit, checkLogDestination, runner, devLog=missing)
+
+    def test_syslogBesideALogger(self) -> None:
+        """
+        twistd logs to a C{--logger}'s observer and ignores C{--syslog}
+        beside it: no syslog daemon is needed then.
+        """
+        missing = os.path.abspath(self.mktemp())
+        checkLogDestination(
+            self.runner(logger="my.observer", syslog=True, nodaemon=False),
+            devLog=missing,
+        )
+
+    def test_syslogDaemonGone(self) -> None:
+        """
+        A socket file left at /dev/log by a syslog daemon that has gone
+        takes no line: it was taken for a daemon, being a socket.
+        """
+        directory = tempfile.mkdtemp(prefix="echotwist-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        left = os.path.join(directory, "log")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.bind(left)
+        self.assertRaises(
+            SystemExit,
+            checkLogDestination,
+            self.runner(logger=None, syslog=True, nodaemon=False),
+            devLog=left,
+        )
+
+    def test_syslogDaemonOnAStreamSocket(self) -> None:
+        """
+        A daemon listening on a stream socket (syslog-ng can) takes lines:
+        syslog(3) connects with a stream socket there.
+        """
+        directory = tempfile.mkdtemp(prefix="echotwist-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        listening = os.path.join(directory, "log")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.bind(listening)
+            s.listen(1)
+            checkLogDestination(
+                self.runner(logger=None, syslog=True, nodaemon=False),
+                devLog=listening,
+            )
+
+    def test_syslogWithoutUnixSockets(self) -> None:
+        """
+        Where this process may not make a UNIX socket (systemd's
+        C{RestrictAddressFamilies=}), syslog(3) cannot either: refused in
+        one line, not a traceback from the check's own socket.
+        """
+
+        def refused(*args: object) -> object:
+            raise PermissionError(1, "Operation not permitted")
+
+        self.patch(socket, "socket", refused)
+        self.assertRaises(
+            SystemExit,
+            checkLogDestination,
+            self.runner(logger=None, syslog=True, nodaemon=False),
+            devLog="/dev/log",
+        )
 
     def test_syslogWithADaemon(self) -> None:
         # A short path: a UNIX socket's must fit in 108 bytes.

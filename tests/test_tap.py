@@ -616,7 +616,7 @@ class LogFileSearchTests(SynchronousTestCase):
     def test_notToSyslog(self) -> None:
         # As on a host with a syslog daemon: where there is none, --syslog
         # is refused (tests.test_process.CheckLogDestinationTests).
-        self.patch(process, "_isSocket", lambda path: True)
+        self.patch(process, "_takesLines", lambda path: True)
         self.assertEqual(self.decide("--syslog"), (False, False))
 
     def test_aLogFile(self) -> None:

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SkipTest
 
 from echotwist.connections import DEFAULT_DRAIN_QUIET
 from tests._clients import echoOnce, exchange, readUntilClosed
-from tests._tools import CHECKOUT, selfSignedCertificate
+from tests._tools import CHECKOUT, requireRoot, requireTool, selfSignedCertificate
 from tests._twistd import (
     LOOPBACK,
     WAIT,
@@ -27,6 +27,7 @@ from tests._twistd import (
     TwistedReactorMixin,
     command,
 )
+from tests.system.test_signals import logPort, waitInFile
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -463,6 +464,30 @@ class RefusalTests(ServerTestCase):
             f" denied to create a file in {directory}",
         )
 
+    def test_pidfileBehindADirectoryNotOurs(self) -> None:
+        """
+        A pidfile in a directory behind one this user may not search: the
+        line said that directory did not exist.
+        """
+        locked = os.path.join(self.directory, "locked")
+        run = os.path.join(locked, "run")
+        os.makedirs(run)
+        os.chmod(locked, 0o700)
+        if os.geteuid() == 0:
+            os.chown(locked, 1, 1)
+        else:
+            os.chmod(locked, 0o600)
+            self.addCleanup(os.chmod, locked, 0o700)
+        output = self.failedStart(
+            runner=[command("twistd"), "-n", f"--pidfile={run}/echo.pid", "echo"],
+            preexec=asFileModesSay(),
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --pidfile: cannot write {run}/echo.pid: Permission"
+            f" denied to reach {run}",
+        )
+
     def test_defaultPidfileInAReadOnlyDirectory(self) -> None:
         """
         Without C{--pidfile}, twistd writes C{twistd.pid} where it was
@@ -477,6 +502,58 @@ class RefusalTests(ServerTestCase):
             f"echotwist: --pidfile: cannot write {self.directory}/twistd.pid:"
             f" Permission denied to create a file in {self.directory} (twistd's"
             " default: --pidfile=PATH for another, --pidfile= for none)",
+        )
+
+    def test_stalePidfileNotOurs(self) -> None:
+        """
+        A pidfile this user may not write, naming no running process, in a
+        directory where it may: twistd removes it as stale and writes its
+        own (a root-owned file left by an earlier run, say).  The check
+        refused it ("Permission denied").  One that names a running
+        process is still refused.
+        """
+        pidfile = os.path.join(self.directory, "echo.pid")
+        with open("/proc/sys/kernel/pid_max") as f:
+            noProcess = int(f.read()) + 1
+        with open(pidfile, "w") as f:
+            f.write(str(noProcess))
+        os.chmod(pidfile, 0o444)
+        runner = [command("twistd"), "-n", f"--pidfile={pidfile}", "echo"]
+        server = self.start(runner=runner, preexec=asFileModesSay())
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"stale"), b"stale")
+        with open(pidfile) as f:
+            self.assertEqual(f.read(), str(server.process.pid))
+        os.chmod(pidfile, 0o444)
+        self.failedStart(runner=runner, preexec=asFileModesSay())
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
+
+    def test_rundirNotOurs(self) -> None:
+        """
+        A C{--rundir} this user may not enter: twistd's C{chdir} there,
+        after the service was made, was a PermissionError traceback.
+        """
+        rundir = os.path.join(self.directory, "rundir")
+        os.mkdir(rundir, 0o700)
+        if os.geteuid() == 0:
+            os.chown(rundir, 1, 1)
+        else:
+            os.chmod(rundir, 0o600)
+            self.addCleanup(os.chmod, rundir, 0o700)
+        output = self.failedStart(
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                f"--rundir={rundir}",
+                "echo",
+            ],
+            preexec=asFileModesSay(),
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --rundir: cannot change to {rundir}: Permission denied"
+            " to enter it",
         )
 
     def test_pidfileIsADirectory(self) -> None:
@@ -506,6 +583,68 @@ class RefusalTests(ServerTestCase):
             output.splitlines()[-1],
             f"echotwist: --logfile: cannot write {missing}/echo.log: its directory"
             f" {missing} does not exist",
+        )
+
+    def test_logfileUnderChroot(self) -> None:
+        """
+        twistd opens its log file before it changes root: under
+        C{--chroot}, one that cannot be opened was a FileNotFoundError
+        traceback.
+        """
+        requireRoot("chroot(2)")
+        missing = os.path.join(self.directory, "log")
+        output = self.failedStart(
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                "--chroot=/",
+                f"--logfile={missing}/echo.log",
+                "echo",
+            ]
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --logfile: cannot write {missing}/echo.log: its directory"
+            f" {missing} does not exist",
+        )
+
+    def test_writeOnlyLogfile(self) -> None:
+        """
+        twistd opens a log file that exists to read and write: one this
+        user may only write was a PermissionError traceback.
+        """
+        logfile = os.path.join(self.directory, "echo.log")
+        with open(logfile, "w"):
+            pass
+        os.chmod(logfile, 0o200)
+        output = self.failedStart(
+            runner=[command("twistd"), "--pidfile=", f"--logfile={logfile}", "echo"],
+            preexec=asFileModesSay(),
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --logfile: cannot write {logfile}: Permission denied to"
+            " read it, which twistd does too",
+        )
+
+    def test_writeOnlyPidfile(self) -> None:
+        """
+        twistd reads a pidfile that is there before it writes its own: one
+        this user may only write was a PermissionError traceback.
+        """
+        pidfile = os.path.join(self.directory, "echo.pid")
+        with open(pidfile, "w") as f:
+            f.write("1")
+        os.chmod(pidfile, 0o200)
+        output = self.failedStart(
+            runner=[command("twistd"), "-n", f"--pidfile={pidfile}", "echo"],
+            preexec=asFileModesSay(),
+        )
+        self.assertEqual(
+            output.splitlines()[-1],
+            f"echotwist: --pidfile: cannot write {pidfile}: Permission denied to"
+            " read it, which twistd does too",
         )
 
     def test_jsonLogsWhenDaemonizing(self) -> None:
@@ -550,6 +689,39 @@ class RefusalTests(ServerTestCase):
             " every line would be lost; log to a file (--logfile) or to standard"
             " output (-n)",
         )
+
+    def test_syslogBesideALogger(self) -> None:
+        """
+        C{--syslog} beside a C{--logger}: twistd logs to the logger's
+        observer and ignores C{--syslog}, so no syslog daemon is needed;
+        it was refused for the missing /dev/log.
+        """
+        if os.path.exists("/dev/log"):
+            raise SkipTest("a syslog socket is there (/dev/log)")
+        with open(os.path.join(self.directory, "stdoutlog.py"), "w") as f:
+            f.write(
+                "import sys\n"
+                "from twisted.logger import textFileLogObserver\n"
+                "def observer():\n"
+                "    return textFileLogObserver(sys.__stdout__)\n"
+            )
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            runner=[
+                command("twistd"),
+                "-n",
+                "--pidfile=",
+                "--syslog",
+                "--logger",
+                "stdoutlog.observer",
+                "echo",
+            ],
+            env={"PYTHONPATH": self.directory},
+        )
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"logged"), b"logged")
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
 
     def test_unreadableKeyFile(self) -> None:
         """
@@ -610,6 +782,107 @@ class RefusalTests(ServerTestCase):
             " denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
             output,
         )
+
+
+#: Run by C{unshare -m}: a read-only tmpfs at $1 holding a symbolic link to
+#: the writable file $2 and the writable file $3 bind-mounted, then the
+#: command after them.  The mounts end with the namespace.
+_READ_ONLY_DIRECTORY = (
+    'set -e; mount -t tmpfs -o mode=0755 echotwist-test "$1";'
+    ' ln -s "$2" "$1/echo.pid"; : > "$1/echo.log";'
+    ' mount --bind "$3" "$1/echo.log"; mount -o remount,bind,ro "$1";'
+    ' shift 3; exec "$@"'
+)
+
+
+class ReadOnlyDirectoryTests(ServerTestCase):
+    """
+    twistd's files named in a read-only directory but written elsewhere,
+    as a read-only root file system has them: checked where C{open}
+    writes, not refused for their directory's file system.
+    """
+
+    def test_linkedPidfileAndMountedLogfile(self) -> None:
+        """
+        A pidfile that is a symbolic link to a writable file, and a log file
+        bind-mounted from a writable file system: twistd writes both (the
+        check said "read-only file system" and twistd did not start).
+        """
+        requireRoot("mounts in a mount namespace of its own (unshare -m)")
+        unshare = requireTool("unshare", "util-linux")
+        readOnly = os.path.join(self.directory, "ro")
+        os.mkdir(readOnly)
+        pidfile = os.path.join(self.directory, "echo.pid")
+        logfile = os.path.join(self.directory, "echo.log")
+        with open(logfile, "w"):
+            pass
+        server = self.start(
+            runner=[
+                unshare,
+                "-m",
+                "sh",
+                "-c",
+                _READ_ONLY_DIRECTORY,
+                "sh",
+                readOnly,
+                pidfile,
+                logfile,
+                command("twistd"),
+                "-n",
+                f"--pidfile={readOnly}/echo.pid",
+                f"--logfile={readOnly}/echo.log",
+                "echo",
+                "--port",
+                f"tcp:0:interface={LOOPBACK}",
+            ]
+        )
+        port = logPort(waitInFile(self, logfile, r"Listening on "))
+        self.assertEqual(echoOnce((LOOPBACK, port), b"ro"), b"ro")
+        with open(pidfile) as f:
+            self.assertEqual(f.read(), str(server.process.pid))
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
+
+
+class CapabilityTests(ServerTestCase):
+    """
+    twistd's files checked as C{open} will meet them: with the process's
+    effective ids and capabilities.
+    """
+
+    def test_pidfileWithDacOverride(self) -> None:
+        """
+        A user with CAP_DAC_OVERRIDE (systemd's C{AmbientCapabilities=})
+        writes a pidfile in a directory only root may write; the check
+        asked C{os.access}, which drops the capabilities of any user but
+        root, and refused it ("Permission denied to create a file in").
+        """
+        requireRoot("a user with a capability (setpriv)")
+        setpriv = requireTool("setpriv", "util-linux")
+        run = os.path.join(self.directory, "run")
+        os.mkdir(run, 0o700)
+        pidfile = os.path.join(run, "echo.pid")
+        server = self.start(
+            runner=[
+                setpriv,
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=+dac_override",
+                "--ambient-caps=+dac_override",
+                command("twistd"),
+                "-n",
+                f"--pidfile={pidfile}",
+                "echo",
+                "--port",
+                f"tcp:0:interface={LOOPBACK}",
+            ]
+        )
+        self.assertEqual(echoOnce((LOOPBACK, server.port), b"cap"), b"cap")
+        with open(pidfile) as f:
+            self.assertEqual(f.read(), str(server.process.pid))
+        server.signal(signal.SIGTERM)
+        self.assertEqual(server.wait(), -signal.SIGTERM, server.output)
 
 
 class OtherRunnersTests(ServerTestCase):
