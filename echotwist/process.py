@@ -259,7 +259,14 @@ def _takesLines(path: str) -> bool:
             # socket() fails too where UNIX sockets are not allowed
             # (systemd's RestrictAddressFamilies=), as syslog(3) would.
             with socket.socket(socket.AF_UNIX, kind) as probe:
+                # A stream daemon whose backlog is full would hold a
+                # blocking connect (the start would hang); without
+                # blocking, the connect says EAGAIN: a daemon that is
+                # there, only busy.
+                probe.setblocking(False)
                 probe.connect(path)
+        except BlockingIOError:
+            return True
         except OSError as e:
             if e.errno == errno.EPROTOTYPE:
                 continue  # the other kind, as syslog(3) tries it

@@ -401,6 +401,37 @@ class CheckLogDestinationTests(SynchronousTestCase):
                 devLog=listening,
             )
 
+    def test_syslogDaemonBusy(self) -> None:
+        """
+        A stream daemon whose backlog is full holds a blocking connect: the
+        check does not block, and takes the daemon for there (it is, only
+        busy) rather than hang the start.
+        """
+        directory = tempfile.mkdtemp(prefix="echotwist-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        listening = os.path.join(directory, "log")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.bind(listening)
+            s.listen(0)
+            waiting = []
+            self.addCleanup(lambda: [c.close() for c in waiting])
+            # Fill the backlog: connects that are not accepted, until one
+            # would block.
+            for _ in range(64):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.setblocking(False)
+                waiting.append(c)
+                try:
+                    c.connect(listening)
+                except BlockingIOError:
+                    break
+            else:
+                self.fail("the backlog never filled")
+            checkLogDestination(
+                self.runner(logger=None, syslog=True, nodaemon=False),
+                devLog=listening,
+            )
+
     def test_syslogWithoutUnixSockets(self) -> None:
         """
         Where this process may not make a UNIX socket (systemd's
