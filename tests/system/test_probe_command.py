@@ -467,6 +467,29 @@ class BadTargetTests(ProbeTestCase):
             " within 1 s (0 of 64 bytes back)\n",
         )
 
+    def test_ctrlCBulkWhileHandshaking(self) -> None:
+        """
+        SIGINT to a --bulk run whose TLS handshake never finishes (a server
+        that reads the ClientHello and answers nothing): the run ends at
+        once with nothing measured, exit 1, not a clean run with exit 0.
+        """
+        port = self.badServer("discard")
+        process = self.interruptible(
+            f"tls:127.0.0.1:{port}", "--bulk", "-k", "-W", "30", "--json", "-"
+        )
+        self.assertEqual(self.readLine(self.server), "READ\n")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=WAIT)
+        self.assertEqual(process.returncode, 1, out + err)
+        document = json.loads(out)
+        self.assertEqual(document["exit_status"], 1)
+        self.assertEqual(document["bulk"]["sent_bytes"], 0)
+        self.assertEqual(
+            err,
+            f"echotwist-probe: tls:127.0.0.1:{port}: stopped before any byte"
+            " was sent\n",
+        )
+
     def test_ctrlCAgainstSilentUDP(self) -> None:
         """
         SIGINT against a UDP port that never answers: the datagrams in
