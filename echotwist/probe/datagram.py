@@ -14,8 +14,10 @@ import ipaddress
 import math
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress, IHostResolution, IResolutionReceiver
 from twisted.internet.protocol import DatagramProtocol
-from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from echotwist.probe.payload import (
     ANSWERED,
@@ -25,7 +27,7 @@ from echotwist.probe.payload import (
     ProbeFailure,
 )
 from echotwist.probe.report import Sample, probeLine
-from echotwist.probe.run import Run, describeFailure
+from echotwist.probe.run import Run
 
 #: How often a rate run sends, in seconds: a tenth of a second's datagrams
 #: at a time would be a burst; a hundredth is smooth enough.
@@ -51,6 +53,31 @@ class _Datagrams(DatagramProtocol):
         # connectionRefused: a port that stops while the run goes on was
         # refused.
         self.run.fail(_REFUSED)
+
+
+@implementer(IResolutionReceiver)
+class _FirstAddress:
+    """
+    Hands the first address a name resolves to to a L{DatagramRun}.
+    """
+
+    def __init__(self, run: DatagramRun) -> None:
+        self.run = run
+        self.address: str | None = None
+
+    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:
+        if self.address is None:
+            assert isinstance(address, (IPv4Address, IPv6Address))
+            self.address = address.host
+
+    def resolutionComplete(self) -> None:
+        if self.address is None:
+            self.run._unresolved()
+        else:
+            self.run._open(self.address)
 
 
 class DatagramRun(Run):
@@ -89,18 +116,28 @@ class DatagramRun(Run):
     def begin(self) -> None:
         """
         Resolve the host when it is a name, then open the socket.
+
+        The name goes through the reactor's C{nameResolver} (getaddrinfo),
+        which knows both families, and the first address it gives is
+        used, as ping uses it: C{reactor.resolve} knows IPv4 only, and
+        took a name with only IPv6 addresses for one that does not
+        resolve.
         """
         host = self.target.host
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            d = self.reactor.resolve(host)
-            d.addCallbacks(self._open, self._unresolved)
+            self.reactor.nameResolver.resolveHostName(
+                _FirstAddress(self),
+                host,
+                addressTypes=[IPv4Address, IPv6Address],
+                transportSemantics="UDP",
+            )
         else:
             self._open(host)
 
-    def _unresolved(self, reason: Failure) -> None:
-        self.fail(describeFailure(reason))
+    def _unresolved(self) -> None:
+        self.fail("the host name does not resolve")
 
     def _open(self, address: str) -> None:
         if self.finished:

@@ -249,6 +249,55 @@ class ProbeTransportTests(ProbeTestCase):
         self.ok(f"[::1]:{port}", "-c", "2", "-i", "0.05")
         self.ok(f"udp:[::1]:{udpPort}", "-c", "2", "-i", "0.05")
 
+    def test_udpNameWithOnlyIPv6(self) -> None:
+        """
+        udp: to a host name that has only an IPv6 address (here ::1, named
+        by an /etc/hosts of the test's own, bind-mounted in a mount
+        namespace of its own) probes that address, as tcp: does; it was
+        refused as a name that does not resolve.
+        """
+        requireRoot("a mount namespace with an /etc/hosts of its own")
+        unshare = requireTool("unshare", "util-linux")
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+            udpPort = s.getsockname()[1]
+        server = self.start(
+            "--port",
+            "tcp6:0:interface=\\:\\:1",
+            "--udp",
+            f"udp:{udpPort}:interface=\\:\\:1",
+        )
+        server.waitFor(r"Listening on .*\(udp:")
+        name = f"echotwist-v6only-{os.getpid()}"
+        hosts = os.path.join(self.directory, "hosts")
+        with open(hosts, "w") as f:
+            f.write(f"::1 {name}\n")
+        script = 'mount --bind "$1" /etc/hosts && shift && exec "$@"'
+        for kind in ("tcp", "udp"):
+            result = subprocess.run(
+                [
+                    unshare,
+                    "--mount",
+                    "sh",
+                    "-c",
+                    script,
+                    "sh",
+                    hosts,
+                    command("echotwist-probe"),
+                    f"{kind}:{name}:{server.port if kind == 'tcp' else udpPort}",
+                    "-c",
+                    "2",
+                    "-i",
+                    "0.05",
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=WAIT * 2,
+            )
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+            self.assertIn("2 probes sent, 2 answered", result.stdout)
+
     def test_unix(self) -> None:
         path = os.path.join(self.directory, "echo.sock")
         server = self.start("--port", f"unix:{path}")
