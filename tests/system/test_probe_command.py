@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from echotwist.probe.payload import Payloads
 from tests._badservers import HTTP_ANSWER
@@ -367,6 +367,32 @@ class ProbeTransportTests(ProbeTestCase):
         with open(path, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
+    def test_readerGone(self) -> None:
+        """
+        echotwist-probe ... | head -2: when the reader of standard output
+        goes away, an unbounded run ends (as ping, killed by SIGPIPE, does,
+        so the pipeline ends) with its exit status and no traceback; for
+        TCP and UDP.
+        """
+        udpPort = freePort(socket.SOCK_DGRAM)
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--udp",
+            f"udp:{udpPort}:interface={LOOPBACK}",
+        )
+        server.waitFor(r"Listening on .*\(udp:")
+        for target in (f"tcp:127.0.0.1:{server.port}", f"udp:127.0.0.1:{udpPort}"):
+            process = self.interruptible(target, "-i", "0.05")
+            self.assertTrue(self.readLine(process).startswith("PROBE "))
+            self.assertIn(" seq=0 time=", self.readLine(process))
+            assert process.stdout is not None
+            process.stdout.close()
+            process.wait(WAIT)
+            assert process.stderr is not None
+            err = process.stderr.read()
+            self.assertEqual((process.returncode, err), (0, ""), target)
+
     def test_durationBounds(self) -> None:
         """
         --duration ends an unbounded run: at most one probe per interval
@@ -695,6 +721,21 @@ class BadTargetTests(ProbeTestCase):
             result.stderr,
             "echotwist-probe: --plot needs matplotlib: install echotwist with"
             " its plot extra (pip install '.[plot]' from a checkout) (see --help)\n",
+        )
+
+    def test_jsonCannotBeWritten(self) -> None:
+        """
+        A --json file that cannot be written when the run ends (a full
+        disk) is one line and exit 2: the document is the result a
+        program waits for.
+        """
+        if not os.path.exists("/dev/full"):
+            raise SkipTest("no /dev/full here")
+        port = self.start().port
+        line = self.refused(f"tcp:127.0.0.1:{port}", "-c", "1", "--json", "/dev/full")
+        self.assertEqual(
+            line,
+            "echotwist-probe: --json /dev/full: cannot write (No space left on device)",
         )
 
     def test_jsonRecordsTheError(self) -> None:
