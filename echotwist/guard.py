@@ -59,6 +59,22 @@ class GuardedConnection(ProtocolWrapper):
         super().connectionLost(reason)
 
 
+class _Refused(Protocol):
+    """
+    A connection over the limits: closed as soon as it is made.
+
+    Refusing it by building no protocol (C{None}) closes a plain TCP
+    connection at accept, but a TLS listener's factory wraps whatever the
+    factory under it builds, C{None} too, and that connection was held
+    open for good; closing it here ends both (Twisted's TLS aborts a
+    connection closed before its handshake).
+    """
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
 class ConnectionGuard(WrappingFactory):
     """
     Wraps a side listener's factory: at most C{maxConnections} connections
@@ -103,9 +119,9 @@ class ConnectionGuard(WrappingFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override, unused-ignore]
         """
-        Build the wrapped protocol, or refuse the connection (None, and a
-        throttled log line) while C{maxConnections} are open, or
-        C{maxPerSource} from its source.
+        Build the wrapped protocol, or refuse the connection (closed as it
+        is made, and a throttled log line) while C{maxConnections} are
+        open, or C{maxPerSource} from its source.
         """
         host = getattr(addr, "host", None)
         source = sourceGroup(host) if isinstance(host, str) else "-"
@@ -123,7 +139,7 @@ class ConnectionGuard(WrappingFactory):
                 open=len(self.protocols),
                 fromSource=fromSource,
             )
-            return None
+            return _Refused()
         # Twisted before 26 has WrappingFactory.buildProtocol untyped.
         protocol: Protocol | None = super().buildProtocol(addr)
         if isinstance(protocol, GuardedConnection):
