@@ -19,7 +19,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from twisted.logger import ILogObserver
 from twisted.python import usage
+from zope.interface import provider
 
 from echotwist.probe.options import ProbeOptions
 
@@ -44,6 +46,30 @@ def _installReactor() -> None:
         pass
 
 
+@provider(ILogObserver)
+def _logLine(event: dict[str, Any]) -> None:
+    """
+    Twisted's critical events (an error in a callback) as one escaped line
+    each on standard error, never a traceback; the rest is not the probe's
+    to print.  A certificate that names no host is left out: the probe's
+    own check says so (L{echotwist.probe.target.peerCheck}).
+    """
+    from twisted.logger import LogLevel, formatEvent
+
+    from echotwist._address import escape
+
+    if event.get("log_level") != LogLevel.critical:
+        return
+    failure = event.get("log_failure")
+    text = formatEvent(event)
+    if failure is not None:
+        error = failure.value
+        if type(error).__module__.startswith("service_identity"):
+            return
+        text += f": {type(error).__name__}: {error}"
+    print(f"echotwist-probe: {escape(' '.join(text.split()))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """
     The command: parse C{argv} (default C{sys.argv[1:]}), probe, and exit
@@ -58,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(2)
     _installReactor()
     from twisted.internet import task
+    from twisted.logger import globalLogBeginner
+
+    # Until logging begins, Twisted prints its critical events to standard
+    # error with their tracebacks: a line each instead.
+    globalLogBeginner.beginLoggingTo([_logLine], redirectStandardIO=False)
 
     task.react(_probe, (options,))
     raise AssertionError("task.react returned")  # pragma: no cover
@@ -210,7 +241,7 @@ def makeRun(reactor: Any, options: ProbeOptions, say: Any) -> Any:
     when the target cannot be used.
     """
     from echotwist.probe.payload import Payloads
-    from echotwist.probe.target import TargetError, streamEndpoint
+    from echotwist.probe.target import TargetError, peerCheck, streamEndpoint
 
     target = options["target"]
     run: dict[str, Any] = {
@@ -232,6 +263,7 @@ def makeRun(reactor: Any, options: ProbeOptions, say: Any) -> Any:
         except TargetError as e:
             print(f"echotwist-probe: {e}", file=sys.stderr)
             return None
+        run["checkPeer"] = peerCheck(target, options["insecure"])
         if options["bulk"]:
             from echotwist.probe.bulk import StreamBulk
 

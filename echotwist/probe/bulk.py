@@ -41,7 +41,8 @@ class _BulkProtocol(Protocol):
             self.run.connected(self)
 
     def handshakeCompleted(self) -> None:
-        self.run.connected(self)
+        if not self.run.peerRefused(self.transport):
+            self.run.connected(self)
 
     def startSending(self) -> None:
         self.producing = True

@@ -75,8 +75,10 @@ class Run:
         settings: dict[str, Any],
         say: Callable[[str], None],
         now: Callable[[], float] = time.perf_counter,
+        checkPeer: Callable[[Any], str | None] | None = None,
     ) -> None:
         self.reactor = reactor
+        self.checkPeer = checkPeer
         self.target = target
         self.say = say
         self.now = now
@@ -98,6 +100,22 @@ class Run:
     def _unlessFinished(self, f: Callable[..., Any], *args: Any) -> None:
         if not self.finished:
             f(*args)
+
+    def peerRefused(self, transport: Any) -> bool:
+        """
+        A TLS handshake is done: whether the certificate fails the check
+        of the target's host name (L{echotwist.probe.target.peerCheck});
+        if it does, the run ends with the reason, and the connection is
+        aborted before a byte is sent on it.
+        """
+        if self.checkPeer is None:
+            return False
+        problem = self.checkPeer(transport)
+        if problem is None:
+            return False
+        self.fail(problem)
+        transport.abortConnection()
+        return True
 
     def start(self) -> defer.Deferred[Results]:
         """

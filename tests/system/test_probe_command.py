@@ -233,6 +233,28 @@ class ProbeTransportTests(ProbeTestCase):
         line = self.refused(f"tls:localhost:{port}", "-c", "1")
         self.assertIn(f"tls:localhost:{port}: the certificate did not verify", line)
 
+    def test_tlsCertificateNamingNoHost(self) -> None:
+        """
+        A certificate with no subjectAltName (localhost in its common name
+        only), trusted with --ca: it is for no host, and the run ends in
+        one line saying so, exit 2, before a probe is sent.  Twisted's
+        own check logged a traceback and let it through, exit 0.
+        """
+        key, certificate = selfSignedCertificate(self.directory, subjectAltName=False)
+        port = self.start(
+            "--port",
+            f"ssl:0:interface={LOOPBACK}:privateKey={key}:certKey={certificate}",
+        ).port
+        for extra in (("-c", "1"), ("--bulk", "-w", "1"), ("-c", "1", "-C")):
+            line = self.refused(f"tls:localhost:{port}", "--ca", certificate, *extra)
+            self.assertEqual(
+                line,
+                f"echotwist-probe: tls:localhost:{port}: the certificate is not for"
+                " localhost: it names no host (no subjectAltName) (--insecure to"
+                " skip the check)",
+            )
+        self.ok(f"tls:localhost:{port}", "--insecure", "-c", "1")
+
     def test_ipv6(self) -> None:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
             s.bind(("::1", 0))
