@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics,tests.test_identity -*-
+# -*- test-case-name: tests.test_guard,tests.test_metrics,tests.test_identity -*-
 """
 A guard for the side listeners that share the echo's reactor (the metrics
 and health site, the identity line): at most so many connections at once,
@@ -42,6 +42,9 @@ class GuardedConnection(ProtocolWrapper):
     _expiry: IDelayedCall | None = None
 
     def makeConnection(self, transport: ITransport) -> None:
+        """
+        Start the connection's lifetime, then the wrapped protocol.
+        """
         self._expiry = self.factory.reactor.callLater(
             self.factory.lifetime, self._expire
         )
@@ -52,6 +55,9 @@ class GuardedConnection(ProtocolWrapper):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Stop the lifetime's clock and give the connection's place back.
+        """
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
