@@ -49,7 +49,14 @@ def describeFailure(reason: Failure) -> str:
     # Its text may quote what the peer sent: escaped, as in a log.
     text = escape(" ".join(str(value).split()))
     name = type(value).__name__
-    if "certificate verify failed" in text or "VerificationError" in name:
+    if "VerificationError" in name:
+        # service_identity's: the chain is trusted, the host name is not in
+        # it, and trusting another authority would not help.
+        return (
+            "the certificate is not for the target's host name"
+            " (--insecure to skip the check)"
+        )
+    if "certificate verify failed" in text:
         return (
             "the certificate did not verify (--ca FILE to trust an authority,"
             " --insecure to skip the check)"

@@ -233,6 +233,24 @@ class ProbeTransportTests(ProbeTestCase):
         line = self.refused(f"tls:localhost:{port}", "-c", "1")
         self.assertIn(f"tls:localhost:{port}: the certificate did not verify", line)
 
+    def test_tlsCertificateForAnotherHost(self) -> None:
+        """
+        A certificate trusted with --ca but for other names (localhost and
+        127.0.0.1, reached as ::1): one line that says so, not the advice
+        to trust another authority.
+        """
+        key, certificate = selfSignedCertificate(self.directory)
+        port = self.start(
+            "--port",
+            f"ssl:0:interface=\\:\\:1:privateKey={key}:certKey={certificate}",
+        ).port
+        line = self.refused(f"tls:[::1]:{port}", "--ca", certificate, "-c", "1")
+        self.assertEqual(
+            line,
+            f"echotwist-probe: tls:[::1]:{port}: the certificate is not for the"
+            " target's host name (--insecure to skip the check)",
+        )
+
     def test_tlsCertificateNamingNoHost(self) -> None:
         """
         A certificate with no subjectAltName (localhost in its common name
