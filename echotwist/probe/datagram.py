@@ -58,26 +58,27 @@ class _Datagrams(DatagramProtocol):
 @implementer(IResolutionReceiver)
 class _FirstAddress:
     """
-    Hands the first address a name resolves to to a L{DatagramRun}.
+    Hands a L{DatagramRun} the address to probe of those a name resolves
+    to: its first IPv4 address, or without one its first IPv6 address.
     """
 
     def __init__(self, run: DatagramRun) -> None:
         self.run = run
-        self.address: str | None = None
+        self.addresses: dict[type, str] = {}
 
     def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
         pass
 
     def addressResolved(self, address: IAddress) -> None:
-        if self.address is None:
-            assert isinstance(address, (IPv4Address, IPv6Address))
-            self.address = address.host
+        assert isinstance(address, (IPv4Address, IPv6Address))
+        self.addresses.setdefault(type(address), address.host)
 
     def resolutionComplete(self) -> None:
-        if self.address is None:
+        address = self.addresses.get(IPv4Address, self.addresses.get(IPv6Address))
+        if address is None:
             self.run._unresolved()
         else:
-            self.run._open(self.address)
+            self.run._open(address)
 
 
 class DatagramRun(Run):
@@ -118,10 +119,13 @@ class DatagramRun(Run):
         Resolve the host when it is a name, then open the socket.
 
         The name goes through the reactor's C{nameResolver} (getaddrinfo),
-        which knows both families, and the first address it gives is
-        used, as ping uses it: C{reactor.resolve} knows IPv4 only, and
+        which knows both families: C{reactor.resolve} knows IPv4 only, and
         took a name with only IPv6 addresses for one that does not
-        resolve.
+        resolve.  Its IPv4 address is still preferred where it has one:
+        UDP has no connection to try each address with, and a name of
+        both families (Debian's C{localhost}: ::1 first) would otherwise
+        be probed over IPv6 where a server listens on IPv4 only, as a
+        plain C{--udp 5000} does.
         """
         host = self.target.host
         try:

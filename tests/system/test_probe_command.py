@@ -289,15 +289,33 @@ class ProbeTransportTests(ProbeTestCase):
         self.ok(f"[::1]:{port}", "-c", "2", "-i", "0.05")
         self.ok(f"udp:[::1]:{udpPort}", "-c", "2", "-i", "0.05")
 
-    def test_udpNameWithOnlyIPv6(self) -> None:
+    def probeWithHosts(self, hosts: str, *args: str) -> None:
         """
-        udp: to a host name that has only an IPv6 address (here ::1, named
-        by an /etc/hosts of the test's own, bind-mounted in a mount
-        namespace of its own) probes that address, as tcp: does; it was
-        refused as a name that does not resolve.
+        Run echotwist-probe C{args} in a mount namespace of its own whose
+        /etc/hosts is C{hosts} (bind-mounted); it must answer every probe.
         """
         requireRoot("a mount namespace with an /etc/hosts of its own")
         unshare = requireTool("unshare", "util-linux")
+        script = 'mount --bind "$1" /etc/hosts && shift && exec "$@"'
+        result = subprocess.run(
+            [unshare, "--mount", "sh", "-c", script, "sh", hosts]
+            + [command("echotwist-probe"), *args, "-c", "2", "-i", "0.05"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 2,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("2 probes sent, 2 answered", result.stdout)
+
+    def test_udpNameWithOnlyIPv6(self) -> None:
+        """
+        udp: to a host name that has only an IPv6 address (here ::1, named
+        by an /etc/hosts of the test's own) probes that address, as tcp:
+        does; it was sent to whatever the IPv4-only lookup made of the name
+        and refused.
+        """
+        requireRoot("a mount namespace with an /etc/hosts of its own")
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
             s.bind(("::1", 0))
             udpPort = s.getsockname()[1]
@@ -312,31 +330,29 @@ class ProbeTransportTests(ProbeTestCase):
         hosts = os.path.join(self.directory, "hosts")
         with open(hosts, "w") as f:
             f.write(f"::1 {name}\n")
-        script = 'mount --bind "$1" /etc/hosts && shift && exec "$@"'
-        for kind in ("tcp", "udp"):
-            result = subprocess.run(
-                [
-                    unshare,
-                    "--mount",
-                    "sh",
-                    "-c",
-                    script,
-                    "sh",
-                    hosts,
-                    command("echotwist-probe"),
-                    f"{kind}:{name}:{server.port if kind == 'tcp' else udpPort}",
-                    "-c",
-                    "2",
-                    "-i",
-                    "0.05",
-                ],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=WAIT * 2,
-            )
-            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
-            self.assertIn("2 probes sent, 2 answered", result.stdout)
+        self.probeWithHosts(hosts, f"tcp:{name}:{server.port}")
+        self.probeWithHosts(hosts, f"udp:{name}:{udpPort}")
+
+    def test_udpNameOfBothFamilies(self) -> None:
+        """
+        udp: to a name of both families, IPv6 first (as Debian's localhost
+        is), against a server on IPv4 only (a plain --udp): its IPv4
+        address is probed, and answers.
+        """
+        requireRoot("a mount namespace with an /etc/hosts of its own")
+        udpPort = freePort(socket.SOCK_DGRAM)
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--udp",
+            f"udp:{udpPort}:interface={LOOPBACK}",
+        )
+        server.waitFor(r"Listening on .*\(udp:")
+        name = f"echotwist-dual-{os.getpid()}"
+        hosts = os.path.join(self.directory, "hosts")
+        with open(hosts, "w") as f:
+            f.write(f"::1 {name}\n127.0.0.1 {name}\n")
+        self.probeWithHosts(hosts, f"udp:{name}:{udpPort}")
 
     def test_unix(self) -> None:
         path = os.path.join(self.directory, "echo.sock")
