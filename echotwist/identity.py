@@ -25,19 +25,43 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
 
 from echotwist._address import escape, formatAddress
 from echotwist.datagram import DatagramPolicy
+from echotwist.guard import ConnectionGuard
 
 __all__ = [
     "INSTANCE_VARIABLES",
+    "IDENTIFY_CONNECTION_LIFETIME",
+    "MAX_IDENTIFY_CONNECTIONS",
+    "MAX_IDENTIFY_CONNECTIONS_PER_SOURCE",
     "IdentifyDatagram",
     "IdentifyFactory",
     "Identity",
+    "identifyListener",
     "identityFor",
 ]
+
+log = Logger()
+
+#: --identify connections open at once.  A plain one lives as long as it
+#: takes to write a line; over TLS (C{--identify ssl:...}) it waits for the
+#: client's handshake, and a client that never sends one would hold its
+#: descriptor for good: without a bound, enough of them leave the echo
+#: none.  256 is room for many clients at once, and little of the
+#: process's descriptors.
+MAX_IDENTIFY_CONNECTIONS = 256
+
+#: --identify connections open at once from one source (an IPv4 address,
+#: an IPv6 /64), so that one client cannot take the 256.
+MAX_IDENTIFY_CONNECTIONS_PER_SOURCE = 16
+
+#: Seconds an --identify connection may stay open, whatever it is doing:
+#: the line takes a round trip (a TLS handshake's few more).
+IDENTIFY_CONNECTION_LIFETIME = 5.0
 
 #: Where an instance name is looked for, in order, when --instance-name is
 #: not given: the pod's name as a Deployment hands it down (the Downward
@@ -153,6 +177,26 @@ class IdentifyFactory(Factory):
         protocol = _IdentifyProtocol()
         protocol.factory = self
         return protocol
+
+
+def identifyListener(
+    identity: Identity, reactor: IReactorTime | None = None
+) -> ConnectionGuard:
+    """
+    The factory of an C{--identify} listener: L{IdentifyFactory} behind a
+    L{ConnectionGuard} with the limits above (refusals are logged as
+    C{identify.connection_refused}).
+    """
+    return ConnectionGuard(
+        IdentifyFactory(identity),
+        reactor,
+        maxConnections=MAX_IDENTIFY_CONNECTIONS,
+        lifetime=IDENTIFY_CONNECTION_LIFETIME,
+        maxPerSource=MAX_IDENTIFY_CONNECTIONS_PER_SOURCE,
+        what="identify",
+        event="identify.connection_refused",
+        log=log,
+    )
 
 
 class IdentifyDatagram(DatagramProtocol):

@@ -21,25 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
-    IAddress,
-    IDelayedCall,
     IProtocolFactory,
     IReactorTime,
-    ITransport,
 )
-from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from echotwist._address import formatAddress, sourceGroup
-from echotwist._twisted import orGlobalReactor, requestMethod
+from echotwist._twisted import requestMethod
 from echotwist.connections import CONNECTION_REFUSALS
 from echotwist.datagram import DATAGRAM_REFUSALS
-from echotwist.limits import ThrottledLog
+from echotwist.guard import ConnectionGuard
 from echotwist.stats import Stats
 
 # prometheus_client is the metrics extra's: imported where /metrics is
@@ -377,47 +370,13 @@ class _MetricsPage(Resource):
         return b"" if head else body
 
 
-class _GuardedConnection(ProtocolWrapper):
+class MetricsGuard(ConnectionGuard):
     """
-    A metrics connection, closed (reset) L{METRICS_CONNECTION_LIFETIME}
-    seconds after it opened.
+    Guards the metrics site (L{ConnectionGuard}): at most
+    C{maxConnections} connections at once, C{maxPerSource} from one
+    source, each closed C{lifetime} seconds after it opened; refusals are
+    logged as C{metrics.refused}.
     """
-
-    factory: MetricsGuard
-    _expiry: IDelayedCall | None = None
-
-    def makeConnection(self, transport: ITransport) -> None:
-        self._expiry = self.factory.reactor.callLater(
-            self.factory.lifetime, self._expire
-        )
-        super().makeConnection(transport)
-
-    def _expire(self) -> None:
-        self._expiry = None
-        self.transport.abortConnection()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        self.factory.left(self)
-        super().connectionLost(reason)
-
-
-class MetricsGuard(WrappingFactory):
-    """
-    Wraps the metrics site: at most C{maxConnections} connections at once,
-    and C{maxPerSource} from one source (one more is closed as it is
-    accepted, and the refusal logged at most once every 10 seconds), each
-    closed C{lifetime} seconds after it opened.
-
-    Twisted's C{policies.ThrottlingFactory} caps connections too, but logs
-    a line for every connection it refuses; C{TimeoutFactory} times out
-    idleness only, which a client sending a byte at a time never reaches.
-    """
-
-    protocol = _GuardedConnection
-    noisy = False
 
     def __init__(
         self,
@@ -427,56 +386,16 @@ class MetricsGuard(WrappingFactory):
         lifetime: float = METRICS_CONNECTION_LIFETIME,
         maxPerSource: int = MAX_METRICS_CONNECTIONS_PER_SOURCE,
     ) -> None:
-        super().__init__(wrappedFactory)
-        self.reactor = reactor = orGlobalReactor(reactor)
-        self.maxConnections = maxConnections
-        self.maxPerSource = maxPerSource
-        self.lifetime = lifetime
-        self.refused = 0
-        self._bySource: dict[str, int] = {}
-        self._sources: dict[_GuardedConnection, str] = {}
-        self._refusals = ThrottledLog(log, reactor)
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override, unused-ignore]
-        """
-        Build the wrapped protocol, or refuse the connection (None, and a
-        throttled log line) while C{maxConnections} are open.
-        """
-        host = getattr(addr, "host", None)
-        source = sourceGroup(host) if isinstance(host, str) else "-"
-        fromSource = self._bySource.get(source, 0)
-        if len(self.protocols) >= self.maxConnections or (
-            fromSource >= self.maxPerSource
-        ):
-            self.refused += 1
-            self._refusals.warn(
-                "metrics",
-                "Refused metrics connection from {peer}: {open} already open"
-                " ({fromSource} from its source)",
-                event="metrics.refused",
-                peer=formatAddress(addr) if addr is not None else "-",
-                open=len(self.protocols),
-                fromSource=fromSource,
-            )
-            return None
-        # Twisted before 26 has WrappingFactory.buildProtocol untyped.
-        protocol: Protocol | None = super().buildProtocol(addr)
-        if isinstance(protocol, _GuardedConnection):
-            self._bySource[source] = fromSource + 1
-            self._sources[protocol] = source
-        return protocol
-
-    def left(self, connection: _GuardedConnection) -> None:
-        """
-        C{connection} closed: its source may open another.
-        """
-        source = self._sources.pop(connection, None)
-        if source is not None:
-            count = self._bySource[source] - 1
-            if count:
-                self._bySource[source] = count
-            else:
-                del self._bySource[source]
+        super().__init__(
+            wrappedFactory,
+            reactor,
+            maxConnections=maxConnections,
+            lifetime=lifetime,
+            maxPerSource=maxPerSource,
+            what="metrics",
+            event="metrics.refused",
+            log=log,
+        )
 
 
 def metricsSite(

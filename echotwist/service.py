@@ -298,14 +298,14 @@ class EchoService(MultiService):
         if identify is None and identifyUDP is None:
             return
         # Imported here, for these listeners only (see identity).
-        from echotwist.identity import IdentifyDatagram, IdentifyFactory
+        from echotwist.identity import IdentifyDatagram, identifyListener
 
         if identify is not None:
             if isinstance(identify, str):
                 identify = parseListener(identify, reactor)
             self._trust(identify)
             ListenerService(
-                identify, IdentifyFactory(self.identity), "identify"
+                identify, identifyListener(self.identity, reactor), "identify"
             ).setServiceParent(self.identifiers)
         if identifyUDP is not None:
             if isinstance(identifyUDP, str):

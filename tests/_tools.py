@@ -153,10 +153,16 @@ def startHAProxy(test: SynchronousTestCase, config: str, frontend: int) -> None:
             time.sleep(0.05)
 
 
-def selfSignedCertificate(directory: str) -> tuple[str, str]:
+def selfSignedCertificate(
+    directory: str, subjectAltName: bool = True
+) -> tuple[str, str]:
     """
     Write a fresh key and self-signed certificate for localhost; their
     paths.  Skips the test where TLS support is not installed.
+
+    @param subjectAltName: without one, the certificate names localhost in
+        its common name only, as C{openssl req -subj /CN=localhost} makes
+        it (which service_identity takes for a certificate of no host).
     """
     requireTLS()
     from cryptography import x509
@@ -167,7 +173,7 @@ def selfSignedCertificate(directory: str) -> tuple[str, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -175,7 +181,9 @@ def selfSignedCertificate(directory: str) -> tuple[str, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
+    )
+    if subjectAltName:
+        builder = builder.add_extension(
             x509.SubjectAlternativeName(
                 [
                     x509.DNSName("localhost"),
@@ -184,8 +192,7 @@ def selfSignedCertificate(directory: str) -> tuple[str, str]:
             ),
             critical=False,
         )
-        .sign(key, hashes.SHA256())
-    )
+    certificate = builder.sign(key, hashes.SHA256())
     keyPath = os.path.join(directory, "key.pem")
     certPath = os.path.join(directory, "cert.pem")
     with open(keyPath, "wb") as f:

@@ -7,16 +7,23 @@ and never on the echo ports: tests.system.test_identity.)
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist import __version__
 from echotwist.datagram import DatagramPolicy
+from echotwist.guard import GuardedConnection
 from echotwist.identity import (
+    IDENTIFY_CONNECTION_LIFETIME,
+    MAX_IDENTIFY_CONNECTIONS,
+    MAX_IDENTIFY_CONNECTIONS_PER_SOURCE,
     IdentifyDatagram,
     IdentifyFactory,
     Identity,
+    identifyListener,
     identityFor,
 )
 
@@ -72,6 +79,83 @@ class IdentityTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         self.assertEqual(transport.value(), IDENTITY.line(transport.getPeer()))
         self.assertTrue(transport.disconnecting)
+
+
+class _HeldTransport(StringTransport):
+    """
+    A connection whose closing waits for the peer, as a TLS one does
+    before its handshake: C{loseConnection} does not end it.
+    """
+
+    aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+class IdentifyListenerTests(SynchronousTestCase):
+    """
+    The --identify listener's guard: a connection that does not end on
+    its own (TLS, a client that never sends its handshake) is aborted after
+    a lifetime, and only so many are open at once, so that such clients
+    cannot take every descriptor the echo needs.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.factory = identifyListener(IDENTITY, self.clock)
+
+    def connect(self, host: str) -> tuple[object, _HeldTransport]:
+        """
+        Connect from C{host}: the protocol, if the guard let the connection
+        in (else None, after checking that it was closed unanswered).
+        """
+        address = IPv4Address("TCP", host, 40000)
+        protocol = self.factory.buildProtocol(address)
+        assert protocol is not None
+        transport = _HeldTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        if isinstance(protocol, GuardedConnection):
+            return protocol, transport
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        return None, transport
+
+    def test_lineStillSaid(self) -> None:
+        protocol, transport = self.connect("192.0.2.1")
+        self.assertEqual(transport.value(), IDENTITY.line(transport.getPeer()))
+        self.assertTrue(transport.disconnecting)
+
+    def test_heldConnectionAborted(self) -> None:
+        _, transport = self.connect("192.0.2.1")
+        self.clock.advance(IDENTIFY_CONNECTION_LIFETIME - 0.001)
+        self.assertFalse(transport.aborted)
+        self.clock.advance(0.001)
+        self.assertTrue(transport.aborted)
+
+    def test_perSource(self) -> None:
+        for _ in range(MAX_IDENTIFY_CONNECTIONS_PER_SOURCE):
+            self.assertIsNotNone(self.connect("192.0.2.1")[0])
+        self.assertIsNone(self.connect("192.0.2.1")[0])
+        self.assertIsNotNone(self.connect("192.0.2.2")[0])
+
+    def test_total(self) -> None:
+        for n in range(MAX_IDENTIFY_CONNECTIONS):
+            host = f"10.0.{n // MAX_IDENTIFY_CONNECTIONS_PER_SOURCE}.1"
+            self.assertIsNotNone(self.connect(host)[0])
+        self.assertIsNone(self.connect("192.0.2.9")[0])
+        self.assertEqual(self.factory.refused, 1)
+
+    def test_closedConnectionsLeaveRoom(self) -> None:
+        """
+        Connections that end give their places back (the lifetime's
+        timers with them).
+        """
+        for _ in range(MAX_IDENTIFY_CONNECTIONS_PER_SOURCE):
+            protocol, _ = self.connect("192.0.2.1")
+            protocol.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.assertIsNotNone(self.connect("192.0.2.1")[0])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
 
 
 class _DatagramTransport:

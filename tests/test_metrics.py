@@ -26,6 +26,7 @@ from twisted.web import http
 
 from echotwist.connections import EchoFactory
 from echotwist.datagram import DatagramEcho, DatagramPolicy
+from echotwist.guard import GuardedConnection
 from echotwist.metrics import (
     METRICS_CONNECTION_LIFETIME,
     EchoCollector,
@@ -265,13 +266,19 @@ class SiteTests(SynchronousTestCase):
         peer = IPv4Address("TCP", "127.0.0.1", 40001)
         with capturedLogs() as events:
             for _ in range(100):
-                self.assertIsNone(guard.buildProtocol(peer))
+                refused = guard.buildProtocol(peer)
+                self.assertNotIsInstance(refused, GuardedConnection)
+                assert refused is not None
+                transport = StringTransport(peerAddress=peer)
+                refused.makeConnection(transport)
+                self.assertTrue(transport.disconnecting)
+                self.assertEqual(transport.value(), b"")
         self.assertEqual(guard.refused, 100)
         # Logged once, not once per refusal.
         self.assertEqual([e["event"] for e in events], ["metrics.refused"])
         protocol, transport = held[0]
         protocol.connectionLost(Failure(ConnectionDone()))
-        self.assertIsNotNone(guard.buildProtocol(peer))
+        self.assertIsInstance(guard.buildProtocol(peer), GuardedConnection)
 
     def test_slowClientTimedOut(self) -> None:
         """

@@ -13,7 +13,7 @@ from contextlib import redirect_stderr
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist.probe import heading, makeRun
+from echotwist.probe import _logLine, heading, makeRun
 from echotwist.probe.bulk import StreamBulk
 from echotwist.probe.datagram import DatagramRun
 from echotwist.probe.options import ProbeOptions
@@ -92,4 +92,64 @@ class MakeRunTests(SynchronousTestCase):
         self.assertIsNone(run)
         self.assertEqual(
             error, f"echotwist-probe: --ca {path}: not a PEM certificate\n"
+        )
+
+
+class LogLineTests(SynchronousTestCase):
+    """
+    What Twisted logs while the probe runs reaches standard error as one
+    escaped line per critical event, never a traceback.
+    """
+
+    def logged(self, event: dict[str, object]) -> str:
+        out = io.StringIO()
+        with redirect_stderr(out):
+            _logLine(event)
+        return out.getvalue()
+
+    def failure(self, error: Exception) -> object:
+        from twisted.python.failure import Failure
+
+        try:
+            raise error
+        except Exception:
+            return Failure()
+
+    def test_criticalIsOneLine(self) -> None:
+        from twisted.logger import LogLevel
+
+        text = self.logged(
+            {
+                "log_level": LogLevel.critical,
+                "log_format": "while doing {what}",
+                "what": "x\x1b[2J",
+                "log_failure": self.failure(ValueError("bad\nnews")),
+            }
+        )
+        self.assertEqual(
+            text, "echotwist-probe: while doing x\\x1b[2J: ValueError: bad news\n"
+        )
+
+    def test_restIsNotPrinted(self) -> None:
+        from twisted.logger import LogLevel
+
+        for level in (LogLevel.info, LogLevel.warn, LogLevel.error):
+            self.assertEqual(
+                self.logged({"log_level": level, "log_format": "noise"}), ""
+            )
+
+    def test_certificateErrorLeftToTheProbe(self) -> None:
+        requireTLS()
+        from service_identity import CertificateError
+        from twisted.logger import LogLevel
+
+        self.assertEqual(
+            self.logged(
+                {
+                    "log_level": LogLevel.critical,
+                    "log_format": "while verifying certificate",
+                    "log_failure": self.failure(CertificateError("no SAN")),
+                }
+            ),
+            "",
         )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -35,10 +37,45 @@ class _UDPPort:
         self.listening = False
 
 
+class _Names:
+    """
+    A name resolver that knows a few names, and answers at once with the
+    addresses of each, as getaddrinfo would.
+    """
+
+    def __init__(self, names: dict[str, list[IAddress]]) -> None:
+        self.names = names
+        self.asked: list[tuple[str, Any, str]] = []
+
+    def resolveHostName(
+        self,
+        receiver: Any,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> None:
+        self.asked.append((hostName, addressTypes, transportSemantics))
+        receiver.resolutionBegan(None)
+        for address in self.names.get(hostName, []):
+            if addressTypes is None or type(address) in addressTypes:
+                receiver.addressResolved(address)
+        receiver.resolutionComplete()
+
+
 class _UDPClock(Clock):
     def __init__(self) -> None:
         super().__init__()
         self.ports: list[_UDPPort] = []
+        self.nameResolver = _Names(
+            {
+                "v6only": [IPv6Address("UDP", "2001:db8::7", 0)],
+                "both": [
+                    IPv6Address("UDP", "2001:db8::8", 0),
+                    IPv4Address("UDP", "192.0.2.8", 0),
+                ],
+            }
+        )
 
     def listenUDP(
         self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
@@ -49,7 +86,9 @@ class _UDPClock(Clock):
 
 
 class DatagramRunTests(SynchronousTestCase):
-    def makeRun(self, **overrides: Any) -> tuple[DatagramRun, _UDPClock, list[str]]:
+    def makeRun(
+        self, target: str = "udp:127.0.0.1:7", **overrides: Any
+    ) -> tuple[DatagramRun, _UDPClock, list[str]]:
         clock = _UDPClock()
         lines: list[str] = []
         settings: dict[str, Any] = {
@@ -62,7 +101,7 @@ class DatagramRunTests(SynchronousTestCase):
         settings.update(overrides)
         run = DatagramRun(
             clock,
-            parseTarget("udp:127.0.0.1:7"),
+            parseTarget(target),
             {"transport": "udp"},
             lines.append,
             now=clock.seconds,
@@ -259,3 +298,37 @@ class DatagramRunTests(SynchronousTestCase):
         self.assertEqual(len(results.bulk["lost_per_second"]), 2)
         self.assertApproximates(results.bulk["lost_per_second"][0], 50, 2)
         self.assertTrue(any(line.startswith("   1 s: ") for line in lines), lines)
+
+    def test_nameWithOnlyIPv6(self) -> None:
+        """
+        A name with IPv6 addresses only is probed at its address, over
+        IPv6, not refused as a name that does not resolve.
+        """
+        run, clock, _ = self.makeRun("udp:v6only:7", count=1)
+        done = run.start()
+        self.assertEqual(clock.ports[0].connected, ("2001:db8::7", 7))
+        self.assertEqual(
+            clock.nameResolver.asked, [("v6only", [IPv4Address, IPv6Address], "UDP")]
+        )
+        self.answer(clock, 0)
+        self.assertIsNone(self.successResultOf(done).error)
+
+    def test_nameOfBothFamilies(self) -> None:
+        """
+        A name of both families is probed at its IPv4 address, though the
+        resolver gives the IPv6 one first (Debian's localhost): where it
+        worked before, over IPv4, it still does.
+        """
+        run, clock, _ = self.makeRun("udp:both:7", count=1)
+        run.start()
+        self.assertEqual(clock.ports[0].connected, ("192.0.2.8", 7))
+        run.stop()
+
+    def test_nameDoesNotResolve(self) -> None:
+        run, clock, _ = self.makeRun("udp:nonexistent.invalid:7", count=1)
+        results = self.successResultOf(run.start())
+        self.assertEqual(
+            results.error, "udp:nonexistent.invalid:7: the host name does not resolve"
+        )
+        self.assertEqual(results.exitStatus(None, None), ERROR)
+        self.assertEqual(clock.ports, [])

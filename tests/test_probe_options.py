@@ -4,6 +4,8 @@ echotwist-probe's command line (L{echotwist.probe.options}).
 
 from __future__ import annotations
 
+import os
+
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -72,6 +74,19 @@ class ProbeOptionsTests(SynchronousTestCase):
         self.assertIn("tls:", self.refused("--ca", "/dev/null", "tcp:h:7"))
         self.assertIn("cannot read", self.refused("--ca", "/nonexistent", "tls:h:7"))
         self.assertIn("no target", self.refused("-c", "1"))
+
+    def test_outputThatIsADirectory(self) -> None:
+        """
+        --json naming a directory is refused before the run, not found out
+        with a traceback when the run is over.  (--plot goes through the
+        same check, after the check for matplotlib.)
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        self.assertEqual(
+            self.refused("--json", directory, "tcp:h:7"),
+            f"--json {directory}: is a directory",
+        )
 
     def test_countRefusedForStreamBulk(self) -> None:
         """

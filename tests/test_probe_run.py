@@ -9,6 +9,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from echotwist.probe.run import describeFailure
+from tests._tools import requireTLS
 
 
 class DescribeFailureTests(SynchronousTestCase):
@@ -36,3 +37,18 @@ class DescribeFailureTests(SynchronousTestCase):
         """
         line = describeFailure(Failure(ValueError("bad \x1b[2J\x00 thing")))
         self.assertEqual(line, "ValueError: bad \\x1b[2J\\x00 thing")
+
+    def test_certificateForAnotherHost(self) -> None:
+        """
+        A trusted certificate for another host name: trusting another
+        authority (--ca) would not help, and the line does not say it
+        would.
+        """
+        requireTLS()
+        from service_identity import VerificationError
+
+        self.assertEqual(
+            describeFailure(Failure(VerificationError(errors=[]))),
+            "the certificate is not for the target's host name"
+            " (--insecure to skip the check)",
+        )

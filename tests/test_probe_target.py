@@ -5,9 +5,12 @@ one refused in one line.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist.probe.target import Target, TargetError, parseTarget
+from echotwist.probe.target import Target, TargetError, parseTarget, peerCheck
+from tests._tools import selfSignedCertificate
 
 
 class TargetTests(SynchronousTestCase):
@@ -74,3 +77,80 @@ class TargetTests(SynchronousTestCase):
         with self.assertRaises(TargetError) as caught:
             parseTarget("tcp:evil\x1b[2J:99999")
         self.assertIn("evil\\x1b[2J", str(caught.exception))
+
+
+class _Peer:
+    """
+    A TLS transport as far as L{peerCheck} looks at it: the certificate
+    the server sent.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.certificate: Any = None
+        if path is not None:
+            from OpenSSL import crypto
+
+            with open(path, "rb") as f:
+                self.certificate = crypto.load_certificate(
+                    crypto.FILETYPE_PEM, f.read()
+                )
+
+    def getPeerCertificate(self) -> Any:
+        return self.certificate
+
+
+class PeerCheckTests(SynchronousTestCase):
+    """
+    The probe's own check of a TLS server's certificate against the
+    target's host name, after the handshake: Twisted's lets a certificate
+    that names no host through.
+    """
+
+    def certificate(self, subjectAltName: bool = True) -> str:
+        directory = self.mktemp()
+        import os
+
+        os.mkdir(directory)
+        return selfSignedCertificate(directory, subjectAltName)[1]
+
+    def test_forTheHost(self) -> None:
+        path = self.certificate()
+        for text in ("tls:localhost:1", "tls:127.0.0.1:1"):
+            check = peerCheck(parseTarget(text), insecure=False)
+            assert check is not None
+            self.assertIsNone(check(_Peer(path)), text)
+
+    def test_forAnotherHost(self) -> None:
+        path = self.certificate()
+        for text, host in (
+            ("tls:example.com:1", "example.com"),
+            ("tls:[::1]:1", "::1"),
+        ):
+            check = peerCheck(parseTarget(text), insecure=False)
+            assert check is not None
+            self.assertEqual(
+                check(_Peer(path)),
+                f"the certificate is not for {host} (--insecure to skip the check)",
+            )
+
+    def test_namesNoHost(self) -> None:
+        """
+        A certificate without a subjectAltName is for no host, whatever
+        its common name says.
+        """
+        check = peerCheck(parseTarget("tls:localhost:1"), insecure=False)
+        assert check is not None
+        self.assertEqual(
+            check(_Peer(self.certificate(subjectAltName=False))),
+            "the certificate is not for localhost: it names no host (no"
+            " subjectAltName) (--insecure to skip the check)",
+        )
+
+    def test_noCertificate(self) -> None:
+        check = peerCheck(parseTarget("tls:localhost:1"), insecure=False)
+        assert check is not None
+        self.assertIn("sent no certificate", check(_Peer(None)) or "")
+
+    def test_nothingToCheck(self) -> None:
+        self.assertIsNone(peerCheck(parseTarget("tls:localhost:1"), insecure=True))
+        self.assertIsNone(peerCheck(parseTarget("tcp:localhost:1"), insecure=False))

@@ -13,12 +13,15 @@ The server never imports this package: nothing here slows its start.
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from twisted.logger import ILogObserver
 from twisted.python import usage
+from zope.interface import provider
 
 from echotwist.probe.options import ProbeOptions
 
@@ -43,6 +46,30 @@ def _installReactor() -> None:
         pass
 
 
+@provider(ILogObserver)
+def _logLine(event: dict[str, Any]) -> None:
+    """
+    Twisted's critical events (an error in a callback) as one escaped line
+    each on standard error, never a traceback; the rest is not the probe's
+    to print.  A certificate that names no host is left out: the probe's
+    own check says so (L{echotwist.probe.target.peerCheck}).
+    """
+    from twisted.logger import LogLevel, formatEvent
+
+    from echotwist._address import escape
+
+    if event.get("log_level") != LogLevel.critical:
+        return
+    failure = event.get("log_failure")
+    text = formatEvent(event)
+    if failure is not None:
+        error = failure.value
+        if type(error).__module__.startswith("service_identity"):
+            return
+        text += f": {type(error).__name__}: {error}"
+    print(f"echotwist-probe: {escape(' '.join(text.split()))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """
     The command: parse C{argv} (default C{sys.argv[1:]}), probe, and exit
@@ -57,13 +84,58 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(2)
     _installReactor()
     from twisted.internet import task
+    from twisted.logger import globalLogBeginner
+
+    # Until logging begins, Twisted prints its critical events to standard
+    # error with their tracebacks: a line each instead.
+    globalLogBeginner.beginLoggingTo([_logLine], redirectStandardIO=False)
 
     task.react(_probe, (options,))
     raise AssertionError("task.react returned")  # pragma: no cover
 
 
+class _Output:
+    """
+    Standard output, for a reader that may go away (C{echotwist-probe ... |
+    head}): ping dies of SIGPIPE then, and the pipeline ends.  The probe
+    cannot take SIGPIPE's default (a peer's reset would kill it too), so a
+    write that finds the pipe broken sends the rest of the output to
+    /dev/null, and ends the run as Ctrl-C does.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.run: Any = None
+        self.readerGone = False
+
+    def line(self, text: str) -> None:
+        """
+        Print C{text}, unless the reader is gone.
+        """
+        if self.readerGone:
+            return
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            self.gone()
+
+    def gone(self) -> None:
+        """
+        The reader is gone: nothing more reaches standard output, and the
+        run ends.
+        """
+        self.readerGone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        if self.run is not None:
+            # Not from inside the run's own call that printed.
+            self.reactor.callLater(0, self.run.stop)
+
+
 async def _probe(reactor: Any, options: ProbeOptions) -> None:
     from echotwist.probe.report import (
+        ERROR,
         plot,
         summaryLines,
         writeJSON,
@@ -71,16 +143,18 @@ async def _probe(reactor: Any, options: ProbeOptions) -> None:
 
     toStdout = options["json"] != "-"
     quiet = options["quiet"] or not toStdout
+    output = _Output(reactor)
 
     def say(line: str) -> None:
         if not quiet:
-            print(line, flush=True)
+            output.line(line)
 
     run = makeRun(reactor, options, say)
     if run is None:
         raise SystemExit(2)
+    output.run = run
     if toStdout:
-        print(heading(options), flush=True)
+        output.line(heading(options))
 
     def interrupted(*_: object) -> None:
         # The first Ctrl-C ends the run with its summary, as ping's; a
@@ -101,21 +175,45 @@ async def _probe(reactor: Any, options: ProbeOptions) -> None:
     status = results.exitStatus(options["max-loss"], options["max-p99"])
     if toStdout:
         for line in summaryLines(results, options["histogram"]):
-            print(line)
+            output.line(line)
     if results.error is not None:
         print(f"echotwist-probe: {results.error}", file=sys.stderr)
     else:
         for line in results.failures(options["max-loss"], options["max-p99"]):
             print(f"echotwist-probe: {results.target}: {line}", file=sys.stderr)
     if options["json"] is not None:
-        if options["json"] == "-":
-            writeJSON(results, status, sys.stdout)
-        else:
-            with open(options["json"], "w") as f:
-                writeJSON(results, status, f)
+        try:
+            if options["json"] == "-":
+                writeJSON(results, status, sys.stdout)
+                sys.stdout.flush()
+            else:
+                with open(options["json"], "w") as f:
+                    writeJSON(results, status, f)
+        except OSError as e:
+            if options["json"] == "-":
+                output.gone()
+            # The document is the run's result for a program: without it,
+            # the run is an error, whatever it measured.
+            print(
+                f"echotwist-probe: --json {options['json']}: cannot write"
+                f" ({e.strerror})",
+                file=sys.stderr,
+            )
+            status = ERROR
     if options["plot"] is not None and results.rtts():
-        plot(results, options["plot"])
-    sys.stdout.flush()
+        try:
+            plot(results, options["plot"])
+        except OSError as e:
+            print(
+                f"echotwist-probe: --plot {options['plot']}: cannot write"
+                f" ({e.strerror})",
+                file=sys.stderr,
+            )
+            status = ERROR
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        output.gone()
     raise SystemExit(status)
 
 
@@ -143,7 +241,7 @@ def makeRun(reactor: Any, options: ProbeOptions, say: Any) -> Any:
     when the target cannot be used.
     """
     from echotwist.probe.payload import Payloads
-    from echotwist.probe.target import TargetError, streamEndpoint
+    from echotwist.probe.target import TargetError, peerCheck, streamEndpoint
 
     target = options["target"]
     run: dict[str, Any] = {
@@ -165,6 +263,7 @@ def makeRun(reactor: Any, options: ProbeOptions, say: Any) -> Any:
         except TargetError as e:
             print(f"echotwist-probe: {e}", file=sys.stderr)
             return None
+        run["checkPeer"] = peerCheck(target, options["insecure"])
         if options["bulk"]:
             from echotwist.probe.bulk import StreamBulk
 

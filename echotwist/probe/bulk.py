@@ -41,7 +41,8 @@ class _BulkProtocol(Protocol):
             self.run.connected(self)
 
     def handshakeCompleted(self) -> None:
-        self.run.connected(self)
+        if not self.run.peerRefused(self.transport):
+            self.run.connected(self)
 
     def startSending(self) -> None:
         self.producing = True
@@ -218,9 +219,14 @@ class StreamBulk(Run):
     def stop(self) -> None:
         """
         Ctrl-C: stop sending and wait, as at the end of C{--duration}, for
-        what is in flight (up to C{--timeout}).
+        what is in flight (up to C{--timeout}).  Already waiting (the
+        duration is over), the wait goes on: ending it here would take the
+        bytes that never came back for a clean run.  Still connecting, the
+        run ends at once, with nothing sent.
         """
-        if self.streaming and not self.draining:
+        if self.draining:
+            return
+        if self.streaming:
             self.endSending()
         else:
             self.finish()

@@ -14,8 +14,10 @@ import ipaddress
 import math
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress, IHostResolution, IResolutionReceiver
 from twisted.internet.protocol import DatagramProtocol
-from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from echotwist.probe.payload import (
     ANSWERED,
@@ -25,7 +27,7 @@ from echotwist.probe.payload import (
     ProbeFailure,
 )
 from echotwist.probe.report import Sample, probeLine
-from echotwist.probe.run import Run, describeFailure
+from echotwist.probe.run import Run
 
 #: How often a rate run sends, in seconds: a tenth of a second's datagrams
 #: at a time would be a burst; a hundredth is smooth enough.
@@ -51,6 +53,32 @@ class _Datagrams(DatagramProtocol):
         # connectionRefused: a port that stops while the run goes on was
         # refused.
         self.run.fail(_REFUSED)
+
+
+@implementer(IResolutionReceiver)
+class _FirstAddress:
+    """
+    Hands a L{DatagramRun} the address to probe of those a name resolves
+    to: its first IPv4 address, or without one its first IPv6 address.
+    """
+
+    def __init__(self, run: DatagramRun) -> None:
+        self.run = run
+        self.addresses: dict[type, str] = {}
+
+    def resolutionBegan(self, resolutionInProgress: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:
+        assert isinstance(address, (IPv4Address, IPv6Address))
+        self.addresses.setdefault(type(address), address.host)
+
+    def resolutionComplete(self) -> None:
+        address = self.addresses.get(IPv4Address, self.addresses.get(IPv6Address))
+        if address is None:
+            self.run._unresolved()
+        else:
+            self.run._open(address)
 
 
 class DatagramRun(Run):
@@ -89,18 +117,31 @@ class DatagramRun(Run):
     def begin(self) -> None:
         """
         Resolve the host when it is a name, then open the socket.
+
+        The name goes through the reactor's C{nameResolver} (getaddrinfo),
+        which knows both families: C{reactor.resolve} knows IPv4 only, and
+        took a name with only IPv6 addresses for one that does not
+        resolve.  Its IPv4 address is still preferred where it has one:
+        UDP has no connection to try each address with, and a name of
+        both families (Debian's C{localhost}: ::1 first) would otherwise
+        be probed over IPv6 where a server listens on IPv4 only, as a
+        plain C{--udp 5000} does.
         """
         host = self.target.host
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            d = self.reactor.resolve(host)
-            d.addCallbacks(self._open, self._unresolved)
+            self.reactor.nameResolver.resolveHostName(
+                _FirstAddress(self),
+                host,
+                addressTypes=[IPv4Address, IPv6Address],
+                transportSemantics="UDP",
+            )
         else:
             self._open(host)
 
-    def _unresolved(self, reason: Failure) -> None:
-        self.fail(describeFailure(reason))
+    def _unresolved(self) -> None:
+        self.fail("the host name does not resolve")
 
     def _open(self, address: str) -> None:
         if self.finished:

@@ -280,6 +280,8 @@ class ProbeOptions(usage.Options):
             path = self[name]
             if path is not None and path != "-":
                 directory = os.path.dirname(os.path.abspath(path))
+                if os.path.isdir(path):
+                    raise usage.UsageError(f"--{name} {path}: is a directory")
                 if not os.access(directory, os.W_OK):
                     raise usage.UsageError(f"--{name} {path}: cannot write there")
 

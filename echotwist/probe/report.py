@@ -141,7 +141,13 @@ class Results:
         Lines saying which threshold the run passed.
         """
         found = []
-        if self.sent == 0 and not self.isStreamBulk:
+        if self.isStreamBulk:
+            assert self.bulk is not None
+            if self.bulk["sent_bytes"] == 0:
+                # Stopped while connecting: no throughput was measured,
+                # which is not a clean run.
+                return ["stopped before any byte was sent"]
+        elif self.sent == 0:
             # Stopped before the first probe went (still connecting):
             # nothing was answered, and ping too exits 1 then.
             return ["stopped before a probe was sent"]

@@ -49,7 +49,14 @@ def describeFailure(reason: Failure) -> str:
     # Its text may quote what the peer sent: escaped, as in a log.
     text = escape(" ".join(str(value).split()))
     name = type(value).__name__
-    if "certificate verify failed" in text or "VerificationError" in name:
+    if "VerificationError" in name:
+        # service_identity's: the chain is trusted, the host name is not in
+        # it, and trusting another authority would not help.
+        return (
+            "the certificate is not for the target's host name"
+            " (--insecure to skip the check)"
+        )
+    if "certificate verify failed" in text:
         return (
             "the certificate did not verify (--ca FILE to trust an authority,"
             " --insecure to skip the check)"
@@ -75,8 +82,10 @@ class Run:
         settings: dict[str, Any],
         say: Callable[[str], None],
         now: Callable[[], float] = time.perf_counter,
+        checkPeer: Callable[[Any], str | None] | None = None,
     ) -> None:
         self.reactor = reactor
+        self.checkPeer = checkPeer
         self.target = target
         self.say = say
         self.now = now
@@ -98,6 +107,22 @@ class Run:
     def _unlessFinished(self, f: Callable[..., Any], *args: Any) -> None:
         if not self.finished:
             f(*args)
+
+    def peerRefused(self, transport: Any) -> bool:
+        """
+        A TLS handshake is done: whether the certificate fails the check
+        of the target's host name (L{echotwist.probe.target.peerCheck});
+        if it does, the run ends with the reason, and the connection is
+        aborted before a byte is sent on it.
+        """
+        if self.checkPeer is None:
+            return False
+        problem = self.checkPeer(transport)
+        if problem is None:
+            return False
+        self.fail(problem)
+        transport.abortConnection()
+        return True
 
     def start(self) -> defer.Deferred[Results]:
         """

@@ -50,7 +50,8 @@ class _LatencyProtocol(Protocol):
         self.run.connected(self)
 
     def handshakeCompleted(self) -> None:
-        self.run.connected(self)
+        if not self.run.peerRefused(self.transport):
+            self.run.connected(self)
 
     def send(self, payload: bytes, now: Callable[[], float]) -> float:
         """

@@ -10,7 +10,12 @@ import os
 import socket
 
 from echotwist import __version__
+from echotwist.identity import (
+    IDENTIFY_CONNECTION_LIFETIME,
+    MAX_IDENTIFY_CONNECTIONS_PER_SOURCE,
+)
 from tests._clients import echoOnce
+from tests._tools import selfSignedCertificate
 from tests._twistd import LOOPBACK, WAIT, ServerTestCase
 from tests.system.test_transports import ask, freePort
 
@@ -60,6 +65,58 @@ class IdentifyServerTests(ServerTestCase):
         self.assertIn(b"instance=echo-7", ask(b"?", udp) or b"")
         payload = os.urandom(4096)
         self.assertEqual(echoOnce((LOOPBACK, echoPort), payload), payload)
+
+    def test_tlsClientsThatNeverHandshake(self) -> None:
+        """
+        --identify over TLS: clients that connect and never send a
+        handshake were held open for good, without limit, until the
+        process had no descriptor left for the echo.  Now at most
+        MAX_IDENTIFY_CONNECTIONS_PER_SOURCE from one source are held (one
+        more is closed at once) and each for IDENTIFY_CONNECTION_LIFETIME
+        seconds; a client that does the handshake still gets the line, and
+        the echo answers throughout.
+        """
+        key, certificate = selfSignedCertificate(self.directory)
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--identify",
+            f"ssl:0:interface={LOOPBACK}:privateKey={key}:certKey={certificate}",
+        )
+        port = int(
+            server.waitFor(r"Serving the identity line on \S+:(\d+) \(ssl").group(1)
+        )
+        silent = []
+        for _ in range(MAX_IDENTIFY_CONNECTIONS_PER_SOURCE + 2):
+            sock = socket.create_connection((LOOPBACK, port), timeout=WAIT)
+            self.addCleanup(sock.close)
+            silent.append(sock)
+
+        def closedByServer(sock: socket.socket) -> bool:
+            try:
+                return sock.recv(1) == b""
+            except ConnectionResetError:
+                return True
+            except TimeoutError:
+                return False
+
+        # The two over the cap are closed as they are accepted.
+        for sock in silent[MAX_IDENTIFY_CONNECTIONS_PER_SOURCE:]:
+            self.assertTrue(closedByServer(sock))
+        payload = os.urandom(1024)
+        self.assertEqual(echoOnce((LOOPBACK, server.port), payload), payload)
+        # The others at the end of their lifetime (WAIT bounds the wait).
+        self.assertGreater(WAIT, IDENTIFY_CONNECTION_LIFETIME * 2)
+        for sock in silent[:MAX_IDENTIFY_CONNECTIONS_PER_SOURCE]:
+            self.assertTrue(closedByServer(sock))
+        import ssl
+
+        context = ssl.create_default_context(cafile=certificate)
+        with socket.create_connection((LOOPBACK, port), timeout=WAIT) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                line = tls.recv(4096)
+        self.assertTrue(line.startswith(b"echotwist host="), line)
+        server.waitFor(r"Refused identify connection from 127\.0\.0\.1:\d+")
 
     def test_behindProxy(self) -> None:
         """

@@ -22,7 +22,12 @@ from echotwist.metrics import (
     METRICS_CONNECTION_LIFETIME,
 )
 from tests._clients import echoOnce, readUntilClosed
-from tests._tools import openedBy, requireTool, withoutModule
+from tests._tools import (
+    openedBy,
+    requireTool,
+    selfSignedCertificate,
+    withoutModule,
+)
 from tests._twistd import LOOPBACK, WAIT, Server, ServerTestCase, command
 from tests.system.test_transports import ask, freePort
 from tests.test_metrics import GET, answerOf, scrape
@@ -318,6 +323,38 @@ class AbuseTests(MetricsTestCase):
             r"Refused metrics connection from 127\.0\.2\.1:\d+: \d+ already open"
             r" \(4 from its source\)"
         )
+
+    def test_capHoldsOverTLS(self) -> None:
+        """
+        --health over TLS: a connection over the per-source cap is closed
+        as it is accepted, as over plain TCP.  Refused by building no
+        protocol, it was held open for good: Twisted's TLS factory wraps
+        whatever the factory under it builds, None too, so clients that
+        never send a handshake took descriptors past every cap.
+        """
+        key, certificate = selfSignedCertificate(self.directory)
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--health",
+            f"ssl:0:interface={LOOPBACK}:privateKey={key}:certKey={certificate}",
+        )
+        port = int(server.waitFor(r"Serving health on \S+:(\d+) \(ssl").group(1))
+        clients = []
+        for _ in range(MAX_METRICS_CONNECTIONS_PER_SOURCE + 2):
+            client = socket.create_connection(
+                (LOOPBACK, port), timeout=WAIT, source_address=("127.0.2.3", 0)
+            )
+            self.addCleanup(client.close)
+            clients.append(client)
+        # Those over the cap end at once; those within it, silent, at their
+        # lifetime (METRICS_CONNECTION_LIFETIME, well within WAIT).
+        self.assertGreater(WAIT, METRICS_CONNECTION_LIFETIME * 2)
+        for client in clients[MAX_METRICS_CONNECTIONS_PER_SOURCE:]:
+            self.assertEqual(readUntilClosed(client, WAIT)[0], b"")
+        for client in clients[:MAX_METRICS_CONNECTIONS_PER_SOURCE]:
+            self.assertEqual(readUntilClosed(client, WAIT)[0], b"")
+        server.waitFor(r"Refused metrics connection from 127\.0\.2\.3:\d+")
 
     def test_slowClientIsCut(self) -> None:
         server, port = self.startMetrics()

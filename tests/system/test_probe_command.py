@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from echotwist.probe.payload import Payloads
 from tests._badservers import HTTP_ANSWER
@@ -233,6 +233,46 @@ class ProbeTransportTests(ProbeTestCase):
         line = self.refused(f"tls:localhost:{port}", "-c", "1")
         self.assertIn(f"tls:localhost:{port}: the certificate did not verify", line)
 
+    def test_tlsCertificateForAnotherHost(self) -> None:
+        """
+        A certificate trusted with --ca but for other names (localhost and
+        127.0.0.1, reached as ::1): one line that says so, not the advice
+        to trust another authority.
+        """
+        key, certificate = selfSignedCertificate(self.directory)
+        port = self.start(
+            "--port",
+            f"ssl:0:interface=\\:\\:1:privateKey={key}:certKey={certificate}",
+        ).port
+        line = self.refused(f"tls:[::1]:{port}", "--ca", certificate, "-c", "1")
+        self.assertEqual(
+            line,
+            f"echotwist-probe: tls:[::1]:{port}: the certificate is not for the"
+            " target's host name (--insecure to skip the check)",
+        )
+
+    def test_tlsCertificateNamingNoHost(self) -> None:
+        """
+        A certificate with no subjectAltName (localhost in its common name
+        only), trusted with --ca: it is for no host, and the run ends in
+        one line saying so, exit 2, before a probe is sent.  Twisted's
+        own check logged a traceback and let it through, exit 0.
+        """
+        key, certificate = selfSignedCertificate(self.directory, subjectAltName=False)
+        port = self.start(
+            "--port",
+            f"ssl:0:interface={LOOPBACK}:privateKey={key}:certKey={certificate}",
+        ).port
+        for extra in (("-c", "1"), ("--bulk", "-w", "1"), ("-c", "1", "-C")):
+            line = self.refused(f"tls:localhost:{port}", "--ca", certificate, *extra)
+            self.assertEqual(
+                line,
+                f"echotwist-probe: tls:localhost:{port}: the certificate is not for"
+                " localhost: it names no host (no subjectAltName) (--insecure to"
+                " skip the check)",
+            )
+        self.ok(f"tls:localhost:{port}", "--insecure", "-c", "1")
+
     def test_ipv6(self) -> None:
         with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
             s.bind(("::1", 0))
@@ -248,6 +288,71 @@ class ProbeTransportTests(ProbeTestCase):
         self.ok(f"tcp6:[::1]:{port}", "-c", "2", "-i", "0.05")
         self.ok(f"[::1]:{port}", "-c", "2", "-i", "0.05")
         self.ok(f"udp:[::1]:{udpPort}", "-c", "2", "-i", "0.05")
+
+    def probeWithHosts(self, hosts: str, *args: str) -> None:
+        """
+        Run echotwist-probe C{args} in a mount namespace of its own whose
+        /etc/hosts is C{hosts} (bind-mounted); it must answer every probe.
+        """
+        requireRoot("a mount namespace with an /etc/hosts of its own")
+        unshare = requireTool("unshare", "util-linux")
+        script = 'mount --bind "$1" /etc/hosts && shift && exec "$@"'
+        result = subprocess.run(
+            [unshare, "--mount", "sh", "-c", script, "sh", hosts]
+            + [command("echotwist-probe"), *args, "-c", "2", "-i", "0.05"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 2,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("2 probes sent, 2 answered", result.stdout)
+
+    def test_udpNameWithOnlyIPv6(self) -> None:
+        """
+        udp: to a host name that has only an IPv6 address (here ::1, named
+        by an /etc/hosts of the test's own) probes that address, as tcp:
+        does; it was sent to whatever the IPv4-only lookup made of the name
+        and refused.
+        """
+        requireRoot("a mount namespace with an /etc/hosts of its own")
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+            udpPort = s.getsockname()[1]
+        server = self.start(
+            "--port",
+            "tcp6:0:interface=\\:\\:1",
+            "--udp",
+            f"udp:{udpPort}:interface=\\:\\:1",
+        )
+        server.waitFor(r"Listening on .*\(udp:")
+        name = f"echotwist-v6only-{os.getpid()}"
+        hosts = os.path.join(self.directory, "hosts")
+        with open(hosts, "w") as f:
+            f.write(f"::1 {name}\n")
+        self.probeWithHosts(hosts, f"tcp:{name}:{server.port}")
+        self.probeWithHosts(hosts, f"udp:{name}:{udpPort}")
+
+    def test_udpNameOfBothFamilies(self) -> None:
+        """
+        udp: to a name of both families, IPv6 first (as Debian's localhost
+        is), against a server on IPv4 only (a plain --udp): its IPv4
+        address is probed, and answers.
+        """
+        requireRoot("a mount namespace with an /etc/hosts of its own")
+        udpPort = freePort(socket.SOCK_DGRAM)
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--udp",
+            f"udp:{udpPort}:interface={LOOPBACK}",
+        )
+        server.waitFor(r"Listening on .*\(udp:")
+        name = f"echotwist-dual-{os.getpid()}"
+        hosts = os.path.join(self.directory, "hosts")
+        with open(hosts, "w") as f:
+            f.write(f"::1 {name}\n127.0.0.1 {name}\n")
+        self.probeWithHosts(hosts, f"udp:{name}:{udpPort}")
 
     def test_unix(self) -> None:
         path = os.path.join(self.directory, "echo.sock")
@@ -317,6 +422,32 @@ class ProbeTransportTests(ProbeTestCase):
         self.assertNotIn(" bytes from ", result.stdout)
         with open(path, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
+    def test_readerGone(self) -> None:
+        """
+        echotwist-probe ... | head -2: when the reader of standard output
+        goes away, an unbounded run ends (as ping, killed by SIGPIPE, does,
+        so the pipeline ends) with its exit status and no traceback; for
+        TCP and UDP.
+        """
+        udpPort = freePort(socket.SOCK_DGRAM)
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--udp",
+            f"udp:{udpPort}:interface={LOOPBACK}",
+        )
+        server.waitFor(r"Listening on .*\(udp:")
+        for target in (f"tcp:127.0.0.1:{server.port}", f"udp:127.0.0.1:{udpPort}"):
+            process = self.interruptible(target, "-i", "0.05")
+            self.assertTrue(self.readLine(process).startswith("PROBE "))
+            self.assertIn(" seq=0 time=", self.readLine(process))
+            assert process.stdout is not None
+            process.stdout.close()
+            process.wait(WAIT)
+            assert process.stderr is not None
+            err = process.stderr.read()
+            self.assertEqual((process.returncode, err), (0, ""), target)
 
     def test_durationBounds(self) -> None:
         """
@@ -465,6 +596,29 @@ class BadTargetTests(ProbeTestCase):
             err,
             f"echotwist-probe: tcp:127.0.0.1:{port}: no answer to probe 0"
             " within 1 s (0 of 64 bytes back)\n",
+        )
+
+    def test_ctrlCBulkWhileHandshaking(self) -> None:
+        """
+        SIGINT to a --bulk run whose TLS handshake never finishes (a server
+        that reads the ClientHello and answers nothing): the run ends at
+        once with nothing measured, exit 1, not a clean run with exit 0.
+        """
+        port = self.badServer("discard")
+        process = self.interruptible(
+            f"tls:127.0.0.1:{port}", "--bulk", "-k", "-W", "30", "--json", "-"
+        )
+        self.assertEqual(self.readLine(self.server), "READ\n")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=WAIT)
+        self.assertEqual(process.returncode, 1, out + err)
+        document = json.loads(out)
+        self.assertEqual(document["exit_status"], 1)
+        self.assertEqual(document["bulk"]["sent_bytes"], 0)
+        self.assertEqual(
+            err,
+            f"echotwist-probe: tls:127.0.0.1:{port}: stopped before any byte"
+            " was sent\n",
         )
 
     def test_ctrlCAgainstSilentUDP(self) -> None:
@@ -623,6 +777,21 @@ class BadTargetTests(ProbeTestCase):
             result.stderr,
             "echotwist-probe: --plot needs matplotlib: install echotwist with"
             " its plot extra (pip install '.[plot]' from a checkout) (see --help)\n",
+        )
+
+    def test_jsonCannotBeWritten(self) -> None:
+        """
+        A --json file that cannot be written when the run ends (a full
+        disk) is one line and exit 2: the document is the result a
+        program waits for.
+        """
+        if not os.path.exists("/dev/full"):
+            raise SkipTest("no /dev/full here")
+        port = self.start().port
+        line = self.refused(f"tcp:127.0.0.1:{port}", "-c", "1", "--json", "/dev/full")
+        self.assertEqual(
+            line,
+            "echotwist-probe: --json /dev/full: cannot write (No space left on device)",
         )
 
     def test_jsonRecordsTheError(self) -> None:

@@ -1,0 +1,166 @@
+# -*- test-case-name: tests.test_guard,tests.test_metrics,tests.test_identity -*-
+"""
+A guard for the side listeners that share the echo's reactor (the metrics
+and health site, the identity line): at most so many connections at once,
+and so many from one source, each closed a fixed time after it opened,
+whatever it is doing.
+
+The echo's own connections have their limits (L{echotwist.connections});
+a side listener without any would let one client hold descriptors without
+end (a TLS client that never finishes its handshake, an HTTP client that
+dribbles its request) until the process has none left for the echo.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocolFactory,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+
+from echotwist._address import formatAddress, sourceGroup
+from echotwist._twisted import orGlobalReactor
+from echotwist.limits import ThrottledLog
+
+__all__ = ["ConnectionGuard", "GuardedConnection"]
+
+
+class GuardedConnection(ProtocolWrapper):
+    """
+    A guarded connection, closed (reset) the guard's C{lifetime} seconds
+    after it opened.
+    """
+
+    factory: ConnectionGuard
+    _expiry: IDelayedCall | None = None
+
+    def makeConnection(self, transport: ITransport) -> None:
+        """
+        Start the connection's lifetime, then the wrapped protocol.
+        """
+        self._expiry = self.factory.reactor.callLater(
+            self.factory.lifetime, self._expire
+        )
+        super().makeConnection(transport)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        Stop the lifetime's clock and give the connection's place back.
+        """
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.factory.left(self)
+        super().connectionLost(reason)
+
+
+class _Refused(Protocol):
+    """
+    A connection over the limits: closed as soon as it is made.
+
+    Refusing it by building no protocol (C{None}) closes a plain TCP
+    connection at accept, but a TLS listener's factory wraps whatever the
+    factory under it builds, C{None} too, and that connection was held
+    open for good; closing it here ends both (Twisted's TLS aborts a
+    connection closed before its handshake).
+    """
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+class ConnectionGuard(WrappingFactory):
+    """
+    Wraps a side listener's factory: at most C{maxConnections} connections
+    at once, and C{maxPerSource} from one source (an IPv4 address, an IPv6
+    /64); one more is closed as it is accepted, and the refusal logged at
+    most once every 10 seconds (event C{event}); each connection is closed
+    C{lifetime} seconds after it opened.  Refusals go to C{log}, the
+    listener's own logger (its namespace says whose they are).
+
+    Twisted's C{policies.ThrottlingFactory} caps connections too, but logs
+    a line for every connection it refuses; C{TimeoutFactory} times out
+    idleness only, which a client sending a byte at a time never reaches.
+
+    @ivar what: what the listener serves, as its refusals name it.
+    """
+
+    protocol = GuardedConnection
+    noisy = False
+
+    def __init__(
+        self,
+        wrappedFactory: IProtocolFactory,
+        reactor: IReactorTime | None,
+        maxConnections: int,
+        lifetime: float,
+        maxPerSource: int,
+        what: str,
+        event: str,
+        log: Logger,
+    ) -> None:
+        super().__init__(wrappedFactory)
+        self.reactor = reactor = orGlobalReactor(reactor)
+        self.maxConnections = maxConnections
+        self.maxPerSource = maxPerSource
+        self.lifetime = lifetime
+        self.what = what
+        self.event = event
+        self.refused = 0
+        self._bySource: dict[str, int] = {}
+        self._sources: dict[GuardedConnection, str] = {}
+        self._refusals = ThrottledLog(log, reactor)
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override, unused-ignore]
+        """
+        Build the wrapped protocol, or refuse the connection (closed as it
+        is made, and a throttled log line) while C{maxConnections} are
+        open, or C{maxPerSource} from its source.
+        """
+        host = getattr(addr, "host", None)
+        source = sourceGroup(host) if isinstance(host, str) else "-"
+        fromSource = self._bySource.get(source, 0)
+        if len(self.protocols) >= self.maxConnections or (
+            fromSource >= self.maxPerSource
+        ):
+            self.refused += 1
+            self._refusals.warn(
+                self.event,
+                f"Refused {self.what} connection from {{peer}}: {{open}} already"
+                " open ({fromSource} from its source)",
+                event=self.event,
+                peer=formatAddress(addr) if addr is not None else "-",
+                open=len(self.protocols),
+                fromSource=fromSource,
+            )
+            return _Refused()
+        # Twisted before 26 has WrappingFactory.buildProtocol untyped.
+        protocol: Protocol | None = super().buildProtocol(addr)
+        if isinstance(protocol, GuardedConnection):
+            self._bySource[source] = fromSource + 1
+            self._sources[protocol] = source
+        return protocol
+
+    def left(self, connection: GuardedConnection) -> None:
+        """
+        C{connection} closed: its source may open another.
+        """
+        source = self._sources.pop(connection, None)
+        if source is not None:
+            count = self._bySource[source] - 1
+            if count:
+                self._bySource[source] = count
+            else:
+                del self._bySource[source]
