@@ -13,6 +13,8 @@ dribbles its request) until the process has none left for the echo.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -40,27 +42,68 @@ class GuardedConnection(ProtocolWrapper):
 
     factory: ConnectionGuard
     _expiry: IDelayedCall | None = None
+    #: Behind a C{haproxy:} listener's PROXY wrapper, until the header is
+    #: in: the wrapper, which holds the connection.
+    _awaiting: Any = None
 
     def makeConnection(self, transport: ITransport) -> None:
         """
-        Start the connection's lifetime, then the wrapped protocol.
+        Start the connection's lifetime (unless it started at accept, behind
+        a PROXY wrapper), then the wrapped protocol.
         """
+        self._awaiting = None
+        if self._expiry is None:
+            self._expiry = self.factory.reactor.callLater(
+                self.factory.lifetime, self._expire
+            )
+        super().makeConnection(transport)
+
+    def proxyAccepted(self, wrapper: Any) -> bool:
+        """
+        The PROXY wrapper (L{echotwist.proxy}) accepted a connection that
+        starts this protocol only once its header is in: it holds a place
+        from now on, and its lifetime runs; a client that sends no header
+        would otherwise hold a descriptor outside the caps.
+
+        @param wrapper: the wrapper, which holds the connection until then.
+        @return: C{True}: the place was taken when this was built.
+        """
+        self._awaiting = wrapper
+        self.factory.registerProtocol(self)
         self._expiry = self.factory.reactor.callLater(
             self.factory.lifetime, self._expire
         )
-        super().makeConnection(transport)
+        return True
+
+    def proxyAbandoned(self) -> None:
+        """
+        The connection ended before its PROXY header was in (a TCP health
+        check, a peer not trusted to send one): its place is given back,
+        as a connection's that started is in L{connectionLost}.
+        """
+        self._awaiting = None
+        self._stopClock()
+        self.factory.left(self)
+        if self in self.factory.protocols:
+            self.factory.unregisterProtocol(self)
 
     def _expire(self) -> None:
         self._expiry = None
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        transport = self.transport
+        if transport is None and self._awaiting is not None:
+            transport = self._awaiting.transport
+        transport.abortConnection()  # type: ignore[union-attr]
+
+    def _stopClock(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
         Stop the lifetime's clock and give the connection's place back.
         """
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+        self._stopClock()
         self.factory.left(self)
         super().connectionLost(reason)
 
@@ -76,7 +119,17 @@ class _Refused(Protocol):
     connection closed before its handshake).
     """
 
+    def proxyAccepted(self, wrapper: Any) -> bool:
+        """
+        Behind a PROXY wrapper: refused before the header, which would
+        otherwise be waited for (L{echotwist.proxy}).
+        """
+        return False
+
     def connectionMade(self) -> None:
+        """
+        Close the connection.
+        """
         assert self.transport is not None
         self.transport.loseConnection()
 

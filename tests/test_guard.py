@@ -91,3 +91,72 @@ class ConnectionGuardTests(SynchronousTestCase):
         _, transport = self.connect("192.0.2.1", wrapping)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(transport.value(), b"")
+
+
+class GuardBehindProxyTests(SynchronousTestCase):
+    """
+    A guard behind echotwist's PROXY wrapper (C{--metrics haproxy:...},
+    C{--identify haproxy:...}): the wrapper builds the guarded protocol as
+    it accepts the connection, and starts it only once the header is in.
+    """
+
+    def setUp(self) -> None:
+        from echotwist.proxy import ProxyWrappingFactory
+
+        self.clock = Clock()
+        self.guard = ConnectionGuard(
+            Factory.forProtocol(Protocol),
+            self.clock,
+            maxConnections=3,
+            lifetime=5.0,
+            maxPerSource=2,
+            what="side",
+            event="side.refused",
+            log=log,
+        )
+        self.proxy = ProxyWrappingFactory(self.guard, self.clock)
+
+    def connect(self) -> tuple[object, _Aborting]:
+        address = IPv4Address("TCP", "192.0.2.1", 4000)
+        wrapper = self.proxy.buildProtocol(address)
+        transport = _Aborting(peerAddress=address)
+        wrapper.makeConnection(transport)
+        return wrapper, transport
+
+    def test_abandonedGivesItsPlaceBack(self) -> None:
+        """
+        Connections closed before their PROXY header (a TCP health check,
+        a peer not in --proxy-from) give their place back: they did not
+        use up their source's for good.
+        """
+        for _ in range(5):
+            wrapper, _ = self.connect()
+            wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        wrapper, transport = self.connect()
+        wrapper.dataReceived(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 7\r\n")  # type: ignore[attr-defined]
+        self.assertFalse(transport.disconnecting)
+        self.assertIsInstance(
+            wrapper.wrappedProtocol,  # type: ignore[attr-defined]
+            GuardedConnection,
+        )
+        self.assertEqual(self.guard._sources, {wrapper.wrappedProtocol: "192.0.2.1"})  # type: ignore[attr-defined]
+
+    def test_waitingForTheHeaderCounts(self) -> None:
+        """
+        A connection still waiting for its header holds a place, and its
+        lifetime runs from its accept: one that never sends a header is
+        closed after C{lifetime} seconds, and gives its place back.
+        """
+        self.guard.maxPerSource = 10
+        waiting = [self.connect() for _ in range(3)]
+        refused, refusedTransport = self.connect()
+        self.assertNotIsInstance(refused.wrappedProtocol, GuardedConnection)  # type: ignore[attr-defined]
+        # Closed at once, not held open waiting for a header.
+        self.assertTrue(refusedTransport.disconnecting)
+        refused.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.clock.advance(5.0)
+        self.assertTrue(all(transport.aborted for _, transport in waiting))
+        for wrapper, _ in waiting:
+            wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.assertEqual((self.guard.protocols, self.guard._sources), ({}, {}))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
