@@ -153,3 +153,30 @@ class LogLineTests(SynchronousTestCase):
             ),
             "",
         )
+
+    def test_legacyErrorIsOneLine(self) -> None:
+        """
+        An error logged through Twisted's legacy C{log.err} (Twisted 24.3's
+        TLS info callback does: C{"Error during info_callback"}) carries
+        its failure as C{failure} and its traceback in its text: one line
+        too, and a service_identity error is left to the probe.
+        """
+        requireTLS()
+        from service_identity import CertificateError
+        from twisted.logger import globalLogPublisher
+        from twisted.python import log as legacy
+
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            legacy.err(self.failure(ValueError("bad\nnews")), "Error during x")
+            legacy.err(self.failure(CertificateError("no SAN")), "Error during y")
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        self.flushLoggedErrors(ValueError, CertificateError)
+        self.assertEqual(len(events), 2)
+        self.assertEqual(
+            self.logged(events[0]),
+            "echotwist-probe: Error during x: ValueError: bad news\n",
+        )
+        self.assertEqual(self.logged(events[1]), "")

@@ -60,8 +60,14 @@ def _logLine(event: dict[str, Any]) -> None:
 
     if event.get("log_level") != LogLevel.critical:
         return
-    failure = event.get("log_failure")
-    text = formatEvent(event)
+    # Twisted's legacy log.err (Twisted 24.3's TLS info callback uses it)
+    # hands its failure over as "failure", its traceback inside the text,
+    # and its reason as "why".
+    failure = event.get("log_failure", event.get("failure"))
+    if "log_failure" not in event and failure is not None:
+        text = str(event.get("why") or "Unhandled error")
+    else:
+        text = formatEvent(event)
     if failure is not None:
         error = failure.value
         if type(error).__module__.startswith("service_identity"):
