@@ -356,6 +356,35 @@ class AbuseTests(MetricsTestCase):
             self.assertEqual(readUntilClosed(client, WAIT)[0], b"")
         server.waitFor(r"Refused metrics connection from 127\.0\.2\.3:\d+")
 
+    def test_headerlessConnectionsGiveTheirPlaceBack(self) -> None:
+        """
+        --health behind haproxy:: connections refused before their PROXY
+        header is in (here: a request with no header) give their place
+        back.  They kept it for good: after 4 from the proxy's address,
+        every later connection through it was refused until a restart.
+        """
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--health",
+            f"haproxy:tcp:0:interface={LOOPBACK}",
+        )
+        port = int(server.waitFor(r"Serving health on \S+:(\d+)").group(1))
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        for _ in range(MAX_METRICS_CONNECTIONS_PER_SOURCE * 2):
+            with socket.create_connection((LOOPBACK, port), timeout=WAIT) as client:
+                client.sendall(request)
+                # The server closes it (no PROXY header): its socket is
+                # closed where its place is given back, so the next
+                # connection finds it given back.
+                self.assertEqual(readUntilClosed(client, WAIT)[0], b"")
+        server.waitFor(r"Refused connection from 127\.0\.0\.1:\d+: no PROXY")
+        header = f"PROXY TCP4 203.0.113.7 {LOOPBACK} 40000 {port}\r\n"
+        with socket.create_connection((LOOPBACK, port), timeout=WAIT) as client:
+            client.sendall(header.encode() + request)
+            answer = readUntilClosed(client, WAIT)[0]
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:200])
+
     def test_slowClientIsCut(self) -> None:
         server, port = self.startMetrics()
         client = socket.create_connection((LOOPBACK, port), timeout=WAIT)
