@@ -51,7 +51,13 @@ class GuardedConnection(ProtocolWrapper):
         Start the connection's lifetime (unless it started at accept, behind
         a PROXY wrapper), then the wrapped protocol.
         """
-        self._awaiting = None
+        if self._awaiting is not None:
+            # The header is in: the connection counts as its client's from
+            # now on, and one over that source's limit ends here (the
+            # protocol built for it is never started).
+            self._awaiting = None
+            if not self.factory.admit(self, transport.getPeer()):
+                self.wrappedProtocol = _Refused()
         if self._expiry is None:
             self._expiry = self.factory.reactor.callLater(
                 self.factory.lifetime, self._expire
@@ -62,12 +68,18 @@ class GuardedConnection(ProtocolWrapper):
         """
         The PROXY wrapper (L{echotwist.proxy}) accepted a connection that
         starts this protocol only once its header is in: it holds a place
-        from now on, and its lifetime runs; a client that sends no header
-        would otherwise hold a descriptor outside the caps.
+        among C{maxConnections} from now on, and its lifetime runs; a
+        client that sends no header would otherwise hold a descriptor
+        outside the caps.
 
         @param wrapper: the wrapper, which holds the connection until then.
         @return: C{True}: the place was taken when this was built.
         """
+        # Counted against the cap, and as the proxy's until its header
+        # names its client (makeConnection): a proxy carries many clients,
+        # and held to one source's limit it would let through only so
+        # many at once, whoever they are.
+        self.factory.left(self)
         self._awaiting = wrapper
         self.factory.registerProtocol(self)
         self._expiry = self.factory.reactor.callLater(
@@ -182,22 +194,12 @@ class ConnectionGuard(WrappingFactory):
         is made, and a throttled log line) while C{maxConnections} are
         open, or C{maxPerSource} from its source.
         """
-        host = getattr(addr, "host", None)
-        source = sourceGroup(host) if isinstance(host, str) else "-"
+        source = self._sourceOf(addr)
         fromSource = self._bySource.get(source, 0)
         if len(self.protocols) >= self.maxConnections or (
             fromSource >= self.maxPerSource
         ):
-            self.refused += 1
-            self._refusals.warn(
-                self.event,
-                f"Refused {self.what} connection from {{peer}}: {{open}} already"
-                " open ({fromSource} from its source)",
-                event=self.event,
-                peer=formatAddress(addr) if addr is not None else "-",
-                open=len(self.protocols),
-                fromSource=fromSource,
-            )
+            self._refuse(addr, fromSource)
             return _Refused()
         # Twisted before 26 has WrappingFactory.buildProtocol untyped.
         protocol: Protocol | None = super().buildProtocol(addr)
@@ -205,6 +207,37 @@ class ConnectionGuard(WrappingFactory):
             self._bySource[source] = fromSource + 1
             self._sources[protocol] = source
         return protocol
+
+    def admit(self, connection: GuardedConnection, addr: IAddress) -> bool:
+        """
+        Count C{connection}, from C{addr}, against its source's limit (a
+        connection behind a PROXY wrapper, once its header named its
+        client); C{False}, and a throttled log line, if the source is full.
+        """
+        source = self._sourceOf(addr)
+        fromSource = self._bySource.get(source, 0)
+        if fromSource >= self.maxPerSource:
+            self._refuse(addr, fromSource)
+            return False
+        self._bySource[source] = fromSource + 1
+        self._sources[connection] = source
+        return True
+
+    def _sourceOf(self, addr: IAddress | None) -> str:
+        host = getattr(addr, "host", None)
+        return sourceGroup(host) if isinstance(host, str) else "-"
+
+    def _refuse(self, addr: IAddress | None, fromSource: int) -> None:
+        self.refused += 1
+        self._refusals.warn(
+            self.event,
+            f"Refused {self.what} connection from {{peer}}: {{open}} already"
+            " open ({fromSource} from its source)",
+            event=self.event,
+            peer=formatAddress(addr) if addr is not None else "-",
+            open=len(self.protocols),
+            fromSource=fromSource,
+        )
 
     def left(self, connection: GuardedConnection) -> None:
         """

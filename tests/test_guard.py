@@ -139,7 +139,10 @@ class GuardBehindProxyTests(SynchronousTestCase):
             wrapper.wrappedProtocol,  # type: ignore[attr-defined]
             GuardedConnection,
         )
-        self.assertEqual(self.guard._sources, {wrapper.wrappedProtocol: "192.0.2.1"})  # type: ignore[attr-defined]
+        self.assertEqual(
+            self.guard._sources,
+            {wrapper.wrappedProtocol: "203.0.113.7"},  # type: ignore[attr-defined]
+        )
 
     def test_waitingForTheHeaderCounts(self) -> None:
         """
@@ -160,3 +163,33 @@ class GuardBehindProxyTests(SynchronousTestCase):
             wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
         self.assertEqual((self.guard.protocols, self.guard._sources), ({}, {}))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_countedAsTheHeadersClient(self) -> None:
+        """
+        Behind the proxy, the per-source limit holds each client the
+        header names, not the proxy: more clients than C{maxPerSource}
+        get through one proxy at once, and one client no more than
+        C{maxPerSource}.
+        """
+        self.guard.maxConnections = 10
+        started = []
+        for n in range(4):
+            wrapper, transport = self.connect()
+            wrapper.dataReceived(  # type: ignore[attr-defined]
+                f"PROXY TCP4 203.0.113.{n} 192.0.2.1 40000 7\r\n".encode()
+            )
+            self.assertFalse(transport.disconnecting, n)
+            started.append(wrapper)
+        with capturedLogs() as events:
+            for _ in range(3):
+                wrapper, transport = self.connect()
+                wrapper.dataReceived(  # type: ignore[attr-defined]
+                    b"PROXY TCP4 198.51.100.9 192.0.2.1 40000 7\r\n"
+                )
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.guard.refused, 1)
+        self.assertEqual([e["event"] for e in events], ["side.refused"])
+        self.assertIn("198.51.100.9", events[0]["peer"])
+        wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.assertEqual(self.guard._bySource["198.51.100.9"], 2)
+        self.assertNotIn("192.0.2.1", self.guard._bySource)
