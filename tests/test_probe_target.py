@@ -9,8 +9,14 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from echotwist.probe.target import Target, TargetError, parseTarget, peerCheck
-from tests._tools import selfSignedCertificate
+from echotwist.probe.target import (
+    Target,
+    TargetError,
+    parseTarget,
+    peerCheck,
+    tlsOptions,
+)
+from tests._tools import requireTLS, selfSignedCertificate
 
 
 class TargetTests(SynchronousTestCase):
@@ -152,3 +158,56 @@ class PeerCheckTests(SynchronousTestCase):
     def test_nothingToCheck(self) -> None:
         self.assertIsNone(peerCheck(parseTarget("tls:localhost:1"), insecure=True))
         self.assertIsNone(peerCheck(parseTarget("tcp:localhost:1"), insecure=False))
+
+
+class InsecureServerNameTests(SynchronousTestCase):
+    """
+    C{--insecure} skips the certificate's check, not the server name
+    (SNI): a server that picks its certificate (or refuses a handshake)
+    by the name still gets it, and an IP address is still not sent.
+    """
+
+    def serverName(self, text: str) -> object:
+        """
+        The name a server is sent in a handshake, in memory, with the
+        options of C{--insecure} for C{text}.
+        """
+        requireTLS()
+        import os
+
+        from twisted.internet import ssl
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+        from twisted.test.iosim import connectedServerAndClient
+
+        directory = self.mktemp()
+        os.mkdir(directory)
+        key, certificate = selfSignedCertificate(directory)
+        with open(key) as k, open(certificate) as c:
+            server = ssl.PrivateCertificate.loadPEM(k.read() + c.read()).options()
+        names: list[object] = []
+        server.getContext().set_tlsext_servername_callback(
+            lambda connection: names.append(connection.get_servername())
+        )
+        plain = Factory.forProtocol(Protocol)
+        serverSide = TLSMemoryBIOFactory(server, False, plain)
+        clientSide = TLSMemoryBIOFactory(
+            tlsOptions(parseTarget(text), None, insecure=True), True, plain
+        )
+        _, _, pump = connectedServerAndClient(
+            lambda: serverSide.buildProtocol(None),
+            lambda: clientSide.buildProtocol(None),
+        )
+        pump.flush()
+        self.assertEqual(len(names), 1)
+        return names[0]
+
+    def test_nameSent(self) -> None:
+        self.assertEqual(self.serverName("tls:example.com:1"), b"example.com")
+        self.assertEqual(
+            self.serverName("tls:b\u00fccher.example:1"), b"xn--bcher-kva.example"
+        )
+
+    def test_addressNotSent(self) -> None:
+        self.assertIsNone(self.serverName("tls:127.0.0.1:1"))
+        self.assertIsNone(self.serverName("tls:[::1]:1"))

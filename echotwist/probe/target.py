@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from zope.interface import implementer
+
 #: RFC 862's port: a bare host means TCP to it.
 ECHO_PORT = 7
 
@@ -171,7 +174,7 @@ def tlsOptions(target: Target, trustRoot: str | None, insecure: bool) -> Any:
             f"{target.text}: TLS needs the tls extra: {tlsHint()}"
         ) from None
     if insecure:
-        return ssl.CertificateOptions()
+        return _Unchecked(target.host, ssl.CertificateOptions())
     if trustRoot is None:
         return ssl.optionsForClientTLS(target.host)
     try:
@@ -182,6 +185,42 @@ def tlsOptions(target: Target, trustRoot: str | None, insecure: bool) -> Any:
     except Exception:
         raise TargetError(f"--ca {trustRoot}: not a PEM certificate") from None
     return ssl.optionsForClientTLS(target.host, trustRoot=authority)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _Unchecked:
+    """
+    The client TLS options of C{--insecure}: the server's certificate is
+    not checked, but its name is still sent (SNI), as
+    C{optionsForClientTLS} sends it, for a server that picks its
+    certificate by the name or refuses a handshake without one.  Twisted
+    has no public options that send the name without checking it.
+    """
+
+    def __init__(self, host: str, options: Any) -> None:
+        from twisted.internet.abstract import isIPAddress, isIPv6Address
+
+        self._options = options
+        self._serverName: bytes | None = None
+        # Never an address: RFC 6066 allows names only.
+        if not (isIPAddress(host) or isIPv6Address(host)):
+            try:
+                self._serverName = host.encode("ascii")
+            except UnicodeEncodeError:
+                import idna
+
+                self._serverName = idna.encode(host)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        """
+        A client connection of the options' context, with the name set.
+        """
+        from OpenSSL.SSL import Connection
+
+        connection = Connection(self._options.getContext(), None)
+        if self._serverName is not None:
+            connection.set_tlsext_host_name(self._serverName)
+        return connection
 
 
 def peerCheck(target: Target, insecure: bool) -> Callable[[Any], str | None] | None:
