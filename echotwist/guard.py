@@ -195,7 +195,7 @@ class ConnectionGuard(WrappingFactory):
         open, or C{maxPerSource} from its source.
         """
         source = self._sourceOf(addr)
-        fromSource = self._bySource.get(source, 0)
+        fromSource = self._bySource.get(source, 0) if source is not None else 0
         if len(self.protocols) >= self.maxConnections or (
             fromSource >= self.maxPerSource
         ):
@@ -203,7 +203,7 @@ class ConnectionGuard(WrappingFactory):
             return _Refused()
         # Twisted before 26 has WrappingFactory.buildProtocol untyped.
         protocol: Protocol | None = super().buildProtocol(addr)
-        if isinstance(protocol, GuardedConnection):
+        if isinstance(protocol, GuardedConnection) and source is not None:
             self._bySource[source] = fromSource + 1
             self._sources[protocol] = source
         return protocol
@@ -215,6 +215,8 @@ class ConnectionGuard(WrappingFactory):
         client); C{False}, and a throttled log line, if the source is full.
         """
         source = self._sourceOf(addr)
+        if source is None:
+            return True
         fromSource = self._bySource.get(source, 0)
         if fromSource >= self.maxPerSource:
             self._refuse(addr, fromSource)
@@ -223,9 +225,13 @@ class ConnectionGuard(WrappingFactory):
         self._sources[connection] = source
         return True
 
-    def _sourceOf(self, addr: IAddress | None) -> str:
+    def _sourceOf(self, addr: IAddress | None) -> str | None:
+        # A peer with no host (a UNIX socket's) is no source: as for the
+        # echo's connections (L{echotwist.admission}), only the cap in all
+        # holds it; counted as one source, every local client shared its
+        # few places.
         host = getattr(addr, "host", None)
-        return sourceGroup(host) if isinstance(host, str) else "-"
+        return sourceGroup(host) if isinstance(host, str) else None
 
     def _refuse(self, addr: IAddress | None, fromSource: int) -> None:
         self.refused += 1

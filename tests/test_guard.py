@@ -66,6 +66,22 @@ class ConnectionGuardTests(SynchronousTestCase):
         self.assertEqual(events[0]["log_namespace"], "tests.test_guard")
         self.assertTrue(all(isinstance(p, GuardedConnection) for p, _ in kept))
 
+    def test_unixPeersAreNoSource(self) -> None:
+        """
+        Peers with no host (a UNIX socket's) are held by C{maxConnections}
+        only, as the echo's are: not all counted as one source.
+        """
+        from twisted.internet.address import UNIXAddress
+
+        for n in range(3):
+            protocol = self.guard.buildProtocol(UNIXAddress(None))
+            self.assertIsInstance(protocol, GuardedConnection, str(n))
+            assert protocol is not None
+            protocol.makeConnection(_Aborting(peerAddress=UNIXAddress(None)))
+        self.assertNotIsInstance(
+            self.guard.buildProtocol(UNIXAddress(None)), GuardedConnection
+        )
+
     def test_lifetime(self) -> None:
         protocol, transport = self.connect("192.0.2.1")
         self.clock.advance(4.999)
@@ -178,7 +194,7 @@ class GuardBehindProxyTests(SynchronousTestCase):
             wrapper.dataReceived(  # type: ignore[attr-defined]
                 f"PROXY TCP4 203.0.113.{n} 192.0.2.1 40000 7\r\n".encode()
             )
-            self.assertFalse(transport.disconnecting, n)
+            self.assertFalse(transport.disconnecting, str(n))
             started.append(wrapper)
         with capturedLogs() as events:
             for _ in range(3):
