@@ -48,16 +48,18 @@ class GuardedConnection(ProtocolWrapper):
 
     def makeConnection(self, transport: ITransport) -> None:
         """
-        Start the connection's lifetime (unless it started at accept, behind
-        a PROXY wrapper), then the wrapped protocol.
+        Count the connection as its peer's (behind a PROXY wrapper: the
+        client its header named), start its lifetime (unless it started at
+        accept, behind a PROXY wrapper), then the wrapped protocol.
         """
-        if self._awaiting is not None:
-            # The header is in: the connection counts as its client's from
-            # now on, and one over that source's limit ends here (the
-            # protocol built for it is never started).
-            self._awaiting = None
-            if not self.factory.admit(self, transport.getPeer()):
-                self.wrappedProtocol = _Refused()
+        # Counted per source here, not as it is built: behind a PROXY
+        # wrapper the peer then is the proxy, whose own source (its LOCAL
+        # health checks, clients on its host) may be full while the client
+        # the header will name is not.  One over its source's limit ends
+        # here (the protocol built for it is never started).
+        self._awaiting = None
+        if not self.factory.admit(self, transport.getPeer()):
+            self.wrappedProtocol = _Refused()
         if self._expiry is None:
             self._expiry = self.factory.reactor.callLater(
                 self.factory.lifetime, self._expire
@@ -75,11 +77,10 @@ class GuardedConnection(ProtocolWrapper):
         @param wrapper: the wrapper, which holds the connection until then.
         @return: C{True}: the place was taken when this was built.
         """
-        # Counted against the cap, and as the proxy's until its header
+        # Counted against the cap, and per source only once its header
         # names its client (makeConnection): a proxy carries many clients,
         # and held to one source's limit it would let through only so
         # many at once, whoever they are.
-        self.factory.left(self)
         self._awaiting = wrapper
         self.factory.registerProtocol(self)
         self._expiry = self.factory.reactor.callLater(
@@ -192,26 +193,20 @@ class ConnectionGuard(WrappingFactory):
         """
         Build the wrapped protocol, or refuse the connection (closed as it
         is made, and a throttled log line) while C{maxConnections} are
-        open, or C{maxPerSource} from its source.
+        open.  Its source's limit holds it once it is made (L{admit}).
         """
-        source = self._sourceOf(addr)
-        fromSource = self._bySource.get(source, 0) if source is not None else 0
-        if len(self.protocols) >= self.maxConnections or (
-            fromSource >= self.maxPerSource
-        ):
-            self._refuse(addr, fromSource)
+        if len(self.protocols) >= self.maxConnections:
+            source = self._sourceOf(addr)
+            self._refuse(addr, self._bySource.get(source, 0) if source else 0)
             return _Refused()
         # Twisted before 26 has WrappingFactory.buildProtocol untyped.
         protocol: Protocol | None = super().buildProtocol(addr)
-        if isinstance(protocol, GuardedConnection) and source is not None:
-            self._bySource[source] = fromSource + 1
-            self._sources[protocol] = source
         return protocol
 
     def admit(self, connection: GuardedConnection, addr: IAddress) -> bool:
         """
-        Count C{connection}, from C{addr}, against its source's limit (a
-        connection behind a PROXY wrapper, once its header named its
+        Count C{connection}, from C{addr}, against its source's limit (as
+        it is made; behind a PROXY wrapper, once its header named its
         client); C{False}, and a throttled log line, if the source is full.
         """
         source = self._sourceOf(addr)

@@ -57,8 +57,8 @@ class ConnectionGuardTests(SynchronousTestCase):
         kept = [self.connect("192.0.2.1"), self.connect("192.0.2.1")]
         with capturedLogs() as events:
             refused, transport = self.connect("192.0.2.1")
-            self.assertNotIsInstance(refused, GuardedConnection)
             self.assertTrue(transport.disconnecting)
+            refused.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
             kept.append(self.connect("192.0.2.2"))
             self.assertNotIsInstance(self.connect("192.0.2.3")[0], GuardedConnection)
         self.assertEqual(self.guard.refused, 2)
@@ -209,3 +209,27 @@ class GuardBehindProxyTests(SynchronousTestCase):
         wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
         self.assertEqual(self.guard._bySource["198.51.100.9"], 2)
         self.assertNotIn("192.0.2.1", self.guard._bySource)
+
+    def test_proxysOwnSourceFullRefusesNoOneElse(self) -> None:
+        """
+        Headers naming the proxy's own source (HAProxy's health checks with
+        a LOCAL header, clients on the proxy's host) fill that source; a
+        connection the proxy carries for another client is still accepted:
+        whose it is is known only once its header is in.
+        """
+        self.guard.maxConnections = 10
+        for _ in range(2):
+            wrapper, transport = self.connect()
+            wrapper.dataReceived(  # type: ignore[attr-defined]
+                b"PROXY TCP4 192.0.2.1 192.0.2.1 40000 7\r\n"
+            )
+            self.assertFalse(transport.disconnecting)
+        wrapper, transport = self.connect()
+        self.assertIsInstance(
+            wrapper.wrappedProtocol,  # type: ignore[attr-defined]
+            GuardedConnection,
+        )
+        wrapper.dataReceived(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 7\r\n")  # type: ignore[attr-defined]
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.guard.refused, 0)
+        self.assertEqual(self.guard._bySource, {"192.0.2.1": 2, "203.0.113.7": 1})
