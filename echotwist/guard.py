@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IHalfCloseableProtocol,
     IProtocolFactory,
     IReactorTime,
     ITransport,
@@ -99,6 +100,32 @@ class GuardedConnection(ProtocolWrapper):
         self.factory.left(self)
         if self in self.factory.protocols:
             self.factory.unregisterProtocol(self)
+
+    def readConnectionLost(self) -> None:
+        """
+        The client closed its side: passed on to a half-closeable protocol,
+        the connection closed otherwise.
+        """
+        self._halfClosed("readConnectionLost")
+
+    def writeConnectionLost(self) -> None:
+        """
+        The connection's writing side closed: passed on to a half-closeable
+        protocol, the connection closed otherwise.
+        """
+        self._halfClosed("writeConnectionLost")
+
+    def _halfClosed(self, side: str) -> None:
+        # Called only when this wrapper looks half-closeable: it takes on
+        # its transport's interfaces (ProtocolWrapper.makeConnection), and
+        # the PROXY wrapper it runs behind is one.  Without these methods,
+        # ProtocolWrapper.__getattr__ found the PROXY wrapper's, which
+        # called this one's again: a RecursionError for every client that
+        # half-closed after its header.
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            getattr(self.wrappedProtocol, side)()
+        else:
+            self.loseConnection()
 
     def _expire(self) -> None:
         self._expiry = None

@@ -233,3 +233,26 @@ class GuardBehindProxyTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         self.assertEqual(self.guard.refused, 0)
         self.assertEqual(self.guard._bySource, {"192.0.2.1": 2, "203.0.113.7": 1})
+
+    def test_halfCloseAfterTheHeader(self) -> None:
+        """
+        A client that sends its header, then closes its side (a FIN, which
+        HAProxy passes on) has its connection closed, and its place given
+        back.  The guarded connection took on the PROXY wrapper's
+        C{IHalfCloseableProtocol} with its transport's interfaces, and
+        without a C{readConnectionLost} of its own looked the wrapper's
+        up, which asked it again: a RecursionError, and a traceback of a
+        thousand lines logged for each such client.
+        """
+        self.guard.maxConnections = 10
+        for method in ("readConnectionLost", "writeConnectionLost"):
+            wrapper, transport = self.connect()
+            wrapper.dataReceived(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 7\r\n")  # type: ignore[attr-defined]
+            getattr(wrapper, method)()
+            self.assertTrue(transport.disconnecting, method)
+            wrapper.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
+        self.assertEqual(
+            (self.guard.protocols, self.guard._sources, self.guard._bySource),
+            ({}, {}, {}),
+        )
+        self.assertEqual(self.clock.getDelayedCalls(), [])
