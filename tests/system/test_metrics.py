@@ -385,6 +385,105 @@ class AbuseTests(MetricsTestCase):
             answer = readUntilClosed(client, WAIT)[0]
         self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:200])
 
+    def churnLeavesNoCount(self, proxied: bool) -> None:
+        """
+        Connections to --health that end at every odd moment (closed or
+        reset before, during and after a PROXY header or a request; one
+        answered) leave nothing counted: afterwards one client holds
+        exactly MAX_METRICS_CONNECTIONS_PER_SOURCE, and all of them
+        MAX_METRICS_CONNECTIONS.
+
+        @param proxied: behind haproxy:, each client named by its header
+            (one of them the proxy's own address); else each from its own
+            loopback address.
+        """
+        listener = f"tcp:0:interface={LOOPBACK}"
+        server = self.start(
+            "--port",
+            f"tcp:0:interface={LOOPBACK}",
+            "--health",
+            f"haproxy:{listener}" if proxied else listener,
+        )
+        port = int(server.waitFor(r"Serving health on \S+:(\d+)").group(1))
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+        def connect(n: int) -> tuple[socket.socket, bytes]:
+            # Client n: the socket, and what it sends before its request.
+            # Client 1 is the proxy's own address: its source full, others
+            # still get through it.
+            client = LOOPBACK if n == 1 else f"127.0.3.{n + 1}"
+            if proxied:
+                header = f"PROXY TCP4 {client} {LOOPBACK} 40000 {port}\r\n"
+                sock = socket.create_connection((LOOPBACK, port), timeout=WAIT)
+                return sock, header.encode()
+            sock = socket.create_connection(
+                (LOOPBACK, port), timeout=WAIT, source_address=(client, 0)
+            )
+            return sock, b""
+
+        def reset(sock: socket.socket) -> None:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            sock.close()
+
+        for n in range(MAX_METRICS_CONNECTIONS):
+            for cut in (0, 9, None, -5, -1):
+                for end in (socket.socket.close, reset):
+                    sock, before = connect(n % 4)
+                    # Nothing; part of the header; the header; part of the
+                    # request; all of it but its last byte.
+                    sock.sendall(
+                        (before + request)[:cut] if cut is not None else before
+                    )
+                    end(sock)
+            sock, before = connect(n % 4)
+            with sock:
+                # Answered, or refused while the churn before it is still
+                # counted: either way it ends.
+                sock.sendall(before + request)
+                answerOf(sock)
+
+        def hold(n: int) -> socket.socket | None:
+            # Client n's connection, answered and held open (HTTP/1.1);
+            # None if it was closed unanswered.
+            sock, before = connect(n)
+            self.addCleanup(sock.close)
+            sock.sendall(before + request)
+            if answerOf(sock).startswith(b"HTTP/1.1 200 "):
+                return sock
+            sock.close()
+            return None
+
+        # The server sees the churn's ends in its own time: until it has,
+        # fewer are held (boundedly retried).
+        deadline = time.monotonic() + WAIT
+        while True:
+            held = [hold(0) for _ in range(MAX_METRICS_CONNECTIONS_PER_SOURCE)]
+            if all(held):
+                break
+            for sock in held:
+                if sock is not None:
+                    sock.close()
+            self.assertLess(time.monotonic(), deadline, "places still counted")
+        # Exactly as many from one client, and from all of them.
+        self.assertIsNone(hold(0))
+        for n in range(
+            1, MAX_METRICS_CONNECTIONS // MAX_METRICS_CONNECTIONS_PER_SOURCE
+        ):
+            for _ in range(MAX_METRICS_CONNECTIONS_PER_SOURCE):
+                self.assertIsNotNone(hold(n), n)
+        self.assertIsNone(hold(9))
+        # Logged (the first of them: the log is throttled).
+        server.waitFor(r"Refused metrics connection from 127\.0\.[03]\.\d+:\d+: ")
+        self.assertFalse("Traceback" in server.output, "a traceback was logged")
+
+    def test_churnLeavesNoCount(self) -> None:
+        self.churnLeavesNoCount(proxied=False)
+
+    def test_churnBehindProxyLeavesNoCount(self) -> None:
+        self.churnLeavesNoCount(proxied=True)
+
     def test_slowClientIsCut(self) -> None:
         server, port = self.startMetrics()
         client = socket.create_connection((LOOPBACK, port), timeout=WAIT)
