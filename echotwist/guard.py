@@ -224,7 +224,11 @@ class ConnectionGuard(WrappingFactory):
         """
         if len(self.protocols) >= self.maxConnections:
             source = self._sourceOf(addr)
-            self._refuse(addr, self._bySource.get(source, 0) if source else 0)
+            self._refuse(
+                addr,
+                self._bySource.get(source, 0) if source else 0,
+                len(self.protocols),
+            )
             return _Refused()
         # Twisted before 26 has WrappingFactory.buildProtocol untyped.
         protocol: Protocol | None = super().buildProtocol(addr)
@@ -241,7 +245,11 @@ class ConnectionGuard(WrappingFactory):
             return True
         fromSource = self._bySource.get(source, 0)
         if fromSource >= self.maxPerSource:
-            self._refuse(addr, fromSource)
+            # Not itself among those open (behind a PROXY wrapper it held
+            # a place while it waited for its header).
+            self._refuse(
+                addr, fromSource, len(self.protocols) - (connection in self.protocols)
+            )
             return False
         self._bySource[source] = fromSource + 1
         self._sources[connection] = source
@@ -255,7 +263,8 @@ class ConnectionGuard(WrappingFactory):
         host = getattr(addr, "host", None)
         return sourceGroup(host) if isinstance(host, str) else None
 
-    def _refuse(self, addr: IAddress | None, fromSource: int) -> None:
+    def _refuse(self, addr: IAddress | None, fromSource: int, others: int) -> None:
+        # others: connections open besides the refused one.
         self.refused += 1
         self._refusals.warn(
             self.event,
@@ -263,7 +272,7 @@ class ConnectionGuard(WrappingFactory):
             " open ({fromSource} from its source)",
             event=self.event,
             peer=formatAddress(addr) if addr is not None else "-",
-            open=len(self.protocols),
+            open=others,
             fromSource=fromSource,
         )
 

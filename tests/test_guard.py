@@ -256,3 +256,19 @@ class GuardBehindProxyTests(SynchronousTestCase):
             ({}, {}, {}),
         )
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_refusalSaysHowManyOthersAreOpen(self) -> None:
+        """
+        A connection refused when its header names a full source is not
+        among the connections its refusal says are already open (it held a
+        place while it waited for its header).
+        """
+        self.guard.maxConnections = 10
+        for _ in range(2):
+            wrapper, _ = self.connect()
+            wrapper.dataReceived(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 7\r\n")  # type: ignore[attr-defined]
+        with capturedLogs() as events:
+            wrapper, transport = self.connect()
+            wrapper.dataReceived(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 7\r\n")  # type: ignore[attr-defined]
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual((events[0]["open"], events[0]["fromSource"]), (2, 2))
