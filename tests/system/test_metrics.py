@@ -385,7 +385,7 @@ class AbuseTests(MetricsTestCase):
             answer = readUntilClosed(client, WAIT)[0]
         self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:200])
 
-    def churnLeavesNoCount(self, proxied: bool) -> None:
+    def churnLeavesNoCount(self, proxied: bool, unix: bool = False) -> None:
         """
         Connections to --health that end at every odd moment (closed or
         reset before, during and after a PROXY header or a request; one
@@ -396,15 +396,19 @@ class AbuseTests(MetricsTestCase):
         @param proxied: behind haproxy:, each client named by its header
             (one of them the proxy's own address); else each from its own
             loopback address.
+        @param unix: on a UNIX socket (whose clients, unless a header names
+            them, are no source: MAX_METRICS_CONNECTIONS from any).
         """
-        listener = f"tcp:0:interface={LOOPBACK}"
+        path = os.path.join(self.directory, "health.sock")
+        listener = f"unix:{path}" if unix else f"tcp:0:interface={LOOPBACK}"
         server = self.start(
             "--port",
             f"tcp:0:interface={LOOPBACK}",
             "--health",
             f"haproxy:{listener}" if proxied else listener,
         )
-        port = int(server.waitFor(r"Serving health on \S+:(\d+)").group(1))
+        served = server.waitFor(r"Serving health on (?:unix:\S+|\S+:(\d+)) \(")
+        port = int(served.group(1) or 7)
         request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
         def connect(n: int) -> tuple[socket.socket, bytes]:
@@ -412,10 +416,16 @@ class AbuseTests(MetricsTestCase):
             # Client 1 is the proxy's own address: its source full, others
             # still get through it.
             client = LOOPBACK if n == 1 else f"127.0.3.{n + 1}"
+            header = f"PROXY TCP4 {client} {LOOPBACK} 40000 {port}\r\n"
+            before = header.encode() if proxied else b""
+            if unix:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(WAIT)
+                sock.connect(path)
+                return sock, before
             if proxied:
-                header = f"PROXY TCP4 {client} {LOOPBACK} 40000 {port}\r\n"
                 sock = socket.create_connection((LOOPBACK, port), timeout=WAIT)
-                return sock, header.encode()
+                return sock, before
             sock = socket.create_connection(
                 (LOOPBACK, port), timeout=WAIT, source_address=(client, 0)
             )
@@ -457,9 +467,13 @@ class AbuseTests(MetricsTestCase):
 
         # The server sees the churn's ends in its own time: until it has,
         # fewer are held (boundedly retried).
+        sources = proxied or not unix
+        first = (
+            MAX_METRICS_CONNECTIONS_PER_SOURCE if sources else MAX_METRICS_CONNECTIONS
+        )
         deadline = time.monotonic() + WAIT
         while True:
-            held = [hold(0) for _ in range(MAX_METRICS_CONNECTIONS_PER_SOURCE)]
+            held = [hold(0) for _ in range(first)]
             if all(held):
                 break
             for sock in held:
@@ -467,15 +481,16 @@ class AbuseTests(MetricsTestCase):
                     sock.close()
             self.assertLess(time.monotonic(), deadline, "places still counted")
         # Exactly as many from one client, and from all of them.
-        self.assertIsNone(hold(0))
-        for n in range(
-            1, MAX_METRICS_CONNECTIONS // MAX_METRICS_CONNECTIONS_PER_SOURCE
-        ):
-            for _ in range(MAX_METRICS_CONNECTIONS_PER_SOURCE):
-                self.assertIsNotNone(hold(n), n)
+        if sources:
+            self.assertIsNone(hold(0))
+            for n in range(
+                1, MAX_METRICS_CONNECTIONS // MAX_METRICS_CONNECTIONS_PER_SOURCE
+            ):
+                for _ in range(MAX_METRICS_CONNECTIONS_PER_SOURCE):
+                    self.assertIsNotNone(hold(n), n)
         self.assertIsNone(hold(9))
         # Logged (the first of them: the log is throttled).
-        server.waitFor(r"Refused metrics connection from 127\.0\.[03]\.\d+:\d+: ")
+        server.waitFor(r"Refused metrics connection from \S+: \d+ already open")
         self.assertFalse("Traceback" in server.output, "a traceback was logged")
 
     def test_churnLeavesNoCount(self) -> None:
@@ -483,6 +498,12 @@ class AbuseTests(MetricsTestCase):
 
     def test_churnBehindProxyLeavesNoCount(self) -> None:
         self.churnLeavesNoCount(proxied=True)
+
+    def test_churnOverUNIXLeavesNoCount(self) -> None:
+        self.churnLeavesNoCount(proxied=False, unix=True)
+
+    def test_churnBehindProxyOverUNIXLeavesNoCount(self) -> None:
+        self.churnLeavesNoCount(proxied=True, unix=True)
 
     def test_slowClientIsCut(self) -> None:
         server, port = self.startMetrics()
