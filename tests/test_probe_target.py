@@ -112,6 +112,10 @@ class PeerCheckTests(SynchronousTestCase):
     that names no host through.
     """
 
+    def setUp(self) -> None:
+        # The check is service_identity's, which the tls extra installs.
+        requireTLS()
+
     def certificate(self, subjectAltName: bool = True) -> str:
         directory = self.mktemp()
         import os
