@@ -213,11 +213,9 @@ class _Unchecked:
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
         """
-        A client connection of the options' context, with the name set.
+        The options' own client connection, with the name set.
         """
-        from OpenSSL.SSL import Connection
-
-        connection = Connection(self._options.getContext(), None)
+        connection = self._options.clientConnectionForTLS(tlsProtocol)
         if self._serverName is not None:
             connection.set_tlsext_host_name(self._serverName)
         return connection
