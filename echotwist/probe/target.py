@@ -213,9 +213,11 @@ class _Unchecked:
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
         """
-        The options' own client connection, with the name set.
+        A client connection of the options' context, with the name set.
         """
-        connection = self._options.clientConnectionForTLS(tlsProtocol)
+        from OpenSSL.SSL import Connection
+
+        connection = Connection(self._options.getContext(), None)
         if self._serverName is not None:
             connection.set_tlsext_host_name(self._serverName)
         return connection
